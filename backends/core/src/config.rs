@@ -1,0 +1,66 @@
+//! Where each backend finds its key. These are plain data: the agent builds them from tbot's YAML
+//! and the command line, and each backend's `open` takes its own.
+
+use std::path::PathBuf;
+
+/// The environment variable tbot reads a static key from
+/// (`onboarding.BoundKeypairStaticKeyEnv`, `lib/tbot/bot/onboarding/config.go`).
+pub const STATIC_KEY_ENV: &str = "TBOT_BOUND_KEYPAIR_STATIC_KEY";
+
+/// A static key in a PEM file (`onboarding.bound_keypair.static_private_key_path`).
+#[non_exhaustive]
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct FileConfig {
+    /// The PEM file. It must not be readable by group or others.
+    pub path: PathBuf,
+}
+
+impl FileConfig {
+    /// A file key at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+}
+
+/// A static key in an environment variable: standard, padded base64 of the whole PEM file.
+#[non_exhaustive]
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct EnvConfig {
+    /// The variable's name; tbot's is [`STATIC_KEY_ENV`].
+    pub variable: String,
+}
+
+impl EnvConfig {
+    /// A key in the variable `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            variable: name.into(),
+        }
+    }
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self::new(STATIC_KEY_ENV)
+    }
+}
+
+/// Which backend holds the key, with its settings.
+#[non_exhaustive]
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum SignerConfig {
+    /// A base64 PEM in an environment variable.
+    Env(EnvConfig),
+    /// A PEM file.
+    File(FileConfig),
+}
+
+impl SignerConfig {
+    /// The backend's short name, as [`Signer::backend`](crate::Signer::backend) reports it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Env(_) => "env",
+            Self::File(_) => "file",
+        }
+    }
+}

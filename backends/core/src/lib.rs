@@ -1,0 +1,55 @@
+//! The contract between keybound and the places a bound keypair's private key can live.
+//!
+//! A [`Signer`] holds one private key (in a file, an environment variable, a PKCS#11 token or a
+//! TPM) and signs the join challenge Teleport sends. Everything a backend needs to agree on lives
+//! here: the [`Algorithm`]s, the [`PublicKey`] and its encodings, JWS-encoded [`Signature`]s, the
+//! [`jws`] compact builder, one [`Error`] type, and the backend configuration structs in
+//! [`config`]. This crate has no C dependencies and no async runtime.
+
+#![warn(missing_docs)]
+
+mod algorithm;
+pub mod config;
+mod error;
+pub mod jws;
+mod public_key;
+mod signature;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::fmt;
+
+pub use algorithm::{Algorithm, UnknownAlgorithm};
+pub use error::{Error, ErrorKind};
+pub use public_key::{PublicKey, describe_algorithm, describe_curve};
+pub use signature::Signature;
+
+/// A private key that signs the bound-keypair join challenge.
+///
+/// The contract every backend keeps:
+/// - **One algorithm per key**, checked when the signer is opened; the public key is read once at
+///   that time and cached, so [`public_key`](Self::public_key) never touches the device.
+/// - **`sign` takes the message, not a digest**: the JWS signing input. Ed25519 signs it as is;
+///   ECDSA hashes it with SHA-256 (on the host or in the device).
+/// - **The result is JWS-encoded** (see [`Signature`]): 64 bytes, never DER.
+/// - **`sign` may block** on device I/O; async callers run it on a blocking thread.
+/// - **Thread-safe**: signers are shared as `Arc<dyn Signer>`; backends serialise access to
+///   their device internally.
+/// - **Secrets stay inside**: neither `Debug` nor any error shows key material, PINs or
+///   authorization values. Errors that retrying cannot fix (a wrong PIN) say so through
+///   [`ErrorKind::Auth`], and the backend never retries them itself.
+pub trait Signer: fmt::Debug + Send + Sync {
+    /// The backend's short name (`"file"`, `"env"`, `"pkcs11"`, `"tpm"`), for logs and summaries.
+    fn backend(&self) -> &'static str;
+
+    /// The one algorithm this key signs with.
+    fn algorithm(&self) -> Algorithm {
+        self.public_key().algorithm()
+    }
+
+    /// The public half of the key, cached at open time.
+    fn public_key(&self) -> &PublicKey;
+
+    /// Signs `message` and returns the JWS-encoded signature.
+    fn sign(&self, message: &[u8]) -> Result<Signature, Error>;
+}

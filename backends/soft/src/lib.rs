@@ -1,0 +1,289 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod parse;
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::Signer as _;
+use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+use keybound_signer::config::{EnvConfig, FileConfig};
+use keybound_signer::{Algorithm, Error, ErrorKind, PublicKey, Signature, Signer};
+use p256::pkcs8::LineEnding;
+use rand_core::OsRng;
+use zeroize::Zeroizing;
+
+/// A key file larger than this is not a key; refusing it early bounds what we read.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// A software key: Ed25519 or ECDSA P-256 held in process memory, zeroized on drop.
+pub struct SoftSigner {
+    key: SoftKey,
+    public: PublicKey,
+    source: Source,
+}
+
+/// Both key types zeroize themselves on drop (`ed25519-dalek`'s `zeroize` feature, and
+/// `elliptic-curve`'s `NonZeroScalar`).
+enum SoftKey {
+    Ed25519(ed25519_dalek::SigningKey),
+    P256(p256::ecdsa::SigningKey),
+}
+
+/// Where a key came from, for `Debug`, errors and the agent's summary.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Source {
+    /// Read from a PEM file.
+    File(PathBuf),
+    /// Read from an environment variable.
+    Env(String),
+    /// Made by [`SoftSigner::generate`].
+    Generated,
+}
+
+impl SoftSigner {
+    /// Opens a PEM key file. The file must be a regular file that group and others cannot read.
+    pub fn open_file(config: &FileConfig) -> Result<Self, Error> {
+        let path = &config.path;
+        let pem = read_key_file(path)?;
+        Self::from_pem(&pem, Source::File(path.clone()))
+    }
+
+    /// Opens a key from the environment variable `config.variable`.
+    pub fn open_env(config: &EnvConfig) -> Result<Self, Error> {
+        let name = &config.variable;
+        let Some(value) = std::env::var_os(name) else {
+            return Err(Error::new(
+                ErrorKind::KeyNotFound,
+                "env",
+                format!(
+                    "no static key: ${name} is not set and no static_private_key_path is \
+                     configured; export ${name} with the value `keybound keypair create --static` \
+                     printed, or set onboarding.bound_keypair.static_private_key_path"
+                ),
+            ));
+        };
+        let value = Zeroizing::new(value.into_string().map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                "env",
+                format!("${name} is not valid UTF-8; it must hold base64 text"),
+            )
+        })?);
+        Self::from_env_value(name, &value)
+    }
+
+    /// Decodes the value of the environment variable `name`: standard padded base64 of the whole
+    /// PEM file, ASCII whitespace ignored (Go's decoder skips newlines; we skip all whitespace).
+    pub fn from_env_value(name: &str, value: &str) -> Result<Self, Error> {
+        let compact: Zeroizing<Vec<u8>> =
+            Zeroizing::new(value.bytes().filter(|b| !b.is_ascii_whitespace()).collect());
+        if compact.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "env",
+                format!(
+                    "${name} is empty; set it to the base64 value `keybound keypair create \
+                     --static` printed"
+                ),
+            ));
+        }
+        let pem = Zeroizing::new(STANDARD.decode(&*compact).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                "env",
+                format!(
+                    "${name} is not valid base64 ({e}); it must hold the standard base64 of the \
+                     whole PEM key file, as `keybound keypair create --static` prints it"
+                ),
+            )
+        })?);
+        Self::from_pem(&pem, Source::Env(name.to_owned()))
+    }
+
+    /// Parses a PEM private key; `source` names it in errors.
+    pub fn from_pem(pem: &[u8], source: Source) -> Result<Self, Error> {
+        let key = parse::private_key(pem).map_err(|message| {
+            Error::new(
+                ErrorKind::InvalidKey,
+                source.backend(),
+                format!("{}: {message}", source.describe()),
+            )
+        })?;
+        Ok(Self::new(key, source))
+    }
+
+    /// Makes a new random key of `algorithm` from the operating system's CSPRNG.
+    pub fn generate(algorithm: Algorithm) -> Result<Self, Error> {
+        let key = match algorithm {
+            Algorithm::Ed25519 => SoftKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng)),
+            Algorithm::EcdsaP256Sha256 => {
+                SoftKey::P256(p256::ecdsa::SigningKey::random(&mut OsRng))
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "soft",
+                    format!("cannot generate {other} keys"),
+                ));
+            }
+        };
+        Ok(Self::new(key, Source::Generated))
+    }
+
+    fn new(key: SoftKey, source: Source) -> Self {
+        let public = match &key {
+            SoftKey::Ed25519(k) => PublicKey::from_ed25519(&k.verifying_key()),
+            SoftKey::P256(k) => PublicKey::from_p256(&k.verifying_key().into()),
+        };
+        Self {
+            key,
+            public,
+            source,
+        }
+    }
+
+    /// Where the key came from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The private key as tbot writes it (`keys.MarshalPrivateKey`): PEM `PRIVATE KEY` holding
+    /// PKCS#8 v1 DER, with a final newline. Ed25519 keys carry no public key, byte for byte what
+    /// Go's `x509.MarshalPKCS8PrivateKey` and `openssl genpkey` write.
+    pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
+        let pem = match &self.key {
+            SoftKey::Ed25519(k) => {
+                let bytes = ed25519_dalek::pkcs8::KeypairBytes {
+                    secret_key: k.to_bytes(),
+                    public_key: None,
+                };
+                let pem = bytes.to_pkcs8_pem(LineEnding::LF);
+                // `KeypairBytes` holds a copy of the secret; it zeroizes on drop.
+                drop(bytes);
+                pem
+            }
+            SoftKey::P256(k) => p256::SecretKey::from(k).to_pkcs8_pem(LineEnding::LF),
+        };
+        pem.expect("encoding an in-memory key as PKCS#8 cannot fail")
+    }
+
+    /// The value for `TBOT_BOUND_KEYPAIR_STATIC_KEY`: standard padded base64 of
+    /// [`to_pkcs8_pem`](Self::to_pkcs8_pem).
+    pub fn to_env_value(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.to_pkcs8_pem().as_bytes()))
+    }
+}
+
+impl Signer for SoftSigner {
+    fn backend(&self) -> &'static str {
+        self.source.backend()
+    }
+
+    fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Signature, Error> {
+        let (algorithm, bytes) = match &self.key {
+            SoftKey::Ed25519(k) => (Algorithm::Ed25519, k.sign(message).to_bytes().to_vec()),
+            SoftKey::P256(k) => {
+                // RFC 6979 deterministic ECDSA over SHA-256; `to_bytes` is the fixed-width r‖s.
+                let signature: p256::ecdsa::Signature = k.sign(message);
+                (Algorithm::EcdsaP256Sha256, signature.to_bytes().to_vec())
+            }
+        };
+        Signature::new(algorithm, bytes)
+    }
+}
+
+impl fmt::Debug for SoftSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoftSigner")
+            .field("algorithm", &self.public.algorithm())
+            .field("fingerprint", &self.public.fingerprint())
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source {
+    fn backend(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Env(_) => "env",
+            Self::Generated => "soft",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::File(path) => format!("key file {}", path.display()),
+            Self::Env(name) => format!("${name}"),
+            Self::Generated => "generated key".to_owned(),
+        }
+    }
+}
+
+fn file_error(kind: ErrorKind, path: &Path, what: impl fmt::Display) -> Error {
+    Error::new(kind, "file", format!("key file {}: {what}", path.display()))
+}
+
+/// Reads a key file after checking it is a small regular file that only its owner can read.
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let mut file = File::open(path).map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::KeyNotFound
+        } else {
+            ErrorKind::Config
+        };
+        file_error(
+            kind,
+            path,
+            format!("cannot open: {e}; check static_private_key_path"),
+        )
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| file_error(ErrorKind::Config, path, format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(file_error(ErrorKind::Config, path, "is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(file_error(
+            ErrorKind::Config,
+            path,
+            format!(
+                "permissions {mode:04o} are too open: a private key must not be accessible by \
+                 group or others; fix with `chmod 600 {}`",
+                path.display()
+            ),
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(file_error(
+            ErrorKind::InvalidKey,
+            path,
+            "is empty; write the PEM key `keybound keypair create --static --static-key-path` \
+             makes",
+        ));
+    }
+    if meta.len() > MAX_KEY_FILE {
+        return Err(file_error(
+            ErrorKind::InvalidKey,
+            path,
+            format!("is {} bytes, too large to be a PEM private key", meta.len()),
+        ));
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| file_error(ErrorKind::Config, path, format!("cannot read: {e}")))?;
+    Ok(bytes)
+}

@@ -1,0 +1,781 @@
+//! tbot's v2 YAML configuration, the only module that touches `serde_yaml`.
+//!
+//! keybound reads the same `tbot.yaml` that Teleport's `tbot` reads (`lib/tbot/config/config.go`,
+//! `lib/tbot/bot/onboarding/config.go`). Parsing is strict: an unknown key or a value of the wrong
+//! type is an error naming the file, line, column and key. Keys that tbot knows but keybound does
+//! not implement are errors that say so, never silently ignored; setting them to their "off"
+//! value (`false`, empty) is accepted.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use keybound_signer::config::{EnvConfig, FileConfig, SignerConfig};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// tbot's default storage directory (`lib/tbot/config`, `defaultStoragePath`).
+pub const DEFAULT_STORAGE_PATH: &str = "/var/lib/teleport/bot";
+/// tbot's default certificate lifetime.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(60 * 60);
+/// tbot's default renewal interval.
+pub const DEFAULT_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
+
+/// A loaded, checked configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where the cluster is reached, if the file says.
+    pub cluster: Option<ClusterAddr>,
+    /// How to join.
+    pub onboarding: Onboarding,
+    /// Where the bot's own identity is kept between runs.
+    pub storage: Destination,
+    /// Requested certificate lifetime.
+    pub credential_ttl: Duration,
+    /// How often to renew.
+    pub renewal_interval: Duration,
+    /// Join once, write outputs, and exit.
+    pub oneshot: bool,
+    /// Verbose logging.
+    pub debug: bool,
+    /// Skip TLS verification of the cluster (development only).
+    pub insecure: bool,
+    /// The diagnostics listener address.
+    pub diag_addr: Option<String>,
+    /// The `identity` outputs (`outputs:` and `services:` together, in that order).
+    pub outputs: Vec<IdentityOutput>,
+}
+
+/// The cluster address: through a Proxy (`proxy_server`) or straight to Auth (`auth_server`).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum ClusterAddr {
+    /// A Teleport Proxy, normally its web port.
+    Proxy(HostPort),
+    /// A Teleport Auth Service (or a Proxy on 443/3080, which tbot tries as a Proxy first).
+    Auth(HostPort),
+}
+
+/// `onboarding:`.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Onboarding {
+    /// The join token's name.
+    pub token: String,
+    /// A CA bundle to verify the cluster with, instead of the system roots.
+    pub ca_path: Option<PathBuf>,
+    /// `bound_keypair.static_private_key_path`.
+    pub static_private_key_path: Option<PathBuf>,
+}
+
+impl Onboarding {
+    /// Where the static key lives: the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`,
+    /// as in tbot.
+    pub fn signer_config(&self) -> SignerConfig {
+        match &self.static_private_key_path {
+            Some(path) => SignerConfig::File(FileConfig::new(path)),
+            None => SignerConfig::Env(EnvConfig::default()),
+        }
+    }
+}
+
+/// A storage or output destination.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Destination {
+    /// Files in a directory (created 0700; files 0600).
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// tbot's symlink policy (`symlinks:`).
+        symlinks: Symlinks,
+    },
+    /// Kept in memory for the life of the process.
+    Memory,
+}
+
+/// tbot's `symlinks:` policy for directory destinations (`lib/tbot/botfs`).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum Symlinks {
+    /// Refuse symlinks anywhere in the path.
+    Secure,
+    /// Refuse symlinks where the platform can tell (the default).
+    #[default]
+    TrySecure,
+    /// Follow symlinks.
+    Insecure,
+}
+
+/// A `type: identity` output: the bot's certificates in tbot's file layout.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct IdentityOutput {
+    /// Where to write.
+    pub destination: Destination,
+    /// Whether to write `known_hosts` and `ssh_config` (tbot's `ssh_config: on`, the default).
+    pub ssh_config: bool,
+    /// An optional name for logs.
+    pub name: Option<String>,
+}
+
+/// A `host:port` pair.
+#[derive(Clone, Debug, Eq, Hash, PartialEq)]
+pub struct HostPort {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `host:port`, `host` (taking `default_port`), `[v6]:port` or `[v6]`.
+    pub fn parse(s: &str, default_port: u16) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a host:port address");
+        if s.is_empty() || s.contains("://") || s.contains('/') {
+            return Err(format!(
+                "{s:?} is not a host:port address (no scheme or path, e.g. example.teleport.sh:443)"
+            ));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        } else {
+            match s.rsplit_once(':') {
+                Some((host, _)) if host.contains(':') => return Err(bad()),
+                Some((host, port)) => (host, Some(port)),
+                None => (s, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{s:?} has an invalid port {p:?}"))?,
+        };
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A configuration error: one line naming the file and, where YAML knows it, line and column.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks the YAML file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("config {}: cannot read: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Err(ConfigError(format!(
+                "config {origin}: is empty; it needs at least `version: v2` and `onboarding:`"
+            )));
+        }
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            // serde_yaml appends " at line L column C"; put the position first, compiler-style.
+            let message = match message.rsplit_once(" at line ") {
+                Some((head, _)) => head.to_owned(),
+                None => message,
+            };
+            match e.location() {
+                Some(at) => ConfigError(format!(
+                    "config {origin}:{}:{}: {message}",
+                    at.line(),
+                    at.column()
+                )),
+                None => ConfigError(format!("config {origin}: {message}")),
+            }
+        })?;
+        raw.check()
+            .map_err(|message| ConfigError(format!("config {origin}: {message}")))
+    }
+}
+
+// === Raw YAML shapes ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[allow(dead_code, reason = "its deserializer checks the value")]
+    version: Version,
+    onboarding: Option<RawOnboarding>,
+    storage: Option<RawDestination>,
+    outputs: Option<Vec<RawService>>,
+    services: Option<Vec<RawService>>,
+    #[serde(default)]
+    debug: bool,
+    auth_server: Option<String>,
+    proxy_server: Option<String>,
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
+    /// The pre-v17 name of `credential_ttl`, still read by tbot.
+    certificate_ttl: Option<GoDuration>,
+    #[serde(default)]
+    oneshot: bool,
+    #[serde(default, deserialize_with = "not_yet::fips")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but false")]
+    fips: (),
+    diag_addr: Option<String>,
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnboarding {
+    join_method: Option<JoinMethod>,
+    token: Option<String>,
+    #[serde(default, deserialize_with = "not_yet::ca_pins")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    ca_pins: (),
+    ca_path: Option<PathBuf>,
+    bound_keypair: Option<RawBoundKeypair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBoundKeypair {
+    static_private_key_path: Option<PathBuf>,
+    #[serde(default, deserialize_with = "not_yet::registration_secret")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    registration_secret: (),
+    #[serde(default, deserialize_with = "not_yet::registration_secret")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    registration_secret_path: (),
+    #[serde(default, deserialize_with = "not_yet::registration_secret")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    initial_join_secret: (),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    #[serde(rename = "type")]
+    kind: DestinationType,
+    path: Option<PathBuf>,
+    symlinks: Option<SymlinksValue>,
+    #[serde(default, deserialize_with = "not_yet::acls")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but off")]
+    acls: (),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "its deserializer refuses every type but identity")]
+    kind: ServiceType,
+    destination: Option<RawDestination>,
+    name: Option<String>,
+    ssh_config: Option<OnOff>,
+    #[serde(default, deserialize_with = "not_yet::roles")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    roles: (),
+    #[serde(default, deserialize_with = "not_yet::cluster")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    cluster: (),
+    #[serde(default, deserialize_with = "not_yet::allow_reissue")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but false")]
+    allow_reissue: (),
+    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    credential_ttl: (),
+    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    renewal_interval: (),
+}
+
+impl RawConfig {
+    fn check(self) -> Result<Config, String> {
+        let cluster = match (self.proxy_server, self.auth_server) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "proxy_server and auth_server are both set; set only one (proxy_server for a \
+                     Teleport Proxy)"
+                        .to_owned(),
+                );
+            }
+            (Some(p), None) => Some(ClusterAddr::Proxy(
+                HostPort::parse(&p, 443).map_err(|e| format!("proxy_server: {e}"))?,
+            )),
+            (None, Some(a)) => Some(ClusterAddr::Auth(
+                HostPort::parse(&a, 3025).map_err(|e| format!("auth_server: {e}"))?,
+            )),
+            (None, None) => None,
+        };
+        let onboarding = self.onboarding.ok_or(
+            "onboarding: missing; add `onboarding:` with `join_method: bound_keypair` and `token:`",
+        )?;
+        if onboarding.join_method.is_none() {
+            return Err(
+                "onboarding.join_method: missing; keybound joins with `join_method: bound_keypair`"
+                    .to_owned(),
+            );
+        }
+        let token = onboarding
+            .token
+            .filter(|t| !t.trim().is_empty())
+            .ok_or("onboarding.token: missing; set it to the bound_keypair join token's name")?;
+        let token = token_value(token)?;
+        if self.insecure && onboarding.ca_path.is_some() {
+            return Err(
+                "insecure and onboarding.ca_path are both set; remove one (insecure skips \
+                 verification, so a CA bundle would be ignored)"
+                    .to_owned(),
+            );
+        }
+        let storage = match self.storage {
+            Some(d) => d.check("storage")?,
+            None => Destination::Directory {
+                path: PathBuf::from(DEFAULT_STORAGE_PATH),
+                symlinks: Symlinks::default(),
+            },
+        };
+        // As tbot (`lib/tbot/config/config.go`): the old certificate_ttl counts only when
+        // credential_ttl is unset, and a lifetime and an interval come as a pair.
+        let ttl = self.credential_ttl.or(self.certificate_ttl).map(|d| d.0);
+        let (credential_ttl, renewal_interval) = match (ttl, self.renewal_interval) {
+            (Some(ttl), Some(interval)) => (ttl, interval.0),
+            (None, None) => (DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL),
+            _ => {
+                return Err(
+                    "credential_ttl and renewal_interval must both be specified if either is"
+                        .to_owned(),
+                );
+            }
+        };
+        let mut outputs = Vec::new();
+        for (list, raw) in [("outputs", self.outputs), ("services", self.services)] {
+            for (i, service) in raw.unwrap_or_default().into_iter().enumerate() {
+                let destination = service
+                    .destination
+                    .ok_or_else(|| format!("{list}[{i}].destination: missing"))?
+                    .check(&format!("{list}[{i}].destination"))?;
+                outputs.push(IdentityOutput {
+                    destination,
+                    ssh_config: service.ssh_config.is_none_or(|v| v.0),
+                    name: service.name,
+                });
+            }
+        }
+        Ok(Config {
+            cluster,
+            onboarding: Onboarding {
+                token,
+                ca_path: onboarding.ca_path,
+                static_private_key_path: onboarding
+                    .bound_keypair
+                    .and_then(|b| b.static_private_key_path),
+            },
+            storage,
+            credential_ttl,
+            renewal_interval,
+            oneshot: self.oneshot,
+            debug: self.debug,
+            insecure: self.insecure,
+            diag_addr: self.diag_addr.filter(|a| !a.is_empty()),
+            outputs,
+        })
+    }
+}
+
+/// tbot reads `onboarding.token` through `utils.TryReadValueAsFile`: an absolute path to a file
+/// means the file's trimmed contents.
+fn token_value(token: String) -> Result<String, String> {
+    if !token.starts_with('/') {
+        return Ok(token);
+    }
+    let text = std::fs::read_to_string(&token)
+        .map_err(|e| format!("onboarding.token: cannot read token file {token}: {e}"))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(format!("onboarding.token: token file {token} is empty"));
+    }
+    Ok(value.to_owned())
+}
+
+impl RawDestination {
+    fn check(self, at: &str) -> Result<Destination, String> {
+        match self.kind {
+            DestinationType::Directory => {
+                let path = self
+                    .path
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .ok_or_else(|| {
+                        format!("{at}.path: missing; a directory destination needs a path")
+                    })?;
+                Ok(Destination::Directory {
+                    path,
+                    symlinks: self.symlinks.map(|s| s.0).unwrap_or_default(),
+                })
+            }
+            DestinationType::Memory => {
+                if self.path.is_some() || self.symlinks.is_some() {
+                    return Err(format!(
+                        "{at}: a memory destination takes no path or symlinks"
+                    ));
+                }
+                Ok(Destination::Memory)
+            }
+        }
+    }
+}
+
+// === Scalar values with their own checks ===
+
+/// Deserializes a string and checks it with `check`. Raising the error inside the visitor lets
+/// serde_yaml attach the value's own path, line and column to it.
+fn checked_str<'de, D, T>(d: D, check: fn(&str) -> Result<T, String>) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct V<T>(fn(&str) -> Result<T, String>);
+    impl<T> Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(check))
+}
+
+/// `version:`; only v2 is read.
+struct Version;
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| match v {
+            "v2" => Ok(Self),
+            "v1" => Err(
+                "keybound reads tbot's v2 configuration; convert this v1 file with `tbot migrate`"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unknown config version {other:?}; keybound reads `version: v2`"
+            )),
+        })
+    }
+}
+
+/// `onboarding.join_method:`; keybound joins with `bound_keypair` only.
+struct JoinMethod;
+
+impl<'de> Deserialize<'de> for JoinMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| match v {
+            "bound_keypair" => Ok(Self),
+            "" => Err("empty; keybound joins with `bound_keypair`".to_owned()),
+            other => Err(format!(
+                "join method {other:?} is not supported by keybound, which joins only with \
+                 `bound_keypair` (use tbot for other join methods)"
+            )),
+        })
+    }
+}
+
+enum DestinationType {
+    Directory,
+    Memory,
+}
+
+impl<'de> Deserialize<'de> for DestinationType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| match v {
+            "directory" => Ok(Self::Directory),
+            "memory" => Ok(Self::Memory),
+            "kubernetes_secret" => Err(
+                "destination type \"kubernetes_secret\" is not supported by keybound yet; use \
+                 directory or memory"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unknown destination type {other:?}; use directory or memory"
+            )),
+        })
+    }
+}
+
+struct SymlinksValue(Symlinks);
+
+impl<'de> Deserialize<'de> for SymlinksValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| match v {
+            "secure" => Ok(Self(Symlinks::Secure)),
+            "try-secure" | "" => Ok(Self(Symlinks::TrySecure)),
+            "insecure" => Ok(Self(Symlinks::Insecure)),
+            other => Err(format!(
+                "unknown symlinks policy {other:?}; use secure, try-secure or insecure"
+            )),
+        })
+    }
+}
+
+/// tbot's service types (`lib/tbot/config`): keybound writes `identity` only.
+struct ServiceType;
+
+const TBOT_SERVICE_TYPES: &[&str] = &[
+    "application",
+    "application-tunnel",
+    "database",
+    "database-tunnel",
+    "kubernetes",
+    "kubernetes/v2",
+    "kubernetes/argo-cd",
+    "ssh_host",
+    "ssh-multiplexer",
+    "spiffe-svid",
+    "spiffe-workload-api",
+    "workload-identity-x509",
+    "workload-identity-jwt",
+    "workload-identity-api",
+    "workload-identity-aws-roles-anywhere",
+    "application-proxy",
+    "example",
+];
+
+impl<'de> Deserialize<'de> for ServiceType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| {
+            if v == "identity" {
+                Ok(Self)
+            } else if TBOT_SERVICE_TYPES.contains(&v) {
+                Err(format!(
+                    "tbot service type {v:?} is not supported by keybound yet; keybound writes \
+                     `type: identity` outputs"
+                ))
+            } else {
+                Err(format!(
+                    "unknown service type {v:?}; keybound writes `type: identity` outputs"
+                ))
+            }
+        })
+    }
+}
+
+/// tbot's `ssh_config: on|off` (YAML 1.1 booleans, as Go's yaml reads them, or the words).
+struct OnOff(bool);
+
+impl<'de> Deserialize<'de> for OnOff {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = OnOff;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("on or off")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<OnOff, E> {
+                Ok(OnOff(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OnOff, E> {
+                match v {
+                    "on" | "true" | "yes" => Ok(OnOff(true)),
+                    "off" | "false" | "no" => Ok(OnOff(false)),
+                    _ => Err(E::custom(format!("{v:?} is not on or off"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A Go-style duration (`1h`, `20m`, `1h30m`, `90s`); must be positive.
+struct GoDuration(Duration);
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, Self::from_str)
+    }
+}
+
+impl FromStr for GoDuration {
+    type Err = String;
+
+    fn from_str(v: &str) -> Result<Self, String> {
+        match humantime::parse_duration(v.trim()) {
+            Ok(d) if !d.is_zero() => Ok(Self(d)),
+            Ok(_) => Err(format!("duration {v:?} must be positive")),
+            Err(_) => Err(format!(
+                "{v:?} is not a duration; write it like 1h, 20m, 1h30m or 90s"
+            )),
+        }
+    }
+}
+
+/// Parses a Go-style duration, as the command line takes them.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    GoDuration::from_str(v).map(|d| d.0)
+}
+
+/// tbot keys keybound does not implement yet. Each accepts its "off" value (false, null, empty)
+/// and refuses anything else with a message saying so; going through a visitor makes serde_yaml
+/// report the key's own path, line and column.
+mod not_yet {
+    use super::*;
+
+    struct Refuse(&'static str);
+
+    impl<'de> Visitor<'de> for Refuse {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+            if v { Err(E::custom(self.0)) } else { Ok(()) }
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+            if v.is_empty() || v == "off" {
+                Ok(())
+            } else {
+                Err(E::custom(self.0))
+            }
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Err(E::custom(self.0))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            match seq.next_element::<IgnoredAny>()? {
+                None => Ok(()),
+                Some(_) => Err(de::Error::custom(self.0)),
+            }
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            match map.next_key::<IgnoredAny>()? {
+                None => Ok(()),
+                Some(_) => Err(de::Error::custom(self.0)),
+            }
+        }
+    }
+
+    fn refuse<'de, D: Deserializer<'de>>(d: D, message: &'static str) -> Result<(), D::Error> {
+        d.deserialize_any(Refuse(message))
+    }
+
+    pub(super) fn fips<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(
+            d,
+            "FIPS mode is not supported by keybound yet; remove `fips: true`",
+        )
+    }
+    pub(super) fn ca_pins<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(
+            d,
+            "CA pins are not supported by keybound yet; join through proxy_server, or give the \
+             cluster's CA bundle with onboarding.ca_path",
+        )
+    }
+    pub(super) fn registration_secret<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(
+            d,
+            "registration secrets are not supported: keybound joins with a static key \
+             (static_private_key_path or $TBOT_BOUND_KEYPAIR_STATIC_KEY) registered as the \
+             token's initial_public_key",
+        )
+    }
+    pub(super) fn acls<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(
+            d,
+            "POSIX ACLs on destinations are not supported by keybound yet; remove `acls`",
+        )
+    }
+    pub(super) fn roles<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(
+            d,
+            "role impersonation in outputs is not supported by keybound yet; the output holds \
+             the bot's own identity, so remove `roles`",
+        )
+    }
+    pub(super) fn cluster<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(
+            d,
+            "routing an output to another cluster is not supported by keybound yet",
+        )
+    }
+    pub(super) fn allow_reissue<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(d, "reissuable outputs are not supported by keybound yet")
+    }
+    pub(super) fn service_lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        refuse(
+            d,
+            "per-output credential_ttl and renewal_interval are not supported by keybound yet; \
+             set them at the top level",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        let hp = |s| HostPort::parse(s, 443);
+        assert_eq!(
+            hp("example.com:3080").unwrap().to_string(),
+            "example.com:3080"
+        );
+        assert_eq!(hp("example.com").unwrap().port, 443);
+        assert_eq!(hp("[::1]:8443").unwrap().host, "::1");
+        assert_eq!(hp("[::1]").unwrap().to_string(), "[::1]:443");
+        assert!(hp("https://example.com").unwrap_err().contains("no scheme"));
+        assert!(hp("example.com:0").is_err());
+        assert!(hp("example.com:99999").is_err());
+        assert!(hp("::1:443").is_err());
+        assert!(hp(":443").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s").unwrap_err().contains("positive"));
+        assert!(parse_duration("10").unwrap_err().contains("like 1h"));
+    }
+}

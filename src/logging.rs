@@ -1,0 +1,23 @@
+//! Log setup: one place, stderr only, `RUST_LOG` over `--debug`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Installs the global subscriber. Secrets are never passed to `tracing` anywhere in keybound, so
+/// no filter here has to catch them.
+pub fn init(debug: bool, format: LogFormat) {
+    let default = if debug {
+        "keybound=debug,info"
+    } else {
+        "keybound=info,warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

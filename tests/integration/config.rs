@@ -1,0 +1,266 @@
+//! tbot's v2 configs load unchanged; mistakes are named by file, line and key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keybound::config::{ClusterAddr, Config, Destination, HostPort, Symlinks};
+use keybound_signer::config::{EnvConfig, FileConfig, SignerConfig};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn parse_err(yaml: &str) -> String {
+    Config::parse(yaml, "tbot.yaml").unwrap_err().to_string()
+}
+
+const HEAD: &str = "version: v2\nproxy_server: example.teleport.sh:443\nonboarding:\n  join_method: bound_keypair\n  token: example-token\n";
+
+#[test]
+fn the_seed_guide_configs_load_unchanged() {
+    let env = Config::load(&data("seed-env.yaml")).unwrap();
+    assert_eq!(
+        env.cluster,
+        Some(ClusterAddr::Proxy(HostPort {
+            host: "example.teleport.sh".into(),
+            port: 443
+        }))
+    );
+    assert_eq!(env.onboarding.token, "example-token");
+    assert_eq!(
+        env.onboarding.signer_config(),
+        SignerConfig::Env(EnvConfig::default())
+    );
+    assert_eq!(
+        env.storage,
+        Destination::Directory {
+            path: "/var/lib/teleport/bot".into(),
+            symlinks: Symlinks::TrySecure
+        }
+    );
+    assert!(env.outputs.is_empty());
+    assert_eq!(env.credential_ttl, Duration::from_secs(3600));
+    assert_eq!(env.renewal_interval, Duration::from_secs(1200));
+    assert!(!env.oneshot);
+
+    let file = Config::load(&data("seed-file.yaml")).unwrap();
+    assert_eq!(
+        file.onboarding.signer_config(),
+        SignerConfig::File(FileConfig::new("/path/to/key"))
+    );
+}
+
+#[test]
+fn every_supported_key_is_read() {
+    let config = Config::load(&data("full.yaml")).unwrap();
+    assert_eq!(config.storage, Destination::Memory);
+    assert_eq!(config.credential_ttl, Duration::from_secs(7200));
+    assert_eq!(config.renewal_interval, Duration::from_secs(1800));
+    assert!(config.oneshot && config.debug && !config.insecure);
+    assert_eq!(config.diag_addr.as_deref(), Some("127.0.0.1:3001"));
+    assert_eq!(
+        config.onboarding.ca_path,
+        Some(PathBuf::from("/etc/keybound/ca.pem"))
+    );
+    assert_eq!(config.outputs.len(), 2);
+    assert!(config.outputs[0].ssh_config);
+    assert!(!config.outputs[1].ssh_config);
+    assert_eq!(config.outputs[1].name.as_deref(), Some("second"));
+    assert_eq!(
+        config.outputs[1].destination,
+        Destination::Directory {
+            path: "/opt/machine-id-2".into(),
+            symlinks: Symlinks::Secure
+        }
+    );
+}
+
+#[test]
+fn typos_and_wrong_types_name_file_line_and_key() {
+    let cases = [
+        (
+            "version: v2\nonboarding:\n  join_method: bound_keypair\n  tokn: x\n",
+            "config tbot.yaml:4:3: onboarding: unknown field `tokn`, expected",
+        ),
+        (
+            "version: v2\nproxy_servr: x:443\n",
+            "config tbot.yaml:2:1: unknown field `proxy_servr`",
+        ),
+        (
+            &format!("{HEAD}oneshot: maybe\n"),
+            "config tbot.yaml:6:10: oneshot: invalid type: string \"maybe\", expected a boolean",
+        ),
+        (
+            &format!("{HEAD}credential_ttl: forever\nrenewal_interval: 1m\n"),
+            "config tbot.yaml:6:17: credential_ttl: \"forever\" is not a duration",
+        ),
+        (
+            &format!(
+                "{HEAD}services:\n  - type: identity\n    destination:\n      type: directory\n      pth: /x\n"
+            ),
+            "config tbot.yaml:10:7: services[0].destination: unknown field `pth`",
+        ),
+        (
+            &format!("{HEAD}storage:\n  type: bucket\n"),
+            "config tbot.yaml:7:9: storage.type: unknown destination type \"bucket\"",
+        ),
+        (
+            "version: v3\n",
+            "config tbot.yaml:1:10: version: unknown config version \"v3\"",
+        ),
+        (
+            "version: v2\nonboarding:\n  join_method: token\n  token: t\n",
+            "config tbot.yaml:3:16: onboarding.join_method: join method \"token\" is not supported by keybound",
+        ),
+        (
+            "- just\n- a list\n",
+            "config tbot.yaml:1:1: invalid type: sequence",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let error = parse_err(yaml);
+        assert!(
+            error.starts_with(expected),
+            "expected {expected:?}\n got {error:?}"
+        );
+        assert!(!error.contains('\n'), "one line: {error}");
+    }
+}
+
+#[test]
+fn tbot_features_keybound_lacks_are_refused_by_name() {
+    let cases = [
+        (
+            format!("{HEAD}fips: true\n"),
+            "config tbot.yaml:6:7: fips: FIPS mode is not supported by keybound yet",
+        ),
+        (
+            format!("{HEAD}  ca_pins: [sha256:abc]\n"),
+            "config tbot.yaml:6:12: onboarding.ca_pins: CA pins are not supported by keybound yet",
+        ),
+        (
+            format!("{HEAD}  bound_keypair:\n    registration_secret: s3cret\n"),
+            "config tbot.yaml:7:26: onboarding.bound_keypair.registration_secret: registration secrets are not supported",
+        ),
+        (
+            format!("{HEAD}services:\n  - type: application\n"),
+            "config tbot.yaml:7:11: services[0].type: tbot service type \"application\" is not supported by keybound yet",
+        ),
+        (
+            format!("{HEAD}services:\n  - type: identity\n    roles: [access]\n"),
+            "config tbot.yaml:8:12: services[0].roles: role impersonation in outputs is not supported by keybound yet",
+        ),
+        (
+            format!("{HEAD}storage:\n  type: kubernetes_secret\n"),
+            "config tbot.yaml:7:9: storage.type: destination type \"kubernetes_secret\" is not supported by keybound yet",
+        ),
+        (
+            format!("{HEAD}storage:\n  type: directory\n  path: /x\n  acls: required\n"),
+            "config tbot.yaml:9:9: storage.acls: POSIX ACLs on destinations are not supported by keybound yet",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let error = parse_err(&yaml);
+        assert!(
+            error.starts_with(expected),
+            "expected {expected:?}\n got {error:?}"
+        );
+    }
+    // Their "off" values are fine.
+    let off = format!(
+        "{HEAD}fips: false\nservices:\n  - type: identity\n    roles: []\n    allow_reissue: false\n    destination:\n      type: memory\n"
+    );
+    Config::parse(&off, "tbot.yaml").unwrap();
+}
+
+#[test]
+fn checks_across_keys() {
+    let cases = [
+        ("version: v2\n", "config tbot.yaml: onboarding: missing"),
+        (
+            "version: v2\nonboarding:\n  join_method: bound_keypair\n",
+            "config tbot.yaml: onboarding.token: missing",
+        ),
+        (
+            "version: v2\nonboarding:\n  token: t\n",
+            "config tbot.yaml: onboarding.join_method: missing",
+        ),
+        (
+            &format!("{HEAD}auth_server: a:3025\n"),
+            "config tbot.yaml: proxy_server and auth_server are both set",
+        ),
+        (
+            &format!("{HEAD}insecure: true\n  \n")
+                .replace("insecure: true\n", "insecure: true\n")
+                .replace(HEAD, &format!("{HEAD}  ca_path: /ca.pem\n")),
+            "config tbot.yaml: insecure and onboarding.ca_path are both set",
+        ),
+        (
+            &format!("{HEAD}credential_ttl: 1h\n"),
+            "config tbot.yaml: credential_ttl and renewal_interval must both be specified if either is",
+        ),
+        (
+            &format!("{HEAD}storage:\n  type: directory\n"),
+            "config tbot.yaml: storage.path: missing",
+        ),
+        ("", "config tbot.yaml: is empty"),
+    ];
+    for (yaml, expected) in cases {
+        let error = parse_err(yaml);
+        assert!(
+            error.starts_with(expected),
+            "expected {expected:?}\n got {error:?}"
+        );
+    }
+    let old_name = Config::parse(
+        &format!("{HEAD}certificate_ttl: 2h\nrenewal_interval: 1h\n"),
+        "tbot.yaml",
+    )
+    .unwrap();
+    assert_eq!(old_name.credential_ttl, Duration::from_secs(7200));
+    let auth = Config::parse(
+        &HEAD.replace(
+            "proxy_server: example.teleport.sh:443",
+            "auth_server: auth.example.com",
+        ),
+        "x",
+    )
+    .unwrap();
+    assert_eq!(
+        auth.cluster,
+        Some(ClusterAddr::Auth(HostPort {
+            host: "auth.example.com".into(),
+            port: 3025
+        }))
+    );
+}
+
+#[test]
+fn a_token_given_as_an_absolute_path_is_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "from-file-token\n").unwrap();
+    let yaml = HEAD.replace(
+        "token: example-token",
+        &format!("token: {}", token_file.display()),
+    );
+    assert_eq!(
+        Config::parse(&yaml, "x").unwrap().onboarding.token,
+        "from-file-token"
+    );
+    let missing = HEAD.replace("token: example-token", "token: /no/such/token");
+    assert!(parse_err(&missing).contains("cannot read token file /no/such/token"));
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let error = Config::load(std::path::Path::new("/no/such/tbot.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("config /no/such/tbot.yaml: cannot read: No such file"),
+        "{error}"
+    );
+}

@@ -1,0 +1,229 @@
+//! Helpers shared by the integration tests.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The keybound binary under test.
+pub(crate) fn keybound() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybound"));
+    cmd.env_remove("TBOT_BOUND_KEYPAIR_STATIC_KEY")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// The path of an external tool; a missing tool fails the test (never skips it), naming the
+/// Debian package that provides it. `make deps` installs them all.
+pub(crate) fn tool(name: &str) -> PathBuf {
+    let package = match name {
+        "openssl" => "openssl",
+        "ssh-keygen" => "openssh-client",
+        "python3" => "python3 (with python3-jwt and python3-cryptography)",
+        _ => name,
+    };
+    let path = match name {
+        // Debian's interpreter, where apt installs python3-jwt and python3-cryptography.
+        "python3" => PathBuf::from("/usr/bin/python3"),
+        _ => std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+            .unwrap_or_else(|| PathBuf::from(name)),
+    };
+    assert!(
+        path.is_file(),
+        "{name} is missing: install the Debian package {package} (`make deps` does)"
+    );
+    path
+}
+
+/// Runs `cmd` and returns its output, failing with stderr if it did not succeed.
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
+    let output = cmd.output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs `cmd`, expects it to fail, and returns its stderr, checking that it is one `error:` line
+/// with no panic.
+pub(crate) fn run_err(cmd: &mut Command) -> String {
+    let output = cmd.output().expect("spawn");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "{cmd:?} succeeded; stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(output.status.code(), Some(1), "{cmd:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    errors[0].to_owned()
+}
+
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 stdout")
+}
+
+/// Makes a private key with `openssl genpkey` (`algorithm`: "ed25519" or "P-256"), mode 0600.
+pub(crate) fn openssl_key(dir: &Path, name: &str, algorithm: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut cmd = Command::new(tool("openssl"));
+    cmd.arg("genpkey");
+    match algorithm {
+        "ed25519" => cmd.args(["-algorithm", "ed25519"]),
+        "P-256" => cmd.args(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        other => panic!("no openssl recipe for {other}"),
+    };
+    run_ok(cmd.arg("-out").arg(&path));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// The OpenSSH public key of a PEM private key, computed by Python's `cryptography`.
+pub(crate) fn python_public_key(private_key: &Path) -> String {
+    let output = run_ok(
+        Command::new(tool("python3"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/tools/public_key.py"
+            ))
+            .arg(private_key),
+    );
+    stdout(&output).trim().to_owned()
+}
+
+/// A port nobody listens on right now.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `openssl s_server -WWW` serving a `/webapi/find` document over TLS on localhost, with a fresh
+/// self-signed certificate: a stand-in Teleport proxy web endpoint written by someone else.
+pub(crate) struct FindServer {
+    child: Child,
+    pub(crate) port: u16,
+    pub(crate) ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FindServer {
+    pub(crate) fn start(find_json: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("webapi")).unwrap();
+        std::fs::write(dir.path().join("webapi/find"), find_json).unwrap();
+        // A CA and a leaf for localhost signed by it, as a real deployment has.
+        let path = |name: &str| dir.path().join(name);
+        let openssl = || {
+            let mut cmd = Command::new(tool("openssl"));
+            cmd.current_dir(dir.path()).stderr(Stdio::null());
+            cmd
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        run_ok(openssl().args(["req", "-x509"]).args(ec).args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=keybound test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]));
+        run_ok(openssl().args(["req"]).args(ec).args([
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+        ]));
+        std::fs::write(
+            path("leaf.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        run_ok(openssl().args([
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ]));
+        let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
+        for _ in 0..10 {
+            let port = free_port();
+            let mut child = Command::new(tool("openssl"))
+                .args(["s_server", "-WWW", "-quiet", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(&cert)
+                .arg("-key")
+                .arg(&key)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn openssl s_server");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break; // The port was taken; try another.
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        child,
+                        port,
+                        ca,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("openssl s_server did not start");
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+}
+
+impl Drop for FindServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
