@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what keybound's build and tests need on Debian 12, skipping what is present.
+# Idempotent; needs root or sudo only when something is missing.
+set -euo pipefail
+
+packages=(
+  # Build
+  pkg-config libtss2-dev protobuf-compiler
+  # Emulators and the tools the tests check keybound against
+  softhsm2 opensc swtpm swtpm-tools tpm2-tools
+  openssl openssh-client ca-certificates
+  python3 python3-jwt python3-cryptography
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}" >&2
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "deps: run as root or install sudo" >&2; exit 1; }
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for c in cargo rustc; do
+  command -v "$c" >/dev/null || { echo "deps: $c not found; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+done
+for c in rustfmt clippy-driver; do
+  command -v "$c" >/dev/null || { echo "deps: $c not found: rustup component add rustfmt clippy" >&2; exit 1; }
+done
