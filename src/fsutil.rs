@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
@@ -16,14 +16,25 @@ pub enum Replace {
     Allow,
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory (created 0600),
-/// written, given `mode`, fsynced, renamed over `path`, and the directory fsynced. A reader sees
-/// the old file or the new one, never a mix, and a crash leaves the old file in place.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace) -> anyhow::Result<()> {
-    let dir = match path.parent() {
+/// A file written and fsynced under a temporary name next to its destination, waiting to be
+/// renamed into place. Dropping it removes the temporary file.
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// Writes `bytes` to a temporary file (created 0600) in `path`'s directory, gives it `mode` and
+/// fsyncs it.
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<Staged> {
+    let dir = parent(path);
     if !dir.is_dir() {
         bail!(
             "directory {} does not exist; create it first",
@@ -41,22 +52,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace) -> a
         })
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    match replace {
-        Replace::Allow => tmp.persist(path).map(drop),
-        Replace::Never => tmp.persist_noclobber(path).map(drop),
-    }
-    .map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::anyhow!("{} already exists", path.display())
-        } else {
-            anyhow::Error::new(e.error).context(format!("cannot write {}", path.display()))
+    Ok(Staged {
+        tmp,
+        path: path.to_owned(),
+    })
+}
+
+impl Staged {
+    /// Renames the file into place. With [`Replace::Never`] the rename itself refuses to
+    /// replace an existing file.
+    pub fn commit(self, replace: Replace) -> anyhow::Result<PathBuf> {
+        let path = self.path;
+        match replace {
+            Replace::Allow => self.tmp.persist(&path).map(drop),
+            Replace::Never => self.tmp.persist_noclobber(&path).map(drop),
         }
-    })?;
-    // Make the rename itself durable.
+        .map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!("{} already exists", path.display())
+            } else {
+                anyhow::Error::new(e.error).context(format!("cannot write {}", path.display()))
+            }
+        })?;
+        Ok(path)
+    }
+}
+
+/// Fsyncs a directory, making renames in it durable.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync directory {}", dir.display()))?;
-    Ok(())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+/// Writes `bytes` to `path` atomically: staged (0600 while written, then `mode`, fsynced),
+/// renamed over `path`, and the directory fsynced. A reader sees the old file or the new one,
+/// never a mix, and a crash leaves the old file in place.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace) -> anyhow::Result<()> {
+    stage(path, bytes, mode)?.commit(replace)?;
+    sync_dir(parent(path))
 }
 
 #[cfg(test)]

@@ -4,10 +4,14 @@
 //! Layout:
 //! - [`cli`]: the command line (tbot's flags);
 //! - [`config`]: tbot's v2 YAML, checked strictly;
-//! - [`keypair`]: `keybound keypair create`;
+//! - [`start`]: `keybound start`: join, then write storage and outputs;
+//! - [`join`]: the bound-keypair join client (new and legacy RPCs);
+//! - [`identity`] and [`output`]: the bot identity and the files tbot writes for it;
+//! - [`keypair`]: `keybound keypair create` and `show`;
+//! - [`devcluster`]: `keybound dev-cluster`, a reference join server;
 //! - [`signer`]: opens the configured [`Signer`](keybound_signer::Signer) backend;
 //! - [`suite`]: signature algorithm suites and the keys they call for;
-//! - [`webapi`] and [`tls`]: talking to a Teleport Proxy;
+//! - [`webapi`] and [`tls`]: talking to a Teleport Proxy's web API;
 //! - [`fsutil`]: atomic private file writes.
 //!
 //! Backends live in their own crates under `backends/`: `keybound-signer` (the trait and shared
@@ -15,27 +19,107 @@
 
 pub mod cli;
 pub mod config;
+pub mod devcluster;
 pub mod fsutil;
+pub mod identity;
+pub mod join;
 pub mod keypair;
 pub mod logging;
+pub mod output;
 pub mod signer;
+pub mod start;
 pub mod suite;
 pub mod tls;
 pub mod webapi;
 
+use std::fmt;
+
+use anyhow::Context as _;
 use cli::{Cli, Command, KeypairCommand};
 
+/// What kind of failure ended a run, which the exit code tells (sysexits.h values for `start`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum ExitKind {
+    /// Anything else: exit 1.
+    General,
+    /// The configuration or a local input is wrong: `EX_CONFIG`, 78.
+    Config,
+    /// The cluster rejected the join: `EX_NOPERM`, 77.
+    Rejected,
+    /// The cluster (or a device) could not be reached: `EX_UNAVAILABLE`, 69.
+    Unreachable,
+    /// keybound itself failed: `EX_SOFTWARE`, 70.
+    Software,
+}
+
+impl ExitKind {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::General => 1,
+            Self::Config => 78,
+            Self::Rejected => 77,
+            Self::Unreachable => 69,
+            Self::Software => 70,
+        }
+    }
+}
+
+/// An error with the exit code it deserves.
+#[derive(Debug)]
+pub struct Failure {
+    /// Which exit code.
+    pub kind: ExitKind,
+    /// What happened.
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// A failure of `kind`.
+    pub fn new(kind: ExitKind, error: anyhow::Error) -> Self {
+        Self { kind, error }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::new(ExitKind::General, error)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Runs one command to completion.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Start(args) => {
+            runtime()?.block_on(start::start(&args, &mut std::io::stdout().lock()))
+        }
         Command::Keypair(KeypairCommand::Create(args)) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(keypair::create(&args, &mut std::io::stdout().lock()))
+            Ok(runtime()?.block_on(keypair::create(&args, &mut std::io::stdout().lock()))?)
         }
         Command::Keypair(KeypairCommand::Show(args)) => {
-            keypair::show(&args, &mut std::io::stdout().lock())
+            Ok(keypair::show(&args, &mut std::io::stdout().lock())?)
+        }
+        Command::DevCluster(args) => {
+            let config = devcluster::config_from_args(&args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            Ok(runtime.block_on(devcluster::run(config, &args.ca_out))?)
         }
     }
 }

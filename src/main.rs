@@ -8,9 +8,9 @@ fn main() -> ExitCode {
     keybound::logging::init(cli.debug, cli.log_format);
     match keybound::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(failure.kind.code())
         }
     }
 }

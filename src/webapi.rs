@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::HostPort;
 use crate::suite::Suite;
 
-/// How long one `/webapi/find` may take, connection included.
+/// How long one web API request may take, connection included.
 const FIND_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most we read of a response: `/webapi/find` answers are a few kilobytes.
 const MAX_BODY: usize = 1 << 20;
@@ -35,18 +35,40 @@ pub struct FindResponse {
 
 /// Asks the Proxy at `addr` for `/webapi/find` over TLS configured by `tls`.
 pub async fn find(addr: &HostPort, tls: Arc<ClientConfig>) -> anyhow::Result<FindResponse> {
-    tokio::time::timeout(FIND_TIMEOUT, find_inner(addr, tls))
+    let body = get(addr, tls, "/webapi/find").await?;
+    parse_find(&body).with_context(|| format!("proxy {addr}: /webapi/find"))
+}
+
+/// Fetches the public certificates of one of the cluster's CAs, PEM
+/// (`GET /webapi/auth/export?type=<kind>`, `lib/web/authexport.go`; `kind` as `tctl auth export
+/// --type`: `tls-host`, `tls-user`, `db`, ...).
+pub async fn export_authority(
+    addr: &HostPort,
+    tls: Arc<ClientConfig>,
+    kind: &str,
+) -> anyhow::Result<String> {
+    let body = get(addr, tls, &format!("/webapi/auth/export?type={kind}")).await?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| anyhow!("proxy {addr}: /webapi/auth/export?type={kind} is not text"))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        bail!("proxy {addr}: /webapi/auth/export?type={kind} returned no PEM certificate");
+    }
+    Ok(text)
+}
+
+/// One HTTPS GET to the proxy's web API, bounded by [`FIND_TIMEOUT`].
+async fn get(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Bytes> {
+    tokio::time::timeout(FIND_TIMEOUT, get_inner(addr, tls, path))
         .await
         .map_err(|_| {
             anyhow!(
-                "proxy {addr} did not answer /webapi/find within {}s; check the address and the \
-                 network",
+                "proxy {addr} did not answer {path} within {}s; check the address and the network",
                 FIND_TIMEOUT.as_secs()
             )
         })?
 }
 
-async fn find_inner(addr: &HostPort, tls: Arc<ClientConfig>) -> anyhow::Result<FindResponse> {
+async fn get_inner(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Bytes> {
     let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
         .await
         .with_context(|| format!("cannot connect to proxy {addr}"))?;
@@ -60,30 +82,29 @@ async fn find_inner(addr: &HostPort, tls: Arc<ClientConfig>) -> anyhow::Result<F
         .await
         .with_context(|| format!("HTTP handshake with proxy {addr} failed"))?;
     let driver = tokio::spawn(connection);
-    let request = hyper::Request::get("/webapi/find")
+    let request = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .header(
             hyper::header::USER_AGENT,
             concat!("keybound/", env!("CARGO_PKG_VERSION")),
         )
-        .header(hyper::header::ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
-        .expect("a static request is well-formed");
+        .expect("a request from a valid path is well-formed");
     let response = sender
         .send_request(request)
         .await
-        .with_context(|| format!("GET https://{addr}/webapi/find failed"))?;
+        .with_context(|| format!("GET https://{addr}{path} failed"))?;
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| anyhow!("reading /webapi/find from {addr}: {e}"))?
+        .map_err(|e| anyhow!("reading {path} from {addr}: {e}"))?
         .to_bytes();
     driver.abort();
     if !status.is_success() {
-        bail!("proxy {addr} answered /webapi/find with HTTP {status}; is it a Teleport proxy?");
+        bail!("proxy {addr} answered {path} with HTTP {status}; is it a Teleport proxy?");
     }
-    parse_find(&body).with_context(|| format!("proxy {addr}: /webapi/find"))
+    Ok(body)
 }
 
 fn tls_error(addr: &HostPort, e: std::io::Error) -> anyhow::Error {

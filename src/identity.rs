@@ -1,0 +1,281 @@
+//! The bot identity a join returns: the subject key, the certificates, the cluster's CAs, and
+//! what keybound reads out of them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, anyhow, bail};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use x509_cert::der::Decode as _;
+use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
+use zeroize::Zeroizing;
+
+/// Teleport's X.509 subject attribute OIDs (`lib/tlsca/ca.go`).
+mod oid {
+    use x509_cert::der::asn1::ObjectIdentifier;
+    pub(super) const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+    pub(super) const ORGANIZATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
+    pub(super) const TELEPORT_CLUSTER: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.9999.1.7");
+    pub(super) const GENERATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.14");
+    pub(super) const BOT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.18");
+    pub(super) const BOT_INSTANCE_ID: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.9999.2.20");
+}
+
+/// A bot identity: everything tbot keeps in its storage and writes to its outputs.
+pub struct Identity {
+    /// The subject private key, PEM (PKCS#8, or PKCS#1 for RSA).
+    pub private_key_pem: Zeroizing<String>,
+    /// The subject public key, `authorized_keys` line.
+    pub ssh_public_key: String,
+    /// The SSH user certificate, `authorized_keys` line.
+    pub ssh_cert: String,
+    /// The X.509 client certificate, PEM.
+    pub tls_cert_pem: String,
+    /// The user CA's TLS certificates (the issuer of `tls_cert_pem`), PEM.
+    pub user_ca_pems: Vec<String>,
+    /// The other CA TLS certificates the cluster returned (its host CA), PEM.
+    pub host_ca_pems: Vec<String>,
+    /// The user CA's SSH keys (the signer of `ssh_cert`), `authorized_keys` lines.
+    pub ssh_user_ca_keys: Vec<String>,
+    /// The host CA's SSH keys, `authorized_keys` lines.
+    pub ssh_host_ca_keys: Vec<String>,
+    /// What the certificates say.
+    pub info: IdentityInfo,
+}
+
+/// Facts read from the certificates.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct IdentityInfo {
+    /// The Teleport user (`bot-<name>`).
+    pub username: String,
+    /// The bot's name.
+    pub bot_name: String,
+    /// The bot instance this join created or continued, when the cluster says.
+    pub bot_instance_id: Option<String>,
+    /// The certificate generation, when the cluster says.
+    pub generation: Option<u64>,
+    /// The cluster's name.
+    pub cluster_name: String,
+    /// When the TLS certificate expires.
+    pub not_after: SystemTime,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Builds an identity from what a join returned: the TLS certificate and CAs as DER, the SSH
+    /// certificate and CA keys as SSH wire blobs (the new RPC's encodings).
+    pub fn from_wire(
+        private_key_pem: Zeroizing<String>,
+        ssh_public_key: String,
+        tls_cert_der: &[u8],
+        tls_ca_ders: &[Vec<u8>],
+        ssh_cert_wire: &[u8],
+        ssh_ca_wires: &[Vec<u8>],
+    ) -> anyhow::Result<Self> {
+        let ssh_cert = ssh_key::Certificate::from_bytes(ssh_cert_wire)
+            .context("the SSH certificate is not an OpenSSH certificate")?;
+        let ssh_cas = ssh_ca_wires
+            .iter()
+            .map(|w| ssh_key::PublicKey::from_bytes(w))
+            .collect::<Result<Vec<_>, _>>()
+            .context("an SSH CA key is not an SSH public key")?;
+        Self::assemble(
+            private_key_pem,
+            ssh_public_key,
+            tls_cert_der.to_vec(),
+            tls_ca_ders.to_vec(),
+            ssh_cert,
+            ssh_cas,
+        )
+    }
+
+    /// Builds an identity from the legacy RPC's text encodings: PEM certificates and
+    /// `authorized_keys` lines (`proto.Certs`).
+    pub fn from_text(
+        private_key_pem: Zeroizing<String>,
+        ssh_public_key: String,
+        tls_cert_pem: &[u8],
+        tls_ca_pems: &[Vec<u8>],
+        ssh_cert_line: &[u8],
+        ssh_ca_lines: &[Vec<u8>],
+    ) -> anyhow::Result<Self> {
+        let tls_cert = pem_to_der(tls_cert_pem).context("the TLS certificate")?;
+        let mut tls_cas = Vec::new();
+        for pem in tls_ca_pems {
+            tls_cas.extend(pem_certs(pem).context("a TLS CA certificate")?);
+        }
+        let ssh_cert = ssh_key::Certificate::from_openssh(
+            std::str::from_utf8(ssh_cert_line)
+                .context("the SSH certificate is not text")?
+                .trim(),
+        )
+        .context("the SSH certificate is not an OpenSSH certificate")?;
+        let ssh_cas = ssh_ca_lines
+            .iter()
+            .map(|l| {
+                std::str::from_utf8(l)
+                    .map_err(|_| anyhow!("an SSH CA key is not text"))
+                    .and_then(|l| {
+                        ssh_key::PublicKey::from_openssh(l.trim())
+                            .context("an SSH CA key is not an SSH public key")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::assemble(
+            private_key_pem,
+            ssh_public_key,
+            tls_cert,
+            tls_cas,
+            ssh_cert,
+            ssh_cas,
+        )
+    }
+
+    fn assemble(
+        private_key_pem: Zeroizing<String>,
+        ssh_public_key: String,
+        tls_cert: Vec<u8>,
+        tls_cas: Vec<Vec<u8>>,
+        ssh_cert: ssh_key::Certificate,
+        ssh_cas: Vec<ssh_key::PublicKey>,
+    ) -> anyhow::Result<Self> {
+        let info = read_info(&tls_cert)?;
+        // The user CA is whichever CA the client certificate chains to (Teleport sends the user
+        // CA first and then the host CA, but both carry the cluster's name as their subject).
+        let (user_cas, host_cas): (Vec<_>, Vec<_>) =
+            tls_cas.into_iter().partition(|ca| issued_by(&tls_cert, ca));
+        if user_cas.is_empty() {
+            bail!("the cluster returned no CA that issued the bot's TLS certificate");
+        }
+        let signer = ssh_cert.signature_key();
+        let (ssh_user, ssh_host): (Vec<_>, Vec<_>) =
+            ssh_cas.into_iter().partition(|ca| ca.key_data() == signer);
+        if ssh_user.is_empty() {
+            bail!("the cluster returned no SSH CA key that signed the bot's SSH certificate");
+        }
+        let line = |k: &ssh_key::PublicKey| -> anyhow::Result<String> {
+            Ok(ssh_key::PublicKey::from(k.key_data().clone())
+                .to_openssh()?
+                .trim()
+                .to_owned())
+        };
+        Ok(Self {
+            private_key_pem,
+            ssh_public_key,
+            ssh_cert: ssh_cert.to_openssh()?.trim().to_owned(),
+            tls_cert_pem: der_to_pem(&tls_cert),
+            user_ca_pems: user_cas.iter().map(|d| der_to_pem(d)).collect(),
+            host_ca_pems: host_cas.iter().map(|d| der_to_pem(d)).collect(),
+            ssh_user_ca_keys: ssh_user.iter().map(line).collect::<anyhow::Result<_>>()?,
+            ssh_host_ca_keys: ssh_host.iter().map(line).collect::<anyhow::Result<_>>()?,
+            info,
+        })
+    }
+}
+
+/// Whether `ca` issued `cert`, checked by verifying the chain (as a client-certificate verifier
+/// would), not by comparing names.
+fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
+    let mut roots = RootCertStore::empty();
+    if roots.add(CertificateDer::from(ca.to_vec())).is_err() {
+        return false;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(verifier) =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()
+    else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(&CertificateDer::from(cert.to_vec()), &[], UnixTime::now())
+        .is_ok()
+}
+
+fn read_info(der: &[u8]) -> anyhow::Result<IdentityInfo> {
+    let cert = x509_cert::Certificate::from_der(der).context("the TLS certificate is not X.509")?;
+    let tbs = &cert.tbs_certificate;
+    let subject = attributes(&tbs.subject);
+    let issuer = attributes(&tbs.issuer);
+    let get = |attrs: &[(x509_cert::der::asn1::ObjectIdentifier, String)], oid| {
+        attrs
+            .iter()
+            .find(|(o, _)| *o == oid)
+            .map(|(_, v)| v.clone())
+    };
+    let username =
+        get(&subject, oid::COMMON_NAME).context("the TLS certificate has no common name")?;
+    let bot_name = get(&subject, oid::BOT_NAME)
+        .or_else(|| username.strip_prefix("bot-").map(str::to_owned))
+        .unwrap_or_else(|| username.clone());
+    let cluster_name = get(&subject, oid::TELEPORT_CLUSTER)
+        .or_else(|| get(&issuer, oid::ORGANIZATION))
+        .context("the TLS certificate names no cluster")?;
+    Ok(IdentityInfo {
+        username,
+        bot_name,
+        bot_instance_id: get(&subject, oid::BOT_INSTANCE_ID),
+        generation: get(&subject, oid::GENERATION).and_then(|g| g.parse().ok()),
+        cluster_name,
+        not_after: tbs.validity.not_after.to_system_time(),
+    })
+}
+
+/// Every string attribute of a name, in order.
+fn attributes(
+    name: &x509_cert::name::Name,
+) -> Vec<(x509_cert::der::asn1::ObjectIdentifier, String)> {
+    let mut out = Vec::new();
+    for rdn in name.0.iter() {
+        for atv in rdn.0.iter() {
+            let value = atv
+                .value
+                .decode_as::<Utf8StringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+                .or_else(|_| {
+                    atv.value
+                        .decode_as::<PrintableStringRef<'_>>()
+                        .map(|s| s.as_str().to_owned())
+                });
+            if let Ok(value) = value {
+                out.push((atv.oid, value));
+            }
+        }
+    }
+    out
+}
+
+/// DER certificate → PEM with a final newline.
+pub fn der_to_pem(der: &[u8]) -> String {
+    pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, der)
+        .expect("PEM-encoding bytes cannot fail")
+}
+
+fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut certs = pem_certs(pem)?;
+    if certs.len() != 1 {
+        bail!("expected one PEM certificate, found {}", certs.len());
+    }
+    Ok(certs.remove(0))
+}
+
+fn pem_certs(pem: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::pem_slice_iter(pem)
+        .map(|c| {
+            c.map(|c| c.to_vec())
+                .map_err(|e| anyhow!("not a PEM certificate: {e}"))
+        })
+        .collect()
+}

@@ -1,0 +1,753 @@
+//! The bound-keypair join, as tbot does it with a static key (`lib/join/joinclient/`).
+//!
+//! 1. Open TLS to the Proxy with ALPN `teleport-proxy-grpc` ([`transport`]) and start the
+//!    bidirectional stream `/teleport.join.v1.JoinService/Join`.
+//! 2. Send `ClientInit{join_method: "bound_keypair", token_name, system_role: "Bot"}`.
+//! 3. Receive `ServerInit`, which names the cluster's signature algorithm suite. If instead the
+//!    call fails with UNIMPLEMENTED, or the first response fails for a connection-level reason
+//!    (any code but PERMISSION_DENIED or INVALID_ARGUMENT), fall back to the legacy RPC
+//!    `/proto.JoinService/RegisterUsingBoundKeypairMethod`, learning the suite from
+//!    `/webapi/find` first, since that RPC has no `ServerInit`.
+//! 4. Make a subject keypair for the suite ([`subject`]: RSA-2048 for legacy, P-256 otherwise)
+//!    and send `BoundKeypairInit` with its PKIX DER and SSH wire public keys and
+//!    `expires = now + credential_ttl`; no registration secret, no join state (static keys keep
+//!    none).
+//! 5. Answer each server message in whatever order it comes:
+//!    - a further `ServerInit` (some 18.x builds send two, the second without a suite): ignored;
+//!    - a challenge: keybound checks that it names its own public key and that the document is a
+//!      fresh Teleport challenge for that key ([`challenge`]), then signs it as a compact JWS and
+//!      sends the solution. Anything else gets `GivingUp(CHALLENGE_SOLUTION_FAILED)` and nothing
+//!      is signed;
+//!    - a rotation request: a static key cannot rotate, so `GivingUp(CHALLENGE_SOLUTION_FAILED)`
+//!      and an error telling the admin what to do;
+//!    - the result: the bot's certificates ([`Identity`]).
+//!
+//! The whole join, fallback included, is bounded by [`JOIN_TIMEOUT`], below the server's one
+//! minute (`joinRequestTimeout` in `lib/join/joinv1/server.go`).
+
+pub mod challenge;
+pub mod subject;
+pub mod transport;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use keybound_proto::proto as legacy;
+use keybound_proto::teleport::join::v1;
+use keybound_signer::{PublicKey, Signer, jws};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+
+use crate::config::HostPort;
+use crate::identity::Identity;
+use crate::suite::Suite;
+use crate::tls::{Trust, client_config};
+use crate::webapi;
+use subject::SubjectKey;
+
+/// The most one join may take, fallback included.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// tbot's message when the server challenges a key it does not hold (the missing "not" is in
+/// the original, `lib/join/joinclient/join_boundkeypair.go`; keybound's message says it right).
+const WRONG_KEY: &str =
+    "configured static private key does not match the value requested by the server";
+/// What a static key answers to a rotation request (tbot: `StaticClientState.RequestNewKeypair`).
+const NO_ROTATION: &str = "static private keys do not support automatic rotation";
+
+/// What a join needs.
+#[derive(Clone)]
+pub struct JoinParams {
+    /// The Teleport Proxy (web port, TLS routing).
+    pub proxy: HostPort,
+    /// How to verify the Proxy.
+    pub trust: Trust,
+    /// The bound_keypair token's name.
+    pub token: String,
+    /// Requested certificate lifetime.
+    pub credential_ttl: Duration,
+    /// The static key.
+    pub signer: Arc<dyn Signer>,
+    /// Upper bound for the whole join.
+    pub timeout: Duration,
+}
+
+/// Which RPC a join used.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Rpc {
+    /// `/teleport.join.v1.JoinService/Join`.
+    Join,
+    /// `/proto.JoinService/RegisterUsingBoundKeypairMethod`.
+    Legacy,
+}
+
+impl fmt::Display for Rpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Join => "teleport.join.v1.JoinService/Join",
+            Self::Legacy => "proto.JoinService/RegisterUsingBoundKeypairMethod (legacy)",
+        })
+    }
+}
+
+/// A successful join.
+#[derive(Debug)]
+pub struct Joined {
+    /// The bot identity.
+    pub identity: Identity,
+    /// The RPC that worked.
+    pub rpc: Rpc,
+    /// The cluster's suite, as the join learned it.
+    pub suite: Suite,
+    /// The public key now bound to the token, when the cluster says.
+    pub bound_public_key: Option<String>,
+}
+
+/// Why a join failed. Each variant's message says what to do.
+#[derive(Debug)]
+pub enum JoinError {
+    /// The cluster refused the join.
+    Rejected {
+        /// The gRPC status code.
+        code: Code,
+        /// The cluster's message.
+        message: String,
+    },
+    /// The cluster could not be reached, or the connection broke.
+    Unreachable(String),
+    /// keybound stopped the join: the server asked for something keybound will not do.
+    Refused(String),
+    /// The signer failed.
+    Signer(keybound_signer::Error),
+    /// Local setup (TLS trust) is wrong.
+    Config(String),
+    /// The join took longer than allowed.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected { code, message } => {
+                write!(
+                    f,
+                    "the cluster rejected the join ({}): {message}",
+                    code_name(*code)
+                )?;
+                if let Some(hint) = hint(message) {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
+            Self::Unreachable(message) => write!(f, "{message}"),
+            Self::Refused(message) => write!(f, "{message}"),
+            Self::Signer(error) => write!(f, "signing the join challenge failed: {error}"),
+            Self::Config(message) => write!(f, "{message}"),
+            Self::TimedOut(limit) => write!(
+                f,
+                "the join did not finish within {} s; check the network path to the proxy",
+                limit.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// What to tell an admin about a cluster's error message (messages from
+/// `lib/join/server.go`, `lib/join/boundkeypair/boundkeypair.go`, `lib/auth/auth.go`).
+fn hint(message: &str) -> Option<&'static str> {
+    const HINTS: &[(&str, &str)] = &[
+        (
+            "token expired or not found",
+            "check that onboarding.token names an existing bound_keypair token (tctl get tokens)",
+        ),
+        (
+            "failed to complete challenge",
+            "the static key does not match the token's initial_public_key: compare `keybound keypair show` with the token",
+        ),
+        (
+            "no recovery attempts remaining",
+            "static keys need the token's spec.bound_keypair.recovery.mode set to insecure",
+        ),
+        (
+            "no rejoins remaining",
+            "static keys need the token's spec.bound_keypair.recovery.mode set to insecure",
+        ),
+        (
+            "join state verification failed",
+            "static keys need recovery.mode insecure; the cluster has also locked the token: remove the lock (tctl get locks) after fixing the token",
+        ),
+        (
+            "provision token only supports method",
+            "the token is not a bound_keypair token",
+        ),
+        (
+            "does not allow role",
+            "the token's spec.roles must include Bot",
+        ),
+        (
+            "client version is unsupported",
+            "this cluster is too new for keybound's protocol version",
+        ),
+        (
+            "public key may not be reused",
+            "make a new key with keybound keypair create --static",
+        ),
+        ("bad backend state", "recreate the join token"),
+        (
+            "validating challenge response",
+            "the static key does not match the key bound to the token: compare `keybound keypair show` with the token's status",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map(|(_, hint)| *hint)
+}
+
+fn code_name(code: Code) -> String {
+    // tonic's Debug names (PermissionDenied) → gRPC's (PERMISSION_DENIED).
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Joins the cluster once.
+pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
+    match tokio::time::timeout(params.timeout, join_inner(params)).await {
+        Ok(result) => result,
+        Err(_) => Err(JoinError::TimedOut(params.timeout)),
+    }
+}
+
+async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
+    let grpc_tls = client_config(
+        &params.trust,
+        &[transport::ALPN_PROXY_GRPC, transport::ALPN_H2],
+    )
+    .map_err(|e| JoinError::Config(format!("{e:#}")))?;
+    let channel = transport::connect(&params.proxy, grpc_tls)
+        .await
+        .map_err(|e| unreachable_error(&params.proxy, &e))?;
+    match join_new(channel.clone(), params).await {
+        Ok(joined) => Ok(joined),
+        Err(Attempt::Final(error)) => Err(error),
+        Err(Attempt::Fallback(reason)) => {
+            info!(%reason, "JoinService.Join is not available; falling back to the legacy RPC");
+            join_legacy(channel, params).await
+        }
+    }
+}
+
+enum Attempt {
+    /// Try the legacy RPC (the reason is logged).
+    Fallback(String),
+    Final(JoinError),
+}
+
+impl From<JoinError> for Attempt {
+    fn from(error: JoinError) -> Self {
+        Self::Final(error)
+    }
+}
+
+fn unreachable_error(addr: &HostPort, error: &dyn std::error::Error) -> JoinError {
+    let mut message = format!("cannot reach proxy {addr}");
+    let mut source = Some(error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.ends_with(&text) && text != "transport error" {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    if message.contains("certificate") {
+        message.push_str(
+            "; if the proxy uses a private CA give its bundle with --ca-path or onboarding.ca_path \
+             (or --insecure, for development only)",
+        );
+    }
+    JoinError::Unreachable(message)
+}
+
+/// Turns a status received mid-join into the error a user sees.
+fn status_error(status: &Status) -> JoinError {
+    match status.code() {
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
+            JoinError::Unreachable(format!(
+                "the connection to the cluster broke during the join: {}",
+                if status.message().is_empty() {
+                    code_name(status.code())
+                } else {
+                    status.message().to_owned()
+                }
+            ))
+        }
+        code => JoinError::Rejected {
+            code,
+            message: status.message().to_owned(),
+        },
+    }
+}
+
+fn expires(ttl: Duration) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(SystemTime::now() + ttl)
+}
+
+/// Decides whether to sign a challenge, and signs it. `Err` carries the reason to give up.
+async fn answer(
+    signer: &Arc<dyn Signer>,
+    public_key: &str,
+    document: &str,
+) -> Result<String, GiveUp> {
+    let ours = signer.public_key();
+    let named = PublicKey::from_openssh(public_key).map_err(|_| {
+        GiveUp::refused(format!("{WRONG_KEY}: the cluster challenged {public_key:?}, which is not an Ed25519 or P-256 key"))
+    })?;
+    if &named != ours {
+        return Err(GiveUp::refused(format!(
+            "{WRONG_KEY}: the cluster challenged {} but keybound's key is {} ({}); the token is bound to another key: \
+             recreate it with this key's public key (keybound keypair show)",
+            named.fingerprint(),
+            ours.fingerprint(),
+            signer.backend()
+        )));
+    }
+    challenge::check(document, ours, SystemTime::now()).map_err(|why| {
+        GiveUp::refused(format!("refused to sign the cluster's challenge: {why}"))
+    })?;
+    let signer = signer.clone();
+    let payload = document.as_bytes().to_vec();
+    let started = std::time::Instant::now();
+    let solution = tokio::task::spawn_blocking(move || jws::compact(&*signer, &payload))
+        .await
+        .map_err(|e| GiveUp::refused(format!("the signing task failed: {e}")))?
+        .map_err(GiveUp::signer)?;
+    debug!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "signed the join challenge"
+    );
+    Ok(solution)
+}
+
+/// Why keybound stops a join, with the message for `GivingUp` and the error for the user.
+struct GiveUp {
+    error: JoinError,
+}
+
+impl GiveUp {
+    fn refused(message: String) -> Self {
+        Self {
+            error: JoinError::Refused(message),
+        }
+    }
+    fn signer(error: keybound_signer::Error) -> Self {
+        Self {
+            error: JoinError::Signer(error),
+        }
+    }
+    fn message(&self) -> String {
+        self.error.to_string()
+    }
+}
+
+fn rotation_refused(suite: &str) -> JoinError {
+    JoinError::Refused(format!(
+        "the cluster asked to rotate the bound keypair (suite {:?}), which a static key cannot do \
+         ({NO_ROTATION}); the token's spec.bound_keypair.rotate_after is set. An admin must make a \
+         new key (keybound keypair create --static) and recreate the token with its public key as \
+         initial_public_key",
+        if suite.is_empty() {
+            "unspecified"
+        } else {
+            suite
+        }
+    ))
+}
+
+// === The JoinService.Join RPC ===
+
+async fn join_new(
+    channel: tonic::transport::Channel,
+    params: &JoinParams,
+) -> Result<Joined, Attempt> {
+    use v1::{
+        challenge as ch, challenge_solution as sol, join_request, join_response, result as res,
+    };
+
+    let (tx, rx) = mpsc::channel::<v1::JoinRequest>(4);
+    let send = |payload: join_request::Payload| {
+        let tx = tx.clone();
+        async move {
+            tx.send(v1::JoinRequest {
+                payload: Some(payload),
+            })
+            .await
+            .map_err(|_| JoinError::Unreachable("the join stream closed while sending".to_owned()))
+        }
+    };
+    send(join_request::Payload::ClientInit(v1::ClientInit {
+        join_method: Some("bound_keypair".to_owned()),
+        token_name: params.token.clone(),
+        system_role: "Bot".to_owned(),
+        ..Default::default()
+    }))
+    .await?;
+
+    let first_failure = |status: Status| match status.code() {
+        Code::PermissionDenied | Code::InvalidArgument => Attempt::Final(status_error(&status)),
+        _ => Attempt::Fallback(format!(
+            "{}: {}",
+            code_name(status.code()),
+            status.message()
+        )),
+    };
+    let mut client = v1::join_service_client::JoinServiceClient::new(channel);
+    let mut inbound = client
+        .join(ReceiverStream::new(rx))
+        .await
+        .map_err(first_failure)?
+        .into_inner();
+    let suite = match inbound.message().await.map_err(first_failure)? {
+        Some(v1::JoinResponse {
+            payload: Some(join_response::Payload::Init(init)),
+        }) => {
+            debug!(join_method = %init.join_method, suite = %init.signature_algorithm_suite, "received ServerInit");
+            Suite::parse(&init.signature_algorithm_suite)
+                .map_err(|e| JoinError::Refused(format!("the cluster's ServerInit names {e}")))?
+        }
+        Some(other) => {
+            return Err(JoinError::Refused(format!(
+                "the cluster's first join message is not ServerInit ({:?})",
+                other.payload.map(|p| payload_name(&p))
+            ))
+            .into());
+        }
+        None => {
+            return Err(Attempt::Fallback(
+                "the stream ended before ServerInit".to_owned(),
+            ));
+        }
+    };
+
+    let subject = generate_subject(suite).await?;
+    info!(%suite, subject_key = subject.kind, "joining with JoinService.Join");
+    send(join_request::Payload::BoundKeypairInit(
+        v1::BoundKeypairInit {
+            client_params: Some(v1::ClientParams {
+                payload: Some(v1::client_params::Payload::BotParams(v1::BotParams {
+                    public_keys: Some(v1::PublicKeys {
+                        public_tls_key: subject.spki_der.clone(),
+                        public_ssh_key: subject.ssh_wire.clone(),
+                    }),
+                    expires: Some(expires(params.credential_ttl)),
+                })),
+            }),
+            initial_join_secret: String::new(),
+            previous_join_state: Vec::new(),
+        },
+    ))
+    .await?;
+
+    let give_up = |give_up: GiveUp| {
+        let tx = tx.clone();
+        async move {
+            let msg = give_up.message();
+            warn!(reason = %msg, "giving up on the join");
+            let _ = tx
+                .send(v1::JoinRequest {
+                    payload: Some(join_request::Payload::GivingUp(v1::GivingUp {
+                        reason: v1::giving_up::Reason::ChallengeSolutionFailed as i32,
+                        msg,
+                    })),
+                })
+                .await;
+            Attempt::Final(give_up.error)
+        }
+    };
+
+    loop {
+        let message = inbound
+            .message()
+            .await
+            .map_err(|s| Attempt::Final(status_error(&s)))?;
+        let Some(v1::JoinResponse {
+            payload: Some(payload),
+        }) = message
+        else {
+            if message.is_none() {
+                return Err(JoinError::Unreachable(
+                    "the cluster closed the join stream before sending certificates".to_owned(),
+                )
+                .into());
+            }
+            return Err(give_up(GiveUp::refused(
+                "the cluster sent an empty join message".to_owned(),
+            ))
+            .await);
+        };
+        match payload {
+            join_response::Payload::Init(init) => {
+                debug!(suite = %init.signature_algorithm_suite, "ignoring a repeated ServerInit");
+            }
+            join_response::Payload::Challenge(v1::Challenge {
+                payload: Some(ch::Payload::BoundKeypairChallenge(c)),
+            }) => {
+                match answer(
+                    &params.signer,
+                    &String::from_utf8_lossy(&c.public_key),
+                    &c.challenge,
+                )
+                .await
+                {
+                    Ok(solution) => {
+                        send(join_request::Payload::Solution(v1::ChallengeSolution {
+                            payload: Some(sol::Payload::BoundKeypairChallengeSolution(
+                                v1::BoundKeypairChallengeSolution {
+                                    solution: solution.into_bytes(),
+                                },
+                            )),
+                        }))
+                        .await?;
+                    }
+                    Err(why) => return Err(give_up(why).await),
+                }
+            }
+            join_response::Payload::Challenge(v1::Challenge {
+                payload: Some(ch::Payload::BoundKeypairRotationRequest(r)),
+            }) => {
+                info!(suite = %r.signature_algorithm_suite, "Server has requested keypair rotation");
+                let error = rotation_refused(&r.signature_algorithm_suite);
+                let tx2 = tx.clone();
+                let _ = tx2
+                    .send(v1::JoinRequest {
+                        payload: Some(join_request::Payload::GivingUp(v1::GivingUp {
+                            reason: v1::giving_up::Reason::ChallengeSolutionFailed as i32,
+                            msg: NO_ROTATION.to_owned(),
+                        })),
+                    })
+                    .await;
+                return Err(error.into());
+            }
+            join_response::Payload::Result(v1::Result {
+                payload: Some(res::Payload::BotResult(result)),
+            }) => {
+                let certs = result.certificates.ok_or_else(|| {
+                    JoinError::Refused("the cluster's result carries no certificates".to_owned())
+                })?;
+                let identity = Identity::from_wire(
+                    subject.private_pem,
+                    subject.ssh_authorized,
+                    &certs.tls_cert,
+                    &certs.tls_ca_certs,
+                    &certs.ssh_cert,
+                    &certs.ssh_ca_keys,
+                )
+                .map_err(|e| {
+                    JoinError::Refused(format!("the cluster's certificates are unusable: {e:#}"))
+                })?;
+                let bound_public_key = result
+                    .bound_keypair_result
+                    .map(|b| String::from_utf8_lossy(&b.public_key).into_owned())
+                    .filter(|k| !k.is_empty());
+                return Ok(Joined {
+                    identity,
+                    rpc: Rpc::Join,
+                    suite,
+                    bound_public_key,
+                });
+            }
+            other => {
+                return Err(give_up(GiveUp::refused(format!(
+                    "the cluster sent an unexpected join message ({})",
+                    payload_name(&other)
+                )))
+                .await);
+            }
+        }
+    }
+}
+
+fn payload_name(payload: &v1::join_response::Payload) -> &'static str {
+    use v1::join_response::Payload;
+    match payload {
+        Payload::Init(_) => "ServerInit",
+        Payload::Challenge(c) => match c.payload {
+            Some(v1::challenge::Payload::BoundKeypairChallenge(_)) => "BoundKeypairChallenge",
+            Some(v1::challenge::Payload::BoundKeypairRotationRequest(_)) => {
+                "BoundKeypairRotationRequest"
+            }
+            _ => "a challenge for another join method",
+        },
+        Payload::Result(r) => match r.payload {
+            Some(v1::result::Payload::BotResult(_)) => "BotResult",
+            _ => "a result for a host",
+        },
+    }
+}
+
+async fn generate_subject(suite: Suite) -> Result<SubjectKey, JoinError> {
+    tokio::task::spawn_blocking(move || SubjectKey::generate(suite))
+        .await
+        .map_err(|e| JoinError::Refused(format!("subject key generation failed: {e}")))?
+        .map_err(|e| JoinError::Refused(format!("subject key generation failed: {e:#}")))
+}
+
+// === The legacy RegisterUsingBoundKeypairMethod RPC ===
+
+async fn join_legacy(
+    channel: tonic::transport::Channel,
+    params: &JoinParams,
+) -> Result<Joined, JoinError> {
+    use legacy::{
+        register_using_bound_keypair_method_request as req,
+        register_using_bound_keypair_method_response as resp,
+    };
+
+    // No ServerInit here: ask the proxy for the suite first, as tbot does (`webclient.Find`).
+    let web_tls = client_config(&params.trust, &[b"http/1.1"])
+        .map_err(|e| JoinError::Config(format!("{e:#}")))?;
+    let found = webapi::find(&params.proxy, web_tls)
+        .await
+        .map_err(|e| JoinError::Unreachable(format!("{e:#}")))?;
+    let suite = found.suite;
+    let subject = generate_subject(suite).await?;
+    info!(%suite, subject_key = subject.kind, "joining with the legacy RegisterUsingBoundKeypairMethod");
+
+    let (tx, rx) = mpsc::channel::<legacy::RegisterUsingBoundKeypairMethodRequest>(4);
+    let send = |payload: req::Payload| {
+        let tx = tx.clone();
+        async move {
+            tx.send(legacy::RegisterUsingBoundKeypairMethodRequest {
+                payload: Some(payload),
+            })
+            .await
+            .map_err(|_| JoinError::Unreachable("the join stream closed while sending".to_owned()))
+        }
+    };
+    send(req::Payload::Init(
+        legacy::RegisterUsingBoundKeypairInitialRequest {
+            join_request: Some(keybound_proto::types::RegisterUsingTokenRequest {
+                token: params.token.clone(),
+                role: "Bot".to_owned(),
+                // keys.MarshalPublicKey (PEM) and ssh.MarshalAuthorizedKey (with its newline), as
+                // lib/auth/join/join.go sends them.
+                public_tls_key: subject.public_pem.clone().into_bytes(),
+                public_ssh_key: format!("{}\n", subject.ssh_authorized).into_bytes(),
+                expires: Some(expires(params.credential_ttl)),
+                ..Default::default()
+            }),
+            initial_join_secret: String::new(),
+            previous_join_state: Vec::new(),
+        },
+    ))
+    .await?;
+
+    let mut client = legacy::join_service_client::JoinServiceClient::new(channel);
+    let mut inbound = client
+        .register_using_bound_keypair_method(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| status_error(&s))?
+        .into_inner();
+    loop {
+        let message = inbound.message().await.map_err(|s| status_error(&s))?;
+        let Some(legacy::RegisterUsingBoundKeypairMethodResponse {
+            response: Some(response),
+        }) = message
+        else {
+            return Err(if message.is_none() {
+                JoinError::Unreachable(
+                    "the cluster closed the join stream before sending certificates".to_owned(),
+                )
+            } else {
+                JoinError::Refused("the cluster sent an empty join message".to_owned())
+            });
+        };
+        match response {
+            resp::Response::Challenge(c) => {
+                match answer(&params.signer, &c.public_key, &c.challenge).await {
+                    Ok(solution) => {
+                        send(req::Payload::ChallengeResponse(
+                            legacy::RegisterUsingBoundKeypairChallengeResponse {
+                                solution: solution.into_bytes(),
+                            },
+                        ))
+                        .await?;
+                    }
+                    // The legacy RPC has no GivingUp: ending the stream is how a client gives up.
+                    Err(why) => {
+                        warn!(reason = %why.message(), "giving up on the join");
+                        return Err(why.error);
+                    }
+                }
+            }
+            resp::Response::Rotation(r) => {
+                info!(
+                    suite = r.signature_algorithm_suite,
+                    "Server has requested keypair rotation"
+                );
+                let suite = Suite::from_number(r.signature_algorithm_suite)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                return Err(rotation_refused(&suite));
+            }
+            resp::Response::Certs(result) => {
+                let certs = result.certs.ok_or_else(|| {
+                    JoinError::Refused("the cluster's result carries no certificates".to_owned())
+                })?;
+                let identity = Identity::from_text(
+                    subject.private_pem,
+                    subject.ssh_authorized,
+                    &certs.tls,
+                    &certs.tlsca_certs,
+                    &certs.ssh,
+                    &certs.sshca_certs,
+                )
+                .map_err(|e| {
+                    JoinError::Refused(format!("the cluster's certificates are unusable: {e:#}"))
+                })?;
+                let bound_public_key = Some(result.public_key).filter(|k| !k.is_empty());
+                return Ok(Joined {
+                    identity,
+                    rpc: Rpc::Legacy,
+                    suite,
+                    bound_public_key,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_read_like_grpc() {
+        assert_eq!(code_name(Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(code_name(Code::Unknown), "UNKNOWN");
+    }
+
+    #[test]
+    fn rejections_carry_hints() {
+        let e = JoinError::Rejected {
+            code: Code::PermissionDenied,
+            message: "token expired or not found".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the cluster rejected the join (PERMISSION_DENIED): token expired or not found; check that \
+             onboarding.token names an existing bound_keypair token (tctl get tokens)"
+        );
+    }
+}
