@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test deps emulators lint unit docs demo
+.PHONY: test deps emulators lint unit docs demo bench
 
 ## test: install what is missing, prove the emulators work, then format check, clippy, all tests, docs
 test: deps emulators lint unit docs
@@ -23,6 +23,10 @@ unit:
 docs:
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --workspace --no-deps --locked
 
-## demo: make a static key and show it
+## demo: a dev cluster, a new static key, keybound start --oneshot, the certificates obtained
 demo:
 	scripts/demo.sh
+
+## bench: one join on loopback per key type (median, p99)
+bench:
+	$(CARGO) bench --locked --bench join

@@ -72,6 +72,7 @@ async fn get_inner(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyho
     let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
         .await
         .with_context(|| format!("cannot connect to proxy {addr}"))?;
+    tcp.set_nodelay(true)?;
     let name = ServerName::try_from(addr.host.clone())
         .with_context(|| format!("{:?} is not a valid TLS server name", addr.host))?;
     let stream = TlsConnector::from(tls)

@@ -84,7 +84,7 @@ fn audience<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
     })
 }
 
-fn unix(t: SystemTime) -> i64 {
+pub(crate) fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()

@@ -6,7 +6,7 @@
 //! `teleport.join.v1.JoinService` and the legacy `proto.JoinService`), anything else (`h2`,
 //! `http/1.1`, none) to the web API (`/webapi/find`, `/webapi/auth/export`). Tokens load from
 //! Teleport's token YAML; challenges, recovery, join state, rotation and locks follow Auth
-//! ([`handler`]); certificates are real X.509 and SSH certificates from in-memory CAs ([`ca`]).
+//! (`handler.rs`); certificates are real X.509 and SSH certificates from in-memory CAs ([`ca`]).
 //!
 //! It is not Teleport: there is no Auth/Proxy split, no authenticated API, no persistence.
 
@@ -310,7 +310,7 @@ impl Cluster {
         let other =
             SoftSigner::generate(Algorithm::Ed25519).expect("Ed25519 generation cannot fail");
         let key: &PublicKey = other.public_key();
-        let now = handler_unix(self.now());
+        let now = handler::unix(self.now());
         let document = format!(
             r#"{{"iss":"{c}","sub":"{}","aud":"{c}","exp":{},"nbf":{},"iat":{now},"nonce":"00112233445566778899aabbccddeeff"}}"#,
             key.key_id(),
@@ -347,12 +347,6 @@ impl Cluster {
             "fips": false,
         })
     }
-}
-
-fn handler_unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 // === Serving ===
@@ -432,6 +426,9 @@ async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, clust
                 continue;
             }
         };
+        // gRPC writes small frames; without this, Nagle's algorithm and the peer's delayed ACKs
+        // add 40 ms to every exchange.
+        let _ = tcp.set_nodelay(true);
         let (acceptor, cluster, v1, old) =
             (acceptor.clone(), cluster.clone(), v1.clone(), old.clone());
         tokio::spawn(async move {

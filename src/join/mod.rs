@@ -300,6 +300,16 @@ fn status_error(status: &Status) -> JoinError {
     }
 }
 
+/// Why the server ended a stream we could no longer write to: its final status, if it sent one.
+async fn closed_reason<T>(inbound: &mut tonic::Streaming<T>) -> JoinError {
+    match inbound.message().await {
+        Err(status) => status_error(&status),
+        Ok(_) => JoinError::Unreachable(
+            "the cluster closed the join stream before sending certificates".to_owned(),
+        ),
+    }
+}
+
 fn expires(ttl: Duration) -> prost_types::Timestamp {
     prost_types::Timestamp::from(SystemTime::now() + ttl)
 }
@@ -442,7 +452,7 @@ async fn join_new(
 
     let subject = generate_subject(suite).await?;
     info!(%suite, subject_key = subject.kind, "joining with JoinService.Join");
-    send(join_request::Payload::BoundKeypairInit(
+    let sent = send(join_request::Payload::BoundKeypairInit(
         v1::BoundKeypairInit {
             client_params: Some(v1::ClientParams {
                 payload: Some(v1::client_params::Payload::BotParams(v1::BotParams {
@@ -457,7 +467,10 @@ async fn join_new(
             previous_join_state: Vec::new(),
         },
     ))
-    .await?;
+    .await;
+    if sent.is_err() {
+        return Err(closed_reason(&mut inbound).await.into());
+    }
 
     let give_up = |give_up: GiveUp| {
         let tx = tx.clone();
@@ -511,14 +524,17 @@ async fn join_new(
                 .await
                 {
                     Ok(solution) => {
-                        send(join_request::Payload::Solution(v1::ChallengeSolution {
+                        let sent = send(join_request::Payload::Solution(v1::ChallengeSolution {
                             payload: Some(sol::Payload::BoundKeypairChallengeSolution(
                                 v1::BoundKeypairChallengeSolution {
                                     solution: solution.into_bytes(),
                                 },
                             )),
                         }))
-                        .await?;
+                        .await;
+                        if sent.is_err() {
+                            return Err(closed_reason(&mut inbound).await.into());
+                        }
                     }
                     Err(why) => return Err(give_up(why).await),
                 }
@@ -677,12 +693,15 @@ async fn join_legacy(
             resp::Response::Challenge(c) => {
                 match answer(&params.signer, &c.public_key, &c.challenge).await {
                     Ok(solution) => {
-                        send(req::Payload::ChallengeResponse(
+                        let sent = send(req::Payload::ChallengeResponse(
                             legacy::RegisterUsingBoundKeypairChallengeResponse {
                                 solution: solution.into_bytes(),
                             },
                         ))
-                        .await?;
+                        .await;
+                        if sent.is_err() {
+                            return Err(closed_reason(&mut inbound).await);
+                        }
                     }
                     // The legacy RPC has no GivingUp: ending the stream is how a client gives up.
                     Err(why) => {

@@ -1,7 +1,10 @@
 //! End-to-end tests of the `keybound` binary and library against tools keybound did not write
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
+mod cluster;
 mod config;
 mod interop;
+mod join;
 mod keypair;
+mod start;
 mod support;

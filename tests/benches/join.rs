@@ -1,0 +1,111 @@
+//! One full join on loopback against the in-process dev cluster, per key type: median and p99.
+//! A benchmark, not a test: `cargo bench --bench join` (or `make bench`). It asserts nothing
+//! about time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keybound::config::HostPort;
+use keybound::devcluster::tokens;
+use keybound::devcluster::{DevCluster, DevClusterConfig};
+use keybound::join::{self, JOIN_TIMEOUT, JoinParams};
+use keybound::suite::Suite;
+use keybound::tls::Trust;
+use keybound_signer::{Algorithm, Signer};
+use keybound_signer_soft::SoftSigner;
+
+const WARMUP: usize = 10;
+
+fn token(key: &str) -> tokens::Token {
+    let yaml = format!(
+        "kind: token\nversion: v2\nmetadata:\n  name: bench\nspec:\n  bot_name: bench\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: {key}\n    recovery:\n      mode: insecure\n"
+    );
+    tokens::parse(&yaml, "bench").expect("token").remove(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn measure(
+    algorithm: Algorithm,
+    suite: Suite,
+    legacy_only: bool,
+    runs: usize,
+) -> (Duration, Duration) {
+    let signer = SoftSigner::generate(algorithm).expect("key");
+    let cluster = DevCluster::start(DevClusterConfig {
+        suite,
+        legacy_only,
+        tokens: vec![token(&signer.public_key().to_openssh())],
+        ..Default::default()
+    })
+    .await
+    .expect("dev cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cluster.ca_pem()).expect("ca");
+    let signer: Arc<dyn Signer> = Arc::new(signer);
+    let params = JoinParams {
+        proxy: HostPort::parse(&cluster.proxy_addr(), 443).expect("addr"),
+        trust: Trust::Bundle(ca),
+        token: "bench".to_owned(),
+        credential_ttl: Duration::from_secs(3600),
+        signer,
+        timeout: JOIN_TIMEOUT,
+    };
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..WARMUP + runs {
+        let started = Instant::now();
+        join::join(&params).await.expect("join");
+        if i >= WARMUP {
+            times.push(started.elapsed());
+        }
+    }
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --test-ish arguments; keep that quick.
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let runs = if quick { 3 } else { 200 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "one join, in process, TLS + gRPC on loopback, {runs} runs after {WARMUP} warm-up runs"
+    );
+    println!(
+        "{:<12} {:<12} {:<8} {:>10} {:>10}",
+        "bound key", "suite", "rpc", "median", "p99"
+    );
+    for (algorithm, suite, legacy_only) in [
+        (Algorithm::Ed25519, Suite::BalancedV1, false),
+        (Algorithm::EcdsaP256Sha256, Suite::BalancedV1, false),
+        (Algorithm::EcdsaP256Sha256, Suite::FipsV1, false),
+        (Algorithm::Ed25519, Suite::BalancedV1, true),
+        (Algorithm::Ed25519, Suite::Legacy, false),
+    ] {
+        let (median, p99) = runtime.block_on(measure(
+            algorithm,
+            suite,
+            legacy_only,
+            if suite == Suite::Legacy {
+                runs / 4
+            } else {
+                runs
+            },
+        ));
+        println!(
+            "{:<12} {:<12} {:<8} {:>8.2}ms {:>8.2}ms",
+            algorithm.as_str(),
+            suite.to_string(),
+            if legacy_only { "legacy" } else { "join" },
+            median.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Shared setup for tests against an in-process dev cluster.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use keybound::config::HostPort;
+use keybound::devcluster::tokens::{self, Token};
+use keybound::devcluster::{DevCluster, DevClusterConfig};
+use keybound::join::{JOIN_TIMEOUT, JoinParams};
+use keybound::tls::Trust;
+use keybound_signer::{Algorithm, Error, PublicKey, Signature, Signer};
+use keybound_signer_soft::SoftSigner;
+
+/// A Teleport token YAML for a static key.
+pub(crate) fn token_yaml(
+    name: &str,
+    key: &PublicKey,
+    mode: &str,
+    limit: u32,
+    extra: &str,
+) -> String {
+    format!(
+        "kind: token\nversion: v2\nmetadata:\n  name: {name}\nspec:\n  bot_name: robot\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: {}\n    recovery:\n      limit: {limit}\n      mode: {mode}\n{extra}",
+        key.to_openssh()
+    )
+}
+
+pub(crate) fn token(name: &str, key: &PublicKey, mode: &str, limit: u32, extra: &str) -> Token {
+    tokens::parse(&token_yaml(name, key, mode, limit, extra), "test")
+        .unwrap()
+        .remove(0)
+}
+
+/// A dev cluster with one insecure-mode token `t` for `key`.
+pub(crate) async fn cluster_for(
+    key: &PublicKey,
+    tweak: impl FnOnce(&mut DevClusterConfig),
+) -> DevCluster {
+    let mut config = DevClusterConfig {
+        tokens: vec![token("t", key, "insecure", 1, "")],
+        ..Default::default()
+    };
+    tweak(&mut config);
+    DevCluster::start(config).await.unwrap()
+}
+
+/// Writes the cluster's CA bundle into `dir`.
+pub(crate) fn ca_file(cluster: &DevCluster, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, cluster.ca_pem()).unwrap();
+    path
+}
+
+pub(crate) fn params(
+    cluster: &DevCluster,
+    ca: &Path,
+    token: &str,
+    signer: Arc<dyn Signer>,
+) -> JoinParams {
+    JoinParams {
+        proxy: HostPort::parse(&cluster.proxy_addr(), 443).unwrap(),
+        trust: Trust::Bundle(ca.to_owned()),
+        token: token.to_owned(),
+        credential_ttl: std::time::Duration::from_secs(3600),
+        signer,
+        timeout: JOIN_TIMEOUT,
+    }
+}
+
+/// A signer that counts its signatures: proof that keybound signed nothing.
+#[derive(Debug)]
+pub(crate) struct Counting {
+    pub(crate) inner: SoftSigner,
+    pub(crate) signatures: AtomicUsize,
+}
+
+impl Counting {
+    pub(crate) fn new(algorithm: Algorithm) -> Arc<Self> {
+        Arc::new(Self {
+            inner: SoftSigner::generate(algorithm).unwrap(),
+            signatures: AtomicUsize::new(0),
+        })
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.signatures.load(Ordering::SeqCst)
+    }
+}
+
+impl Signer for Counting {
+    fn backend(&self) -> &'static str {
+        "counting"
+    }
+    fn public_key(&self) -> &PublicKey {
+        self.inner.public_key()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Signature, Error> {
+        self.signatures.fetch_add(1, Ordering::SeqCst);
+        self.inner.sign(message)
+    }
+}
