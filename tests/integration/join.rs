@@ -109,19 +109,20 @@ async fn a_duplicate_suite_less_server_init_is_tolerated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_request_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let signer = Counting::new(Algorithm::Ed25519);
-    let cluster = cluster_for(signer.public_key(), |c| {
-        c.tokens = vec![token(
-            "t",
-            signer.public_key(),
-            "insecure",
-            1,
-            "    rotate_after: 2020-01-01T00:00:00Z\n",
-        )];
-    })
-    .await;
-    let ca = ca_file(&cluster, dir.path());
     for legacy_only in [false, true] {
+        let signer = Counting::new(Algorithm::Ed25519);
+        let cluster = cluster_for(signer.public_key(), |c| {
+            c.legacy_only = legacy_only;
+            c.tokens = vec![token(
+                "t",
+                signer.public_key(),
+                "insecure",
+                1,
+                "    rotate_after: 2020-01-01T00:00:00Z\n",
+            )];
+        })
+        .await;
+        let ca = ca_file(&cluster, dir.path());
         let error = join::join(&params(&cluster, &ca, "t", signer.clone()))
             .await
             .unwrap_err();
@@ -132,9 +133,15 @@ async fn a_rotation_request_is_refused_with_what_to_do() {
             "{message}"
         );
         assert!(message.contains("recreate the token"), "{message}");
-        let _ = legacy_only;
+        // The bound key was proven first (one signature); nothing was signed for the rotation.
+        assert_eq!(signer.count(), 1, "legacy_only={legacy_only}");
+        assert_eq!(cluster.cluster.joins_completed(), 0);
+        // The failed join left the token as it was.
+        assert_eq!(
+            cluster.cluster.token_status_of("t").unwrap().recovery_count,
+            0
+        );
     }
-    assert_eq!(cluster.cluster.joins_completed(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
