@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keybound_signer::Algorithm;
 
+use crate::signer::SignerKind;
+
 /// keybound: a Teleport Machine ID agent whose bound keypair can live in a file, an environment
 /// variable, a PKCS#11 token or a TPM.
 #[derive(Debug, Parser)]
@@ -24,7 +26,59 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Settings of the signer backends, shared by the commands that open or make a key. Each
+/// overrides the same key under `onboarding.bound_keypair`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct SignerArgs {
+    /// Which backend holds the key: file, env or pkcs11.
+    #[arg(long, value_enum)]
+    pub signer: Option<SignerKind>,
+
+    /// The key in a PKCS#11 token, as an RFC 7512 URI: 'pkcs11:token=LABEL;object=LABEL'.
+    #[arg(long, value_name = "URI")]
+    pub pkcs11_uri: Option<String>,
+
+    /// The PKCS#11 module (shared library) to load.
+    #[arg(long, value_name = "PATH")]
+    pub pkcs11_module: Option<PathBuf>,
+
+    /// Where the token PIN comes from: env:VAR or file:PATH (never the PIN itself).
+    #[arg(long, value_name = "env:VAR|file:PATH", value_parser = parse_pin_source)]
+    pub pin_source: Option<keybound_signer::PinSource>,
+
+    /// Refuse a key that its device could export.
+    #[arg(long)]
+    pub require_hardware_key: bool,
+}
+
+impl SignerArgs {
+    /// Writes these flags over the config's `onboarding`.
+    pub fn apply(&self, onboarding: &mut crate::config::Onboarding) {
+        if let Some(kind) = self.signer {
+            onboarding.signer = Some(kind);
+        }
+        if let Some(uri) = &self.pkcs11_uri {
+            onboarding.pkcs11_uri = Some(uri.clone());
+        }
+        if let Some(module) = &self.pkcs11_module {
+            onboarding.pkcs11_module = Some(module.clone());
+        }
+        if let Some(pin) = &self.pin_source {
+            onboarding.pin_source = Some(pin.clone());
+        }
+        if self.require_hardware_key {
+            onboarding.require_hardware_key = true;
+        }
+    }
+}
+
+fn parse_pin_source(text: &str) -> Result<keybound_signer::PinSource, String> {
+    keybound_signer::PinSource::parse(text)
+}
+
 /// keybound's commands.
+// One value per process, parsed once: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Join the cluster and write the bot's certificates (tbot's `start`).
@@ -32,8 +86,38 @@ pub enum Command {
     /// Create and inspect bound keypairs.
     #[command(subcommand)]
     Keypair(KeypairCommand),
+    /// Inspect signer backends.
+    #[command(subcommand)]
+    Signer(SignerCommand),
     /// Run a local reference Teleport join server for tests, demos and rehearsals.
     DevCluster(DevClusterArgs),
+}
+
+/// `keybound signer ...`.
+#[derive(Debug, Subcommand)]
+pub enum SignerCommand {
+    /// List the tokens of a PKCS#11 module and the keys on them, with URIs to paste.
+    List(SignerList),
+}
+
+/// `keybound signer list`.
+#[derive(Debug, Args)]
+pub struct SignerList {
+    /// The backend to list: pkcs11.
+    #[arg(long, value_enum, default_value = "pkcs11")]
+    pub signer: SignerKind,
+
+    /// The PKCS#11 module (shared library) to load.
+    #[arg(long, value_name = "PATH")]
+    pub pkcs11_module: PathBuf,
+
+    /// Log in with this PIN source to list private keys (else public keys are listed).
+    #[arg(long, value_name = "env:VAR|file:PATH", value_parser = parse_pin_source)]
+    pub pin_source: Option<keybound_signer::PinSource>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
 }
 
 /// `keybound start`, with tbot's flags. Flags override the config file.
@@ -71,6 +155,10 @@ pub struct Start {
     /// The static key's PEM file (onboarding.bound_keypair.static_private_key_path).
     #[arg(long, value_name = "PATH")]
     pub static_key_path: Option<PathBuf>,
+
+    /// Where the bound key lives, when not in a file or the environment.
+    #[command(flatten)]
+    pub signer: SignerArgs,
 
     /// Keep the bot's own identity in this directory (storage type directory).
     #[arg(long, value_name = "DIR", conflicts_with = "storage")]
@@ -179,6 +267,10 @@ pub struct KeypairShow {
     #[arg(long, value_name = "PATH")]
     pub static_key_path: Option<PathBuf>,
 
+    /// The signer, when not a file or the environment.
+    #[command(flatten)]
+    pub signer: SignerArgs,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
@@ -206,10 +298,10 @@ pub struct KeypairCreate {
     #[arg(long, value_parser = parse_algorithm, value_name = "ed25519|ecdsa-p256")]
     pub algorithm: Option<Algorithm>,
 
-    /// Where the private key will live: file (needs --static-key-path) or env (printed for
-    /// TBOT_BOUND_KEYPAIR_STATIC_KEY). Defaults to file when --static-key-path is given.
-    #[arg(long, value_enum)]
-    pub signer: Option<SignerKind>,
+    /// Where the key lives: --signer file (needs --static-key-path), env (printed for
+    /// TBOT_BOUND_KEYPAIR_STATIC_KEY), or pkcs11 (made inside the token --pkcs11-uri names).
+    #[command(flatten)]
+    pub signer: SignerArgs,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -230,15 +322,6 @@ pub struct KeypairCreate {
     /// tbot's bot storage for non-static keys; keybound makes static keys only, so this is refused.
     #[arg(long, value_name = "URI", hide = true)]
     pub storage: Option<String>,
-}
-
-/// Where a key made by `keypair create` is kept.
-#[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
-pub enum SignerKind {
-    /// A PEM file.
-    File,
-    /// Base64 in TBOT_BOUND_KEYPAIR_STATIC_KEY.
-    Env,
 }
 
 /// Output format of `keypair create`.

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use keybound_signer::config::{EnvConfig, FileConfig, SignerConfig};
+use keybound_signer::PinSource;
+use keybound_signer::config::{EnvConfig, FileConfig, Pkcs11Config, SignerConfig};
+
+use crate::signer::SignerKind;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -57,7 +60,7 @@ pub enum ClusterAddr {
 }
 
 /// `onboarding:`.
-#[derive(Clone, Debug, Eq, PartialEq)]
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Onboarding {
     /// The join token's name.
     pub token: String,
@@ -65,15 +68,65 @@ pub struct Onboarding {
     pub ca_path: Option<PathBuf>,
     /// `bound_keypair.static_private_key_path`.
     pub static_private_key_path: Option<PathBuf>,
+    /// `bound_keypair.signer` (keybound): which backend holds the key.
+    pub signer: Option<SignerKind>,
+    /// `bound_keypair.pkcs11_uri` (keybound): the key in a PKCS#11 token.
+    pub pkcs11_uri: Option<String>,
+    /// `bound_keypair.pkcs11_module` (keybound): the PKCS#11 module to load.
+    pub pkcs11_module: Option<PathBuf>,
+    /// `bound_keypair.pin_source` (keybound): where the token PIN comes from.
+    pub pin_source: Option<PinSource>,
+    /// `bound_keypair.require_hardware_key` (keybound): refuse exportable keys.
+    pub require_hardware_key: bool,
 }
 
 impl Onboarding {
-    /// Where the static key lives: the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`,
-    /// as in tbot.
-    pub fn signer_config(&self) -> SignerConfig {
-        match &self.static_private_key_path {
-            Some(path) => SignerConfig::File(FileConfig::new(path)),
-            None => SignerConfig::Env(EnvConfig::default()),
+    /// Where the key lives. Without an explicit `signer`, a PKCS#11 URI means pkcs11, then, as in
+    /// tbot, the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`.
+    pub fn signer_config(&self) -> Result<SignerConfig, String> {
+        let kind = self.signer.unwrap_or(if self.pkcs11_uri.is_some() {
+            SignerKind::Pkcs11
+        } else if self.static_private_key_path.is_some() {
+            SignerKind::File
+        } else {
+            SignerKind::Env
+        });
+        let pkcs11_set = self.pkcs11_uri.is_some() || self.pkcs11_module.is_some();
+        match kind {
+            SignerKind::File => {
+                let path = self.static_private_key_path.as_ref().ok_or(
+                    "the file signer needs static_private_key_path (or --static-key-path)",
+                )?;
+                if pkcs11_set {
+                    return Err(
+                        "pkcs11_uri and pkcs11_module are for the pkcs11 signer, not file"
+                            .to_owned(),
+                    );
+                }
+                Ok(SignerConfig::File(FileConfig::new(path)))
+            }
+            SignerKind::Env => {
+                if self.static_private_key_path.is_some() || pkcs11_set {
+                    return Err(
+                        "the env signer reads $TBOT_BOUND_KEYPAIR_STATIC_KEY; remove static_private_key_path and pkcs11 settings, or pick their signer"
+                            .to_owned(),
+                    );
+                }
+                Ok(SignerConfig::Env(EnvConfig::default()))
+            }
+            SignerKind::Pkcs11 => {
+                if self.static_private_key_path.is_some() {
+                    return Err("static_private_key_path is for file keys; the pkcs11 signer takes pkcs11_uri".to_owned());
+                }
+                let uri = self.pkcs11_uri.clone().ok_or(
+                    "the pkcs11 signer needs pkcs11_uri (or --pkcs11-uri 'pkcs11:token=LABEL;object=LABEL')",
+                )?;
+                let mut config = Pkcs11Config::new(uri);
+                config.module.clone_from(&self.pkcs11_module);
+                config.pin.clone_from(&self.pin_source);
+                config.require_hardware_key = self.require_hardware_key;
+                Ok(SignerConfig::Pkcs11(config))
+            }
         }
     }
 }
@@ -268,6 +321,12 @@ struct RawOnboarding {
 #[serde(deny_unknown_fields)]
 struct RawBoundKeypair {
     static_private_key_path: Option<PathBuf>,
+    signer: Option<SignerValue>,
+    pkcs11_uri: Option<Pkcs11UriValue>,
+    pkcs11_module: Option<PathBuf>,
+    pin_source: Option<PinSourceValue>,
+    #[serde(default)]
+    require_hardware_key: bool,
     #[serde(default, deserialize_with = "not_yet::registration_secret")]
     #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
     registration_secret: (),
@@ -390,15 +449,30 @@ impl RawConfig {
                 });
             }
         }
-        Ok(Config {
-            cluster,
-            onboarding: Onboarding {
+        let bound_keypair = onboarding.bound_keypair;
+        let onboarding = match bound_keypair {
+            None => Onboarding {
                 token,
                 ca_path: onboarding.ca_path,
-                static_private_key_path: onboarding
-                    .bound_keypair
-                    .and_then(|b| b.static_private_key_path),
+                ..Onboarding::default()
             },
+            Some(b) => Onboarding {
+                token,
+                ca_path: onboarding.ca_path,
+                static_private_key_path: b.static_private_key_path,
+                signer: b.signer.map(|v| v.0),
+                pkcs11_uri: b.pkcs11_uri.map(|v| v.0),
+                pkcs11_module: b.pkcs11_module,
+                pin_source: b.pin_source.map(|v| v.0),
+                require_hardware_key: b.require_hardware_key,
+            },
+        };
+        onboarding
+            .signer_config()
+            .map_err(|e| format!("onboarding.bound_keypair: {e}"))?;
+        Ok(Config {
+            cluster,
+            onboarding,
             storage,
             credential_ttl,
             renewal_interval,
@@ -472,6 +546,37 @@ where
         }
     }
     d.deserialize_str(V(check))
+}
+
+/// `bound_keypair.signer`.
+struct SignerValue(SignerKind);
+
+impl<'de> Deserialize<'de> for SignerValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| SignerKind::parse(v).map(Self))
+    }
+}
+
+/// `bound_keypair.pkcs11_uri`, checked as an RFC 7512 URI when the pkcs11 backend is built in.
+struct Pkcs11UriValue(String);
+
+impl<'de> Deserialize<'de> for Pkcs11UriValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| {
+            #[cfg(feature = "pkcs11")]
+            keybound_signer_pkcs11::Pkcs11Uri::parse(v)?;
+            Ok(Self(v.to_owned()))
+        })
+    }
+}
+
+/// `bound_keypair.pin_source`: `env:VAR` or `file:PATH`.
+struct PinSourceValue(PinSource);
+
+impl<'de> Deserialize<'de> for PinSourceValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| PinSource::parse(v).map(Self))
+    }
 }
 
 /// `version:`; only v2 is read.

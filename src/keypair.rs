@@ -5,18 +5,30 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use keybound_signer::config::{FileConfig, STATIC_KEY_ENV, SignerConfig};
+use keybound_signer::config::{Pkcs11Config, STATIC_KEY_ENV, SignerConfig};
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
-use crate::cli::{KeypairCreate, KeypairShow, OutputFormat, SignerKind};
-use crate::config::{Config, HostPort};
+use crate::cli::{KeypairCreate, KeypairShow, OutputFormat};
+use crate::config::{Config, HostPort, Onboarding};
 use crate::fsutil::{Replace, write_atomic};
+use crate::signer::SignerKind;
 use crate::tls::{Trust, client_config};
 use crate::webapi;
 
 const RECOVERY_DOCS: &str = "https://goteleport.com/docs/reference/machine-workload-identity/machine-id/bound-keypair/concepts/#recovery";
+
+/// Where a new key is handed to the agent.
+enum Handoff<'a> {
+    File(&'a Path),
+    Env(Zeroizing<String>),
+    Pkcs11 {
+        uri: String,
+        config: &'a Pkcs11Config,
+    },
+}
 
 /// Runs `keypair create`, writing its report to `out`.
 pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -26,62 +38,89 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
              --storage, are not supported)"
         );
     }
-    let signer_kind = match (args.signer, &args.static_key_path) {
-        (None | Some(SignerKind::File), Some(_)) => SignerKind::File,
-        (None | Some(SignerKind::Env), None) => SignerKind::Env,
-        (Some(SignerKind::File), None) => {
-            bail!("--signer file needs --static-key-path PATH to write the key to")
-        }
-        (Some(SignerKind::Env), Some(_)) => bail!(
-            "--signer env prints the key for ${STATIC_KEY_ENV}; drop --static-key-path, or use \
-             --signer file"
-        ),
+    let mut onboarding = Onboarding {
+        static_private_key_path: args.static_key_path.clone(),
+        ..Onboarding::default()
     };
-    if let Some(path) = &args.static_key_path {
-        if path.exists() && !args.overwrite {
+    args.signer.apply(&mut onboarding);
+    let signer_config = onboarding.signer_config().map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.replace(
+                "static_private_key_path (or --static-key-path)",
+                "--static-key-path PATH"
+            )
+        )
+    })?;
+    if let SignerConfig::File(file) = &signer_config {
+        if file.path.exists() && !args.overwrite {
             bail!(
                 "key file {path} already exists; keybound never replaces a key without \
                  --overwrite (to print its public key: keybound keypair show --static-key-path \
                  {path})",
-                path = path.display()
+                path = file.path.display()
             );
         }
     }
 
     let algorithm = choose_algorithm(args).await?;
-    let signer = SoftSigner::generate(algorithm)?;
-    let public_key = signer.public_key().to_openssh();
-
-    let encoded_private_key = match (signer_kind, &args.static_key_path) {
-        (SignerKind::File, Some(path)) => {
+    let (public_key, handoff) = match &signer_config {
+        SignerConfig::File(file) => {
+            let signer = SoftSigner::generate(algorithm)?;
             let replace = if args.overwrite {
                 Replace::Allow
             } else {
                 Replace::Never
             };
-            write_atomic(path, signer.to_pkcs8_pem().as_bytes(), 0o600, replace)
-                .with_context(|| format!("writing key file {}", path.display()))?;
-            tracing::info!(path = %path.display(), fingerprint = %signer.public_key().fingerprint(), "wrote static key");
-            None
+            write_atomic(&file.path, signer.to_pkcs8_pem().as_bytes(), 0o600, replace)
+                .with_context(|| format!("writing key file {}", file.path.display()))?;
+            tracing::info!(path = %file.path.display(), fingerprint = %signer.public_key().fingerprint(), "wrote static key");
+            (signer.public_key().to_openssh(), Handoff::File(&file.path))
         }
-        _ => Some(signer.to_env_value()),
+        SignerConfig::Env(_) => {
+            let signer = SoftSigner::generate(algorithm)?;
+            (
+                signer.public_key().to_openssh(),
+                Handoff::Env(signer.to_env_value()),
+            )
+        }
+        #[cfg(feature = "pkcs11")]
+        SignerConfig::Pkcs11(config) => {
+            let (config_for_task, overwrite) = (config.clone(), args.overwrite);
+            let config: &Pkcs11Config = config;
+            let signer = tokio::task::spawn_blocking(move || {
+                keybound_signer_pkcs11::generate(&config_for_task, algorithm, overwrite)
+            })
+            .await??;
+            tracing::info!(key = %signer.uri(), protection = %signer.protection(), "made the key inside the token");
+            (
+                signer.public_key().to_openssh(),
+                Handoff::Pkcs11 {
+                    uri: signer.uri().to_string(),
+                    config,
+                },
+            )
+        }
+        other => return Err(crate::signer::not_built(other.backend()).into()),
     };
 
     match args.format {
         OutputFormat::Json => {
             let document = KeypairDocument {
                 public_key: &public_key,
-                private_key: encoded_private_key.as_deref().map(String::as_str),
+                private_key: match &handoff {
+                    Handoff::Env(value) => Some(value.as_str()),
+                    _ => None,
+                },
+                pkcs11_uri: match &handoff {
+                    Handoff::Pkcs11 { uri, .. } => Some(uri.as_str()),
+                    _ => None,
+                },
             };
             serde_json::to_writer(&mut *out, &document)?;
             writeln!(out)?;
         }
-        OutputFormat::Text => write_text(
-            out,
-            &public_key,
-            args.static_key_path.as_deref(),
-            encoded_private_key.as_deref().map(String::as_str),
-        )?,
+        OutputFormat::Text => write_text(out, &public_key, &handoff)?,
     }
     out.flush()?;
     Ok(())
@@ -89,11 +128,16 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
 
 /// Runs `keypair show`: opens the key and prints its public half.
 pub fn show(args: &KeypairShow, out: &mut dyn Write) -> anyhow::Result<()> {
-    let config = match (&args.static_key_path, &args.config) {
-        (Some(path), _) => SignerConfig::File(FileConfig::new(path)),
-        (None, Some(config)) => Config::load(config)?.onboarding.signer_config(),
-        (None, None) => SignerConfig::Env(Default::default()),
+    let mut onboarding = match &args.config {
+        Some(path) => Config::load(path)?.onboarding,
+        None => Onboarding::default(),
     };
+    if let Some(path) = &args.static_key_path {
+        onboarding.static_private_key_path = Some(path.clone());
+        onboarding.signer.get_or_insert(SignerKind::File);
+    }
+    args.signer.apply(&mut onboarding);
+    let config = onboarding.signer_config().map_err(|e| anyhow::anyhow!(e))?;
     let signer = crate::signer::open_signer(&config)?;
     let key = signer.public_key();
     match args.format {
@@ -104,18 +148,20 @@ pub fn show(args: &KeypairShow, out: &mut dyn Write) -> anyhow::Result<()> {
                 "fingerprint": key.fingerprint(),
                 "key_id": key.key_id(),
                 "signer": signer.backend(),
+                "protection": signer.protection().to_string(),
             });
             serde_json::to_writer(&mut *out, &document)?;
             writeln!(out)?;
         }
         OutputFormat::Text => writeln!(
             out,
-            "public key:  {}\nalgorithm:   {}\nfingerprint: {}\nkey id:      {}\nsigner:      {}",
+            "public key:  {}\nalgorithm:   {}\nfingerprint: {}\nkey id:      {}\nsigner:      {}\nprotection:  {}",
             key.to_openssh(),
             key.algorithm(),
             key.fingerprint(),
             key.key_id(),
             signer.backend(),
+            signer.protection(),
         )?,
     }
     out.flush()?;
@@ -157,6 +203,9 @@ struct KeypairDocument<'a> {
     public_key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     private_key: Option<&'a str>,
+    /// keybound: where a key made in a token is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pkcs11_uri: Option<&'a str>,
 }
 
 /// The token example tbot prints: a `ProvisionTokenV2` with keys in the order Go's YAML writer
@@ -184,12 +233,12 @@ struct TokenSpec<'a> {
 
 #[derive(Serialize)]
 struct BoundKeypairSpec<'a> {
-    onboarding: Onboarding<'a>,
+    onboarding: TokenOnboarding<'a>,
     recovery: Recovery,
 }
 
 #[derive(Serialize)]
-struct Onboarding<'a> {
+struct TokenOnboarding<'a> {
     initial_public_key: &'a str,
 }
 
@@ -208,7 +257,7 @@ fn token_example(public_key: &str) -> anyhow::Result<String> {
         spec: TokenSpec {
             bot_name: "example-bot",
             bound_keypair: BoundKeypairSpec {
-                onboarding: Onboarding {
+                onboarding: TokenOnboarding {
                     initial_public_key: public_key,
                 },
                 recovery: Recovery {
@@ -226,12 +275,7 @@ fn token_example(public_key: &str) -> anyhow::Result<String> {
 }
 
 /// The text report, in the structure of tbot's template.
-fn write_text(
-    out: &mut dyn Write,
-    public_key: &str,
-    path: Option<&Path>,
-    encoded_private_key: Option<&str>,
-) -> anyhow::Result<()> {
+fn write_text(out: &mut dyn Write, public_key: &str, handoff: &Handoff<'_>) -> anyhow::Result<()> {
     write!(
         out,
         "
@@ -255,8 +299,8 @@ to use static keys.
 ",
         token = token_example(public_key)?,
     )?;
-    match (path, encoded_private_key) {
-        (Some(path), _) => write!(
+    match handoff {
+        Handoff::File(path) => write!(
             out,
             "
 The static key has been written to: {path}
@@ -271,7 +315,7 @@ field:
 ",
             path = path.display()
         )?,
-        (None, Some(value)) => write!(
+        Handoff::Env(value) => write!(
             out,
             "
 Configure your bot to use this static key by inserting the following private key
@@ -279,9 +323,33 @@ value into the bot's environment, ideally via a platform-specific keystore if
 available:
 
 \texport {STATIC_KEY_ENV}={value}
-"
+",
+            value = value.as_str()
         )?,
-        (None, None) => {}
+        Handoff::Pkcs11 { uri, config } => {
+            write!(
+                out,
+                "
+The key was made inside the token and cannot leave it: {uri}
+
+Configure your bot to use it by setting the following 'tbot.yaml' fields:
+
+\tonboarding:
+\t  join_method: bound_keypair
+\t  bound_keypair:
+\t    signer: pkcs11
+\t    pkcs11_uri: \"{uri}\"
+"
+            )?;
+            if let Some(module) = &config.module {
+                writeln!(out, "\t    pkcs11_module: {}", module.display())?;
+            }
+            if let Some(pin) = &config.pin {
+                if !matches!(pin, keybound_signer::PinSource::Value(_)) {
+                    writeln!(out, "\t    pin_source: {pin:?}")?;
+                }
+            }
+        }
     }
     write!(
         out,

@@ -35,7 +35,7 @@ pub mod webapi;
 use std::fmt;
 
 use anyhow::Context as _;
-use cli::{Cli, Command, KeypairCommand};
+use cli::{Cli, Command, KeypairCommand, SignerCommand};
 
 /// What kind of failure ended a run, which the exit code tells (sysexits.h values for `start`).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -111,6 +111,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Keypair(KeypairCommand::Show(args)) => {
             Ok(keypair::show(&args, &mut std::io::stdout().lock())?)
+        }
+        Command::Signer(SignerCommand::List(args)) => {
+            Ok(signer::list(&args, &mut std::io::stdout().lock())?)
         }
         Command::DevCluster(args) => {
             let config = devcluster::config_from_args(&args)?;

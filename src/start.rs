@@ -41,8 +41,7 @@ pub fn effective_config(args: &Start) -> Result<Config, Failure> {
                 cluster: None,
                 onboarding: Onboarding {
                     token,
-                    ca_path: None,
-                    static_private_key_path: None,
+                    ..Onboarding::default()
                 },
                 storage: Destination::Directory {
                     path: crate::config::DEFAULT_STORAGE_PATH.into(),
@@ -94,7 +93,15 @@ pub fn effective_config(args: &Start) -> Result<Config, Failure> {
     }
     if let Some(path) = &args.static_key_path {
         config.onboarding.static_private_key_path = Some(path.clone());
+        if args.signer.signer.is_none() {
+            config.onboarding.signer = Some(crate::signer::SignerKind::File);
+        }
     }
+    args.signer.apply(&mut config.onboarding);
+    config
+        .onboarding
+        .signer_config()
+        .map_err(|e| Failure::config(anyhow!("onboarding.bound_keypair: {e}")))?;
     if let Some(dir) = &args.data_dir {
         config.storage = Destination::Directory {
             path: dir.clone(),
@@ -193,7 +200,10 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
         Trust::System
     };
 
-    let signer_config = config.onboarding.signer_config();
+    let signer_config = config
+        .onboarding
+        .signer_config()
+        .map_err(|e| Failure::config(anyhow!(e)))?;
     let signer = crate::signer::open_signer(&signer_config).map_err(|e| {
         let kind = if e.kind() == ErrorKind::Unavailable {
             ExitKind::Unreachable
@@ -292,6 +302,7 @@ fn write_summary(
     let key_source = match signer_config {
         SignerConfig::File(FileConfig { path, .. }) => format!("file {}", path.display()),
         SignerConfig::Env(env) => format!("env ${}", env.variable),
+        SignerConfig::Pkcs11(p) => format!("pkcs11 {}", p.uri),
         _ => signer.backend().to_owned(),
     };
     writeln!(

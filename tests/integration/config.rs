@@ -31,7 +31,7 @@ fn the_seed_guide_configs_load_unchanged() {
     assert_eq!(env.onboarding.token, "example-token");
     assert_eq!(
         env.onboarding.signer_config(),
-        SignerConfig::Env(EnvConfig::default())
+        Ok(SignerConfig::Env(EnvConfig::default()))
     );
     assert_eq!(
         env.storage,
@@ -48,7 +48,7 @@ fn the_seed_guide_configs_load_unchanged() {
     let file = Config::load(&data("seed-file.yaml")).unwrap();
     assert_eq!(
         file.onboarding.signer_config(),
-        SignerConfig::File(FileConfig::new("/path/to/key"))
+        Ok(SignerConfig::File(FileConfig::new("/path/to/key")))
     );
 }
 

@@ -269,7 +269,7 @@ fn usage_errors_are_one_line_and_say_what_to_do() {
                 "--algorithm".into(),
                 "ed25519".into(),
             ],
-            "--signer file needs --static-key-path",
+            "the file signer needs --static-key-path",
         ),
         (
             vec![

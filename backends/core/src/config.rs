@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::PinSource;
+
 /// The environment variable tbot reads a static key from
 /// (`onboarding.BoundKeypairStaticKeyEnv`, `lib/tbot/bot/onboarding/config.go`).
 pub const STATIC_KEY_ENV: &str = "TBOT_BOUND_KEYPAIR_STATIC_KEY";
@@ -45,6 +47,32 @@ impl Default for EnvConfig {
     }
 }
 
+/// A key in a PKCS#11 token (an HSM, a smart card, SoftHSM).
+#[non_exhaustive]
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Pkcs11Config {
+    /// An RFC 7512 URI naming the token and the key (`pkcs11:token=...;object=...`).
+    pub uri: String,
+    /// The module to load; wins over the URI's `module-path`.
+    pub module: Option<PathBuf>,
+    /// Where the user PIN comes from; wins over the URI's `pin-source` and `pin-value`.
+    pub pin: Option<PinSource>,
+    /// Refuse a key the token could export.
+    pub require_hardware_key: bool,
+}
+
+impl Pkcs11Config {
+    /// A key named by `uri`.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            module: None,
+            pin: None,
+            require_hardware_key: false,
+        }
+    }
+}
+
 /// Which backend holds the key, with its settings.
 #[non_exhaustive]
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -53,6 +81,8 @@ pub enum SignerConfig {
     Env(EnvConfig),
     /// A PEM file.
     File(FileConfig),
+    /// A PKCS#11 token.
+    Pkcs11(Pkcs11Config),
 }
 
 impl SignerConfig {
@@ -61,6 +91,7 @@ impl SignerConfig {
         match self {
             Self::Env(_) => "env",
             Self::File(_) => "file",
+            Self::Pkcs11(_) => "pkcs11",
         }
     }
 }

@@ -12,6 +12,7 @@ mod algorithm;
 pub mod config;
 mod error;
 pub mod jws;
+mod pin;
 mod public_key;
 mod signature;
 #[cfg(feature = "testkit")]
@@ -21,6 +22,7 @@ use std::fmt;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 pub use error::{Error, ErrorKind};
+pub use pin::PinSource;
 pub use public_key::{PublicKey, describe_algorithm, describe_curve};
 pub use signature::Signature;
 
@@ -52,4 +54,38 @@ pub trait Signer: fmt::Debug + Send + Sync {
 
     /// Signs `message` and returns the JWS-encoded signature.
     fn sign(&self, message: &[u8]) -> Result<Signature, Error>;
+
+    /// Whether the private key can leave where it lives, as far as the backend can tell.
+    fn protection(&self) -> Protection {
+        Protection::Software
+    }
+}
+
+/// How well a private key is kept.
+#[non_exhaustive]
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Protection {
+    /// Held in process memory (file and env keys): anyone who can read the source can copy it.
+    Software,
+    /// Held in a device that says it will export it; the text says why.
+    Exportable(String),
+    /// Held in a device that will not let it out; the text gives the evidence.
+    NonExportable(String),
+}
+
+impl Protection {
+    /// Whether the key cannot be copied out of its device.
+    pub fn is_hardware(&self) -> bool {
+        matches!(self, Self::NonExportable(_))
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Software => f.write_str("software key (exportable)"),
+            Self::Exportable(why) => write!(f, "exportable ({why})"),
+            Self::NonExportable(why) => write!(f, "non-exportable ({why})"),
+        }
+    }
 }
