@@ -27,6 +27,6 @@ docs:
 demo:
 	scripts/demo.sh
 
-## bench: one join on loopback per key type (median, p99)
+## bench: one join on loopback per key type and backend; one signature per backend (median, p99)
 bench:
-	$(CARGO) bench --locked --bench join
+	$(CARGO) bench --locked --bench join --bench sign

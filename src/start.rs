@@ -327,6 +327,7 @@ fn write_summary(
         signer.public_key().fingerprint(),
         signer.algorithm()
     )?;
+    writeln!(out, "  key storage:   {}", signer.protection())?;
     writeln!(
         out,
         "  join:          {} (suite {})",

@@ -12,6 +12,7 @@ use keybound::join::{self, JOIN_TIMEOUT, JoinParams};
 use keybound::suite::Suite;
 use keybound::tls::Trust;
 use keybound_signer::{Algorithm, Signer};
+use keybound_signer_pkcs11::testing::TestToken;
 use keybound_signer_soft::SoftSigner;
 
 const WARMUP: usize = 10;
@@ -28,12 +29,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn measure(
-    algorithm: Algorithm,
+    signer: Arc<dyn Signer>,
     suite: Suite,
     legacy_only: bool,
     runs: usize,
 ) -> (Duration, Duration) {
-    let signer = SoftSigner::generate(algorithm).expect("key");
     let cluster = DevCluster::start(DevClusterConfig {
         suite,
         legacy_only,
@@ -45,7 +45,6 @@ async fn measure(
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cluster.ca_pem()).expect("ca");
-    let signer: Arc<dyn Signer> = Arc::new(signer);
     let params = JoinParams {
         proxy: HostPort::parse(&cluster.proxy_addr(), 443).expect("addr"),
         trust: Trust::Bundle(ca),
@@ -79,18 +78,32 @@ fn main() {
         "one join, in process, TLS + gRPC on loopback, {runs} runs after {WARMUP} warm-up runs"
     );
     println!(
-        "{:<12} {:<12} {:<8} {:>10} {:>10}",
+        "{:<20} {:<12} {:<8} {:>10} {:>10}",
         "bound key", "suite", "rpc", "median", "p99"
     );
-    for (algorithm, suite, legacy_only) in [
-        (Algorithm::Ed25519, Suite::BalancedV1, false),
-        (Algorithm::EcdsaP256Sha256, Suite::BalancedV1, false),
-        (Algorithm::EcdsaP256Sha256, Suite::FipsV1, false),
-        (Algorithm::Ed25519, Suite::BalancedV1, true),
-        (Algorithm::Ed25519, Suite::Legacy, false),
+    let soft = |algorithm| -> (String, Arc<dyn Signer>) {
+        (
+            format!("file {algorithm}"),
+            Arc::new(SoftSigner::generate(algorithm).expect("key")),
+        )
+    };
+    let hsm = |algorithm| -> (String, Arc<dyn Signer>) {
+        let token = TestToken::new("joinbench");
+        let signer =
+            keybound_signer_pkcs11::generate(&token.config("k"), algorithm, false).expect("key");
+        (format!("softhsm {algorithm}"), Arc::new(signer))
+    };
+    for ((name, signer), suite, legacy_only) in [
+        (soft(Algorithm::Ed25519), Suite::BalancedV1, false),
+        (soft(Algorithm::EcdsaP256Sha256), Suite::BalancedV1, false),
+        (soft(Algorithm::EcdsaP256Sha256), Suite::FipsV1, false),
+        (hsm(Algorithm::Ed25519), Suite::BalancedV1, false),
+        (hsm(Algorithm::EcdsaP256Sha256), Suite::BalancedV1, false),
+        (soft(Algorithm::Ed25519), Suite::BalancedV1, true),
+        (soft(Algorithm::Ed25519), Suite::Legacy, false),
     ] {
         let (median, p99) = runtime.block_on(measure(
-            algorithm,
+            signer,
             suite,
             legacy_only,
             if suite == Suite::Legacy {
@@ -100,8 +113,8 @@ fn main() {
             },
         ));
         println!(
-            "{:<12} {:<12} {:<8} {:>8.2}ms {:>8.2}ms",
-            algorithm.as_str(),
+            "{:<20} {:<12} {:<8} {:>8.2}ms {:>8.2}ms",
+            name,
             suite.to_string(),
             if legacy_only { "legacy" } else { "join" },
             median.as_secs_f64() * 1e3,

@@ -6,5 +6,6 @@ mod config;
 mod interop;
 mod join;
 mod keypair;
+mod pkcs11;
 mod start;
 mod support;

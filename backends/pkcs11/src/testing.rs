@@ -153,6 +153,69 @@ impl TestToken {
         !matches!(info.as_slice(), [AttributeInfo::Sensitive]) || !value.is_empty()
     }
 
+    /// Signs straight through cryptoki with the private key `object`: the floor keybound's own
+    /// signer is measured against (one session, opened once and kept).
+    pub fn raw_sign(
+        &self,
+        object: &str,
+        algorithm: keybound_signer::Algorithm,
+        message: &[u8],
+    ) -> Vec<u8> {
+        use cryptoki::mechanism::Mechanism;
+        use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+        use cryptoki::object::{Attribute, ObjectClass};
+        use sha2::Digest as _;
+        thread_local! {
+            static SESSION: std::cell::RefCell<Option<(String, cryptoki::session::Session, cryptoki::object::ObjectHandle)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        SESSION.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            let key = format!("{}/{object}", self.label);
+            if cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
+                let ctx = module();
+                let slot = ctx
+                    .get_slots_with_token()
+                    .expect("list slots")
+                    .into_iter()
+                    .find(|s| {
+                        ctx.get_token_info(*s)
+                            .is_ok_and(|i| i.label().trim() == self.label)
+                    })
+                    .expect("the token");
+                let session = ctx.open_ro_session(slot).expect("session");
+                match session.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
+                    Ok(())
+                    | Err(cryptoki::error::Error::Pkcs11(
+                        cryptoki::error::RvError::UserAlreadyLoggedIn,
+                        _,
+                    )) => {}
+                    Err(e) => panic!("login: {e}"),
+                }
+                let handle = session
+                    .find_objects(&[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        Attribute::Label(object.as_bytes().to_vec()),
+                    ])
+                    .expect("find")[0];
+                *cached = Some((key, session, handle));
+            }
+            let (_, session, handle) = cached.as_ref().expect("set above");
+            match algorithm {
+                keybound_signer::Algorithm::Ed25519 => session
+                    .sign(
+                        &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                        *handle,
+                        message,
+                    )
+                    .expect("sign"),
+                _ => session
+                    .sign(&Mechanism::Ecdsa, *handle, &sha2::Sha256::digest(message))
+                    .expect("sign"),
+            }
+        })
+    }
+
     /// A config for the key `object` on this token, with the module and the user PIN.
     pub fn config(&self, object: &str) -> Pkcs11Config {
         let mut config = Pkcs11Config::new(format!("pkcs11:token={};object={object}", self.label));
