@@ -50,6 +50,21 @@ impl Hsm {
         cmd
     }
 
+    /// OpenSC's pkcs11-tool on this store and token, logged in.
+    fn pkcs11_tool(&self) -> Command {
+        let mut cmd = Command::new(tool("pkcs11-tool"));
+        cmd.env("SOFTHSM2_CONF", &self.conf).args([
+            "--module",
+            MODULE,
+            "--token-label",
+            &self.token,
+            "--login",
+            "--pin",
+            "1234",
+        ]);
+        cmd
+    }
+
     fn uri(&self, object: &str) -> String {
         format!("pkcs11:token={};object={object}", self.token)
     }
@@ -289,5 +304,178 @@ fn pin_value_in_a_uri_works_with_a_warning_and_bad_settings_are_named() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success());
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn pkcs11_tool_signs_with_a_keybound_key_and_openssl_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = dir.path().join("message");
+    std::fs::write(&message, b"a challenge, more or less").unwrap();
+    for (algorithm, name) in [("ecdsa-p256", "p256"), ("ed25519", "ed")] {
+        let hsm = Hsm::new(&format!("sign-{name}"));
+        let created = run_ok(
+            hsm.keybound()
+                .args([
+                    "keypair",
+                    "create",
+                    "--static",
+                    "--format",
+                    "json",
+                    "--algorithm",
+                    algorithm,
+                ])
+                .args(hsm.signer_args("k")),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+        let key = PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+        let public = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&public, key.to_pem()).unwrap();
+        let signature = dir.path().join(format!("{name}.sig"));
+        let mut sign = hsm.pkcs11_tool();
+        sign.args(["--sign", "--label", "k"]);
+        let mut verify = Command::new(tool("openssl"));
+        if algorithm == "ecdsa-p256" {
+            // SoftHSM has no CKM_ECDSA_SHA256: hash here, sign the digest, DER out.
+            let digest = dir.path().join("digest");
+            run_ok(
+                Command::new(tool("openssl"))
+                    .args(["dgst", "-sha256", "-binary", "-out"])
+                    .arg(&digest)
+                    .arg(&message),
+            );
+            sign.args([
+                "--mechanism",
+                "ECDSA",
+                "--signature-format",
+                "openssl",
+                "-i",
+            ])
+            .arg(&digest);
+            verify
+                .args(["dgst", "-sha256", "-verify"])
+                .arg(&public)
+                .arg("-signature")
+                .arg(&signature)
+                .arg(&message);
+        } else {
+            sign.args(["--mechanism", "EDDSA", "-i"]).arg(&message);
+            verify
+                .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+                .arg(&public)
+                .arg("-sigfile")
+                .arg(&signature)
+                .arg("-in")
+                .arg(&message);
+        }
+        run_ok(sign.arg("-o").arg(&signature));
+        let verified = stdout(&run_ok(&mut verify));
+        assert!(
+            verified.contains("Verified") || verified.contains("Success"),
+            "{verified}"
+        );
+        // And OpenSC sees the object keybound made as sensitive, never extractable, local.
+        let objects = stdout(&run_ok(hsm.pkcs11_tool().args([
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])));
+        assert!(
+            objects.contains("sensitive")
+                && objects.contains("never extractable")
+                && objects.contains("local"),
+            "{objects}"
+        );
+    }
+}
+
+#[test]
+fn keys_made_by_pkcs11_tool_work_and_exportable_ones_can_be_refused() {
+    for (key_type, algorithm) in [
+        ("EC:prime256v1", "ecdsa-p256"),
+        ("EC:edwards25519", "ed25519"),
+    ] {
+        let hsm = Hsm::new("theirs");
+        run_ok(hsm.pkcs11_tool().args([
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--label",
+            "theirs",
+            "--id",
+            "10",
+            "--usage-sign",
+            "--sensitive",
+            "--private",
+        ]));
+        let shown = run_ok(
+            hsm.keybound()
+                .args([
+                    "keypair",
+                    "show",
+                    "--format",
+                    "json",
+                    "--require-hardware-key",
+                ])
+                .args(hsm.signer_args("theirs")),
+        );
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(shown["algorithm"], algorithm, "{key_type}");
+        // The public key keybound reads is the one OpenSC reads.
+        let exported = tempfile::NamedTempFile::new().unwrap();
+        run_ok(
+            hsm.pkcs11_tool()
+                .args([
+                    "--read-object",
+                    "--type",
+                    "pubkey",
+                    "--label",
+                    "theirs",
+                    "-o",
+                ])
+                .arg(exported.path()),
+        );
+        let mut der = std::fs::read(exported.path()).unwrap();
+        if der.starts_with(b"-----") {
+            // OpenSC writes some key types as PEM.
+            use base64::Engine as _;
+            let text = String::from_utf8(der).unwrap();
+            let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+            der = base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .unwrap();
+        }
+        let theirs = PublicKey::from_spki_der(&der).unwrap();
+        assert_eq!(shown["public_key"], theirs.to_openssh().as_str());
+        // The listing shows it with its id, ready to paste (after login: --private hides both
+        // halves from a session that has not logged in).
+        let listed = stdout(&run_ok(hsm.keybound().args([
+            "signer",
+            "list",
+            "--pkcs11-module",
+            MODULE,
+            "--pin-source",
+            "env:HSM_PIN",
+        ])));
+        assert!(listed.contains("object=theirs;id=%10"), "{listed}");
+
+        run_ok(hsm.pkcs11_tool().args([
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--label",
+            "loose",
+            "--usage-sign",
+            "--extractable",
+        ]));
+        let error = run_err(
+            hsm.keybound()
+                .args(["keypair", "show", "--require-hardware-key"])
+                .args(hsm.signer_args("loose")),
+        );
+        assert!(
+            error.contains("exportable") && error.contains("--require-hardware-key"),
+            "{error}"
+        );
     }
 }

@@ -115,10 +115,8 @@ impl TestToken {
         Self { label }
     }
 
-    /// Whether `CKA_VALUE` of the private key `object` can be read, asked of the token directly
-    /// (logged in as the user): it must not be, for a sensitive key.
-    pub fn private_value_readable(&self, object: &str) -> bool {
-        use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+    /// A read-only session on this token, logged in as the user.
+    fn user_session(&self) -> cryptoki::session::Session {
         let ctx = module();
         let slot = ctx
             .get_slots_with_token()
@@ -138,6 +136,14 @@ impl TestToken {
             )) => {}
             Err(e) => panic!("login: {e}"),
         }
+        session
+    }
+
+    /// Whether `CKA_VALUE` of the private key `object` can be read, asked of the token directly
+    /// (logged in as the user): it must not be, for a sensitive key.
+    pub fn private_value_readable(&self, object: &str) -> bool {
+        use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+        let session = self.user_session();
         let key = session
             .find_objects(&[
                 Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -173,25 +179,7 @@ impl TestToken {
             let mut cached = cell.borrow_mut();
             let key = format!("{}/{object}", self.label);
             if cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
-                let ctx = module();
-                let slot = ctx
-                    .get_slots_with_token()
-                    .expect("list slots")
-                    .into_iter()
-                    .find(|s| {
-                        ctx.get_token_info(*s)
-                            .is_ok_and(|i| i.label().trim() == self.label)
-                    })
-                    .expect("the token");
-                let session = ctx.open_ro_session(slot).expect("session");
-                match session.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
-                    Ok(())
-                    | Err(cryptoki::error::Error::Pkcs11(
-                        cryptoki::error::RvError::UserAlreadyLoggedIn,
-                        _,
-                    )) => {}
-                    Err(e) => panic!("login: {e}"),
-                }
+                let session = self.user_session();
                 let handle = session
                     .find_objects(&[
                         Attribute::Class(ObjectClass::PRIVATE_KEY),
