@@ -75,3 +75,23 @@ openssl verify -CAfile "$dir/out/teleport-user-ca.crt" "$dir/out/tlscert"
 openssl x509 -in "$dir/out/tlscert" -noout -subject -issuer -dates -nameopt oneline
 step "The SSH certificate (read by ssh-keygen)"
 ssh-keygen -L -f "$dir/out/key-cert.pub" | sed -n '1,9p'
+
+step "6. The same join with the bound key made inside a token (SoftHSM), where it cannot be copied"
+eval "$(softhsm-fixtures/init-token.sh "$dir/hsm" demo-token 1234 12345678)"   # sets SOFTHSM2_CONF
+export HSM_PIN=1234
+hsm=(--signer pkcs11 --pkcs11-module /usr/lib/softhsm/libsofthsm2.so
+     --pkcs11-uri 'pkcs11:token=demo-token;object=bound-key' --pin-source env:HSM_PIN)
+"$kb" keypair create --static --algorithm ecdsa-p256 --format json "${hsm[@]}"
+hsm_public=$("$kb" keypair show "${hsm[@]}" | sed -n 's/^public key: *//p')
+"$kb" signer list --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --pin-source env:HSM_PIN
+sed "s|name: demo-token|name: hsm-token|; s|initial_public_key: .*|initial_public_key: $hsm_public|; s|bot_name: demo|bot_name: demo-hsm|" \
+  "$dir/token.yaml" > "$dir/hsm-token.yaml"
+kill "$cluster_pid"; wait "$cluster_pid" 2>/dev/null || true
+"$kb" dev-cluster --listen 127.0.0.1:0 --token "$dir/token.yaml" --token "$dir/hsm-token.yaml" \
+  --ca-out "$dir/cluster-ca.pem" > "$dir/cluster.log" 2>&1 &
+cluster_pid=$!
+for _ in $(seq 100); do grep -q '^proxy_server:' "$dir/cluster.log" && break; sleep 0.05; done
+proxy=$(sed -n 's/^proxy_server: //p' "$dir/cluster.log")
+"$kb" start --oneshot --proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem" --join-method bound_keypair \
+  --token hsm-token --storage memory:// --destination-dir "$dir/out-hsm" "${hsm[@]}" --require-hardware-key
+openssl verify -CAfile "$dir/out-hsm/teleport-user-ca.crt" "$dir/out-hsm/tlscert"

@@ -7,10 +7,12 @@ use crate::cli::LogFormat;
 /// Installs the global subscriber. Secrets are never passed to `tracing` anywhere in keybound, so
 /// no filter here has to catch them.
 pub fn init(debug: bool, format: LogFormat) {
+    // cryptoki logs an ERROR for every mechanism number it has no name for while listing a
+    // token's mechanisms: noise, not errors. RUST_LOG=cryptoki=debug brings it back.
     let default = if debug {
-        "keybound=debug,info"
+        "keybound=debug,info,cryptoki=warn"
     } else {
-        "keybound=info,warn"
+        "keybound=info,warn,cryptoki=off"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
