@@ -11,6 +11,8 @@ use crate::cluster::{ca_file, cluster_for};
 use crate::support::{keybound, run_err, run_ok, stdout, tool};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of every test token: distinctive, so a leak cannot hide among random digits.
+const PIN: &str = "Pin-For-Tests-7c41";
 
 /// A private SoftHSM store with one token; the user PIN is in `HSM_PIN` of each command.
 struct Hsm {
@@ -33,7 +35,7 @@ impl Hsm {
             ))
             .arg(dir.path())
             .arg(token)
-            .args(["1234", "12345678"]),
+            .args([PIN, "12345678"]),
         );
         let line = stdout(&output);
         assert!(line.starts_with("export SOFTHSM2_CONF="), "{line}");
@@ -46,7 +48,7 @@ impl Hsm {
 
     fn keybound(&self) -> Command {
         let mut cmd = keybound();
-        cmd.env("SOFTHSM2_CONF", &self.conf).env("HSM_PIN", "1234");
+        cmd.env("SOFTHSM2_CONF", &self.conf).env("HSM_PIN", PIN);
         cmd
     }
 
@@ -60,7 +62,7 @@ impl Hsm {
             &self.token,
             "--login",
             "--pin",
-            "1234",
+            PIN,
         ]);
         cmd
     }
@@ -108,7 +110,7 @@ fn keypair_create_makes_the_key_in_the_token_and_show_and_list_find_it() {
     assert!(text.contains("\t    signer: pkcs11\n"), "{text}");
     assert!(text.contains("\t    pin_source: env:HSM_PIN\n"), "{text}");
     assert!(
-        !text.contains("PRIVATE KEY") && !text.contains("1234"),
+        !text.contains("PRIVATE KEY") && !text.contains(PIN),
         "{text}"
     );
 
@@ -227,7 +229,7 @@ async fn a_full_join_with_the_key_in_softhsm() {
         summary.contains("key storage:   non-exportable (CKA_SENSITIVE, not CKA_EXTRACTABLE"),
         "{summary}"
     );
-    assert!(!stderr.contains("1234") && !summary.contains("1234"));
+    assert!(!stderr.contains(PIN) && !summary.contains(PIN));
     let verify = run_ok(
         Command::new(tool("openssl"))
             .args(["verify", "-CAfile"])
@@ -239,7 +241,7 @@ async fn a_full_join_with_the_key_in_softhsm() {
 
     // A wrong PIN: a configuration error (78), said once, never retried.
     let mut cmd = hsm.keybound();
-    cmd.env("HSM_PIN", "0000")
+    cmd.env("HSM_PIN", "Wrong-PIN-9f3a")
         .args(["start", "--oneshot", "-c"])
         .arg(&cfg);
     let output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
@@ -251,7 +253,7 @@ async fn a_full_join_with_the_key_in_softhsm() {
         stderr.contains("refused the PIN; keybound does not retry a wrong PIN"),
         "{stderr}"
     );
-    assert!(!stderr.contains("0000"), "{stderr}");
+    assert!(!stderr.contains("Wrong-PIN-9f3a"), "{stderr}");
 }
 
 #[test]
@@ -273,7 +275,7 @@ fn pin_value_in_a_uri_works_with_a_warning_and_bad_settings_are_named() {
                 MODULE,
                 "--pkcs11-uri",
             ])
-            .arg(format!("{}?pin-value=1234", hsm.uri("k"))),
+            .arg(format!("{}?pin-value={PIN}", hsm.uri("k"))),
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -23,7 +23,7 @@ pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The security officer PIN of test tokens.
 pub const SO_PIN: &str = "12345678";
 /// The user PIN of test tokens.
-pub const USER_PIN: &str = "1234";
+pub const USER_PIN: &str = "Pin-For-Tests-7c41";
 
 /// The SoftHSM module: `$SOFTHSM2_MODULE`, else Debian's. Panics (never skips) when it is missing.
 pub fn module_path() -> PathBuf {
