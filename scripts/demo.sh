@@ -4,7 +4,7 @@
 # (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --locked
+cargo build --quiet --locked --features tpm
 kb=$PWD/target/debug/keybound
 dir=$(mktemp -d)
 cluster_pid=

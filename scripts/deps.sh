@@ -7,7 +7,7 @@ packages=(
   # Build
   pkg-config libtss2-dev protobuf-compiler
   # Emulators and the tools the tests check keybound against
-  softhsm2 opensc swtpm swtpm-tools tpm2-tools
+  softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
   openssl openssh-client ca-certificates
   python3 python3-jwt python3-cryptography
 )

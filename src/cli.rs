@@ -30,7 +30,7 @@ pub struct Cli {
 /// overrides the same key under `onboarding.bound_keypair`.
 #[derive(Clone, Debug, Default, Args)]
 pub struct SignerArgs {
-    /// Which backend holds the key: file, env or pkcs11.
+    /// Which backend holds the key: file, env, pkcs11 or tpm.
     #[arg(long, value_enum)]
     pub signer: Option<SignerKind>,
 
@@ -49,6 +49,22 @@ pub struct SignerArgs {
     /// Refuse a key that its device could export.
     #[arg(long)]
     pub require_hardware_key: bool,
+
+    /// How to reach the TPM (default: $TPM2TOOLS_TCTI, $TCTI, device:/dev/tpmrm0).
+    #[arg(long, value_name = "TCTI")]
+    pub tpm_tcti: Option<String>,
+
+    /// The TPM key at a persistent handle (0x81xxxxxx).
+    #[arg(long, value_name = "HANDLE", value_parser = crate::config::parse_handle)]
+    pub tpm_key_handle: Option<u32>,
+
+    /// The TPM key in a TSS2 PRIVATE KEY PEM file.
+    #[arg(long, value_name = "PATH")]
+    pub tpm_key_path: Option<PathBuf>,
+
+    /// A persistent parent for --tpm-key-path (default: the standard ECC P-256 storage primary).
+    #[arg(long, value_name = "HANDLE", value_parser = crate::config::parse_handle)]
+    pub tpm_parent: Option<u32>,
 }
 
 impl SignerArgs {
@@ -68,6 +84,18 @@ impl SignerArgs {
         }
         if self.require_hardware_key {
             onboarding.require_hardware_key = true;
+        }
+        if let Some(tcti) = &self.tpm_tcti {
+            onboarding.tpm_tcti = Some(tcti.clone());
+        }
+        if let Some(handle) = self.tpm_key_handle {
+            onboarding.tpm_key_handle = Some(handle);
+        }
+        if let Some(path) = &self.tpm_key_path {
+            onboarding.tpm_key_path = Some(path.clone());
+        }
+        if let Some(parent) = self.tpm_parent {
+            onboarding.tpm_parent = Some(parent);
         }
     }
 }

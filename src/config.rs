@@ -12,7 +12,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use keybound_signer::PinSource;
-use keybound_signer::config::{EnvConfig, FileConfig, Pkcs11Config, SignerConfig};
+use keybound_signer::config::{
+    EnvConfig, FileConfig, Pkcs11Config, SignerConfig, TpmConfig, TpmKey,
+};
 
 use crate::signer::SignerKind;
 use serde::Deserialize;
@@ -78,46 +80,71 @@ pub struct Onboarding {
     pub pin_source: Option<PinSource>,
     /// `bound_keypair.require_hardware_key` (keybound): refuse exportable keys.
     pub require_hardware_key: bool,
+    /// `bound_keypair.tpm_tcti` (keybound): how to reach the TPM.
+    pub tpm_tcti: Option<String>,
+    /// `bound_keypair.tpm_key_handle` (keybound): a persistent handle.
+    pub tpm_key_handle: Option<u32>,
+    /// `bound_keypair.tpm_key_path` (keybound): a TSS2 PEM key file.
+    pub tpm_key_path: Option<PathBuf>,
+    /// `bound_keypair.tpm_parent` (keybound): a persistent parent for the key file.
+    pub tpm_parent: Option<u32>,
 }
 
 impl Onboarding {
-    /// Where the key lives. Without an explicit `signer`, a PKCS#11 URI means pkcs11, then, as in
-    /// tbot, the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`.
+    /// Where the key lives. Without an explicit `signer`, a PKCS#11 URI means pkcs11 and a TPM key
+    /// means tpm; then, as in tbot, the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`.
     pub fn signer_config(&self) -> Result<SignerConfig, String> {
+        let tpm_key_set = self.tpm_key_handle.is_some() || self.tpm_key_path.is_some();
         let kind = self.signer.unwrap_or(if self.pkcs11_uri.is_some() {
             SignerKind::Pkcs11
+        } else if tpm_key_set {
+            SignerKind::Tpm
         } else if self.static_private_key_path.is_some() {
             SignerKind::File
         } else {
             SignerKind::Env
         });
-        let pkcs11_set = self.pkcs11_uri.is_some() || self.pkcs11_module.is_some();
+        // Settings that belong to another backend than the chosen one are mistakes, not noise.
+        let settings = [
+            (
+                "static_private_key_path",
+                self.static_private_key_path.is_some(),
+                &[SignerKind::File][..],
+            ),
+            (
+                "pkcs11_uri/pkcs11_module",
+                self.pkcs11_uri.is_some() || self.pkcs11_module.is_some(),
+                &[SignerKind::Pkcs11],
+            ),
+            (
+                "tpm_tcti/tpm_key_handle/tpm_key_path/tpm_parent",
+                tpm_key_set || self.tpm_tcti.is_some() || self.tpm_parent.is_some(),
+                &[SignerKind::Tpm],
+            ),
+            (
+                "pin_source",
+                self.pin_source.is_some(),
+                &[SignerKind::Pkcs11, SignerKind::Tpm],
+            ),
+        ];
+        if let Some((name, _, _)) = settings
+            .iter()
+            .find(|(_, set, owners)| *set && !owners.contains(&kind))
+        {
+            return Err(format!(
+                "{name} does not apply to the {} signer; remove it or choose its signer",
+                kind.name()
+            ));
+        }
         match kind {
             SignerKind::File => {
                 let path = self.static_private_key_path.as_ref().ok_or(
                     "the file signer needs static_private_key_path (or --static-key-path)",
                 )?;
-                if pkcs11_set {
-                    return Err(
-                        "pkcs11_uri and pkcs11_module are for the pkcs11 signer, not file"
-                            .to_owned(),
-                    );
-                }
                 Ok(SignerConfig::File(FileConfig::new(path)))
             }
-            SignerKind::Env => {
-                if self.static_private_key_path.is_some() || pkcs11_set {
-                    return Err(
-                        "the env signer reads $TBOT_BOUND_KEYPAIR_STATIC_KEY; remove static_private_key_path and pkcs11 settings, or pick their signer"
-                            .to_owned(),
-                    );
-                }
-                Ok(SignerConfig::Env(EnvConfig::default()))
-            }
+            SignerKind::Env => Ok(SignerConfig::Env(EnvConfig::default())),
             SignerKind::Pkcs11 => {
-                if self.static_private_key_path.is_some() {
-                    return Err("static_private_key_path is for file keys; the pkcs11 signer takes pkcs11_uri".to_owned());
-                }
                 let uri = self.pkcs11_uri.clone().ok_or(
                     "the pkcs11 signer needs pkcs11_uri (or --pkcs11-uri 'pkcs11:token=LABEL;object=LABEL')",
                 )?;
@@ -126,6 +153,32 @@ impl Onboarding {
                 config.pin.clone_from(&self.pin_source);
                 config.require_hardware_key = self.require_hardware_key;
                 Ok(SignerConfig::Pkcs11(config))
+            }
+            SignerKind::Tpm => {
+                let key = match (self.tpm_key_handle, &self.tpm_key_path) {
+                    (Some(handle), None) => TpmKey::Handle(handle),
+                    (None, Some(path)) => TpmKey::File(path.clone()),
+                    (Some(_), Some(_)) => {
+                        return Err("give tpm_key_handle or tpm_key_path, not both".to_owned());
+                    }
+                    (None, None) => {
+                        return Err(
+                            "the tpm signer needs tpm_key_handle (0x81xxxxxx) or tpm_key_path (a TSS2 PEM file)".to_owned(),
+                        );
+                    }
+                };
+                if self.tpm_parent.is_some() && self.tpm_key_handle.is_some() {
+                    return Err(
+                        "tpm_parent applies to tpm_key_path keys, not persistent handles"
+                            .to_owned(),
+                    );
+                }
+                let mut config = TpmConfig::new(key);
+                config.tcti.clone_from(&self.tpm_tcti);
+                config.parent = self.tpm_parent;
+                config.auth.clone_from(&self.pin_source);
+                config.require_hardware_key = self.require_hardware_key;
+                Ok(SignerConfig::Tpm(config))
             }
         }
     }
@@ -327,6 +380,10 @@ struct RawBoundKeypair {
     pin_source: Option<PinSourceValue>,
     #[serde(default)]
     require_hardware_key: bool,
+    tpm_tcti: Option<TctiValue>,
+    tpm_key_handle: Option<HandleValue>,
+    tpm_key_path: Option<PathBuf>,
+    tpm_parent: Option<HandleValue>,
     #[serde(default, deserialize_with = "not_yet::registration_secret")]
     #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
     registration_secret: (),
@@ -465,6 +522,10 @@ impl RawConfig {
                 pkcs11_module: b.pkcs11_module,
                 pin_source: b.pin_source.map(|v| v.0),
                 require_hardware_key: b.require_hardware_key,
+                tpm_tcti: b.tpm_tcti.map(|v| v.0),
+                tpm_key_handle: b.tpm_key_handle.map(|v| v.0),
+                tpm_key_path: b.tpm_key_path,
+                tpm_parent: b.tpm_parent.map(|v| v.0),
             },
         };
         onboarding
@@ -567,6 +628,52 @@ impl<'de> Deserialize<'de> for Pkcs11UriValue {
             keybound_signer_pkcs11::Pkcs11Uri::parse(v)?;
             Ok(Self(v.to_owned()))
         })
+    }
+}
+
+/// `bound_keypair.tpm_tcti`, checked when the tpm backend is built in.
+struct TctiValue(String);
+
+impl<'de> Deserialize<'de> for TctiValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| {
+            #[cfg(feature = "tpm")]
+            keybound_signer_tpm::tcti::Tcti::parse(v)?;
+            Ok(Self(v.to_owned()))
+        })
+    }
+}
+
+/// A TPM handle written as hex (`0x81000100`), as tpm2-tools write them.
+struct HandleValue(u32);
+
+/// Parses a TPM handle: hex with `0x`, or decimal.
+pub fn parse_handle(v: &str) -> Result<u32, String> {
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    };
+    parsed.ok_or_else(|| format!("{v:?} is not a TPM handle (write it like 0x81000100)"))
+}
+
+impl<'de> Deserialize<'de> for HandleValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HandleValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TPM handle such as 0x81000100")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HandleValue, E> {
+                parse_handle(v).map(HandleValue).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HandleValue, E> {
+                u32::try_from(v)
+                    .map(HandleValue)
+                    .map_err(|_| E::custom("not a TPM handle"))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use keybound_signer::config::{Pkcs11Config, STATIC_KEY_ENV, SignerConfig};
+use keybound_signer::config::{Pkcs11Config, STATIC_KEY_ENV, SignerConfig, TpmConfig, TpmKey};
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 use serde::Serialize;
@@ -24,9 +24,15 @@ const RECOVERY_DOCS: &str = "https://goteleport.com/docs/reference/machine-workl
 enum Handoff<'a> {
     File(&'a Path),
     Env(Zeroizing<String>),
+    #[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
     Pkcs11 {
         uri: String,
         config: &'a Pkcs11Config,
+    },
+    #[cfg_attr(not(feature = "tpm"), allow(dead_code))]
+    Tpm {
+        location: String,
+        config: &'a TpmConfig,
     },
 }
 
@@ -52,18 +58,39 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
             )
         )
     })?;
-    if let SignerConfig::File(file) = &signer_config {
-        if file.path.exists() && !args.overwrite {
+    let new_file = match &signer_config {
+        SignerConfig::File(file) => Some(&file.path),
+        SignerConfig::Tpm(TpmConfig {
+            key: TpmKey::File(path),
+            ..
+        }) => Some(path),
+        _ => None,
+    };
+    if let Some(path) = new_file {
+        if path.exists() && !args.overwrite {
             bail!(
                 "key file {path} already exists; keybound never replaces a key without \
                  --overwrite (to print its public key: keybound keypair show --static-key-path \
                  {path})",
-                path = file.path.display()
+                path = path.display()
             );
         }
     }
 
-    let algorithm = choose_algorithm(args).await?;
+    let is_tpm = matches!(signer_config, SignerConfig::Tpm(_));
+    let mut algorithm = if is_tpm && args.algorithm.is_none() && args.proxy_server.is_none() {
+        // A TPM makes P-256 keys only; there is nothing to ask the cluster.
+        Algorithm::EcdsaP256Sha256
+    } else {
+        choose_algorithm(args).await?
+    };
+    if is_tpm && args.algorithm.is_none() && algorithm == Algorithm::Ed25519 {
+        // TPMs have no Ed25519; a static P-256 bound key works whatever the cluster's suite.
+        tracing::info!(
+            "the cluster's suite uses Ed25519 bound keys, which TPMs cannot make: making an ECDSA P-256 key instead"
+        );
+        algorithm = Algorithm::EcdsaP256Sha256;
+    }
     let (public_key, handoff) = match &signer_config {
         SignerConfig::File(file) => {
             let signer = SoftSigner::generate(algorithm)?;
@@ -101,6 +128,33 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
                 },
             )
         }
+        #[cfg(feature = "tpm")]
+        SignerConfig::Tpm(config) => {
+            let (config_for_task, overwrite) = (config.clone(), args.overwrite);
+            let config: &TpmConfig = config;
+            let generated = tokio::task::spawn_blocking(move || {
+                keybound_signer_tpm::generate(&config_for_task, algorithm, overwrite)
+            })
+            .await??;
+            if let (Some(pem), TpmKey::File(path)) = (&generated.pem, &config.key) {
+                let replace = if args.overwrite {
+                    Replace::Allow
+                } else {
+                    Replace::Never
+                };
+                write_atomic(path, pem.as_bytes(), 0o600, replace)
+                    .with_context(|| format!("writing TPM key file {}", path.display()))?;
+            }
+            let signer = &generated.signer;
+            tracing::info!(key = %signer.location(), protection = %signer.protection(), "made the key inside the TPM");
+            (
+                signer.public_key().to_openssh(),
+                Handoff::Tpm {
+                    location: signer.location(),
+                    config,
+                },
+            )
+        }
         other => return Err(crate::signer::not_built(other.backend()).into()),
     };
 
@@ -114,6 +168,10 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
                 },
                 pkcs11_uri: match &handoff {
                     Handoff::Pkcs11 { uri, .. } => Some(uri.as_str()),
+                    _ => None,
+                },
+                tpm_key: match &handoff {
+                    Handoff::Tpm { location, .. } => Some(location.as_str()),
                     _ => None,
                 },
             };
@@ -206,6 +264,9 @@ struct KeypairDocument<'a> {
     /// keybound: where a key made in a token is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pkcs11_uri: Option<&'a str>,
+    /// keybound: where a key made in a TPM is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tpm_key: Option<&'a str>,
 }
 
 /// The token example tbot prints: a `ProvisionTokenV2` with keys in the order Go's YAML writer
@@ -345,6 +406,36 @@ Configure your bot to use it by setting the following 'tbot.yaml' fields:
                 writeln!(out, "\t    pkcs11_module: {}", module.display())?;
             }
             if let Some(pin) = &config.pin {
+                if !matches!(pin, keybound_signer::PinSource::Value(_)) {
+                    writeln!(out, "\t    pin_source: {pin:?}")?;
+                }
+            }
+        }
+        Handoff::Tpm { location, config } => {
+            write!(
+                out,
+                "
+The key was made inside the TPM and cannot leave it: {location}
+
+Configure your bot to use it by setting the following 'tbot.yaml' fields:
+
+\tonboarding:
+\t  join_method: bound_keypair
+\t  bound_keypair:
+\t    signer: tpm
+"
+            )?;
+            match &config.key {
+                TpmKey::Handle(handle) => writeln!(out, "\t    tpm_key_handle: 0x{handle:08x}")?,
+                TpmKey::File(path) => writeln!(out, "\t    tpm_key_path: {}", path.display())?,
+            }
+            if let Some(tcti) = &config.tcti {
+                writeln!(out, "\t    tpm_tcti: \"{tcti}\"")?;
+            }
+            if let Some(parent) = config.parent {
+                writeln!(out, "\t    tpm_parent: 0x{parent:08x}")?;
+            }
+            if let Some(pin) = &config.auth {
                 if !matches!(pin, keybound_signer::PinSource::Value(_)) {
                     writeln!(out, "\t    pin_source: {pin:?}")?;
                 }

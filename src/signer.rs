@@ -16,13 +16,25 @@ pub enum SignerKind {
     File,
     /// A PKCS#11 token (HSM, smart card, SoftHSM).
     Pkcs11,
+    /// A TPM 2.0.
+    Tpm,
 }
 
 impl SignerKind {
     /// Parses the config value.
     pub fn parse(text: &str) -> Result<Self, String> {
         <Self as ValueEnum>::from_str(text, false)
-            .map_err(|_| format!("unknown signer {text:?}; use file, env or pkcs11"))
+            .map_err(|_| format!("unknown signer {text:?}; use file, env, pkcs11 or tpm"))
+    }
+
+    /// The name, as the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Env => "env",
+            Self::File => "file",
+            Self::Pkcs11 => "pkcs11",
+            Self::Tpm => "tpm",
+        }
     }
 }
 
@@ -35,6 +47,8 @@ pub fn open_signer(config: &SignerConfig) -> Result<Arc<dyn Signer>, Error> {
         SignerConfig::Pkcs11(pkcs11) => {
             Arc::new(keybound_signer_pkcs11::Pkcs11Signer::open(pkcs11)?)
         }
+        #[cfg(feature = "tpm")]
+        SignerConfig::Tpm(tpm) => Arc::new(keybound_signer_tpm::TpmSigner::open(tpm)?),
         other => return Err(not_built(other.backend())),
     };
     tracing::debug!(
@@ -117,5 +131,30 @@ pub fn list(args: &crate::cli::SignerList, out: &mut dyn std::io::Write) -> anyh
     {
         let _ = out;
         Err(not_built("pkcs11").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_left_out_of_the_build_says_how_to_get_it() {
+        let error = not_built("tpm");
+        assert_eq!(error.kind(), ErrorKind::Unsupported);
+        assert_eq!(
+            error.to_string(),
+            "tpm: this keybound was built without the \"tpm\" feature; rebuild with --features tpm"
+        );
+        #[cfg(not(feature = "tpm"))]
+        {
+            let config = SignerConfig::Tpm(keybound_signer::config::TpmConfig::new(
+                keybound_signer::config::TpmKey::Handle(0x8100_0001),
+            ));
+            assert_eq!(
+                open_signer(&config).unwrap_err().to_string(),
+                error.to_string()
+            );
+        }
     }
 }

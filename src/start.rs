@@ -303,6 +303,14 @@ fn write_summary(
         SignerConfig::File(FileConfig { path, .. }) => format!("file {}", path.display()),
         SignerConfig::Env(env) => format!("env ${}", env.variable),
         SignerConfig::Pkcs11(p) => format!("pkcs11 {}", p.uri),
+        SignerConfig::Tpm(t) => match &t.key {
+            keybound_signer::config::TpmKey::Handle(h) => {
+                format!("tpm persistent handle 0x{h:08x}")
+            }
+            keybound_signer::config::TpmKey::File(path) => {
+                format!("tpm key file {}", path.display())
+            }
+        },
         _ => signer.backend().to_owned(),
     };
     writeln!(

@@ -11,9 +11,11 @@ use keybound::devcluster::{DevCluster, DevClusterConfig};
 use keybound::join::{self, JOIN_TIMEOUT, JoinParams};
 use keybound::suite::Suite;
 use keybound::tls::Trust;
+use keybound_signer::config::TpmKey;
 use keybound_signer::{Algorithm, Signer};
 use keybound_signer_pkcs11::testing::TestToken;
 use keybound_signer_soft::SoftSigner;
+use keybound_signer_tpm::testing::Swtpm;
 
 const WARMUP: usize = 10;
 
@@ -93,12 +95,28 @@ fn main() {
             keybound_signer_pkcs11::generate(&token.config("k"), algorithm, false).expect("key");
         (format!("softhsm {algorithm}"), Arc::new(signer))
     };
+    let swtpm = Swtpm::start();
+    let tpm = || -> (String, Arc<dyn Signer>) {
+        let signer =
+            keybound_signer_tpm::TpmSigner::open(&swtpm.config(TpmKey::Handle(0x8100_0100)))
+                .or_else(|_| {
+                    keybound_signer_tpm::generate(
+                        &swtpm.config(TpmKey::Handle(0x8100_0100)),
+                        Algorithm::EcdsaP256Sha256,
+                        false,
+                    )
+                    .map(|g| g.signer)
+                })
+                .expect("key");
+        ("swtpm ecdsa-p256".to_owned(), Arc::new(signer))
+    };
     for ((name, signer), suite, legacy_only) in [
         (soft(Algorithm::Ed25519), Suite::BalancedV1, false),
         (soft(Algorithm::EcdsaP256Sha256), Suite::BalancedV1, false),
         (soft(Algorithm::EcdsaP256Sha256), Suite::FipsV1, false),
         (hsm(Algorithm::Ed25519), Suite::BalancedV1, false),
         (hsm(Algorithm::EcdsaP256Sha256), Suite::BalancedV1, false),
+        (tpm(), Suite::BalancedV1, false),
         (soft(Algorithm::Ed25519), Suite::BalancedV1, true),
         (soft(Algorithm::Ed25519), Suite::Legacy, false),
     ] {

@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use keybound_signer::config::TpmKey;
 use keybound_signer::{Algorithm, Signer};
 use keybound_signer_pkcs11::testing::TestToken;
 use keybound_signer_soft::SoftSigner;
+use keybound_signer_tpm::testing::Swtpm;
 
 const MESSAGE: &[u8] =
     b"eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJkZXYua2V5Ym91bmQudGVzdCIsInN1YiI6Ik";
@@ -102,6 +104,22 @@ fn main() {
         });
         row(name, floor, ours);
     }
+
+    // swtpm: the floor is TPM2_Sign through tss-esapi on the same persistent key.
+    let tpm = Swtpm::start();
+    let config = tpm.config(TpmKey::Handle(0x8100_0100));
+    let signer = keybound_signer_tpm::generate(&config, Algorithm::EcdsaP256Sha256, false)
+        .expect("key")
+        .signer;
+    let runs = runs / 5;
+    let mut raw = tpm.raw_signer(0x8100_0100);
+    let floor = measure(runs, || {
+        std::hint::black_box(raw.sign(MESSAGE));
+    });
+    let ours = measure(runs, || {
+        std::hint::black_box(signer.sign(MESSAGE).expect("sign"));
+    });
+    row("swtpm ecdsa-p256", floor, ours);
 }
 
 fn pkcs8(key: &ed25519_dalek::SigningKey) -> Vec<u8> {

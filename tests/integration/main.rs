@@ -9,3 +9,5 @@ mod keypair;
 mod pkcs11;
 mod start;
 mod support;
+#[cfg(feature = "tpm")]
+mod tpm;

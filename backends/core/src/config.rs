@@ -73,6 +73,45 @@ impl Pkcs11Config {
     }
 }
 
+/// Where a TPM key is kept.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum TpmKey {
+    /// A persistent handle (`0x81xxxxxx`).
+    Handle(u32),
+    /// A `TSS2 PRIVATE KEY` PEM file (the format tpm2-openssl and tpm2-tss-engine use).
+    File(PathBuf),
+}
+
+/// A key in a TPM 2.0.
+#[non_exhaustive]
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct TpmConfig {
+    /// The TCTI (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, ...); `None` reads
+    /// `TPM2TOOLS_TCTI`, then `TCTI`, then uses `device:/dev/tpmrm0`.
+    pub tcti: Option<String>,
+    /// The key.
+    pub key: TpmKey,
+    /// A persistent parent for a key file, instead of the standard ECC P-256 storage primary.
+    pub parent: Option<u32>,
+    /// Where the key's authorization value comes from, if it has one.
+    pub auth: Option<PinSource>,
+    /// Refuse a key the TPM could let out (not fixedTPM and fixedParent).
+    pub require_hardware_key: bool,
+}
+
+impl TpmConfig {
+    /// A key kept as `key`.
+    pub fn new(key: TpmKey) -> Self {
+        Self {
+            tcti: None,
+            key,
+            parent: None,
+            auth: None,
+            require_hardware_key: false,
+        }
+    }
+}
+
 /// Which backend holds the key, with its settings.
 #[non_exhaustive]
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -83,6 +122,8 @@ pub enum SignerConfig {
     File(FileConfig),
     /// A PKCS#11 token.
     Pkcs11(Pkcs11Config),
+    /// A TPM 2.0.
+    Tpm(TpmConfig),
 }
 
 impl SignerConfig {
@@ -92,6 +133,7 @@ impl SignerConfig {
             Self::Env(_) => "env",
             Self::File(_) => "file",
             Self::Pkcs11(_) => "pkcs11",
+            Self::Tpm(_) => "tpm",
         }
     }
 }

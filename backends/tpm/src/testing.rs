@@ -1,0 +1,204 @@
+//! swtpm for tests: one TPM per test, on random TCP ports, killed and reaped on drop.
+//!
+//! Ports are even numbers in 20000..=31998 (the control port is the next one), below Linux's
+//! ephemeral range so the TCTI's per-command client sockets never take them, and never 2321, so a
+//! misconfigured TCTI fails instead of reaching someone's default TPM. libtss2's own logging is
+//! silenced by `TSS2_LOG=all+NONE`, which the workspace's `.cargo/config.toml` sets.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keybound_signer::config::{TpmConfig, TpmKey};
+
+/// A running swtpm with its own state directory.
+pub struct Swtpm {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn random_even_port() -> u16 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    20000 + 2 * (hasher.finish() % 6000) as u16
+}
+
+fn spawn(dir: &Path, port: u16) -> Child {
+    Command::new("swtpm")
+        .args([
+            "socket",
+            "--tpm2",
+            "--flags",
+            "not-need-init,startup-clear",
+            "--tpmstate",
+        ])
+        .arg(format!("dir={}", dir.display()))
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .arg("--log")
+        .arg(format!("file={}", dir.join("swtpm.log").display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("swtpm is missing: apt-get install swtpm swtpm-tools (make deps does)")
+}
+
+/// Waits until both ports answer; `false` if the process exited (its port was taken).
+fn ready(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if child.try_wait().expect("poll swtpm").is_some() {
+            return false;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && TcpStream::connect(("127.0.0.1", port + 1)).is_ok()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("swtpm on port {port} did not become ready in 5 s");
+}
+
+impl Swtpm {
+    /// Starts a fresh TPM.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..20 {
+            let port = random_even_port();
+            let mut child = spawn(dir.path(), port);
+            if ready(&mut child, port) {
+                return Self {
+                    child: Some(child),
+                    port,
+                    dir,
+                };
+            }
+        }
+        panic!("could not start swtpm after 20 attempts");
+    }
+
+    /// The TCTI string for this TPM.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// A config for `key` on this TPM.
+    pub fn config(&self, key: TpmKey) -> TpmConfig {
+        let mut config = TpmConfig::new(key);
+        config.tcti = Some(self.tcti());
+        config
+    }
+
+    /// A direct tss-esapi signer on the key at `handle`: the floor keybound's signer is measured
+    /// against.
+    pub fn raw_signer(&self, handle: u32) -> RawSigner {
+        use std::str::FromStr as _;
+        use tss_esapi::handles::{KeyHandle, PersistentTpmHandle, TpmHandle};
+        use tss_esapi::interface_types::session_handles::AuthSession;
+        let mut ctx = tss_esapi::Context::new(
+            tss_esapi::tcti_ldr::TctiNameConf::from_str(&self.tcti()).expect("tcti"),
+        )
+        .expect("connect");
+        let handle = PersistentTpmHandle::new(handle).expect("handle");
+        let key = ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(handle)))
+            .expect("key");
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        RawSigner {
+            ctx,
+            key: KeyHandle::from(key),
+        }
+    }
+
+    /// Where the TPM keeps its state.
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Shuts the TPM down in an orderly way (`swtpm_ioctl -s`, which does not count against
+    /// dictionary-attack protection as a kill does) and starts it again on the same state and
+    /// port, as a reboot would.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut child = spawn(self.dir.path(), self.port);
+        assert!(
+            ready(&mut child, self.port),
+            "swtpm did not come back on port {}",
+            self.port
+        );
+        self.child = Some(child);
+    }
+
+    /// Stops the TPM in an orderly way.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("swtpm_ioctl")
+                .args(["--tcp", &format!("127.0.0.1:{}", self.port + 1), "-s"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the TPM without warning (what a crash or power loss does).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A bare tss-esapi signing loop (see [`Swtpm::raw_signer`]).
+pub struct RawSigner {
+    ctx: tss_esapi::Context,
+    key: tss_esapi::handles::KeyHandle,
+}
+
+impl RawSigner {
+    /// SHA-256 on the host and `TPM2_Sign`, nothing else.
+    pub fn sign(&mut self, message: &[u8]) -> tss_esapi::structures::Signature {
+        use sha2::Digest as _;
+        use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+        use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+        use tss_esapi::structures::{Digest, HashScheme, HashcheckTicket, SignatureScheme};
+        let digest = Digest::try_from(sha2::Sha256::digest(message).to_vec()).expect("digest");
+        let ticket = HashcheckTicket::try_from(tss_esapi::tss2_esys::TPMT_TK_HASHCHECK {
+            tag: TPM2_ST_HASHCHECK,
+            hierarchy: TPM2_RH_NULL,
+            digest: Default::default(),
+        })
+        .expect("ticket");
+        self.ctx
+            .sign(
+                self.key,
+                digest,
+                SignatureScheme::EcDsa {
+                    hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                },
+                ticket,
+            )
+            .expect("sign")
+    }
+}

@@ -1,0 +1,381 @@
+//! The TPM signer against a real swtpm, and against tpm2-tools, tpm2-openssl and openssl.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use keybound_signer::config::TpmKey;
+use keybound_signer::{Algorithm, ErrorKind, PinSource, PublicKey, Signer, testkit};
+use keybound_signer_tpm::testing::Swtpm;
+use keybound_signer_tpm::{TpmSigner, generate};
+use zeroize::Zeroizing;
+
+const HANDLE: u32 = 0x8100_0100;
+
+fn tool(tpm: &Swtpm, name: &str) -> Command {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join(name).is_file());
+    assert!(
+        found,
+        "{name} is missing: apt-get install tpm2-tools openssl tpm2-openssl (make deps does)"
+    );
+    let mut cmd = Command::new(name);
+    cmd.env("TPM2TOOLS_TCTI", tpm.tcti())
+        .env("TPM2OPENSSL_TCTI", tpm.tcti())
+        .env("TSS2_LOG", "all+NONE");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let output = cmd.output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// tpm2-tools leave objects loaded, and a TPM without a resource manager has three slots.
+fn flush(tpm: &Swtpm) {
+    run(tool(tpm, "tpm2_flushcontext").arg("-t"));
+}
+
+fn write_pem(dir: &Path, name: &str, pem: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+#[test]
+fn handle_and_file_keys_pass_the_conformance_suite_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tpm = Swtpm::start();
+    let persisted = generate(
+        &tpm.config(TpmKey::Handle(HANDLE)),
+        Algorithm::EcdsaP256Sha256,
+        false,
+    )
+    .unwrap();
+    assert!(persisted.pem.is_none());
+    testkit::run_all(&persisted.signer);
+    assert!(
+        persisted.signer.protection().is_hardware(),
+        "{}",
+        persisted.signer.protection()
+    );
+    assert!(
+        persisted
+            .signer
+            .protection()
+            .to_string()
+            .contains("sensitiveDataOrigin")
+    );
+
+    let file = dir.path().join("key.pem");
+    let wrapped = generate(
+        &tpm.config(TpmKey::File(file.clone())),
+        Algorithm::EcdsaP256Sha256,
+        false,
+    )
+    .unwrap();
+    let pem = wrapped.pem.clone().unwrap();
+    assert!(pem.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"));
+    std::fs::write(&file, pem.as_bytes()).unwrap();
+    testkit::run_all(&wrapped.signer);
+
+    let (a, b) = (
+        persisted.signer.public_key().clone(),
+        wrapped.signer.public_key().clone(),
+    );
+    drop((persisted, wrapped));
+    tpm.restart();
+    let again = TpmSigner::open(&tpm.config(TpmKey::Handle(HANDLE))).unwrap();
+    assert_eq!(again.public_key(), &a);
+    testkit::sign_verifies(&again);
+    let again = TpmSigner::open(&tpm.config(TpmKey::File(file))).unwrap();
+    assert_eq!(again.public_key(), &b);
+    testkit::sign_verifies(&again);
+}
+
+#[test]
+fn keys_made_by_tpm2_tools_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let d = |n: &str| dir.path().join(n);
+    run(tool(&tpm, "tpm2_createprimary")
+        .args([
+            "-Q",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:null:aes128cfb",
+        ])
+        .args([
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt|noda",
+            "-c",
+        ])
+        .arg(d("prim.ctx")));
+    flush(&tpm);
+    run(tool(&tpm, "tpm2_create")
+        .args(["-Q", "-C"])
+        .arg(d("prim.ctx"))
+        .args([
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:ecdsa-sha256",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+            "-u",
+        ])
+        .arg(d("k.pub"))
+        .arg("-r")
+        .arg(d("k.priv")));
+    flush(&tpm);
+    // A TSS2 PEM written by tpm2-tools loads in keybound.
+    run(tool(&tpm, "tpm2_encodeobject")
+        .arg("-C")
+        .arg(d("prim.ctx"))
+        .arg("-u")
+        .arg(d("k.pub"))
+        .arg("-r")
+        .arg(d("k.priv"))
+        .arg("-o")
+        .arg(d("theirs.pem")));
+    flush(&tpm);
+    let from_file = TpmSigner::open(&tpm.config(TpmKey::File(d("theirs.pem")))).unwrap();
+    testkit::run_all(&from_file);
+    // The same key persisted by tpm2-tools, used through its handle.
+    run(tool(&tpm, "tpm2_load")
+        .args(["-Q", "-C"])
+        .arg(d("prim.ctx"))
+        .arg("-u")
+        .arg(d("k.pub"))
+        .arg("-r")
+        .arg(d("k.priv"))
+        .arg("-c")
+        .arg(d("k.ctx")));
+    flush(&tpm);
+    run(tool(&tpm, "tpm2_evictcontrol")
+        .args(["-Q", "-C", "o", "-c"])
+        .arg(d("k.ctx"))
+        .arg("0x81000120"));
+    flush(&tpm);
+    let from_handle = TpmSigner::open(&tpm.config(TpmKey::Handle(0x8100_0120))).unwrap();
+    assert_eq!(from_handle.public_key(), from_file.public_key());
+    testkit::sign_verifies(&from_handle);
+}
+
+#[test]
+fn tpm2_sign_and_tpm2_openssl_use_keys_keybound_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let d = |n: &str| dir.path().join(n);
+    let signer = generate(
+        &tpm.config(TpmKey::Handle(HANDLE)),
+        Algorithm::EcdsaP256Sha256,
+        false,
+    )
+    .unwrap()
+    .signer;
+    let public = write_pem(dir.path(), "public.pem", &signer.public_key().to_pem());
+    std::fs::write(d("message"), b"sign me, TPM").unwrap();
+    run(tool(&tpm, "tpm2_sign")
+        .args([
+            "-c",
+            &format!("0x{HANDLE:08x}"),
+            "-g",
+            "sha256",
+            "-f",
+            "plain",
+            "-o",
+        ])
+        .arg(d("sig.der"))
+        .arg(d("message")));
+    let verified = run(tool(&tpm, "openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&public)
+        .arg("-signature")
+        .arg(d("sig.der"))
+        .arg(d("message")));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("Verified OK"));
+
+    // A TSS2 PEM keybound wrote loads in OpenSSL's tpm2 provider, with the same public key.
+    let file = d("ours.pem");
+    let generated = generate(
+        &tpm.config(TpmKey::File(file.clone())),
+        Algorithm::EcdsaP256Sha256,
+        false,
+    )
+    .unwrap();
+    std::fs::write(&file, generated.pem.unwrap().as_bytes()).unwrap();
+    let exported = run(tool(&tpm, "openssl")
+        .args([
+            "pkey",
+            "-provider",
+            "tpm2",
+            "-provider",
+            "default",
+            "-pubout",
+            "-in",
+        ])
+        .arg(&file));
+    let theirs = String::from_utf8(exported.stdout).unwrap();
+    assert_eq!(theirs, generated.signer.public_key().to_pem());
+    let _ = PublicKey::from_spki_der(generated.signer.public_key().spki_der()).unwrap();
+}
+
+#[test]
+fn each_failure_has_its_own_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let expect =
+        |result: Result<TpmSigner, keybound_signer::Error>, kind: ErrorKind, text: &str| {
+            let error = result.unwrap_err();
+            let message = error.to_string();
+            assert_eq!(error.kind(), kind, "{message}");
+            assert!(message.contains(text), "{text:?} not in {message:?}");
+            assert!(!message.contains('\n'), "{message}");
+        };
+    expect(
+        TpmSigner::open(&tpm.config(TpmKey::Handle(0x8100_0777))),
+        ErrorKind::KeyNotFound,
+        "no key at persistent handle 0x81000777",
+    );
+    let mut unreachable = tpm.config(TpmKey::Handle(HANDLE));
+    unreachable.tcti = Some("swtpm:host=127.0.0.1,port=20000".into());
+    if std::net::TcpStream::connect(("127.0.0.1", 20000)).is_err() {
+        expect(
+            TpmSigner::open(&unreachable),
+            ErrorKind::Unavailable,
+            "cannot reach the TPM at swtpm:host=127.0.0.1,port=20000",
+        );
+    }
+    let mut socket = tpm.config(TpmKey::Handle(HANDLE));
+    socket.tcti = Some("swtpm:path=/run/swtpm.sock".into());
+    expect(
+        TpmSigner::open(&socket),
+        ErrorKind::Config,
+        "cannot reach a TPM over a UNIX socket",
+    );
+    expect(
+        generate(
+            &tpm.config(TpmKey::Handle(HANDLE)),
+            Algorithm::Ed25519,
+            false,
+        )
+        .map(|g| g.signer),
+        ErrorKind::Unsupported,
+        "TPMs do not make Ed25519 keys",
+    );
+    expect(
+        TpmSigner::open(&tpm.config(TpmKey::Handle(0x4000_0001))),
+        ErrorKind::Config,
+        "is not a persistent handle",
+    );
+
+    // An occupied handle is replaced only with overwrite.
+    let first = generate(
+        &tpm.config(TpmKey::Handle(HANDLE)),
+        Algorithm::EcdsaP256Sha256,
+        false,
+    )
+    .unwrap()
+    .signer
+    .public_key()
+    .clone();
+    expect(
+        generate(
+            &tpm.config(TpmKey::Handle(HANDLE)),
+            Algorithm::EcdsaP256Sha256,
+            false,
+        )
+        .map(|g| g.signer),
+        ErrorKind::Config,
+        "already holds a key; keybound never replaces one without --overwrite",
+    );
+    let second = generate(
+        &tpm.config(TpmKey::Handle(HANDLE)),
+        Algorithm::EcdsaP256Sha256,
+        true,
+    )
+    .unwrap()
+    .signer
+    .public_key()
+    .clone();
+    assert_ne!(first, second);
+
+    // A key file from another TPM cannot be unwrapped here.
+    let other = Swtpm::start();
+    let file = dir.path().join("elsewhere.pem");
+    let made = generate(
+        &other.config(TpmKey::File(file.clone())),
+        Algorithm::EcdsaP256Sha256,
+        false,
+    )
+    .unwrap();
+    std::fs::write(&file, made.pem.unwrap().as_bytes()).unwrap();
+    expect(
+        TpmSigner::open(&tpm.config(TpmKey::File(file))),
+        ErrorKind::InvalidKey,
+        "belongs to another TPM or parent",
+    );
+    let not_tss2 = write_pem(
+        dir.path(),
+        "plain.pem",
+        "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
+    );
+    expect(
+        TpmSigner::open(&tpm.config(TpmKey::File(not_tss2))),
+        ErrorKind::InvalidKey,
+        "not a \"TSS2 PRIVATE KEY\"",
+    );
+}
+
+#[test]
+fn a_wrong_auth_value_is_never_retried_and_lockout_is_explained() {
+    let tpm = Swtpm::start();
+    let mut config = tpm.config(TpmKey::Handle(HANDLE));
+    config.auth = Some(PinSource::Value(Zeroizing::new("right-auth-4711".into())));
+    let made = generate(&config, Algorithm::EcdsaP256Sha256, false).unwrap();
+    testkit::sign_verifies(&made.signer);
+    drop(made);
+    // Two failures before lockout, so the test sees both messages.
+    run(tool(&tpm, "tpm2_dictionarylockout").args(["-s", "-n", "2", "-t", "600", "-l", "600"]));
+
+    config.auth = Some(PinSource::Value(Zeroizing::new("wrong-auth".into())));
+    let wrong = TpmSigner::open(&config).unwrap();
+    let error = wrong.sign(b"x").unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Auth);
+    assert!(error.to_string().contains("does not retry"), "{error}");
+    assert!(!error.to_string().contains("wrong-auth"));
+    let counter = |tpm: &Swtpm| {
+        let out =
+            String::from_utf8(run(tool(tpm, "tpm2_getcap").arg("properties-variable")).stdout)
+                .unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(counter(&tpm), "0x1", "exactly one attempt was made");
+
+    let mut last = wrong.sign(b"x").unwrap_err();
+    for _ in 0..3 {
+        if last.to_string().contains("is in dictionary-attack lockout") {
+            break;
+        }
+        last = wrong.sign(b"x").unwrap_err();
+    }
+    assert_eq!(last.kind(), ErrorKind::Auth);
+    assert!(
+        last.to_string()
+            .contains("dictionary-attack lockout (inLockout=true"),
+        "{last}"
+    );
+}

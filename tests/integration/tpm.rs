@@ -1,0 +1,176 @@
+//! keybound with its key in a TPM (swtpm), run as a user runs it: `keypair create --signer tpm`
+//! with a persistent handle and with a TSS2 key file, and full joins with `start --oneshot`.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+
+use keybound_signer::PublicKey;
+use keybound_signer_tpm::testing::Swtpm;
+
+use crate::cluster::{ca_file, cluster_for};
+use crate::support::{keybound, run_err, run_ok, stdout};
+
+fn tpm_args(tpm: &Swtpm, key: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--signer".to_owned(),
+        "tpm".to_owned(),
+        "--tpm-tcti".to_owned(),
+        tpm.tcti(),
+    ];
+    args.extend(key.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+async fn join_with(
+    tpm: &Swtpm,
+    key: &PublicKey,
+    bound_keypair_yaml: &str,
+) -> (std::process::Output, tempfile::TempDir) {
+    let cluster = cluster_for(key, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&cluster, dir.path());
+    let cfg = dir.path().join("tbot.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n  bound_keypair:\n    signer: tpm\n    tpm_tcti: \"{}\"\n    require_hardware_key: true\n{bound_keypair_yaml}storage:\n  type: memory\nservices:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
+            cluster.proxy_addr(),
+            ca.display(),
+            tpm.tcti(),
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = keybound();
+    cmd.args(["start", "--oneshot", "-c"]).arg(&cfg);
+    let output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    drop(cluster);
+    (output, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_tpm_key_made_by_keypair_create_joins() {
+    let tpm = Swtpm::start();
+    let created = run_ok(
+        keybound()
+            .args(["keypair", "create", "--static", "--format", "json"])
+            .args(tpm_args(&tpm, &["--tpm-key-handle", "0x81000100"])),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(doc["tpm_key"], "persistent handle 0x81000100");
+    let key = PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+    assert_eq!(key.algorithm(), keybound_signer::Algorithm::EcdsaP256Sha256);
+
+    // The handle is taken now.
+    let error = run_err(
+        keybound()
+            .args(["keypair", "create", "--static"])
+            .args(tpm_args(&tpm, &["--tpm-key-handle", "0x81000100"])),
+    );
+    assert!(
+        error.contains("never replaces one without --overwrite"),
+        "{error}"
+    );
+    // Asking for Ed25519 explains why not.
+    let error = run_err(
+        keybound()
+            .args(["keypair", "create", "--static", "--algorithm", "ed25519"])
+            .args(tpm_args(&tpm, &["--tpm-key-handle", "0x81000101"])),
+    );
+    assert!(error.contains("TPMs do not make Ed25519 keys"), "{error}");
+
+    let (output, dir) = join_with(&tpm, &key, "    tpm_key_handle: 0x81000100\n").await;
+    let summary = stdout(&output);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        summary.contains("signer tpm persistent handle 0x81000100"),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .contains("key storage:   non-exportable (fixedTPM, fixedParent, sensitiveDataOrigin"),
+        "{summary}"
+    );
+    let verify = run_ok(
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(dir.path().join("out/teleport-user-ca.crt"))
+            .arg(dir.path().join("out/tlscert")),
+    );
+    assert!(stdout(&verify).contains("OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_key_file_made_by_keypair_create_joins() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bound.tss2.pem");
+    let path = file.display().to_string();
+    let created = run_ok(
+        keybound()
+            .args(["keypair", "create", "--static"])
+            .args(tpm_args(&tpm, &["--tpm-key-path", &path])),
+    );
+    let text = stdout(&created);
+    assert!(
+        text.contains(&format!("\t    tpm_key_path: {path}\n")),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .starts_with("-----BEGIN TSS2 PRIVATE KEY-----")
+    );
+    let shown = run_ok(
+        keybound()
+            .args(["keypair", "show", "--format", "json"])
+            .args(tpm_args(&tpm, &["--tpm-key-path", &path])),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let key = PublicKey::from_openssh(shown["public_key"].as_str().unwrap()).unwrap();
+    assert_eq!(shown["signer"], "tpm");
+
+    let error = run_err(
+        keybound()
+            .args(["keypair", "create", "--static"])
+            .args(tpm_args(&tpm, &["--tpm-key-path", &path])),
+    );
+    assert!(error.contains("already exists"), "{error}");
+
+    let (output, _dir) = join_with(&tpm, &key, &format!("    tpm_key_path: {path}\n")).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).contains(&format!("signer tpm key file {path}")));
+
+    // A TCTI keybound cannot honour is refused before anything talks to a TPM.
+    let error = run_err(
+        keybound()
+            .args([
+                "keypair",
+                "show",
+                "--signer",
+                "tpm",
+                "--tpm-tcti",
+                "swtpm:path=/run/swtpm.sock",
+                "--tpm-key-path",
+            ])
+            .arg(&path),
+    );
+    assert!(
+        error.contains("cannot reach a TPM over a UNIX socket"),
+        "{error}"
+    );
+}
