@@ -701,3 +701,55 @@ pub fn generate(
     debug!(%tcti, key = %signer.source, "made a key in the TPM");
     Ok(Generated { signer, pem })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tss_esapi::constants::response_code::Tss2ResponseCode;
+
+    fn rc(code: u32) -> TssError {
+        TssError::Tss2Error(Tss2ResponseCode::from(code))
+    }
+
+    // TPM 2.0 Part 2, 6.6: warnings are 0x900 + n; TPM_RC_RETRY 0x922, YIELDED 0x908,
+    // TESTING 0x90A, LOCKOUT 0x921; TPM_RC_AUTH_FAIL 0x08E (+ session in the format-one bits).
+    const RETRY: u32 = 0x922;
+    const YIELDED: u32 = 0x908;
+    const TESTING: u32 = 0x90A;
+    const LOCKOUT: u32 = 0x921;
+    const AUTH_FAIL_SESSION_1: u32 = 0x98E;
+
+    #[test]
+    fn retry_yielded_and_testing_are_retried_a_bounded_number_of_times() {
+        for code in [RETRY, YIELDED, TESTING] {
+            let mut calls = 0;
+            let result: Result<(), TssError> = retrying(|| {
+                calls += 1;
+                if calls < 3 { Err(rc(code)) } else { Ok(()) }
+            });
+            assert!(result.is_ok(), "0x{code:x}");
+            assert_eq!(calls, 3);
+            let mut calls = 0;
+            let result: Result<(), TssError> = retrying(|| {
+                calls += 1;
+                Err(rc(code))
+            });
+            assert!(result.is_err());
+            assert_eq!(calls, ATTEMPTS, "bounded");
+        }
+    }
+
+    #[test]
+    fn authorization_failures_and_lockout_are_never_retried() {
+        for code in [AUTH_FAIL_SESSION_1, LOCKOUT] {
+            let mut calls = 0;
+            let _: Result<(), TssError> = retrying(|| {
+                calls += 1;
+                Err(rc(code))
+            });
+            assert_eq!(calls, 1, "0x{code:x}");
+        }
+        assert!(is_auth_failure(&rc(AUTH_FAIL_SESSION_1)));
+        assert_eq!(rc_kind(&rc(LOCKOUT)), Some(Tss2ResponseCodeKind::Lockout));
+    }
+}

@@ -246,15 +246,19 @@ fn each_failure_has_its_own_clear_error() {
         ErrorKind::KeyNotFound,
         "no key at persistent handle 0x81000777",
     );
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut unreachable = tpm.config(TpmKey::Handle(HANDLE));
-    unreachable.tcti = Some("swtpm:host=127.0.0.1,port=20000".into());
-    if std::net::TcpStream::connect(("127.0.0.1", 20000)).is_err() {
-        expect(
-            TpmSigner::open(&unreachable),
-            ErrorKind::Unavailable,
-            "cannot reach the TPM at swtpm:host=127.0.0.1,port=20000",
-        );
-    }
+    unreachable.tcti = Some(format!("swtpm:host=127.0.0.1,port={port}"));
+    expect(
+        TpmSigner::open(&unreachable),
+        ErrorKind::Unavailable,
+        &format!("cannot reach the TPM at swtpm:host=127.0.0.1,port={port}"),
+    );
     let mut socket = tpm.config(TpmKey::Handle(HANDLE));
     socket.tcti = Some("swtpm:path=/run/swtpm.sock".into());
     expect(
