@@ -17,6 +17,7 @@
 //! Backends live in their own crates under `backends/`: `keybound-signer` (the trait and shared
 //! types) and `keybound-signer-soft` (file and env keys).
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod devcluster;
@@ -104,7 +105,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Start(args) => {
-            runtime()?.block_on(start::start(&args, &mut std::io::stdout().lock()))
+            let runtime = runtime()?;
+            let result = runtime.block_on(start::start(&args, &mut std::io::stdout().lock()));
+            // A signing thread stuck on a device must not hold up exit.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            result
         }
         Command::Keypair(KeypairCommand::Create(args)) => {
             Ok(runtime()?.block_on(keypair::create(&args, &mut std::io::stdout().lock()))?)

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow};
@@ -157,8 +158,32 @@ fn storage_uri(uri: &str) -> anyhow::Result<Destination> {
     })
 }
 
-/// Runs `keybound start`.
-pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
+/// Everything a join needs, checked once: the configuration, the cluster, trust, and the open
+/// signer.
+#[derive(Clone)]
+pub struct Prepared {
+    /// The effective configuration.
+    pub config: Config,
+    /// The proxy to join through.
+    pub proxy: HostPort,
+    /// How the proxy is verified.
+    pub trust: Trust,
+    /// Where the key lives.
+    pub signer_config: SignerConfig,
+    /// The open key.
+    pub signer: Arc<dyn keybound_signer::Signer>,
+}
+
+/// One join and the files it wrote.
+pub struct Cycle {
+    /// The join's result.
+    pub joined: join::Joined,
+    /// What was written, for the summary.
+    pub written: Vec<String>,
+}
+
+/// Builds the effective configuration and opens the signer.
+pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
     let config = effective_config(args)?;
     let proxy = match &config.cluster {
         Some(ClusterAddr::Proxy(p)) => p.clone(),
@@ -179,14 +204,25 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
             )));
         }
     };
-    if !config.oneshot {
-        return Err(Failure::config(anyhow!(
-            "keybound start renews only with --oneshot for now (the long-running renewal loop is \
-             not supported yet): add --oneshot or `oneshot: true`"
-        )));
-    }
-    if let Some(addr) = &config.diag_addr {
-        warn!(%addr, "diag_addr is served by the long-running agent; --oneshot runs without it");
+    if config.oneshot {
+        if let Some(addr) = &config.diag_addr {
+            warn!(%addr, "diag_addr is served by the long-running agent; --oneshot runs without it");
+        }
+    } else {
+        // As tbot warns (lib/tbot/bot/credential_lifetime.go).
+        if config.credential_ttl < config.renewal_interval {
+            warn!(
+                credential_ttl = %humantime::format_duration(config.credential_ttl),
+                renewal_interval = %humantime::format_duration(config.renewal_interval),
+                "credential_ttl is shorter than renewal_interval: the certificates will expire between renewals"
+            );
+        }
+        if config.credential_ttl > Duration::from_secs(24 * 60 * 60) {
+            warn!(
+                credential_ttl = %humantime::format_duration(config.credential_ttl),
+                "credential_ttl is over 24h, the most Teleport issues; the certificates will be shorter"
+            );
+        }
     }
     let trust = if config.insecure {
         warn!(
@@ -199,7 +235,6 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     } else {
         Trust::System
     };
-
     let signer_config = config
         .onboarding
         .signer_config()
@@ -212,12 +247,25 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
         };
         Failure::new(kind, anyhow::Error::new(e))
     })?;
+    Ok(Prepared {
+        config,
+        proxy,
+        trust,
+        signer_config,
+        signer,
+    })
+}
+
+/// Joins once and writes storage and outputs. Nothing is written unless the join succeeded and
+/// the outputs' inputs are all in hand; each destination is written all or nothing.
+pub async fn cycle(p: &Prepared) -> Result<Cycle, Failure> {
+    let (config, proxy, trust) = (&p.config, &p.proxy, &p.trust);
     let params = JoinParams {
         proxy: proxy.clone(),
         trust: trust.clone(),
         token: config.onboarding.token.clone(),
         credential_ttl: config.credential_ttl,
-        signer: signer.clone(),
+        signer: p.signer.clone(),
         timeout: join::JOIN_TIMEOUT,
     };
     let joined = join::join(&params).await.map_err(|e| {
@@ -239,6 +287,24 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     );
 
     let local = |e: anyhow::Error| Failure::new(ExitKind::Config, e);
+    let directories: Vec<_> = config
+        .outputs
+        .iter()
+        .filter_map(|o| match &o.destination {
+            Destination::Directory { path, symlinks } => Some((o, path, *symlinks)),
+            Destination::Memory => None,
+        })
+        .collect();
+    // Fetch everything the outputs need before writing anything.
+    let database_ca = if directories.is_empty() {
+        String::new()
+    } else {
+        let web_tls = client_config(trust, &[b"http/1.1"]).map_err(local)?;
+        webapi::export_authority(proxy, web_tls, "db")
+            .await
+            .context("fetching the database CA for the identity outputs")
+            .map_err(|e| Failure::new(ExitKind::Unreachable, e))?
+    };
     let mut written = Vec::new();
     if let Destination::Directory { path, symlinks } = &config.storage {
         output::prepare_dir(path, *symlinks).map_err(local)?;
@@ -250,40 +316,40 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
         .map_err(local)?;
         written.push(format!("{} (storage)", path.display()));
     }
-    let directories: Vec<_> = config
-        .outputs
-        .iter()
-        .filter_map(|o| match &o.destination {
-            Destination::Directory { path, symlinks } => Some((o, path, *symlinks)),
-            Destination::Memory => None,
-        })
-        .collect();
-    if !directories.is_empty() {
-        let web_tls = client_config(&trust, &[b"http/1.1"]).map_err(local)?;
-        let database_ca = webapi::export_authority(&proxy, web_tls, "db")
-            .await
-            .context("fetching the database CA for the identity outputs")
-            .map_err(|e| Failure::new(ExitKind::Unreachable, e))?;
-        let ctx = OutputContext {
-            proxy_host: &proxy.host,
-            proxy_port: proxy.port,
-            database_ca_pem: &database_ca,
-        };
-        let mut failures = Vec::new();
-        for (output, dir, symlinks) in directories {
-            let files = output::identity_files(identity, &ctx, dir, output.ssh_config);
-            match output::prepare_dir(dir, symlinks).and_then(|()| output::write_all(dir, &files)) {
-                Ok(_) => written.push(format!("{} (identity)", dir.display())),
-                Err(e) => failures.push(format!("output {}: {e:#}", dir.display())),
-            }
-        }
-        if !failures.is_empty() {
-            return Err(local(anyhow!(failures.join("; "))));
+    let ctx = OutputContext {
+        proxy_host: &proxy.host,
+        proxy_port: proxy.port,
+        database_ca_pem: &database_ca,
+    };
+    let mut failures = Vec::new();
+    for (output, dir, symlinks) in directories {
+        let files = output::identity_files(identity, &ctx, dir, output.ssh_config);
+        match output::prepare_dir(dir, symlinks).and_then(|()| output::write_all(dir, &files)) {
+            Ok(_) => written.push(format!("{} (identity)", dir.display())),
+            Err(e) => failures.push(format!("output {}: {e:#}", dir.display())),
         }
     }
+    if !failures.is_empty() {
+        return Err(local(anyhow!(failures.join("; "))));
+    }
+    Ok(Cycle { joined, written })
+}
 
-    write_summary(out, &joined, &*signer, &signer_config, &written)
-        .map_err(|e| Failure::new(ExitKind::Software, e))?;
+/// Runs `keybound start`: one cycle with `--oneshot`, else the long-running agent.
+pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
+    let prepared = prepare(args)?;
+    if !prepared.config.oneshot {
+        return crate::agent::run(prepared).await;
+    }
+    let Cycle { joined, written } = cycle(&prepared).await?;
+    write_summary(
+        out,
+        &joined,
+        &*prepared.signer,
+        &prepared.signer_config,
+        &written,
+    )
+    .map_err(|e| Failure::new(ExitKind::Software, e))?;
     Ok(())
 }
 

@@ -267,9 +267,19 @@ async fn exit_codes_tell_config_rejection_and_unreachable_apart() {
     assert_eq!(status, Some(69), "{error}");
     assert!(error.contains("cannot reach proxy"), "{error}");
     // Configuration errors: EX_CONFIG (78).
-    let (status, error) = code(vec!["start".into(), "-c".into(), cfg.display().to_string()]).await;
+    let (status, error) = code(vec![
+        "start".into(),
+        "-c".into(),
+        cfg.display().to_string(),
+        "--diag-addr".into(),
+        "not-an-address".into(),
+    ])
+    .await;
     assert_eq!(status, Some(78), "{error}");
-    assert!(error.contains("add --oneshot"), "{error}");
+    assert!(
+        error.contains("diag_addr \"not-an-address\" is not HOST:PORT"),
+        "{error}"
+    );
     let (status, error) = code(start(&["--static-key-path", "/no/such/key"])).await;
     assert_eq!(status, Some(78), "{error}");
     assert!(error.contains("/no/such/key"), "{error}");

@@ -1,0 +1,513 @@
+//! The long-running agent as a process: renewals, the diagnostics endpoints, signals, an outage
+//! and recovery, rejections, a halt on a wrong PIN, and no secret in its logs.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keybound::devcluster::{DevCluster, DevClusterConfig};
+use keybound_signer::{Algorithm, Signer as _};
+use keybound_signer_soft::SoftSigner;
+
+use crate::cluster::token;
+use crate::support::{free_port, keybound};
+
+/// A GET on the diagnostics listener: (status code, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// The value of a metric line that starts with `prefix`.
+fn metric(port: u16, prefix: &str) -> f64 {
+    get(port, "/metrics")
+        .and_then(|(_, body)| {
+            body.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A running `keybound start` (long-running); killed on drop, its output kept.
+struct Agent {
+    child: Option<Child>,
+    diag: u16,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
+        let diag = free_port();
+        let log = dir.join("agent.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = keybound();
+        cmd.args(["--debug", "start", "-c"])
+            .arg(cfg)
+            .args(["--diag-addr", &format!("127.0.0.1:{diag}")])
+            .env("RUST_LOG", "debug")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let agent = Self {
+            child: Some(child),
+            diag,
+            log,
+        };
+        wait_for("the diagnostics listener", Duration::from_secs(10), || {
+            get(diag, "/healthz").is_some()
+        });
+        agent
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-s", name, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn renewals(&self) -> f64 {
+        metric(self.diag, "keybound_renewals_total")
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; returns how long the agent took to exit and its exit status.
+    fn stop(&mut self) -> (Duration, std::process::ExitStatus) {
+        self.signal("TERM");
+        let started = Instant::now();
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (started.elapsed(), status);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the agent did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn config(
+    dir: &Path,
+    proxy: &str,
+    ca: &Path,
+    key_yaml: &str,
+    interval: &str,
+    ttl: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("tbot.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: v2\nproxy_server: {proxy}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n{key_yaml}storage:\n  type: memory\ncredential_ttl: {ttl}\nrenewal_interval: {interval}\nservices:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
+            ca.display(),
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn cluster_on(
+    addr: SocketAddr,
+    key: &keybound_signer::PublicKey,
+    token_name: &str,
+) -> DevCluster {
+    // The port may take a moment to be free again after a previous cluster on it stopped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let config = DevClusterConfig {
+            listen: addr,
+            tokens: vec![token(token_name, key, "insecure", 1, "")],
+            ..Default::default()
+        };
+        match DevCluster::start(config).await {
+            Ok(cluster) => return cluster,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    // An env key: the most exposed place a key can be, and the one to check logs against.
+    let value = signer.to_env_value();
+    let cfg = config(dir.path(), &cluster.proxy_addr(), &ca, "", "1h", "2h");
+    let dir_path = dir.path().to_owned();
+    let value2 = value.to_string();
+    let mut agent = blocking(move || {
+        Agent::start(
+            &cfg,
+            &dir_path,
+            &[("TBOT_BOUND_KEYPAIR_STATIC_KEY", &value2)],
+        )
+    })
+    .await;
+    let port = agent.diag;
+    blocking(move || {
+        wait_for("readiness", Duration::from_secs(10), || {
+            get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+        })
+    })
+    .await;
+    let (_, ready) = get(port, "/readyz").unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert!(
+        ready["expires_in_seconds"].as_u64().unwrap() > 7000,
+        "{ready}"
+    );
+    assert_eq!(agent.renewals(), 1.0);
+
+    // SIGHUP and SIGUSR1 renew now, though the interval is an hour.
+    for (signal, expected) in [("HUP", 2.0), ("USR1", 3.0)] {
+        agent.signal(signal);
+        let a = &agent;
+        wait_for(
+            &format!("a renewal after SIG{signal}"),
+            Duration::from_secs(10),
+            || a.renewals() >= expected,
+        );
+    }
+    let (_, metrics) = get(port, "/metrics").unwrap();
+    for line in [
+        r#"keybound_joins_total{outcome="success",reason=""} 3"#,
+        r#"keybound_sign_duration_seconds_count{backend="env"} 3"#,
+        "keybound_certificate_expiry_timestamp_seconds ",
+        "keybound_healthy 1",
+        "# TYPE keybound_last_error_timestamp_seconds gauge",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
+    assert!(dir.path().join("out/identity").is_file());
+    assert_eq!(cluster.cluster.joins_completed(), 3);
+
+    // SIGTERM: a clean stop within a second.
+    let (took, status) = blocking(move || agent.stop()).await;
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // No secret in anything the agent printed at debug level.
+    let logs = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(logs.contains("renewed"), "{logs}");
+    let pem = signer.to_pkcs8_pem();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        !logs.contains(value.as_str()) && !logs.contains(&value[..24]),
+        "the env value leaked"
+    );
+    assert!(!logs.contains(&body[..24]), "the private key leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_cluster_outage_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::EcdsaP256Sha256).unwrap();
+    let key_path = dir.path().join("bound.pem");
+    keybound::fsutil::write_atomic(
+        &key_path,
+        signer.to_pkcs8_pem().as_bytes(),
+        0o600,
+        keybound::fsutil::Replace::Allow,
+    )
+    .unwrap();
+    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
+    let addr = cluster.addr;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    let key_yaml = format!(
+        "  bound_keypair:\n    static_private_key_path: {}\n",
+        key_path.display()
+    );
+    let cfg = config(
+        dir.path(),
+        &cluster.proxy_addr(),
+        &ca,
+        &key_yaml,
+        "1s",
+        "30s",
+    );
+    let dir_path = dir.path().to_owned();
+    let agent = blocking(move || Agent::start(&cfg, &dir_path, &[])).await;
+    let port = agent.diag;
+    blocking(move || {
+        wait_for("two renewals", Duration::from_secs(15), || {
+            metric(port, "keybound_renewals_total") >= 2.0
+        })
+    })
+    .await;
+
+    // The cluster goes away for longer than a renewal interval.
+    drop(cluster);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = std::fs::read(dir.path().join("out/identity")).unwrap();
+    let renewed = metric(port, "keybound_renewals_total");
+    let failed = blocking(move || {
+        wait_for("failed renewals", Duration::from_secs(10), || {
+            metric(port, r#"keybound_joins_total{outcome="transient""#) >= 2.0
+        });
+        metric(port, r#"keybound_joins_total{outcome="transient""#)
+    })
+    .await;
+    assert!(failed >= 2.0);
+    // Still ready on the identity it has, and nothing was deleted or half-written.
+    assert_eq!(get(port, "/readyz").unwrap().0, 200);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/identity")).unwrap(),
+        before
+    );
+    assert!(
+        get(port, "/metrics")
+            .unwrap()
+            .1
+            .contains("keybound_last_error_timestamp_seconds ")
+    );
+
+    // Back on the same address (a new cluster, so a new CA to trust).
+    let cluster = cluster_on(addr, signer.public_key(), "t").await;
+    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    blocking(move || {
+        wait_for(
+            "a renewal after the outage",
+            Duration::from_secs(20),
+            || metric(port, "keybound_renewals_total") > renewed,
+        )
+    })
+    .await;
+    assert_ne!(
+        std::fs::read(dir.path().join("out/identity")).unwrap(),
+        before
+    );
+    assert!(cluster.cluster.joins_completed() >= 1);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_retried_slowly_and_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let cluster = cluster_on(
+        "127.0.0.1:0".parse().unwrap(),
+        signer.public_key(),
+        "another-token",
+    )
+    .await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    let value = signer.to_env_value().to_string();
+    let cfg = config(dir.path(), &cluster.proxy_addr(), &ca, "", "1s", "30s");
+    let dir_path = dir.path().to_owned();
+    let agent = blocking(move || {
+        Agent::start(
+            &cfg,
+            &dir_path,
+            &[("TBOT_BOUND_KEYPAIR_STATIC_KEY", &value)],
+        )
+    })
+    .await;
+    let port = agent.diag;
+    blocking(move || {
+        wait_for("a rejection", Duration::from_secs(10), || {
+            metric(
+                port,
+                r#"keybound_joins_total{outcome="rejected",reason="PermissionDenied"}"#,
+            ) >= 1.0
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Slow cadence: not once a second like renewals, at most once a minute.
+    assert_eq!(
+        metric(
+            port,
+            r#"keybound_joins_total{outcome="rejected",reason="PermissionDenied"}"#
+        ),
+        1.0
+    );
+    assert_eq!(get(port, "/readyz").unwrap().0, 503);
+    assert_eq!(
+        get(port, "/healthz").unwrap().0,
+        200,
+        "a rejection is the cluster's answer, not a broken agent"
+    );
+    assert!(agent.logs().contains("token expired or not found"));
+}
+
+#[test]
+fn a_wrong_pkcs11_pin_at_start_is_said_once_and_never_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/softhsm-fixtures/init-token.sh"
+    ))
+    .arg(dir.path().join("hsm"))
+    .args(["agent-token", "Right-PIN-5150", "12345678"])
+    .stdout(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(init.success());
+    let conf = dir.path().join("hsm/softhsm2.conf");
+    let module = "/usr/lib/softhsm/libsofthsm2.so";
+    let hsm = |pin: &str| {
+        let mut cmd = keybound();
+        cmd.env("SOFTHSM2_CONF", &conf).env("HSM_PIN", pin);
+        cmd
+    };
+    let signer = [
+        "--signer",
+        "pkcs11",
+        "--pkcs11-module",
+        module,
+        "--pkcs11-uri",
+        "pkcs11:token=agent-token;object=k",
+        "--pin-source",
+        "env:HSM_PIN",
+    ];
+    let created = hsm("Right-PIN-5150")
+        .args(["keypair", "create", "--static", "--algorithm", "ed25519"])
+        .args(signer)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // The agent opens the key before its loop: a wrong PIN ends it there, with EX_CONFIG.
+    let output = hsm("Wrong-PIN-0000")
+        .args([
+            "start",
+            "--proxy-server",
+            "127.0.0.1:9",
+            "--join-method",
+            "bound_keypair",
+            "--token",
+            "t",
+            "--storage",
+            "memory://",
+        ])
+        .args(signer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert_eq!(stderr.matches("refused the PIN").count(), 1, "{stderr}");
+    assert!(!stderr.contains("Wrong-PIN-0000") && !stderr.contains("Right-PIN-5150"));
+}
+
+/// A TPM key with an authorization value, and an agent given the wrong one: the TPM says so at
+/// the first signature, and the agent stops signing (each failure counts towards the TPM's
+/// dictionary-attack lockout), reports unhealthy, and stays up.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_tpm_auth_value_halts_signing_and_marks_the_agent_unhealthy() {
+    use keybound_signer::PinSource;
+    use keybound_signer::config::TpmKey;
+    use keybound_signer_tpm::testing::Swtpm;
+    use zeroize::Zeroizing;
+
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let mut tpm_config = tpm.config(TpmKey::Handle(0x8100_0100));
+    tpm_config.auth = Some(PinSource::Value(Zeroizing::new("right-auth-value".into())));
+    let key = keybound_signer_tpm::generate(&tpm_config, Algorithm::EcdsaP256Sha256, false)
+        .unwrap()
+        .signer
+        .public_key()
+        .clone();
+    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), &key, "t").await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    let key_yaml = format!(
+        "  bound_keypair:\n    signer: tpm\n    tpm_tcti: \"{}\"\n    tpm_key_handle: 0x81000100\n    pin_source: env:TPM_AUTH\n",
+        tpm.tcti()
+    );
+    let cfg = config(
+        dir.path(),
+        &cluster.proxy_addr(),
+        &ca,
+        &key_yaml,
+        "1s",
+        "30s",
+    );
+    let dir_path = dir.path().to_owned();
+    let agent =
+        blocking(move || Agent::start(&cfg, &dir_path, &[("TPM_AUTH", "wrong-auth-value")])).await;
+    let port = agent.diag;
+    blocking(move || {
+        wait_for("the halt", Duration::from_secs(10), || {
+            get(port, "/healthz").is_some_and(|(c, _)| c == 503)
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        metric(port, r#"keybound_joins_total{outcome="halted""#),
+        1.0,
+        "one attempt, no retries"
+    );
+    assert_eq!(metric(port, "keybound_healthy"), 0.0);
+    let (_, health) = get(port, "/healthz").unwrap();
+    assert!(
+        health.contains("refused the authorization value"),
+        "{health}"
+    );
+    assert!(!agent.logs().contains("wrong-auth-value"));
+    assert_eq!(cluster.cluster.joins_completed(), 0);
+}
