@@ -11,7 +11,7 @@ use keybound::devcluster::{DevCluster, DevClusterConfig};
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
-use crate::cluster::token;
+use crate::cluster::{ca_file, token};
 use crate::support::{free_port, keybound};
 
 /// A GET on the diagnostics listener: (status code, body).
@@ -184,8 +184,7 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
     let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    let ca = ca_file(&cluster, dir.path());
     // An env key: the most exposed place a key can be, and the one to check logs against.
     let value = signer.to_env_value();
     let cfg = config(dir.path(), &cluster.proxy_addr(), &ca, "", "1h", "2h");
@@ -269,8 +268,7 @@ async fn survives_a_cluster_outage_and_recovers() {
     .unwrap();
     let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
     let addr = cluster.addr;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    let ca = ca_file(&cluster, dir.path());
     let key_yaml = format!(
         "  bound_keypair:\n    static_private_key_path: {}\n",
         key_path.display()
@@ -348,8 +346,7 @@ async fn rejections_are_retried_slowly_and_not_ready() {
         "another-token",
     )
     .await;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    let ca = ca_file(&cluster, dir.path());
     let value = signer.to_env_value().to_string();
     let cfg = config(dir.path(), &cluster.proxy_addr(), &ca, "", "1s", "30s");
     let dir_path = dir.path().to_owned();
@@ -472,8 +469,7 @@ async fn a_wrong_tpm_auth_value_halts_signing_and_marks_the_agent_unhealthy() {
         .public_key()
         .clone();
     let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), &key, "t").await;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cluster.ca_pem()).unwrap();
+    let ca = ca_file(&cluster, dir.path());
     let key_yaml = format!(
         "  bound_keypair:\n    signer: tpm\n    tpm_tcti: \"{}\"\n    tpm_key_handle: 0x81000100\n    pin_source: env:TPM_AUTH\n",
         tpm.tcti()
