@@ -297,13 +297,20 @@ impl ClusterCa {
             ssh_key.parsed.kind()
         );
 
-        let now = unix_seconds(SystemTime::now())?;
-        let not_before = now.saturating_sub(BACKDATE.as_secs());
-        let not_after = unix_seconds(req.not_after)?;
+        // Compare at full precision: certificates carry whole seconds, and a one-second TTL
+        // truncated to seconds may land on the current second while still being in the future.
+        let clock = SystemTime::now();
         ensure!(
-            not_after > now,
-            "the requested expiry is not in the future ({not_after} <= {now} seconds since the epoch)"
+            req.not_after > clock,
+            "the requested expiry is not in the future ({} <= {} seconds since the epoch)",
+            unix_seconds(req.not_after)?,
+            unix_seconds(clock)?
         );
+        let now = unix_seconds(clock)?;
+        let not_before = now.saturating_sub(BACKDATE.as_secs());
+        // X.509 `notAfter` is inclusive of its last second; round a fractional expiry up so the
+        // certificate never ends before the requested instant.
+        let not_after = unix_seconds_ceil(req.not_after)?;
 
         let username = bot_resource_name(req.bot_name);
         let tls_cert_der = self.issue_bot_tls(req, &tls_key, &username, not_before, not_after)?;
@@ -604,6 +611,11 @@ fn unix_seconds(time: SystemTime) -> anyhow::Result<u64> {
         .duration_since(UNIX_EPOCH)
         .map_err(|_| anyhow!("time before 1970"))?
         .as_secs())
+}
+
+/// Whole seconds since the epoch, rounded up.
+fn unix_seconds_ceil(time: SystemTime) -> anyhow::Result<u64> {
+    unix_seconds(time + Duration::from_nanos(999_999_999))
 }
 
 fn datetime(unix_seconds: u64) -> anyhow::Result<OffsetDateTime> {
@@ -1098,7 +1110,7 @@ mod tests {
             nb + 60 >= before && nb + 60 <= before + 5,
             "not_before {nb}, now {before}"
         );
-        assert_eq!(na, unix_seconds(not_after).unwrap());
+        assert_eq!(na, unix_seconds_ceil(not_after).unwrap());
         // Random positive serial of at most 128 bits (plus DER's sign byte).
         let serial = tbs.serial_number.as_bytes();
         assert!(serial.len() <= 17 && serial[0] & 0x80 == 0);
@@ -1147,7 +1159,7 @@ mod tests {
             format!(
                 "Valid: from {} to {}",
                 utc(valid_after),
-                utc(unix_seconds(not_after).unwrap())
+                utc(unix_seconds_ceil(not_after).unwrap())
             ),
             "Critical Options: (none)".to_owned(),
         ] {
