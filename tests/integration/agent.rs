@@ -386,15 +386,19 @@ async fn rejections_are_retried_slowly_and_not_ready() {
     assert!(agent.logs().contains("token expired or not found"));
 }
 
-#[test]
-fn a_wrong_pkcs11_pin_at_start_is_said_once_and_never_retried() {
+/// A key in SoftHSM: the agent renews with it and never prints the PIN, even at debug level;
+/// given a wrong PIN it says so once and never tries again (real tokens lock after a few).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pkcs11_agent_never_logs_the_pin_and_never_retries_a_wrong_one() {
+    const RIGHT: &str = "Right-PIN-5150";
+    const WRONG: &str = "Wrong-PIN-0000";
     let dir = tempfile::tempdir().unwrap();
     let init = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/softhsm-fixtures/init-token.sh"
     ))
     .arg(dir.path().join("hsm"))
-    .args(["agent-token", "Right-PIN-5150", "12345678"])
+    .args(["agent-token", RIGHT, "12345678"])
     .stdout(Stdio::null())
     .status()
     .unwrap();
@@ -416,8 +420,9 @@ fn a_wrong_pkcs11_pin_at_start_is_said_once_and_never_retried() {
         "--pin-source",
         "env:HSM_PIN",
     ];
-    let created = hsm("Right-PIN-5150")
+    let created = hsm(RIGHT)
         .args(["keypair", "create", "--static", "--algorithm", "ed25519"])
+        .args(["--format", "json"])
         .args(signer)
         .output()
         .unwrap();
@@ -426,8 +431,50 @@ fn a_wrong_pkcs11_pin_at_start_is_said_once_and_never_retried() {
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
+    let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key =
+        keybound_signer::PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+
+    // A full run: two renewals, a stop, and not a trace of the PIN in the debug logs.
+    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), &key, "t").await;
+    let ca = ca_file(&cluster, dir.path());
+    let key_yaml = format!(
+        "  bound_keypair:\n    signer: pkcs11\n    pkcs11_module: {module}\n    pkcs11_uri: \"pkcs11:token=agent-token;object=k\"\n    pin_source: env:HSM_PIN\n"
+    );
+    let cfg = config(
+        dir.path(),
+        &cluster.proxy_addr(),
+        &ca,
+        &key_yaml,
+        "1s",
+        "30s",
+    );
+    let (dir_path, conf_value) = (dir.path().to_owned(), conf.display().to_string());
+    let mut agent = blocking(move || {
+        Agent::start(
+            &cfg,
+            &dir_path,
+            &[("SOFTHSM2_CONF", &conf_value), ("HSM_PIN", RIGHT)],
+        )
+    })
+    .await;
+    let agent = blocking(move || {
+        let a = &agent;
+        wait_for("two renewals", Duration::from_secs(15), || {
+            a.renewals() >= 2.0
+        });
+        let (_, status) = agent.stop();
+        assert!(status.success(), "{status:?}");
+        agent
+    })
+    .await;
+    let logs = agent.logs();
+    assert!(logs.contains("renewed"), "{logs}");
+    assert!(logs.contains("pkcs11"), "{logs}");
+    assert!(!logs.contains(RIGHT), "the PIN leaked:\n{logs}");
+
     // The agent opens the key before its loop: a wrong PIN ends it there, with EX_CONFIG.
-    let output = hsm("Wrong-PIN-0000")
+    let output = hsm(WRONG)
         .args([
             "start",
             "--proxy-server",
@@ -445,7 +492,7 @@ fn a_wrong_pkcs11_pin_at_start_is_said_once_and_never_retried() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert_eq!(stderr.matches("refused the PIN").count(), 1, "{stderr}");
-    assert!(!stderr.contains("Wrong-PIN-0000") && !stderr.contains("Right-PIN-5150"));
+    assert!(!stderr.contains(WRONG) && !stderr.contains(RIGHT));
 }
 
 /// A TPM key with an authorization value, and an agent given the wrong one: the TPM says so at
