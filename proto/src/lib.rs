@@ -16,6 +16,11 @@
 //! (`join_service_client`) and server (`join_service_server`), the latter for
 //! keybound's development join server.
 //!
+//! After the join, a bot reads what its identity outputs need over an
+//! authenticated connection to Auth: [`proto`]'s `AuthService` (role
+//! impersonation with `GenerateUserCerts`, the bot's role, the host CA, the
+//! cluster's suite) and [`teleport::trust::v1`]'s `TrustService` (the CAs).
+//!
 //! # Where this comes from
 //!
 //! The `.proto` files under `proto/teleport/` are written for keybound, not
@@ -74,20 +79,34 @@ pub mod teleport {
             "teleport.join.v1.rs"
         );
     }
+    /// Certificate authorities (`teleport.trust.*`).
+    pub mod trust {
+        generated!(
+            /// Package `teleport.trust.v1`: reading the cluster's certificate
+            /// authorities (`TrustService.GetCertAuthority`,
+            /// `TrustService.GetCertAuthorities`).
+            v1,
+            "teleport.trust.v1.rs"
+        );
+    }
 }
 
 generated!(
     /// Package `proto`: the legacy `JoinService.RegisterUsingBoundKeypairMethod`
-    /// RPC and `Certs`.
+    /// RPC and `Certs`, and the four `AuthService` RPCs an identity output
+    /// calls (`Ping`, `GetRole`, `GetClusterCACert`, `GenerateUserCerts`).
     ///
-    /// Full method path: `/proto.JoinService/RegisterUsingBoundKeypairMethod`.
+    /// Full method paths: `/proto.JoinService/RegisterUsingBoundKeypairMethod`,
+    /// `/proto.AuthService/<method>`.
     proto,
     "proto.rs"
 );
 
 generated!(
     /// Package `types`: `RegisterUsingTokenRequest` and
-    /// `SignatureAlgorithmSuite`, as used by the legacy RPC in [`proto`].
+    /// `SignatureAlgorithmSuite` for the legacy RPC in [`proto`], and the parts
+    /// of roles (`RoleV6`) and certificate authorities (`CertAuthorityV2`) a
+    /// bot reads.
     types,
     "types.rs"
 );
@@ -117,6 +136,24 @@ mod tests {
         want.extend(b"Bot");
         assert_eq!(msg.encode_to_vec(), want);
         assert_eq!(JoinRequest::decode(want.as_slice()).unwrap(), msg);
+    }
+
+    #[test]
+    fn user_certs_request_wire_bytes() {
+        use crate::proto::UserCertsRequest;
+        let msg = UserCertsRequest {
+            username: "bot-a".into(),
+            role_requests: vec!["r".into()],
+            use_role_requests: true,
+            ssh_public_key: b"k".to_vec(),
+            ..Default::default()
+        };
+        let mut want = vec![0x12, 5]; // Username = 2
+        want.extend(b"bot-a");
+        want.extend([0x62, 1, b'r']); // RoleRequests = 12
+        want.extend([0x70, 1]); // UseRoleRequests = 14 (varint)
+        want.extend([0xb2, 0x01, 1, b'k']); // SSHPublicKey = 22 (two-byte tag)
+        assert_eq!(msg.encode_to_vec(), want);
     }
 
     #[test]

@@ -22,15 +22,19 @@ use prost_types::{DescriptorProto, FileDescriptorSet};
 /// The files to compile; `certs.proto` and `types.proto` come in as imports.
 const PROTOS: &[&str] = &[
     "teleport/join/v1/joinservice.proto",
+    "teleport/legacy/client/proto/authservice.proto",
     "teleport/legacy/client/proto/joinservice.proto",
+    "teleport/trust/v1/trust_service.proto",
 ];
 
 /// Our own files, i.e. every file in the descriptor set but the well-known types.
 const OUR_FILES: &[&str] = &[
     "teleport/join/v1/joinservice.proto",
+    "teleport/legacy/client/proto/authservice.proto",
     "teleport/legacy/client/proto/certs.proto",
     "teleport/legacy/client/proto/joinservice.proto",
     "teleport/legacy/types/types.proto",
+    "teleport/trust/v1/trust_service.proto",
 ];
 
 const BLESS_VAR: &str = "KEYBOUND_PROTO_BLESS";
@@ -133,6 +137,10 @@ const TYPES: &str = "teleport api/proto/teleport/legacy/types/types.proto";
 /// parsing tests (read ids 14264264993, 194103723), Go constant names in
 /// `api/types/signaturealgorithmsuite.go` (read id 466475632).
 const SUITES: &str = "teleport types.proto comment + signaturealgorithmsuite tests";
+/// `api/proto/teleport/legacy/client/proto/authservice.proto` at 759949bd.
+const AUTH: &str = "teleport api/proto/teleport/legacy/client/proto/authservice.proto";
+/// `api/proto/teleport/trust/v1/trust_service.proto` at 19e80c00.
+const TRUST: &str = "teleport api/proto/teleport/trust/v1/trust_service.proto";
 
 /// (message, field, number, type, source). The type reads
 /// `[repeated |optional |oneof <name> ]<scalar or .full.TypeName>`.
@@ -220,6 +228,62 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("types.RegisterUsingTokenRequest", "Expires", 12, ".google.protobuf.Timestamp", TYPES),
     ("types.RegisterUsingTokenRequest", "BotInstanceID", 13, "string", TYPES),
     ("types.RegisterUsingTokenRequest", "BotGeneration", 14, "int32", TYPES),
+    ("types.Metadata", "Name", 1, "string", TYPES),
+    ("types.Metadata", "Namespace", 2, "string", TYPES),
+    ("types.Metadata", "Description", 3, "string", TYPES),
+    ("types.Metadata", "Labels", 5, "repeated .types.Metadata.LabelsEntry", TYPES),
+    ("types.Metadata.LabelsEntry", "key", 1, "string", TYPES),
+    ("types.Metadata.LabelsEntry", "value", 2, "string", TYPES),
+    ("types.Metadata", "Expires", 6, ".google.protobuf.Timestamp", TYPES),
+    ("types.Metadata", "Revision", 8, "string", TYPES),
+    ("types.RoleV6", "Kind", 1, "string", TYPES),
+    ("types.RoleV6", "SubKind", 2, "string", TYPES),
+    ("types.RoleV6", "Version", 3, "string", TYPES),
+    ("types.RoleV6", "Metadata", 4, ".types.Metadata", TYPES),
+    ("types.RoleV6", "Spec", 5, ".types.RoleSpecV6", TYPES),
+    ("types.RoleSpecV6", "Allow", 2, ".types.RoleConditions", TYPES),
+    ("types.RoleSpecV6", "Deny", 3, ".types.RoleConditions", TYPES),
+    ("types.RoleConditions", "Logins", 1, "repeated string", TYPES),
+    ("types.RoleConditions", "Impersonate", 14, ".types.ImpersonateConditions", TYPES),
+    ("types.ImpersonateConditions", "Users", 1, "repeated string", TYPES),
+    ("types.ImpersonateConditions", "Roles", 2, "repeated string", TYPES),
+    ("types.ImpersonateConditions", "Where", 3, "string", TYPES),
+    ("types.CertAuthorityV2", "Kind", 1, "string", TYPES),
+    ("types.CertAuthorityV2", "SubKind", 2, "string", TYPES),
+    ("types.CertAuthorityV2", "Version", 3, "string", TYPES),
+    ("types.CertAuthorityV2", "Metadata", 4, ".types.Metadata", TYPES),
+    ("types.CertAuthorityV2", "Spec", 5, ".types.CertAuthoritySpecV2", TYPES),
+    ("types.CertAuthoritySpecV2", "Type", 1, "string", TYPES),
+    ("types.CertAuthoritySpecV2", "ClusterName", 2, "string", TYPES),
+    ("types.CertAuthoritySpecV2", "ActiveKeys", 11, ".types.CAKeySet", TYPES),
+    ("types.CertAuthoritySpecV2", "AdditionalTrustedKeys", 12, ".types.CAKeySet", TYPES),
+    ("types.CAKeySet", "SSH", 1, "repeated .types.SSHKeyPair", TYPES),
+    ("types.CAKeySet", "TLS", 2, "repeated .types.TLSKeyPair", TYPES),
+    ("types.SSHKeyPair", "PublicKey", 1, "bytes", TYPES),
+    ("types.TLSKeyPair", "Cert", 1, "bytes", TYPES),
+    // proto (Auth API)
+    ("proto.UserCertsRequest", "Username", 2, "string", AUTH),
+    ("proto.UserCertsRequest", "Expires", 3, ".google.protobuf.Timestamp", AUTH),
+    ("proto.UserCertsRequest", "RouteToCluster", 5, "string", AUTH),
+    ("proto.UserCertsRequest", "RoleRequests", 12, "repeated string", AUTH),
+    ("proto.UserCertsRequest", "UseRoleRequests", 14, "bool", AUTH),
+    ("proto.UserCertsRequest", "SSHPublicKey", 22, "bytes", AUTH),
+    ("proto.UserCertsRequest", "TLSPublicKey", 23, "bytes", AUTH),
+    ("proto.UserCertsRequest", "ReissuableRoleImpersonation", 27, "bool", AUTH),
+    ("proto.PingResponse", "ClusterName", 1, "string", AUTH),
+    ("proto.PingResponse", "ServerVersion", 2, "string", AUTH),
+    ("proto.PingResponse", "ProxyPublicAddr", 4, "string", AUTH),
+    ("proto.PingResponse", "RemoteAddr", 7, "string", AUTH),
+    ("proto.PingResponse", "signature_algorithm_suite", 9, ".types.SignatureAlgorithmSuite", AUTH),
+    ("proto.GetRoleRequest", "Name", 1, "string", AUTH),
+    ("proto.GetClusterCACertResponse", "TLSCA", 1, "bytes", AUTH),
+    // teleport.trust.v1
+    ("teleport.trust.v1.GetCertAuthorityRequest", "type", 1, "string", TRUST),
+    ("teleport.trust.v1.GetCertAuthorityRequest", "domain", 2, "string", TRUST),
+    ("teleport.trust.v1.GetCertAuthorityRequest", "include_key", 3, "bool", TRUST),
+    ("teleport.trust.v1.GetCertAuthoritiesRequest", "type", 1, "string", TRUST),
+    ("teleport.trust.v1.GetCertAuthoritiesRequest", "include_key", 2, "bool", TRUST),
+    ("teleport.trust.v1.GetCertAuthoritiesResponse", "cert_authorities_v2", 1, "repeated .types.CertAuthorityV2", TRUST),
 ];
 
 /// (enum, value, number, source).
@@ -236,18 +300,46 @@ const ENUM_VALUES: &[(&str, &str, i32, &str)] = &[
     ("types.SignatureAlgorithmSuite", "SIGNATURE_ALGORITHM_SUITE_HSM_V1", 4, SUITES),
 ];
 
-/// Full gRPC method paths, all bidirectional streaming.
-const METHODS: &[(&str, &str)] = &[
+/// Full gRPC method paths, whether they stream (both ways) or are unary, and where they were read.
+const METHODS: &[(&str, Kind, &str)] = &[
     // api/gen/proto/go/teleport/join/v1/joinservice_protoopaque.pb.go at 4a816d99:
     // service JoinService { rpc Join(stream JoinRequest) returns (stream JoinResponse) }.
-    ("/teleport.join.v1.JoinService/Join", JOIN_V1),
+    ("/teleport.join.v1.JoinService/Join", Kind::Bidi, JOIN_V1),
     // api/client/proto/joinservice_grpc.pb.go at 2ee3af94 (read id 220202171):
     // JoinService_RegisterUsingBoundKeypairMethod_FullMethodName.
     (
         "/proto.JoinService/RegisterUsingBoundKeypairMethod",
+        Kind::Bidi,
         "teleport api/client/proto/joinservice_grpc.pb.go",
     ),
+    // The rpc declarations of `service AuthService` in authservice.proto at 759949bd;
+    // GenerateUserCerts also as AuthService_GenerateUserCerts_FullMethodName in
+    // api/client/proto/authservice_grpc.pb.go at 00cfaaef.
+    ("/proto.AuthService/Ping", Kind::Unary, AUTH),
+    ("/proto.AuthService/GetRole", Kind::Unary, AUTH),
+    ("/proto.AuthService/GetClusterCACert", Kind::Unary, AUTH),
+    ("/proto.AuthService/GenerateUserCerts", Kind::Unary, AUTH),
+    // `service TrustService` in trust_service.proto at 19e80c00.
+    (
+        "/teleport.trust.v1.TrustService/GetCertAuthority",
+        Kind::Unary,
+        TRUST,
+    ),
+    (
+        "/teleport.trust.v1.TrustService/GetCertAuthorities",
+        Kind::Unary,
+        TRUST,
+    ),
 ];
+
+/// How an RPC streams.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Kind {
+    /// A stream each way.
+    Bidi,
+    /// One request, one response.
+    Unary,
+}
 
 fn describe_type(field: &prost_types::FieldDescriptorProto, msg: &DescriptorProto) -> String {
     let mut out = String::new();
@@ -273,7 +365,7 @@ fn collect(
 ) -> (
     BTreeMap<(String, String), (i32, String)>,
     BTreeMap<(String, String), i32>,
-    Vec<String>,
+    Vec<(String, Kind)>,
 ) {
     fn walk_message(
         prefix: &str,
@@ -325,14 +417,16 @@ fn collect(
         }
         for service in &file.service {
             for m in &service.method {
-                assert!(
-                    m.client_streaming() && m.server_streaming(),
-                    "{}.{}/{} must be bidirectional streaming",
-                    package,
-                    service.name(),
-                    m.name()
-                );
-                methods.push(format!("/{package}.{}/{}", service.name(), m.name()));
+                let kind = match (m.client_streaming(), m.server_streaming()) {
+                    (true, true) => Kind::Bidi,
+                    (false, false) => Kind::Unary,
+                    _ => panic!(
+                        "{package}.{}/{}: keybound declares no half-streaming RPC",
+                        service.name(),
+                        m.name()
+                    ),
+                };
+                methods.push((format!("/{package}.{}/{}", service.name(), m.name()), kind));
             }
         }
     }
@@ -367,13 +461,14 @@ fn check_against_teleport(fds: &FileDescriptorSet, compiler: &str) {
         enums.is_empty(),
         "[{compiler}] enum values not checked against Teleport: {enums:?}"
     );
-    for &(path, source) in METHODS {
-        let pos = methods.iter().position(|m| m == path);
+    for &(path, kind, source) in METHODS {
+        let pos = methods.iter().position(|(m, _)| m == path);
         assert!(
             pos.is_some(),
             "[{compiler}] missing RPC {path} (per {source})"
         );
-        methods.remove(pos.unwrap());
+        let (_, got) = methods.remove(pos.unwrap());
+        assert_eq!(got, kind, "[{compiler}] {path} (per {source})");
     }
     assert!(
         methods.is_empty(),

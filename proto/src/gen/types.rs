@@ -45,6 +45,142 @@ pub struct RegisterUsingTokenRequest {
     #[prost(int32, tag = "14")]
     pub bot_generation: i32,
 }
+/// Every resource's metadata.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Metadata {
+    /// The resource's name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Always "default".
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    /// Free text.
+    #[prost(string, tag = "3")]
+    pub description: ::prost::alloc::string::String,
+    /// Labels.
+    #[prost(map = "string, string", tag = "5")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// When the resource expires, if it does.
+    #[prost(message, optional, tag = "6")]
+    pub expires: ::core::option::Option<::prost_types::Timestamp>,
+    /// Opaque revision for compare-and-swap.
+    #[prost(string, tag = "8")]
+    pub revision: ::prost::alloc::string::String,
+}
+/// A role (kind "role", version v5 to v8).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RoleV6 {
+    /// "role".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused for roles.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v7" and so on.
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// Name and labels.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+    /// What the role allows and denies.
+    #[prost(message, optional, tag = "5")]
+    pub spec: ::core::option::Option<RoleSpecV6>,
+}
+/// A role's rules (options left out).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RoleSpecV6 {
+    /// What the role allows.
+    #[prost(message, optional, tag = "2")]
+    pub allow: ::core::option::Option<RoleConditions>,
+    /// What the role denies.
+    #[prost(message, optional, tag = "3")]
+    pub deny: ::core::option::Option<RoleConditions>,
+}
+/// One side of a role (only logins and impersonation declared).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RoleConditions {
+    /// SSH logins.
+    #[prost(string, repeated, tag = "1")]
+    pub logins: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Whom and which roles the role's holder may impersonate.
+    #[prost(message, optional, tag = "14")]
+    pub impersonate: ::core::option::Option<ImpersonateConditions>,
+}
+/// Impersonation rules.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ImpersonateConditions {
+    /// Users that may be impersonated.
+    #[prost(string, repeated, tag = "1")]
+    pub users: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Roles that may be impersonated.
+    #[prost(string, repeated, tag = "2")]
+    pub roles: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// A predicate over the impersonated user and role.
+    #[prost(string, tag = "3")]
+    pub r#where: ::prost::alloc::string::String,
+}
+/// A certificate authority (kind "cert_authority", version v2).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CertAuthorityV2 {
+    /// "cert_authority".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v2".
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// Its name is the cluster's name.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+    /// The CA's keys.
+    #[prost(message, optional, tag = "5")]
+    pub spec: ::core::option::Option<CertAuthoritySpecV2>,
+}
+/// A certificate authority's type, cluster and keys (the rest left out).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CertAuthoritySpecV2 {
+    /// "host", "user", "db", ...
+    #[prost(string, tag = "1")]
+    pub r#type: ::prost::alloc::string::String,
+    /// The cluster it belongs to.
+    #[prost(string, tag = "2")]
+    pub cluster_name: ::prost::alloc::string::String,
+    /// The keys in use.
+    #[prost(message, optional, tag = "11")]
+    pub active_keys: ::core::option::Option<CaKeySet>,
+    /// Keys trusted during a rotation.
+    #[prost(message, optional, tag = "12")]
+    pub additional_trusted_keys: ::core::option::Option<CaKeySet>,
+}
+/// A CA's keys (JWT keys left out).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CaKeySet {
+    /// SSH keys.
+    #[prost(message, repeated, tag = "1")]
+    pub ssh: ::prost::alloc::vec::Vec<SshKeyPair>,
+    /// X.509 keys.
+    #[prost(message, repeated, tag = "2")]
+    pub tls: ::prost::alloc::vec::Vec<TlsKeyPair>,
+}
+/// An SSH CA key (its private half is never sent to a bot).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SshKeyPair {
+    /// The public key, authorized_keys text.
+    #[prost(bytes = "vec", tag = "1")]
+    pub public_key: ::prost::alloc::vec::Vec<u8>,
+}
+/// An X.509 CA (its private key is never sent to a bot).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TlsKeyPair {
+    /// The CA certificate, PEM.
+    #[prost(bytes = "vec", tag = "1")]
+    pub cert: ::prost::alloc::vec::Vec<u8>,
+}
 /// Cluster-wide set of key types and signature algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
