@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The quickstart: a local dev cluster, a new static key, one `keybound start --oneshot`, and the
-# certificates it obtained. Everything lives in a scratch directory that is removed at the end
+# The quickstart: a local dev cluster, a new static key, `keybound start --oneshot` (a join, then
+# an authenticated rejoin), and the role-impersonated certificates it obtained. Everything lives in a scratch directory that is removed at the end
 # (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +38,35 @@ spec:
 YAML
 cat "$dir/token.yaml"
 
-step "3. A local dev cluster serving that token"
-"$kb" dev-cluster --listen 127.0.0.1:0 --token "$dir/token.yaml" --ca-out "$dir/cluster-ca.pem" > "$dir/cluster.log" 2>&1 &
+step "2b. The bot and the role it may impersonate (what tctl bots add demo --roles=access makes)"
+cat > "$dir/resources.yaml" <<YAML
+kind: role
+version: v7
+metadata:
+  name: access
+spec:
+  allow:
+    logins: [root, ci]
+---
+kind: bot
+version: v1
+metadata:
+  name: demo
+spec:
+  roles: [access]
+---
+kind: bot
+version: v1
+metadata:
+  name: demo-hsm
+spec:
+  roles: [access]
+YAML
+cat "$dir/resources.yaml"
+
+step "3. A local dev cluster serving them"
+"$kb" dev-cluster --listen 127.0.0.1:0 --token "$dir/token.yaml" --resources "$dir/resources.yaml" \
+  --ca-out "$dir/cluster-ca.pem" > "$dir/cluster.log" 2>&1 &
 cluster_pid=$!
 for _ in $(seq 100); do grep -q '^proxy_server:' "$dir/cluster.log" && break; sleep 0.05; done
 grep -q '^proxy_server:' "$dir/cluster.log" || { cat "$dir/cluster.log"; exit 1; }
@@ -57,7 +84,8 @@ onboarding:
   bound_keypair:
     static_private_key_path: $dir/bound-key.pem
 storage:
-  type: memory
+  type: directory
+  path: $dir/bot-storage
 services:
   - type: identity
     destination:
@@ -67,14 +95,16 @@ YAML
 cat "$dir/tbot.yaml"
 echo
 "$kb" start -c "$dir/tbot.yaml" --oneshot
+step "4b. Again: the stored identity is still valid, so this is an authenticated rejoin (same bot instance)"
+"$kb" start -c "$dir/tbot.yaml" --oneshot
 
-step "5. What it wrote"
+step "5. What it wrote: certificates for the role access, impersonated by bot-demo"
 ls -l "$dir/out"
 step "The X.509 certificate (verified by openssl against the cluster's user CA)"
 openssl verify -CAfile "$dir/out/teleport-user-ca.crt" "$dir/out/tlscert"
 openssl x509 -in "$dir/out/tlscert" -noout -subject -issuer -dates -nameopt oneline
-step "The SSH certificate (read by ssh-keygen)"
-ssh-keygen -L -f "$dir/out/key-cert.pub" | sed -n '1,9p'
+step "The SSH certificate (read by ssh-keygen): the role's logins, and who impersonated it"
+ssh-keygen -L -f "$dir/out/key-cert.pub" | sed -n '1,20p'
 
 step "6. The same join with the bound key made inside a token (SoftHSM), where it cannot be copied"
 eval "$(softhsm-fixtures/init-token.sh "$dir/hsm" demo-token 1234 12345678)"   # sets SOFTHSM2_CONF
@@ -88,7 +118,7 @@ sed "s|name: demo-token|name: hsm-token|; s|initial_public_key: .*|initial_publi
   "$dir/token.yaml" > "$dir/hsm-token.yaml"
 kill "$cluster_pid"; wait "$cluster_pid" 2>/dev/null || true
 "$kb" dev-cluster --listen 127.0.0.1:0 --token "$dir/token.yaml" --token "$dir/hsm-token.yaml" \
-  --ca-out "$dir/cluster-ca.pem" > "$dir/cluster.log" 2>&1 &
+  --resources "$dir/resources.yaml" --ca-out "$dir/cluster-ca.pem" > "$dir/cluster.log" 2>&1 &
 cluster_pid=$!
 for _ in $(seq 100); do grep -q '^proxy_server:' "$dir/cluster.log" && break; sleep 0.05; done
 proxy=$(sed -n 's/^proxy_server: //p' "$dir/cluster.log")

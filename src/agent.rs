@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::join::JoinError;
-use crate::start::{Prepared, cycle};
+use crate::start::{Held, Prepared, cycle};
 use crate::{ExitKind, Failure};
 
 // === The schedule ===
@@ -251,6 +251,14 @@ impl Status {
         }
     }
 
+    /// Follows the held bot identity's expiry: a renewal whose outputs failed still replaced it.
+    fn follow(&self, expiry: Option<SystemTime>) {
+        if let Some(expiry) = expiry {
+            *self.expiry.lock().expect("status lock") = Some(expiry);
+            self.metrics.expiry.set(unix(expiry));
+        }
+    }
+
     fn resume(&self) {
         self.healthy.store(true, Ordering::Relaxed);
         self.metrics.healthy.set(1);
@@ -352,7 +360,7 @@ pub async fn run_loop<C, F>(
 }
 
 /// Runs the long-running agent until SIGTERM or SIGINT.
-pub async fn run(mut prepared: Prepared) -> Result<(), Failure> {
+pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     let status = Status::new();
     prepared.signer = Arc::new(Metered {
         histogram: status
@@ -387,11 +395,15 @@ pub async fn run(mut prepared: Prepared) -> Result<(), Failure> {
     let schedule = Schedule::for_interval(prepared.config.renewal_interval);
     info!(renewal_interval = %humantime::format_duration(schedule.renewal_interval), credential_ttl = %humantime::format_duration(prepared.config.credential_ttl), "keybound agent started");
     let prepared = Arc::new(prepared);
+    let held = Arc::new(held);
+    let watched = status.clone();
     run_loop(
         || {
-            let prepared = prepared.clone();
+            let (prepared, held, status) = (prepared.clone(), held.clone(), watched.clone());
             async move {
-                match cycle(&prepared).await {
+                let result = cycle(&prepared, &held).await;
+                status.follow(held.expiry().await);
+                match result {
                     Ok(c) => (
                         Outcome::Renewed(c.joined.identity.info.not_after),
                         String::new(),

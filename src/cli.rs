@@ -236,9 +236,20 @@ pub struct DevClusterArgs {
     #[arg(long, default_value = "dev.keybound.test")]
     pub cluster_name: String,
 
-    /// A Teleport token resource file (YAML, the tctl create format); repeatable.
+    /// A Teleport token resource file (YAML, the tctl create format); repeatable. It may also
+    /// hold roles and bots, like --resources.
     #[arg(long = "token", value_name = "FILE")]
     pub tokens: Vec<PathBuf>,
+
+    /// A Teleport resource file: tokens, roles and bots (YAML, the tctl create format);
+    /// repeatable. A `kind: bot` gives the bot the role bot-NAME, which may impersonate its
+    /// spec.roles.
+    #[arg(long = "resources", value_name = "FILE")]
+    pub resources: Vec<PathBuf>,
+
+    /// Also serve Auth's endpoint on this address (as Auth's :3025), for auth_server.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub auth_listen: Option<std::net::SocketAddr>,
 
     /// The signature algorithm suite to announce.
     #[arg(long, default_value = "balanced-v1")]

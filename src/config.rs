@@ -219,6 +219,11 @@ pub struct IdentityOutput {
     pub ssh_config: bool,
     /// An optional name for logs.
     pub name: Option<String>,
+    /// The roles to impersonate; empty means every role the bot may impersonate (tbot's
+    /// default, read from the bot's role).
+    pub roles: Vec<String>,
+    /// Whether the output's certificates may request further certificates (`allow_reissue`).
+    pub allow_reissue: bool,
 }
 
 /// A `host:port` pair.
@@ -416,15 +421,13 @@ struct RawService {
     destination: Option<RawDestination>,
     name: Option<String>,
     ssh_config: Option<OnOff>,
-    #[serde(default, deserialize_with = "not_yet::roles")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    roles: (),
+    #[serde(default)]
+    roles: Vec<String>,
     #[serde(default, deserialize_with = "not_yet::cluster")]
     #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
     cluster: (),
-    #[serde(default, deserialize_with = "not_yet::allow_reissue")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but false")]
-    allow_reissue: (),
+    #[serde(default)]
+    allow_reissue: bool,
     #[serde(default, deserialize_with = "not_yet::service_lifetime")]
     #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
     credential_ttl: (),
@@ -499,10 +502,18 @@ impl RawConfig {
                     .destination
                     .ok_or_else(|| format!("{list}[{i}].destination: missing"))?
                     .check(&format!("{list}[{i}].destination"))?;
+                if let Some(empty) = service.roles.iter().position(|r| r.trim().is_empty()) {
+                    return Err(format!(
+                        "{list}[{i}].roles[{empty}]: empty; name a role, or remove `roles` to \
+                         impersonate every role the bot may"
+                    ));
+                }
                 outputs.push(IdentityOutput {
                     destination,
                     ssh_config: service.ssh_config.is_none_or(|v| v.0),
                     name: service.name,
+                    roles: service.roles,
+                    allow_reissue: service.allow_reissue,
                 });
             }
         }
@@ -937,21 +948,11 @@ mod not_yet {
             "POSIX ACLs on destinations are not supported by keybound yet; remove `acls`",
         )
     }
-    pub(super) fn roles<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        refuse(
-            d,
-            "role impersonation in outputs is not supported by keybound yet; the output holds \
-             the bot's own identity, so remove `roles`",
-        )
-    }
     pub(super) fn cluster<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
         refuse(
             d,
             "routing an output to another cluster is not supported by keybound yet",
         )
-    }
-    pub(super) fn allow_reissue<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        refuse(d, "reissuable outputs are not supported by keybound yet")
     }
     pub(super) fn service_lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
         refuse(

@@ -26,7 +26,9 @@ mod oid {
         ObjectIdentifier::new_unwrap("1.3.9999.2.20");
 }
 
-/// A bot identity: everything tbot keeps in its storage and writes to its outputs.
+/// A bot identity: everything tbot keeps in its storage and writes to its outputs. Also the
+/// role-impersonated identity an output holds.
+#[derive(Clone)]
 pub struct Identity {
     /// The subject private key, PEM (PKCS#8, or PKCS#1 for RSA).
     pub private_key_pem: Zeroizing<String>,
@@ -143,6 +145,118 @@ impl Identity {
         )
     }
 
+    /// Builds the role-impersonated identity of an output from what `GenerateUserCerts`
+    /// returned for `key` (`lib/tbot/identity/generator.go`): its TLS CAs are the user CA it
+    /// returned plus `host_ca_pems` (from `GetClusterCACert`), and its SSH CAs are replaced by
+    /// the bot's host CA keys, since Auth returns only the user CA here.
+    pub fn from_user_certs(
+        private_key_pem: Zeroizing<String>,
+        ssh_public_key: String,
+        spki_der: &[u8],
+        certs: &keybound_proto::proto::Certs,
+        host_ca_pems: Vec<String>,
+        ssh_host_ca_keys: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let tls_cert = pem_to_der(&certs.tls).context("the TLS certificate")?;
+        let cert = x509_cert::Certificate::from_der(&tls_cert)
+            .context("the TLS certificate is not X.509")?;
+        let issued_for =
+            x509_cert::der::Encode::to_der(&cert.tbs_certificate.subject_public_key_info)?;
+        if issued_for != spki_der {
+            bail!("the TLS certificate is for another key than the one sent");
+        }
+        let ssh_cert = ssh_key::Certificate::from_openssh(
+            std::str::from_utf8(&certs.ssh)
+                .context("the SSH certificate is not text")?
+                .trim(),
+        )
+        .context("the SSH certificate is not an OpenSSH certificate")?;
+        let ours = ssh_key::PublicKey::from_openssh(&ssh_public_key)
+            .context("the output's SSH public key")?;
+        if ssh_cert.public_key() != ours.key_data() {
+            bail!("the SSH certificate is for another key than the one sent");
+        }
+        let mut user_ca_pems = Vec::new();
+        for pem in &certs.tlsca_certs {
+            for der in pem_certs(pem).context("a TLS CA certificate")? {
+                user_ca_pems.push(der_to_pem(&der));
+            }
+        }
+        Ok(Self {
+            private_key_pem,
+            ssh_public_key,
+            ssh_cert: ssh_cert.to_openssh()?.trim().to_owned(),
+            tls_cert_pem: der_to_pem(&tls_cert),
+            user_ca_pems,
+            host_ca_pems,
+            ssh_user_ca_keys: Vec::new(),
+            ssh_host_ca_keys,
+            info: read_info(&tls_cert)?,
+        })
+    }
+
+    /// Reads the identity tbot's storage layout holds in `dir` (`key`, `key.pub`,
+    /// `key-cert.pub`, `tlscert`, and the `$`-joined `tlscacerts` and `sshcacerts`). `Ok(None)`
+    /// when there is none; an error when it is there but unusable (a key that does not match its
+    /// certificate, say).
+    pub fn load(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
+        use crate::output::names;
+        let read = |name: &str| -> anyhow::Result<Option<String>> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow!("cannot read {}: {e}", dir.join(name).display())),
+            }
+        };
+        let Some(tls_cert) = read(names::TLS_CERT)? else {
+            return Ok(None);
+        };
+        let missing = |name: &str| anyhow!("{} is missing", dir.join(name).display());
+        let key = Zeroizing::new(read(names::KEY)?.ok_or_else(|| missing(names::KEY))?);
+        let ssh_public = read(names::PUBLIC_KEY)?.ok_or_else(|| missing(names::PUBLIC_KEY))?;
+        let ssh_cert = read(names::SSH_CERT)?.ok_or_else(|| missing(names::SSH_CERT))?;
+        let tls_cas = read(names::TLS_CA_CERTS)?.ok_or_else(|| missing(names::TLS_CA_CERTS))?;
+        let ssh_cas = read(names::SSH_CA_CERTS)?.ok_or_else(|| missing(names::SSH_CA_CERTS))?;
+        let split = |text: &str| -> Vec<Vec<u8>> {
+            text.split('$')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.as_bytes().to_vec())
+                .collect()
+        };
+        let identity = Self::from_text(
+            key,
+            ssh_public.trim().to_owned(),
+            tls_cert.as_bytes(),
+            &split(&tls_cas),
+            ssh_cert.as_bytes(),
+            &split(&ssh_cas),
+        )?;
+        identity.check_key()?;
+        Ok(Some(identity))
+    }
+
+    /// Checks that the private key is the key of both certificates (a storage directory caught
+    /// between two writes could hold a new key and an old certificate).
+    pub fn check_key(&self) -> anyhow::Result<()> {
+        let spki = public_spki_of(&self.private_key_pem)?;
+        let cert = x509_cert::Certificate::from_der(&pem_to_der(self.tls_cert_pem.as_bytes())?)
+            .context("the TLS certificate is not X.509")?;
+        let certified =
+            x509_cert::der::Encode::to_der(&cert.tbs_certificate.subject_public_key_info)?;
+        if certified != spki {
+            bail!("the private key is not the TLS certificate's key");
+        }
+        let ssh = ssh_key::Certificate::from_openssh(&self.ssh_cert)?;
+        let public = keybound_signer::PublicKey::from_spki_der(&spki)
+            .map(|k| k.ssh_wire())
+            .or_else(|_| rsa_ssh_wire(&spki))?;
+        if ssh_key::PublicKey::from(ssh.public_key().clone()).to_bytes()? != public {
+            bail!("the private key is not the SSH certificate's key");
+        }
+        Ok(())
+    }
+
     fn assemble(
         private_key_pem: Zeroizing<String>,
         ssh_public_key: String,
@@ -233,7 +347,7 @@ fn read_info(der: &[u8]) -> anyhow::Result<IdentityInfo> {
 }
 
 /// Every string attribute of a name, in order.
-fn attributes(
+pub(crate) fn attributes(
     name: &x509_cert::name::Name,
 ) -> Vec<(x509_cert::der::asn1::ObjectIdentifier, String)> {
     let mut out = Vec::new();
@@ -256,10 +370,44 @@ fn attributes(
     out
 }
 
+/// The PKIX public key of a PEM private key: PKCS#8 (ECDSA P-256) or PKCS#1 (RSA), as
+/// Teleport writes the subject keys.
+fn public_spki_of(private_pem: &str) -> anyhow::Result<Vec<u8>> {
+    use p256::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
+    use rsa::pkcs1::DecodeRsaPrivateKey as _;
+    if let Ok(key) = p256::SecretKey::from_pkcs8_pem(private_pem) {
+        return Ok(key.public_key().to_public_key_der()?.into_vec());
+    }
+    if let Ok(key) = rsa::RsaPrivateKey::from_pkcs1_pem(private_pem) {
+        return Ok(key.to_public_key().to_public_key_der()?.into_vec());
+    }
+    if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_pem(private_pem) {
+        return Ok(key.to_public_key().to_public_key_der()?.into_vec());
+    }
+    bail!("the private key is not a PKCS#8 P-256 or a PKCS#1 RSA key")
+}
+
+/// The SSH wire blob of an RSA PKIX public key.
+fn rsa_ssh_wire(spki: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use rsa::pkcs8::DecodePublicKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    let key = rsa::RsaPublicKey::from_public_key_der(spki).context("not an RSA public key")?;
+    let data = ssh_key::public::KeyData::Rsa(ssh_key::public::RsaPublicKey {
+        e: ssh_key::Mpint::from_positive_bytes(&key.e().to_bytes_be())?,
+        n: ssh_key::Mpint::from_positive_bytes(&key.n().to_bytes_be())?,
+    });
+    Ok(ssh_key::PublicKey::from(data).to_bytes()?)
+}
+
 /// DER certificate → PEM with a final newline.
 pub fn der_to_pem(der: &[u8]) -> String {
     pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, der)
         .expect("PEM-encoding bytes cannot fail")
+}
+
+/// Every certificate of a PEM bundle, each as its own PEM.
+pub fn split_pem_certs(pem: &[u8]) -> anyhow::Result<Vec<String>> {
+    Ok(pem_certs(pem)?.iter().map(|d| der_to_pem(d)).collect())
 }
 
 fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {

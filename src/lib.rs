@@ -18,6 +18,7 @@
 //! types) and `keybound-signer-soft` (file and env keys).
 
 pub mod agent;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod devcluster;

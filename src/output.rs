@@ -49,12 +49,81 @@ pub mod names {
 
 /// What an identity output needs besides the identity.
 pub struct OutputContext<'a> {
-    /// The proxy's host name (known_hosts, ssh_config).
-    pub proxy_host: &'a str,
-    /// The proxy's port (ssh_config).
-    pub proxy_port: u16,
-    /// The database CA's TLS certificates, PEM.
-    pub database_ca_pem: &'a str,
+    /// The proxy's host and port (known_hosts, ssh_config); `None` when keybound reaches Auth
+    /// directly and Auth names no proxy, which leaves the proxy out of known_hosts and skips
+    /// ssh_config.
+    pub proxy: Option<(&'a str, u16)>,
+    /// The cluster's CAs.
+    pub cas: &'a ClusterCas,
+}
+
+/// The cluster's certificate authorities as the outputs write them, read with the trust
+/// service (`GetCertAuthorities` for `host`, `user` and `db`): local and trusted clusters',
+/// active keys and those trusted during a rotation.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterCas {
+    /// Every host CA TLS certificate, PEM, concatenated.
+    pub host_tls_pem: String,
+    /// Every user CA TLS certificate, PEM, concatenated.
+    pub user_tls_pem: String,
+    /// Every database CA TLS certificate, PEM, concatenated.
+    pub db_tls_pem: String,
+    /// Every host CA SSH key: (cluster name, `authorized_keys` key without comment).
+    pub host_ssh_keys: Vec<(String, String)>,
+}
+
+impl ClusterCas {
+    /// Collects the CA files' contents from the trust service's answers.
+    pub fn from_authorities(
+        host: &[keybound_proto::types::CertAuthorityV2],
+        user: &[keybound_proto::types::CertAuthorityV2],
+        db: &[keybound_proto::types::CertAuthorityV2],
+    ) -> anyhow::Result<Self> {
+        fn key_sets(
+            ca: &keybound_proto::types::CertAuthorityV2,
+        ) -> impl Iterator<Item = &keybound_proto::types::CaKeySet> {
+            ca.spec
+                .iter()
+                .flat_map(|s| s.active_keys.iter().chain(&s.additional_trusted_keys))
+        }
+        let tls = |cas: &[keybound_proto::types::CertAuthorityV2]| -> anyhow::Result<String> {
+            let mut out = String::new();
+            for ca in cas {
+                for pair in key_sets(ca).flat_map(|k| &k.tls) {
+                    let pem = std::str::from_utf8(&pair.cert)
+                        .context("a CA certificate is not PEM text")?;
+                    out.push_str(pem.trim_end());
+                    out.push('\n');
+                }
+            }
+            Ok(out)
+        };
+        let mut host_ssh_keys = Vec::new();
+        for ca in host {
+            let cluster = ca
+                .spec
+                .as_ref()
+                .map(|s| s.cluster_name.clone())
+                .unwrap_or_default();
+            for pair in key_sets(ca).flat_map(|k| &k.ssh) {
+                let line = std::str::from_utf8(&pair.public_key)
+                    .context("a host CA SSH key is not text")?;
+                let key = ssh_key::PublicKey::from_openssh(line.trim())
+                    .context("a host CA SSH key is not an SSH public key")?;
+                let bare = ssh_key::PublicKey::from(key.key_data().clone()).to_openssh()?;
+                host_ssh_keys.push((cluster.clone(), bare.trim().to_owned()));
+            }
+        }
+        if host_ssh_keys.is_empty() {
+            bail!("the cluster returned no host CA SSH key");
+        }
+        Ok(Self {
+            host_tls_pem: tls(host)?,
+            user_tls_pem: tls(user)?,
+            db_tls_pem: tls(db)?,
+            host_ssh_keys,
+        })
+    }
 }
 
 /// Creates `dir` (and its parents) if needed, mode 0700, and checks the symlink policy.
@@ -110,11 +179,18 @@ pub fn storage_files(identity: &Identity, token: &str) -> Vec<(&'static str, Str
                 .collect::<Vec<_>>()
                 .join("$"),
         ),
-        (names::TOKEN_HASH, hex(&Sha256::digest(token.as_bytes()))),
+        (names::TOKEN_HASH, token_hash(token)),
     ]
 }
 
-/// The files of a `type: identity` output.
+/// What storage keeps of the onboarding token: hex SHA-256, to notice a changed token.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// The files of a `type: identity` output holding `identity` (role-impersonated by then), in
+/// the order tbot writes them: the CA files, `identity`, the identity's own files, then
+/// `known_hosts` and `ssh_config` (`lib/tbot/services/identity/output.go`).
 pub fn identity_files(
     identity: &Identity,
     ctx: &OutputContext<'_>,
@@ -123,37 +199,43 @@ pub fn identity_files(
 ) -> Vec<(&'static str, String)> {
     let cluster = &identity.info.cluster_name;
     let mut files = vec![
+        (names::HOST_CA, ctx.cas.host_tls_pem.clone()),
+        (names::USER_CA, ctx.cas.user_tls_pem.clone()),
+        (names::DATABASE_CA, ctx.cas.db_tls_pem.clone()),
+        (names::IDENTITY, identity_file(identity, ctx.cas)),
         (names::KEY, identity.private_key_pem.to_string()),
         (names::PUBLIC_KEY, format!("{}\n", identity.ssh_public_key)),
         (names::SSH_CERT, format!("{}\n", identity.ssh_cert)),
         (names::TLS_CERT, identity.tls_cert_pem.clone()),
-        (names::HOST_CA, identity.host_ca_pems.concat()),
-        (names::USER_CA, identity.user_ca_pems.concat()),
-        (names::DATABASE_CA, ctx.database_ca_pem.to_owned()),
-        (names::IDENTITY, identity_file(identity, ctx.proxy_host)),
     ];
     if ssh_config {
-        files.push((names::KNOWN_HOSTS, known_hosts(identity, ctx.proxy_host)));
-        files.push((names::SSH_CONFIG, ssh_config_file(cluster, ctx, dir)));
+        files.push((names::KNOWN_HOSTS, known_hosts(ctx)));
+        if let Some(proxy) = ctx.proxy {
+            files.push((names::SSH_CONFIG, ssh_config_file(cluster, proxy, dir)));
+        }
     }
     files
 }
 
 /// `@cert-authority <proxy>,<cluster>,*.<cluster> <key> type=host`, one line per host CA key
-/// (`lib/tbot/ssh/ssh.go`).
-fn known_hosts(identity: &Identity, proxy_host: &str) -> String {
-    let cluster = &identity.info.cluster_name;
-    identity
-        .ssh_host_ca_keys
+/// (`lib/tbot/ssh/ssh.go` `GenerateKnownHosts`).
+fn known_hosts(ctx: &OutputContext<'_>) -> String {
+    ctx.cas
+        .host_ssh_keys
         .iter()
-        .map(|key| format!("@cert-authority {proxy_host},{cluster},*.{cluster} {key} type=host\n"))
+        .map(|(cluster, key)| match ctx.proxy {
+            Some((proxy, _)) => {
+                format!("@cert-authority {proxy},{cluster},*.{cluster} {key} type=host\n")
+            }
+            None => format!("@cert-authority {cluster},*.{cluster} {key} type=host\n"),
+        })
         .collect()
 }
 
 /// The tsh identity file (`api/identityfile`, `lib/client/identityfile` `FormatFile`): private
-/// key, SSH certificate, TLS certificate, the host CAs' `@cert-authority` lines, the host CAs'
-/// TLS certificates; each part ends with a newline.
-fn identity_file(identity: &Identity, proxy_host: &str) -> String {
+/// key, SSH certificate, TLS certificate, the host CAs' `@cert-authority` lines (no proxy host:
+/// tbot's key ring has none), the host CAs' TLS certificates; each part ends with a newline.
+fn identity_file(identity: &Identity, cas: &ClusterCas) -> String {
     let mut out = String::new();
     let mut part = |text: &str| {
         out.push_str(text);
@@ -164,9 +246,13 @@ fn identity_file(identity: &Identity, proxy_host: &str) -> String {
     part(&identity.private_key_pem);
     part(&identity.ssh_cert);
     part(&identity.tls_cert_pem);
-    part(&known_hosts(identity, proxy_host));
-    for ca in &identity.host_ca_pems {
-        part(ca);
+    for (cluster, key) in &cas.host_ssh_keys {
+        part(&format!(
+            "@cert-authority {cluster},*.{cluster} {key} type=host"
+        ));
+    }
+    if !cas.host_tls_pem.is_empty() {
+        part(&cas.host_tls_pem);
     }
     out
 }
@@ -174,9 +260,8 @@ fn identity_file(identity: &Identity, proxy_host: &str) -> String {
 /// tbot's OpenSSH client configuration (`lib/config/openssh/openssh.go`), whose ProxyCommand is
 /// tbot's `ssh-proxy-command`: it reads this very directory, which keybound writes in tbot's
 /// layout.
-fn ssh_config_file(cluster: &str, ctx: &OutputContext<'_>, dir: &Path) -> String {
+fn ssh_config_file(cluster: &str, (proxy, port): (&str, u16), dir: &Path) -> String {
     let dir = dir.display();
-    let proxy = ctx.proxy_host;
     format!(
         "# Begin generated Teleport configuration for {proxy} by keybound
 
@@ -196,7 +281,6 @@ Host *.{cluster} !{proxy}
         kh = names::KNOWN_HOSTS,
         key = names::KEY,
         cert = names::SSH_CERT,
-        port = ctx.proxy_port,
     )
 }
 

@@ -6,19 +6,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use keybound_signer::ErrorKind;
 use keybound_signer::config::{FileConfig, SignerConfig};
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::auth::{AuthClient, AuthRoute, ConnectError};
 use crate::cli::Start;
 use crate::config::{
     ClusterAddr, Config, Destination, HostPort, IdentityOutput, Onboarding, Symlinks,
 };
+use crate::identity::Identity;
+use crate::join::subject::SubjectKey;
 use crate::join::{self, JoinError, JoinParams};
 use crate::output::{self, OutputContext};
-use crate::tls::{Trust, client_config};
-use crate::{ExitKind, Failure, webapi};
+use crate::suite::Suite;
+use crate::tls::Trust;
+use crate::{ExitKind, Failure};
 
 impl Failure {
     fn config(error: impl Into<anyhow::Error>) -> Self {
@@ -120,6 +124,8 @@ pub fn effective_config(args: &Start) -> Result<Config, Failure> {
             },
             ssh_config: true,
             name: None,
+            roles: Vec::new(),
+            allow_reissue: false,
         }];
     }
     if let Some(ttl) = args.certificate_ttl {
@@ -164,8 +170,12 @@ fn storage_uri(uri: &str) -> anyhow::Result<Destination> {
 pub struct Prepared {
     /// The effective configuration.
     pub config: Config,
-    /// The proxy to join through.
+    /// Where an unauthenticated join goes: the Proxy, or Auth itself when `direct`.
     pub proxy: HostPort,
+    /// `proxy` is Auth's own address (`auth_server` on a non-web port).
+    pub direct: bool,
+    /// How the bot reaches Auth with its identity.
+    pub auth_route: AuthRoute,
     /// How the proxy is verified.
     pub trust: Trust,
     /// Where the key lives.
@@ -174,7 +184,49 @@ pub struct Prepared {
     pub signer: Arc<dyn keybound_signer::Signer>,
 }
 
-/// One join and the files it wrote.
+/// The bot identity keybound holds between renewals: the newest one, always (Auth locks a bot
+/// that rejoins with an older generation).
+#[derive(Default)]
+pub struct Held(tokio::sync::Mutex<Option<Identity>>);
+
+impl Held {
+    /// Starts from the identity in storage, if there is a usable one for this token.
+    pub fn load(p: &Prepared) -> Self {
+        let Destination::Directory { path, .. } = &p.config.storage else {
+            return Self::default();
+        };
+        let token_hash = std::fs::read_to_string(path.join(output::names::TOKEN_HASH)).ok();
+        let ours = output::token_hash(&p.config.onboarding.token);
+        match Identity::load(path) {
+            Ok(Some(_)) if token_hash.as_deref().map(str::trim) != Some(ours.as_str()) => {
+                info!(storage = %path.display(), "the stored identity was made with another token; joining afresh");
+                Self::default()
+            }
+            Ok(Some(identity)) => {
+                info!(
+                    storage = %path.display(),
+                    instance = identity.info.bot_instance_id.as_deref().unwrap_or("?"),
+                    generation = identity.info.generation.unwrap_or(0),
+                    expires = %crate::devcluster::tokens::format_time(identity.info.not_after),
+                    "loaded the bot identity from storage"
+                );
+                Self(tokio::sync::Mutex::new(Some(identity)))
+            }
+            Ok(None) => Self::default(),
+            Err(e) => {
+                warn!(storage = %path.display(), error = %format!("{e:#}"), "the stored identity is unusable; joining afresh");
+                Self::default()
+            }
+        }
+    }
+
+    /// When the held identity expires.
+    pub async fn expiry(&self) -> Option<SystemTime> {
+        self.0.lock().await.as_ref().map(|i| i.info.not_after)
+    }
+}
+
+/// One renewal and the files it wrote.
 pub struct Cycle {
     /// The join's result.
     pub joined: join::Joined,
@@ -185,24 +237,24 @@ pub struct Cycle {
 /// Builds the effective configuration and opens the signer.
 pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
     let config = effective_config(args)?;
-    let proxy = match &config.cluster {
-        Some(ClusterAddr::Proxy(p)) => p.clone(),
+    let (proxy, direct) = match &config.cluster {
+        Some(ClusterAddr::Proxy(p)) => (p.clone(), false),
         // tbot treats an auth_server on the web ports as a Proxy first (lib/join/joinclient).
         Some(ClusterAddr::Auth(a)) if a.port == 443 || a.port == 3080 => {
             info!(addr = %a, "auth_server is on a web port; joining through it as a Proxy, as tbot does");
-            a.clone()
+            (a.clone(), false)
         }
-        Some(ClusterAddr::Auth(a)) => {
-            return Err(Failure::config(anyhow!(
-                "auth_server {a}: joining straight to the Auth Service is not supported by keybound \
-                 yet; set proxy_server to the cluster's Proxy address instead"
-            )));
-        }
+        Some(ClusterAddr::Auth(a)) => (a.clone(), true),
         None => {
             return Err(Failure::config(anyhow!(
                 "no cluster address: set proxy_server in the config or pass --proxy-server HOST:PORT"
             )));
         }
+    };
+    let auth_route = if direct {
+        AuthRoute::Direct(proxy.clone())
+    } else {
+        AuthRoute::Proxy(proxy.clone())
     };
     if config.oneshot {
         if let Some(addr) = &config.diag_addr {
@@ -250,44 +302,139 @@ pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
     Ok(Prepared {
         config,
         proxy,
+        direct,
+        auth_route,
         trust,
         signer_config,
         signer,
     })
 }
 
-/// Joins once and writes storage and outputs. Nothing is written unless the join succeeded and
-/// the outputs' inputs are all in hand; each destination is written all or nothing.
-pub async fn cycle(p: &Prepared) -> Result<Cycle, Failure> {
-    let (config, proxy, trust) = (&p.config, &p.proxy, &p.trust);
+fn join_failure(e: JoinError) -> Failure {
+    let kind = match &e {
+        JoinError::Rejected { .. } | JoinError::Refused(_) => ExitKind::Rejected,
+        JoinError::Unreachable(_) | JoinError::TimedOut(_) => ExitKind::Unreachable,
+        JoinError::Config(_) => ExitKind::Config,
+        JoinError::Signer(s) if s.is_transient() => ExitKind::Unreachable,
+        JoinError::Signer(_) => ExitKind::Config,
+    };
+    Failure::new(kind, anyhow::Error::new(e))
+}
+
+fn connect_failure(e: ConnectError) -> Failure {
+    let kind = match &e {
+        ConnectError::Unreachable(_) => ExitKind::Unreachable,
+        // Not this cluster's Auth: retrying soon will not change that.
+        ConnectError::Untrusted(_) => ExitKind::Rejected,
+        ConnectError::Identity(_) => ExitKind::Software,
+    };
+    Failure::new(kind, anyhow::Error::new(e))
+}
+
+/// Renews the bot identity, as tbot's identity service does (`renewIdentity`,
+/// `lib/tbot/internal/identity/service.go`): while `current` is valid, a soft rejoin over the
+/// authenticated connection (same bot instance, no recovery used); without one, or once it has
+/// expired, an unauthenticated join through the Proxy (a recovery: a new bot instance).
+async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined, Failure> {
     let params = JoinParams {
-        proxy: proxy.clone(),
-        trust: trust.clone(),
-        token: config.onboarding.token.clone(),
-        credential_ttl: config.credential_ttl,
+        proxy: p.proxy.clone(),
+        direct: p.direct,
+        trust: p.trust.clone(),
+        token: p.config.onboarding.token.clone(),
+        credential_ttl: p.config.credential_ttl,
         signer: p.signer.clone(),
         timeout: join::JOIN_TIMEOUT,
     };
-    let joined = join::join(&params).await.map_err(|e| {
-        let kind = match &e {
-            JoinError::Rejected { .. } | JoinError::Refused(_) => ExitKind::Rejected,
-            JoinError::Unreachable(_) | JoinError::TimedOut(_) => ExitKind::Unreachable,
-            JoinError::Config(_) => ExitKind::Config,
-            JoinError::Signer(s) if s.is_transient() => ExitKind::Unreachable,
-            JoinError::Signer(_) => ExitKind::Config,
-        };
-        Failure::new(kind, anyhow::Error::new(e))
-    })?;
+    let now = SystemTime::now();
+    let joined = match current {
+        Some(identity) if identity.info.not_after > now => {
+            debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
+            let auth = AuthClient::connect(&p.auth_route, identity)
+                .await
+                .map_err(connect_failure)?;
+            join::rejoin(&params, &auth).await.map_err(join_failure)?
+        }
+        Some(identity) => {
+            warn!(
+                expired = %crate::devcluster::tokens::format_time(identity.info.not_after),
+                "the bot identity expired before it could be renewed; joining without it, which \
+                 uses a recovery and starts a new bot instance"
+            );
+            join::join(&params).await.map_err(join_failure)?
+        }
+        None => {
+            info!("no bot identity yet; joining with the static key");
+            join::join(&params).await.map_err(join_failure)?
+        }
+    };
     let identity = &joined.identity;
     info!(
         bot = %identity.info.bot_name,
         instance = identity.info.bot_instance_id.as_deref().unwrap_or("?"),
+        generation = identity.info.generation.unwrap_or(0),
         rpc = %joined.rpc,
+        authenticated = joined.authenticated,
         "joined the cluster"
     );
+    Ok(joined)
+}
 
-    let local = |e: anyhow::Error| Failure::new(ExitKind::Config, e);
-    let directories: Vec<_> = config
+/// Writes the bot identity to storage at once. If that fails, the stored identity (now an older
+/// generation) is removed, so that no later run rejoins with it and gets the token locked.
+fn persist(p: &Prepared, identity: &Identity) -> anyhow::Result<Option<String>> {
+    let Destination::Directory { path, symlinks } = &p.config.storage else {
+        return Ok(None);
+    };
+    let written = output::prepare_dir(path, *symlinks).and_then(|()| {
+        output::write_all(
+            path,
+            &output::storage_files(identity, &p.config.onboarding.token),
+        )
+    });
+    match written {
+        Ok(_) => Ok(Some(format!("{} (storage)", path.display()))),
+        Err(e) => {
+            let removed = std::fs::remove_file(path.join(output::names::TLS_CERT));
+            let note = match removed {
+                Ok(()) => "the older identity there was removed, so the next start joins afresh",
+                Err(ref r) if r.kind() == std::io::ErrorKind::NotFound => "there was none before",
+                Err(_) => {
+                    "the older identity there could not be removed either: delete the directory \
+                     before the next start, or the cluster will lock the bot for rejoining with \
+                     an old certificate"
+                }
+            };
+            Err(e.context(format!(
+                "writing the new bot identity to storage {} failed; {note}",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// Renews the bot identity, stores it, then writes every output. The held identity is replaced
+/// as soon as the join succeeds, whatever happens after.
+pub async fn cycle(p: &Prepared, held: &Held) -> Result<Cycle, Failure> {
+    let mut current = held.0.lock().await;
+    let joined = renew(p, current.as_ref()).await?;
+    *current = Some(joined.identity.clone());
+    drop(current);
+    let mut written = Vec::new();
+    match persist(p, &joined.identity) {
+        Ok(Some(w)) => written.push(w),
+        Ok(None) => {}
+        Err(e) => return Err(Failure::new(ExitKind::Config, e)),
+    }
+    written.extend(write_outputs(p, &joined.identity, joined.suite).await?);
+    Ok(Cycle { joined, written })
+}
+
+/// Writes every directory output: role-impersonated certificates for each, from
+/// `GenerateUserCerts` over the bot's authenticated connection (`lib/tbot/services/identity/
+/// output.go`). One output's failure does not stop the others; all failures are reported.
+async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec<String>, Failure> {
+    let directories: Vec<_> = p
+        .config
         .outputs
         .iter()
         .filter_map(|o| match &o.destination {
@@ -295,53 +442,239 @@ pub async fn cycle(p: &Prepared) -> Result<Cycle, Failure> {
             Destination::Memory => None,
         })
         .collect();
-    // Fetch everything the outputs need before writing anything.
-    let database_ca = if directories.is_empty() {
-        String::new()
-    } else {
-        let web_tls = client_config(trust, &[b"http/1.1"]).map_err(local)?;
-        webapi::export_authority(proxy, web_tls, "db")
-            .await
-            .context("fetching the database CA for the identity outputs")
-            .map_err(|e| Failure::new(ExitKind::Unreachable, e))?
-    };
-    let mut written = Vec::new();
-    if let Destination::Directory { path, symlinks } = &config.storage {
-        output::prepare_dir(path, *symlinks).map_err(local)?;
-        output::write_all(
-            path,
-            &output::storage_files(identity, &config.onboarding.token),
-        )
-        .with_context(|| format!("writing the bot identity to storage {}", path.display()))
-        .map_err(local)?;
-        written.push(format!("{} (storage)", path.display()));
+    if directories.is_empty() {
+        return Ok(Vec::new());
     }
-    let ctx = OutputContext {
-        proxy_host: &proxy.host,
-        proxy_port: proxy.port,
-        database_ca_pem: &database_ca,
+    let auth = AuthClient::connect(&p.auth_route, bot)
+        .await
+        .map_err(connect_failure)?;
+    let rpc = |what: &'static str| {
+        move |s: tonic::Status| {
+            let kind = match s.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled => ExitKind::Unreachable,
+                _ => ExitKind::Rejected,
+            };
+            Failure::new(
+                kind,
+                anyhow!("{what} for the identity outputs: {}", s.message()),
+            )
+        }
     };
+    // What every output shares: the CAs, and the roles the bot may impersonate.
+    let host = auth
+        .cert_authorities("host")
+        .await
+        .map_err(rpc("reading the host CAs"))?;
+    let user = auth
+        .cert_authorities("user")
+        .await
+        .map_err(rpc("reading the user CAs"))?;
+    let db = auth
+        .cert_authorities("db")
+        .await
+        .map_err(rpc("reading the database CAs"))?;
+    let cas = output::ClusterCas::from_authorities(&host, &user, &db)
+        .map_err(|e| Failure::new(ExitKind::Rejected, e))?;
+    let cluster_ca = auth
+        .cluster_ca_cert()
+        .await
+        .map_err(rpc("reading the cluster's host CA"))?;
+    let host_ca_pems = crate::identity::split_pem_certs(&cluster_ca)
+        .map_err(|e| Failure::new(ExitKind::Rejected, e))?;
+    let default_roles = if directories.iter().any(|(o, ..)| o.roles.is_empty()) {
+        let role = auth
+            .get_role(&bot.info.username)
+            .await
+            .map_err(rpc("reading the bot's role"))?;
+        role.spec
+            .and_then(|s| s.allow)
+            .and_then(|a| a.impersonate)
+            .map(|i| i.roles)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let proxy = match &p.auth_route {
+        AuthRoute::Proxy(proxy) => Some((proxy.host.clone(), proxy.port)),
+        AuthRoute::Direct(_) => {
+            let ping = auth
+                .ping()
+                .await
+                .map_err(rpc("asking Auth for the proxy"))?;
+            let found = (!ping.proxy_public_addr.is_empty())
+                .then(|| HostPort::parse(&ping.proxy_public_addr, 443).ok())
+                .flatten()
+                .map(|h| (h.host, h.port));
+            if found.is_none() {
+                warn!(
+                    "Auth names no proxy: known_hosts leaves the proxy out and ssh_config is not written"
+                );
+            }
+            found
+        }
+    };
+    let ctx = OutputContext {
+        proxy: proxy.as_ref().map(|(h, p)| (h.as_str(), *p)),
+        cas: &cas,
+    };
+
+    let mut written = Vec::new();
     let mut failures = Vec::new();
-    for (output, dir, symlinks) in directories {
-        let files = output::identity_files(identity, &ctx, dir, output.ssh_config);
-        match output::prepare_dir(dir, symlinks).and_then(|()| output::write_all(dir, &files)) {
-            Ok(_) => written.push(format!("{} (identity)", dir.display())),
-            Err(e) => failures.push(format!("output {}: {e:#}", dir.display())),
+    let mut worst = ExitKind::Rejected;
+    for (out, dir, symlinks) in directories {
+        let roles = if out.roles.is_empty() {
+            &default_roles
+        } else {
+            &out.roles
+        };
+        let label = out
+            .name
+            .clone()
+            .unwrap_or_else(|| dir.display().to_string());
+        match impersonate(
+            p,
+            &auth,
+            bot,
+            suite,
+            roles,
+            out.allow_reissue,
+            &host_ca_pems,
+            &cas,
+        )
+        .await
+        {
+            Ok(identity) => {
+                let files = output::identity_files(&identity, &ctx, dir, out.ssh_config);
+                match output::prepare_dir(dir, symlinks)
+                    .and_then(|()| output::write_all(dir, &files))
+                {
+                    Ok(_) => {
+                        info!(output = %label, roles = %roles.join(","), expires = %crate::devcluster::tokens::format_time(identity.info.not_after), "wrote identity output");
+                        written.push(format!(
+                            "{} (identity: {})",
+                            dir.display(),
+                            roles.join(", ")
+                        ));
+                    }
+                    Err(e) => {
+                        worst = ExitKind::Config;
+                        failures.push(format!("output {label}: {e:#}"));
+                    }
+                }
+            }
+            Err(f) => {
+                if f.kind == ExitKind::Unreachable {
+                    worst = ExitKind::Unreachable;
+                }
+                failures.push(format!("output {label}: {:#}", f.error));
+            }
         }
     }
-    if !failures.is_empty() {
-        return Err(local(anyhow!(failures.join("; "))));
+    if failures.is_empty() {
+        Ok(written)
+    } else {
+        for f in &failures {
+            error!(error = %f, "an identity output was not updated; its previous files are untouched");
+        }
+        Err(Failure::new(worst, anyhow!(failures.join("; "))))
     }
-    Ok(Cycle { joined, written })
+}
+
+/// One output's role-impersonated identity: a fresh key for the suite, `GenerateUserCerts` for
+/// `roles` (`lib/tbot/identity/generator.go` `Generate`).
+#[allow(clippy::too_many_arguments)]
+async fn impersonate(
+    p: &Prepared,
+    auth: &AuthClient,
+    bot: &Identity,
+    suite: Suite,
+    roles: &[String],
+    allow_reissue: bool,
+    host_ca_pems: &[String],
+    cas: &output::ClusterCas,
+) -> Result<Identity, Failure> {
+    if roles.is_empty() {
+        return Err(Failure::new(
+            ExitKind::Rejected,
+            anyhow!(
+                "the bot's role {} may impersonate no role; give the output `roles:`, or give \
+                 the bot roles (tctl bots update {} --add-roles ROLE)",
+                bot.info.username,
+                bot.info.bot_name
+            ),
+        ));
+    }
+    let key = tokio::task::spawn_blocking(move || SubjectKey::generate(suite))
+        .await
+        .map_err(|e| Failure::new(ExitKind::Software, anyhow!("key generation failed: {e}")))?
+        .map_err(|e| Failure::new(ExitKind::Software, e.context("key generation failed")))?;
+    let request = keybound_proto::proto::UserCertsRequest {
+        username: bot.info.username.clone(),
+        expires: Some(prost_types::Timestamp::from(
+            SystemTime::now() + p.config.credential_ttl,
+        )),
+        route_to_cluster: bot.info.cluster_name.clone(),
+        role_requests: roles.to_vec(),
+        use_role_requests: true,
+        // ssh.MarshalAuthorizedKey (with its newline) and keys.MarshalPublicKey, as tbot sends.
+        ssh_public_key: format!("{}\n", key.ssh_authorized).into_bytes(),
+        tls_public_key: key.public_pem.clone().into_bytes(),
+        reissuable_role_impersonation: allow_reissue,
+    };
+    let certs = auth.generate_user_certs(request).await.map_err(|s| {
+        let kind = match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                ExitKind::Unreachable
+            }
+            _ => ExitKind::Rejected,
+        };
+        let hint = if s.message().contains("has requested role impersonation") {
+            format!(
+                "; the bot's role {} does not allow impersonating [{}]: add them to the bot \
+                 (tctl bots update {} --add-roles ...) or change the output's roles",
+                bot.info.username,
+                roles.join(", "),
+                bot.info.bot_name
+            )
+        } else {
+            String::new()
+        };
+        Failure::new(
+            kind,
+            anyhow!(
+                "the cluster refused certificates for roles [{}]: {}{hint}",
+                roles.join(", "),
+                s.message()
+            ),
+        )
+    })?;
+    let host_ssh: Vec<String> = cas.host_ssh_keys.iter().map(|(_, k)| k.clone()).collect();
+    Identity::from_user_certs(
+        key.private_pem,
+        key.ssh_authorized,
+        &key.spki_der,
+        &certs,
+        host_ca_pems.to_vec(),
+        host_ssh,
+    )
+    .map_err(|e| {
+        Failure::new(
+            ExitKind::Rejected,
+            e.context("the cluster's certificates for the output are unusable"),
+        )
+    })
 }
 
 /// Runs `keybound start`: one cycle with `--oneshot`, else the long-running agent.
 pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     let prepared = prepare(args)?;
+    let held = Held::load(&prepared);
     if !prepared.config.oneshot {
-        return crate::agent::run(prepared).await;
+        return crate::agent::run(prepared, held).await;
     }
-    let Cycle { joined, written } = cycle(&prepared).await?;
+    let Cycle { joined, written } = cycle(&prepared, &held).await?;
     write_summary(
         out,
         &joined,
@@ -404,9 +737,18 @@ fn write_summary(
     writeln!(out, "  key storage:   {}", signer.protection())?;
     writeln!(
         out,
-        "  join:          {} (suite {})",
-        joined.rpc, joined.suite
+        "  join:          {} (suite {}, {})",
+        joined.rpc,
+        joined.suite,
+        if joined.authenticated {
+            "authenticated rejoin: same bot instance, no recovery used"
+        } else {
+            "with the static key"
+        }
     )?;
+    if let Some(generation) = info.generation {
+        writeln!(out, "  generation:    {generation}")?;
+    }
     if written.is_empty() {
         writeln!(
             out,

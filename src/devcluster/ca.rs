@@ -37,6 +37,8 @@ use time::OffsetDateTime;
 use x509_cert::der::Decode;
 use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 
+use super::x509;
+
 /// The SSH principal Teleport always appends to a user certificate
 /// (`teleport.SSHSessionJoinPrincipal`); it is also the X.509 `L` (principals) attribute.
 pub const JOIN_PRINCIPAL: &str = "-teleport-internal-join";
@@ -64,6 +66,10 @@ pub mod oids {
     pub const BOT_INSTANCE_ID: &str = "1.3.9999.2.20";
     /// `JoinAttributesASN1ExtensionOID`: protojson of `workloadidentityv1.JoinAttrs`.
     pub const JOIN_ATTRIBUTES: &str = "1.3.9999.2.21";
+    /// `ImpersonatorASN1ExtensionOID`: who impersonated the roles.
+    pub const IMPERSONATOR: &str = "1.3.9999.2.7";
+    /// `DisallowReissueASN1ExtensionOID`: `"true"` when the identity may not reissue.
+    pub const DISALLOW_REISSUE: &str = "1.3.9999.2.9";
 }
 
 /// SSH certificate extension names (`api/constants`, `constants.go`) used on bot certificates.
@@ -84,11 +90,19 @@ pub mod ssh_ext {
     pub const GENERATION: &str = "generation";
     /// `teleport.CertExtensionLoginIP`.
     pub const LOGIN_IP: &str = "login-ip";
+    /// `teleport.CertExtensionImpersonator`: who impersonated the roles.
+    pub const IMPERSONATOR: &str = "impersonator";
+    /// `teleport.CertExtensionDisallowReissue`: present (empty) when the identity may not
+    /// reissue.
+    pub const DISALLOW_REISSUE: &str = "disallow-reissue";
 }
 
-/// X.520 attribute types Go writes but rcgen has no name for.
-const OID_STREET_ADDRESS: &[u64] = &[2, 5, 4, 9];
-const OID_POSTAL_CODE: &[u64] = &[2, 5, 4, 17];
+/// X.520 attribute types of a user's subject, in dotted form.
+const OID_COMMON_NAME: &str = "2.5.4.3";
+const OID_LOCALITY: &str = "2.5.4.7";
+const OID_STREET_ADDRESS_DOTTED: &str = "2.5.4.9";
+const OID_ORGANIZATION: &str = "2.5.4.10";
+const OID_POSTAL_CODE_DOTTED: &str = "2.5.4.17";
 const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
 /// `id-ce-basicConstraints`, written by hand for leaf certificates (see [`not_ca_extension`]).
 const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
@@ -147,7 +161,45 @@ pub struct BotCertRequest<'a> {
     pub join_token_name: &'a str,
 }
 
-/// The bot's certificates.
+/// What the dev Auth puts into a user's certificates: a bot's own, or role-impersonated ones.
+#[derive(Debug, Clone)]
+pub struct UserCertRequest<'a> {
+    /// The Teleport user (`bot-<name>` for a bot and its impersonated certificates).
+    pub username: &'a str,
+    /// The roles the certificates carry (`O`, `teleport-roles`).
+    pub roles: &'a [String],
+    /// The SSH logins the roles allow.
+    pub logins: &'a [String],
+    /// Who impersonated these roles, for role-impersonated certificates.
+    pub impersonator: Option<&'a str>,
+    /// Whether the certificates may not request further certificates.
+    pub disallow_reissue: bool,
+    /// The bot the certificates belong to, if any.
+    pub bot: Option<BotFields<'a>>,
+    /// The client's address as Auth saw it.
+    pub login_ip: Option<&'a str>,
+    /// PKIX SubjectPublicKeyInfo DER of the subject key.
+    pub tls_public_key_der: &'a [u8],
+    /// SSH wire blob of the same key.
+    pub ssh_public_key_wire: &'a [u8],
+    /// End of validity of both certificates (already capped by the caller).
+    pub not_after: SystemTime,
+}
+
+/// The bot facts a bot's certificates carry (and role-impersonated ones copy).
+#[derive(Debug, Clone)]
+pub struct BotFields<'a> {
+    /// The bot's name.
+    pub bot_name: &'a str,
+    /// The bot instance UUID.
+    pub bot_instance_id: &'a str,
+    /// The certificate generation; 0 leaves it out.
+    pub generation: u64,
+    /// The join token the bot joined with.
+    pub join_token_name: &'a str,
+}
+
+/// A user's certificates.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BotCerts {
     /// DER of the X.509 client certificate.
@@ -259,6 +311,19 @@ impl ClusterCa {
         }
     }
 
+    /// A CA's public parts as the trust service returns them: its SSH keys as authorized_keys
+    /// lines (none for the database CA) and its TLS certificate as PEM. `None` for a type the
+    /// dev cluster does not have (`host`, `user` and `db` only).
+    pub fn authority_public(&self, kind: &str) -> Option<(Vec<String>, String)> {
+        let line = |a: &Authority| a.ssh_public_openssh.trim().to_owned();
+        match kind {
+            "host" => Some((vec![line(&self.host)], self.host.tls.pem())),
+            "user" => Some((vec![line(&self.user)], self.user.tls.pem())),
+            "db" => Some((Vec::new(), self.database.tls.pem())),
+            _ => None,
+        }
+    }
+
     fn user_ca_authorized_keys_line(&self) -> String {
         // url.Values.Encode sorts the keys: clustername, then type.
         format!(
@@ -286,6 +351,33 @@ impl ClusterCa {
             !req.bot_instance_id.is_empty(),
             "the bot instance ID is empty"
         );
+        let username = bot_resource_name(req.bot_name);
+        self.issue_user(&UserCertRequest {
+            username: &username,
+            roles: std::slice::from_ref(&username),
+            logins: &[],
+            impersonator: None,
+            disallow_reissue: false,
+            bot: Some(BotFields {
+                bot_name: req.bot_name,
+                bot_instance_id: req.bot_instance_id,
+                generation: req.generation,
+                join_token_name: req.join_token_name,
+            }),
+            login_ip: req.login_ip,
+            tls_public_key_der: req.tls_public_key_der,
+            ssh_public_key_wire: req.ssh_public_key_wire,
+            not_after: req.not_after,
+        })
+    }
+
+    /// Issues a user's X.509 and SSH certificates: a bot's own, or the role-impersonated ones
+    /// `GenerateUserCerts` makes for its outputs.
+    ///
+    /// Fails when the TLS and SSH public keys of the request are not the same key, when the key
+    /// type is not RSA, ECDSA P-256 or Ed25519, or when `not_after` is not in the future.
+    pub fn issue_user(&self, req: &UserCertRequest<'_>) -> anyhow::Result<BotCerts> {
+        ensure!(!req.username.is_empty(), "the username is empty");
         let tls_key = TlsSubject::from_spki(req.tls_public_key_der)
             .context("the TLS public key is not a usable SubjectPublicKeyInfo")?;
         let ssh_key = SshSubject::from_wire(req.ssh_public_key_wire)
@@ -312,81 +404,90 @@ impl ClusterCa {
         // certificate never ends before the requested instant.
         let not_after = unix_seconds_ceil(req.not_after)?;
 
-        let username = bot_resource_name(req.bot_name);
-        let tls_cert_der = self.issue_bot_tls(req, &tls_key, &username, not_before, not_after)?;
-        let ssh_cert_wire = self.issue_bot_ssh(req, &ssh_key, &username, not_before, not_after)?;
+        // `RoleSet.CheckLoginDuration`: the roles' logins, or one unusable login when there are
+        // none; Auth then appends the session-join principal (`generateUserCert`).
+        let mut principals: Vec<String> = Vec::new();
+        for login in req.logins {
+            if !principals.contains(login) {
+                principals.push(login.clone());
+            }
+        }
+        if principals.is_empty() && req.bot.is_none() {
+            principals.push(format!("-teleport-nologin-{}", uuid::Uuid::new_v4()));
+        }
+        principals.push(JOIN_PRINCIPAL.to_owned());
+
+        let tls_cert_der = self.issue_user_tls(req, &principals, not_before, not_after)?;
+        let ssh_cert_wire =
+            self.issue_user_ssh(req, &ssh_key, &principals, not_before, not_after)?;
         Ok(BotCerts {
             tls_cert_der,
             ssh_cert_wire,
         })
     }
 
-    /// The X.509 half of [`Self::issue_bot`]: `Identity.Subject()` + `GenerateCertificate`
+    /// The X.509 half of [`Self::issue_user`]: `Identity.Subject()` + `GenerateCertificate`
     /// (`lib/tlsca/ca.go`).
-    fn issue_bot_tls(
+    fn issue_user_tls(
         &self,
-        req: &BotCertRequest<'_>,
-        key: &TlsSubject,
-        username: &str,
+        req: &UserCertRequest<'_>,
+        principals: &[String],
         not_before: u64,
         not_after: u64,
     ) -> anyhow::Result<Vec<u8>> {
         // Go's pkix.Name.ToRDNSequence order: (C, ST,) L, street, postalCode, O, (OU,) CN,
-        // (serialNumber,) then ExtraNames in the order Identity.Subject() appends them.
-        let mut dn = DistinguishedName::new();
-        // L = Principals (logins + the join principal); a dev bot has no logins.
-        dn.push(DnType::LocalityName, go_string(JOIN_PRINCIPAL));
+        // (serialNumber,) then ExtraNames in the order Identity.Subject() appends them. A
+        // multi-valued attribute (logins, roles) is one RDN with several values.
+        let mut dn = x509::Subject::default();
+        // L = Principals.
+        dn.push(OID_LOCALITY, principals)?;
         // street = [RouteToCluster], postalCode = [traits JSON].
-        dn.push(
-            DnType::CustomDnType(OID_STREET_ADDRESS.to_vec()),
-            go_string(&self.cluster_name),
-        );
-        dn.push(
-            DnType::CustomDnType(OID_POSTAL_CODE.to_vec()),
-            go_string(EMPTY_TRAITS_JSON),
-        );
-        // O = Groups (the bot's role), CN = Username; both `bot-<name>`.
-        dn.push(DnType::OrganizationName, go_string(username));
-        dn.push(DnType::CommonName, go_string(username));
-        // ExtraNames. No Renewable (1.3.9999.1.13): bound keypair bots are not renewable.
-        push_oid(&mut dn, oids::TELEPORT_CLUSTER, &self.cluster_name)?;
+        dn.push_one(OID_STREET_ADDRESS_DOTTED, &self.cluster_name)?;
+        dn.push_one(OID_POSTAL_CODE_DOTTED, EMPTY_TRAITS_JSON)?;
+        // O = Groups (the roles), CN = Username.
+        dn.push(OID_ORGANIZATION, req.roles)?;
+        dn.push_one(OID_COMMON_NAME, req.username)?;
+        // ExtraNames. No Renewable (1.3.9999.1.13): bound keypair bots are not renewable, and
+        // role-impersonated certificates never are.
+        dn.push_one(oids::TELEPORT_CLUSTER, &self.cluster_name)?;
         if let Some(ip) = req.login_ip.filter(|ip| !ip.is_empty()) {
-            push_oid(&mut dn, oids::LOGIN_IP, ip)?;
+            dn.push_one(oids::LOGIN_IP, ip)?;
         }
-        if req.generation > 0 {
-            push_oid(&mut dn, oids::GENERATION, &req.generation.to_string())?;
+        if let Some(impersonator) = req.impersonator {
+            dn.push_one(oids::IMPERSONATOR, impersonator)?;
         }
-        push_oid(&mut dn, oids::BOT_NAME, req.bot_name)?;
-        push_oid(&mut dn, oids::BOT_INSTANCE_ID, req.bot_instance_id)?;
-        push_oid(
-            &mut dn,
-            oids::JOIN_ATTRIBUTES,
-            &join_attributes_json(req.join_token_name)?,
-        )?;
-
-        let mut params = leaf_params(dn, not_before, not_after)?;
-        // GenerateCertificate: default KeyUsage DigitalSignature|KeyEncipherment, ExtKeyUsage
-        // ServerAuth+ClientAuth, no SANs for user certificates.
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key.spki, &*self.user.tls)
-            .context("signing the bot's X.509 certificate")?;
-        Ok(cert.der().to_vec())
+        if req.disallow_reissue {
+            dn.push_one(oids::DISALLOW_REISSUE, "true")?;
+        }
+        if let Some(bot) = &req.bot {
+            if bot.generation > 0 {
+                dn.push_one(oids::GENERATION, &bot.generation.to_string())?;
+            }
+            dn.push_one(oids::BOT_NAME, bot.bot_name)?;
+            dn.push_one(oids::BOT_INSTANCE_ID, bot.bot_instance_id)?;
+            dn.push_one(
+                oids::JOIN_ATTRIBUTES,
+                &join_attributes_json(bot.join_token_name)?,
+            )?;
+        }
+        x509::Leaf {
+            issuer_der: self.user.tls.der(),
+            issuer_key: self.user.tls.key(),
+            subject: dn,
+            spki_der: req.tls_public_key_der,
+            not_before,
+            not_after,
+        }
+        .sign()
+        .context("signing the user's X.509 certificate")
     }
 
-    /// The SSH half of [`Self::issue_bot`]: `Identity.Encode` (`lib/sshca/identity.go`).
-    fn issue_bot_ssh(
+    /// The SSH half of [`Self::issue_user`]: `Identity.Encode` (`lib/sshca/identity.go`).
+    fn issue_user_ssh(
         &self,
-        req: &BotCertRequest<'_>,
+        req: &UserCertRequest<'_>,
         key: &SshSubject,
-        username: &str,
+        principals: &[String],
         valid_after: u64,
         valid_before: u64,
     ) -> anyhow::Result<Vec<u8>> {
@@ -394,31 +495,41 @@ impl ClusterCa {
         let mut nonce = vec![0u8; 32];
         OsRng.fill_bytes(&mut nonce);
         let mut builder = SshCertBuilder::new(nonce, key.key.clone(), valid_after, valid_before)
-            .context("starting the bot's SSH certificate")?;
-        let roles = serde_json::to_string(&[username])?;
+            .context("starting the user's SSH certificate")?;
+        let roles = serde_json::to_string(req.roles)?;
+        builder.cert_type(CertType::User)?.key_id(req.username)?;
+        for principal in principals {
+            builder.valid_principal(principal.as_str())?;
+        }
         // The extensions are kept in a sorted map, the order OpenSSH requires.
         builder
-            .cert_type(CertType::User)?
-            .key_id(username)?
-            .valid_principal(JOIN_PRINCIPAL)?
             .extension(ssh_ext::PERMIT_PTY, "")?
             .extension(ssh_ext::TELEPORT_ROLES, format!(r#"{{"roles":{roles}}}"#))?
             .extension(
                 ssh_ext::TELEPORT_ROUTE_TO_CLUSTER,
                 self.cluster_name.as_str(),
             )?
-            .extension(ssh_ext::TELEPORT_TRAITS, EMPTY_TRAITS_JSON)?
-            .extension(ssh_ext::BOT_NAME, req.bot_name)?
-            .extension(ssh_ext::BOT_INSTANCE_ID, req.bot_instance_id)?;
-        if req.generation > 0 {
-            builder.extension(ssh_ext::GENERATION, req.generation.to_string())?;
+            .extension(ssh_ext::TELEPORT_TRAITS, EMPTY_TRAITS_JSON)?;
+        if let Some(impersonator) = req.impersonator {
+            builder.extension(ssh_ext::IMPERSONATOR, impersonator)?;
+        }
+        if req.disallow_reissue {
+            builder.extension(ssh_ext::DISALLOW_REISSUE, "")?;
+        }
+        if let Some(bot) = &req.bot {
+            builder
+                .extension(ssh_ext::BOT_NAME, bot.bot_name)?
+                .extension(ssh_ext::BOT_INSTANCE_ID, bot.bot_instance_id)?;
+            if bot.generation > 0 && req.impersonator.is_none() {
+                builder.extension(ssh_ext::GENERATION, bot.generation.to_string())?;
+            }
         }
         if let Some(ip) = req.login_ip.filter(|ip| !ip.is_empty()) {
             builder.extension(ssh_ext::LOGIN_IP, ip)?;
         }
         let cert = builder
             .sign(&self.user.ssh)
-            .context("signing the bot's SSH certificate")?;
+            .context("signing the user's SSH certificate")?;
         Ok(cert.to_bytes()?)
     }
 
@@ -429,6 +540,23 @@ impl ClusterCa {
         &self,
         names: &[String],
     ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        self.host_cert("Proxy", names)
+    }
+
+    /// Auth's TLS certificate, signed by the host CA: `O=Auth`, SANs `teleport.cluster.local`
+    /// and `*.teleport.cluster.local` (which covers the `<hex cluster>.teleport.cluster.local`
+    /// server name clients use).
+    pub fn auth_cert(
+        &self,
+    ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        self.host_cert("Auth", &[])
+    }
+
+    fn host_cert(
+        &self,
+        role: &str,
+        names: &[String],
+    ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
         let mut sans: Vec<String> = Vec::with_capacity(names.len() + CLUSTER_LOCAL_NAMES.len());
         for name in names.iter().map(String::as_str).chain(CLUSTER_LOCAL_NAMES) {
             ensure!(!name.is_empty(), "empty server name");
@@ -437,11 +565,11 @@ impl ClusterCa {
             }
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("generating the proxy's TLS key")?;
+            .with_context(|| format!("generating the {role} TLS key"))?;
 
         // Like a Teleport host identity: CN = <host UUID>.<cluster>, O = the system role.
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, go_string("Proxy"));
+        dn.push(DnType::OrganizationName, go_string(role));
         dn.push(
             DnType::CommonName,
             go_string(&format!("{}.{}", uuid::Uuid::new_v4(), self.cluster_name)),
@@ -468,7 +596,7 @@ impl ClusterCa {
         ];
         let cert = params
             .signed_by(&key, &*self.host.tls)
-            .context("signing the proxy's TLS certificate")?;
+            .with_context(|| format!("signing the {role} TLS certificate"))?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((vec![cert.der().clone()], key_der))
     }
@@ -625,7 +753,6 @@ fn datetime(unix_seconds: u64) -> anyhow::Result<OffsetDateTime> {
 
 /// The subject key of the X.509 certificate, as the bot sent it.
 struct TlsSubject {
-    spki: SubjectSpki,
     parsed: ParsedKey,
 }
 
@@ -657,9 +784,8 @@ impl ParsedKey {
     }
 }
 
-/// A SubjectPublicKeyInfo rcgen can put into a certificate: rcgen writes the algorithm
-/// identifier from the [`SignatureAlgorithm`] and the key bits as given. (rcgen's own
-/// `SubjectPublicKeyInfo::from_der` needs its `x509-parser` feature, which is not enabled.)
+/// A SubjectPublicKeyInfo as rcgen rebuilds one from an algorithm and key bits, to check that a
+/// client's key is in canonical DER form (RSA parameters NULL, no other EC parameters...).
 struct SubjectSpki {
     algorithm: &'static SignatureAlgorithm,
     bits: Vec<u8>,
@@ -725,7 +851,7 @@ impl TlsSubject {
             spki.subject_public_key_info() == der,
             "the SubjectPublicKeyInfo is not in canonical DER form"
         );
-        Ok(Self { spki, parsed })
+        Ok(Self { parsed })
     }
 }
 

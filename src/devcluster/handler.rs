@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq as _;
 use tonic::Status;
 
 use super::Cluster;
+use super::auth::Caller;
 use super::ca::BotCertRequest;
 use super::tokens::{RecoveryMode, Status as TokenStatus, Token};
 use crate::suite::Suite;
@@ -46,6 +47,9 @@ pub(crate) struct JoinInput {
     pub(crate) expires: Option<SystemTime>,
     pub(crate) initial_join_secret: String,
     pub(crate) previous_join_state: Vec<u8>,
+    /// The bot identity the stream authenticated with, on Auth's own endpoint (a soft rejoin);
+    /// `None` through the Proxy, which drops any authentication (`forwarded_by_proxy`).
+    pub(crate) caller: Option<Caller>,
 }
 
 /// What a successful join returns.
@@ -200,7 +204,8 @@ impl Cluster {
         }
     }
 
-    /// `HandleBoundKeypairJoin` for an unauthenticated client.
+    /// `HandleBoundKeypairJoin`: onboarding, a soft rejoin by an authenticated bot (same
+    /// instance, generation + 1, no recovery used), or a recovery (a new instance).
     pub(crate) async fn bound_keypair_join<P: Peer>(
         &self,
         token: &Token,
@@ -215,7 +220,14 @@ impl Cluster {
 
         let mut new_status = status.clone();
         let mut bound_key: PublicKey;
+        // A soft rejoin keeps the instance; everything else makes a new one.
+        let mut continued: Option<(String, u64)> = None;
         match (&status.bound_public_key, &status.bound_bot_instance_id) {
+            (None, _) if input.caller.is_some() => {
+                return Err(Status::invalid_argument(
+                    "cannot perform first bound keypair join with existing credentials",
+                ));
+            }
             (None, _) => {
                 // Onboarding.
                 if mode == RecoveryMode::Standard && !joins_remaining {
@@ -257,8 +269,25 @@ impl Cluster {
                     "bad backend state, please recreate the join token",
                 ));
             }
+            (Some(bound), Some(instance)) if input.caller.is_some() => {
+                // Soft rejoin by a bot presenting its current certificate.
+                let caller = input.caller.as_ref().expect("checked above");
+                let key = PublicKey::from_openssh(bound).map_err(|_| {
+                    Status::invalid_argument("bad backend state, please recreate the join token")
+                })?;
+                self.challenge(peer, &key, false).await?;
+                self.check_lock(&token.name)?;
+                if status.recovery_count > 0 && mode != RecoveryMode::Insecure {
+                    self.verify_join_state(token, &status, &input.previous_join_state)?;
+                }
+                if caller.bot_instance_id.as_deref() != Some(instance.as_str()) {
+                    return Err(Status::permission_denied("bot instance mismatch"));
+                }
+                continued = Some((instance.clone(), caller.generation));
+                bound_key = key;
+            }
             (Some(bound), Some(_instance)) => {
-                // Recovery: every static-key join after the first.
+                // Recovery: every static-key join after the first without a valid identity.
                 let key = PublicKey::from_openssh(bound).map_err(|_| {
                     Status::invalid_argument("bad backend state, please recreate the join token")
                 })?;
@@ -275,13 +304,19 @@ impl Cluster {
         }
         self.check_lock(&token.name)?;
 
-        // Consume a recovery (in every mode: insecure skips only the limit) and make a new bot
-        // instance.
+        // A recovery (onboarding included) consumes a recovery, in every mode (insecure skips
+        // only the limit), and makes a new bot instance.
         let now = self.now();
-        let instance_id = uuid::Uuid::new_v4().to_string();
-        new_status.recovery_count += 1;
-        new_status.last_recovered_at = Some(now);
-        new_status.bound_bot_instance_id = Some(instance_id.clone());
+        let instance_id = match &continued {
+            Some((instance, _)) => instance.clone(),
+            None => {
+                let instance_id = uuid::Uuid::new_v4().to_string();
+                new_status.recovery_count += 1;
+                new_status.last_recovered_at = Some(now);
+                new_status.bound_bot_instance_id = Some(instance_id.clone());
+                instance_id
+            }
+        };
 
         // Rotation (`shouldRequestBoundKeypairRotation`).
         if let Some(rotate_after) = spec.rotate_after {
@@ -310,6 +345,12 @@ impl Cluster {
         }
         new_status.bound_public_key = Some(bound_key.to_openssh());
 
+        // The generation counter (`updateBotInstance` in `lib/auth/bot.go`): enforced for bound
+        // keypair bots; a stale certificate locks the token.
+        let generation = match &continued {
+            Some((instance, presented)) => self.next_generation(token, instance, *presented)?,
+            None => self.new_instance(&token.bot_name, &instance_id),
+        };
         // Certificates first, then the state write: a failed write discards them.
         let expires = input
             .expires
@@ -320,7 +361,7 @@ impl Cluster {
             .issue_bot(&BotCertRequest {
                 bot_name: &token.bot_name,
                 bot_instance_id: &instance_id,
-                generation: 1,
+                generation,
                 tls_public_key_der: &input.tls_public_key,
                 ssh_public_key_wire: &input.ssh_public_key,
                 not_after: expires,
@@ -338,6 +379,52 @@ impl Cluster {
             join_state,
             bound_public_key: bound_key.to_openssh(),
         })
+    }
+
+    // === Bot instances and their generation counter (`lib/auth/bot.go`) ===
+
+    /// Records a new bot instance; its first certificates are generation 1.
+    fn new_instance(&self, bot_name: &str, instance_id: &str) -> u64 {
+        self.instances.lock().expect("instance lock").insert(
+            instance_id.to_owned(),
+            super::Instance {
+                bot_name: bot_name.to_owned(),
+                generation: 1,
+            },
+        );
+        1
+    }
+
+    /// `updateBotInstance`: the presented generation must be the instance's latest; the next
+    /// certificates carry one more. A mismatch means two holders of one identity (a stolen
+    /// certificate, or a copy rejoining with an old one): the token is locked.
+    fn next_generation(
+        &self,
+        token: &Token,
+        instance_id: &str,
+        presented: u64,
+    ) -> Result<u64, Status> {
+        let mut instances = self.instances.lock().expect("instance lock");
+        let detail = match instances.get_mut(instance_id) {
+            Some(instance) if instance.generation == presented => {
+                instance.generation += 1;
+                return Ok(instance.generation);
+            }
+            Some(instance) => format!("stored={}, presented={presented}", instance.generation),
+            None => format!("instance not found, presented={presented}"),
+        };
+        drop(instances);
+        self.lock(
+            &token.name,
+            format!(
+                "Bot joins via the token {:?} have been locked due to a certificate generation mismatch by {}/{instance_id}, possibly indicating a stolen certificate.",
+                token.name, token.bot_name
+            ),
+        );
+        Err(Status::permission_denied(format!(
+            "cert generation mismatch for bot {}/{instance_id}: {detail}",
+            token.bot_name
+        )))
     }
 
     // === Join state (`lib/boundkeypair/join_state.go`) ===

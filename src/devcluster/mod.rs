@@ -3,17 +3,30 @@
 //!
 //! It listens on one TLS port and routes by ALPN as a Teleport Proxy does with TLS routing:
 //! `teleport-proxy-grpc` goes to the gRPC join services (the unified
-//! `teleport.join.v1.JoinService` and the legacy `proto.JoinService`), anything else (`h2`,
-//! `http/1.1`, none) to the web API (`/webapi/find`, `/webapi/auth/export`). Tokens load from
-//! Teleport's token YAML; challenges, recovery, join state, rotation and locks follow Auth
-//! (`handler.rs`); certificates are real X.509 and SSH certificates from in-memory CAs ([`ca`]).
+//! `teleport.join.v1.JoinService` and the legacy `proto.JoinService`), a first ALPN value of
+//! `teleport-auth@<hex cluster>.teleport.cluster.local` to Auth's own TLS endpoint (the Proxy
+//! passes that TLS session through to Auth, so the client's certificate reaches Auth), anything
+//! else (`h2`, `http/1.1`, none) to the web API (`/webapi/find`, `/webapi/auth/export`). Auth's
+//! endpoint may also listen on a port of its own (`auth_listen`, like Auth's `:3025`).
 //!
-//! It is not Teleport: there is no Auth/Proxy split, no authenticated API, no persistence.
+//! Auth's endpoint verifies client certificates against the user CA and serves the join
+//! services (where a bot's certificate makes a soft rejoin: same instance, generation + 1),
+//! `proto.AuthService` (`Ping`, `GetRole`, `GetClusterCACert`, `GenerateUserCerts` with role
+//! impersonation) and `teleport.trust.v1.TrustService` (CA reads) ([`auth`]). Tokens, roles and
+//! bots load from Teleport's resource YAML; challenges, recovery, join state, rotation,
+//! generations and locks follow Auth (`handler.rs`); certificates are real X.509 and SSH
+//! certificates from in-memory CAs ([`ca`]).
+//!
+//! It is not Teleport: Auth and Proxy share one process, nothing persists, and only the RPCs a
+//! bot makes exist.
 
+mod auth;
 pub mod ca;
 mod handler;
+pub mod roles;
 mod service;
 pub mod tokens;
+mod x509;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::suite::Suite;
 use ca::ClusterCa;
+use roles::{Bot, Role};
 use tokens::{Status as TokenStatus, Token};
 
 /// Ways the dev cluster can misbehave on purpose, for testing clients.
@@ -68,6 +82,12 @@ pub struct DevClusterConfig {
     pub server_version: String,
     /// Join tokens.
     pub tokens: Vec<Token>,
+    /// Roles (for role impersonation).
+    pub roles: Vec<Role>,
+    /// Bots: each gets the role `bot-<name>`, which may impersonate the bot's roles.
+    pub bots: Vec<Bot>,
+    /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
+    pub auth_listen: Option<SocketAddr>,
 }
 
 impl Default for DevClusterConfig {
@@ -81,6 +101,9 @@ impl Default for DevClusterConfig {
             misbehave: None,
             server_version: "18.2.10".to_owned(),
             tokens: Vec::new(),
+            roles: Vec::new(),
+            bots: Vec::new(),
+            auth_listen: None,
         }
     }
 }
@@ -91,6 +114,12 @@ struct Entry {
     revision: u64,
 }
 
+/// A bot instance and the generation of its latest certificates.
+struct Instance {
+    bot_name: String,
+    generation: u64,
+}
+
 /// The cluster's state, shared by every connection.
 pub struct Cluster {
     config: DevClusterConfig,
@@ -98,10 +127,13 @@ pub struct Cluster {
     /// The bound-keypair CA's JWT key, which signs join state documents.
     join_state_key: SoftSigner,
     tokens: Mutex<HashMap<String, Entry>>,
+    roles: HashMap<String, Role>,
+    instances: Mutex<HashMap<String, Instance>>,
     locks: Mutex<HashMap<String, String>>,
     clock_offset: AtomicI64,
     solutions: AtomicUsize,
     joins: AtomicUsize,
+    user_certs: AtomicUsize,
 }
 
 impl Cluster {
@@ -126,14 +158,25 @@ impl Cluster {
                 )
             })
             .collect();
+        // Explicit roles win over the ones bots imply.
+        let mut roles: HashMap<String, Role> = config
+            .bots
+            .iter()
+            .map(Role::for_bot)
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        roles.extend(config.roles.iter().map(|r| (r.name.clone(), r.clone())));
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
             tokens: Mutex::new(tokens),
+            roles,
+            instances: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             clock_offset: AtomicI64::new(0),
             solutions: AtomicUsize::new(0),
             joins: AtomicUsize::new(0),
+            user_certs: AtomicUsize::new(0),
             config,
         })
     }
@@ -195,6 +238,34 @@ impl Cluster {
     /// Whether a lock targets the token, and its message.
     pub fn lock_on(&self, token: &str) -> Option<String> {
         self.locks.lock().expect("lock lock").get(token).cloned()
+    }
+
+    /// How many bot instances the bot has had (one per onboarding or recovery).
+    pub fn bot_instances(&self, bot_name: &str) -> usize {
+        self.instances
+            .lock()
+            .expect("instance lock")
+            .values()
+            .filter(|i| i.bot_name == bot_name)
+            .count()
+    }
+
+    /// The generation of an instance's latest certificates.
+    pub fn generation_of(&self, instance_id: &str) -> Option<u64> {
+        self.instances
+            .lock()
+            .expect("instance lock")
+            .get(instance_id)
+            .map(|i| i.generation)
+    }
+
+    /// How many certificate sets `GenerateUserCerts` issued.
+    pub fn user_certs_issued(&self) -> usize {
+        self.user_certs.load(Ordering::Relaxed)
+    }
+
+    fn record_user_certs(&self) {
+        self.user_certs.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record_solution(&self) {
@@ -352,24 +423,116 @@ impl Cluster {
 // === Serving ===
 
 const ALPN_GRPC: &[u8] = b"teleport-proxy-grpc";
+/// The ALPN prefix of the Proxy's pass-through route to Auth (`ProtocolAuth`,
+/// `lib/srv/alpnproxy/common/protocols.go`), followed by the encoded cluster name.
+const ALPN_AUTH_PREFIX: &[u8] = b"teleport-auth@";
+/// How long a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running dev cluster. Dropping it stops the server.
 pub struct DevCluster {
-    /// Where it listens.
+    /// Where it listens (the Proxy's web port, with every route).
     pub addr: SocketAddr,
+    /// Where Auth's endpoint listens on its own, when asked for.
+    pub auth_addr: Option<SocketAddr>,
     /// Its state.
     pub cluster: Arc<Cluster>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The gRPC services, made once and cloned per connection.
+#[derive(Clone)]
+struct Services {
+    join_v1: v1::join_service_server::JoinServiceServer<service::JoinV1>,
+    join_legacy: legacy::join_service_server::JoinServiceServer<service::JoinLegacy>,
+    auth: legacy::auth_service_server::AuthServiceServer<auth::AuthApi>,
+    trust: keybound_proto::teleport::trust::v1::trust_service_server::TrustServiceServer<
+        auth::TrustApi,
+    >,
+}
+
+impl Services {
+    fn new(cluster: &Arc<Cluster>) -> Self {
+        Self {
+            join_v1: v1::join_service_server::JoinServiceServer::new(service::JoinV1(
+                cluster.clone(),
+            )),
+            join_legacy: legacy::join_service_server::JoinServiceServer::new(service::JoinLegacy(
+                cluster.clone(),
+            )),
+            auth: legacy::auth_service_server::AuthServiceServer::new(auth::AuthApi(
+                cluster.clone(),
+            )),
+            trust:
+                keybound_proto::teleport::trust::v1::trust_service_server::TrustServiceServer::new(
+                    auth::TrustApi(cluster.clone()),
+                ),
+        }
+    }
+}
+
+impl Services {
+    /// Sends a gRPC request to its service: the join services everywhere, the Auth API only on
+    /// Auth's endpoint.
+    async fn route(
+        self,
+        request: hyper::Request<Incoming>,
+        auth: bool,
+    ) -> Result<hyper::Response<tonic::body::Body>, std::convert::Infallible> {
+        use tower::Service as _;
+        let path = request.uri().path();
+        if path.starts_with("/teleport.join.v1.JoinService/") {
+            self.join_v1.clone().call(request).await
+        } else if path.starts_with("/proto.JoinService/") {
+            self.join_legacy.clone().call(request).await
+        } else if auth && path.starts_with("/proto.AuthService/") {
+            self.auth.clone().call(request).await
+        } else if auth && path.starts_with("/teleport.trust.v1.TrustService/") {
+            self.trust.clone().call(request).await
+        } else {
+            Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
+        }
+    }
+}
+
+/// TLS for the two endpoints.
+#[derive(Clone)]
+struct Endpoints {
+    proxy: Arc<ServerConfig>,
+    auth: Arc<ServerConfig>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 impl DevCluster {
-    /// Starts serving on `config.listen`.
+    /// Starts serving on `config.listen` (and `config.auth_listen`).
     pub async fn start(config: DevClusterConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen)
+        let (listen, auth_listen) = (config.listen, config.auth_listen);
+        Self::serve(Arc::new(Cluster::new(config)?), listen, auth_listen).await
+    }
+
+    /// Serves `cluster` (its CAs, tokens, instances and locks) on `listen` and `auth_listen`:
+    /// a cluster that stopped comes back as it was, as a Teleport cluster restarts from its
+    /// backend.
+    pub async fn serve(
+        cluster: Arc<Cluster>,
+        listen: SocketAddr,
+        auth_listen: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let auth_listener = match auth_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
         let addr = listener.local_addr()?;
-        let cluster = Arc::new(Cluster::new(config)?);
         let mut names = vec![
             "localhost".to_owned(),
             addr.ip().to_string(),
@@ -377,19 +540,51 @@ impl DevCluster {
         ];
         names.dedup();
         let (chain, key) = cluster.ca.server_cert(&names)?;
-        let mut tls =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_single_cert(chain, key)?;
-        tls.alpn_protocols = vec![ALPN_GRPC.to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let task = tokio::spawn(serve(listener, acceptor, cluster.clone()));
-        info!(%addr, cluster = cluster.ca.cluster_name(), "dev cluster listening");
+        let mut proxy = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        proxy.alpn_protocols = vec![ALPN_GRPC.to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()];
+
+        // Auth: client certificates from the user CA if given (`VerifyClientCertIfGiven`; a
+        // join needs none), HTTP/2 only.
+        let mut users = rustls::RootCertStore::empty();
+        users.add(cluster.ca.user_ca_der())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(users),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        let (chain, key) = cluster.ca.auth_cert()?;
+        let mut auth = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        auth.alpn_protocols = vec![b"h2".to_vec()];
+        let endpoints = Endpoints {
+            proxy: Arc::new(proxy),
+            auth: Arc::new(auth),
+        };
+        let services = Services::new(&cluster);
+
+        let mut tasks = vec![tokio::spawn(serve(
+            listener,
+            endpoints.clone(),
+            services.clone(),
+            cluster.clone(),
+        ))];
+        let mut auth_addr = None;
+        if let Some(listener) = auth_listener {
+            auth_addr = Some(listener.local_addr()?);
+            tasks.push(tokio::spawn(serve_auth(listener, endpoints.auth, services)));
+        }
+        info!(%addr, auth = ?auth_addr, cluster = cluster.ca.cluster_name(), "dev cluster listening");
         Ok(Self {
             addr,
+            auth_addr,
             cluster,
-            task,
+            tasks,
         })
     }
 
@@ -406,78 +601,190 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
-async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, cluster: Arc<Cluster>) {
-    let local = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let v1 = v1::join_service_server::JoinServiceServer::new(service::JoinV1(cluster.clone()));
-    let old =
-        legacy::join_service_server::JoinServiceServer::new(service::JoinLegacy(cluster.clone()));
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                // gRPC writes small frames; without this, Nagle's algorithm and the peer's
+                // delayed ACKs add 40 ms to every exchange.
+                let _ = tcp.set_nodelay(true);
+                return (tcp, peer);
+            }
             Err(e) => {
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        // gRPC writes small frames; without this, Nagle's algorithm and the peer's delayed ACKs
-        // add 40 ms to every exchange.
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, cluster, v1, old) =
-            (acceptor.clone(), cluster.clone(), v1.clone(), old.clone());
+        }
+    }
+}
+
+/// The Proxy's web port: every connection is routed by the ALPN of its ClientHello.
+async fn serve(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    services: Services,
+    cluster: Arc<Cluster>,
+) {
+    let local = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    loop {
+        let (tcp, peer) = accept(&listener).await;
+        let (endpoints, services, cluster) = (endpoints.clone(), services.clone(), cluster.clone());
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return debug!(%peer, "TLS handshake timed out"),
-                };
-            let grpc = tls.get_ref().1.alpn_protocol() == Some(ALPN_GRPC);
-            let io = TokioIo::new(tls);
-            let result = if grpc {
-                let service =
-                    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                        request.extensions_mut().insert(peer);
-                        let (mut v1, mut old) = (v1.clone(), old.clone());
-                        async move {
-                            use tower::Service as _;
-                            let path = request.uri().path();
-                            if path.starts_with("/teleport.join.v1.JoinService/") {
-                                v1.call(request).await
-                            } else if path.starts_with("/proto.JoinService/") {
-                                old.call(request).await
-                            } else {
-                                Ok(Status::unimplemented(format!("unknown method {path}"))
-                                    .into_http())
-                            }
+            let routed = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let start =
+                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                        .await?;
+                let first = start
+                    .client_hello()
+                    .alpn()
+                    .and_then(|mut protocols| protocols.next())
+                    .map(<[u8]>::to_vec);
+                match first
+                    .as_deref()
+                    .and_then(|p| p.strip_prefix(ALPN_AUTH_PREFIX))
+                {
+                    Some(encoded) => {
+                        let wanted = decode_cluster_name(encoded);
+                        if wanted.as_deref() != Some(cluster.ca.cluster_name()) {
+                            // Teleport would dial a leaf cluster's Auth here; the dev cluster
+                            // has none.
+                            return Err(std::io::Error::other(format!(
+                                "no route to the Auth of cluster {wanted:?}"
+                            )));
                         }
-                    });
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await
-                    .map_err(|e| e.to_string())
-            } else {
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<Incoming>| {
-                        let cluster = cluster.clone();
-                        async move { Ok::<_, std::convert::Infallible>(web(&cluster, local, &request)) }
-                    },
-                );
-                auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await
-                    .map_err(|e| e.to_string())
+                        Ok(Route::Auth(start.into_stream(endpoints.auth).await?))
+                    }
+                    None => Ok(Route::Proxy(start.into_stream(endpoints.proxy).await?)),
+                }
+            })
+            .await;
+            let route = match routed {
+                Ok(Ok(route)) => route,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            let result = match route {
+                Route::Auth(tls) => serve_auth_connection(tls, peer, services).await,
+                Route::Proxy(tls) => {
+                    serve_proxy_connection(tls, peer, local, services, cluster).await
+                }
             };
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+enum Route {
+    Auth(Tls),
+    Proxy(Tls),
+}
+
+/// `apiutils.DecodeClusterName`: `<hex>.teleport.cluster.local` → the cluster's name.
+fn decode_cluster_name(encoded: &[u8]) -> Option<String> {
+    let hex = std::str::from_utf8(encoded)
+        .ok()?
+        .strip_suffix(".teleport.cluster.local")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Auth's own port.
+async fn serve_auth(listener: TcpListener, tls: Arc<ServerConfig>, services: Services) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = accept(&listener).await;
+        let (acceptor, services) = (acceptor.clone(), services.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            if let Err(e) = serve_auth_connection(tls, peer, services).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// One connection to Auth: gRPC with the caller's identity (if it showed a certificate) in
+/// every request's extensions.
+async fn serve_auth_connection(
+    tls: Tls,
+    peer: SocketAddr,
+    services: Services,
+) -> Result<(), String> {
+    let caller = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| match auth::Caller::from_der(cert) {
+            Ok(caller) => Some(caller),
+            Err(e) => {
+                debug!(%peer, error = %e, "unreadable client certificate");
+                None
+            }
+        });
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(peer);
+        if let Some(caller) = &caller {
+            request.extensions_mut().insert(caller.clone());
+        }
+        services.clone().route(request, true)
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One connection to the Proxy: the unauthenticated join services, or the web API.
+async fn serve_proxy_connection(
+    tls: Tls,
+    peer: SocketAddr,
+    local: SocketAddr,
+    services: Services,
+    cluster: Arc<Cluster>,
+) -> Result<(), String> {
+    let grpc = tls.get_ref().1.alpn_protocol() == Some(ALPN_GRPC);
+    let io = TokioIo::new(tls);
+    if grpc {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(peer);
+            services.clone().route(request, false)
+        });
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let cluster = cluster.clone();
+            async move { Ok::<_, std::convert::Infallible>(web(&cluster, local, &request)) }
+        });
+        auto::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -541,9 +848,12 @@ pub async fn run(config: DevClusterConfig, ca_out: &std::path::Path) -> anyhow::
         cluster.addr
     );
     println!("proxy_server: {}", cluster.proxy_addr());
+    if let Some(addr) = cluster.auth_addr {
+        println!("auth_server: {addr}");
+    }
     println!("CA bundle: {}", ca_out.display());
     let tokens = cluster.cluster.tokens.lock().expect("token lock").len();
-    println!("tokens: {tokens}");
+    println!("tokens: {tokens}, roles: {}", cluster.cluster.roles.len());
     use std::io::Write as _;
     std::io::stdout().flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -557,9 +867,12 @@ pub async fn run(config: DevClusterConfig, ca_out: &std::path::Path) -> anyhow::
 
 /// The dev cluster configuration `keybound dev-cluster` flags describe.
 pub fn config_from_args(args: &crate::cli::DevClusterArgs) -> anyhow::Result<DevClusterConfig> {
-    let mut tokens = Vec::new();
-    for path in &args.tokens {
-        tokens.extend(tokens::load(path)?);
+    let mut resources = tokens::Resources::default();
+    for path in args.tokens.iter().chain(&args.resources) {
+        let more = tokens::load_resources(path)?;
+        resources.tokens.extend(more.tokens);
+        resources.roles.extend(more.roles);
+        resources.bots.extend(more.bots);
     }
     Ok(DevClusterConfig {
         listen: args.listen,
@@ -572,6 +885,9 @@ pub fn config_from_args(args: &crate::cli::DevClusterArgs) -> anyhow::Result<Dev
             crate::cli::MisbehaveArg::DropMidJoin => Misbehaviour::DropMidJoin,
         }),
         server_version: args.server_version.clone(),
-        tokens,
+        tokens: resources.tokens,
+        roles: resources.roles,
+        bots: resources.bots,
+        auth_listen: args.auth_listen,
     })
 }

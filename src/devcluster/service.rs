@@ -14,6 +14,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Caller;
 use super::handler::{JoinInput, Peer};
 use super::{Cluster, Misbehaviour};
 use crate::suite::Suite;
@@ -191,6 +192,9 @@ impl v1::join_service_server::JoinService for JoinV1 {
             ));
         }
         let remote = remote_addr(&request);
+        // On Auth's endpoint a bot's certificate authenticates the stream (`authenticate` in
+        // lib/join/server.go); the Proxy's route never carries one.
+        let caller = cluster.authenticated_bot(request.extensions().get::<Caller>());
         cluster.check_client_version(request.metadata())?;
         let inbound = request.into_inner();
         Ok(Response::new(spawn_stream(move |out| async move {
@@ -279,6 +283,7 @@ impl v1::join_service_server::JoinService for JoinV1 {
                 expires: bot.expires.and_then(|t| SystemTime::try_from(t).ok()),
                 initial_join_secret: bk.initial_join_secret,
                 previous_join_state: bk.previous_join_state,
+                caller,
             };
             check_subject_keys(&input)?;
             let output = cluster.bound_keypair_join(&token, input, &mut peer).await?;
@@ -397,6 +402,8 @@ impl legacy::join_service_server::JoinService for JoinLegacy {
         use legacy::register_using_bound_keypair_method_response::Response as R;
         let cluster = self.0.clone();
         let remote = remote_addr(&request);
+        // `setBotParameters`: the instance and generation come from the caller's identity.
+        let caller = cluster.authenticated_bot(request.extensions().get::<Caller>());
         cluster.check_client_version(request.metadata())?;
         let inbound = request.into_inner();
         Ok(Response::new(spawn_stream(move |out| async move {
@@ -436,6 +443,7 @@ impl legacy::join_service_server::JoinService for JoinLegacy {
                 expires: request.expires.and_then(|t| SystemTime::try_from(t).ok()),
                 initial_join_secret: init.initial_join_secret,
                 previous_join_state: init.previous_join_state,
+                caller,
             };
             let output = cluster.bound_keypair_join(&token, input, &mut peer).await?;
             let to_line = |wire: &[u8]| -> Result<Vec<u8>, Status> {
@@ -474,7 +482,7 @@ impl legacy::join_service_server::JoinService for JoinLegacy {
 }
 
 /// `keys.ParsePublicKey`: PEM `PUBLIC KEY` (PKIX) or `RSA PUBLIC KEY` (PKCS#1), to PKIX DER.
-fn pem_public_key_to_spki(pem: &[u8]) -> Result<Vec<u8>, Status> {
+pub(crate) fn pem_public_key_to_spki(pem: &[u8]) -> Result<Vec<u8>, Status> {
     use rsa::pkcs1::DecodeRsaPublicKey as _;
     use rsa::pkcs8::EncodePublicKey as _;
     let bad = |e: String| Status::invalid_argument(format!("parsing public TLS key: {e}"));

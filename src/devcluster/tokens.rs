@@ -179,6 +179,47 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<Token>> {
     Ok(tokens)
 }
 
+/// The resources of a YAML file in the `tctl create` format.
+#[derive(Debug, Default)]
+pub struct Resources {
+    /// `kind: token`.
+    pub tokens: Vec<Token>,
+    /// `kind: role`.
+    pub roles: Vec<super::roles::Role>,
+    /// `kind: bot`.
+    pub bots: Vec<super::roles::Bot>,
+}
+
+/// Reads every token, role and bot document of a YAML file.
+pub fn load_resources(path: &Path) -> anyhow::Result<Resources> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read resource file {origin}"))?;
+    let mut out = Resources::default();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(document)
+            .with_context(|| format!("{origin}: not YAML"))?;
+        if value.is_null() {
+            continue;
+        }
+        if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("token") {
+            let resource: Resource = serde_yaml::from_value(value)
+                .with_context(|| format!("{origin}: not a Teleport token resource"))?;
+            out.tokens
+                .push(resource.check().with_context(|| origin.clone())?);
+            continue;
+        }
+        match super::roles::from_value(value).with_context(|| origin.clone())? {
+            super::roles::Parsed::Role(role) => out.roles.push(role),
+            super::roles::Parsed::Bot(bot) => out.bots.push(bot),
+        }
+    }
+    if out.tokens.is_empty() && out.roles.is_empty() && out.bots.is_empty() {
+        bail!("{origin}: holds no token, role or bot");
+    }
+    Ok(out)
+}
+
 /// Reads tokens from a YAML file.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Token>> {
     let text = std::fs::read_to_string(path)

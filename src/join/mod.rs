@@ -61,8 +61,10 @@ const NO_ROTATION: &str = "static private keys do not support automatic rotation
 /// What a join needs.
 #[derive(Clone)]
 pub struct JoinParams {
-    /// The Teleport Proxy (web port, TLS routing).
+    /// The Teleport Proxy (web port, TLS routing), or Auth itself when `direct`.
     pub proxy: HostPort,
+    /// `proxy` is Auth's own address (`auth_server`), joined over TLS with ALPN `h2`.
+    pub direct: bool,
     /// How to verify the Proxy.
     pub trust: Trust,
     /// The bound_keypair token's name.
@@ -104,6 +106,8 @@ pub struct Joined {
     pub suite: Suite,
     /// The public key now bound to the token, when the cluster says.
     pub bound_public_key: Option<String>,
+    /// Whether the join ran over the bot's authenticated connection (a soft rejoin).
+    pub authenticated: bool,
 }
 
 /// Why a join failed. Each variant's message says what to do.
@@ -230,21 +234,81 @@ pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
 }
 
 async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
-    let grpc_tls = client_config(
-        &params.trust,
-        &[transport::ALPN_PROXY_GRPC, transport::ALPN_H2],
-    )
-    .map_err(|e| JoinError::Config(format!("{e:#}")))?;
-    let channel = transport::connect(&params.proxy, grpc_tls)
+    let channel = if params.direct {
+        let tls = client_config(&params.trust, &[transport::ALPN_H2])
+            .map_err(|e| JoinError::Config(format!("{e:#}")))?;
+        transport::connect_with(
+            &params.proxy,
+            tls,
+            transport::Dial {
+                server_name: Some(
+                    rustls::pki_types::ServerName::try_from(crate::auth::API_DOMAIN)
+                        .expect("the API domain is a valid server name"),
+                ),
+                accept: &[transport::ALPN_H2],
+                expected: "h2; is it Teleport's Auth Service?",
+            },
+        )
         .await
-        .map_err(|e| unreachable_error(&params.proxy, &e))?;
+    } else {
+        let grpc_tls = client_config(
+            &params.trust,
+            &[transport::ALPN_PROXY_GRPC, transport::ALPN_H2],
+        )
+        .map_err(|e| JoinError::Config(format!("{e:#}")))?;
+        transport::connect(&params.proxy, grpc_tls).await
+    }
+    .map_err(|e| unreachable_error(&params.proxy, &e))?;
     match join_new(channel.clone(), params).await {
         Ok(joined) => Ok(joined),
         Err(Attempt::Final(error)) => Err(error),
         Err(Attempt::Fallback(reason)) => {
             info!(%reason, "JoinService.Join is not available; falling back to the legacy RPC");
-            join_legacy(channel, params).await
+            if params.direct {
+                return Err(JoinError::Refused(format!(
+                    "Auth at {} does not serve JoinService.Join ({reason}), and the legacy RPC                      needs the cluster's suite from a Proxy: set proxy_server instead of auth_server",
+                    params.proxy
+                )));
+            }
+            // No ServerInit on the legacy RPC: ask the proxy for the suite first, as tbot does
+            // (`webclient.Find`).
+            let web_tls = client_config(&params.trust, &[b"http/1.1"])
+                .map_err(|e| JoinError::Config(format!("{e:#}")))?;
+            let found = webapi::find(&params.proxy, web_tls)
+                .await
+                .map_err(|e| JoinError::Unreachable(format!("{e:#}")))?;
+            join_legacy(channel, params, found.suite).await
         }
+    }
+}
+
+/// Re-joins over the bot's authenticated connection to Auth, presenting its current
+/// certificate: a soft rejoin, which keeps the bot instance and uses no recovery
+/// (`lib/join/joinclient` `joinViaAuthClient`). The messages are the same as an unauthenticated
+/// join's; Auth takes the instance and generation from the certificate. `JoinService.Join`
+/// first, the legacy RPC when Auth does not serve it (the suite then comes from `Ping`).
+pub async fn rejoin(
+    params: &JoinParams,
+    auth: &crate::auth::AuthClient,
+) -> Result<Joined, JoinError> {
+    let inner = async {
+        let mut joined = match join_new(auth.channel(), params).await {
+            Ok(joined) => joined,
+            Err(Attempt::Final(error)) => return Err(error),
+            Err(Attempt::Fallback(reason)) => {
+                info!(%reason, "JoinService.Join is not available on Auth; falling back to the legacy RPC");
+                let ping = auth.ping().await.map_err(|s| status_error(&s))?;
+                let suite = Suite::from_number(ping.signature_algorithm_suite)
+                    .unwrap_or(Suite::Unspecified);
+                join_legacy(auth.channel(), params, suite).await?
+            }
+        };
+        joined.authenticated = true;
+        Ok(joined)
+    };
+    match tokio::time::timeout(params.timeout, inner).await {
+        Ok(result) => result,
+        Err(_) => Err(JoinError::TimedOut(params.timeout)),
     }
 }
 
@@ -261,16 +325,7 @@ impl From<JoinError> for Attempt {
 }
 
 fn unreachable_error(addr: &HostPort, error: &dyn std::error::Error) -> JoinError {
-    let mut message = format!("cannot reach proxy {addr}");
-    let mut source = Some(error);
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !message.ends_with(&text) && text != "transport error" {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = e.source();
-    }
+    let mut message = transport::describe(format!("cannot reach proxy {addr}"), error);
     if message.contains("certificate") {
         message.push_str(
             "; if the proxy uses a private CA give its bundle with --ca-path or onboarding.ca_path \
@@ -581,6 +636,7 @@ async fn join_new(
                     rpc: Rpc::Join,
                     suite,
                     bound_public_key,
+                    authenticated: false,
                 });
             }
             other => {
@@ -621,22 +677,17 @@ async fn generate_subject(suite: Suite) -> Result<SubjectKey, JoinError> {
 
 // === The legacy RegisterUsingBoundKeypairMethod RPC ===
 
+/// The legacy RPC, which has no `ServerInit`: the caller learned `suite` beforehand.
 async fn join_legacy(
     channel: tonic::transport::Channel,
     params: &JoinParams,
+    suite: Suite,
 ) -> Result<Joined, JoinError> {
     use legacy::{
         register_using_bound_keypair_method_request as req,
         register_using_bound_keypair_method_response as resp,
     };
 
-    // No ServerInit here: ask the proxy for the suite first, as tbot does (`webclient.Find`).
-    let web_tls = client_config(&params.trust, &[b"http/1.1"])
-        .map_err(|e| JoinError::Config(format!("{e:#}")))?;
-    let found = webapi::find(&params.proxy, web_tls)
-        .await
-        .map_err(|e| JoinError::Unreachable(format!("{e:#}")))?;
-    let suite = found.suite;
     let subject = generate_subject(suite).await?;
     info!(%suite, subject_key = subject.kind, "joining with the legacy RegisterUsingBoundKeypairMethod");
 
@@ -741,6 +792,7 @@ async fn join_legacy(
                     rpc: Rpc::Legacy,
                     suite,
                     bound_public_key,
+                    authenticated: false,
                 });
             }
         }

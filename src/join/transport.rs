@@ -31,10 +31,39 @@ pub async fn connect(
     addr: &HostPort,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
+    connect_with(
+        addr,
+        tls,
+        Dial {
+            server_name: None,
+            accept: &[ALPN_PROXY_GRPC, ALPN_H2],
+            expected: "teleport-proxy-grpc; is it a Teleport proxy?",
+        },
+    )
+    .await
+}
+
+/// How [`connect_with`] talks TLS.
+#[derive(Clone)]
+pub struct Dial {
+    /// The server name to send and verify; `None` uses the address's host.
+    pub server_name: Option<ServerName<'static>>,
+    /// The ALPN protocols the server may pick (the client config offers them).
+    pub accept: &'static [&'static [u8]],
+    /// What to say the server should have picked, when it picked something else.
+    pub expected: &'static str,
+}
+
+/// Opens TLS to `addr` as `dial` says and returns a gRPC channel over it.
+pub async fn connect_with(
+    addr: &HostPort,
+    tls: Arc<ClientConfig>,
+    dial: Dial,
+) -> Result<Channel, tonic::transport::Error> {
     let addr = addr.clone();
     let connector = tower::service_fn(move |_: Uri| {
-        let (addr, tls) = (addr.clone(), tls.clone());
-        async move { tls_stream(&addr, tls).await.map(TokioIo::new) }
+        let (addr, tls, dial) = (addr.clone(), tls.clone(), dial.clone());
+        async move { tls_stream(&addr, tls, &dial).await.map(TokioIo::new) }
     });
     // The URI only feeds the :authority header; the connector above chooses where to dial.
     Endpoint::from_static("http://teleport.cluster.local")
@@ -46,6 +75,7 @@ pub async fn connect(
 async fn tls_stream(
     addr: &HostPort,
     tls: Arc<ClientConfig>,
+    dial: &Dial,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use std::io::{Error, ErrorKind};
     let tcp = tokio::time::timeout(
@@ -60,8 +90,11 @@ async fn tls_stream(
         )
     })??;
     tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(addr.host.clone())
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{:?}: {e}", addr.host)))?;
+    let name = match &dial.server_name {
+        Some(name) => name.clone(),
+        None => ServerName::try_from(addr.host.clone())
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{:?}: {e}", addr.host)))?,
+    };
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, tcp))
         .await
         .map_err(|_| {
@@ -71,13 +104,30 @@ async fn tls_stream(
             )
         })??;
     match stream.get_ref().1.alpn_protocol() {
-        Some(p) if p == ALPN_PROXY_GRPC || p == ALPN_H2 => Ok(stream),
+        Some(p) if dial.accept.contains(&p) => Ok(stream),
         other => Err(Error::new(
             ErrorKind::InvalidData,
             format!(
-                "{addr} chose ALPN {:?} instead of teleport-proxy-grpc; is it a Teleport proxy?",
-                other.map(String::from_utf8_lossy)
+                "{addr} chose ALPN {:?} instead of {}",
+                other.map(String::from_utf8_lossy),
+                dial.expected
             ),
         )),
     }
+}
+
+/// `prefix`, then each distinct message of `error`'s chain (tonic wraps the interesting ones in
+/// a bare "transport error").
+pub fn describe(prefix: String, error: &dyn std::error::Error) -> String {
+    let mut message = prefix;
+    let mut source = Some(error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.ends_with(&text) && text != "transport error" {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    message
 }

@@ -48,6 +48,7 @@ async fn measure(
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cluster.ca_pem()).expect("ca");
     let params = JoinParams {
+        direct: false,
         proxy: HostPort::parse(&cluster.proxy_addr(), 443).expect("addr"),
         trust: Trust::Bundle(ca),
         token: "bench".to_owned(),

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keybound::agent::{Outcome, Schedule, Status, run_loop};
+use keybound::auth::AuthRoute;
 use keybound::config::{Config, HostPort};
+use keybound::devcluster::roles::{Bot, Role};
 use keybound::devcluster::tokens;
 use keybound::devcluster::{DevCluster, DevClusterConfig};
-use keybound::start::{Prepared, cycle};
+use keybound::start::{Held, Prepared, cycle};
 use keybound::tls::Trust;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
@@ -52,7 +54,12 @@ fn main() {
             "kind: token\nversion: v2\nmetadata:\n  name: soak\nspec:\n  bot_name: soak\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: {}\n    recovery:\n      mode: insecure\n",
             signer.public_key().to_openssh()
         );
-        let cluster = DevCluster::start(DevClusterConfig { tokens: tokens::parse(&yaml, "soak").expect("token"), ..Default::default() })
+        let cluster = DevCluster::start(DevClusterConfig {
+            tokens: tokens::parse(&yaml, "soak").expect("token"),
+            roles: vec![Role { name: "access".into(), logins: vec!["ci".into()], ..Role::default() }],
+            bots: vec![Bot { name: "soak".into(), roles: vec!["access".into()] }],
+            ..Default::default()
+        })
             .await
             .expect("cluster");
         let dir = tempfile::tempdir().expect("dir");
@@ -68,8 +75,11 @@ fn main() {
             "soak",
         )
         .expect("config");
+        let proxy = HostPort::parse(&cluster.proxy_addr(), 443).expect("addr");
         let prepared = Arc::new(Prepared {
-            proxy: HostPort::parse(&cluster.proxy_addr(), 443).expect("addr"),
+            auth_route: AuthRoute::Proxy(proxy.clone()),
+            direct: false,
+            proxy,
             trust: Trust::Bundle(ca),
             signer_config: keybound_signer::config::SignerConfig::Env(Default::default()),
             signer: Arc::new(signer),
@@ -82,12 +92,13 @@ fn main() {
         // Renew back to back: the schedule's interval is a millisecond.
         let mut schedule = Schedule::for_interval(Duration::from_millis(1));
         schedule.renewal_interval = Duration::from_millis(1);
+        let held = Arc::new(Held::default());
         let (p, c, d, e) = (prepared.clone(), count.clone(), done.clone(), early.clone());
         run_loop(
             move || {
-                let (p, c, d, e) = (p.clone(), c.clone(), d.clone(), e.clone());
+                let (p, c, d, e, h) = (p.clone(), c.clone(), d.clone(), e.clone(), held.clone());
                 async move {
-                    let outcome = match cycle(&p).await {
+                    let outcome = match cycle(&p, &h).await {
                         Ok(cycle) => (Outcome::Renewed(cycle.joined.identity.info.not_after), String::new()),
                         Err(f) => panic!("renewal failed: {:#}", f.error),
                     };
@@ -109,7 +120,8 @@ fn main() {
         .await;
         let elapsed = started.elapsed();
         let (rss_early, fds_early) = *early.lock().expect("lock");
-        println!("{renewals} renewals (join + storage + identity output each) in {:.1} s: {:.0} renewals/s", elapsed.as_secs_f64(), renewals as f64 / elapsed.as_secs_f64());
+        assert_eq!(cluster.cluster.bot_instances("soak"), 1, "every renewal after the first was a soft rejoin");
+        println!("{renewals} renewals (authenticated rejoin + storage + role-impersonated identity output each) in {:.1} s: {:.0} renewals/s", elapsed.as_secs_f64(), renewals as f64 / elapsed.as_secs_f64());
         println!("resident memory: {rss_early} KiB after {warmup}, {} KiB after {renewals}", rss_kib());
         println!("open file descriptors: {fds_early} after {warmup}, {} after {renewals}", open_fds());
     });

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use keybound::config::HostPort;
+use keybound::devcluster::roles::{Bot, Role};
 use keybound::devcluster::tokens::{self, Token};
 use keybound::devcluster::{DevCluster, DevClusterConfig};
 use keybound::join::{JOIN_TIMEOUT, JoinParams};
@@ -32,15 +33,36 @@ pub(crate) fn token(name: &str, key: &PublicKey, mode: &str, limit: u32, extra: 
         .remove(0)
 }
 
-/// A dev cluster with one insecure-mode token `t` for `key`.
+/// The role the test bot `robot` impersonates: `access`, with SSH logins `root` and `ci`.
+pub(crate) fn access_role() -> Role {
+    Role {
+        name: "access".into(),
+        logins: vec!["root".into(), "ci".into()],
+        ..Role::default()
+    }
+}
+
+/// Gives `config` the role `access` and the bot `robot`, which may impersonate it (what `tctl
+/// bots add robot --roles=access` makes).
+pub(crate) fn with_robot(mut config: DevClusterConfig) -> DevClusterConfig {
+    config.roles.push(access_role());
+    config.bots.push(Bot {
+        name: "robot".into(),
+        roles: vec!["access".into()],
+    });
+    config
+}
+
+/// A dev cluster with one insecure-mode token `t` for `key`, and the bot `robot` (role
+/// `access`).
 pub(crate) async fn cluster_for(
     key: &PublicKey,
     tweak: impl FnOnce(&mut DevClusterConfig),
 ) -> DevCluster {
-    let mut config = DevClusterConfig {
+    let mut config = with_robot(DevClusterConfig {
         tokens: vec![token("t", key, "insecure", 1, "")],
         ..Default::default()
-    };
+    });
     tweak(&mut config);
     DevCluster::start(config).await.unwrap()
 }
@@ -59,6 +81,7 @@ pub(crate) fn params(
     signer: Arc<dyn Signer>,
 ) -> JoinParams {
     JoinParams {
+        direct: false,
         proxy: HostPort::parse(&cluster.proxy_addr(), 443).unwrap(),
         trust: Trust::Bundle(ca.to_owned()),
         token: token.to_owned(),

@@ -149,8 +149,8 @@ fn tbot_features_keybound_lacks_are_refused_by_name() {
             "config tbot.yaml:7:11: services[0].type: tbot service type \"application\" is not supported by keybound yet",
         ),
         (
-            format!("{HEAD}services:\n  - type: identity\n    roles: [access]\n"),
-            "config tbot.yaml:8:12: services[0].roles: role impersonation in outputs is not supported by keybound yet",
+            format!("{HEAD}services:\n  - type: identity\n    cluster: leaf\n"),
+            "config tbot.yaml:8:14: services[0].cluster: routing an output to another cluster is not supported by keybound yet",
         ),
         (
             format!("{HEAD}storage:\n  type: kubernetes_secret\n"),

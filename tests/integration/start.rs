@@ -327,15 +327,19 @@ async fn a_failed_run_leaves_the_previous_identity_intact() {
     let before = snapshot(&out);
 
     // A cluster that drops the stream mid-join, with the same CA trust file rewritten for it.
+    // (A new cluster, so the stored identity means nothing to it: memory storage, a fresh join.)
     let flaky = cluster_for(signer.public_key(), |c| {
         c.misbehave = Some(keybound::devcluster::Misbehaviour::DropMidJoin)
     })
     .await;
     std::fs::write(&ca, flaky.ca_pem()).unwrap();
     let mut cmd = keybound();
-    cmd.args(["start", "--oneshot", "-c"])
-        .arg(&cfg)
-        .args(["--proxy-server", &flaky.proxy_addr()]);
+    cmd.args(["start", "--oneshot", "-c"]).arg(&cfg).args([
+        "--proxy-server",
+        &flaky.proxy_addr(),
+        "--storage",
+        "memory://",
+    ]);
     let output = run(cmd).await;
     assert_eq!(
         output.status.code(),

@@ -1,0 +1,252 @@
+//! The bot's authenticated connection to Teleport's Auth Service: mutual TLS with the bot's own
+//! certificate, and gRPC on top, for the soft rejoin and for the RPCs identity outputs make.
+//!
+//! Two routes, both ending in one TLS session with Auth itself:
+//!
+//! * through the Proxy (`proxy_server`): TLS to the Proxy's web port whose first ALPN value is
+//!   `teleport-auth@<hex(cluster)>.teleport.cluster.local`, then `h2`. The Proxy's ALPN router
+//!   passes such a connection through to Auth untouched (`ForwardTLS`, `lib/service/service.go`
+//!   `setupALPNRouter`; `lib/srv/alpnproxy/auth/auth_proxy.go`), whether or not the cluster
+//!   uses TLS routing. It is the route `tsh` and `tctl` take (`api/client` `ConfigureALPN`).
+//!   tbot itself tunnels SSH through the Proxy's reverse-tunnel listener to reach the same
+//!   endpoint (`lib/reversetunnelclient`); see `docs/teleport-source-notes.md`, "The
+//!   authenticated connection", for why keybound does not.
+//! * straight to Auth (`auth_server`): the same TLS session without the routing ALPN value.
+//!
+//! Either way the server name is the encoded cluster name, which Auth uses to pick the CAs it
+//! trusts (`GetConfigForClient` in `lib/auth/middleware.go`), and Auth's certificate is verified
+//! against the cluster CAs the join returned (it is issued by the host CA and names
+//! `*.teleport.cluster.local`). The client certificate is the bot's.
+
+use std::fmt;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use keybound_proto::proto as legacy;
+use keybound_proto::teleport::trust::v1 as trust;
+use keybound_proto::types;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::config::HostPort;
+use crate::identity::Identity;
+use crate::join::transport::{self, Dial};
+
+/// `constants.APIDomain`: the name Auth's certificate carries and the gRPC `:authority`.
+pub const API_DOMAIN: &str = "teleport.cluster.local";
+/// The ALPN prefix of the Proxy's pass-through route to Auth (`ProtocolAuth`).
+pub const ALPN_AUTH_PREFIX: &str = "teleport-auth@";
+
+/// How keybound reaches Auth with its bot identity.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum AuthRoute {
+    /// Through the Proxy's web port, passed through to Auth by ALPN.
+    Proxy(HostPort),
+    /// Straight to Auth (`auth_server`).
+    Direct(HostPort),
+}
+
+impl fmt::Display for AuthRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Proxy(p) => write!(f, "Auth through proxy {p}"),
+            Self::Direct(a) => write!(f, "Auth at {a}"),
+        }
+    }
+}
+
+/// `apiutils.EncodeClusterName`: `hex(cluster).teleport.cluster.local`.
+pub fn encoded_cluster_name(cluster: &str) -> String {
+    let hex: String = cluster.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.{API_DOMAIN}")
+}
+
+/// Why keybound could not open its authenticated connection.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The network, the Proxy or Auth did not answer.
+    Unreachable(String),
+    /// Auth's certificate is not one the cluster's CAs issued: not Auth, or not this cluster.
+    Untrusted(String),
+    /// The stored identity cannot be used for TLS.
+    Identity(String),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(m) | Self::Untrusted(m) | Self::Identity(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// An authenticated gRPC channel to Auth, and the calls keybound makes on it.
+#[derive(Clone)]
+pub struct AuthClient {
+    channel: Channel,
+    route: AuthRoute,
+}
+
+impl fmt::Debug for AuthClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthClient")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthClient {
+    /// Opens mutual TLS to Auth over `route` with `identity`'s certificate.
+    pub async fn connect(route: &AuthRoute, identity: &Identity) -> Result<Self, ConnectError> {
+        let encoded = encoded_cluster_name(&identity.info.cluster_name);
+        // A cluster name over 31 bytes makes a label longer than DNS allows, which rustls
+        // will not send; Auth then trusts every CA it has, as for a bare API domain.
+        let server_name = ServerName::try_from(encoded.clone())
+            .or_else(|_| ServerName::try_from(API_DOMAIN))
+            .expect("the API domain is a valid server name");
+        let (addr, alpn) = match route {
+            AuthRoute::Proxy(p) => (
+                p,
+                vec![
+                    format!("{ALPN_AUTH_PREFIX}{encoded}").into_bytes(),
+                    b"h2".to_vec(),
+                ],
+            ),
+            AuthRoute::Direct(a) => (a, vec![b"h2".to_vec()]),
+        };
+        let tls = tls_config(identity, alpn).map_err(|e| {
+            ConnectError::Identity(format!("the bot identity cannot be used for TLS: {e:#}"))
+        })?;
+        let channel = transport::connect_with(
+            addr,
+            tls,
+            Dial {
+                server_name: Some(server_name),
+                accept: &[b"h2"],
+                expected: "h2; is this a Teleport proxy or Auth Service?",
+            },
+        )
+        .await
+        .map_err(|e| connect_error(route, &e))?;
+        Ok(Self {
+            channel,
+            route: route.clone(),
+        })
+    }
+
+    /// The gRPC channel (for the join services).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Where the connection goes.
+    pub fn route(&self) -> &AuthRoute {
+        &self.route
+    }
+
+    /// `AuthService.Ping`.
+    pub async fn ping(&self) -> Result<legacy::PingResponse, Status> {
+        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
+        Ok(client.ping(legacy::PingRequest {}).await?.into_inner())
+    }
+
+    /// `AuthService.GetRole`.
+    pub async fn get_role(&self, name: &str) -> Result<types::RoleV6, Status> {
+        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
+        let request = legacy::GetRoleRequest {
+            name: name.to_owned(),
+        };
+        Ok(client.get_role(request).await?.into_inner())
+    }
+
+    /// `AuthService.GetClusterCACert`: the local cluster's host CA certificates, PEM.
+    pub async fn cluster_ca_cert(&self) -> Result<Vec<u8>, Status> {
+        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
+        Ok(client.get_cluster_ca_cert(()).await?.into_inner().tlsca)
+    }
+
+    /// `AuthService.GenerateUserCerts`.
+    pub async fn generate_user_certs(
+        &self,
+        request: legacy::UserCertsRequest,
+    ) -> Result<legacy::Certs, Status> {
+        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
+        Ok(client.generate_user_certs(request).await?.into_inner())
+    }
+
+    /// `TrustService.GetCertAuthorities(type, include_key = false)`.
+    pub async fn cert_authorities(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<types::CertAuthorityV2>, Status> {
+        let mut client = trust::trust_service_client::TrustServiceClient::new(self.channel());
+        let request = trust::GetCertAuthoritiesRequest {
+            r#type: kind.to_owned(),
+            include_key: false,
+        };
+        Ok(client
+            .get_cert_authorities(request)
+            .await?
+            .into_inner()
+            .cert_authorities_v2)
+    }
+}
+
+/// TLS trusting the cluster's CAs, presenting the bot's certificate.
+fn tls_config(identity: &Identity, alpn: Vec<Vec<u8>>) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for pem in identity.user_ca_pems.iter().chain(&identity.host_ca_pems) {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(cert.context("a cluster CA certificate")?)
+                .context("a cluster CA certificate")?;
+        }
+    }
+    let chain = CertificateDer::pem_slice_iter(identity.tls_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the bot's TLS certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(identity.private_key_pem.as_bytes())
+        .map_err(|_| anyhow!("the bot's private key is not a PEM private key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("the bot's certificate and key")?;
+    config.alpn_protocols = alpn;
+    Ok(Arc::new(config))
+}
+
+fn connect_error(route: &AuthRoute, error: &dyn std::error::Error) -> ConnectError {
+    let mut message = transport::describe(format!("cannot reach {route}"), error);
+    if message.contains("invalid peer certificate") {
+        message.push_str(
+            "; the server's certificate was not issued by the cluster's host CA, so it is not \
+             this cluster's Auth Service: check proxy_server, and what sits between keybound and \
+             the proxy (a TLS-terminating load balancer cannot pass this connection through)",
+        );
+        ConnectError::Untrusted(message)
+    } else {
+        ConnectError::Unreachable(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_encode_as_teleport_does() {
+        // apiutils.EncodeClusterName("example.com").
+        assert_eq!(
+            encoded_cluster_name("example.com"),
+            "6578616d706c652e636f6d.teleport.cluster.local"
+        );
+    }
+}

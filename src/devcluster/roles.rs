@@ -1,0 +1,296 @@
+//! Roles and bots in Teleport's resource YAML (the `tctl create` format), and the role
+//! impersonation rules Auth applies when a bot asks for certificates for its outputs.
+//!
+//! Only what a bot's identity output touches is kept: a role's `allow.logins`, and its
+//! `allow.impersonate` / `deny.impersonate` rules. A `kind: bot` resource stands for what
+//! `tctl bots add` makes: the bot's role `bot-<name>`, which may impersonate `spec.roles`.
+
+use anyhow::{Context as _, bail};
+use keybound_proto::types;
+use serde::Deserialize;
+
+use super::ca::bot_resource_name;
+
+/// A role.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Role {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.allow.logins`.
+    pub logins: Vec<String>,
+    /// `spec.allow.impersonate.roles`.
+    pub impersonate_roles: Vec<String>,
+    /// `spec.allow.impersonate.users`.
+    pub impersonate_users: Vec<String>,
+    /// `spec.deny.impersonate.roles`.
+    pub deny_impersonate_roles: Vec<String>,
+}
+
+/// A bot (`kind: bot`, `version: v1`).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Bot {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.roles`: the roles the bot may impersonate.
+    pub roles: Vec<String>,
+}
+
+impl Role {
+    /// The role `tctl bots add` makes for `bot`: it may impersonate the bot's roles.
+    pub fn for_bot(bot: &Bot) -> Self {
+        Self {
+            name: bot_resource_name(&bot.name),
+            impersonate_roles: bot.roles.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// The role as `GetRole` returns it.
+    pub fn to_proto(&self) -> types::RoleV6 {
+        let impersonate = |roles: &[String], users: &[String]| {
+            (!roles.is_empty() || !users.is_empty()).then(|| types::ImpersonateConditions {
+                users: users.to_vec(),
+                roles: roles.to_vec(),
+                r#where: String::new(),
+            })
+        };
+        types::RoleV6 {
+            kind: "role".to_owned(),
+            sub_kind: String::new(),
+            version: "v7".to_owned(),
+            metadata: Some(types::Metadata {
+                name: self.name.clone(),
+                namespace: "default".to_owned(),
+                ..Default::default()
+            }),
+            spec: Some(types::RoleSpecV6 {
+                allow: Some(types::RoleConditions {
+                    logins: self.logins.clone(),
+                    impersonate: impersonate(&self.impersonate_roles, &self.impersonate_users),
+                }),
+                deny: Some(types::RoleConditions {
+                    logins: Vec::new(),
+                    impersonate: impersonate(&self.deny_impersonate_roles, &[]),
+                }),
+            }),
+        }
+    }
+}
+
+/// `RoleSet.CheckImpersonateRoles` (`lib/services/role.go`) for role requests: a deny rule
+/// naming any requested role refuses; otherwise one role of the set must allow every requested
+/// role and no users (an allow rule that also names users is for user impersonation).
+pub fn may_impersonate(holder: &[&Role], requested: &[String]) -> bool {
+    let matches = |patterns: &[String], role: &str| {
+        patterns
+            .iter()
+            .any(|p| p == "*" || p == role || glob(p, role))
+    };
+    if holder.iter().any(|r| {
+        requested
+            .iter()
+            .any(|q| matches(&r.deny_impersonate_roles, q))
+    }) {
+        return false;
+    }
+    holder.iter().any(|r| {
+        r.impersonate_users.is_empty()
+            && !r.impersonate_roles.is_empty()
+            && requested.iter().all(|q| matches(&r.impersonate_roles, q))
+    })
+}
+
+/// Teleport's `utils.MatchString` globs: `*` matches any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut remaining) = text.strip_prefix(head) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('*').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return remaining.ends_with(part);
+        }
+        match remaining.find(part) {
+            Some(at) => remaining = &remaining[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[derive(Deserialize)]
+struct Resource {
+    kind: String,
+    version: String,
+    metadata: Metadata,
+    #[serde(default)]
+    spec: serde_yaml::Value,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+struct RoleSpec {
+    #[serde(default)]
+    allow: Conditions,
+    #[serde(default)]
+    deny: Conditions,
+}
+
+#[derive(Deserialize, Default)]
+struct Conditions {
+    #[serde(default)]
+    logins: Vec<String>,
+    #[serde(default)]
+    impersonate: Option<Impersonate>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Impersonate {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default, rename = "where")]
+    predicate: String,
+}
+
+#[derive(Deserialize)]
+struct BotSpec {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// A role or bot read from a resource document.
+pub enum Parsed {
+    /// `kind: role`.
+    Role(Role),
+    /// `kind: bot`.
+    Bot(Bot),
+}
+
+/// Reads one `kind: role` (v5 to v8) or `kind: bot` (v1) document.
+pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
+    let resource: Resource =
+        serde_yaml::from_value(value).context("not a Teleport role or bot resource")?;
+    let name = resource.metadata.name;
+    match resource.kind.as_str() {
+        "role" => {
+            if !matches!(resource.version.as_str(), "v5" | "v6" | "v7" | "v8") {
+                bail!(
+                    "role {name}: version {:?} is not v5 to v8",
+                    resource.version
+                );
+            }
+            let spec: RoleSpec = if resource.spec.is_null() {
+                RoleSpec::default()
+            } else {
+                serde_yaml::from_value(resource.spec).with_context(|| format!("role {name}"))?
+            };
+            let allow = spec.allow.impersonate.unwrap_or_default();
+            let deny = spec.deny.impersonate.unwrap_or_default();
+            if !allow.predicate.is_empty() || !deny.predicate.is_empty() {
+                bail!(
+                    "role {name}: impersonate.where is not supported by the dev cluster; remove it"
+                );
+            }
+            if !deny.users.is_empty() {
+                bail!(
+                    "role {name}: deny.impersonate.users is not supported by the dev cluster; remove it"
+                );
+            }
+            Ok(Parsed::Role(Role {
+                name,
+                logins: spec.allow.logins,
+                impersonate_roles: allow.roles,
+                impersonate_users: allow.users,
+                deny_impersonate_roles: deny.roles,
+            }))
+        }
+        "bot" => {
+            if resource.version != "v1" {
+                bail!("bot {name}: version {:?} is not v1", resource.version);
+            }
+            let spec: BotSpec =
+                serde_yaml::from_value(resource.spec).with_context(|| format!("bot {name}"))?;
+            Ok(Parsed::Bot(Bot {
+                name,
+                roles: spec.roles,
+            }))
+        }
+        other => bail!("kind {other:?} is not role or bot"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(name: &str, allow: &[&str], deny: &[&str]) -> Role {
+        Role {
+            name: name.into(),
+            impersonate_roles: allow.iter().map(|s| s.to_string()).collect(),
+            deny_impersonate_roles: deny.iter().map(|s| s.to_string()).collect(),
+            ..Role::default()
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn impersonation_follows_teleports_rules() {
+        let bot = role("bot-ci", &["access", "db-*"], &[]);
+        assert!(may_impersonate(&[&bot], &names(&["access"])));
+        assert!(may_impersonate(&[&bot], &names(&["access", "db-read"])));
+        assert!(!may_impersonate(&[&bot], &names(&["editor"])));
+        assert!(!may_impersonate(&[&bot], &names(&["access", "editor"])));
+        // One role must allow them all: two roles allowing one each is not enough.
+        let (a, b) = (role("a", &["x"], &[]), role("b", &["y"], &[]));
+        assert!(!may_impersonate(&[&a, &b], &names(&["x", "y"])));
+        // A deny anywhere wins.
+        let deny = role("d", &[], &["db-*"]);
+        assert!(!may_impersonate(&[&bot, &deny], &names(&["db-read"])));
+        // An allow rule naming users is for user impersonation.
+        let mut users = role("u", &["access"], &[]);
+        users.impersonate_users = names(&["alice"]);
+        assert!(!may_impersonate(&[&users], &names(&["access"])));
+        assert!(glob("a*b*c", "axxbyyc") && !glob("a*b*c", "axxc") && glob("*", ""));
+    }
+
+    #[test]
+    fn reads_roles_and_bots_in_the_tctl_format() {
+        let parse = |y: &str| from_value(serde_yaml::from_str(y).unwrap());
+        let Parsed::Role(r) = parse(
+            "kind: role\nversion: v7\nmetadata: {name: access}\nspec:\n  allow:\n    logins: [root, ubuntu]\n    node_labels: {'*': '*'}\n  deny: {}\n",
+        )
+        .unwrap() else {
+            panic!("not a role")
+        };
+        assert_eq!(r.logins, names(&["root", "ubuntu"]));
+        let Parsed::Bot(b) =
+            parse("kind: bot\nversion: v1\nmetadata: {name: ci}\nspec: {roles: [access]}\n")
+                .unwrap()
+        else {
+            panic!("not a bot")
+        };
+        assert_eq!(Role::for_bot(&b).impersonate_roles, names(&["access"]));
+        assert_eq!(Role::for_bot(&b).name, "bot-ci");
+        let err = parse("kind: role\nversion: v7\nmetadata: {name: w}\nspec:\n  allow:\n    impersonate: {roles: [a], where: 'true'}\n")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("where is not supported"),
+            "{err:#}"
+        );
+        assert!(parse("kind: user\nversion: v2\nmetadata: {name: u}\n").is_err());
+    }
+}
