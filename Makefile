@@ -31,10 +31,11 @@ docs:
 demo:
 	scripts/demo.sh
 
-## bench: one join on loopback per key type and backend; one signature per backend (median, p99);
-## a soak run of thousands of renewals (memory and file descriptors must stay flat)
+## bench: one join on loopback per key type and backend; one signature per backend; one renewal
+## (authenticated rejoin + an identity output) (median, p99); a soak run of thousands of
+## renewals (memory and file descriptors must stay flat)
 bench:
-	$(CARGO) bench --locked $(FEATURES) --bench join --bench sign --bench soak
+	$(CARGO) bench --locked $(FEATURES) --bench join --bench sign --bench renewal --bench soak
 
 ## release: the release binary with every backend
 release:

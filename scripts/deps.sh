@@ -8,7 +8,7 @@ packages=(
   pkg-config libtss2-dev protobuf-compiler
   # Emulators and the tools the tests check keybound against
   softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
-  openssl openssh-client ca-certificates
+  openssl openssh-client openssh-server ca-certificates
   python3 python3-jwt python3-cryptography
 )
 

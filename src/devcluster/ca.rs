@@ -324,6 +324,38 @@ impl ClusterCa {
         }
     }
 
+    /// An SSH host certificate for `key`, signed by the host CA, valid for `principals` (the
+    /// names clients dial), as Auth issues to the hosts of a cluster: what a client's
+    /// `known_hosts` from an identity output must accept. Returns the certificate as an
+    /// OpenSSH line.
+    pub fn issue_host_ssh(
+        &self,
+        key: &ssh_key::PublicKey,
+        principals: &[&str],
+    ) -> anyhow::Result<String> {
+        let mut nonce = vec![0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        let now = unix_seconds(SystemTime::now())?;
+        let mut builder = SshCertBuilder::new(
+            nonce,
+            key.key_data().clone(),
+            now.saturating_sub(BACKDATE.as_secs()),
+            now + SERVER_CERT_TTL.as_secs(),
+        )?;
+        builder.cert_type(CertType::Host)?.key_id(format!(
+            "{}.{}",
+            uuid::Uuid::new_v4(),
+            self.cluster_name
+        ))?;
+        for principal in principals {
+            builder.valid_principal(*principal)?;
+        }
+        let cert = builder
+            .sign(&self.host.ssh)
+            .context("signing the host's SSH certificate")?;
+        Ok(cert.to_openssh()?)
+    }
+
     fn user_ca_authorized_keys_line(&self) -> String {
         // url.Values.Encode sorts the keys: clustername, then type.
         format!(

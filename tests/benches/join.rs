@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keybound::config::HostPort;
-use keybound::devcluster::tokens;
 use keybound::devcluster::{DevCluster, DevClusterConfig};
 use keybound::join::{self, JOIN_TIMEOUT, JoinParams};
 use keybound::suite::Suite;
@@ -19,16 +18,9 @@ use keybound_signer_tpm::testing::Swtpm;
 
 const WARMUP: usize = 10;
 
-fn token(key: &str) -> tokens::Token {
-    let yaml = format!(
-        "kind: token\nversion: v2\nmetadata:\n  name: bench\nspec:\n  bot_name: bench\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: {key}\n    recovery:\n      mode: insecure\n"
-    );
-    tokens::parse(&yaml, "bench").expect("token").remove(0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+#[path = "common.rs"]
+mod common;
+use common::percentile;
 
 async fn measure(
     signer: Arc<dyn Signer>,
@@ -39,7 +31,7 @@ async fn measure(
     let cluster = DevCluster::start(DevClusterConfig {
         suite,
         legacy_only,
-        tokens: vec![token(&signer.public_key().to_openssh())],
+        tokens: vec![common::token("bench", &signer.public_key().to_openssh())],
         ..Default::default()
     })
     .await
@@ -72,11 +64,7 @@ fn main() {
     // `cargo test --benches` runs this with --test-ish arguments; keep that quick.
     let quick = std::env::args().any(|a| a == "--test" || a == "--list");
     let runs = if quick { 3 } else { 200 };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::runtime();
     println!(
         "one join, in process, TLS + gRPC on loopback, {runs} runs after {WARMUP} warm-up runs"
     );
@@ -126,7 +114,7 @@ fn main() {
             suite,
             legacy_only,
             if suite == Suite::Legacy {
-                runs / 4
+                (runs / 4).max(1)
             } else {
                 runs
             },

@@ -8,16 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keybound::agent::{Outcome, Schedule, Status, run_loop};
-use keybound::auth::AuthRoute;
-use keybound::config::{Config, HostPort};
-use keybound::devcluster::roles::{Bot, Role};
-use keybound::devcluster::tokens;
-use keybound::devcluster::{DevCluster, DevClusterConfig};
-use keybound::start::{Held, Prepared, cycle};
-use keybound::tls::Trust;
+use keybound::start::{Held, cycle};
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 use tokio::sync::Notify;
+
+#[path = "common.rs"]
+mod common;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -43,48 +40,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 20 } else { 3000 });
     let warmup = (renewals / 10).max(5);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
+    common::runtime().block_on(async move {
         let signer = SoftSigner::generate(Algorithm::Ed25519).expect("key");
-        let yaml = format!(
-            "kind: token\nversion: v2\nmetadata:\n  name: soak\nspec:\n  bot_name: soak\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: {}\n    recovery:\n      mode: insecure\n",
-            signer.public_key().to_openssh()
-        );
-        let cluster = DevCluster::start(DevClusterConfig {
-            tokens: tokens::parse(&yaml, "soak").expect("token"),
-            roles: vec![Role { name: "access".into(), logins: vec!["ci".into()], ..Role::default() }],
-            bots: vec![Bot { name: "soak".into(), roles: vec!["access".into()] }],
-            ..Default::default()
-        })
-            .await
-            .expect("cluster");
+        let cluster = common::cluster_with_bot("soak", &signer.public_key().to_openssh()).await;
         let dir = tempfile::tempdir().expect("dir");
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, cluster.ca_pem()).expect("ca");
-        let config = Config::parse(
-            &format!(
-                "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: soak\nstorage:\n  type: directory\n  path: {}\ncredential_ttl: 1s\nrenewal_interval: 1s\nservices:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
-                cluster.proxy_addr(),
-                dir.path().join("storage").display(),
-                dir.path().join("out").display()
-            ),
-            "soak",
-        )
-        .expect("config");
-        let proxy = HostPort::parse(&cluster.proxy_addr(), 443).expect("addr");
-        let prepared = Arc::new(Prepared {
-            auth_route: AuthRoute::Proxy(proxy.clone()),
-            direct: false,
-            proxy,
-            trust: Trust::Bundle(ca),
-            signer_config: keybound_signer::config::SignerConfig::Env(Default::default()),
-            signer: Arc::new(signer),
-            config,
-        });
+        let prepared = Arc::new(common::prepared(&cluster, dir.path(), "soak", "1s", Arc::new(signer)));
         let done = Arc::new(Notify::new());
         let count = Arc::new(AtomicUsize::new(0));
         let early = Arc::new(std::sync::Mutex::new((0u64, 0usize)));

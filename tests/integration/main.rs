@@ -2,11 +2,13 @@
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
 mod agent;
+mod authapi;
 mod cluster;
 mod config;
 mod interop;
 mod join;
 mod keypair;
+mod outputs;
 mod pkcs11;
 mod start;
 mod support;

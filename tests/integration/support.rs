@@ -19,13 +19,16 @@ pub(crate) fn keybound() -> Command {
 pub(crate) fn tool(name: &str) -> PathBuf {
     let package = match name {
         "openssl" => "openssl",
-        "ssh-keygen" => "openssh-client",
+        "ssh-keygen" | "ssh" => "openssh-client",
+        "sshd" => "openssh-server",
         "python3" => "python3 (with python3-jwt and python3-cryptography)",
         _ => name,
     };
     let path = match name {
         // Debian's interpreter, where apt installs python3-jwt and python3-cryptography.
         "python3" => PathBuf::from("/usr/bin/python3"),
+        // Not on a normal user's PATH.
+        "sshd" => PathBuf::from("/usr/sbin/sshd"),
         _ => std::env::var_os("PATH")
             .and_then(|paths| {
                 std::env::split_paths(&paths)

@@ -1,0 +1,613 @@
+//! Identity outputs with role-impersonated certificates, and the authenticated renewal that
+//! keeps one bot instance: `keybound start --oneshot` as a user runs it, against a dev cluster,
+//! checked with openssl, ssh-keygen, and a real sshd and ssh.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use keybound::devcluster::DevCluster;
+use keybound::devcluster::roles::Role;
+use keybound_signer::{Algorithm, Signer as _};
+use keybound_signer_soft::SoftSigner;
+use x509_cert::der::Decode as _;
+
+use crate::cluster::{ca_file, cluster_for};
+use crate::support::{free_port, keybound, stdout, tool};
+
+/// A static key in a file, a dev cluster with the bot `robot` (role `access`, plus whatever
+/// `tweak` adds), and its CA bundle.
+struct Env {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    public: keybound_signer::PublicKey,
+    cluster: DevCluster,
+    ca: PathBuf,
+}
+
+async fn env(tweak: impl FnOnce(&mut keybound::devcluster::DevClusterConfig)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let key = dir.path().join("bound.pem");
+    keybound::fsutil::write_atomic(
+        &key,
+        signer.to_pkcs8_pem().as_bytes(),
+        0o600,
+        keybound::fsutil::Replace::Allow,
+    )
+    .unwrap();
+    let cluster = cluster_for(signer.public_key(), tweak).await;
+    let ca = ca_file(&cluster, dir.path());
+    Env {
+        dir,
+        key,
+        public: signer.public_key().clone(),
+        cluster,
+        ca,
+    }
+}
+
+impl Env {
+    /// A tbot.yaml: `cluster` is `proxy_server: ...` or `auth_server: ...`; each output is a
+    /// directory under the scratch dir with optional roles; storage in `storage/`.
+    fn config(&self, cluster: &str, top: &str, outputs: &[(&str, &[&str])]) -> PathBuf {
+        let mut yaml = format!(
+            "version: v2\n{cluster}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n  bound_keypair:\n    static_private_key_path: {}\nstorage:\n  type: directory\n  path: {}\n{top}services:\n",
+            self.ca.display(),
+            self.key.display(),
+            self.path("storage").display()
+        );
+        for (name, roles) in outputs {
+            yaml.push_str(&format!(
+                "  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
+                self.path(name).display()
+            ));
+            if !roles.is_empty() {
+                yaml.push_str(&format!("    roles: [{}]\n", roles.join(", ")));
+            }
+        }
+        let path = self.path("tbot.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    fn proxy_config(&self, outputs: &[(&str, &[&str])]) -> PathBuf {
+        self.config(
+            &format!("proxy_server: {}", self.cluster.proxy_addr()),
+            "",
+            outputs,
+        )
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// `keybound start --oneshot -c cfg ...`, off the runtime serving the dev cluster.
+async fn oneshot(cfg: &Path, extra: &[&str]) -> Output {
+    let mut cmd = keybound();
+    cmd.args(["start", "--oneshot", "-c"]).arg(cfg).args(extra);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(output)
+}
+
+fn failed(output: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// The subject of a PEM certificate: every (dotted OID, value).
+fn subject(pem_path: &Path) -> Vec<(String, String)> {
+    let pem = std::fs::read(pem_path).unwrap();
+    let (_, der) = pem_rfc7468::decode_vec(&pem).unwrap();
+    let cert = x509_cert::Certificate::from_der(&der).unwrap();
+    cert.tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .map(|atv| {
+            (
+                atv.oid.to_string(),
+                String::from_utf8_lossy(atv.value.value()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn values<'a>(attrs: &'a [(String, String)], oid: &str) -> Vec<&'a str> {
+    attrs
+        .iter()
+        .filter(|(o, _)| o == oid)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+fn run_tool(name: &str, args: &[&str]) -> String {
+    let output = Command::new(tool(name)).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{name} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_hold_role_impersonated_certificates_that_openssl_and_ssh_keygen_read() {
+    let env = env(|c| {
+        c.roles.push(Role {
+            name: "auditor".into(),
+            logins: vec!["audit".into()],
+            ..Role::default()
+        });
+        c.bots[0].roles = vec!["access".into(), "auditor".into()];
+    })
+    .await;
+    // One output with every role the bot may impersonate (the default), one with one role.
+    let cfg = env.proxy_config(&[("all", &[]), ("one", &["auditor"])]);
+    let summary = ok(&oneshot(&cfg, &[]).await);
+    assert!(summary.contains("(identity: access, auditor)"), "{summary}");
+    assert!(summary.contains("(identity: auditor)"), "{summary}");
+
+    let all = env.path("all");
+    // The X.509 certificate chains to the user CA the output holds.
+    let verified = run_tool(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            all.join("teleport-user-ca.crt").to_str().unwrap(),
+            all.join("tlscert").to_str().unwrap(),
+        ],
+    );
+    assert!(verified.trim().ends_with(": OK"), "{verified}");
+    // It carries the impersonated roles (O), the roles' logins (L), and who impersonated them.
+    let attrs = subject(&all.join("tlscert"));
+    assert_eq!(values(&attrs, "2.5.4.3"), ["bot-robot"]);
+    let mut roles = values(&attrs, "2.5.4.10");
+    roles.sort();
+    assert_eq!(roles, ["access", "auditor"]);
+    for login in ["root", "ci", "audit", "-teleport-internal-join"] {
+        assert!(values(&attrs, "2.5.4.7").contains(&login), "{attrs:?}");
+    }
+    assert_eq!(
+        values(&attrs, "1.3.9999.2.7"),
+        ["bot-robot"],
+        "impersonator"
+    );
+    assert_eq!(values(&attrs, "1.3.9999.2.9"), ["true"], "disallow reissue");
+    // openssl agrees: both roles in one multi-valued RDN, as Go writes them.
+    let text = run_tool(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            all.join("tlscert").to_str().unwrap(),
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ],
+    );
+    assert!(
+        text.contains("O=access+O=auditor") || text.contains("O=auditor+O=access"),
+        "{text}"
+    );
+
+    // The SSH certificate: ssh-keygen reads the principals and the extensions.
+    let listed = run_tool(
+        "ssh-keygen",
+        &["-L", "-f", all.join("key-cert.pub").to_str().unwrap()],
+    );
+    let principals: Vec<&str> = listed
+        .split("Principals:")
+        .nth(1)
+        .unwrap()
+        .split("Critical Options:")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        principals,
+        ["root", "ci", "audit", "-teleport-internal-join"]
+    );
+    assert!(listed.contains("Key ID: \"bot-robot\""), "{listed}");
+    assert!(listed.contains("impersonator"), "{listed}");
+    assert!(listed.contains("disallow-reissue"), "{listed}");
+
+    // The other output holds only what it asked for.
+    let one = subject(&env.path("one").join("tlscert"));
+    assert_eq!(values(&one, "2.5.4.10"), ["auditor"]);
+    // Each output has its own fresh key, which is not the bot's.
+    let bot_key = std::fs::read(env.path("storage/key")).unwrap();
+    let key_all = std::fs::read(all.join("key")).unwrap();
+    assert_ne!(key_all, bot_key);
+    assert_ne!(key_all, std::fs::read(env.path("one/key")).unwrap());
+    assert_eq!(env.cluster.cluster.user_certs_issued(), 2);
+
+    // The CA files and known_hosts: the cluster's host CA for the proxy and the cluster.
+    let host_ca = std::fs::read_to_string(all.join("teleport-host-ca.crt")).unwrap();
+    assert_eq!(host_ca, env.cluster.ca_pem());
+    let known = std::fs::read_to_string(all.join("known_hosts")).unwrap();
+    let (host_ssh, _) = env.cluster.cluster.ca().authority_public("host").unwrap();
+    assert_eq!(
+        known,
+        format!(
+            "@cert-authority localhost,dev.keybound.test,*.dev.keybound.test {} type=host\n",
+            host_ssh[0]
+        )
+    );
+}
+
+/// A real sshd whose host certificate comes from the cluster's host CA and which trusts the
+/// user CA: `ssh` with nothing but an output's files logs in, and refuses a host whose
+/// certificate another CA signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_logs_into_an_sshd_of_the_cluster_with_an_outputs_files() {
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let login = user.clone();
+    let env = env(move |c| c.roles[0].logins.push(login)).await;
+    let cfg = env.proxy_config(&[("out", &[])]);
+    ok(&oneshot(&cfg, &[]).await);
+    let out = env.path("out");
+
+    let sshd_dir = env.path("sshd");
+    std::fs::create_dir(&sshd_dir).unwrap();
+    let host_key = sshd_dir.join("host_key");
+    run_tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            host_key.to_str().unwrap(),
+        ],
+    );
+    let public = ssh_key::PublicKey::from_openssh(
+        std::fs::read_to_string(sshd_dir.join("host_key.pub"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let ca = env.cluster.cluster.ca();
+    std::fs::write(
+        sshd_dir.join("host_key-cert.pub"),
+        ca.issue_host_ssh(&public, &["localhost"]).unwrap(),
+    )
+    .unwrap();
+    let (user_ca, _) = ca.authority_public("user").unwrap();
+    std::fs::write(sshd_dir.join("user_ca.pub"), format!("{}\n", user_ca[0])).unwrap();
+
+    let good = Sshd::start(&sshd_dir);
+    let ssh = |port: u16| {
+        let mut cmd = Command::new(tool("ssh"));
+        cmd.args(["-F", "/dev/null", "-p", &port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=5"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                out.join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(out.join("key"))
+            .arg("-o")
+            .arg(format!(
+                "CertificateFile={}",
+                out.join("key-cert.pub").display()
+            ))
+            .arg(format!("{user}@localhost"))
+            .args(["echo", "logged-in-with-keybound"]);
+        cmd.stdin(Stdio::null());
+        cmd.output().unwrap()
+    };
+    let output = ssh(good.port);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        good.log()
+    );
+    assert_eq!(stdout(&output).trim(), "logged-in-with-keybound");
+
+    // The same sshd with a host certificate from another CA: known_hosts refuses it.
+    let other = keybound::devcluster::ca::ClusterCa::generate("dev.keybound.test").unwrap();
+    std::fs::write(
+        sshd_dir.join("host_key-cert.pub"),
+        other.issue_host_ssh(&public, &["localhost"]).unwrap(),
+    )
+    .unwrap();
+    let bad = Sshd::start(&sshd_dir);
+    let output = ssh(bad.port);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("Host key verification failed") || stderr.contains("not signed"),
+        "{stderr}"
+    );
+}
+
+/// OpenSSH's sshd on a free loopback port, as the current user, with its own configuration.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("sshd-{port}.log"));
+        let config = dir.join(format!("sshd-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\nTrustedUserCAKeys {d}/user_ca.pub\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPidFile {d}/sshd-{port}.pid\nLogLevel VERBOSE\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        // sshd drops privileges into this directory when started as root.
+        std::fs::create_dir_all("/run/sshd").ok();
+        let child = Command::new(tool("sshd"))
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sshd did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_renewals_keep_one_bot_instance_and_use_no_recovery() {
+    let env = env(|_| {}).await;
+    let cfg = env.proxy_config(&[("out", &[])]);
+    let first = ok(&oneshot(&cfg, &[]).await);
+    assert!(first.contains("with the static key"), "{first}");
+    let mut last_cert = std::fs::read(env.path("out/tlscert")).unwrap();
+    for _ in 0..10 {
+        let summary = ok(&oneshot(&cfg, &[]).await);
+        assert!(summary.contains("authenticated rejoin"), "{summary}");
+        let cert = std::fs::read(env.path("out/tlscert")).unwrap();
+        assert_ne!(
+            cert, last_cert,
+            "each renewal writes new output certificates"
+        );
+        last_cert = cert;
+    }
+    let state = &env.cluster.cluster;
+    assert_eq!(state.bot_instances("robot"), 1);
+    let status = state.token_status_of("t").unwrap();
+    assert_eq!(
+        status.recovery_count, 1,
+        "only the first join used a recovery"
+    );
+    let instance = status.bound_bot_instance_id.unwrap();
+    assert_eq!(state.generation_of(&instance), Some(11));
+    // The stored bot certificate is the newest generation.
+    let stored = subject(&env.path("storage/tlscert"));
+    assert_eq!(values(&stored, "1.3.9999.1.14"), ["11"]);
+    assert_eq!(values(&stored, "1.3.9999.2.20"), [instance.as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_identity_falls_back_to_a_recovery_join() {
+    let env = env(|_| {}).await;
+    let cfg = env.config(
+        &format!("proxy_server: {}", env.cluster.proxy_addr()),
+        "credential_ttl: 1s\nrenewal_interval: 1s\n",
+        &[("out", &[])],
+    );
+    ok(&oneshot(&cfg, &[]).await);
+    // Certificates end on a whole second: two seconds is past the end of a one-second TTL.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let output = oneshot(&cfg, &[]).await;
+    let summary = ok(&output);
+    assert!(summary.contains("with the static key"), "{summary}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("expired before it could be renewed"),
+        "{stderr}"
+    );
+    let state = &env.cluster.cluster;
+    assert_eq!(state.bot_instances("robot"), 2);
+    assert_eq!(state.token_status_of("t").unwrap().recovery_count, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_whose_certificate_another_ca_signed_is_refused() {
+    let env = env(|_| {}).await;
+    let cfg = env.proxy_config(&[("out", &[])]);
+    ok(&oneshot(&cfg, &[]).await);
+    let before = std::fs::read(env.path("out/tlscert")).unwrap();
+
+    // Another cluster with the same name on another port, trusted for its proxy certificate:
+    // the bot's stored identity leads keybound to its Auth, whose certificate the bot's
+    // cluster CAs did not sign.
+    let impostor = DevCluster::start(crate::cluster::with_robot(
+        keybound::devcluster::DevClusterConfig {
+            tokens: vec![crate::cluster::token("t", &env.public, "insecure", 1, "")],
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let bundle = env.path("both.pem");
+    std::fs::write(
+        &bundle,
+        format!("{}{}", env.cluster.ca_pem(), impostor.ca_pem()),
+    )
+    .unwrap();
+    let output = oneshot(
+        &cfg,
+        &[
+            "--proxy-server",
+            &impostor.proxy_addr(),
+            "--ca-path",
+            bundle.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let stderr = failed(&output, 77);
+    assert!(
+        stderr.contains("not issued by the cluster's host CA"),
+        "{stderr}"
+    );
+    assert_eq!(
+        impostor.cluster.solutions_received(),
+        0,
+        "nothing was signed for it"
+    );
+    assert_eq!(impostor.cluster.user_certs_issued(), 0);
+    assert_eq!(std::fs::read(env.path("out/tlscert")).unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_bot_may_not_impersonate_is_refused_and_other_outputs_still_update() {
+    let env = env(|c| {
+        c.roles.push(Role {
+            name: "editor".into(),
+            ..Role::default()
+        })
+    })
+    .await;
+    let cfg = env.proxy_config(&[("editor", &["editor"]), ("access", &["access"])]);
+    let stderr = failed(&oneshot(&cfg, &[]).await, 77);
+    assert!(
+        stderr.contains(r#"user "bot-robot" has requested role impersonation for ["editor"]"#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("does not allow impersonating [editor]"),
+        "{stderr}"
+    );
+    assert!(!env.path("editor/tlscert").exists());
+    let access = subject(&env.path("access/tlscert"));
+    assert_eq!(values(&access, "2.5.4.10"), ["access"]);
+    // A role that does not exist is named too.
+    let cfg = env.proxy_config(&[("ghost", &["ghost"])]);
+    let stderr = failed(&oneshot(&cfg, &[]).await, 77);
+    assert!(stderr.contains("role ghost is not found"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoining_with_an_older_certificate_locks_the_token() {
+    let env = env(|_| {}).await;
+    let cfg = env.proxy_config(&[("out", &[])]);
+    ok(&oneshot(&cfg, &[]).await);
+    // A copy of the generation-1 identity, as a thief (or a restored backup) would hold.
+    let copy = env.path("storage-copy");
+    copy_dir(&env.path("storage"), &copy);
+    ok(&oneshot(&cfg, &[]).await);
+    std::fs::remove_dir_all(env.path("storage")).unwrap();
+    copy_dir(&copy, &env.path("storage"));
+
+    let stderr = failed(&oneshot(&cfg, &[]).await, 77);
+    assert!(
+        stderr.contains("cert generation mismatch for bot robot/"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("stored=2, presented=1"), "{stderr}");
+    let lock = env
+        .cluster
+        .cluster
+        .lock_on("t")
+        .expect("the token is locked");
+    assert!(lock.contains("certificate generation mismatch"), "{lock}");
+    // From now on every join with the token is refused, authenticated or not.
+    let stderr = failed(&oneshot(&cfg, &["--storage", "memory://"]).await, 77);
+    assert!(stderr.contains("is in force"), "{stderr}");
+    assert!(
+        stderr.contains("certificate generation mismatch"),
+        "{stderr}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_only_the_legacy_rpc_rejoins_with_it_over_auth() {
+    let env = env(|c| c.legacy_only = true).await;
+    let cfg = env.proxy_config(&[("out", &[])]);
+    ok(&oneshot(&cfg, &[]).await);
+    let summary = ok(&oneshot(&cfg, &[]).await);
+    assert!(
+        summary.contains(
+            "RegisterUsingBoundKeypairMethod (legacy) (suite balanced-v1, authenticated rejoin"
+        ),
+        "{summary}"
+    );
+    assert_eq!(env.cluster.cluster.bot_instances("robot"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_server_joins_and_rejoins_straight_to_auth() {
+    let auth_port = free_port();
+    let env = env(move |c| c.auth_listen = Some(([127, 0, 0, 1], auth_port).into())).await;
+    let cfg = env.config(
+        &format!("auth_server: 127.0.0.1:{auth_port}"),
+        "",
+        &[("out", &[])],
+    );
+    let first = ok(&oneshot(&cfg, &[]).await);
+    assert!(first.contains("with the static key"), "{first}");
+    let second = ok(&oneshot(&cfg, &[]).await);
+    assert!(second.contains("authenticated rejoin"), "{second}");
+    assert_eq!(env.cluster.cluster.bot_instances("robot"), 1);
+    // Auth names no proxy here: known_hosts names the cluster only, and no ssh_config.
+    let known = std::fs::read_to_string(env.path("out/known_hosts")).unwrap();
+    assert!(
+        known.starts_with("@cert-authority dev.keybound.test,*.dev.keybound.test "),
+        "{known}"
+    );
+    assert!(!env.path("out/ssh_config").exists());
+    assert!(env.path("out/tlscert").exists());
+}
