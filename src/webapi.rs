@@ -39,23 +39,6 @@ pub async fn find(addr: &HostPort, tls: Arc<ClientConfig>) -> anyhow::Result<Fin
     parse_find(&body).with_context(|| format!("proxy {addr}: /webapi/find"))
 }
 
-/// Fetches the public certificates of one of the cluster's CAs, PEM
-/// (`GET /webapi/auth/export?type=<kind>`, `lib/web/authexport.go`; `kind` as `tctl auth export
-/// --type`: `tls-host`, `tls-user`, `db`, ...).
-pub async fn export_authority(
-    addr: &HostPort,
-    tls: Arc<ClientConfig>,
-    kind: &str,
-) -> anyhow::Result<String> {
-    let body = get(addr, tls, &format!("/webapi/auth/export?type={kind}")).await?;
-    let text = String::from_utf8(body.to_vec())
-        .map_err(|_| anyhow!("proxy {addr}: /webapi/auth/export?type={kind} is not text"))?;
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        bail!("proxy {addr}: /webapi/auth/export?type={kind} returned no PEM certificate");
-    }
-    Ok(text)
-}
-
 /// One HTTPS GET to the proxy's web API, bounded by [`FIND_TIMEOUT`].
 async fn get(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Bytes> {
     tokio::time::timeout(FIND_TIMEOUT, get_inner(addr, tls, path))
