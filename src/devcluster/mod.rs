@@ -12,7 +12,7 @@
 //! Auth's endpoint verifies client certificates against the user CA and serves the join
 //! services (where a bot's certificate makes a soft rejoin: same instance, generation + 1),
 //! `proto.AuthService` (`Ping`, `GetRole`, `GetClusterCACert`, `GenerateUserCerts` with role
-//! impersonation) and `teleport.trust.v1.TrustService` (CA reads) ([`auth`]). Tokens, roles and
+//! impersonation) and `teleport.trust.v1.TrustService` (CA reads) (`auth.rs`). Tokens, roles and
 //! bots load from Teleport's resource YAML; challenges, recovery, join state, rotation,
 //! generations and locks follow Auth (`handler.rs`); certificates are real X.509 and SSH
 //! certificates from in-memory CAs ([`ca`]).
