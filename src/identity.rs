@@ -300,8 +300,19 @@ impl Identity {
 }
 
 /// Whether `ca` issued `cert`, checked by verifying the chain (as a client-certificate verifier
-/// would), not by comparing names.
+/// would), not by comparing names. The check runs at the certificate's own start of validity,
+/// so an identity that has since expired (one loaded from storage) still finds its CA.
 fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
+    let Ok(parsed) = x509_cert::Certificate::from_der(cert) else {
+        return false;
+    };
+    let start = parsed
+        .tbs_certificate
+        .validity
+        .not_before
+        .to_unix_duration()
+        .as_secs();
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(start + 1));
     let mut roots = RootCertStore::empty();
     if roots.add(CertificateDer::from(ca.to_vec())).is_err() {
         return false;
@@ -313,7 +324,7 @@ fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
         return false;
     };
     verifier
-        .verify_client_cert(&CertificateDer::from(cert.to_vec()), &[], UnixTime::now())
+        .verify_client_cert(&CertificateDer::from(cert.to_vec()), &[], at)
         .is_ok()
 }
 
