@@ -229,7 +229,8 @@ fn connect_error(route: &AuthRoute, error: &dyn std::error::Error) -> ConnectErr
         message.push_str(
             "; the server's certificate was not issued by the cluster's host CA, so it is not \
              this cluster's Auth Service: check proxy_server, and what sits between keybound and \
-             the proxy (a TLS-terminating load balancer cannot pass this connection through)",
+             the proxy (a TLS-terminating load balancer cannot pass this connection through); if \
+             the cluster was rebuilt, remove the bot's storage directory so it joins afresh",
         );
         ConnectError::Untrusted(message)
     } else {

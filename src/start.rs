@@ -610,11 +610,12 @@ async fn impersonate(
         .await
         .map_err(|e| Failure::new(ExitKind::Software, anyhow!("key generation failed: {e}")))?
         .map_err(|e| Failure::new(ExitKind::Software, e.context("key generation failed")))?;
+    // An output never outlives the bot identity that asked for it (Auth caps impersonated
+    // certificates at 24 h; a non-renewable bot's own expiry is the tighter bound).
+    let expires = (SystemTime::now() + p.config.credential_ttl).min(bot.info.not_after);
     let request = keybound_proto::proto::UserCertsRequest {
         username: bot.info.username.clone(),
-        expires: Some(prost_types::Timestamp::from(
-            SystemTime::now() + p.config.credential_ttl,
-        )),
+        expires: Some(prost_types::Timestamp::from(expires)),
         route_to_cluster: bot.info.cluster_name.clone(),
         role_requests: roles.to_vec(),
         use_role_requests: true,

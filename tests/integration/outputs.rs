@@ -128,6 +128,13 @@ fn subject(pem_path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+fn not_after(pem_path: &Path) -> std::time::SystemTime {
+    let pem = std::fs::read(pem_path).unwrap();
+    let (_, der) = pem_rfc7468::decode_vec(&pem).unwrap();
+    let cert = x509_cert::Certificate::from_der(&der).unwrap();
+    cert.tbs_certificate.validity.not_after.to_system_time()
+}
+
 fn values<'a>(attrs: &'a [(String, String)], oid: &str) -> Vec<&'a str> {
     attrs
         .iter()
@@ -229,6 +236,9 @@ async fn outputs_hold_role_impersonated_certificates_that_openssl_and_ssh_keygen
     assert!(listed.contains("Key ID: \"bot-robot\""), "{listed}");
     assert!(listed.contains("impersonator"), "{listed}");
     assert!(listed.contains("disallow-reissue"), "{listed}");
+
+    // An output never outlives the bot identity that asked for it.
+    assert!(not_after(&all.join("tlscert")) <= not_after(&env.path("storage/tlscert")));
 
     // The other output holds only what it asked for.
     let one = subject(&env.path("one").join("tlscert"));
