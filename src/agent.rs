@@ -402,10 +402,11 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
             let (prepared, held, status) = (prepared.clone(), held.clone(), watched.clone());
             async move {
                 let result = cycle(&prepared, &held).await;
-                status.follow(held.expiry().await);
+                let expiry = held.expiry().await;
+                status.follow(expiry);
                 match result {
-                    Ok(c) => (
-                        Outcome::Renewed(c.joined.identity.info.not_after),
+                    Ok(_) => (
+                        Outcome::Renewed(expiry.unwrap_or_else(SystemTime::now)),
                         String::new(),
                     ),
                     Err(f) => {

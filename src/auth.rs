@@ -199,8 +199,9 @@ impl AuthClient {
 
 /// TLS trusting the cluster's CAs, presenting the bot's certificate.
 fn tls_config(identity: &Identity, alpn: Vec<Vec<u8>>) -> anyhow::Result<Arc<ClientConfig>> {
+    // Auth's certificate comes from the host CA; the user CA issues clients' certificates only.
     let mut roots = RootCertStore::empty();
-    for pem in identity.user_ca_pems.iter().chain(&identity.host_ca_pems) {
+    for pem in &identity.host_ca_pems {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             roots
                 .add(cert.context("a cluster CA certificate")?)
@@ -225,7 +226,15 @@ fn tls_config(identity: &Identity, alpn: Vec<Vec<u8>>) -> anyhow::Result<Arc<Cli
 
 fn connect_error(route: &AuthRoute, error: &dyn std::error::Error) -> ConnectError {
     let mut message = transport::describe(format!("cannot reach {route}"), error);
-    if message.contains("invalid peer certificate") {
+    if message.contains("invalid peer certificate")
+        && (message.contains("Expired") || message.contains("NotValidYet"))
+    {
+        message.push_str(
+            "; Auth's certificate is outside its validity period by this machine's clock: check \
+             the clock",
+        );
+        ConnectError::Unreachable(message)
+    } else if message.contains("invalid peer certificate") {
         message.push_str(
             "; the server's certificate was not issued by the cluster's host CA, so it is not \
              this cluster's Auth Service: check proxy_server, and what sits between keybound and \

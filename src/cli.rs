@@ -283,6 +283,8 @@ pub enum MisbehaveArg {
     ChallengeOtherKey,
     /// Drop the stream after the first challenge.
     DropMidJoin,
+    /// Issue the certificates, then drop the stream instead of sending them.
+    DropResult,
 }
 
 /// `keybound keypair ...`.

@@ -299,6 +299,45 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Refuses destinations that would overwrite each other: an output in the storage
+    /// directory (its role-impersonated files would replace the bot's own, which the cluster
+    /// would then see rejoin with the wrong certificate) or two outputs in one directory.
+    pub fn check_destinations(&self) -> Result<(), String> {
+        fn normal(path: &Path) -> PathBuf {
+            std::path::absolute(path)
+                .unwrap_or_else(|_| path.to_owned())
+                .components()
+                .collect()
+        }
+        let storage = match &self.storage {
+            Destination::Directory { path, .. } => Some(normal(path)),
+            Destination::Memory => None,
+        };
+        let mut seen: Vec<PathBuf> = Vec::new();
+        for output in &self.outputs {
+            let Destination::Directory { path, .. } = &output.destination else {
+                continue;
+            };
+            let here = normal(path);
+            if storage.as_ref() == Some(&here) {
+                return Err(format!(
+                    "output {} is the storage directory; outputs hold role-impersonated \
+                     certificates that would replace the bot's own: give the output its own \
+                     directory",
+                    path.display()
+                ));
+            }
+            if seen.contains(&here) {
+                return Err(format!(
+                    "two outputs write to {}; give each its own directory",
+                    path.display()
+                ));
+            }
+            seen.push(here);
+        }
+        Ok(())
+    }
+
     /// Reads and checks the YAML file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -542,7 +581,7 @@ impl RawConfig {
         onboarding
             .signer_config()
             .map_err(|e| format!("onboarding.bound_keypair: {e}"))?;
-        Ok(Config {
+        let config = Config {
             cluster,
             onboarding,
             storage,
@@ -553,7 +592,9 @@ impl RawConfig {
             insecure: self.insecure,
             diag_addr: self.diag_addr.filter(|a| !a.is_empty()),
             outputs,
-        })
+        };
+        config.check_destinations()?;
+        Ok(config)
     }
 }
 

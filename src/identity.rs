@@ -24,6 +24,7 @@ mod oid {
     pub(super) const BOT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.18");
     pub(super) const BOT_INSTANCE_ID: ObjectIdentifier =
         ObjectIdentifier::new_unwrap("1.3.9999.2.20");
+    pub(super) const IMPERSONATOR: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.7");
 }
 
 /// A bot identity: everything tbot keeps in its storage and writes to its outputs. Also the
@@ -61,6 +62,8 @@ pub struct IdentityInfo {
     pub bot_instance_id: Option<String>,
     /// The certificate generation, when the cluster says.
     pub generation: Option<u64>,
+    /// Who impersonated the roles, for a role-impersonated (output) identity.
+    pub impersonator: Option<String>,
     /// The cluster's name.
     pub cluster_name: String,
     /// When the TLS certificate expires.
@@ -352,6 +355,7 @@ fn read_info(der: &[u8]) -> anyhow::Result<IdentityInfo> {
         bot_name,
         bot_instance_id: get(&subject, oid::BOT_INSTANCE_ID),
         generation: get(&subject, oid::GENERATION).and_then(|g| g.parse().ok()),
+        impersonator: get(&subject, oid::IMPERSONATOR).filter(|i| !i.is_empty()),
         cluster_name,
         not_after: tbs.validity.not_after.to_system_time(),
     })

@@ -66,15 +66,16 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
         }) => Some(path),
         _ => None,
     };
-    if let Some(path) = new_file {
-        if path.exists() && !args.overwrite {
-            bail!(
-                "key file {path} already exists; keybound never replaces a key without \
+    if let Some(path) = new_file
+        && path.exists()
+        && !args.overwrite
+    {
+        bail!(
+            "key file {path} already exists; keybound never replaces a key without \
                  --overwrite (to print its public key: keybound keypair show --static-key-path \
                  {path})",
-                path = path.display()
-            );
-        }
+            path = path.display()
+        );
     }
 
     let is_tpm = matches!(signer_config, SignerConfig::Tpm(_));
@@ -405,10 +406,10 @@ Configure your bot to use it by setting the following 'tbot.yaml' fields:
             if let Some(module) = &config.module {
                 writeln!(out, "\t    pkcs11_module: {}", module.display())?;
             }
-            if let Some(pin) = &config.pin {
-                if !matches!(pin, keybound_signer::PinSource::Value(_)) {
-                    writeln!(out, "\t    pin_source: {pin:?}")?;
-                }
+            if let Some(pin) = &config.pin
+                && !matches!(pin, keybound_signer::PinSource::Value(_))
+            {
+                writeln!(out, "\t    pin_source: {pin:?}")?;
             }
         }
         Handoff::Tpm { location, config } => {
@@ -435,10 +436,10 @@ Configure your bot to use it by setting the following 'tbot.yaml' fields:
             if let Some(parent) = config.parent {
                 writeln!(out, "\t    tpm_parent: 0x{parent:08x}")?;
             }
-            if let Some(pin) = &config.auth {
-                if !matches!(pin, keybound_signer::PinSource::Value(_)) {
-                    writeln!(out, "\t    pin_source: {pin:?}")?;
-                }
+            if let Some(pin) = &config.auth
+                && !matches!(pin, keybound_signer::PinSource::Value(_))
+            {
+                writeln!(out, "\t    pin_source: {pin:?}")?;
             }
         }
     }

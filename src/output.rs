@@ -128,16 +128,15 @@ impl ClusterCas {
 
 /// Creates `dir` (and its parents) if needed, mode 0700, and checks the symlink policy.
 pub fn prepare_dir(dir: &Path, symlinks: Symlinks) -> anyhow::Result<()> {
-    if symlinks != Symlinks::Insecure {
-        if let Ok(meta) = fs::symlink_metadata(dir) {
-            if meta.file_type().is_symlink() {
-                bail!(
-                    "destination {} is a symbolic link, which the symlinks policy refuses; point \
+    if symlinks != Symlinks::Insecure
+        && let Ok(meta) = fs::symlink_metadata(dir)
+        && meta.file_type().is_symlink()
+    {
+        bail!(
+            "destination {} is a symbolic link, which the symlinks policy refuses; point \
                      the path at the real directory or set symlinks: insecure",
-                    dir.display()
-                );
-            }
-        }
+            dir.display()
+        );
     }
     if !dir.exists() {
         fs::DirBuilder::new()

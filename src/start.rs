@@ -146,6 +146,9 @@ pub fn effective_config(args: &Start) -> Result<Config, Failure> {
     if let Some(path) = &args.ca_path {
         config.onboarding.ca_path = Some(path.clone());
     }
+    config
+        .check_destinations()
+        .map_err(|e| Failure::config(anyhow!(e)))?;
     Ok(config)
 }
 
@@ -184,23 +187,83 @@ pub struct Prepared {
     pub signer: Arc<dyn keybound_signer::Signer>,
 }
 
+/// Storage files of keybound's own, beside tbot's: the lock one process holds on the
+/// directory, and the marker of a rejoin in flight.
+mod marker {
+    /// Held locked (`flock`) by the process using the storage, for its whole life.
+    pub(super) const LOCK: &str = ".keybound.lock";
+    /// Written before an authenticated rejoin, removed once its result is stored (or once the
+    /// rejoin failed before the challenge answer went out). Found at start, it means the stored
+    /// identity may be a generation behind the cluster's record.
+    pub(super) const REJOIN: &str = ".keybound-rejoin";
+}
+
 /// The bot identity keybound holds between renewals: the newest one, always (Auth locks a bot
-/// that rejoins with an older generation).
+/// that rejoins with an older generation). With directory storage it also holds the lock on
+/// that directory, so no second keybound renews the same bot behind its back.
 #[derive(Default)]
-pub struct Held(tokio::sync::Mutex<Option<Identity>>);
+pub struct Held {
+    state: tokio::sync::Mutex<HeldState>,
+    _lock: Option<std::fs::File>,
+}
+
+#[derive(Default)]
+struct HeldState {
+    identity: Option<Identity>,
+    /// The suite the identity was issued under, when keybound joined for it.
+    suite: Option<Suite>,
+    /// When this process last renewed the identity, and whether the outputs were written since.
+    renewed_at: Option<std::time::Instant>,
+    outputs_written: bool,
+}
 
 impl Held {
-    /// Starts from the identity in storage, if there is a usable one for this token.
-    pub fn load(p: &Prepared) -> Self {
-        let Destination::Directory { path, .. } = &p.config.storage else {
-            return Self::default();
+    /// Locks the storage directory and starts from the identity in it, if there is a usable one
+    /// for this token: a bot identity (not an output's), whose key matches its certificates, and
+    /// no rejoin left in doubt.
+    pub fn open(p: &Prepared) -> Result<Self, Failure> {
+        let Destination::Directory { path, symlinks } = &p.config.storage else {
+            return Ok(Self::default());
         };
+        output::prepare_dir(path, *symlinks).map_err(Failure::config)?;
+        let lock = lock_storage(path)?;
+        let identity = Self::stored(p, path);
+        Ok(Self {
+            state: tokio::sync::Mutex::new(HeldState {
+                identity,
+                ..HeldState::default()
+            }),
+            _lock: Some(lock),
+        })
+    }
+
+    fn stored(p: &Prepared, path: &std::path::Path) -> Option<Identity> {
+        if path.join(marker::REJOIN).exists() {
+            warn!(
+                storage = %path.display(),
+                "a rejoin was interrupted after answering the challenge: the cluster may have moved \
+                 on to a newer certificate, so the stored one is not used; joining afresh with the \
+                 static key"
+            );
+            return None;
+        }
         let token_hash = std::fs::read_to_string(path.join(output::names::TOKEN_HASH)).ok();
         let ours = output::token_hash(&p.config.onboarding.token);
         match Identity::load(path) {
             Ok(Some(_)) if token_hash.as_deref().map(str::trim) != Some(ours.as_str()) => {
                 info!(storage = %path.display(), "the stored identity was made with another token; joining afresh");
-                Self::default()
+                None
+            }
+            Ok(Some(identity))
+                if identity.info.bot_instance_id.is_none()
+                    || identity.info.impersonator.is_some() =>
+            {
+                warn!(
+                    storage = %path.display(),
+                    "the storage holds an identity that is not a bot's own (an output written into \
+                     the storage directory?); it is not used: joining afresh"
+                );
+                None
             }
             Ok(Some(identity)) => {
                 info!(
@@ -210,26 +273,59 @@ impl Held {
                     expires = %crate::devcluster::tokens::format_time(identity.info.not_after),
                     "loaded the bot identity from storage"
                 );
-                Self(tokio::sync::Mutex::new(Some(identity)))
+                Some(identity)
             }
-            Ok(None) => Self::default(),
+            Ok(None) => None,
             Err(e) => {
                 warn!(storage = %path.display(), error = %format!("{e:#}"), "the stored identity is unusable; joining afresh");
-                Self::default()
+                None
             }
         }
     }
 
     /// When the held identity expires.
     pub async fn expiry(&self) -> Option<SystemTime> {
-        self.0.lock().await.as_ref().map(|i| i.info.not_after)
+        self.state
+            .lock()
+            .await
+            .identity
+            .as_ref()
+            .map(|i| i.info.not_after)
     }
 }
 
-/// One renewal and the files it wrote.
+/// Takes the storage directory's lock, or says which process holds it.
+fn lock_storage(dir: &std::path::Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(marker::LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Failure::config(anyhow!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Failure::config(anyhow!(
+            "storage {} is in use by another keybound process; two processes renewing one bot \
+             would get it locked by the cluster: stop the other one, or give each bot its own \
+             storage",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Failure::config(anyhow!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// One renewal (or, when the last renewal's outputs failed, a retry of the outputs) and the
+/// files it wrote.
 pub struct Cycle {
-    /// The join's result.
-    pub joined: join::Joined,
+    /// The join's result; `None` for an outputs-only retry.
+    pub joined: Option<join::Joined>,
     /// What was written, for the summary.
     pub written: Vec<String>,
 }
@@ -335,7 +431,7 @@ fn connect_failure(e: ConnectError) -> Failure {
 /// `lib/tbot/internal/identity/service.go`): while `current` is valid, a soft rejoin over the
 /// authenticated connection (same bot instance, no recovery used); without one, or once it has
 /// expired, an unauthenticated join through the Proxy (a recovery: a new bot instance).
-async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined, Failure> {
+async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined, (Failure, bool)> {
     let params = JoinParams {
         proxy: p.proxy.clone(),
         direct: p.direct,
@@ -351,8 +447,19 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
             debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
             let auth = AuthClient::connect(&p.auth_route, identity)
                 .await
-                .map_err(connect_failure)?;
-            join::rejoin(&params, &auth).await.map_err(join_failure)?
+                .map_err(|e| (connect_failure(e), false))?;
+            let mut joined = join::rejoin(&params, &auth)
+                .await
+                .map_err(|e| (join_failure(e.error), e.in_doubt))?;
+            if joined.identity.info.bot_instance_id != identity.info.bot_instance_id {
+                // The cluster did not take the certificate (a failed authorization makes the
+                // stream unauthenticated): this was a recovery.
+                warn!(
+                    "the cluster treated the rejoin as unauthenticated: a recovery was used and a new bot instance started"
+                );
+                joined.authenticated = false;
+            }
+            joined
         }
         Some(identity) => {
             warn!(
@@ -360,11 +467,15 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
                 "the bot identity expired before it could be renewed; joining without it, which \
                  uses a recovery and starts a new bot instance"
             );
-            join::join(&params).await.map_err(join_failure)?
+            join::join(&params)
+                .await
+                .map_err(|e| (join_failure(e), false))?
         }
         None => {
             info!("no bot identity yet; joining with the static key");
-            join::join(&params).await.map_err(join_failure)?
+            join::join(&params)
+                .await
+                .map_err(|e| (join_failure(e), false))?
         }
     };
     let identity = &joined.identity;
@@ -413,20 +524,94 @@ fn persist(p: &Prepared, identity: &Identity) -> anyhow::Result<Option<String>> 
 }
 
 /// Renews the bot identity, stores it, then writes every output. The held identity is replaced
-/// as soon as the join succeeds, whatever happens after.
+/// as soon as the join succeeds, and stored under the same lock, whatever happens after. When
+/// the previous renewal's outputs failed and its identity is still fresh, only the outputs are
+/// retried: another rejoin would sign again for nothing.
 pub async fn cycle(p: &Prepared, held: &Held) -> Result<Cycle, Failure> {
-    let mut current = held.0.lock().await;
-    let joined = renew(p, current.as_ref()).await?;
-    *current = Some(joined.identity.clone());
-    drop(current);
+    let mut state = held.state.lock().await;
+    let fresh = state
+        .renewed_at
+        .is_some_and(|at| at.elapsed() < p.config.renewal_interval)
+        && state
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.info.not_after > SystemTime::now());
+    if fresh
+        && !state.outputs_written
+        && let (Some(identity), Some(suite)) = (state.identity.clone(), state.suite)
+    {
+        info!("retrying the identity outputs with the identity renewed at the last attempt");
+        let written = write_outputs(p, &identity, suite).await?;
+        state.outputs_written = true;
+        return Ok(Cycle {
+            joined: None,
+            written,
+        });
+    }
+
+    let storage = match &p.config.storage {
+        Destination::Directory { path, .. } => Some(path.clone()),
+        Destination::Memory => None,
+    };
+    let current = state.identity.clone();
+    let rejoining = current
+        .as_ref()
+        .is_some_and(|i| i.info.not_after > SystemTime::now());
+    // A marker left by an earlier rejoin in doubt stays until a new identity is stored.
+    let wrote_marker = rejoining && storage.is_some();
+    if let (true, Some(dir)) = (rejoining, &storage) {
+        crate::fsutil::write_atomic(
+            &dir.join(marker::REJOIN),
+            b"",
+            0o600,
+            crate::fsutil::Replace::Allow,
+        )
+        .map_err(|e| Failure::new(ExitKind::Config, e))?;
+    }
+    let clear_marker = || {
+        if let Some(dir) = &storage {
+            let _ = std::fs::remove_file(dir.join(marker::REJOIN));
+        }
+    };
+    let joined = match renew(p, current.as_ref()).await {
+        Ok(joined) => joined,
+        Err((failure, in_doubt)) => {
+            if in_doubt {
+                // The cluster may hold a newer generation than ours: never rejoin with this one.
+                // The marker stays, so the stored copy is not used either.
+                warn!(
+                    "the rejoin failed after the challenge was answered: the cluster may have issued \
+                     certificates keybound did not receive, so the held identity is dropped and \
+                     the next attempt joins afresh with the static key"
+                );
+                state.identity = None;
+                state.renewed_at = None;
+            } else if wrote_marker {
+                clear_marker();
+            }
+            return Err(failure);
+        }
+    };
+    state.identity = Some(joined.identity.clone());
+    state.suite = Some(joined.suite);
+    state.renewed_at = Some(std::time::Instant::now());
+    state.outputs_written = false;
     let mut written = Vec::new();
     match persist(p, &joined.identity) {
         Ok(Some(w)) => written.push(w),
         Ok(None) => {}
-        Err(e) => return Err(Failure::new(ExitKind::Config, e)),
+        Err(e) => {
+            clear_marker();
+            return Err(Failure::new(ExitKind::Config, e));
+        }
     }
+    clear_marker();
     written.extend(write_outputs(p, &joined.identity, joined.suite).await?);
-    Ok(Cycle { joined, written })
+    state.outputs_written = true;
+    Ok(Cycle {
+        joined: Some(joined),
+        written,
+    })
 }
 
 /// Writes every directory output: role-impersonated certificates for each, from
@@ -522,6 +707,7 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
 
     let mut written = Vec::new();
     let mut failures = Vec::new();
+    // The failure kind that retries soonest wins: unreachable, then local, then rejected.
     let mut worst = ExitKind::Rejected;
     for (out, dir, symlinks) in directories {
         let roles = if out.roles.is_empty() {
@@ -559,7 +745,9 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
                         ));
                     }
                     Err(e) => {
-                        worst = ExitKind::Config;
+                        if worst != ExitKind::Unreachable {
+                            worst = ExitKind::Config;
+                        }
                         failures.push(format!("output {label}: {e:#}"));
                     }
                 }
@@ -567,6 +755,8 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
             Err(f) => {
                 if f.kind == ExitKind::Unreachable {
                     worst = ExitKind::Unreachable;
+                } else if f.kind == ExitKind::Config && worst == ExitKind::Rejected {
+                    worst = ExitKind::Config;
                 }
                 failures.push(format!("output {label}: {:#}", f.error));
             }
@@ -612,7 +802,7 @@ async fn impersonate(
         .map_err(|e| Failure::new(ExitKind::Software, e.context("key generation failed")))?;
     // An output never outlives the bot identity that asked for it (Auth caps impersonated
     // certificates at 24 h; a non-renewable bot's own expiry is the tighter bound).
-    let expires = (SystemTime::now() + p.config.credential_ttl).min(bot.info.not_after);
+    let expires = output_expiry(p.config.credential_ttl, bot.info.not_after);
     let request = keybound_proto::proto::UserCertsRequest {
         username: bot.info.username.clone(),
         expires: Some(prost_types::Timestamp::from(expires)),
@@ -668,14 +858,26 @@ async fn impersonate(
     })
 }
 
+/// When an output's certificates should end: `credential_ttl` from now, but never after the bot
+/// identity that asks for them.
+fn output_expiry(ttl: Duration, bot_not_after: SystemTime) -> SystemTime {
+    join::expiry_after(ttl).min(bot_not_after)
+}
+
 /// Runs `keybound start`: one cycle with `--oneshot`, else the long-running agent.
 pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     let prepared = prepare(args)?;
-    let held = Held::load(&prepared);
+    let held = Held::open(&prepared)?;
     if !prepared.config.oneshot {
         return crate::agent::run(prepared, held).await;
     }
     let Cycle { joined, written } = cycle(&prepared, &held).await?;
+    let joined = joined.ok_or_else(|| {
+        Failure::new(
+            ExitKind::Software,
+            anyhow!("a oneshot run always renews the bot identity"),
+        )
+    })?;
     write_summary(
         out,
         &joined,
@@ -769,4 +971,21 @@ fn write_summary(
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_never_outlive_the_bot_identity() {
+        let hour = Duration::from_secs(3600);
+        let soon = SystemTime::now() + Duration::from_secs(600);
+        assert_eq!(output_expiry(hour, soon), soon);
+        let later = SystemTime::now() + 2 * hour;
+        let end = output_expiry(hour, later);
+        assert!(end < later && end > SystemTime::now() + hour - Duration::from_secs(5));
+        // An absurd lifetime saturates instead of overflowing.
+        assert_eq!(output_expiry(Duration::MAX, soon), soon);
+    }
 }

@@ -116,6 +116,11 @@ impl Cluster {
             return None;
         }
         caller.bot_name.as_ref()?;
+        // An output's (role-impersonated) certificate carries the bot's name too, but it is
+        // not the bot's identity: it cannot rejoin for it.
+        if caller.impersonator.is_some() {
+            return None;
+        }
         Some(caller.clone())
     }
 

@@ -347,9 +347,13 @@ impl Cluster {
 
         // The generation counter (`updateBotInstance` in `lib/auth/bot.go`): enforced for bound
         // keypair bots; a stale certificate locks the token.
+        // Checked here, recorded once the certificates are made and the token state committed.
         let generation = match &continued {
-            Some((instance, presented)) => self.next_generation(token, instance, *presented)?,
-            None => self.new_instance(&token.bot_name, &instance_id),
+            Some((instance, presented)) => {
+                self.check_generation(token, instance, *presented)?;
+                presented + 1
+            }
+            None => 1,
         };
         // Certificates first, then the state write: a failed write discards them.
         let expires = input
@@ -371,6 +375,17 @@ impl Cluster {
             .map_err(|e| Status::unknown(format!("{e:#}")))?;
         let join_state = self.sign_join_state(token, &new_status, mode)?;
         self.commit_status(&token.name, revision, new_status)?;
+        match &continued {
+            Some((instance, presented)) => {
+                self.record_generation(token, instance, *presented, generation)?
+            }
+            None => self.new_instance(&token.bot_name, &instance_id),
+        }
+        if self.misbehaviour() == Some(super::Misbehaviour::DropResult) {
+            return Err(Status::unavailable(
+                "dev cluster: dropping the join result after issuing it, as asked",
+            ));
+        }
         Ok(JoinOutput {
             tls_cert: certs.tls_cert_der,
             ssh_cert: certs.ssh_cert_wire,
@@ -383,8 +398,8 @@ impl Cluster {
 
     // === Bot instances and their generation counter (`lib/auth/bot.go`) ===
 
-    /// Records a new bot instance; its first certificates are generation 1.
-    fn new_instance(&self, bot_name: &str, instance_id: &str) -> u64 {
+    /// Records a new bot instance, whose first certificates are generation 1.
+    fn new_instance(&self, bot_name: &str, instance_id: &str) {
         self.instances.lock().expect("instance lock").insert(
             instance_id.to_owned(),
             super::Instance {
@@ -392,28 +407,65 @@ impl Cluster {
                 generation: 1,
             },
         );
-        1
     }
 
-    /// `updateBotInstance`: the presented generation must be the instance's latest; the next
-    /// certificates carry one more. A mismatch means two holders of one identity (a stolen
-    /// certificate, or a copy rejoining with an old one): the token is locked.
-    fn next_generation(
+    /// `updateBotInstance`: the presented generation must be the instance's latest. A mismatch
+    /// means two holders of one identity (a stolen certificate, or a copy rejoining with an old
+    /// one): the token is locked.
+    fn check_generation(
         &self,
         token: &Token,
         instance_id: &str,
         presented: u64,
-    ) -> Result<u64, Status> {
+    ) -> Result<(), Status> {
+        let stored = self
+            .instances
+            .lock()
+            .expect("instance lock")
+            .get(instance_id)
+            .map(|i| i.generation);
+        match stored {
+            Some(stored) if stored == presented => Ok(()),
+            Some(stored) => Err(self.generation_mismatch(
+                token,
+                instance_id,
+                format!("stored={stored}, presented={presented}"),
+            )),
+            None => Err(self.generation_mismatch(
+                token,
+                instance_id,
+                format!("instance not found, presented={presented}"),
+            )),
+        }
+    }
+
+    /// Records the generation of certificates just issued, if no other rejoin of the instance
+    /// got there first (a compare-and-swap on the instance, as Auth's backend write is).
+    fn record_generation(
+        &self,
+        token: &Token,
+        instance_id: &str,
+        presented: u64,
+        next: u64,
+    ) -> Result<(), Status> {
         let mut instances = self.instances.lock().expect("instance lock");
-        let detail = match instances.get_mut(instance_id) {
+        match instances.get_mut(instance_id) {
             Some(instance) if instance.generation == presented => {
-                instance.generation += 1;
-                return Ok(instance.generation);
+                instance.generation = next;
+                Ok(())
             }
-            Some(instance) => format!("stored={}, presented={presented}", instance.generation),
-            None => format!("instance not found, presented={presented}"),
-        };
-        drop(instances);
+            other => {
+                let detail = match other {
+                    Some(i) => format!("stored={}, presented={presented}", i.generation),
+                    None => format!("instance not found, presented={presented}"),
+                };
+                drop(instances);
+                Err(self.generation_mismatch(token, instance_id, detail))
+            }
+        }
+    }
+
+    fn generation_mismatch(&self, token: &Token, instance_id: &str, detail: String) -> Status {
         self.lock(
             &token.name,
             format!(
@@ -421,10 +473,10 @@ impl Cluster {
                 token.name, token.bot_name
             ),
         );
-        Err(Status::permission_denied(format!(
+        Status::permission_denied(format!(
             "cert generation mismatch for bot {}/{instance_id}: {detail}",
             token.bot_name
-        )))
+        ))
     }
 
     // === Join state (`lib/boundkeypair/join_state.go`) ===

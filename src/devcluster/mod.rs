@@ -61,6 +61,9 @@ pub enum Misbehaviour {
     ChallengeOtherKey,
     /// Drop the stream right after sending the first challenge.
     DropMidJoin,
+    /// Issue the certificates (moving the bot's generation on), then drop the stream instead
+    /// of sending them: a result lost on the way.
+    DropResult,
 }
 
 /// How to run a dev cluster.
@@ -130,6 +133,7 @@ pub struct Cluster {
     roles: HashMap<String, Role>,
     instances: Mutex<HashMap<String, Instance>>,
     locks: Mutex<HashMap<String, String>>,
+    misbehave: Mutex<Option<Misbehaviour>>,
     clock_offset: AtomicI64,
     solutions: AtomicUsize,
     joins: AtomicUsize,
@@ -173,6 +177,7 @@ impl Cluster {
             roles,
             instances: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            misbehave: Mutex::new(config.misbehave),
             clock_offset: AtomicI64::new(0),
             solutions: AtomicUsize::new(0),
             joins: AtomicUsize::new(0),
@@ -238,6 +243,16 @@ impl Cluster {
     /// Whether a lock targets the token, and its message.
     pub fn lock_on(&self, token: &str) -> Option<String> {
         self.locks.lock().expect("lock lock").get(token).cloned()
+    }
+
+    /// How the cluster misbehaves now.
+    pub fn misbehaviour(&self) -> Option<Misbehaviour> {
+        *self.misbehave.lock().expect("misbehaviour lock")
+    }
+
+    /// Starts (or stops) misbehaving.
+    pub fn set_misbehaviour(&self, misbehaviour: Option<Misbehaviour>) {
+        *self.misbehave.lock().expect("misbehaviour lock") = misbehaviour;
     }
 
     /// How many bot instances the bot has had (one per onboarding or recovery).
@@ -334,12 +349,12 @@ impl Cluster {
         } else {
             token.join_method.as_str()
         };
-        if let Some(requested) = join_method {
-            if requested != token_method {
-                return Err(Status::invalid_argument(format!(
-                    "client requested join method {requested}, provision token only supports method {token_method}"
-                )));
-            }
+        if let Some(requested) = join_method
+            && requested != token_method
+        {
+            return Err(Status::invalid_argument(format!(
+                "client requested join method {requested}, provision token only supports method {token_method}"
+            )));
         }
         if !token.roles.iter().any(|r| r.eq_ignore_ascii_case(role)) {
             return Err(Status::invalid_argument(format!(
@@ -883,6 +898,7 @@ pub fn config_from_args(args: &crate::cli::DevClusterArgs) -> anyhow::Result<Dev
         misbehave: args.misbehave.map(|m| match m {
             crate::cli::MisbehaveArg::ChallengeOtherKey => Misbehaviour::ChallengeOtherKey,
             crate::cli::MisbehaveArg::DropMidJoin => Misbehaviour::DropMidJoin,
+            crate::cli::MisbehaveArg::DropResult => Misbehaviour::DropResult,
         }),
         server_version: args.server_version.clone(),
         tokens: resources.tokens,

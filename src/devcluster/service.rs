@@ -117,7 +117,7 @@ impl V1Peer {
 
 impl Peer for V1Peer {
     async fn challenge(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status> {
-        let (public_key, document) = match self.cluster.config.misbehave {
+        let (public_key, document) = match self.cluster.misbehaviour() {
             Some(Misbehaviour::ChallengeOtherKey) => self.cluster.other_key_challenge(),
             _ => (public_key.to_owned(), document.to_owned()),
         };
@@ -130,7 +130,7 @@ impl Peer for V1Peer {
             )),
         }))
         .await?;
-        if self.cluster.config.misbehave == Some(Misbehaviour::DropMidJoin) {
+        if self.cluster.misbehaviour() == Some(Misbehaviour::DropMidJoin) {
             return Err(Status::unavailable(
                 "dev cluster: dropping the stream mid-join, as asked",
             ));
@@ -353,7 +353,7 @@ impl Peer for LegacyPeer {
     async fn challenge(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status> {
         use legacy::register_using_bound_keypair_method_request::Payload as P;
         use legacy::register_using_bound_keypair_method_response::Response as R;
-        let (public_key, challenge) = match self.cluster.config.misbehave {
+        let (public_key, challenge) = match self.cluster.misbehaviour() {
             Some(Misbehaviour::ChallengeOtherKey) => self.cluster.other_key_challenge(),
             _ => (public_key.to_owned(), document.to_owned()),
         };
@@ -362,7 +362,7 @@ impl Peer for LegacyPeer {
             challenge,
         }))
         .await?;
-        if self.cluster.config.misbehave == Some(Misbehaviour::DropMidJoin) {
+        if self.cluster.misbehaviour() == Some(Misbehaviour::DropMidJoin) {
             return Err(Status::unavailable(
                 "dev cluster: dropping the stream mid-join, as asked",
             ));

@@ -96,6 +96,10 @@ pub(crate) struct Leaf<'a> {
 impl Leaf<'_> {
     /// Signs the certificate; returns its DER.
     pub(crate) fn sign(self) -> anyhow::Result<Vec<u8>> {
+        anyhow::ensure!(
+            self.issuer_key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256,
+            "the dev cluster's CAs sign with ECDSA P-256 and SHA-256 only"
+        );
         let issuer = Certificate::from_der(self.issuer_der).context("the CA certificate")?;
         let spki = SubjectPublicKeyInfoOwned::from_der(self.spki_der).context("the subject key")?;
         let subject = RdnSequence(self.subject.0);

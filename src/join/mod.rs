@@ -31,6 +31,7 @@ pub mod transport;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use keybound_proto::proto as legacy;
@@ -259,14 +260,16 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
         transport::connect(&params.proxy, grpc_tls).await
     }
     .map_err(|e| unreachable_error(&params.proxy, &e))?;
-    match join_new(channel.clone(), params).await {
+    let answered = AtomicBool::new(false);
+    match join_new(channel.clone(), params, &answered).await {
         Ok(joined) => Ok(joined),
         Err(Attempt::Final(error)) => Err(error),
         Err(Attempt::Fallback(reason)) => {
             info!(%reason, "JoinService.Join is not available; falling back to the legacy RPC");
             if params.direct {
                 return Err(JoinError::Refused(format!(
-                    "Auth at {} does not serve JoinService.Join ({reason}), and the legacy RPC                      needs the cluster's suite from a Proxy: set proxy_server instead of auth_server",
+                    "Auth at {} does not serve JoinService.Join ({reason}), and the legacy RPC \
+                     needs the cluster's suite from a Proxy: set proxy_server instead of auth_server",
                     params.proxy
                 )));
             }
@@ -277,9 +280,20 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
             let found = webapi::find(&params.proxy, web_tls)
                 .await
                 .map_err(|e| JoinError::Unreachable(format!("{e:#}")))?;
-            join_legacy(channel, params, found.suite).await
+            join_legacy(channel, params, found.suite, &answered).await
         }
     }
+}
+
+/// A failed rejoin, and whether the cluster may nonetheless have completed it.
+#[derive(Debug)]
+pub struct RejoinError {
+    /// What went wrong.
+    pub error: JoinError,
+    /// The challenge answer had been sent when it went wrong: the cluster may have issued new
+    /// certificates (and moved the bot's generation on) that never arrived. The held identity
+    /// is then one generation behind, and rejoining with it would get the token locked.
+    pub in_doubt: bool,
 }
 
 /// Re-joins over the bot's authenticated connection to Auth, presenting its current
@@ -290,9 +304,10 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
 pub async fn rejoin(
     params: &JoinParams,
     auth: &crate::auth::AuthClient,
-) -> Result<Joined, JoinError> {
+) -> Result<Joined, RejoinError> {
+    let answered = AtomicBool::new(false);
     let inner = async {
-        let mut joined = match join_new(auth.channel(), params).await {
+        let mut joined = match join_new(auth.channel(), params, &answered).await {
             Ok(joined) => joined,
             Err(Attempt::Final(error)) => return Err(error),
             Err(Attempt::Fallback(reason)) => {
@@ -300,16 +315,20 @@ pub async fn rejoin(
                 let ping = auth.ping().await.map_err(|s| status_error(&s))?;
                 let suite = Suite::from_number(ping.signature_algorithm_suite)
                     .unwrap_or(Suite::Unspecified);
-                join_legacy(auth.channel(), params, suite).await?
+                join_legacy(auth.channel(), params, suite, &answered).await?
             }
         };
         joined.authenticated = true;
         Ok(joined)
     };
-    match tokio::time::timeout(params.timeout, inner).await {
+    let result = match tokio::time::timeout(params.timeout, inner).await {
         Ok(result) => result,
         Err(_) => Err(JoinError::TimedOut(params.timeout)),
-    }
+    };
+    result.map_err(|error| RejoinError {
+        error,
+        in_doubt: answered.load(Ordering::SeqCst),
+    })
 }
 
 enum Attempt {
@@ -366,7 +385,14 @@ async fn closed_reason<T>(inbound: &mut tonic::Streaming<T>) -> JoinError {
 }
 
 fn expires(ttl: Duration) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(SystemTime::now() + ttl)
+    prost_types::Timestamp::from(expiry_after(ttl))
+}
+
+/// Now plus `ttl`, saturating at a day past Teleport's 24 h cap for absurd lifetimes.
+pub fn expiry_after(ttl: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(ttl)
+        .unwrap_or(now + Duration::from_secs(48 * 60 * 60))
 }
 
 /// Decides whether to sign a challenge, and signs it. `Err` carries the reason to give up.
@@ -445,6 +471,7 @@ fn rotation_refused(suite: &str) -> JoinError {
 async fn join_new(
     channel: tonic::transport::Channel,
     params: &JoinParams,
+    answered: &AtomicBool,
 ) -> Result<Joined, Attempt> {
     use v1::{
         challenge as ch, challenge_solution as sol, join_request, join_response, result as res,
@@ -579,6 +606,7 @@ async fn join_new(
                 .await
                 {
                     Ok(solution) => {
+                        answered.store(true, Ordering::SeqCst);
                         let sent = send(join_request::Payload::Solution(v1::ChallengeSolution {
                             payload: Some(sol::Payload::BoundKeypairChallengeSolution(
                                 v1::BoundKeypairChallengeSolution {
@@ -682,6 +710,7 @@ async fn join_legacy(
     channel: tonic::transport::Channel,
     params: &JoinParams,
     suite: Suite,
+    answered: &AtomicBool,
 ) -> Result<Joined, JoinError> {
     use legacy::{
         register_using_bound_keypair_method_request as req,
@@ -744,6 +773,7 @@ async fn join_legacy(
             resp::Response::Challenge(c) => {
                 match answer(&params.signer, &c.public_key, &c.challenge).await {
                     Ok(solution) => {
+                        answered.store(true, Ordering::SeqCst);
                         let sent = send(req::Payload::ChallengeResponse(
                             legacy::RegisterUsingBoundKeypairChallengeResponse {
                                 solution: solution.into_bytes(),

@@ -78,7 +78,8 @@ fn main() {
                 let started = Instant::now();
                 let done = cycle(&prepared, &held).await.expect("renewal");
                 // The first authenticated-series renewal has no identity yet.
-                assert_eq!(done.joined.authenticated, authenticated && i > 0);
+                let joined = done.joined.expect("a renewal");
+                assert_eq!(joined.authenticated, authenticated && i > 0);
                 if i >= WARMUP {
                     times.push(started.elapsed());
                 }

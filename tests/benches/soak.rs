@@ -59,7 +59,7 @@ fn main() {
                 let (p, c, d, e, h) = (p.clone(), c.clone(), d.clone(), e.clone(), held.clone());
                 async move {
                     let outcome = match cycle(&p, &h).await {
-                        Ok(cycle) => (Outcome::Renewed(cycle.joined.identity.info.not_after), String::new()),
+                        Ok(cycle) => (Outcome::Renewed(cycle.joined.expect("a renewal").identity.info.not_after), String::new()),
                         Err(f) => panic!("renewal failed: {:#}", f.error),
                     };
                     let n = c.fetch_add(1, Ordering::Relaxed) + 1;

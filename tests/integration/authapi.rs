@@ -46,7 +46,8 @@ async fn the_auth_api_follows_teleports_rules() {
     let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
     let cluster = cluster_for(signer.public_key(), |_| {}).await;
     let ca = ca_file(&cluster, dir.path());
-    let joined = join::join(&params(&cluster, &ca, "t", Arc::new(signer)))
+    let signer: Arc<dyn keybound_signer::Signer> = Arc::new(signer);
+    let joined = join::join(&params(&cluster, &ca, "t", signer.clone()))
         .await
         .unwrap();
     let bot = &joined.identity;
@@ -160,6 +161,21 @@ async fn the_auth_api_follows_teleports_rules() {
         Code::PermissionDenied,
         "access denied: impersonated roles can not request other roles",
     );
+    let (_, mut plain) = request("bot-robot", &[], hour);
+    plain.use_role_requests = false;
+    let reissued = as_output.generate_user_certs(plain).await.unwrap();
+    assert!(!reissued.tls.is_empty());
+
+    // An output's certificate names the bot but is not its identity: a join presenting it is
+    // unauthenticated (a recovery, with a new instance), never a rejoin of the bot's instance.
+    let rejoined = join::rejoin(&params(&cluster, &ca, "t", signer), &as_output)
+        .await
+        .unwrap();
+    assert_ne!(
+        rejoined.identity.info.bot_instance_id,
+        bot.info.bot_instance_id
+    );
+    assert_eq!(cluster.cluster.bot_instances("robot"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -615,25 +615,25 @@ pub fn generate(
         })
         .transpose()?;
     let parent = config.parent.unwrap_or(OWNER);
-    if let TpmKey::Handle(handle) = config.key {
-        if let Some(existing) = find_persistent(&mut ctx, handle)? {
-            if !overwrite {
-                return Err(err(
-                    ErrorKind::Config,
-                    format!(
-                        "persistent handle 0x{handle:08x} already holds a key; keybound never replaces one without --overwrite"
-                    ),
-                ));
-            }
-            ctx.execute_with_nullauth_session(|c| {
-                c.evict_control(
-                    Provision::Owner,
-                    existing,
-                    Persistent::Persistent(persistent(handle).expect("checked")),
-                )
-            })
-            .map_err(|e| tpm_error(&e, format!("removing the old key at 0x{handle:08x}")))?;
+    if let TpmKey::Handle(handle) = config.key
+        && let Some(existing) = find_persistent(&mut ctx, handle)?
+    {
+        if !overwrite {
+            return Err(err(
+                ErrorKind::Config,
+                format!(
+                    "persistent handle 0x{handle:08x} already holds a key; keybound never replaces one without --overwrite"
+                ),
+            ));
         }
+        ctx.execute_with_nullauth_session(|c| {
+            c.evict_control(
+                Provision::Owner,
+                existing,
+                Persistent::Persistent(persistent(handle).expect("checked")),
+            )
+        })
+        .map_err(|e| tpm_error(&e, format!("removing the old key at 0x{handle:08x}")))?;
     }
     let (parent_key, flush) = parent_handle(&mut ctx, parent)?;
     let template = signing_key_template()
