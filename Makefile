@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Every backend: pkcs11 is on by default; tpm needs libtss2-dev, which `make deps` installs.
 FEATURES ?= --features tpm
 
-.PHONY: test deps emulators lint unit docs demo bench release
+.PHONY: test deps emulators lint unit docs demo bench perf release
 
 ## test: install what is missing, prove the emulators work, then format check, clippy, all tests, docs
 test: deps emulators lint unit docs
@@ -32,10 +32,15 @@ demo:
 	scripts/demo.sh
 
 ## bench: one join on loopback per key type and backend; one signature per backend; one renewal
-## (authenticated rejoin + an identity output) (median, p99); a soak run of thousands of
-## renewals (memory and file descriptors must stay flat)
+## (authenticated rejoin + an identity output) (median, p99); 500 bots joining at once; a soak
+## run of thousands of renewals (memory and file descriptors must stay flat)
 bench:
-	$(CARGO) bench --locked $(FEATURES) --bench join --bench sign --bench renewal --bench soak
+	$(CARGO) bench --locked $(FEATURES) --bench join --bench sign --bench renewal --bench load --bench soak
+
+## perf: every benchmark, plus start --oneshot as a process, the binary size and 500 concurrent
+## joins; rewrites the tables of docs/PERFORMANCE.md
+perf:
+	scripts/perf.py
 
 ## release: the release binary with every backend
 release:

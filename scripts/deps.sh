@@ -10,6 +10,8 @@ packages=(
   softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
   openssl openssh-client openssh-server ca-certificates
   python3 python3-jwt python3-cryptography
+  # scripts/perf.py: peak RSS of a whole process
+  time
 )
 
 missing=()

@@ -33,7 +33,9 @@ use tonic::transport::Channel;
 
 use crate::config::HostPort;
 use crate::identity::Identity;
+use crate::join::subject::SubjectKey;
 use crate::join::transport::{self, Dial};
+use crate::suite::Suite;
 
 /// `constants.APIDomain`: the name Auth's certificate carries and the gRPC `:authority`.
 pub const API_DOMAIN: &str = "teleport.cluster.local";
@@ -90,6 +92,9 @@ impl std::error::Error for ConnectError {}
 pub struct AuthClient {
     channel: Channel,
     route: AuthRoute,
+    /// A suite whose subject key type is that of the identity's key: what a rejoin will most
+    /// likely need, so that it can send its key without waiting for the suite.
+    subject_suite: Suite,
 }
 
 impl fmt::Debug for AuthClient {
@@ -136,7 +141,14 @@ impl AuthClient {
         Ok(Self {
             channel,
             route: route.clone(),
+            subject_suite: SubjectKey::suite_like(&identity.ssh_public_key),
         })
+    }
+
+    /// A suite calling for the key type of the identity this client presents (see
+    /// [`crate::join::rejoin`]).
+    pub fn subject_suite(&self) -> Suite {
+        self.subject_suite
     }
 
     /// The gRPC channel (for the join services).

@@ -390,6 +390,16 @@ pub(crate) fn attributes(
 fn public_spki_of(private_pem: &str) -> anyhow::Result<Vec<u8>> {
     use p256::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
     use rsa::pkcs1::DecodeRsaPrivateKey as _;
+    // ring first: it checks the key pair with its fast P-256 (the keys keybound writes include
+    // their public key); RustCrypto for a PKCS#8 key written without one.
+    if let Ok((label, der)) = pem_rfc7468::decode_vec(private_pem.as_bytes()) {
+        let der = Zeroizing::new(der);
+        if label == "PRIVATE KEY"
+            && let Ok(key) = crate::join::subject::p256_public_of_pkcs8(&der)
+        {
+            return Ok(key.to_public_key_der()?.into_vec());
+        }
+    }
     if let Ok(key) = p256::SecretKey::from_pkcs8_pem(private_pem) {
         return Ok(key.public_key().to_public_key_der()?.into_vec());
     }

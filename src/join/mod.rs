@@ -261,7 +261,7 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
     }
     .map_err(|e| unreachable_error(&params.proxy, &e))?;
     let answered = AtomicBool::new(false);
-    match join_new(channel.clone(), params, &answered).await {
+    match join_new(channel.clone(), params, None, &answered).await {
         Ok(joined) => Ok(joined),
         Err(Attempt::Final(error)) => Err(error),
         Err(Attempt::Fallback(reason)) => {
@@ -301,13 +301,22 @@ pub struct RejoinError {
 /// (`lib/join/joinclient` `joinViaAuthClient`). The messages are the same as an unauthenticated
 /// join's; Auth takes the instance and generation from the certificate. `JoinService.Join`
 /// first, the legacy RPC when Auth does not serve it (the suite then comes from `Ping`).
+/// `BoundKeypairInit` goes out with `ClientInit`, for a subject key of the current identity's
+/// type, which is the suite's unless the cluster changed it since.
 pub async fn rejoin(
     params: &JoinParams,
     auth: &crate::auth::AuthClient,
 ) -> Result<Joined, RejoinError> {
     let answered = AtomicBool::new(false);
     let inner = async {
-        let mut joined = match join_new(auth.channel(), params, &answered).await {
+        let mut joined = match join_new(
+            auth.channel(),
+            params,
+            Some(auth.subject_suite()),
+            &answered,
+        )
+        .await
+        {
             Ok(joined) => joined,
             Err(Attempt::Final(error)) => return Err(error),
             Err(Attempt::Fallback(reason)) => {
@@ -468,9 +477,14 @@ fn rotation_refused(suite: &str) -> JoinError {
 
 // === The JoinService.Join RPC ===
 
+/// `JoinService.Join`. With `pipelined`, the subject key is made for that suite before the
+/// stream opens and `BoundKeypairInit` goes out right behind `ClientInit`, saving a round trip:
+/// Teleport's server reads it after sending `ServerInit` whenever it arrives, and does not check
+/// the subject key against the suite (docs/teleport-source-notes.md, Q5 and Q10).
 async fn join_new(
     channel: tonic::transport::Channel,
     params: &JoinParams,
+    pipelined: Option<Suite>,
     answered: &AtomicBool,
 ) -> Result<Joined, Attempt> {
     use v1::{
@@ -488,6 +502,25 @@ async fn join_new(
             .map_err(|_| JoinError::Unreachable("the join stream closed while sending".to_owned()))
         }
     };
+    let bound_init = |subject: &SubjectKey| {
+        join_request::Payload::BoundKeypairInit(v1::BoundKeypairInit {
+            client_params: Some(v1::ClientParams {
+                payload: Some(v1::client_params::Payload::BotParams(v1::BotParams {
+                    public_keys: Some(v1::PublicKeys {
+                        public_tls_key: subject.spki_der.clone(),
+                        public_ssh_key: subject.ssh_wire.clone(),
+                    }),
+                    expires: Some(expires(params.credential_ttl)),
+                })),
+            }),
+            initial_join_secret: String::new(),
+            previous_join_state: Vec::new(),
+        })
+    };
+    let early = match pipelined {
+        Some(suite) => Some(generate_subject(suite).await?),
+        None => None,
+    };
     send(join_request::Payload::ClientInit(v1::ClientInit {
         join_method: Some("bound_keypair".to_owned()),
         token_name: params.token.clone(),
@@ -495,6 +528,9 @@ async fn join_new(
         ..Default::default()
     }))
     .await?;
+    if let Some(subject) = &early {
+        send(bound_init(subject)).await?;
+    }
 
     let first_failure = |status: Status| match status.code() {
         Code::PermissionDenied | Code::InvalidArgument => Attempt::Final(status_error(&status)),
@@ -532,27 +568,23 @@ async fn join_new(
         }
     };
 
-    let subject = generate_subject(suite).await?;
-    info!(%suite, subject_key = subject.kind, "joining with JoinService.Join");
-    let sent = send(join_request::Payload::BoundKeypairInit(
-        v1::BoundKeypairInit {
-            client_params: Some(v1::ClientParams {
-                payload: Some(v1::client_params::Payload::BotParams(v1::BotParams {
-                    public_keys: Some(v1::PublicKeys {
-                        public_tls_key: subject.spki_der.clone(),
-                        public_ssh_key: subject.ssh_wire.clone(),
-                    }),
-                    expires: Some(expires(params.credential_ttl)),
-                })),
-            }),
-            initial_join_secret: String::new(),
-            previous_join_state: Vec::new(),
-        },
-    ))
-    .await;
-    if sent.is_err() {
-        return Err(closed_reason(&mut inbound).await.into());
-    }
+    let subject = match early {
+        Some(subject) => {
+            if subject.kind != SubjectKey::kind_for(suite) {
+                warn!(%suite, subject_key = subject.kind, "the cluster's suite changed since the last join; this join keeps the old key type, the next one follows the suite");
+            }
+            info!(%suite, subject_key = subject.kind, "joining with JoinService.Join (BoundKeypairInit sent with ClientInit)");
+            subject
+        }
+        None => {
+            let subject = generate_subject(suite).await?;
+            info!(%suite, subject_key = subject.kind, "joining with JoinService.Join");
+            if send(bound_init(&subject)).await.is_err() {
+                return Err(closed_reason(&mut inbound).await.into());
+            }
+            subject
+        }
+    };
 
     let give_up = |give_up: GiveUp| {
         let tx = tx.clone();

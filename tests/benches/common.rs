@@ -25,9 +25,101 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// A short run: under `cargo test --benches` (which passes `--test`), or with `--quick`
+/// (`scripts/perf.py --quick`, to check the script).
+pub(crate) fn quick() -> bool {
+    std::env::args().any(|a| a == "--test" || a == "--list" || a == "--quick")
+}
+
 /// The `p` quantile of sorted samples.
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Median and p99 of some samples.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stats {
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+impl Stats {
+    pub(crate) fn of(mut times: Vec<Duration>) -> Self {
+        times.sort();
+        Self {
+            p50: percentile(&times, 0.5),
+            p99: percentile(&times, 0.99),
+        }
+    }
+
+    /// `{"<prefix>_p50_us": .., "<prefix>_p99_us": ..}` entries for [`record`].
+    pub(crate) fn fields(&self, prefix: &str) -> [(String, serde_json::Value); 2] {
+        let us = |d: Duration| serde_json::json!((d.as_secs_f64() * 1e7).round() / 10.0);
+        [
+            (format!("{prefix}_p50_us"), us(self.p50)),
+            (format!("{prefix}_p99_us"), us(self.p99)),
+        ]
+    }
+}
+
+/// Runs `op` `runs` times after a tenth as many warm-up runs; the time of each run.
+pub(crate) fn time_runs(runs: usize, mut op: impl FnMut()) -> Stats {
+    for _ in 0..runs / 10 + 1 {
+        op();
+    }
+    Stats::of(
+        (0..runs)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                op();
+                started.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// Times `a` and `b` alternately, `runs` times each after a tenth as many warm-up runs, so that
+/// whatever else the machine does weighs on both alike.
+pub(crate) fn time_pair(runs: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Stats, Stats) {
+    for _ in 0..runs / 10 + 1 {
+        a();
+        b();
+    }
+    let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        a();
+        ta.push(started.elapsed());
+        let started = std::time::Instant::now();
+        b();
+        tb.push(started.elapsed());
+    }
+    (Stats::of(ta), Stats::of(tb))
+}
+
+/// Appends one result, as a JSON line, to the file `KEYBOUND_BENCH_JSON` names (how
+/// `scripts/perf.py` collects the figures for docs/PERFORMANCE.md); nothing when it is unset.
+pub(crate) fn record(
+    bench: &str,
+    name: &str,
+    fields: impl IntoIterator<Item = (String, serde_json::Value)>,
+) {
+    let Some(path) = std::env::var_os("KEYBOUND_BENCH_JSON") else {
+        return;
+    };
+    let mut line = serde_json::Map::new();
+    line.insert("bench".into(), bench.into());
+    line.insert("name".into(), name.into());
+    line.extend(fields);
+    let mut text = serde_json::Value::Object(line).to_string();
+    text.push('\n');
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("append to KEYBOUND_BENCH_JSON");
 }
 
 /// A bound_keypair token named `name` for the bot `name`, insecure recovery.

@@ -20,14 +20,9 @@ const WARMUP: usize = 10;
 
 #[path = "common.rs"]
 mod common;
-use common::percentile;
+use common::Stats;
 
-async fn measure(
-    signer: Arc<dyn Signer>,
-    suite: Suite,
-    legacy_only: bool,
-    runs: usize,
-) -> (Duration, Duration) {
+async fn measure(signer: Arc<dyn Signer>, suite: Suite, legacy_only: bool, runs: usize) -> Stats {
     let cluster = DevCluster::start(DevClusterConfig {
         suite,
         legacy_only,
@@ -56,13 +51,65 @@ async fn measure(
             times.push(started.elapsed());
         }
     }
-    times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99))
+    Stats::of(times)
+}
+
+/// The floor under a join's three exchanges: one gRPC round trip (a unary `Ping` to Auth on an
+/// established connection, through the same ALPN router and TLS stack), and what opening a
+/// connection costs (TCP, TLS 1.3 with client certificate, HTTP/2, first `Ping`).
+async fn round_trips(runs: usize) {
+    use keybound::auth::{AuthClient, AuthRoute};
+    let signer = Arc::new(SoftSigner::generate(Algorithm::Ed25519).expect("key"));
+    let cluster = common::cluster_with_bot("rtt", &signer.public_key().to_openssh()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prepared = common::prepared(&cluster, dir.path(), "rtt", "1h", signer.clone());
+    let params = JoinParams {
+        direct: false,
+        proxy: prepared.proxy.clone(),
+        trust: prepared.trust.clone(),
+        token: "rtt".to_owned(),
+        credential_ttl: Duration::from_secs(3600),
+        signer,
+        timeout: JOIN_TIMEOUT,
+    };
+    let identity = join::join(&params).await.expect("join").identity;
+    let route = AuthRoute::Proxy(prepared.proxy.clone());
+    let auth = AuthClient::connect(&route, &identity)
+        .await
+        .expect("connect");
+    let mut rtt = Vec::with_capacity(runs * 5);
+    for i in 0..WARMUP + runs * 5 {
+        let started = Instant::now();
+        auth.ping().await.expect("ping");
+        if i >= WARMUP {
+            rtt.push(started.elapsed());
+        }
+    }
+    let rtt = Stats::of(rtt);
+    let mut connect = Vec::with_capacity(runs);
+    for i in 0..WARMUP + runs {
+        let started = Instant::now();
+        let auth = AuthClient::connect(&route, &identity)
+            .await
+            .expect("connect");
+        auth.ping().await.expect("ping");
+        if i >= WARMUP {
+            connect.push(started.elapsed());
+        }
+    }
+    let connect = Stats::of(connect);
+    for (name, stats) in [("gRPC round trip", rtt), ("connect + 1st RPC", connect)] {
+        println!(
+            "{name:<42} {:>8.3}ms {:>8.3}ms",
+            stats.p50.as_secs_f64() * 1e3,
+            stats.p99.as_secs_f64() * 1e3
+        );
+        common::record("rtt", name, stats.fields("time"));
+    }
 }
 
 fn main() {
-    // `cargo test --benches` runs this with --test-ish arguments; keep that quick.
-    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let quick = common::quick();
     let runs = if quick { 3 } else { 200 };
     let runtime = common::runtime();
     println!(
@@ -109,7 +156,16 @@ fn main() {
         (soft(Algorithm::Ed25519), Suite::BalancedV1, true),
         (soft(Algorithm::Ed25519), Suite::Legacy, false),
     ] {
-        let (median, p99) = runtime.block_on(measure(
+        // KEYBOUND_BENCH_ONLY=<text>: only the rows whose "key suite rpc" contains it (to
+        // profile one).
+        let label = format!(
+            "{name} {suite} {}",
+            if legacy_only { "legacy" } else { "join" }
+        );
+        if std::env::var("KEYBOUND_BENCH_ONLY").is_ok_and(|only| !label.contains(&only)) {
+            continue;
+        }
+        let stats = runtime.block_on(measure(
             signer,
             suite,
             legacy_only,
@@ -124,8 +180,20 @@ fn main() {
             name,
             suite.to_string(),
             if legacy_only { "legacy" } else { "join" },
-            median.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            stats.p50.as_secs_f64() * 1e3,
+            stats.p99.as_secs_f64() * 1e3
+        );
+        let rpc = if legacy_only { "legacy" } else { "join" };
+        common::record(
+            "join",
+            &name,
+            [
+                ("suite".to_owned(), suite.to_string().into()),
+                ("rpc".to_owned(), rpc.into()),
+            ]
+            .into_iter()
+            .chain(stats.fields("time")),
         );
     }
+    runtime.block_on(round_trips(runs));
 }

@@ -18,17 +18,18 @@ mod common;
 
 const WARMUP: usize = 10;
 
-fn report(name: &str, mut times: Vec<Duration>) {
-    times.sort();
+fn report(name: &str, times: Vec<Duration>) {
+    let stats = common::Stats::of(times);
     println!(
         "{name:<58} {:>8.2}ms {:>8.2}ms",
-        common::percentile(&times, 0.5).as_secs_f64() * 1e3,
-        common::percentile(&times, 0.99).as_secs_f64() * 1e3
+        stats.p50.as_secs_f64() * 1e3,
+        stats.p99.as_secs_f64() * 1e3
     );
+    common::record("renewal", name, stats.fields("time"));
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let quick = common::quick();
     let runs = if quick { 3 } else { 200 };
     common::runtime().block_on(async move {
         let signer = Arc::new(SoftSigner::generate(Algorithm::Ed25519).expect("key"));

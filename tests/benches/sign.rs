@@ -1,7 +1,6 @@
 //! One signature through each backend: keybound's `Signer::sign` against the backend library's
-//! own call (the floor). A benchmark, not a test: `cargo bench --bench sign`.
-
-use std::time::{Duration, Instant};
+//! own call (the floor). A benchmark, not a test: `cargo bench --bench sign` (`scripts/perf.py`
+//! runs it for docs/PERFORMANCE.md).
 
 use keybound_signer::config::TpmKey;
 use keybound_signer::{Algorithm, Signer};
@@ -12,39 +11,31 @@ use keybound_signer_tpm::testing::Swtpm;
 const MESSAGE: &[u8] =
     b"eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJkZXYua2V5Ym91bmQudGVzdCIsInN1YiI6Ik";
 
-fn stats(mut times: Vec<Duration>) -> (Duration, Duration) {
-    times.sort();
-    let at = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
-    (at(0.5), at(0.99))
-}
+#[path = "common.rs"]
+mod common;
+use common::{Stats, time_pair};
 
-fn measure(runs: usize, mut op: impl FnMut()) -> (Duration, Duration) {
-    for _ in 0..runs / 10 + 1 {
-        op();
-    }
-    let times = (0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            op();
-            started.elapsed()
-        })
-        .collect();
-    stats(times)
-}
-
-fn row(name: &str, floor: (Duration, Duration), ours: (Duration, Duration)) {
+fn row(name: &str, floor: Stats, ours: Stats) {
     println!(
         "{name:<24} {:>9.1}µs {:>9.1}µs {:>9.1}µs {:>9.1}µs {:>7.3}",
-        floor.0.as_secs_f64() * 1e6,
-        floor.1.as_secs_f64() * 1e6,
-        ours.0.as_secs_f64() * 1e6,
-        ours.1.as_secs_f64() * 1e6,
-        ours.0.as_secs_f64() / floor.0.as_secs_f64()
+        floor.p50.as_secs_f64() * 1e6,
+        floor.p99.as_secs_f64() * 1e6,
+        ours.p50.as_secs_f64() * 1e6,
+        ours.p99.as_secs_f64() * 1e6,
+        ours.p50.as_secs_f64() / floor.p50.as_secs_f64()
+    );
+    common::record(
+        "sign",
+        name,
+        floor
+            .fields("floor")
+            .into_iter()
+            .chain(ours.fields("keybound")),
     );
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let quick = common::quick();
     let runs = if quick { 10 } else { 5000 };
     println!(
         "one signature over a JWS signing input ({} bytes), {runs} runs",
@@ -59,15 +50,16 @@ fn main() {
     let ed = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let soft_ed =
         SoftSigner::from_pem(&pkcs8(&ed), keybound_signer_soft::Source::Generated).expect("key");
-    row(
-        "file ed25519",
-        measure(runs, || {
+    let (floor, ours) = time_pair(
+        runs,
+        || {
             std::hint::black_box(ed25519_dalek::Signer::sign(&ed, MESSAGE));
-        }),
-        measure(runs, || {
+        },
+        || {
             std::hint::black_box(soft_ed.sign(MESSAGE).expect("sign"));
-        }),
+        },
     );
+    row("file ed25519", floor, ours);
     let p = p256::ecdsa::SigningKey::from_slice(&[7; 32]).expect("key");
     let soft_p = SoftSigner::from_pem(
         p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&p256::SecretKey::from(&p), Default::default())
@@ -76,17 +68,18 @@ fn main() {
         keybound_signer_soft::Source::Generated,
     )
     .expect("key");
-    row(
-        "file ecdsa-p256",
-        measure(runs, || {
+    let (floor, ours) = time_pair(
+        runs,
+        || {
             std::hint::black_box::<p256::ecdsa::Signature>(p256::ecdsa::signature::Signer::sign(
                 &p, MESSAGE,
             ));
-        }),
-        measure(runs, || {
+        },
+        || {
             std::hint::black_box(soft_p.sign(MESSAGE).expect("sign"));
-        }),
+        },
     );
+    row("file ecdsa-p256", floor, ours);
 
     // SoftHSM: the floor is C_Sign through cryptoki on the same key (in keybound's harness).
     for (name, algorithm) in [
@@ -96,12 +89,15 @@ fn main() {
         let token = TestToken::new("bench");
         let signer =
             keybound_signer_pkcs11::generate(&token.config("k"), algorithm, false).expect("key");
-        let floor = measure(runs, || {
-            std::hint::black_box(token.raw_sign("k", algorithm, MESSAGE));
-        });
-        let ours = measure(runs, || {
-            std::hint::black_box(signer.sign(MESSAGE).expect("sign"));
-        });
+        let (floor, ours) = time_pair(
+            runs,
+            || {
+                std::hint::black_box(token.raw_sign("k", algorithm, MESSAGE));
+            },
+            || {
+                std::hint::black_box(signer.sign(MESSAGE).expect("sign"));
+            },
+        );
         row(name, floor, ours);
     }
 
@@ -113,12 +109,15 @@ fn main() {
         .signer;
     let runs = runs / 5;
     let mut raw = tpm.raw_signer(0x8100_0100);
-    let floor = measure(runs, || {
-        std::hint::black_box(raw.sign(MESSAGE));
-    });
-    let ours = measure(runs, || {
-        std::hint::black_box(signer.sign(MESSAGE).expect("sign"));
-    });
+    let (floor, ours) = time_pair(
+        runs,
+        || {
+            std::hint::black_box(raw.sign(MESSAGE));
+        },
+        || {
+            std::hint::black_box(signer.sign(MESSAGE).expect("sign"));
+        },
+    );
     row("swtpm ecdsa-p256", floor, ours);
 }
 

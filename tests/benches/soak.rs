@@ -34,7 +34,7 @@ fn open_fds() -> usize {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let quick = common::quick();
     let renewals: usize = std::env::var("RENEWALS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -84,5 +84,17 @@ fn main() {
         println!("{renewals} renewals (authenticated rejoin + storage + role-impersonated identity output each) in {:.1} s: {:.0} renewals/s", elapsed.as_secs_f64(), renewals as f64 / elapsed.as_secs_f64());
         println!("resident memory: {rss_early} KiB after {warmup}, {} KiB after {renewals}", rss_kib());
         println!("open file descriptors: {fds_early} after {warmup}, {} after {renewals}", open_fds());
+        common::record(
+            "soak",
+            "renewals",
+            [
+                ("renewals".to_owned(), renewals.into()),
+                ("per_second".to_owned(), (renewals as f64 / elapsed.as_secs_f64()).round().into()),
+                ("rss_early_kib".to_owned(), rss_early.into()),
+                ("rss_end_kib".to_owned(), rss_kib().into()),
+                ("fds_early".to_owned(), fds_early.into()),
+                ("fds_end".to_owned(), open_fds().into()),
+            ],
+        );
     });
 }
