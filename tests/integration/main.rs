@@ -4,7 +4,9 @@
 mod agent;
 mod authapi;
 mod cluster;
+mod completions;
 mod config;
+mod doctor;
 mod interop;
 mod join;
 mod keypair;

@@ -481,3 +481,77 @@ fn keys_made_by_pkcs11_tool_work_and_exportable_ones_can_be_refused() {
         );
     }
 }
+
+/// `keybound doctor` with the key in SoftHSM: a good key shows as non-exportable, a missing one
+/// points to `signer list`, and a wrong PIN is tried once, reported without the PIN, and leaves
+/// the token usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_a_softhsm_key_and_tries_a_wrong_pin_once() {
+    let hsm = Hsm::new("doctor-token");
+    let created = run_ok(
+        hsm.keybound()
+            .args(["keypair", "create", "--static", "--format", "json"])
+            .args(["--algorithm", "ed25519"])
+            .args(hsm.signer_args("bound")),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+    let cluster = cluster_for(&key, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&cluster, dir.path());
+    let doctor = |object: &str, pin: &str| {
+        let mut cmd = hsm.keybound();
+        cmd.env("HSM_PIN", pin)
+            .args(["doctor", "--join-method", "bound_keypair", "--token", "t"])
+            .args([
+                "--storage",
+                "memory://",
+                "--proxy-server",
+                &cluster.proxy_addr(),
+            ])
+            .arg("--ca-path")
+            .arg(&ca)
+            .args(hsm.signer_args(object));
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+
+    let output = doctor("bound", PIN).await;
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("ok   signer  pkcs11 pkcs11:token=doctor-token;object=bound")
+            && text.contains("non-exportable (CKA_SENSITIVE"),
+        "{text}"
+    );
+
+    let output = doctor("no-such-key", PIN).await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let fail = text.lines().find(|l| l.starts_with("FAIL signer")).unwrap();
+    assert!(
+        fail.contains("no private key matches") && fail.contains("fix: `keybound signer list"),
+        "{fail}"
+    );
+
+    let output = doctor("bound", "Wrong-PIN-5d1e").await;
+    let text = stdout(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let fails: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "{text}");
+    assert!(
+        fails[0].starts_with("FAIL signer")
+            && fails[0].contains("refused the PIN")
+            && fails[0].contains("does not retry"),
+        "{text}"
+    );
+    assert!(!text.contains("Wrong-PIN-5d1e") && !stderr.contains("Wrong-PIN-5d1e"));
+    assert!(!text.contains(PIN) && !stderr.contains(PIN));
+    // One wrong login did not lock the token: the right PIN still opens the key.
+    assert!(doctor("bound", PIN).await.status.success());
+    assert_eq!(cluster.cluster.solutions_received(), 0);
+}
