@@ -13,6 +13,8 @@ packages=(
   # The shells and formatter that check `keybound completions` and `keybound man`; libfaketime
   # for `keybound doctor`'s clock-skew test
   bash zsh fish groff-base man-db faketime
+  # systemd-analyze checks the systemd unit recipe (verify, and security --offline)
+  systemd
 )
 
 missing=()

@@ -264,3 +264,46 @@ fn a_missing_config_file_is_named() {
         "{error}"
     );
 }
+
+/// docs/config.md documents exactly the keys the loader knows: every key of its YAML structs
+/// (`keybound::config::keys()`) appears in the first column of a `key` table, and no key there
+/// is unknown to the loader. A list's items are written `services[].name` on the page.
+#[test]
+fn docs_config_md_lists_every_key() {
+    let page =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/config.md"))
+            .unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    let mut in_key_table = false;
+    for line in page.lines() {
+        let Some(row) = line.strip_prefix('|') else {
+            in_key_table = false;
+            continue;
+        };
+        let first = row.split('|').next().unwrap_or_default().trim();
+        if first == "key" {
+            in_key_table = true;
+            continue;
+        }
+        if !in_key_table {
+            continue;
+        }
+        for (i, part) in first.split('`').enumerate() {
+            if i % 2 == 1 {
+                documented.insert(part.replace("[]", ""));
+            }
+        }
+    }
+    let known: std::collections::BTreeSet<String> = keybound::config::keys().into_iter().collect();
+    assert!(known.len() > 50, "the loader's keys: {known:?}");
+    let missing: Vec<_> = known.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from docs/config.md: {missing:?}"
+    );
+    let unknown: Vec<_> = documented.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/config.md names keys the loader does not know: {unknown:?}"
+    );
+}

@@ -12,6 +12,7 @@ mod join;
 mod keypair;
 mod outputs;
 mod pkcs11;
+mod recipes;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

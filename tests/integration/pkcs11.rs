@@ -10,19 +10,19 @@ use keybound_signer::PublicKey;
 use crate::cluster::{ca_file, cluster_for};
 use crate::support::{keybound, run_err, run_ok, stdout, tool};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The user PIN of every test token: distinctive, so a leak cannot hide among random digits.
-const PIN: &str = "Pin-For-Tests-7c41";
+pub(crate) const PIN: &str = "Pin-For-Tests-7c41";
 
 /// A private SoftHSM store with one token; the user PIN is in `HSM_PIN` of each command.
-struct Hsm {
+pub(crate) struct Hsm {
     _dir: tempfile::TempDir,
-    conf: PathBuf,
+    pub(crate) conf: PathBuf,
     token: String,
 }
 
 impl Hsm {
-    fn new(token: &str) -> Self {
+    pub(crate) fn new(token: &str) -> Self {
         assert!(
             Path::new(MODULE).exists(),
             "SoftHSM is missing: apt-get install softhsm2"
@@ -46,7 +46,7 @@ impl Hsm {
         }
     }
 
-    fn keybound(&self) -> Command {
+    pub(crate) fn keybound(&self) -> Command {
         let mut cmd = keybound();
         cmd.env("SOFTHSM2_CONF", &self.conf).env("HSM_PIN", PIN);
         cmd
@@ -67,11 +67,24 @@ impl Hsm {
         cmd
     }
 
-    fn uri(&self, object: &str) -> String {
+    pub(crate) fn uri(&self, object: &str) -> String {
         format!("pkcs11:token={};object={object}", self.token)
     }
 
-    fn signer_args(&self, object: &str) -> Vec<String> {
+    /// Makes the key `object` in the token with `keybound keypair create` and returns its public
+    /// key.
+    pub(crate) fn create_key(&self, object: &str, algorithm: &str) -> PublicKey {
+        let created = run_ok(
+            self.keybound()
+                .args(["keypair", "create", "--static", "--format", "json"])
+                .args(["--algorithm", algorithm])
+                .args(self.signer_args(object)),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+        PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap()
+    }
+
+    pub(crate) fn signer_args(&self, object: &str) -> Vec<String> {
         vec![
             "--signer".into(),
             "pkcs11".into(),
@@ -488,14 +501,7 @@ fn keys_made_by_pkcs11_tool_work_and_exportable_ones_can_be_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_checks_a_softhsm_key_and_tries_a_wrong_pin_once() {
     let hsm = Hsm::new("doctor-token");
-    let created = run_ok(
-        hsm.keybound()
-            .args(["keypair", "create", "--static", "--format", "json"])
-            .args(["--algorithm", "ed25519"])
-            .args(hsm.signer_args("bound")),
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
-    let key = PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+    let key = hsm.create_key("bound", "ed25519");
     let cluster = cluster_for(&key, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = ca_file(&cluster, dir.path());
