@@ -307,3 +307,55 @@ fn docs_config_md_lists_every_key() {
         "docs/config.md names keys the loader does not know: {unknown:?}"
     );
 }
+
+/// Every error text docs/troubleshooting.md is keyed by (its `### `...`` headings) occurs in
+/// keybound's source, so the page cannot go on describing a message that was reworded.
+#[test]
+fn troubleshooting_md_quotes_real_messages() {
+    fn sources(dir: &std::path::Path, text: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, text);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                text.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut source = String::new();
+    sources(&root.join("src"), &mut source);
+    for backend in ["core", "soft", "pkcs11", "tpm"] {
+        sources(&root.join("backends").join(backend).join("src"), &mut source);
+    }
+    // Join Rust's string continuations (`\` at the end of a line) and unescape quotes.
+    let mut joined = String::with_capacity(source.len());
+    let mut lines = source.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                joined.push_str(head);
+                if let Some(next) = lines.peek_mut() {
+                    *next = next.trim_start();
+                }
+            }
+            None => {
+                joined.push_str(line);
+                joined.push('\n');
+            }
+        }
+    }
+    let source = joined.replace("\\\"", "\"");
+
+    let page = std::fs::read_to_string(root.join("docs/troubleshooting.md")).unwrap();
+    let quoted: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("### `")?.strip_suffix('`'))
+        .collect();
+    assert!(quoted.len() >= 40, "{quoted:?}");
+    let missing: Vec<&&str> = quoted.iter().filter(|q| !source.contains(**q)).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/troubleshooting.md quotes messages found nowhere in the source: {missing:?}"
+    );
+}
