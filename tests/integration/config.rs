@@ -326,7 +326,10 @@ fn troubleshooting_md_quotes_real_messages() {
     let mut source = String::new();
     sources(&root.join("src"), &mut source);
     for backend in ["core", "soft", "pkcs11", "tpm"] {
-        sources(&root.join("backends").join(backend).join("src"), &mut source);
+        sources(
+            &root.join("backends").join(backend).join("src"),
+            &mut source,
+        );
     }
     // Join Rust's string continuations (`\` at the end of a line) and unescape quotes.
     let mut joined = String::with_capacity(source.len());

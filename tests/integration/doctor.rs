@@ -49,19 +49,24 @@ async fn setup() -> Setup {
 }
 
 /// Runs a blocking command off the runtime that serves the dev cluster.
-async fn run(mut cmd: Command) -> Output {
+pub(crate) async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
 }
 
-/// `keybound doctor` with flags only (no config file), on `proxy`.
-fn doctor_flags(proxy: &str, key: &Path) -> Command {
-    let mut cmd = keybound();
+/// Makes `cmd` (a keybound command) `keybound doctor` with flags only, no config file: token `t`
+/// at `proxy`, memory storage.
+pub(crate) fn doctor_on(mut cmd: Command, proxy: &str) -> Command {
     cmd.args(["doctor", "--join-method", "bound_keypair", "--token", "t"])
-        .args(["--storage", "memory://", "--proxy-server", proxy])
-        .arg("--static-key-path")
-        .arg(key);
+        .args(["--storage", "memory://", "--proxy-server", proxy]);
+    cmd
+}
+
+/// `keybound doctor` with flags only, on `proxy`, with the key file `key`.
+fn doctor_flags(proxy: &str, key: &Path) -> Command {
+    let mut cmd = doctor_on(keybound(), proxy);
+    cmd.arg("--static-key-path").arg(key);
     cmd
 }
 

@@ -8,6 +8,7 @@ use std::process::Command;
 use keybound_signer::PublicKey;
 
 use crate::cluster::{ca_file, cluster_for};
+use crate::doctor::{doctor_on, run};
 use crate::support::{keybound, run_err, run_ok, stdout, tool};
 
 pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -506,23 +507,12 @@ async fn doctor_checks_a_softhsm_key_and_tries_a_wrong_pin_once() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca_file(&cluster, dir.path());
     let doctor = |object: &str, pin: &str| {
-        let mut cmd = hsm.keybound();
+        let mut cmd = doctor_on(hsm.keybound(), &cluster.proxy_addr());
         cmd.env("HSM_PIN", pin)
-            .args(["doctor", "--join-method", "bound_keypair", "--token", "t"])
-            .args([
-                "--storage",
-                "memory://",
-                "--proxy-server",
-                &cluster.proxy_addr(),
-            ])
             .arg("--ca-path")
             .arg(&ca)
             .args(hsm.signer_args(object));
-        async move {
-            tokio::task::spawn_blocking(move || cmd.output().unwrap())
-                .await
-                .unwrap()
-        }
+        run(cmd)
     };
 
     let output = doctor("bound", PIN).await;
