@@ -265,3 +265,64 @@ async fn clock_skew_is_measured_against_the_proxy() {
     let warn = line(&report, "warn clock   ");
     assert!(warn.contains("s ahead of the proxy's"), "{warn}");
 }
+
+/// A TLS server that is not a Teleport Proxy (openssl s_server, no ALPN): TCP and TLS pass, ALPN
+/// fails with the fix, and the web checks are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_that_is_not_a_proxy_fails_the_alpn_check() {
+    let s = setup().await;
+    let other = crate::support::FindServer::start("{}");
+    let mut cmd = doctor_flags(&other.addr(), &s.key);
+    cmd.arg("--ca-path").arg(&other.ca);
+    let report = lines(&run(cmd).await);
+    line(&report, &format!("ok   cluster {} reachable", other.addr()));
+    line(
+        &report,
+        "ok   cluster TLS: certificate verified by CA bundle ",
+    );
+    let fail = line(&report, "FAIL cluster ALPN: ");
+    assert!(
+        fail.contains("instead of teleport-proxy-grpc")
+            && fail.contains("fix: point proxy_server at the Teleport Proxy itself"),
+        "{fail}"
+    );
+    line(&report, "skip cluster /webapi/find");
+}
+
+/// `auth_server` on Auth's own port: TLS to Auth with ALPN h2; Auth serves no web API, so the
+/// web checks are skipped with the reason, and the report passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_server_is_checked_over_auths_own_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let key = write_key(dir.path(), &signer);
+    let auth_port = free_port();
+    let cluster = cluster_for(signer.public_key(), |c| {
+        c.auth_listen = Some(([127, 0, 0, 1], auth_port).into());
+    })
+    .await;
+    let ca = ca_file(&cluster, dir.path());
+    let mut cmd = keybound();
+    cmd.args(["doctor", "--join-method", "bound_keypair", "--token", "t"])
+        .args([
+            "--storage",
+            "memory://",
+            "-a",
+            &format!("127.0.0.1:{auth_port}"),
+        ])
+        .arg("--static-key-path")
+        .arg(&key)
+        .arg("--ca-path")
+        .arg(&ca);
+    let report = lines(&run(cmd).await);
+    line(
+        &report,
+        &format!("ok   config  flags: auth 127.0.0.1:{auth_port}"),
+    );
+    line(&report, "ok   cluster ALPN h2 (Auth's gRPC) accepted");
+    line(
+        &report,
+        "skip cluster /webapi/find, suite and clock: 127.0.0.1:",
+    );
+    assert_eq!(cluster.cluster.solutions_received(), 0);
+}
