@@ -153,6 +153,14 @@ async fn checks(args: &Start, report: &mut Report<'_>) -> Result<(), Failure> {
     };
     let route = crate::start::route(&config);
     report.add(config_check(&source, &config, route.as_ref().ok()))?;
+    if !config.oneshot {
+        for warning in crate::start::lifetime_warnings(&config) {
+            report.add(
+                Check::new(Status::Warn, "config", warning)
+                    .fix("make credential_ttl longer than renewal_interval, and at most 24h"),
+            )?;
+        }
+    }
     for check in destination_checks(&config) {
         report.add(check)?;
     }

@@ -344,19 +344,8 @@ pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
             warn!(%addr, "diag_addr is served by the long-running agent; --oneshot runs without it");
         }
     } else {
-        // As tbot warns (lib/tbot/bot/credential_lifetime.go).
-        if config.credential_ttl < config.renewal_interval {
-            warn!(
-                credential_ttl = %humantime::format_duration(config.credential_ttl),
-                renewal_interval = %humantime::format_duration(config.renewal_interval),
-                "credential_ttl is shorter than renewal_interval: the certificates will expire between renewals"
-            );
-        }
-        if config.credential_ttl > Duration::from_secs(24 * 60 * 60) {
-            warn!(
-                credential_ttl = %humantime::format_duration(config.credential_ttl),
-                "credential_ttl is over 24h, the most Teleport issues; the certificates will be shorter"
-            );
+        for warning in lifetime_warnings(&config) {
+            warn!("{warning}");
         }
     }
     let trust = trust(&config);
@@ -404,6 +393,29 @@ pub fn route(config: &Config) -> Result<(HostPort, bool), Failure> {
             "no cluster address: set proxy_server in the config or pass --proxy-server HOST:PORT"
         ))),
     }
+}
+
+/// What is wrong with the long-running agent's certificate lifetime and renewal interval, as tbot
+/// warns (`lib/tbot/bot/credential_lifetime.go`).
+pub fn lifetime_warnings(config: &Config) -> Vec<String> {
+    let (ttl, interval) = (
+        humantime::format_duration(config.credential_ttl),
+        humantime::format_duration(config.renewal_interval),
+    );
+    let mut warnings = Vec::new();
+    if config.credential_ttl < config.renewal_interval {
+        warnings.push(format!(
+            "credential_ttl {ttl} is shorter than renewal_interval {interval}: the certificates \
+             will expire between renewals"
+        ));
+    }
+    if config.credential_ttl > Duration::from_secs(24 * 60 * 60) {
+        warnings.push(format!(
+            "credential_ttl {ttl} is over 24h, the most Teleport issues; the certificates will be \
+             shorter"
+        ));
+    }
+    warnings
 }
 
 /// How the cluster's TLS certificate is verified under `config`.

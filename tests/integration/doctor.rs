@@ -163,6 +163,26 @@ async fn an_unreachable_proxy_is_one_fail_line_and_the_web_checks_are_skipped() 
     line(&report, "skip cluster /webapi/find, suite and clock");
 }
 
+/// A lifetime shorter than the renewal interval is a warning (as tbot warns), not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifetime_shorter_than_the_renewal_interval_is_a_warning() {
+    let s = setup().await;
+    let mut cmd = keybound();
+    cmd.args(["doctor", "-c"]).arg(&s.cfg).args([
+        "--certificate-ttl",
+        "10m",
+        "--renewal-interval",
+        "20m",
+    ]);
+    let report = lines(&run(cmd).await);
+    let warn = line(&report, "warn config  ");
+    assert!(
+        warn.contains("credential_ttl 10m is shorter than renewal_interval 20m")
+            && warn.contains("fix: make credential_ttl longer"),
+        "{warn}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_says_which_trust_failed_and_what_to_pass() {
     let s = setup().await;
