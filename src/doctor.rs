@@ -116,8 +116,7 @@ pub async fn run(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
         failed: 0,
         total: 0,
     };
-    let checks = checks(args, &mut report).await;
-    checks?;
+    checks(args, &mut report).await?;
     if report.failed > 0 {
         return Err(Failure::new(
             ExitKind::General,
