@@ -22,6 +22,11 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "ssh-keygen" | "ssh" => "openssh-client",
         "sshd" => "openssh-server",
         "python3" => "python3 (with python3-jwt and python3-cryptography)",
+        "groff" => "groff-base",
+        "man" => "man-db",
+        "systemd-analyze" => "systemd",
+        "ldd" => "libc-bin",
+        "apt-cache" => "apt",
         _ => name,
     };
     let path = match name {
