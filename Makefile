@@ -27,8 +27,9 @@ unit:
 docs:
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --workspace --no-deps --locked $(FEATURES)
 
-## demo: a dev cluster, a new static key (a file, then in SoftHSM), keybound start --oneshot, the certificates obtained
-demo:
+## demo: install what is missing, then a dev cluster, a new static key (a file, then in SoftHSM),
+## keybound doctor, keybound start --oneshot, the certificates obtained
+demo: deps
 	scripts/demo.sh
 
 ## bench: one join on loopback per key type and backend; one signature per backend; one renewal

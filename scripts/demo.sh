@@ -93,6 +93,8 @@ services:
       path: $dir/out
 YAML
 cat "$dir/tbot.yaml"
+step "4a. keybound doctor: the same configuration checked, without signing or joining"
+"$kb" doctor -c "$dir/tbot.yaml"
 echo
 "$kb" start -c "$dir/tbot.yaml" --oneshot
 step "4b. Again: the stored identity is still valid, so this is an authenticated rejoin (same bot instance)"

@@ -10,6 +10,11 @@ packages=(
   softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
   openssl openssh-client openssh-server ca-certificates
   python3 python3-jwt python3-cryptography
+  # The shells and formatter that check `keybound completions` and `keybound man`; libfaketime
+  # for `keybound doctor`'s clock-skew test
+  bash zsh fish groff-base man-db faketime
+  # systemd-analyze checks the systemd unit recipe (verify, and security --offline)
+  systemd
   # scripts/perf.py: peak RSS of a whole process
   time
 )

@@ -11,7 +11,15 @@ use crate::signer::SignerKind;
 /// keybound: a Teleport Machine ID agent whose bound keypair can live in a file, an environment
 /// variable, a PKCS#11 token or a TPM.
 #[derive(Debug, Parser)]
-#[command(name = "keybound", version, propagate_version = true)]
+#[command(
+    name = "keybound",
+    version,
+    propagate_version = true,
+    after_long_help = "Exit status: 0 on success; 2 for a command-line usage error. keybound \
+        start exits 78 for a configuration or local input error, 77 when the cluster refused \
+        the join, 69 when the cluster or a device could not be reached, and 70 for an internal \
+        error. Other failures exit 1, as keybound doctor does when a check fails."
+)]
 pub struct Cli {
     /// Log at debug level (RUST_LOG, when set, overrides this).
     #[arg(short, long, global = true)]
@@ -119,6 +127,31 @@ pub enum Command {
     Signer(SignerCommand),
     /// Run a local reference Teleport join server for tests, demos and rehearsals.
     DevCluster(DevClusterArgs),
+    /// Check the configuration, the signer, the cluster and the clock, one line per check,
+    /// without signing or joining. Takes start's flags, so it checks what start would use.
+    Doctor(Start),
+    /// Print a shell completion script: `keybound completions bash > /etc/bash_completion.d/keybound`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `keybound man > keybound.1`, or one page per command with
+    /// --out-dir.
+    Man(ManArgs),
+}
+
+/// `keybound completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `keybound man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write keybound.1 and a page per subcommand (keybound-start.1, ...) into this directory
+    /// instead of printing keybound.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// `keybound signer ...`.

@@ -12,7 +12,9 @@
 //! - [`signer`]: opens the configured [`Signer`](keybound_signer::Signer) backend;
 //! - [`suite`]: signature algorithm suites and the keys they call for;
 //! - [`webapi`] and [`tls`]: talking to a Teleport Proxy's web API;
-//! - [`fsutil`]: atomic private file writes.
+//! - [`fsutil`]: atomic private file writes;
+//! - [`doctor`]: `keybound doctor`, read-only checks of a setup;
+//! - [`generate`]: shell completions and man pages from the CLI definition.
 //!
 //! Backends live in their own crates under `backends/`: `keybound-signer` (the trait and shared
 //! types) and `keybound-signer-soft` (file and env keys).
@@ -22,7 +24,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod devcluster;
+pub mod doctor;
 pub mod fsutil;
+pub mod generate;
 pub mod identity;
 pub mod join;
 pub mod keypair;
@@ -130,5 +134,24 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 .context("cannot start the async runtime")?;
             Ok(runtime.block_on(devcluster::run(config, &args.ca_out))?)
         }
+        Command::Doctor(args) => {
+            let runtime = runtime()?;
+            let result = runtime.block_on(doctor::run(&args, &mut std::io::stdout().lock()));
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            result
+        }
+        Command::Completions(args) => Ok(generate::completions(
+            args.shell,
+            &mut std::io::stdout().lock(),
+        )?),
+        Command::Man(args) => match &args.out_dir {
+            None => Ok(generate::man_page(&mut std::io::stdout().lock())?),
+            Some(dir) => {
+                for page in generate::man_pages(dir)? {
+                    println!("{}", page.display());
+                }
+                Ok(())
+            }
+        },
     }
 }

@@ -333,20 +333,7 @@ pub struct Cycle {
 /// Builds the effective configuration and opens the signer.
 pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
     let config = effective_config(args)?;
-    let (proxy, direct) = match &config.cluster {
-        Some(ClusterAddr::Proxy(p)) => (p.clone(), false),
-        // tbot treats an auth_server on the web ports as a Proxy first (lib/join/joinclient).
-        Some(ClusterAddr::Auth(a)) if a.port == 443 || a.port == 3080 => {
-            info!(addr = %a, "auth_server is on a web port; joining through it as a Proxy, as tbot does");
-            (a.clone(), false)
-        }
-        Some(ClusterAddr::Auth(a)) => (a.clone(), true),
-        None => {
-            return Err(Failure::config(anyhow!(
-                "no cluster address: set proxy_server in the config or pass --proxy-server HOST:PORT"
-            )));
-        }
-    };
+    let (proxy, direct) = route(&config)?;
     let auth_route = if direct {
         AuthRoute::Direct(proxy.clone())
     } else {
@@ -357,32 +344,17 @@ pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
             warn!(%addr, "diag_addr is served by the long-running agent; --oneshot runs without it");
         }
     } else {
-        // As tbot warns (lib/tbot/bot/credential_lifetime.go).
-        if config.credential_ttl < config.renewal_interval {
-            warn!(
-                credential_ttl = %humantime::format_duration(config.credential_ttl),
-                renewal_interval = %humantime::format_duration(config.renewal_interval),
-                "credential_ttl is shorter than renewal_interval: the certificates will expire between renewals"
-            );
-        }
-        if config.credential_ttl > Duration::from_secs(24 * 60 * 60) {
-            warn!(
-                credential_ttl = %humantime::format_duration(config.credential_ttl),
-                "credential_ttl is over 24h, the most Teleport issues; the certificates will be shorter"
-            );
+        for warning in lifetime_warnings(&config) {
+            warn!("{warning}");
         }
     }
-    let trust = if config.insecure {
+    let trust = trust(&config);
+    if trust == Trust::Insecure {
         warn!(
             "insecure: NOT verifying the proxy's TLS certificate; anyone on the network path can \
              impersonate the cluster. Use this only against a development cluster."
         );
-        Trust::Insecure
-    } else if let Some(path) = &config.onboarding.ca_path {
-        Trust::Bundle(path.clone())
-    } else {
-        Trust::System
-    };
+    }
     let signer_config = config
         .onboarding
         .signer_config()
@@ -404,6 +376,97 @@ pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
         signer_config,
         signer,
     })
+}
+
+/// Where a join goes: the Proxy, or Auth itself (`true`) when `auth_server` is not on a web
+/// port.
+pub fn route(config: &Config) -> Result<(HostPort, bool), Failure> {
+    match &config.cluster {
+        Some(ClusterAddr::Proxy(p)) => Ok((p.clone(), false)),
+        // tbot treats an auth_server on the web ports as a Proxy first (lib/join/joinclient).
+        Some(ClusterAddr::Auth(a)) if a.port == 443 || a.port == 3080 => {
+            info!(addr = %a, "auth_server is on a web port; joining through it as a Proxy, as tbot does");
+            Ok((a.clone(), false))
+        }
+        Some(ClusterAddr::Auth(a)) => Ok((a.clone(), true)),
+        None => Err(Failure::config(anyhow!(
+            "no cluster address: set proxy_server in the config or pass --proxy-server HOST:PORT"
+        ))),
+    }
+}
+
+/// What is wrong with the long-running agent's certificate lifetime and renewal interval, as tbot
+/// warns (`lib/tbot/bot/credential_lifetime.go`).
+pub fn lifetime_warnings(config: &Config) -> Vec<String> {
+    let (ttl, interval) = (
+        humantime::format_duration(config.credential_ttl),
+        humantime::format_duration(config.renewal_interval),
+    );
+    let mut warnings = Vec::new();
+    if config.credential_ttl < config.renewal_interval {
+        warnings.push(format!(
+            "credential_ttl {ttl} is shorter than renewal_interval {interval}: the certificates \
+             will expire between renewals"
+        ));
+    }
+    if config.credential_ttl > Duration::from_secs(24 * 60 * 60) {
+        warnings.push(format!(
+            "credential_ttl {ttl} is over 24h, the most Teleport issues; the certificates will be \
+             shorter"
+        ));
+    }
+    warnings
+}
+
+/// How the cluster's TLS certificate is verified under `config`.
+pub fn trust(config: &Config) -> Trust {
+    if config.insecure {
+        Trust::Insecure
+    } else if let Some(path) = &config.onboarding.ca_path {
+        Trust::Bundle(path.clone())
+    } else {
+        Trust::System
+    }
+}
+
+/// Where the key lives, for people: `file /etc/keybound/bound-key.pem`, `pkcs11 pkcs11:...`.
+pub fn key_source(signer_config: &SignerConfig, backend: &str) -> String {
+    match signer_config {
+        SignerConfig::File(FileConfig { path, .. }) => format!("file {}", path.display()),
+        SignerConfig::Env(env) => format!("env ${}", env.variable),
+        SignerConfig::Pkcs11(p) => format!("pkcs11 {}", hide_pin_value(&p.uri)),
+        SignerConfig::Tpm(t) => match &t.key {
+            keybound_signer::config::TpmKey::Handle(h) => {
+                format!("tpm persistent handle 0x{h:08x}")
+            }
+            keybound_signer::config::TpmKey::File(path) => {
+                format!("tpm key file {}", path.display())
+            }
+        },
+        _ => backend.to_owned(),
+    }
+}
+
+/// A PKCS#11 URI with its `pin-value` attribute (which keybound accepts with a warning) blanked
+/// out, for printing.
+fn hide_pin_value(uri: &str) -> String {
+    let (head, query) = match uri.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (uri, None),
+    };
+    let hide = |part: &str, separator: char| -> String {
+        part.split(separator)
+            .map(|attr| match attr.split_once('=') {
+                Some(("pin-value", _)) => "pin-value=(hidden)".to_owned(),
+                _ => attr.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(&separator.to_string())
+    };
+    match query {
+        Some(query) => format!("{}?{}", hide(head, ';'), hide(query, '&')),
+        None => hide(head, ';'),
+    }
 }
 
 fn join_failure(e: JoinError) -> Failure {
@@ -901,20 +964,7 @@ fn write_summary(
         .not_after
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
-    let key_source = match signer_config {
-        SignerConfig::File(FileConfig { path, .. }) => format!("file {}", path.display()),
-        SignerConfig::Env(env) => format!("env ${}", env.variable),
-        SignerConfig::Pkcs11(p) => format!("pkcs11 {}", p.uri),
-        SignerConfig::Tpm(t) => match &t.key {
-            keybound_signer::config::TpmKey::Handle(h) => {
-                format!("tpm persistent handle 0x{h:08x}")
-            }
-            keybound_signer::config::TpmKey::File(path) => {
-                format!("tpm key file {}", path.display())
-            }
-        },
-        _ => signer.backend().to_owned(),
-    };
+    let key_source = key_source(signer_config, signer.backend());
     writeln!(
         out,
         "Joined cluster {} as bot {:?}",
@@ -987,5 +1037,21 @@ mod tests {
         assert!(end < later && end > SystemTime::now() + hour - Duration::from_secs(5));
         // An absurd lifetime saturates instead of overflowing.
         assert_eq!(output_expiry(Duration::MAX, soon), soon);
+    }
+
+    #[test]
+    fn a_pin_in_a_pkcs11_uri_is_never_printed() {
+        assert_eq!(
+            hide_pin_value("pkcs11:token=t;object=k?pin-value=1234&module-path=/m.so"),
+            "pkcs11:token=t;object=k?pin-value=(hidden)&module-path=/m.so"
+        );
+        assert_eq!(
+            hide_pin_value("pkcs11:token=t;pin-value=1234;object=k"),
+            "pkcs11:token=t;pin-value=(hidden);object=k"
+        );
+        assert_eq!(
+            hide_pin_value("pkcs11:token=t;object=k"),
+            "pkcs11:token=t;object=k"
+        );
     }
 }

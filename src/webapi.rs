@@ -31,16 +31,24 @@ pub struct FindResponse {
     pub server_version: Option<String>,
     /// The whole document, for later use by callers.
     pub raw: serde_json::Value,
+    /// The response's HTTP `Date` header: the proxy's clock, to the second (`keybound doctor`
+    /// compares it with ours). `None` when absent or unreadable, and from [`parse_find`].
+    pub date: Option<std::time::SystemTime>,
 }
 
 /// Asks the Proxy at `addr` for `/webapi/find` over TLS configured by `tls`.
 pub async fn find(addr: &HostPort, tls: Arc<ClientConfig>) -> anyhow::Result<FindResponse> {
-    let body = get(addr, tls, "/webapi/find").await?;
-    parse_find(&body).with_context(|| format!("proxy {addr}: /webapi/find"))
+    let (body, date) = get(addr, tls, "/webapi/find").await?;
+    let mut found = parse_find(&body).with_context(|| format!("proxy {addr}: /webapi/find"))?;
+    found.date = date;
+    Ok(found)
 }
 
+/// A response body and its `Date` header.
+type Answer = (Bytes, Option<std::time::SystemTime>);
+
 /// One HTTPS GET to the proxy's web API, bounded by [`FIND_TIMEOUT`].
-async fn get(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Bytes> {
+async fn get(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Answer> {
     tokio::time::timeout(FIND_TIMEOUT, get_inner(addr, tls, path))
         .await
         .map_err(|_| {
@@ -51,7 +59,7 @@ async fn get(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Res
         })?
 }
 
-async fn get_inner(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Bytes> {
+async fn get_inner(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Answer> {
     let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
         .await
         .with_context(|| format!("cannot connect to proxy {addr}"))?;
@@ -79,6 +87,11 @@ async fn get_inner(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyho
         .await
         .with_context(|| format!("GET https://{addr}{path} failed"))?;
     let status = response.status();
+    let date = response
+        .headers()
+        .get(hyper::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
@@ -88,7 +101,7 @@ async fn get_inner(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyho
     if !status.is_success() {
         bail!("proxy {addr} answered {path} with HTTP {status}; is it a Teleport proxy?");
     }
-    Ok(body)
+    Ok((body, date))
 }
 
 fn tls_error(addr: &HostPort, e: std::io::Error) -> anyhow::Error {
@@ -127,6 +140,7 @@ pub fn parse_find(body: &[u8]) -> anyhow::Result<FindResponse> {
         suite,
         server_version,
         raw,
+        date: None,
     })
 }
 

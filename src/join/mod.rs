@@ -238,19 +238,7 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
     let channel = if params.direct {
         let tls = client_config(&params.trust, &[transport::ALPN_H2])
             .map_err(|e| JoinError::Config(format!("{e:#}")))?;
-        transport::connect_with(
-            &params.proxy,
-            tls,
-            transport::Dial {
-                server_name: Some(
-                    rustls::pki_types::ServerName::try_from(crate::auth::API_DOMAIN)
-                        .expect("the API domain is a valid server name"),
-                ),
-                accept: &[transport::ALPN_H2],
-                expected: "h2; is it Teleport's Auth Service?",
-            },
-        )
-        .await
+        transport::connect_with(&params.proxy, tls, transport::Dial::auth()).await
     } else {
         let grpc_tls = client_config(
             &params.trust,

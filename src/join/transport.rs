@@ -54,6 +54,21 @@ pub struct Dial {
     pub expected: &'static str,
 }
 
+impl Dial {
+    /// Straight to Auth's own port (`auth_server`): ALPN `h2` and Auth's API server name, which
+    /// its certificate carries whatever address it is reached by.
+    pub fn auth() -> Self {
+        Self {
+            server_name: Some(
+                ServerName::try_from(crate::auth::API_DOMAIN)
+                    .expect("the API domain is a valid server name"),
+            ),
+            accept: &[ALPN_H2],
+            expected: "h2; is it Teleport's Auth Service?",
+        }
+    }
+}
+
 /// Opens TLS to `addr` as `dial` says and returns a gRPC channel over it.
 pub async fn connect_with(
     addr: &HostPort,

@@ -264,3 +264,101 @@ fn a_missing_config_file_is_named() {
         "{error}"
     );
 }
+
+/// docs/config.md documents exactly the keys the loader knows: every key of its YAML structs
+/// (`keybound::config::keys()`) appears in the first column of a `key` table, and no key there
+/// is unknown to the loader. A list's items are written `services[].name` on the page.
+#[test]
+fn docs_config_md_lists_every_key() {
+    let page =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/config.md"))
+            .unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    let mut in_key_table = false;
+    for line in page.lines() {
+        let Some(row) = line.strip_prefix('|') else {
+            in_key_table = false;
+            continue;
+        };
+        let first = row.split('|').next().unwrap_or_default().trim();
+        if first == "key" {
+            in_key_table = true;
+            continue;
+        }
+        if !in_key_table {
+            continue;
+        }
+        for (i, part) in first.split('`').enumerate() {
+            if i % 2 == 1 {
+                documented.insert(part.replace("[]", ""));
+            }
+        }
+    }
+    let known: std::collections::BTreeSet<String> = keybound::config::keys().into_iter().collect();
+    assert!(known.len() > 50, "the loader's keys: {known:?}");
+    let missing: Vec<_> = known.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from docs/config.md: {missing:?}"
+    );
+    let unknown: Vec<_> = documented.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/config.md names keys the loader does not know: {unknown:?}"
+    );
+}
+
+/// Every error text docs/troubleshooting.md is keyed by (its `### `...`` headings) occurs in
+/// keybound's source, so the page cannot go on describing a message that was reworded.
+#[test]
+fn troubleshooting_md_quotes_real_messages() {
+    fn sources(dir: &std::path::Path, text: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, text);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                text.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut source = String::new();
+    sources(&root.join("src"), &mut source);
+    for backend in ["core", "soft", "pkcs11", "tpm"] {
+        sources(
+            &root.join("backends").join(backend).join("src"),
+            &mut source,
+        );
+    }
+    // Join Rust's string continuations (`\` at the end of a line) and unescape quotes.
+    let mut joined = String::with_capacity(source.len());
+    let mut lines = source.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                joined.push_str(head);
+                if let Some(next) = lines.peek_mut() {
+                    *next = next.trim_start();
+                }
+            }
+            None => {
+                joined.push_str(line);
+                joined.push('\n');
+            }
+        }
+    }
+    let source = joined.replace("\\\"", "\"");
+
+    let page = std::fs::read_to_string(root.join("docs/troubleshooting.md")).unwrap();
+    let quoted: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("### `")?.strip_suffix('`'))
+        .collect();
+    assert!(quoted.len() >= 40, "{quoted:?}");
+    let missing: Vec<&&str> = quoted.iter().filter(|q| !source.contains(**q)).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/troubleshooting.md quotes messages found nowhere in the source: {missing:?}"
+    );
+}

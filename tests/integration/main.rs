@@ -4,12 +4,15 @@
 mod agent;
 mod authapi;
 mod cluster;
+mod completions;
 mod config;
+mod doctor;
 mod interop;
 mod join;
 mod keypair;
 mod outputs;
 mod pkcs11;
+mod recipes;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

@@ -8,21 +8,22 @@ use std::process::Command;
 use keybound_signer::PublicKey;
 
 use crate::cluster::{ca_file, cluster_for};
+use crate::doctor::{doctor_on, run};
 use crate::support::{keybound, run_err, run_ok, stdout, tool};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The user PIN of every test token: distinctive, so a leak cannot hide among random digits.
-const PIN: &str = "Pin-For-Tests-7c41";
+pub(crate) const PIN: &str = "Pin-For-Tests-7c41";
 
 /// A private SoftHSM store with one token; the user PIN is in `HSM_PIN` of each command.
-struct Hsm {
+pub(crate) struct Hsm {
     _dir: tempfile::TempDir,
-    conf: PathBuf,
+    pub(crate) conf: PathBuf,
     token: String,
 }
 
 impl Hsm {
-    fn new(token: &str) -> Self {
+    pub(crate) fn new(token: &str) -> Self {
         assert!(
             Path::new(MODULE).exists(),
             "SoftHSM is missing: apt-get install softhsm2"
@@ -46,7 +47,7 @@ impl Hsm {
         }
     }
 
-    fn keybound(&self) -> Command {
+    pub(crate) fn keybound(&self) -> Command {
         let mut cmd = keybound();
         cmd.env("SOFTHSM2_CONF", &self.conf).env("HSM_PIN", PIN);
         cmd
@@ -67,11 +68,24 @@ impl Hsm {
         cmd
     }
 
-    fn uri(&self, object: &str) -> String {
+    pub(crate) fn uri(&self, object: &str) -> String {
         format!("pkcs11:token={};object={object}", self.token)
     }
 
-    fn signer_args(&self, object: &str) -> Vec<String> {
+    /// Makes the key `object` in the token with `keybound keypair create` and returns its public
+    /// key.
+    pub(crate) fn create_key(&self, object: &str, algorithm: &str) -> PublicKey {
+        let created = run_ok(
+            self.keybound()
+                .args(["keypair", "create", "--static", "--format", "json"])
+                .args(["--algorithm", algorithm])
+                .args(self.signer_args(object)),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+        PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap()
+    }
+
+    pub(crate) fn signer_args(&self, object: &str) -> Vec<String> {
         vec![
             "--signer".into(),
             "pkcs11".into(),
@@ -480,4 +494,60 @@ fn keys_made_by_pkcs11_tool_work_and_exportable_ones_can_be_refused() {
             "{error}"
         );
     }
+}
+
+/// `keybound doctor` with the key in SoftHSM: a good key shows as non-exportable, a missing one
+/// points to `signer list`, and a wrong PIN is tried once, reported without the PIN, and leaves
+/// the token usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_a_softhsm_key_and_tries_a_wrong_pin_once() {
+    let hsm = Hsm::new("doctor-token");
+    let key = hsm.create_key("bound", "ed25519");
+    let cluster = cluster_for(&key, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&cluster, dir.path());
+    let doctor = |object: &str, pin: &str| {
+        let mut cmd = doctor_on(hsm.keybound(), &cluster.proxy_addr());
+        cmd.env("HSM_PIN", pin)
+            .arg("--ca-path")
+            .arg(&ca)
+            .args(hsm.signer_args(object));
+        run(cmd)
+    };
+
+    let output = doctor("bound", PIN).await;
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("ok   signer  pkcs11 pkcs11:token=doctor-token;object=bound")
+            && text.contains("non-exportable (CKA_SENSITIVE"),
+        "{text}"
+    );
+
+    let output = doctor("no-such-key", PIN).await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let fail = text.lines().find(|l| l.starts_with("FAIL signer")).unwrap();
+    assert!(
+        fail.contains("no private key matches") && fail.contains("fix: `keybound signer list"),
+        "{fail}"
+    );
+
+    let output = doctor("bound", "Wrong-PIN-5d1e").await;
+    let text = stdout(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let fails: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "{text}");
+    assert!(
+        fails[0].starts_with("FAIL signer")
+            && fails[0].contains("refused the PIN")
+            && fails[0].contains("does not retry"),
+        "{text}"
+    );
+    assert!(!text.contains("Wrong-PIN-5d1e") && !stderr.contains("Wrong-PIN-5d1e"));
+    assert!(!text.contains(PIN) && !stderr.contains(PIN));
+    // One wrong login did not lock the token: the right PIN still opens the key.
+    assert!(doctor("bound", PIN).await.status.success());
+    assert_eq!(cluster.cluster.solutions_received(), 0);
 }

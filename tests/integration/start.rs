@@ -8,7 +8,7 @@ use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
 use crate::cluster::{ca_file, cluster_for};
-use crate::support::{keybound, run_ok, stdout, tool};
+use crate::support::{keybound, run_ok, stdout, tool, write_key};
 
 fn config(
     dir: &Path,
@@ -33,18 +33,6 @@ fn config(
     );
     let path = dir.join("tbot.yaml");
     std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn write_key(dir: &Path, signer: &SoftSigner) -> std::path::PathBuf {
-    let path = dir.join("bound.pem");
-    keybound::fsutil::write_atomic(
-        &path,
-        signer.to_pkcs8_pem().as_bytes(),
-        0o600,
-        keybound::fsutil::Replace::Allow,
-    )
-    .unwrap();
     path
 }
 

@@ -22,6 +22,11 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "ssh-keygen" | "ssh" => "openssh-client",
         "sshd" => "openssh-server",
         "python3" => "python3 (with python3-jwt and python3-cryptography)",
+        "groff" => "groff-base",
+        "man" => "man-db",
+        "systemd-analyze" => "systemd",
+        "ldd" => "libc-bin",
+        "apt-cache" => "apt",
         _ => name,
     };
     let path = match name {
@@ -103,6 +108,19 @@ pub(crate) fn python_public_key(private_key: &Path) -> String {
             .arg(private_key),
     );
     stdout(&output).trim().to_owned()
+}
+
+/// Writes `signer`'s private key to `dir/bound.pem`, mode 0600, and returns the path.
+pub(crate) fn write_key(dir: &Path, signer: &keybound_signer_soft::SoftSigner) -> PathBuf {
+    let path = dir.join("bound.pem");
+    keybound::fsutil::write_atomic(
+        &path,
+        signer.to_pkcs8_pem().as_bytes(),
+        0o600,
+        keybound::fsutil::Replace::Allow,
+    )
+    .unwrap();
+    path
 }
 
 /// A port nobody listens on right now.

@@ -8,6 +8,7 @@ use keybound_signer::PublicKey;
 use keybound_signer_tpm::testing::Swtpm;
 
 use crate::cluster::{ca_file, cluster_for};
+use crate::doctor::{doctor_on, run};
 use crate::support::{keybound, run_err, run_ok, stdout};
 
 fn tpm_args(tpm: &Swtpm, key: &[&str]) -> Vec<String> {
@@ -173,4 +174,52 @@ async fn a_tpm_key_file_made_by_keypair_create_joins() {
         error.contains("cannot reach a TPM over a UNIX socket"),
         "{error}"
     );
+}
+
+/// `keybound doctor` with the key in a TPM (swtpm): the key's attributes when it is there, and a
+/// FAIL line naming the TCTI when the TPM cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_a_tpm_key_and_an_unreachable_tpm() {
+    let tpm = Swtpm::start();
+    let created = run_ok(
+        keybound()
+            .args(["keypair", "create", "--static", "--format", "json"])
+            .args(tpm_args(&tpm, &["--tpm-key-handle", "0x81000102"])),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+    let cluster = cluster_for(&key, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&cluster, dir.path());
+    let doctor = |tcti: String| {
+        let mut cmd = doctor_on(keybound(), &cluster.proxy_addr());
+        cmd.arg("--ca-path")
+            .arg(&ca)
+            .args(["--signer", "tpm", "--tpm-tcti", &tcti])
+            .args(["--tpm-key-handle", "0x81000102"]);
+        run(cmd)
+    };
+
+    let output = doctor(tpm.tcti()).await;
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("ok   signer  tpm persistent handle 0x81000102: ecdsa-p256 key")
+            && text.contains("non-exportable (fixedTPM, fixedParent"),
+        "{text}"
+    );
+    // A P-256 key under balanced-v1: a warning, not a failure.
+    assert!(text.contains("warn cluster suite balanced-v1"), "{text}");
+
+    let port = crate::support::free_port();
+    let output = doctor(format!("swtpm:host=127.0.0.1,port={port}")).await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let fail = text.lines().find(|l| l.starts_with("FAIL")).unwrap();
+    assert!(
+        fail.starts_with("FAIL signer  tpm: cannot reach the TPM at swtpm:host=127.0.0.1")
+            && fail.contains("fix: check that the device is present"),
+        "{text}"
+    );
+    assert_eq!(cluster.cluster.solutions_received(), 0);
 }
