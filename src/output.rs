@@ -285,11 +285,31 @@ Host *.{cluster} !{proxy}
 
 /// Writes `files` into `dir`: every one staged (written and fsynced under a temporary name)
 /// before any is renamed into place.
+///
+/// The files are staged on threads of their own, all at once: each fsync waits for a journal
+/// commit, and filesystems that group commits (ext4, xfs) then make one commit serve them all,
+/// where one after another cost a commit each (a dozen for an identity output; see
+/// docs/PERFORMANCE.md).
 pub fn write_all(dir: &Path, files: &[(&'static str, String)]) -> anyhow::Result<Vec<PathBuf>> {
-    let staged = files
-        .iter()
-        .map(|(name, content)| fsutil::stage(&dir.join(name), content.as_bytes(), 0o600))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let staged = std::thread::scope(|scope| {
+        let staging: Vec<_> = files
+            .iter()
+            .map(|(name, content)| {
+                scope.spawn(move || fsutil::stage(&dir.join(name), content.as_bytes(), 0o600))
+            })
+            .collect();
+        staging
+            .into_iter()
+            .map(|thread| {
+                thread.join().unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "writing a file in {} failed",
+                        dir.display()
+                    ))
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
     let written = staged
         .into_iter()
         .map(|file| file.commit(Replace::Allow))
