@@ -237,6 +237,17 @@ def us(value):
     return f"{value:.1f} µs" if value < 1000 else f"{value / 1e3:.2f} ms"
 
 
+def tls_line(results):
+    tls = {r["name"]: r for r in results if r["bench"] == "tls"}
+    if len(tls) < 2:
+        return []
+    first = tls["TLS config, system roots, first"]["time_p50_us"]
+    bundle = tls["TLS config, same roots as a bundle"]
+    return [f"Building a TLS client configuration: the system trust store {us(first)} the first "
+            f"time, then kept for the process; the same certificates as a `ca_path` bundle, read "
+            f"each time, {us(bundle['time_p50_us'])} p50.", ""]
+
+
 def render(results, oneshot, renew, exec_floor, size, quick):
     sign = {r["name"]: r for r in results if r["bench"] == "sign"}
     joins = [r for r in results if r["bench"] == "join"]
@@ -265,6 +276,7 @@ def render(results, oneshot, renew, exec_floor, size, quick):
               f"p50 {us(trip)}, p99 {us(rtt['gRPC round trip']['time_p99_us'])}. Opening a "
               f"connection (TCP, TLS 1.3 with a client certificate, HTTP/2, first RPC): p50 "
               f"{us(connect)}, p99 {us(rtt['connect + 1st RPC']['time_p99_us'])}.", "",
+              *tls_line(results),
               "Floor = 3 round trips + one raw signature (the issue's definition). "
               "Target: join ≤ 1.5 × floor. The last column adds the connection a join must open.", "",
               "| bound key | suite | RPC | p50 | p99 | floor | ratio | floor + connect | ratio |",

@@ -48,7 +48,22 @@ pub fn client_config(trust: &Trust, alpn: &[&[u8]]) -> anyhow::Result<Arc<Client
     Ok(Arc::new(config))
 }
 
-fn system_roots() -> anyhow::Result<RootCertStore> {
+/// The system's trust store, read once per process (as Go's `x509.SystemCertPool`, which tbot
+/// uses, does): reading and parsing it costs milliseconds, and every join and renewal needs it.
+fn system_roots() -> anyhow::Result<Arc<RootCertStore>> {
+    static ROOTS: std::sync::OnceLock<Result<Arc<RootCertStore>, String>> =
+        std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            load_system_roots()
+                .map(Arc::new)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn load_system_roots() -> anyhow::Result<RootCertStore> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);

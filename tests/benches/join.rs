@@ -196,4 +196,45 @@ fn main() {
         );
     }
     runtime.block_on(round_trips(runs));
+    tls_configs(runs);
+}
+
+/// What building a TLS client configuration costs: the system trust store the first time (then
+/// kept for the process), and a CA bundle (read every time, as it may change).
+fn tls_configs(runs: usize) {
+    use keybound::tls::client_config;
+    let alpn: &[&[u8]] = &[b"h2"];
+    let started = Instant::now();
+    if client_config(&Trust::System, alpn).is_err() {
+        println!("no system trust store here: install ca-certificates to time it");
+        return;
+    }
+    let first = started.elapsed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("ca.pem");
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", &bundle).expect("a CA bundle to read");
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        client_config(&Trust::Bundle(bundle.clone()), alpn).expect("config");
+        times.push(started.elapsed());
+    }
+    let bundle = Stats::of(times);
+    for (name, stats) in [
+        (
+            "TLS config, system roots, first",
+            Stats {
+                p50: first,
+                p99: first,
+            },
+        ),
+        ("TLS config, same roots as a bundle", bundle),
+    ] {
+        println!(
+            "{name:<42} {:>8.3}ms {:>8.3}ms",
+            stats.p50.as_secs_f64() * 1e3,
+            stats.p99.as_secs_f64() * 1e3
+        );
+        common::record("tls", name, stats.fields("time"));
+    }
 }
