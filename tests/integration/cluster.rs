@@ -67,6 +67,19 @@ pub(crate) async fn cluster_for(
     DevCluster::start(config).await.unwrap()
 }
 
+/// Writes `signer`'s private key to `dir/bound.pem`, mode 0600.
+pub(crate) fn key_file(dir: &Path, signer: &SoftSigner) -> std::path::PathBuf {
+    let path = dir.join("bound.pem");
+    keybound::fsutil::write_atomic(
+        &path,
+        signer.to_pkcs8_pem().as_bytes(),
+        0o600,
+        keybound::fsutil::Replace::Allow,
+    )
+    .unwrap();
+    path
+}
+
 /// Writes the cluster's CA bundle into `dir`.
 pub(crate) fn ca_file(cluster: &DevCluster, dir: &Path) -> std::path::PathBuf {
     let path = dir.join("ca.pem");

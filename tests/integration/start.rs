@@ -7,7 +7,7 @@ use std::process::Command;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
-use crate::cluster::{ca_file, cluster_for};
+use crate::cluster::{ca_file, cluster_for, key_file};
 use crate::support::{keybound, run_ok, stdout, tool};
 
 fn config(
@@ -36,18 +36,6 @@ fn config(
     path
 }
 
-fn write_key(dir: &Path, signer: &SoftSigner) -> std::path::PathBuf {
-    let path = dir.join("bound.pem");
-    keybound::fsutil::write_atomic(
-        &path,
-        signer.to_pkcs8_pem().as_bytes(),
-        0o600,
-        keybound::fsutil::Replace::Allow,
-    )
-    .unwrap();
-    path
-}
-
 /// A static key in a file, a dev cluster, its CA bundle, and a tbot.yaml joining it.
 struct Setup {
     dir: tempfile::TempDir,
@@ -62,7 +50,7 @@ struct Setup {
 async fn setup(algorithm: Algorithm, bound_to_other_key: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(algorithm).unwrap();
-    let key = write_key(dir.path(), &signer);
+    let key = key_file(dir.path(), &signer);
     let other = SoftSigner::generate(algorithm).unwrap();
     let bound = if bound_to_other_key { &other } else { &signer };
     let cluster = cluster_for(bound.public_key(), |_| {}).await;
