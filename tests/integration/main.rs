@@ -11,6 +11,7 @@ mod join;
 mod keypair;
 mod outputs;
 mod pkcs11;
+mod secrets;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

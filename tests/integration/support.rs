@@ -230,3 +230,18 @@ impl Drop for FindServer {
         let _ = self.child.wait();
     }
 }
+
+/// Fails if `text` holds any 16 consecutive characters of `secret` (`what` names it), so that a
+/// secret leaks neither whole nor in pieces.
+pub(crate) fn assert_no_secret(text: &str, secret: &str, what: &str) {
+    const WINDOW: usize = 16;
+    let secret: Vec<char> = secret.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(secret.len() >= WINDOW, "{what} is too short to look for");
+    for window in secret.windows(WINDOW) {
+        let piece: String = window.iter().collect();
+        assert!(
+            !text.contains(&piece),
+            "{what} leaked: {piece:?} found in\n{text}"
+        );
+    }
+}
