@@ -443,34 +443,53 @@ pub fn expiry_after(ttl: Duration) -> SystemTime {
         .unwrap_or(now + Duration::from_secs(48 * 60 * 60))
 }
 
+/// Decides whether keybound may sign a challenge the cluster sent: `public_key` (an
+/// `authorized_keys` line) must be `ours`, and `document` a fresh Teleport challenge for it
+/// ([`challenge::check`]). The error says why not, for the user and for `GivingUp`; `backend`
+/// names the signer in it.
+pub fn vet_challenge(
+    ours: &PublicKey,
+    backend: &str,
+    public_key: &str,
+    document: &str,
+    now: SystemTime,
+) -> Result<(), JoinError> {
+    let named = PublicKey::from_openssh(public_key).map_err(|_| {
+        JoinError::Refused(format!(
+            "{WRONG_KEY}: the cluster challenged \"{}\", which is not an Ed25519 or P-256 key",
+            server_text(public_key, MAX_SERVER_NAME)
+        ))
+    })?;
+    if &named != ours {
+        return Err(JoinError::Refused(format!(
+            "{WRONG_KEY}: the cluster challenged {} but keybound's key is {} ({backend}); the token is bound to another key: \
+             recreate it with this key's public key (keybound keypair show)",
+            named.fingerprint(),
+            ours.fingerprint(),
+        )));
+    }
+    challenge::check(document, ours, now).map_err(|why| {
+        JoinError::Refused(format!(
+            "refused to sign the cluster's challenge: {}",
+            server_text(&why, MAX_SERVER_MESSAGE)
+        ))
+    })
+}
+
 /// Decides whether to sign a challenge, and signs it. `Err` carries the reason to give up.
 async fn answer(
     signer: &Arc<dyn Signer>,
     public_key: &str,
     document: &str,
 ) -> Result<String, GiveUp> {
-    let ours = signer.public_key();
-    let named = PublicKey::from_openssh(public_key).map_err(|_| {
-        GiveUp::refused(format!(
-            "{WRONG_KEY}: the cluster challenged \"{}\", which is not an Ed25519 or P-256 key",
-            server_text(public_key, MAX_SERVER_NAME)
-        ))
-    })?;
-    if &named != ours {
-        return Err(GiveUp::refused(format!(
-            "{WRONG_KEY}: the cluster challenged {} but keybound's key is {} ({}); the token is bound to another key: \
-             recreate it with this key's public key (keybound keypair show)",
-            named.fingerprint(),
-            ours.fingerprint(),
-            signer.backend()
-        )));
-    }
-    challenge::check(document, ours, SystemTime::now()).map_err(|why| {
-        GiveUp::refused(format!(
-            "refused to sign the cluster's challenge: {}",
-            server_text(&why, MAX_SERVER_MESSAGE)
-        ))
-    })?;
+    vet_challenge(
+        signer.public_key(),
+        signer.backend(),
+        public_key,
+        document,
+        SystemTime::now(),
+    )
+    .map_err(|error| GiveUp { error })?;
     let signer = signer.clone();
     let payload = document.as_bytes().to_vec();
     let started = std::time::Instant::now();
