@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::cluster::{Counting, ca_file, cluster_for, key_file, params};
+use crate::cluster::{Counting, ca_file, cluster_for, key_file, params, tbot_yaml};
+use crate::support::snapshot;
 
 /// The join timeout these tests give keybound, where a server stalls.
 const SHORT: Duration = Duration::from_secs(3);
@@ -527,9 +528,12 @@ async fn a_server_that_stalls_or_drops_mid_stream_ends_the_join() {
     )
     .await;
     assert!(matches!(error, JoinError::Unreachable(_)), "{error:?}");
+    // Whether the HTTP/2 stream saw an error or a bare end depends on timing; both say so.
+    let message = error.to_string();
     assert!(
-        error.to_string().contains("broke during the join"),
-        "{error}"
+        message.contains("broke during the join")
+            || message.contains("closed the join stream before sending certificates"),
+        "{message}"
     );
 }
 
@@ -556,32 +560,6 @@ async fn bad_tls_is_refused_before_anything_is_sent() {
 
 // === `keybound start`: the previous identity survives ===
 
-/// Every file under `dir` (relative path, contents), sorted, but keybound's own markers (the
-/// storage lock, and the marker of a rejoin in doubt, which a challenge answered before the
-/// stream broke rightly leaves).
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if !path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".keybound")
-            {
-                let rel = path.strip_prefix(dir).unwrap().to_owned();
-                files.push((rel, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_cluster_leaves_the_previous_identity_untouched() {
     let dir = tempfile::tempdir().unwrap();
@@ -590,19 +568,14 @@ async fn a_hostile_cluster_leaves_the_previous_identity_untouched() {
     let cluster = cluster_for(signer.public_key(), |_| {}).await;
     let ca = ca_file(&cluster, dir.path());
     let (storage, out) = (dir.path().join("storage"), dir.path().join("out"));
-    let cfg = dir.path().join("tbot.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n  bound_keypair:\n    static_private_key_path: {}\nstorage:\n  type: directory\n  path: {}\nservices:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
-            cluster.proxy_addr(),
-            ca.display(),
-            key.display(),
-            storage.display(),
-            out.display()
-        ),
-    )
-    .unwrap();
+    let cfg = tbot_yaml(
+        dir.path(),
+        &cluster,
+        &ca,
+        Some(&key),
+        &format!("  type: directory\n  path: {}\n", storage.display()),
+        &out,
+    );
     let start = move || {
         let mut cmd = crate::support::keybound();
         cmd.args(["start", "--oneshot", "-c"]).arg(&cfg);

@@ -5,6 +5,7 @@ mod agent;
 mod authapi;
 mod cluster;
 mod config;
+mod faults;
 mod fuzz_regressions;
 mod hostile;
 mod interop;

@@ -8,7 +8,7 @@ use keybound::devcluster::Misbehaviour;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
-use crate::cluster::{ca_file, cluster_for, key_file};
+use crate::cluster::{ca_file, cluster_for, key_file, tbot_yaml};
 use crate::support::{assert_no_secret, keybound};
 
 /// The key's secrets: the env value, and the base64 body of its PEM file.
@@ -53,17 +53,14 @@ async fn no_command_prints_the_key_on_success_or_failure() {
     let value = signer.to_env_value().to_string();
     let cluster = cluster_for(signer.public_key(), |_| {}).await;
     let ca = ca_file(&cluster, dir.path());
-    let cfg = dir.path().join("tbot.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\nstorage:\n  type: memory\nservices:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
-            cluster.proxy_addr(),
-            ca.display(),
-            dir.path().join("out").display()
-        ),
-    )
-    .unwrap();
+    let cfg = tbot_yaml(
+        dir.path(),
+        &cluster,
+        &ca,
+        None,
+        "  type: memory\n",
+        &dir.path().join("out"),
+    );
     let cfg = cfg.to_str().unwrap();
     let env = [("TBOT_BOUND_KEYPAIR_STATIC_KEY", value.as_str())];
     // One character of the value replaced: mostly still the key, and not base64.

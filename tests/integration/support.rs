@@ -22,6 +22,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "ssh-keygen" | "ssh" => "openssh-client",
         "sshd" => "openssh-server",
         "python3" => "python3 (with python3-jwt and python3-cryptography)",
+        "unshare" => "util-linux",
         _ => name,
     };
     let path = match name {
@@ -244,4 +245,26 @@ pub(crate) fn assert_no_secret(text: &str, secret: &str, what: &str) {
             "{what} leaked: {piece:?} found in\n{text}"
         );
     }
+}
+
+/// Every file under `dir` (relative path, contents), sorted, but for keybound's storage lock and
+/// the marker of a rejoin in doubt (which a challenge answered before a stream broke rightly
+/// leaves). Staged files (`.keybound-*`) count: none may be left behind.
+pub(crate) fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                stack.push(path);
+            } else if name != ".keybound.lock" && name != ".keybound-rejoin" {
+                let rel = path.strip_prefix(dir).unwrap().to_owned();
+                files.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
 }
