@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Every backend: pkcs11 is on by default; tpm needs libtss2-dev, which `make deps` installs.
 FEATURES ?= --features tpm
 
-.PHONY: test deps emulators lint unit docs demo bench release
+.PHONY: test deps emulators lint unit docs demo bench release fuzz
 
 ## test: install what is missing, prove the emulators work, then format check, clippy, all tests, docs
 test: deps emulators lint unit docs
@@ -36,6 +36,12 @@ demo:
 ## renewals (memory and file descriptors must stay flat)
 bench:
 	$(CARGO) bench --locked $(FEATURES) --bench join --bench sign --bench renewal --bench soak
+
+## fuzz: every fuzz target for FUZZ_SECONDS each (default 60); needs cargo-fuzz. Not part of
+## make test, which runs the kept inputs (tests/data/fuzz-regressions) as ordinary tests.
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## release: the release binary with every backend
 release:
