@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Every backend: pkcs11 is on by default; tpm needs libtss2-dev, which `make deps` installs.
 FEATURES ?= --features tpm
 
-.PHONY: test deps emulators lint unit docs demo bench perf release
+.PHONY: test deps emulators lint unit docs demo bench perf release fuzz
 
 ## test: install what is missing, prove the emulators work, then format check, clippy, all tests, docs
 test: deps emulators lint unit docs
@@ -42,6 +42,12 @@ bench:
 ## joins; rewrites the tables of docs/PERFORMANCE.md
 perf:
 	scripts/perf.py
+
+## fuzz: every fuzz target for FUZZ_SECONDS each (default 60); needs cargo-fuzz. Not part of
+## make test, which runs the kept inputs (tests/data/fuzz-regressions) as ordinary tests.
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## release: the release binary with every backend
 release:

@@ -298,7 +298,7 @@ pub struct DevClusterArgs {
 
     /// Misbehave on purpose, to test clients.
     #[arg(long, value_enum)]
-    pub misbehave: Option<MisbehaveArg>,
+    pub misbehave: Option<crate::devcluster::Misbehaviour>,
 
     /// Write the CA bundle clients must trust here.
     #[arg(long, default_value = "dev-cluster-ca.pem", value_name = "PATH")]
@@ -307,17 +307,6 @@ pub struct DevClusterArgs {
     /// The Teleport version to claim.
     #[arg(long, default_value = "18.2.10")]
     pub server_version: String,
-}
-
-/// `--misbehave` values.
-#[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
-pub enum MisbehaveArg {
-    /// Challenge a key the client does not hold.
-    ChallengeOtherKey,
-    /// Drop the stream after the first challenge.
-    DropMidJoin,
-    /// Issue the certificates, then drop the stream instead of sending them.
-    DropResult,
 }
 
 /// `keybound keypair ...`.

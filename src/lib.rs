@@ -19,6 +19,8 @@
 //! Backends live in their own crates under `backends/`: `keybound-signer` (the trait and shared
 //! types) and `keybound-signer-soft` (file and env keys).
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod auth;
 pub mod cli;

@@ -2,10 +2,21 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use keybound::cli::Cli;
+use keybound_signer::config::STATIC_KEY_ENV;
 
 fn main() -> ExitCode {
+    // Before anything else, while this is the only thread: the static key leaves the environment
+    // and core dumps are turned off.
+    if let Some(value) = take_env(STATIC_KEY_ENV) {
+        keybound_signer_soft::keep_env_value(STATIC_KEY_ENV, value);
+    }
+    let no_core_dumps = disable_core_dumps();
+
     let cli = Cli::parse();
     keybound::logging::init(cli.debug, cli.log_format);
+    if let Err(error) = no_core_dumps {
+        tracing::warn!(%error, "cannot disable core dumps; a crash could write secrets to disk");
+    }
     match keybound::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -13,4 +24,58 @@ fn main() -> ExitCode {
             ExitCode::from(failure.kind.code())
         }
     }
+}
+
+/// Removes the variable `name` from the environment and returns its value (`None` if it is unset
+/// or not UTF-8: then it stays, and the env signer reports it). The bytes of `NAME=value` are
+/// zeroed where they were, so that the value is not left in memory, nor in `/proc/<pid>/environ`,
+/// and no thread or child process started later can read it.
+///
+/// The only `unsafe` code in keybound (the library and the backends forbid it): changing the
+/// environment is sound only while no other thread may read it, which holds at the top of
+/// `main`, before the async runtime, logging or any library starts a thread.
+#[allow(unsafe_code)]
+fn take_env(name: &str) -> Option<zeroize::Zeroizing<String>> {
+    let value = zeroize::Zeroizing::new(std::env::var_os(name)?.into_string().ok()?);
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: single-threaded (see above). `getenv` returns the value inside the `NAME=value`
+    // string of the environment (or null); that string lives in memory the process owns for its
+    // whole life (the initial environment block, or a copy `setenv` made and never frees), so it
+    // stays valid after `remove_var` takes the pointer out of `environ`, and nothing else refers
+    // to it then. Zeroing runs from the name's first byte to the value's terminating NUL, the
+    // exact extent of that string.
+    unsafe {
+        let found = libc::getenv(c_name.as_ptr());
+        std::env::remove_var(name);
+        if !found.is_null() {
+            let start = found.sub(name.len() + 1);
+            let len = name.len() + 1 + libc::strlen(found);
+            zeroize::Zeroize::zeroize(std::slice::from_raw_parts_mut(start.cast::<u8>(), len));
+        }
+    }
+    Some(value)
+}
+
+/// Turns core dumps off for good: the process holds private keys (the static key when it is a
+/// software key, and always the bot's own subject keys) and PINs. `RLIMIT_CORE` 0 (soft and
+/// hard, so nothing can raise it again) stops a core file; not dumpable also stops a core piped to
+/// a crash handler and `ptrace` by other processes of the same user.
+#[allow(unsafe_code)]
+fn disable_core_dumps() -> std::io::Result<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls take plain values (and a pointer to a local that outlives the call) and
+    // change only this process's limits and flags.
+    let (limit, dumpable) = unsafe {
+        (
+            libc::setrlimit(libc::RLIMIT_CORE, &zero),
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
+        )
+    };
+    if limit != 0 || dumpable != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

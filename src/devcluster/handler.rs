@@ -30,9 +30,33 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Carries the server's half of the conversation to the client.
 pub(crate) trait Peer {
-    /// Sends a challenge (`public_key` as an `authorized_keys` line, the JSON `document`) and
+    /// The cluster, whose misbehaviour the peer follows.
+    fn cluster(&self) -> &Cluster;
+
+    /// Sends one challenge (`public_key` as an `authorized_keys` line, the JSON `document`) and
     /// returns the client's compact JWS.
-    async fn challenge(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status>;
+    async fn ask(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status>;
+
+    /// Waits for the client's next message and returns the status that ends the stream.
+    async fn wait_for_client(&mut self) -> Status;
+
+    /// Challenges the client as the cluster's misbehaviour says (normally: [`ask`](Self::ask)
+    /// once) and returns its solution.
+    async fn challenge(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status> {
+        use super::Misbehaviour;
+        if self.cluster().misbehaviour() == Some(Misbehaviour::Stall) {
+            return Err(self.wait_for_client().await);
+        }
+        let (public_key, document) = self.cluster().challenge_to_send(public_key, document);
+        let solution = self.ask(&public_key, &document).await?;
+        if self.cluster().misbehaviour() == Some(Misbehaviour::ChallengeTwice) {
+            self.ask(&public_key, &Cluster::second_challenge(&document))
+                .await?;
+            self.cluster().record_solution();
+        }
+        Ok(solution)
+    }
+
     /// Asks the client for a new key under `suite`; returns its `authorized_keys` line.
     async fn rotate(&mut self, suite: Suite) -> Result<String, Status>;
 }

@@ -54,11 +54,25 @@ use ca::ClusterCa;
 use roles::{Bot, Role};
 use tokens::{Status as TokenStatus, Token};
 
-/// Ways the dev cluster can misbehave on purpose, for testing clients.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+/// Ways the dev cluster can misbehave on purpose, for testing clients (`--misbehave`): a hostile
+/// or broken server.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, clap::ValueEnum)]
 pub enum Misbehaviour {
     /// Challenge a key the client does not hold.
     ChallengeOtherKey,
+    /// Ask the client's key to sign arbitrary JSON (claims for another service, no nonce): a
+    /// signing-oracle attempt.
+    SignArbitraryJson,
+    /// A challenge document whose `sub` is another key's ID.
+    ChallengeWrongSubject,
+    /// A challenge document valid for ten years.
+    ChallengeFarFutureExpiry,
+    /// A challenge document without a nonce.
+    ChallengeWithoutNonce,
+    /// After the client's solution, a second challenge for the same key (a fresh nonce).
+    ChallengeTwice,
+    /// Send no challenge and nothing else, until the client gives up.
+    Stall,
     /// Drop the stream right after sending the first challenge.
     DropMidJoin,
     /// Issue the certificates (moving the bot's generation on), then drop the stream instead
@@ -391,20 +405,62 @@ impl Cluster {
         }
     }
 
-    /// A well-formed challenge for a key nobody holds (misbehaviour).
-    fn other_key_challenge(&self) -> (String, String) {
+    /// What to send for a challenge of `public_key` (an `authorized_keys` line) with `document`:
+    /// those two, or what the misbehaviour calls for.
+    fn challenge_to_send(&self, public_key: &str, document: &str) -> (String, String) {
+        let Some(misbehaviour) = self.misbehaviour() else {
+            return (public_key.to_owned(), document.to_owned());
+        };
+        let mut claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(document).expect("the cluster's own challenge is a JSON object");
+        let now = handler::unix(self.now());
+        match misbehaviour {
+            Misbehaviour::ChallengeOtherKey => {
+                let (key, sub) = Self::other_key();
+                claims.insert("sub".into(), sub.into());
+                return (key, serde_json::Value::Object(claims).to_string());
+            }
+            Misbehaviour::SignArbitraryJson => {
+                let other = serde_json::json!({
+                    "iss": "https://ci.example.com", "sub": "deploy", "aud": "payments-api",
+                    "iat": now, "exp": now + 3600, "scope": "admin",
+                });
+                return (public_key.to_owned(), other.to_string());
+            }
+            Misbehaviour::ChallengeWrongSubject => {
+                claims.insert("sub".into(), Self::other_key().1.into());
+            }
+            Misbehaviour::ChallengeFarFutureExpiry => {
+                claims.insert("exp".into(), (now + 10 * 365 * 24 * 60 * 60).into());
+            }
+            Misbehaviour::ChallengeWithoutNonce => {
+                claims.remove("nonce");
+            }
+            Misbehaviour::ChallengeTwice
+            | Misbehaviour::Stall
+            | Misbehaviour::DropMidJoin
+            | Misbehaviour::DropResult => return (public_key.to_owned(), document.to_owned()),
+        }
+        (
+            public_key.to_owned(),
+            serde_json::Value::Object(claims).to_string(),
+        )
+    }
+
+    /// A key nobody holds: its `authorized_keys` line and key ID.
+    fn other_key() -> (String, String) {
         let other =
             SoftSigner::generate(Algorithm::Ed25519).expect("Ed25519 generation cannot fail");
         let key: &PublicKey = other.public_key();
-        let now = handler::unix(self.now());
-        let document = format!(
-            r#"{{"iss":"{c}","sub":"{}","aud":"{c}","exp":{},"nbf":{},"iat":{now},"nonce":"00112233445566778899aabbccddeeff"}}"#,
-            key.key_id(),
-            now + 60,
-            now - 10,
-            c = self.ca.cluster_name()
-        );
-        (key.to_openssh(), document)
+        (key.to_openssh(), key.key_id())
+    }
+
+    /// `document` again with a fresh nonce: the second challenge of [`Misbehaviour::ChallengeTwice`].
+    fn second_challenge(document: &str) -> String {
+        let mut claims: serde_json::Value =
+            serde_json::from_str(document).expect("the cluster's own challenge is JSON");
+        claims["nonce"] = "ffeeddccbbaa99887766554433221100".into();
+        claims.to_string()
     }
 
     fn find_document(&self, local: SocketAddr) -> serde_json::Value {
@@ -895,11 +951,7 @@ pub fn config_from_args(args: &crate::cli::DevClusterArgs) -> anyhow::Result<Dev
         suite: Suite::parse(&args.suite).map_err(|e| anyhow::anyhow!("--suite: {e}"))?,
         legacy_only: args.legacy_only,
         duplicate_server_init: args.duplicate_server_init,
-        misbehave: args.misbehave.map(|m| match m {
-            crate::cli::MisbehaveArg::ChallengeOtherKey => Misbehaviour::ChallengeOtherKey,
-            crate::cli::MisbehaveArg::DropMidJoin => Misbehaviour::DropMidJoin,
-            crate::cli::MisbehaveArg::DropResult => Misbehaviour::DropResult,
-        }),
+        misbehave: args.misbehave,
         server_version: args.server_version.clone(),
         tokens: resources.tokens,
         roles: resources.roles,

@@ -82,6 +82,17 @@ fn give_up_error(g: &v1::GivingUp) -> Status {
     }
 }
 
+fn drop_mid_join() -> Status {
+    Status::unavailable("dev cluster: dropping the stream mid-join, as asked")
+}
+
+/// [`Misbehaviour::Stall`]: nothing was sent; whatever the client did next ends the stream.
+fn stall<T>(received: Result<T, Status>) -> Status {
+    received.err().unwrap_or_else(|| {
+        Status::invalid_argument("dev cluster: stalled, and the client spoke out of turn")
+    })
+}
+
 fn client_closed() -> Status {
     Status::cancelled("the client closed the join stream")
 }
@@ -116,24 +127,22 @@ impl V1Peer {
 }
 
 impl Peer for V1Peer {
-    async fn challenge(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status> {
-        let (public_key, document) = match self.cluster.misbehaviour() {
-            Some(Misbehaviour::ChallengeOtherKey) => self.cluster.other_key_challenge(),
-            _ => (public_key.to_owned(), document.to_owned()),
-        };
+    fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    async fn ask(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status> {
         self.send(v1::join_response::Payload::Challenge(v1::Challenge {
             payload: Some(v1::challenge::Payload::BoundKeypairChallenge(
                 v1::BoundKeypairChallenge {
-                    public_key: public_key.into_bytes(),
-                    challenge: document,
+                    public_key: public_key.as_bytes().to_vec(),
+                    challenge: document.to_owned(),
                 },
             )),
         }))
         .await?;
         if self.cluster.misbehaviour() == Some(Misbehaviour::DropMidJoin) {
-            return Err(Status::unavailable(
-                "dev cluster: dropping the stream mid-join, as asked",
-            ));
+            return Err(drop_mid_join());
         }
         use v1::challenge_solution::Payload as S;
         match self.receive().await? {
@@ -145,6 +154,10 @@ impl Peer for V1Peer {
                 "expected client to send message of type *messages.BoundKeypairChallengeSolution",
             )),
         }
+    }
+
+    async fn wait_for_client(&mut self) -> Status {
+        stall(self.receive().await)
     }
 
     async fn rotate(&mut self, suite: Suite) -> Result<String, Status> {
@@ -350,27 +363,29 @@ impl LegacyPeer {
 }
 
 impl Peer for LegacyPeer {
-    async fn challenge(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status> {
+    fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    async fn ask(&mut self, public_key: &str, document: &str) -> Result<Vec<u8>, Status> {
         use legacy::register_using_bound_keypair_method_request::Payload as P;
         use legacy::register_using_bound_keypair_method_response::Response as R;
-        let (public_key, challenge) = match self.cluster.misbehaviour() {
-            Some(Misbehaviour::ChallengeOtherKey) => self.cluster.other_key_challenge(),
-            _ => (public_key.to_owned(), document.to_owned()),
-        };
         self.send(R::Challenge(legacy::RegisterUsingBoundKeypairChallenge {
-            public_key,
-            challenge,
+            public_key: public_key.to_owned(),
+            challenge: document.to_owned(),
         }))
         .await?;
         if self.cluster.misbehaviour() == Some(Misbehaviour::DropMidJoin) {
-            return Err(Status::unavailable(
-                "dev cluster: dropping the stream mid-join, as asked",
-            ));
+            return Err(drop_mid_join());
         }
         match self.receive().await? {
             P::ChallengeResponse(r) => Ok(r.solution),
             _ => Err(Status::invalid_argument("expected a challenge response")),
         }
+    }
+
+    async fn wait_for_client(&mut self) -> Status {
+        stall(self.receive().await)
     }
 
     async fn rotate(&mut self, suite: Suite) -> Result<String, Status> {

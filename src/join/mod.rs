@@ -52,6 +52,15 @@ use subject::SubjectKey;
 /// The most one join may take, fallback included.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
 
+/// The largest join message keybound reads (tonic's default is 4 MiB). Teleport's are a few
+/// kilobytes: the largest, the result, carries the bot's certificates and the cluster's CAs.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// How many challenges keybound answers in one join. Teleport challenges the bound key once per
+/// join (a second challenge follows only a rotation, which a static key refuses), so a second one
+/// can only be a server collecting signatures.
+const MAX_CHALLENGES: usize = 1;
+
 /// tbot's message when the server challenges a key it does not hold (the missing "not" is in
 /// the original, `lib/join/joinclient/join_boundkeypair.go`; keybound's message says it right).
 const WRONG_KEY: &str =
@@ -353,22 +362,61 @@ fn unreachable_error(addr: &HostPort, error: &dyn std::error::Error) -> JoinErro
 
 /// Turns a status received mid-join into the error a user sees.
 fn status_error(status: &Status) -> JoinError {
+    let message = server_text(status.message(), MAX_SERVER_MESSAGE);
     match status.code() {
+        // tonic's own check of an incoming message's length (`codec/decode.rs`).
+        Code::OutOfRange
+            if status
+                .message()
+                .starts_with("Error, decoded message length too large") =>
+        {
+            JoinError::Refused(format!(
+                "the cluster sent a join message larger than {} KiB, which no Teleport join message \
+                 is ({message}); check that proxy_server names a Teleport proxy",
+                MAX_MESSAGE / 1024
+            ))
+        }
+        // A status with a source was made by tonic from a local error (the HTTP/2 connection
+        // broke, say), not sent by the cluster: no rejection, whatever its code.
+        _ if std::error::Error::source(status).is_some() => JoinError::Unreachable(format!(
+            "the connection to the cluster broke during the join: {message}"
+        )),
         Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
             JoinError::Unreachable(format!(
                 "the connection to the cluster broke during the join: {}",
-                if status.message().is_empty() {
+                if message.is_empty() {
                     code_name(status.code())
                 } else {
-                    status.message().to_owned()
+                    message
                 }
             ))
         }
-        code => JoinError::Rejected {
-            code,
-            message: status.message().to_owned(),
-        },
+        code => JoinError::Rejected { code, message },
     }
+}
+
+/// The most of a server's message an error repeats.
+const MAX_SERVER_MESSAGE: usize = 512;
+/// The most of a server-chosen name (a key, a key ID, a suite) an error repeats.
+pub(crate) const MAX_SERVER_NAME: usize = 120;
+
+/// Text a server chose, fit for a one-line error: control characters escaped, at most `max`
+/// characters, and the length of the rest said.
+pub(crate) fn server_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    let rest = chars.as_str().len();
+    if rest > 0 {
+        out.push_str(&format!("... ({rest} more bytes)"));
+    }
+    out
 }
 
 /// Why the server ended a stream we could no longer write to: its final status, if it sent one.
@@ -392,28 +440,53 @@ pub fn expiry_after(ttl: Duration) -> SystemTime {
         .unwrap_or(now + Duration::from_secs(48 * 60 * 60))
 }
 
+/// Decides whether keybound may sign a challenge the cluster sent: `public_key` (an
+/// `authorized_keys` line) must be `ours`, and `document` a fresh Teleport challenge for it
+/// ([`challenge::check`]). The error says why not, for the user and for `GivingUp`; `backend`
+/// names the signer in it.
+pub fn vet_challenge(
+    ours: &PublicKey,
+    backend: &str,
+    public_key: &str,
+    document: &str,
+    now: SystemTime,
+) -> Result<(), JoinError> {
+    let named = PublicKey::from_openssh(public_key).map_err(|_| {
+        JoinError::Refused(format!(
+            "{WRONG_KEY}: the cluster challenged \"{}\", which is not an Ed25519 or P-256 key",
+            server_text(public_key, MAX_SERVER_NAME)
+        ))
+    })?;
+    if &named != ours {
+        return Err(JoinError::Refused(format!(
+            "{WRONG_KEY}: the cluster challenged {} but keybound's key is {} ({backend}); the token is bound to another key: \
+             recreate it with this key's public key (keybound keypair show)",
+            named.fingerprint(),
+            ours.fingerprint(),
+        )));
+    }
+    challenge::check(document, ours, now).map_err(|why| {
+        JoinError::Refused(format!(
+            "refused to sign the cluster's challenge: {}",
+            server_text(&why, MAX_SERVER_MESSAGE)
+        ))
+    })
+}
+
 /// Decides whether to sign a challenge, and signs it. `Err` carries the reason to give up.
 async fn answer(
     signer: &Arc<dyn Signer>,
     public_key: &str,
     document: &str,
 ) -> Result<String, GiveUp> {
-    let ours = signer.public_key();
-    let named = PublicKey::from_openssh(public_key).map_err(|_| {
-        GiveUp::refused(format!("{WRONG_KEY}: the cluster challenged {public_key:?}, which is not an Ed25519 or P-256 key"))
-    })?;
-    if &named != ours {
-        return Err(GiveUp::refused(format!(
-            "{WRONG_KEY}: the cluster challenged {} but keybound's key is {} ({}); the token is bound to another key: \
-             recreate it with this key's public key (keybound keypair show)",
-            named.fingerprint(),
-            ours.fingerprint(),
-            signer.backend()
-        )));
-    }
-    challenge::check(document, ours, SystemTime::now()).map_err(|why| {
-        GiveUp::refused(format!("refused to sign the cluster's challenge: {why}"))
-    })?;
+    vet_challenge(
+        signer.public_key(),
+        signer.backend(),
+        public_key,
+        document,
+        SystemTime::now(),
+    )
+    .map_err(|error| GiveUp { error })?;
     let signer = signer.clone();
     let payload = document.as_bytes().to_vec();
     let started = std::time::Instant::now();
@@ -449,6 +522,25 @@ impl GiveUp {
     }
 }
 
+/// keybound already answered a challenge in this join.
+fn second_challenge() -> GiveUp {
+    GiveUp::refused(
+        "the cluster sent a second challenge in one join; keybound answers one challenge per \
+         join and signs nothing more (is proxy_server the Teleport cluster you expect?)"
+            .to_owned(),
+    )
+}
+
+/// The cluster sent certificates before keybound proved its key.
+fn unchallenged_result() -> GiveUp {
+    GiveUp::refused(
+        "the cluster sent certificates before any challenge: a bound-keypair join always proves \
+         the key first, so keybound refuses the result (is proxy_server the Teleport cluster you \
+         expect?)"
+            .to_owned(),
+    )
+}
+
 fn rotation_refused(suite: &str) -> JoinError {
     JoinError::Refused(format!(
         "the cluster asked to rotate the bound keypair (suite {:?}), which a static key cannot do \
@@ -456,9 +548,9 @@ fn rotation_refused(suite: &str) -> JoinError {
          new key (keybound keypair create --static) and recreate the token with its public key as \
          initial_public_key",
         if suite.is_empty() {
-            "unspecified"
+            "unspecified".to_owned()
         } else {
-            suite
+            server_text(suite, MAX_SERVER_NAME)
         }
     ))
 }
@@ -528,7 +620,8 @@ async fn join_new(
             status.message()
         )),
     };
-    let mut client = v1::join_service_client::JoinServiceClient::new(channel);
+    let mut client = v1::join_service_client::JoinServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE);
     let mut inbound = client
         .join(ReceiverStream::new(rx))
         .await
@@ -539,8 +632,12 @@ async fn join_new(
             payload: Some(join_response::Payload::Init(init)),
         }) => {
             debug!(join_method = %init.join_method, suite = %init.signature_algorithm_suite, "received ServerInit");
-            Suite::parse(&init.signature_algorithm_suite)
-                .map_err(|e| JoinError::Refused(format!("the cluster's ServerInit names {e}")))?
+            Suite::parse(&init.signature_algorithm_suite).map_err(|_| {
+                JoinError::Refused(format!(
+                    "the cluster's ServerInit names an unknown signature algorithm suite \"{}\"",
+                    server_text(&init.signature_algorithm_suite, MAX_SERVER_NAME)
+                ))
+            })?
         }
         Some(other) => {
             return Err(JoinError::Refused(format!(
@@ -591,6 +688,7 @@ async fn join_new(
         }
     };
 
+    let mut challenges = 0;
     loop {
         let message = inbound
             .message()
@@ -616,8 +714,12 @@ async fn join_new(
                 debug!(suite = %init.signature_algorithm_suite, "ignoring a repeated ServerInit");
             }
             join_response::Payload::Challenge(v1::Challenge {
+                payload: Some(ch::Payload::BoundKeypairChallenge(_)),
+            }) if challenges >= MAX_CHALLENGES => return Err(give_up(second_challenge()).await),
+            join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairChallenge(c)),
             }) => {
+                challenges += 1;
                 match answer(
                     &params.signer,
                     &String::from_utf8_lossy(&c.public_key),
@@ -657,6 +759,9 @@ async fn join_new(
                     })
                     .await;
                 return Err(error.into());
+            }
+            join_response::Payload::Result(_) if challenges == 0 => {
+                return Err(give_up(unchallenged_result()).await);
             }
             join_response::Payload::Result(v1::Result {
                 payload: Some(res::Payload::BotResult(result)),
@@ -769,12 +874,19 @@ async fn join_legacy(
     ))
     .await?;
 
-    let mut client = legacy::join_service_client::JoinServiceClient::new(channel);
+    let mut client = legacy::join_service_client::JoinServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE);
     let mut inbound = client
         .register_using_bound_keypair_method(ReceiverStream::new(rx))
         .await
         .map_err(|s| status_error(&s))?
         .into_inner();
+    let mut challenges = 0;
+    // The legacy RPC has no GivingUp: ending the stream is how a client gives up.
+    let give_up = |why: GiveUp| {
+        warn!(reason = %why.message(), "giving up on the join");
+        why.error
+    };
     loop {
         let message = inbound.message().await.map_err(|s| status_error(&s))?;
         let Some(legacy::RegisterUsingBoundKeypairMethodResponse {
@@ -790,7 +902,11 @@ async fn join_legacy(
             });
         };
         match response {
+            resp::Response::Challenge(_) if challenges >= MAX_CHALLENGES => {
+                return Err(give_up(second_challenge()));
+            }
             resp::Response::Challenge(c) => {
+                challenges += 1;
                 match answer(&params.signer, &c.public_key, &c.challenge).await {
                     Ok(solution) => {
                         answered.store(true, Ordering::SeqCst);
@@ -804,11 +920,7 @@ async fn join_legacy(
                             return Err(closed_reason(&mut inbound).await);
                         }
                     }
-                    // The legacy RPC has no GivingUp: ending the stream is how a client gives up.
-                    Err(why) => {
-                        warn!(reason = %why.message(), "giving up on the join");
-                        return Err(why.error);
-                    }
+                    Err(why) => return Err(give_up(why)),
                 }
             }
             resp::Response::Rotation(r) => {
@@ -820,6 +932,9 @@ async fn join_legacy(
                     .map(|s| s.to_string())
                     .unwrap_or_default();
                 return Err(rotation_refused(&suite));
+            }
+            resp::Response::Certs(_) if challenges == 0 => {
+                return Err(give_up(unchallenged_result()));
             }
             resp::Response::Certs(result) => {
                 let certs = result.certs.ok_or_else(|| {
@@ -857,6 +972,18 @@ mod tests {
     fn codes_read_like_grpc() {
         assert_eq!(code_name(Code::PermissionDenied), "PERMISSION_DENIED");
         assert_eq!(code_name(Code::Unknown), "UNKNOWN");
+    }
+
+    #[test]
+    fn server_text_is_one_bounded_line() {
+        assert_eq!(server_text("balanced-v1", 20), "balanced-v1");
+        assert_eq!(server_text("a\nb\u{1b}[2J", 20), "a\\nb\\u{1b}[2J");
+        assert_eq!(
+            server_text(&"x".repeat(1000), 10),
+            "xxxxxxxxxx... (990 more bytes)"
+        );
+        // Never cut inside a character.
+        assert_eq!(server_text("ééé", 2), "éé... (2 more bytes)");
     }
 
     #[test]

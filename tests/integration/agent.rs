@@ -12,7 +12,7 @@ use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
 use crate::cluster::{ca_file, token, with_robot};
-use crate::support::{free_port, keybound};
+use crate::support::{assert_no_secret, free_port, keybound};
 
 /// A GET on the diagnostics listener: (status code, body).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -211,7 +211,10 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
         Agent::start(
             &cfg,
             &dir_path,
-            &[("TBOT_BOUND_KEYPAIR_STATIC_KEY", &value2)],
+            &[
+                ("TBOT_BOUND_KEYPAIR_STATIC_KEY", &value2),
+                ("KEYBOUND_TEST_MARKER", "present"),
+            ],
         )
     })
     .await;
@@ -222,6 +225,32 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
         })
     })
     .await;
+    // The key left the environment before any thread started: /proc shows the variable's bytes
+    // zeroed (another variable is still there, so the file was read right), and core dumps are
+    // off for good.
+    let pid = agent.child.as_ref().unwrap().id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.contains("KEYBOUND_TEST_MARKER=present"),
+        "{environ}"
+    );
+    assert!(
+        !environ.contains("TBOT_BOUND_KEYPAIR_STATIC_KEY"),
+        "{environ}"
+    );
+    assert_no_secret(&environ, &value, "the env value");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
+
     let (_, ready) = get(port, "/readyz").unwrap();
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["status"], "ready");
@@ -264,11 +293,8 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
     assert!(logs.contains("renewed"), "{logs}");
     let pem = signer.to_pkcs8_pem();
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    assert!(
-        !logs.contains(value.as_str()) && !logs.contains(&value[..24]),
-        "the env value leaked"
-    );
-    assert!(!logs.contains(&body[..24]), "the private key leaked");
+    assert_no_secret(&logs, &value, "the env value");
+    assert_no_secret(&logs, &body, "the private key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,52 @@ pub(crate) async fn cluster_for(
     DevCluster::start(config).await.unwrap()
 }
 
+/// Writes `signer`'s private key to `dir/bound.pem`, mode 0600.
+pub(crate) fn key_file(dir: &Path, signer: &SoftSigner) -> std::path::PathBuf {
+    let path = dir.join("bound.pem");
+    keybound::fsutil::write_atomic(
+        &path,
+        signer.to_pkcs8_pem().as_bytes(),
+        0o600,
+        keybound::fsutil::Replace::Allow,
+    )
+    .unwrap();
+    path
+}
+
+/// Writes `dir/tbot.yaml` for `cluster` (CA bundle `ca`): token `t`, the static key in the file
+/// `key` (or, with `None`, the environment), `storage` as YAML lines (`type: memory`, ...) and one
+/// identity output to `out`.
+pub(crate) fn tbot_yaml(
+    dir: &Path,
+    cluster: &DevCluster,
+    ca: &Path,
+    key: Option<&Path>,
+    storage: &str,
+    out: &Path,
+) -> std::path::PathBuf {
+    let key = key
+        .map(|k| {
+            format!(
+                "  bound_keypair:\n    static_private_key_path: {}\n",
+                k.display()
+            )
+        })
+        .unwrap_or_default();
+    let path = dir.join("tbot.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n{key}storage:\n{storage}services:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
+            cluster.proxy_addr(),
+            ca.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// Writes the cluster's CA bundle into `dir`.
 pub(crate) fn ca_file(cluster: &DevCluster, dir: &Path) -> std::path::PathBuf {
     let path = dir.join("ca.pem");

@@ -7,12 +7,16 @@ mod cluster;
 mod completions;
 mod config;
 mod doctor;
+mod faults;
+mod fuzz_regressions;
+mod hostile;
 mod interop;
 mod join;
 mod keypair;
 mod outputs;
 mod pkcs11;
 mod recipes;
+mod secrets;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

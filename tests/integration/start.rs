@@ -7,7 +7,7 @@ use std::process::Command;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
-use crate::cluster::{ca_file, cluster_for};
+use crate::cluster::{ca_file, cluster_for, key_file};
 use crate::support::{keybound, run_ok, stdout, tool, write_key};
 
 fn config(
@@ -50,7 +50,7 @@ struct Setup {
 async fn setup(algorithm: Algorithm, bound_to_other_key: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(algorithm).unwrap();
-    let key = write_key(dir.path(), &signer);
+    let key = key_file(dir.path(), &signer);
     let other = SoftSigner::generate(algorithm).unwrap();
     let bound = if bound_to_other_key { &other } else { &signer };
     let cluster = cluster_for(bound.public_key(), |_| {}).await;

@@ -27,6 +27,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "systemd-analyze" => "systemd",
         "ldd" => "libc-bin",
         "apt-cache" => "apt",
+        "unshare" => "util-linux",
         _ => name,
     };
     let path = match name {
@@ -247,4 +248,41 @@ impl Drop for FindServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Fails if `text` holds any 16 consecutive characters of `secret` (`what` names it), so that a
+/// secret leaks neither whole nor in pieces.
+pub(crate) fn assert_no_secret(text: &str, secret: &str, what: &str) {
+    const WINDOW: usize = 16;
+    let secret: Vec<char> = secret.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(secret.len() >= WINDOW, "{what} is too short to look for");
+    for window in secret.windows(WINDOW) {
+        let piece: String = window.iter().collect();
+        assert!(
+            !text.contains(&piece),
+            "{what} leaked: {piece:?} found in\n{text}"
+        );
+    }
+}
+
+/// Every file under `dir` (relative path, contents), sorted, but for keybound's storage lock and
+/// the marker of a rejoin in doubt (which a challenge answered before a stream broke rightly
+/// leaves). Staged files (`.keybound-*`) count: none may be left behind.
+pub(crate) fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                stack.push(path);
+            } else if name != ".keybound.lock" && name != ".keybound-rejoin" {
+                let rel = path.strip_prefix(dir).unwrap().to_owned();
+                files.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
 }

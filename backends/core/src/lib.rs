@@ -6,6 +6,7 @@
 //! [`jws`] compact builder, one [`Error`] type, and the backend configuration structs in
 //! [`config`]. This crate has no C dependencies and no async runtime.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod algorithm;

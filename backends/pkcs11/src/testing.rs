@@ -115,6 +115,24 @@ impl TestToken {
         Self { label }
     }
 
+    /// The token's directory in the test store (SoftHSM names it by a UUID; `token.object` holds
+    /// the label).
+    pub fn dir(&self) -> PathBuf {
+        let conf = PathBuf::from(std::env::var_os("SOFTHSM2_CONF").expect("SOFTHSM2_CONF is set"));
+        let tokens = conf.parent().expect("a file has a parent").join("tokens");
+        std::fs::read_dir(&tokens)
+            .expect("the test token store")
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .find(|dir| {
+                std::fs::read(dir.join("token.object")).is_ok_and(|bytes| {
+                    bytes
+                        .windows(self.label.len())
+                        .any(|w| w == self.label.as_bytes())
+                })
+            })
+            .expect("the token's directory")
+    }
+
     /// A read-only session on this token, logged in as the user.
     fn user_session(&self) -> cryptoki::session::Session {
         let ctx = module();

@@ -154,3 +154,29 @@ fn each_failure_has_its_own_clear_error() {
         .unwrap();
     Pkcs11Uri::parse(pasted).unwrap();
 }
+
+#[test]
+fn a_token_removed_mid_run_is_a_clear_transient_error() {
+    let token = TestToken::new("gone");
+    let signer = generate(&token.config("k"), Algorithm::EcdsaP256Sha256, false).unwrap();
+    signer.sign(b"before").unwrap();
+
+    // The token's files disappear (a pulled token, a store unmounted) between two signatures.
+    let dir = token.dir();
+    let away = dir.with_extension("away");
+    std::fs::rename(&dir, &away).unwrap();
+    let during = signer.sign(b"during");
+    // Put the files back for the other tests of this process. (SoftHSM scans its token directory
+    // only when the module initialises, so this process would not see the token again; a
+    // restarted keybound, or a hardware token put back, would.)
+    std::fs::rename(&away, &dir).unwrap();
+    let error = during.expect_err("a token without its files must not sign");
+    let message = error.to_string();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{message}");
+    assert!(message.contains(&token.label), "{message}");
+    assert!(message.contains("is gone"), "{message}");
+    assert!(
+        !message.contains('\n') && !message.contains(USER_PIN),
+        "{message}"
+    );
+}

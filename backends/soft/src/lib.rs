@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod parse;
@@ -8,6 +9,7 @@ use std::fs::File;
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -21,6 +23,29 @@ use zeroize::Zeroizing;
 
 /// A key file larger than this is not a key; refusing it early bounds what we read.
 const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Values a program took out of its environment before any thread started ([`keep_env_value`]),
+/// by variable name.
+static TAKEN: Mutex<Vec<(String, Zeroizing<String>)>> = Mutex::new(Vec::new());
+
+/// Hands over the value of the environment variable `name`, which the program has removed from
+/// its environment (so that no thread or child process sees it); [`SoftSigner::open_env`] reads
+/// `name` from here first. The value is zeroized when the process ends or it is replaced.
+pub fn keep_env_value(name: &str, value: Zeroizing<String>) {
+    let mut taken = TAKEN.lock().expect("environment value lock poisoned");
+    taken.retain(|(n, _)| n != name);
+    taken.push((name.to_owned(), value));
+}
+
+/// The value of `name`: handed over by [`keep_env_value`], or still in the environment.
+fn env_value(name: &str) -> Option<Result<Zeroizing<String>, ()>> {
+    let taken = TAKEN.lock().expect("environment value lock poisoned");
+    if let Some((_, value)) = taken.iter().find(|(n, _)| n == name) {
+        return Some(Ok(value.clone()));
+    }
+    drop(taken);
+    std::env::var_os(name).map(|v| v.into_string().map(Zeroizing::new).map_err(|_| ()))
+}
 
 /// A software key: Ed25519 or ECDSA P-256 held in process memory, zeroized on drop.
 pub struct SoftSigner {
@@ -58,7 +83,7 @@ impl SoftSigner {
     /// Opens a key from the environment variable `config.variable`.
     pub fn open_env(config: &EnvConfig) -> Result<Self, Error> {
         let name = &config.variable;
-        let Some(value) = std::env::var_os(name) else {
+        let Some(value) = env_value(name) else {
             return Err(Error::new(
                 ErrorKind::KeyNotFound,
                 "env",
@@ -69,13 +94,13 @@ impl SoftSigner {
                 ),
             ));
         };
-        let value = Zeroizing::new(value.into_string().map_err(|_| {
+        let value = value.map_err(|()| {
             Error::new(
                 ErrorKind::Config,
                 "env",
                 format!("${name} is not valid UTF-8; it must hold base64 text"),
             )
-        })?);
+        })?;
         Self::from_env_value(name, &value)
     }
 
@@ -99,8 +124,9 @@ impl SoftSigner {
                 ErrorKind::Config,
                 "env",
                 format!(
-                    "${name} is not valid base64 ({e}); it must hold the standard base64 of the \
-                     whole PEM key file, as `keybound keypair create --static` prints it"
+                    "${name} is not valid base64 ({}); it must hold the standard base64 of the \
+                     whole PEM key file, as `keybound keypair create --static` prints it",
+                    base64_problem(&e)
                 ),
             )
         })?);
@@ -228,6 +254,18 @@ impl Source {
             Self::Env(name) => format!("${name}"),
             Self::Generated => "generated key".to_owned(),
         }
+    }
+}
+
+/// What is wrong with a base64 value, without the offending byte: base64's own message quotes it,
+/// and it is a byte of a secret.
+fn base64_problem(error: &base64::DecodeError) -> String {
+    use base64::DecodeError as E;
+    match error {
+        E::InvalidByte(offset, _) => format!("a character that is not base64 at offset {offset}"),
+        E::InvalidLength(length) => format!("{length} base64 characters, a length no value has"),
+        E::InvalidLastSymbol(offset, _) => format!("a bad last character at offset {offset}"),
+        E::InvalidPadding => "bad padding".to_owned(),
     }
 }
 

@@ -95,6 +95,11 @@ fn env_value_tolerates_whitespace_and_rejects_bad_base64() {
         "{msg}"
     );
     assert!(!msg.contains('\n'));
+    // Where the bad character is, but not what it is: it is a character of a secret.
+    let err = SoftSigner::from_env_value("V", "QUJD%EVG").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("not base64 at offset 4"), "{msg}");
+    assert!(!msg.contains('%') && !msg.contains("37"), "{msg}");
 
     // Unpadded base64 is refused, as Go's StdEncoding refuses it.
     let unpadded = value.trim_end_matches('=');
@@ -276,4 +281,16 @@ fn debug_and_errors_never_show_key_material() {
     let damaged = pem.replace("-----END PRIVATE KEY-----", "");
     let msg = pem_error(damaged.as_bytes());
     assert!(!msg.contains(&body[..16]), "{msg}");
+}
+
+#[test]
+fn a_value_taken_out_of_the_environment_is_still_found() {
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    // Never in the environment: the program handed it over after removing it.
+    let name = "KEYBOUND_TEST_TAKEN_KEY";
+    assert!(std::env::var_os(name).is_none());
+    keybound_signer_soft::keep_env_value(name, signer.to_env_value());
+    let opened = SoftSigner::open_env(&EnvConfig::new(name)).unwrap();
+    assert_eq!(opened.public_key(), signer.public_key());
+    assert_eq!(opened.source(), &Source::Env(name.to_owned()));
 }

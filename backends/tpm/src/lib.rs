@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod keyfile;
@@ -226,6 +227,9 @@ impl fmt::Display for Source {
 
 /// A bound keypair inside a TPM.
 pub struct TpmSigner {
+    /// What [`open`](Self::open) was given, to connect again after the TPM went away.
+    config: TpmConfig,
+    key_file: Option<(PathBuf, KeyFile)>,
     tcti: Tcti,
     source: Source,
     public: PublicKey,
@@ -245,6 +249,7 @@ impl TpmSigner {
     }
 
     fn open_inner(config: &TpmConfig, key_file: Option<(PathBuf, KeyFile)>) -> Result<Self, Error> {
+        let kept = key_file.clone();
         let (tcti, mut ctx) = connect(config)?;
         let (key, source) = match (&config.key, key_file) {
             (TpmKey::Handle(handle), _) => {
@@ -307,12 +312,46 @@ impl TpmSigner {
         ctx.set_sessions((Some(AuthSession::Password), None, None));
         debug!(%tcti, key = %source, %protection, "opened TPM key");
         Ok(Self {
+            config: config.clone(),
+            key_file: kept,
             tcti,
             source,
             public,
             protection,
             state: Mutex::new((ctx, key)),
         })
+    }
+
+    /// Connects to the TPM again and loads the same key, after a command failed with `failure`:
+    /// a TPM that restarted (swtpm, a resource manager, a reset) leaves the old context dead.
+    fn reconnect(&self, failure: &TssError) -> Result<(Context, KeyHandle), Error> {
+        let fresh = Self::open_inner(&self.config, self.key_file.clone()).map_err(|e| {
+            err(
+                e.kind(),
+                format!(
+                    "the TPM at {} failed to sign with {} ({failure}), and connecting again failed: {}",
+                    self.tcti,
+                    self.source,
+                    e.message()
+                ),
+            )
+        })?;
+        if fresh.public != self.public {
+            return Err(err(
+                ErrorKind::KeyNotFound,
+                format!(
+                    "after connecting again, {} in the TPM at {} is another key ({}, not {})",
+                    self.source,
+                    self.tcti,
+                    fresh.public.fingerprint(),
+                    self.public.fingerprint()
+                ),
+            ));
+        }
+        Ok(fresh
+            .state
+            .into_inner()
+            .expect("a fresh TPM context lock is not poisoned"))
     }
 
     /// Where the key is, for messages: `persistent handle 0x...` or `key file ...`.
@@ -508,7 +547,19 @@ impl Signer for TpmSigner {
         let scheme = SignatureScheme::EcDsa {
             hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
         };
-        let signed = retrying(|| ctx.sign(*key, digest.clone(), scheme, validation.clone()));
+        let mut signed = retrying(|| ctx.sign(*key, digest.clone(), scheme, validation.clone()));
+        if let Err(e) = &signed
+            && !is_auth_failure(e)
+            && rc_kind(e) != Some(Tss2ResponseCodeKind::Lockout)
+        {
+            // Perhaps the TPM went away and came back: connect again, once, and sign again.
+            // (Never after an authorization failure: each one counts towards lockout.)
+            warn!(error = %e, key = %self.source, "the TPM failed to sign; connecting again");
+            *guard = self.reconnect(e)?;
+            let (ctx, key) = &mut *guard;
+            signed = retrying(|| ctx.sign(*key, digest.clone(), scheme, validation.clone()));
+        }
+        let (ctx, _) = &mut *guard;
         match signed {
             Ok(tss_esapi::structures::Signature::EcDsa(signature)) => {
                 let mut bytes = Vec::with_capacity(64);

@@ -155,6 +155,11 @@ impl Swtpm {
         }
     }
 
+    /// The swtpm process's id, while it runs (to stop it with a signal).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the TPM without warning (what a crash or power loss does).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -383,3 +383,49 @@ fn a_wrong_auth_value_is_never_retried_and_lockout_is_explained() {
         "{last}"
     );
 }
+
+#[test]
+fn a_tpm_killed_mid_sign_is_a_clear_transient_error_and_the_signer_recovers() {
+    let mut tpm = Swtpm::start();
+    let signer = generate(
+        &tpm.config(TpmKey::Handle(HANDLE)),
+        Algorithm::EcdsaP256Sha256,
+        false,
+    )
+    .unwrap()
+    .signer;
+    signer.sign(b"before").unwrap();
+
+    // Freeze swtpm, start a signature (it blocks on the frozen TPM), then kill swtpm under it.
+    let pid = tpm.pid().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let signer = std::sync::Arc::new(signer);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let signing = signer.clone();
+    std::thread::spawn(move || tx.send(signing.sign(b"during")).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tpm.kill();
+    let error = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the signature must end once the TPM is gone")
+        .unwrap_err();
+    let message = error.to_string();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{message}");
+    assert!(message.contains("the TPM at swtpm:"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+
+    // The TPM comes back (a restarted swtpm or resource manager): the same signer signs again,
+    // with the same key.
+    tpm.restart();
+    let signature = signer.sign(b"after").unwrap();
+    signer
+        .public_key()
+        .verify(b"after", signature.as_bytes())
+        .unwrap();
+}

@@ -1,0 +1,626 @@
+//! A hostile or broken server: the dev cluster misbehaving on purpose, and a scripted join server
+//! for what a well-meaning cluster cannot say (messages out of order, oversized, a stall, a
+//! dropped connection, bad TLS). In every case keybound signs nothing it should not, ends within
+//! its timeout with a one-line error, and (run as `keybound start`) leaves the previous identity
+//! as it was.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keybound::config::HostPort;
+use keybound::devcluster::Misbehaviour;
+use keybound::devcluster::ca::ClusterCa;
+use keybound::join::{self, JoinError, JoinParams};
+use keybound::tls::Trust;
+use keybound_proto::teleport::join::v1;
+use keybound_signer::{Algorithm, PublicKey, Signer};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::cluster::{Counting, ca_file, cluster_for, key_file, params, tbot_yaml};
+use crate::support::snapshot;
+
+/// The join timeout these tests give keybound, where a server stalls.
+const SHORT: Duration = Duration::from_secs(3);
+/// How long a test waits for keybound at most (it never asserts how fast keybound was).
+const BOUND: Duration = Duration::from_secs(60);
+
+/// Runs a join, bounded by [`BOUND`], and returns its error (a success fails the test). The error
+/// must be one line.
+async fn join_err(params: &JoinParams) -> JoinError {
+    let error = tokio::time::timeout(BOUND, join::join(params))
+        .await
+        .expect("keybound must end within its own timeout")
+        .expect_err("the join must fail");
+    let text = error.to_string();
+    assert!(!text.contains('\n'), "not one line: {text:?}");
+    assert!(
+        text.len() < 1024,
+        "an error of {} bytes: {text:.200}",
+        text.len()
+    );
+    error
+}
+
+// === The dev cluster, misbehaving ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_oracle_attempts_are_refused_without_signing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            Misbehaviour::ChallengeOtherKey,
+            "does not match the value requested by the server",
+        ),
+        (
+            Misbehaviour::SignArbitraryJson,
+            "not a Teleport challenge document",
+        ),
+        (Misbehaviour::ChallengeWrongSubject, "not this key's"),
+        (
+            Misbehaviour::ChallengeFarFutureExpiry,
+            "longer than the 600 s keybound accepts",
+        ),
+        (Misbehaviour::ChallengeWithoutNonce, "missing field `nonce`"),
+    ];
+    for legacy_only in [false, true] {
+        for (misbehaviour, expected) in cases {
+            let signer = Counting::new(Algorithm::Ed25519);
+            let cluster = cluster_for(signer.public_key(), |c| {
+                c.misbehave = Some(misbehaviour);
+                c.legacy_only = legacy_only;
+            })
+            .await;
+            let ca = ca_file(&cluster, dir.path());
+            let error = join_err(&params(&cluster, &ca, "t", signer.clone())).await;
+            let case = format!("{misbehaviour:?} legacy_only={legacy_only}");
+            assert!(matches!(error, JoinError::Refused(_)), "{case}: {error:?}");
+            assert!(error.to_string().contains(expected), "{case}: {error}");
+            assert_eq!(signer.count(), 0, "{case}: keybound signed");
+            assert_eq!(cluster.cluster.solutions_received(), 0, "{case}");
+            assert_eq!(cluster.cluster.joins_completed(), 0, "{case}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_challenge_in_one_join_is_not_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    for legacy_only in [false, true] {
+        let signer = Counting::new(Algorithm::EcdsaP256Sha256);
+        let cluster = cluster_for(signer.public_key(), |c| {
+            c.misbehave = Some(Misbehaviour::ChallengeTwice);
+            c.legacy_only = legacy_only;
+        })
+        .await;
+        let ca = ca_file(&cluster, dir.path());
+        let error = join_err(&params(&cluster, &ca, "t", signer.clone())).await;
+        assert!(matches!(error, JoinError::Refused(_)), "{error:?}");
+        assert!(error.to_string().contains("second challenge"), "{error}");
+        assert_eq!(signer.count(), 1, "only the first challenge is signed");
+        assert_eq!(cluster.cluster.joins_completed(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_or_dropping_cluster_ends_the_join_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for legacy_only in [false, true] {
+        let signer = Counting::new(Algorithm::Ed25519);
+        let cluster = cluster_for(signer.public_key(), |c| {
+            c.misbehave = Some(Misbehaviour::Stall);
+            c.legacy_only = legacy_only;
+        })
+        .await;
+        let ca = ca_file(&cluster, dir.path());
+        let mut p = params(&cluster, &ca, "t", signer.clone());
+        p.timeout = SHORT;
+        let error = join_err(&p).await;
+        assert!(matches!(error, JoinError::TimedOut(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("did not finish within 3 s"),
+            "{error}"
+        );
+
+        assert_eq!(signer.count(), 0);
+
+        // The challenge is genuine, so keybound may answer it before it sees the drop.
+        cluster
+            .cluster
+            .set_misbehaviour(Some(Misbehaviour::DropMidJoin));
+        let error = join_err(&p).await;
+        assert!(matches!(error, JoinError::Unreachable(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("broke during the join"),
+            "{error}"
+        );
+        assert!(signer.count() <= 1);
+        assert_eq!(cluster.cluster.joins_completed(), 0);
+    }
+}
+
+// === A scripted join server ===
+
+/// What the scripted server does after reading the client's first message.
+#[derive(Clone)]
+enum Step {
+    /// Send this message.
+    Send(v1::JoinResponse),
+    /// Wait for the client's next message.
+    Receive,
+    /// Send nothing more, and keep the connection open until the client leaves.
+    Stall,
+    /// Close the TCP connection, with no gRPC status.
+    Drop,
+}
+
+/// How the scripted server does TLS.
+#[derive(Clone, Copy, Debug)]
+enum Tls {
+    /// A certificate for `localhost` from the CA the client trusts; ALPN `teleport-proxy-grpc`.
+    Good,
+    /// A certificate for another name.
+    WrongName,
+    /// A certificate from a CA the client does not trust.
+    UntrustedCa,
+    /// No ALPN at all.
+    NoAlpn,
+    /// ALPN `http/1.1` only: nothing the client offers.
+    WrongAlpn,
+    /// No TLS: accept TCP connections and say nothing.
+    Silent,
+}
+
+/// The join service of the scripted server.
+#[derive(Clone)]
+struct Script {
+    steps: Arc<Vec<Step>>,
+    /// Tells the connection to close (`Step::Drop`).
+    drop: Arc<Notify>,
+}
+
+type Outbound =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JoinResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::join_service_server::JoinService for Script {
+    type JoinStream = Outbound;
+
+    async fn join(
+        &self,
+        request: tonic::Request<tonic::Streaming<v1::JoinRequest>>,
+    ) -> Result<tonic::Response<Outbound>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let (steps, drop) = (self.steps.clone(), self.drop.clone());
+        tokio::spawn(async move {
+            // Read whatever the client sends, until it leaves.
+            let (seen_tx, mut seen) = mpsc::channel(16);
+            let client = tokio::spawn(async move {
+                while let Ok(Some(message)) = inbound.message().await {
+                    let _ = seen_tx.try_send(message);
+                }
+            });
+            for step in steps.iter() {
+                match step {
+                    Step::Send(message) => {
+                        if tx.send(Ok(message.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Step::Receive => {
+                        if seen.recv().await.is_none() {
+                            return;
+                        }
+                    }
+                    Step::Stall => break,
+                    Step::Drop => return drop.notify_one(),
+                }
+            }
+            let _ = client.await;
+        });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A join server on localhost that follows a script.
+struct Scripted {
+    port: u16,
+    ca: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Scripted {
+    async fn start(tls: Tls, steps: Vec<Step>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = ClusterCa::generate("hostile.test").unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, trusted.host_ca_pem()).unwrap();
+        let names = |n: &str| vec![n.to_owned()];
+        let (chain, key) = match tls {
+            Tls::WrongName => trusted.server_cert(&names("wrong.example")),
+            Tls::UntrustedCa => ClusterCa::generate("other.test")
+                .unwrap()
+                .server_cert(&names("localhost")),
+            _ => trusted.server_cert(&names("localhost")),
+        }
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = match tls {
+            Tls::NoAlpn => Vec::new(),
+            Tls::WrongAlpn => vec![b"http/1.1".to_vec()],
+            _ => vec![b"teleport-proxy-grpc".to_vec(), b"h2".to_vec()],
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let steps = Arc::new(steps);
+        let task = tokio::spawn(async move {
+            let mut silent = Vec::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                if matches!(tls, Tls::Silent) {
+                    silent.push(tcp);
+                    continue;
+                }
+                let (acceptor, steps) = (acceptor.clone(), steps.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let drop = Arc::new(Notify::new());
+                    let service = v1::join_service_server::JoinServiceServer::new(Script {
+                        steps,
+                        drop: drop.clone(),
+                    });
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let mut service = service.clone();
+                            async move { tower::Service::call(&mut service, request).await }
+                        },
+                    );
+                    let connection = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    // Dropping the connection closes the socket.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = drop.notified() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            ca,
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn params(&self, signer: Arc<dyn Signer>) -> JoinParams {
+        JoinParams {
+            proxy: HostPort::parse(&format!("localhost:{}", self.port), 443).unwrap(),
+            direct: false,
+            trust: Trust::Bundle(self.ca.clone()),
+            token: "t".to_owned(),
+            credential_ttl: Duration::from_secs(3600),
+            signer,
+            timeout: SHORT,
+        }
+    }
+}
+
+fn send(payload: v1::join_response::Payload) -> Step {
+    Step::Send(v1::JoinResponse {
+        payload: Some(payload),
+    })
+}
+
+fn server_init(suite: &str) -> Step {
+    send(v1::join_response::Payload::Init(v1::ServerInit {
+        join_method: "bound_keypair".to_owned(),
+        signature_algorithm_suite: suite.to_owned(),
+    }))
+}
+
+fn challenge(public_key: &str, document: &str) -> Step {
+    send(v1::join_response::Payload::Challenge(v1::Challenge {
+        payload: Some(v1::challenge::Payload::BoundKeypairChallenge(
+            v1::BoundKeypairChallenge {
+                public_key: public_key.as_bytes().to_vec(),
+                challenge: document.to_owned(),
+            },
+        )),
+    }))
+}
+
+/// A fresh, well-formed Teleport challenge document for `key`.
+fn document(key: &PublicKey) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        r#"{{"iss":"hostile.test","sub":"{}","aud":"hostile.test","exp":{},"nbf":{},"iat":{now},"nonce":"{}"}}"#,
+        key.key_id(),
+        now + 60,
+        now - 10,
+        "ab".repeat(16)
+    )
+}
+
+fn bot_result() -> Step {
+    send(v1::join_response::Payload::Result(v1::Result {
+        payload: Some(v1::result::Payload::BotResult(v1::BotResult::default())),
+    }))
+}
+
+/// Runs one join against a scripted server and checks that nothing was signed.
+async fn scripted_err(tls: Tls, steps: Vec<Step>) -> JoinError {
+    scripted_err_for(&Counting::new(Algorithm::Ed25519), tls, steps).await
+}
+
+/// [`scripted_err`] with `signer`.
+async fn scripted_err_for(signer: &Arc<Counting>, tls: Tls, steps: Vec<Step>) -> JoinError {
+    let server = Scripted::start(tls, steps).await;
+    let error = join_err(&server.params(signer.clone())).await;
+    assert_eq!(signer.count(), 0, "{tls:?}: keybound signed: {error}");
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpected_and_out_of_order_messages_end_the_join() {
+    let key = Counting::new(Algorithm::Ed25519);
+    let ours = key.public_key().to_openssh();
+    let cases: Vec<(&str, Vec<Step>, &str)> = vec![
+        (
+            "a challenge before ServerInit",
+            vec![challenge(&ours, "{}")],
+            "first join message is not ServerInit",
+        ),
+        (
+            "certificates before any challenge",
+            vec![server_init("balanced-v1"), bot_result()],
+            "certificates before any challenge",
+        ),
+        (
+            "an empty message",
+            vec![
+                server_init("balanced-v1"),
+                Step::Send(v1::JoinResponse { payload: None }),
+            ],
+            "empty join message",
+        ),
+        (
+            "a challenge of no known kind",
+            vec![
+                server_init("balanced-v1"),
+                send(v1::join_response::Payload::Challenge(v1::Challenge {
+                    payload: None,
+                })),
+            ],
+            "unexpected join message",
+        ),
+        (
+            "an unknown suite",
+            vec![server_init("rot13-v9\n")],
+            r#"unknown signature algorithm suite "rot13-v9\n""#,
+        ),
+        (
+            "a challenge with a key that is not a key",
+            vec![
+                server_init("balanced-v1"),
+                challenge("ssh-ed25519 AAAA", "{}"),
+            ],
+            "which is not an Ed25519 or P-256 key",
+        ),
+    ];
+    for (case, steps, expected) in cases {
+        let error = scripted_err(Tls::Good, steps).await;
+        assert!(matches!(error, JoinError::Refused(_)), "{case}: {error:?}");
+        assert!(error.to_string().contains(expected), "{case}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_valid_challenge_from_a_scripted_server_is_not_signed() {
+    let signer = Counting::new(Algorithm::Ed25519);
+    let (key, doc) = (
+        signer.public_key().to_openssh(),
+        document(signer.public_key()),
+    );
+    let second = doc.replace(&"ab".repeat(16), &"cd".repeat(16));
+    let server = Scripted::start(
+        Tls::Good,
+        vec![
+            server_init("balanced-v1"),
+            challenge(&key, &doc),
+            challenge(&key, &second),
+        ],
+    )
+    .await;
+    let error = join_err(&server.params(signer.clone())).await;
+    assert!(error.to_string().contains("second challenge"), "{error}");
+    assert_eq!(signer.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_with_a_bounded_error() {
+    let signer = Counting::new(Algorithm::Ed25519);
+    let ours = signer.public_key().to_openssh();
+    // Over the 1 MiB message limit: tonic refuses it before keybound looks at it.
+    let huge = format!("ssh-ed25519 {}", "A".repeat(2 * 1024 * 1024));
+    let error = scripted_err(
+        Tls::Good,
+        vec![server_init("balanced-v1"), challenge(&huge, "{}")],
+    )
+    .await;
+    assert!(matches!(error, JoinError::Refused(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("larger than 1024 KiB"),
+        "{error}"
+    );
+
+    // Under the limit, but no key: the error quotes only the start of it.
+    let big = format!("ssh-ed25519 {}", "A".repeat(200 * 1024));
+    let error = scripted_err(
+        Tls::Good,
+        vec![server_init("balanced-v1"), challenge(&big, "{}")],
+    )
+    .await;
+    assert!(error.to_string().contains("more bytes"), "{error}");
+
+    // A challenge document far larger than Teleport's.
+    let padded = document(signer.public_key()).replace(
+        r#""iss":"hostile.test""#,
+        &format!(r#""iss":"{}""#, "x".repeat(100 * 1024)),
+    );
+    let error = scripted_err_for(
+        &signer,
+        Tls::Good,
+        vec![server_init("balanced-v1"), challenge(&ours, &padded)],
+    )
+    .await;
+    assert!(error.to_string().contains("more than 4096"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stalls_or_drops_mid_stream_ends_the_join() {
+    // Silent after ServerInit: keybound's own timeout ends it.
+    let error = scripted_err(Tls::Good, vec![server_init("balanced-v1"), Step::Stall]).await;
+    assert!(matches!(error, JoinError::TimedOut(_)), "{error:?}");
+
+    // Silent before TLS: the same.
+    let error = scripted_err(Tls::Silent, vec![]).await;
+    assert!(matches!(error, JoinError::TimedOut(_)), "{error:?}");
+
+    // The TCP connection closes mid-stream, without a gRPC status.
+    // (ClientInit, then BoundKeypairInit: the client has read ServerInit.)
+    let error = scripted_err(
+        Tls::Good,
+        vec![
+            server_init("balanced-v1"),
+            Step::Receive,
+            Step::Receive,
+            Step::Drop,
+        ],
+    )
+    .await;
+    assert!(matches!(error, JoinError::Unreachable(_)), "{error:?}");
+    // Whether the HTTP/2 stream saw an error or a bare end depends on timing; both say so.
+    let message = error.to_string();
+    assert!(
+        message.contains("broke during the join")
+            || message.contains("closed the join stream before sending certificates"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_is_refused_before_anything_is_sent() {
+    let cases = [
+        (Tls::WrongName, "certificate"),
+        (Tls::UntrustedCa, "--ca-path"),
+        (
+            Tls::NoAlpn,
+            "chose ALPN None instead of teleport-proxy-grpc",
+        ),
+        (Tls::WrongAlpn, "NoApplicationProtocol"),
+    ];
+    for (tls, expected) in cases {
+        let error = scripted_err(tls, vec![server_init("balanced-v1")]).await;
+        assert!(
+            matches!(error, JoinError::Unreachable(_)),
+            "{tls:?}: {error:?}"
+        );
+        assert!(error.to_string().contains(expected), "{tls:?}: {error}");
+    }
+}
+
+// === `keybound start`: the previous identity survives ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_cluster_leaves_the_previous_identity_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = keybound_signer_soft::SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let key = key_file(dir.path(), &signer);
+    let cluster = cluster_for(signer.public_key(), |_| {}).await;
+    let ca = ca_file(&cluster, dir.path());
+    let (storage, out) = (dir.path().join("storage"), dir.path().join("out"));
+    let cfg = tbot_yaml(
+        dir.path(),
+        &cluster,
+        &ca,
+        Some(&key),
+        &format!("  type: directory\n  path: {}\n", storage.display()),
+        &out,
+    );
+    let start = move || {
+        let mut cmd = crate::support::keybound();
+        cmd.args(["start", "--oneshot", "-c"]).arg(&cfg);
+        cmd
+    };
+    let run =
+        |mut cmd: std::process::Command| tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    let first = run(start()).await.unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let (before_storage, before_out) = (snapshot(&storage), snapshot(&out));
+    assert!(
+        before_storage
+            .iter()
+            .any(|(p, _)| p == Path::new("tlscert"))
+    );
+
+    for misbehaviour in [
+        Misbehaviour::ChallengeOtherKey,
+        Misbehaviour::SignArbitraryJson,
+        Misbehaviour::ChallengeWrongSubject,
+        Misbehaviour::ChallengeFarFutureExpiry,
+        Misbehaviour::ChallengeWithoutNonce,
+        Misbehaviour::DropMidJoin,
+    ] {
+        cluster.cluster.set_misbehaviour(Some(misbehaviour));
+        let output = run(start()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{misbehaviour:?} succeeded");
+        assert!(!stderr.contains("panicked"), "{misbehaviour:?}: {stderr}");
+        let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{misbehaviour:?}: {stderr}");
+        assert_eq!(
+            snapshot(&out),
+            before_out,
+            "{misbehaviour:?}: outputs changed"
+        );
+        assert_eq!(
+            snapshot(&storage),
+            before_storage,
+            "{misbehaviour:?}: storage changed"
+        );
+    }
+    assert_eq!(cluster.cluster.joins_completed(), 1);
+}
