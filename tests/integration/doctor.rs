@@ -9,7 +9,7 @@ use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
 use crate::cluster::{ca_file, cluster_for};
-use crate::support::{free_port, keybound, stdout, tool, write_key};
+use crate::support::{free_port, keybound, stdout, tool};
 
 /// A key file, a dev cluster for it, and a tbot.yaml with directory storage and one output.
 struct Setup {
@@ -23,7 +23,7 @@ struct Setup {
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
-    let key = write_key(dir.path(), &signer);
+    let key = crate::cluster::key_file(dir.path(), &signer);
     let cluster = cluster_for(signer.public_key(), |_| {}).await;
     let ca = ca_file(&cluster, dir.path());
     let cfg = dir.path().join("tbot.yaml");
@@ -315,7 +315,7 @@ async fn a_tls_server_that_is_not_a_proxy_fails_the_alpn_check() {
 async fn auth_server_is_checked_over_auths_own_tls() {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
-    let key = write_key(dir.path(), &signer);
+    let key = crate::cluster::key_file(dir.path(), &signer);
     let auth_port = free_port();
     let cluster = cluster_for(signer.public_key(), |c| {
         c.auth_listen = Some(([127, 0, 0, 1], auth_port).into());

@@ -8,7 +8,7 @@ use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
 use crate::cluster::{ca_file, cluster_for, key_file};
-use crate::support::{keybound, run_ok, stdout, tool, write_key};
+use crate::support::{keybound, run_ok, stdout, tool};
 
 fn config(
     dir: &Path,

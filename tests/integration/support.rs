@@ -111,19 +111,6 @@ pub(crate) fn python_public_key(private_key: &Path) -> String {
     stdout(&output).trim().to_owned()
 }
 
-/// Writes `signer`'s private key to `dir/bound.pem`, mode 0600, and returns the path.
-pub(crate) fn write_key(dir: &Path, signer: &keybound_signer_soft::SoftSigner) -> PathBuf {
-    let path = dir.join("bound.pem");
-    keybound::fsutil::write_atomic(
-        &path,
-        signer.to_pkcs8_pem().as_bytes(),
-        0o600,
-        keybound::fsutil::Replace::Allow,
-    )
-    .unwrap();
-    path
-}
-
 /// A port nobody listens on right now.
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
