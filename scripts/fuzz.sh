@@ -12,6 +12,10 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(config_yaml private_key_pem private_key_env pkcs11_uri tss2_key_file challenge_document server_messages)
 fi
+if ! command -v cargo-fuzz >/dev/null; then
+    echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2
+    exit 1
+fi
 export RUSTC_BOOTSTRAP=1
 # libtss2 prints its own errors to stderr unless told not to.
 export TSS2_LOG=all+NONE
