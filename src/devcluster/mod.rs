@@ -78,6 +78,10 @@ pub enum Misbehaviour {
     /// Issue the certificates (moving the bot's generation on), then drop the stream instead
     /// of sending them: a result lost on the way.
     DropResult,
+    /// Send `ServerInit` only once `BoundKeypairInit` has arrived: only a client that sends
+    /// both before waiting (as keybound's authenticated rejoin does) gets through; any other
+    /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
+    HoldServerInit,
 }
 
 /// How to run a dev cluster.
@@ -439,7 +443,8 @@ impl Cluster {
             Misbehaviour::ChallengeTwice
             | Misbehaviour::Stall
             | Misbehaviour::DropMidJoin
-            | Misbehaviour::DropResult => return (public_key.to_owned(), document.to_owned()),
+            | Misbehaviour::DropResult
+            | Misbehaviour::HoldServerInit => return (public_key.to_owned(), document.to_owned()),
         }
         (
             public_key.to_owned(),

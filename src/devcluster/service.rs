@@ -252,6 +252,11 @@ impl v1::join_service_server::JoinService for JoinV1 {
                     token.join_method
                 )));
             }
+            let held = if cluster.misbehaviour() == Some(Misbehaviour::HoldServerInit) {
+                Some(peer.receive().await?)
+            } else {
+                None
+            };
             let server_init = v1::ServerInit {
                 join_method: "bound_keypair".to_owned(),
                 signature_algorithm_suite: suite_string(cluster.config.suite),
@@ -272,7 +277,11 @@ impl v1::join_service_server::JoinService for JoinV1 {
                     "bound keypair joining is only supported for bots",
                 ));
             }
-            let bk = match peer.receive().await? {
+            let next = match held {
+                Some(message) => message,
+                None => peer.receive().await?,
+            };
+            let bk = match next {
                 v1::join_request::Payload::BoundKeypairInit(bk) => bk,
                 v1::join_request::Payload::GivingUp(g) => return Err(give_up_error(&g)),
                 _ => {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use keybound::auth::{AuthClient, AuthRoute, encoded_cluster_name};
 use keybound::config::HostPort;
 use keybound::identity::Identity;
-use keybound::join::{self, subject::SubjectKey};
+use keybound::join::{self, JoinParams, subject::SubjectKey};
 use keybound::suite::Suite;
 use keybound_proto::proto::{PingRequest, UserCertsRequest, auth_service_client};
 use keybound_proto::teleport::trust::v1 as trust;
@@ -226,4 +226,39 @@ async fn auth_wants_a_certificate_and_the_route_wants_this_cluster() {
     );
     // The route names another cluster, whose Auth the proxy cannot reach.
     assert!(connect("elsewhere.example").await.is_err());
+}
+
+/// An authenticated rejoin sends `BoundKeypairInit` right behind `ClientInit`, without waiting for
+/// the suite: against a cluster that holds `ServerInit` back until that message arrives it goes
+/// through, where a join that waits for the suite (the first, unauthenticated kind) cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_rejoin_sends_its_keys_without_waiting_for_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let cluster = cluster_for(signer.public_key(), |_| {}).await;
+    let ca = ca_file(&cluster, dir.path());
+    let signer: Arc<dyn keybound_signer::Signer> = Arc::new(signer);
+    let p = params(&cluster, &ca, "t", signer);
+    let bot = join::join(&p).await.unwrap().identity;
+    cluster
+        .cluster
+        .set_misbehaviour(Some(keybound::devcluster::Misbehaviour::HoldServerInit));
+
+    // Waiting for ServerInit waits until the timeout (a bound on the wait, not a speed claim).
+    let waiting = JoinParams {
+        timeout: Duration::from_secs(3),
+        ..p.clone()
+    };
+    let error = join::join(&waiting).await.unwrap_err();
+    assert!(matches!(error, join::JoinError::TimedOut(_)), "{error}");
+
+    let route = AuthRoute::Proxy(HostPort::parse(&cluster.proxy_addr(), 443).unwrap());
+    let auth = AuthClient::connect(&route, &bot).await.unwrap();
+    let rejoined = join::rejoin(&p, &auth).await.unwrap();
+    assert!(rejoined.authenticated);
+    assert_eq!(
+        rejoined.identity.info.bot_instance_id,
+        bot.info.bot_instance_id
+    );
+    assert_eq!(cluster.cluster.bot_instances("robot"), 1);
 }
