@@ -56,11 +56,6 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(45);
 /// kilobytes: the largest, the result, carries the bot's certificates and the cluster's CAs.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 
-/// How many challenges keybound answers in one join. Teleport challenges the bound key once per
-/// join (a second challenge follows only a rotation, which a static key refuses), so a second one
-/// can only be a server collecting signatures.
-const MAX_CHALLENGES: usize = 1;
-
 /// tbot's message when the server challenges a key it does not hold (the missing "not" is in
 /// the original, `lib/join/joinclient/join_boundkeypair.go`; keybound's message says it right).
 const WRONG_KEY: &str =
@@ -522,7 +517,9 @@ impl GiveUp {
     }
 }
 
-/// keybound already answered a challenge in this join.
+/// keybound already answered a challenge in this join. It answers one: Teleport challenges the
+/// bound key once per join (a second challenge follows only a rotation, which a static key
+/// refuses), so a second one can only be a server collecting signatures.
 fn second_challenge() -> GiveUp {
     GiveUp::refused(
         "the cluster sent a second challenge in one join; keybound answers one challenge per \
@@ -688,7 +685,6 @@ async fn join_new(
         }
     };
 
-    let mut challenges = 0;
     loop {
         let message = inbound
             .message()
@@ -715,11 +711,12 @@ async fn join_new(
             }
             join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairChallenge(_)),
-            }) if challenges >= MAX_CHALLENGES => return Err(give_up(second_challenge()).await),
+            }) if answered.load(Ordering::SeqCst) => {
+                return Err(give_up(second_challenge()).await);
+            }
             join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairChallenge(c)),
             }) => {
-                challenges += 1;
                 match answer(
                     &params.signer,
                     &String::from_utf8_lossy(&c.public_key),
@@ -760,7 +757,7 @@ async fn join_new(
                     .await;
                 return Err(error.into());
             }
-            join_response::Payload::Result(_) if challenges == 0 => {
+            join_response::Payload::Result(_) if !answered.load(Ordering::SeqCst) => {
                 return Err(give_up(unchallenged_result()).await);
             }
             join_response::Payload::Result(v1::Result {
@@ -881,7 +878,6 @@ async fn join_legacy(
         .await
         .map_err(|s| status_error(&s))?
         .into_inner();
-    let mut challenges = 0;
     // The legacy RPC has no GivingUp: ending the stream is how a client gives up.
     let give_up = |why: GiveUp| {
         warn!(reason = %why.message(), "giving up on the join");
@@ -902,11 +898,10 @@ async fn join_legacy(
             });
         };
         match response {
-            resp::Response::Challenge(_) if challenges >= MAX_CHALLENGES => {
+            resp::Response::Challenge(_) if answered.load(Ordering::SeqCst) => {
                 return Err(give_up(second_challenge()));
             }
             resp::Response::Challenge(c) => {
-                challenges += 1;
                 match answer(&params.signer, &c.public_key, &c.challenge).await {
                     Ok(solution) => {
                         answered.store(true, Ordering::SeqCst);
@@ -933,7 +928,7 @@ async fn join_legacy(
                     .unwrap_or_default();
                 return Err(rotation_refused(&suite));
             }
-            resp::Response::Certs(_) if challenges == 0 => {
+            resp::Response::Certs(_) if !answered.load(Ordering::SeqCst) => {
                 return Err(give_up(unchallenged_result()));
             }
             resp::Response::Certs(result) => {

@@ -31,6 +31,19 @@ pub(crate) fn quick() -> bool {
     std::env::args().any(|a| a == "--test" || a == "--list" || a == "--quick")
 }
 
+/// A memory figure (`VmRSS`, `VmHWM`, ...) of process `pid` (or `self`) from
+/// `/proc/<pid>/status`, in KiB; 0 when it cannot be read.
+pub(crate) fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The `p` quantile of sorted samples.
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]

@@ -30,18 +30,6 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The peak resident memory of process `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn main() {
     let quick = common::quick();
     let bots = if quick {
@@ -134,7 +122,7 @@ fn main() {
         (started.elapsed(), times, errors)
     });
     let (elapsed, times, errors) = outcome;
-    let cluster_rss = peak_rss_kib(pid);
+    let cluster_rss = common::status_kib(&pid.to_string(), "VmHWM");
     let _ = cluster.kill();
     let _ = cluster.wait();
 

@@ -17,14 +17,7 @@ use tokio::sync::Notify;
 mod common;
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    common::status_kib("self", "VmRSS")
 }
 
 fn open_fds() -> usize {

@@ -301,14 +301,7 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
 async fn survives_a_cluster_outage_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(Algorithm::EcdsaP256Sha256).unwrap();
-    let key_path = dir.path().join("bound.pem");
-    keybound::fsutil::write_atomic(
-        &key_path,
-        signer.to_pkcs8_pem().as_bytes(),
-        0o600,
-        keybound::fsutil::Replace::Allow,
-    )
-    .unwrap();
+    let key_path = crate::cluster::key_file(dir.path(), &signer);
     let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
     let addr = cluster.addr;
     let ca = ca_file(&cluster, dir.path());

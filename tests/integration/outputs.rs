@@ -28,14 +28,7 @@ struct Env {
 async fn env(tweak: impl FnOnce(&mut keybound::devcluster::DevClusterConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
-    let key = dir.path().join("bound.pem");
-    keybound::fsutil::write_atomic(
-        &key,
-        signer.to_pkcs8_pem().as_bytes(),
-        0o600,
-        keybound::fsutil::Replace::Allow,
-    )
-    .unwrap();
+    let key = crate::cluster::key_file(dir.path(), &signer);
     let cluster = cluster_for(signer.public_key(), tweak).await;
     let ca = ca_file(&cluster, dir.path());
     Env {

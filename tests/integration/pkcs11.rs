@@ -9,7 +9,7 @@ use keybound_signer::PublicKey;
 
 use crate::cluster::{ca_file, cluster_for};
 use crate::doctor::{doctor_on, run};
-use crate::support::{keybound, run_err, run_ok, stdout, tool};
+use crate::support::{assert_output_verifies, keybound, run_err, run_ok, stdout, tool};
 
 pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The user PIN of every test token: distinctive, so a leak cannot hide among random digits.
@@ -247,13 +247,7 @@ async fn a_full_join_with_the_key_in_softhsm() {
         "{summary}"
     );
     assert!(!stderr.contains(PIN) && !summary.contains(PIN));
-    let verify = run_ok(
-        Command::new(tool("openssl"))
-            .args(["verify", "-CAfile"])
-            .arg(out.join("teleport-user-ca.crt"))
-            .arg(out.join("tlscert")),
-    );
-    assert!(stdout(&verify).contains("OK"));
+    assert_output_verifies(&out);
     assert_eq!(cluster.cluster.joins_completed(), 1);
 
     // A wrong PIN: a configuration error (78), said once, never retried.

@@ -13,7 +13,7 @@ use keybound::cli::Cli;
 
 use crate::cluster::{ca_file, cluster_for};
 use crate::pkcs11::{Hsm, PIN};
-use crate::support::{run_ok, stdout, tool};
+use crate::support::{assert_output_verifies, run_ok, stdout, tool};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -89,13 +89,7 @@ async fn the_github_actions_script_joins_with_a_softhsm_key() {
         )),
         "{exported}"
     );
-    let verify = run_ok(
-        Command::new(tool("openssl"))
-            .args(["verify", "-CAfile"])
-            .arg(out.join("teleport-user-ca.crt"))
-            .arg(out.join("tlscert")),
-    );
-    assert!(stdout(&verify).contains("OK"));
+    assert_output_verifies(&out);
 }
 
 #[test]

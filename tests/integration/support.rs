@@ -83,6 +83,17 @@ pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).expect("UTF-8 stdout")
 }
 
+/// Checks with openssl that an identity output's TLS certificate chains to the output's user CA.
+pub(crate) fn assert_output_verifies(out: &Path) {
+    let verify = run_ok(
+        Command::new(tool("openssl"))
+            .args(["verify", "-CAfile"])
+            .arg(out.join("teleport-user-ca.crt"))
+            .arg(out.join("tlscert")),
+    );
+    assert!(stdout(&verify).contains("OK"));
+}
+
 /// Makes a private key with `openssl genpkey` (`algorithm`: "ed25519" or "P-256"), mode 0600.
 pub(crate) fn openssl_key(dir: &Path, name: &str, algorithm: &str) -> PathBuf {
     let path = dir.join(name);

@@ -2,14 +2,13 @@
 //! with a persistent handle and with a TSS2 key file, and full joins with `start --oneshot`.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::Command;
 
 use keybound_signer::PublicKey;
 use keybound_signer_tpm::testing::Swtpm;
 
 use crate::cluster::{ca_file, cluster_for};
 use crate::doctor::{doctor_on, run};
-use crate::support::{keybound, run_err, run_ok, stdout};
+use crate::support::{assert_output_verifies, keybound, run_err, run_ok, stdout};
 
 fn tpm_args(tpm: &Swtpm, key: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -98,13 +97,7 @@ async fn a_persistent_tpm_key_made_by_keypair_create_joins() {
             .contains("key storage:   non-exportable (fixedTPM, fixedParent, sensitiveDataOrigin"),
         "{summary}"
     );
-    let verify = run_ok(
-        Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(dir.path().join("out/teleport-user-ca.crt"))
-            .arg(dir.path().join("out/tlscert")),
-    );
-    assert!(stdout(&verify).contains("OK"));
+    assert_output_verifies(&dir.path().join("out"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
