@@ -156,6 +156,19 @@ pub struct Cluster {
     solutions: AtomicUsize,
     joins: AtomicUsize,
     user_certs: AtomicUsize,
+    gave_up: Mutex<Vec<GaveUp>>,
+}
+
+/// A client's `GivingUp` on a join: Teleport logs the reason and message and puts them in its
+/// audit event (`lib/join/server.go`); the dev cluster logs and keeps them.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct GaveUp {
+    /// The token the join named in `ClientInit`.
+    pub token: String,
+    /// The reason's protobuf name, e.g. `REASON_CHALLENGE_SOLUTION_FAILED`.
+    pub reason: String,
+    /// The client's message.
+    pub message: String,
 }
 
 impl Cluster {
@@ -200,6 +213,7 @@ impl Cluster {
             solutions: AtomicUsize::new(0),
             joins: AtomicUsize::new(0),
             user_certs: AtomicUsize::new(0),
+            gave_up: Mutex::new(Vec::new()),
             config,
         })
     }
@@ -295,6 +309,32 @@ impl Cluster {
     /// How many certificate sets `GenerateUserCerts` issued.
     pub fn user_certs_issued(&self) -> usize {
         self.user_certs.load(Ordering::Relaxed)
+    }
+
+    /// Every `GivingUp` received so far, oldest first.
+    pub fn givings_up(&self) -> Vec<GaveUp> {
+        self.gave_up.lock().expect("giving-up lock").clone()
+    }
+
+    /// Records and logs a client's `GivingUp` on a join for `token`.
+    fn record_giving_up(&self, token: &str, reason: String, message: &str) {
+        // Client text, so control characters are escaped before they reach the log.
+        let msg: String = message
+            .chars()
+            .flat_map(|c| {
+                let escaped = c.is_control().then(|| c.escape_default());
+                escaped
+                    .into_iter()
+                    .flatten()
+                    .chain((!c.is_control()).then_some(c))
+            })
+            .collect();
+        warn!(token, reason, msg, "the client gave up on the join");
+        self.gave_up.lock().expect("giving-up lock").push(GaveUp {
+            token: token.to_owned(),
+            reason,
+            message: message.to_owned(),
+        });
     }
 
     fn record_user_certs(&self) {

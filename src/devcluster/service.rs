@@ -63,7 +63,16 @@ where
     Box::pin(ReceiverStream::new(rx))
 }
 
-fn give_up_error(g: &v1::GivingUp) -> Status {
+/// What Teleport answers a `GivingUp` with, after recording it.
+fn give_up_error(cluster: &Cluster, token: &str, g: &v1::GivingUp) -> Status {
+    cluster.record_giving_up(
+        token,
+        v1::giving_up::Reason::try_from(g.reason).map_or_else(
+            |_| format!("unknown reason {}", g.reason),
+            |r| r.as_str_name().to_owned(),
+        ),
+        &g.msg,
+    );
     let reason = match v1::giving_up::Reason::try_from(g.reason) {
         Ok(v1::giving_up::Reason::Unspecified) => "reason unspecified",
         Ok(v1::giving_up::Reason::UnsupportedJoinMethod) => "unsupported join method",
@@ -103,6 +112,8 @@ struct V1Peer {
     inbound: Streaming<v1::JoinRequest>,
     out: mpsc::Sender<Result<v1::JoinResponse, Status>>,
     cluster: Arc<Cluster>,
+    /// The token `ClientInit` named, once it has arrived.
+    token: String,
 }
 
 impl V1Peer {
@@ -113,6 +124,10 @@ impl V1Peer {
             }))
             .await
             .map_err(|_| client_closed())
+    }
+
+    fn gave_up(&self, g: &v1::GivingUp) -> Status {
+        give_up_error(&self.cluster, &self.token, g)
     }
 
     async fn receive(&mut self) -> Result<v1::join_request::Payload, Status> {
@@ -149,7 +164,7 @@ impl Peer for V1Peer {
             v1::join_request::Payload::Solution(v1::ChallengeSolution {
                 payload: Some(S::BoundKeypairChallengeSolution(s)),
             }) => Ok(s.solution),
-            v1::join_request::Payload::GivingUp(g) => Err(give_up_error(&g)),
+            v1::join_request::Payload::GivingUp(g) => Err(self.gave_up(&g)),
             _ => Err(Status::invalid_argument(
                 "expected client to send message of type *messages.BoundKeypairChallengeSolution",
             )),
@@ -174,7 +189,7 @@ impl Peer for V1Peer {
             v1::join_request::Payload::Solution(v1::ChallengeSolution {
                 payload: Some(S::BoundKeypairRotationResponse(r)),
             }) => Ok(String::from_utf8_lossy(&r.public_key).into_owned()),
-            v1::join_request::Payload::GivingUp(g) => Err(give_up_error(&g)),
+            v1::join_request::Payload::GivingUp(g) => Err(self.gave_up(&g)),
             _ => Err(Status::invalid_argument(
                 "expected client to send message of type *messages.BoundKeypairRotationResponse",
             )),
@@ -215,6 +230,7 @@ impl v1::join_service_server::JoinService for JoinV1 {
                 inbound,
                 out,
                 cluster: cluster.clone(),
+                token: String::new(),
             };
             let v1::join_request::Payload::ClientInit(init) = peer.receive().await? else {
                 return Err(Status::invalid_argument(
@@ -226,6 +242,7 @@ impl v1::join_service_server::JoinService for JoinV1 {
                     "validating ClientInit message: TokenName is required",
                 ));
             }
+            peer.token.clone_from(&init.token_name);
             if init.system_role.is_empty() {
                 return Err(Status::invalid_argument(
                     "validating ClientInit message: SystemRole is required",
@@ -283,7 +300,7 @@ impl v1::join_service_server::JoinService for JoinV1 {
             };
             let bk = match next {
                 v1::join_request::Payload::BoundKeypairInit(bk) => bk,
-                v1::join_request::Payload::GivingUp(g) => return Err(give_up_error(&g)),
+                v1::join_request::Payload::GivingUp(g) => return Err(peer.gave_up(&g)),
                 _ => {
                     return Err(Status::invalid_argument(
                         "expected client to send message of type *messages.BoundKeypairInit",

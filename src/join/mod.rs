@@ -481,7 +481,10 @@ async fn answer(
         document,
         SystemTime::now(),
     )
-    .map_err(|error| GiveUp { error })?;
+    .map_err(|error| GiveUp {
+        error,
+        message: None,
+    })?;
     let signer = signer.clone();
     let payload = document.as_bytes().to_vec();
     let started = std::time::Instant::now();
@@ -496,24 +499,29 @@ async fn answer(
     Ok(solution)
 }
 
-/// Why keybound stops a join, with the message for `GivingUp` and the error for the user.
+/// Why keybound stops a join: the error for the user, and the message `GivingUp` carries to the
+/// cluster (the error's own text unless another is given).
 struct GiveUp {
     error: JoinError,
+    message: Option<&'static str>,
 }
 
 impl GiveUp {
     fn refused(message: String) -> Self {
         Self {
             error: JoinError::Refused(message),
+            message: None,
         }
     }
     fn signer(error: keybound_signer::Error) -> Self {
         Self {
             error: JoinError::Signer(error),
+            message: None,
         }
     }
     fn message(&self) -> String {
-        self.error.to_string()
+        self.message
+            .map_or_else(|| self.error.to_string(), str::to_owned)
     }
 }
 
@@ -538,8 +546,9 @@ fn unchallenged_result() -> GiveUp {
     )
 }
 
-fn rotation_refused(suite: &str) -> JoinError {
-    JoinError::Refused(format!(
+/// A rotation request: the user is told what to do, the cluster gets tbot's message.
+fn rotation_refused(suite: &str) -> GiveUp {
+    let error = JoinError::Refused(format!(
         "the cluster asked to rotate the bound keypair (suite {:?}), which a static key cannot do \
          ({NO_ROTATION}); the token's spec.bound_keypair.rotate_after is set. An admin must make a \
          new key (keybound keypair create --static) and recreate the token with its public key as \
@@ -549,10 +558,68 @@ fn rotation_refused(suite: &str) -> JoinError {
         } else {
             server_text(suite, MAX_SERVER_NAME)
         }
-    ))
+    ));
+    GiveUp {
+        error,
+        message: Some(NO_ROTATION),
+    }
 }
 
 // === The JoinService.Join RPC ===
+
+/// How long keybound waits, after `GivingUp`, for the cluster to end the stream. The wait puts
+/// the message on the wire before keybound goes on (or exits): Teleport records the reason in its
+/// log and audit event. Teleport ends the stream as soon as it reads the message, so the wait is
+/// one round trip; a cluster that never answers costs no more than this.
+pub const GIVE_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// The request side of a `JoinService.Join` stream. Each send takes a sender of its own, so
+/// taking the one kept here closes the side once in-flight sends are done.
+struct Outbound(std::sync::Mutex<Option<mpsc::Sender<v1::JoinRequest>>>);
+
+impl Outbound {
+    fn sender(&self) -> Option<mpsc::Sender<v1::JoinRequest>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn close(&self) -> Option<mpsc::Sender<v1::JoinRequest>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Tells the cluster why keybound stops this join: sends `GivingUp`, closes the request side, and
+/// waits (at most [`GIVE_UP_WAIT`]) for the cluster to end the stream, so that the message is
+/// delivered before the stream is dropped. Returns the error for the user.
+async fn give_up(
+    outbound: &Outbound,
+    inbound: &mut tonic::Streaming<v1::JoinResponse>,
+    why: GiveUp,
+) -> Attempt {
+    let msg = why.message();
+    warn!(reason = %msg, "giving up on the join");
+    if let Some(tx) = outbound.close() {
+        let giving_up = v1::JoinRequest {
+            payload: Some(v1::join_request::Payload::GivingUp(v1::GivingUp {
+                reason: v1::giving_up::Reason::ChallengeSolutionFailed as i32,
+                msg,
+            })),
+        };
+        if tx.send(giving_up).await.is_ok() {
+            drop(tx);
+            let ended = tokio::time::timeout(GIVE_UP_WAIT, async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
+            if ended.is_err() {
+                debug!(
+                    wait_ms = GIVE_UP_WAIT.as_millis() as u64,
+                    "the cluster did not end the join stream after GivingUp"
+                );
+            }
+        }
+    }
+    Attempt::Final(why.error)
+}
 
 /// `JoinService.Join`. With `pipelined`, the subject key is made for that suite before the
 /// stream opens and `BoundKeypairInit` goes out right behind `ClientInit`, saving a round trip:
@@ -569,14 +636,18 @@ async fn join_new(
     };
 
     let (tx, rx) = mpsc::channel::<v1::JoinRequest>(4);
+    let outbound = Outbound(std::sync::Mutex::new(Some(tx)));
     let send = |payload: join_request::Payload| {
-        let tx = tx.clone();
+        let tx = outbound.sender();
         async move {
-            tx.send(v1::JoinRequest {
-                payload: Some(payload),
-            })
-            .await
-            .map_err(|_| JoinError::Unreachable("the join stream closed while sending".to_owned()))
+            let closed =
+                || JoinError::Unreachable("the join stream closed while sending".to_owned());
+            tx.ok_or_else(closed)?
+                .send(v1::JoinRequest {
+                    payload: Some(payload),
+                })
+                .await
+                .map_err(|_| closed())
         }
     };
     let bound_init = |subject: &SubjectKey| {
@@ -668,23 +739,6 @@ async fn join_new(
         }
     };
 
-    let give_up = |give_up: GiveUp| {
-        let tx = tx.clone();
-        async move {
-            let msg = give_up.message();
-            warn!(reason = %msg, "giving up on the join");
-            let _ = tx
-                .send(v1::JoinRequest {
-                    payload: Some(join_request::Payload::GivingUp(v1::GivingUp {
-                        reason: v1::giving_up::Reason::ChallengeSolutionFailed as i32,
-                        msg,
-                    })),
-                })
-                .await;
-            Attempt::Final(give_up.error)
-        }
-    };
-
     loop {
         let message = inbound
             .message()
@@ -700,9 +754,11 @@ async fn join_new(
                 )
                 .into());
             }
-            return Err(give_up(GiveUp::refused(
-                "the cluster sent an empty join message".to_owned(),
-            ))
+            return Err(give_up(
+                &outbound,
+                &mut inbound,
+                GiveUp::refused("the cluster sent an empty join message".to_owned()),
+            )
             .await);
         };
         match payload {
@@ -712,7 +768,7 @@ async fn join_new(
             join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairChallenge(_)),
             }) if answered.load(Ordering::SeqCst) => {
-                return Err(give_up(second_challenge()).await);
+                return Err(give_up(&outbound, &mut inbound, second_challenge()).await);
             }
             join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairChallenge(c)),
@@ -738,27 +794,18 @@ async fn join_new(
                             return Err(closed_reason(&mut inbound).await.into());
                         }
                     }
-                    Err(why) => return Err(give_up(why).await),
+                    Err(why) => return Err(give_up(&outbound, &mut inbound, why).await),
                 }
             }
             join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairRotationRequest(r)),
             }) => {
                 info!(suite = %r.signature_algorithm_suite, "Server has requested keypair rotation");
-                let error = rotation_refused(&r.signature_algorithm_suite);
-                let tx2 = tx.clone();
-                let _ = tx2
-                    .send(v1::JoinRequest {
-                        payload: Some(join_request::Payload::GivingUp(v1::GivingUp {
-                            reason: v1::giving_up::Reason::ChallengeSolutionFailed as i32,
-                            msg: NO_ROTATION.to_owned(),
-                        })),
-                    })
-                    .await;
-                return Err(error.into());
+                let why = rotation_refused(&r.signature_algorithm_suite);
+                return Err(give_up(&outbound, &mut inbound, why).await);
             }
             join_response::Payload::Result(_) if !answered.load(Ordering::SeqCst) => {
-                return Err(give_up(unchallenged_result()).await);
+                return Err(give_up(&outbound, &mut inbound, unchallenged_result()).await);
             }
             join_response::Payload::Result(v1::Result {
                 payload: Some(res::Payload::BotResult(result)),
@@ -790,11 +837,11 @@ async fn join_new(
                 });
             }
             other => {
-                return Err(give_up(GiveUp::refused(format!(
+                let why = GiveUp::refused(format!(
                     "the cluster sent an unexpected join message ({})",
                     payload_name(&other)
-                )))
-                .await);
+                ));
+                return Err(give_up(&outbound, &mut inbound, why).await);
             }
         }
     }
@@ -926,7 +973,7 @@ async fn join_legacy(
                 let suite = Suite::from_number(r.signature_algorithm_suite)
                     .map(|s| s.to_string())
                     .unwrap_or_default();
-                return Err(rotation_refused(&suite));
+                return Err(give_up(rotation_refused(&suite)));
             }
             resp::Response::Certs(_) if !answered.load(Ordering::SeqCst) => {
                 return Err(give_up(unchallenged_result()));

@@ -153,6 +153,8 @@ enum Step {
     Receive,
     /// Send nothing more, and keep the connection open until the client leaves.
     Stall,
+    /// Send nothing more and never end the stream, even after the client closes its side.
+    Hang,
     /// Close the TCP connection, with no gRPC status.
     Drop,
 }
@@ -178,6 +180,8 @@ enum Tls {
 #[derive(Clone)]
 struct Script {
     steps: Arc<Vec<Step>>,
+    /// Every message the client sent, in order.
+    received: Arc<std::sync::Mutex<Vec<v1::JoinRequest>>>,
     /// Tells the connection to close (`Step::Drop`).
     drop: Arc<Notify>,
 }
@@ -195,12 +199,14 @@ impl v1::join_service_server::JoinService for Script {
     ) -> Result<tonic::Response<Outbound>, tonic::Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let (steps, drop) = (self.steps.clone(), self.drop.clone());
+        let (steps, drop, received) =
+            (self.steps.clone(), self.drop.clone(), self.received.clone());
         tokio::spawn(async move {
             // Read whatever the client sends, until it leaves.
             let (seen_tx, mut seen) = mpsc::channel(16);
             let client = tokio::spawn(async move {
                 while let Ok(Some(message)) = inbound.message().await {
+                    received.lock().unwrap().push(message.clone());
                     let _ = seen_tx.try_send(message);
                 }
             });
@@ -217,6 +223,11 @@ impl v1::join_service_server::JoinService for Script {
                         }
                     }
                     Step::Stall => break,
+                    Step::Hang => {
+                        let _ = client.await;
+                        // `tx` stays open: the stream never ends.
+                        return std::future::pending().await;
+                    }
                     Step::Drop => return drop.notify_one(),
                 }
             }
@@ -230,6 +241,7 @@ impl v1::join_service_server::JoinService for Script {
 struct Scripted {
     port: u16,
     ca: PathBuf,
+    received: Arc<std::sync::Mutex<Vec<v1::JoinRequest>>>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -272,6 +284,8 @@ impl Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let steps = Arc::new(steps);
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = received.clone();
         let task = tokio::spawn(async move {
             let mut silent = Vec::new();
             loop {
@@ -282,7 +296,8 @@ impl Scripted {
                     silent.push(tcp);
                     continue;
                 }
-                let (acceptor, steps) = (acceptor.clone(), steps.clone());
+                let (acceptor, steps, received) =
+                    (acceptor.clone(), steps.clone(), received.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -290,6 +305,7 @@ impl Scripted {
                     let drop = Arc::new(Notify::new());
                     let service = v1::join_service_server::JoinServiceServer::new(Script {
                         steps,
+                        received,
                         drop: drop.clone(),
                     });
                     let service = hyper::service::service_fn(
@@ -313,9 +329,23 @@ impl Scripted {
         Self {
             port,
             ca,
+            received: kept,
             task,
             _dir: dir,
         }
+    }
+
+    /// The `GivingUp` messages the server received: (reason, message).
+    fn givings_up(&self) -> Vec<(i32, String)> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| match &m.payload {
+                Some(v1::join_request::Payload::GivingUp(g)) => Some((g.reason, g.msg.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     fn params(&self, signer: Arc<dyn Signer>) -> JoinParams {
@@ -463,6 +493,45 @@ async fn a_second_valid_challenge_from_a_scripted_server_is_not_signed() {
     let error = join_err(&server.params(signer.clone())).await;
     assert!(error.to_string().contains("second challenge"), "{error}");
     assert_eq!(signer.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_ends_the_stream_after_giving_up_does_not_hold_keybound() {
+    let signer = Counting::new(Algorithm::Ed25519);
+    let other = Counting::new(Algorithm::Ed25519);
+    let theirs = other.public_key().to_openssh();
+    let server = Scripted::start(
+        Tls::Good,
+        vec![
+            server_init("balanced-v1"),
+            challenge(&theirs, &document(other.public_key())),
+            Step::Receive,
+            Step::Hang,
+        ],
+    )
+    .await;
+    // keybound's wait after GivingUp is bounded by GIVE_UP_WAIT, well below this join timeout:
+    // an unbounded wait would end in the timeout's error instead of the refusal.
+    let mut params = server.params(signer.clone());
+    params.timeout = Duration::from_secs(20);
+    let error = join_err(&params).await;
+    assert!(
+        error
+            .to_string()
+            .contains("does not match the value requested by the server"),
+        "{error}"
+    );
+    assert_eq!(signer.count(), 0);
+    let givings_up = server.givings_up();
+    assert_eq!(givings_up.len(), 1, "{givings_up:?}");
+    assert_eq!(
+        givings_up[0].0,
+        v1::giving_up::Reason::ChallengeSolutionFailed as i32
+    );
+    assert!(
+        error.to_string().contains(&givings_up[0].1),
+        "{givings_up:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

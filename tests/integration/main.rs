@@ -9,6 +9,7 @@ mod config;
 mod doctor;
 mod faults;
 mod fuzz_regressions;
+mod giving_up;
 mod hostile;
 mod interop;
 mod join;
