@@ -500,6 +500,8 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
         direct: p.direct,
         trust: p.trust.clone(),
         token: p.config.onboarding.token.clone(),
+        // A held identity, even an expired one, says which cluster may challenge the key.
+        cluster: current.map(|i| i.info.cluster_name.clone()),
         credential_ttl: p.config.credential_ttl,
         signer: p.signer.clone(),
         timeout: join::JOIN_TIMEOUT,
