@@ -82,7 +82,7 @@ impl SignerArgs {
             onboarding.signer = Some(kind);
         }
         if let Some(uri) = &self.pkcs11_uri {
-            onboarding.pkcs11_uri = Some(uri.clone());
+            onboarding.pkcs11_uri = Some(uri.as_str().into());
         }
         if let Some(module) = &self.pkcs11_module {
             onboarding.pkcs11_module = Some(module.clone());

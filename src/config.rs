@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use keybound_signer::PinSource;
 use keybound_signer::config::{
-    EnvConfig, FileConfig, Pkcs11Config, SignerConfig, TpmConfig, TpmKey,
+    EnvConfig, FileConfig, Pkcs11Config, Pkcs11UriText, SignerConfig, TpmConfig, TpmKey,
 };
 
 use crate::signer::SignerKind;
@@ -72,8 +72,8 @@ pub struct Onboarding {
     pub static_private_key_path: Option<PathBuf>,
     /// `bound_keypair.signer` (keybound): which backend holds the key.
     pub signer: Option<SignerKind>,
-    /// `bound_keypair.pkcs11_uri` (keybound): the key in a PKCS#11 token.
-    pub pkcs11_uri: Option<String>,
+    /// `bound_keypair.pkcs11_uri` (keybound): the key in a PKCS#11 token (it may carry a PIN).
+    pub pkcs11_uri: Option<Pkcs11UriText>,
     /// `bound_keypair.pkcs11_module` (keybound): the PKCS#11 module to load.
     pub pkcs11_module: Option<PathBuf>,
     /// `bound_keypair.pin_source` (keybound): where the token PIN comes from.
@@ -568,7 +568,7 @@ impl RawConfig {
                 ca_path: onboarding.ca_path,
                 static_private_key_path: b.static_private_key_path,
                 signer: b.signer.map(|v| v.0),
-                pkcs11_uri: b.pkcs11_uri.map(|v| v.0),
+                pkcs11_uri: b.pkcs11_uri.map(|v| v.0.into()),
                 pkcs11_module: b.pkcs11_module,
                 pin_source: b.pin_source.map(|v| v.0),
                 require_hardware_key: b.require_hardware_key,

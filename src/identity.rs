@@ -309,7 +309,11 @@ fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
     let Ok(parsed) = x509_cert::Certificate::from_der(cert) else {
         return false;
     };
-    let start = parsed.tbs_certificate.validity.not_before.to_unix_duration();
+    let start = parsed
+        .tbs_certificate
+        .validity
+        .not_before
+        .to_unix_duration();
     // The cluster chose the date: checked, as every computation on a server's time is
     // (`crate::servertime`), though X.509 dates end in 9999.
     let Some(at) = start.checked_add(std::time::Duration::from_secs(1)) else {

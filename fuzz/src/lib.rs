@@ -113,8 +113,7 @@ fn fixtures() -> &'static Fixtures {
         assert_eq!(ours.key_id(), CHALLENGE_KEY_ID);
         Fixtures {
             ours,
-            subject: SubjectKey::generate(Suite::BalancedV1)
-                .expect("P-256 generation cannot fail"),
+            subject: SubjectKey::generate(Suite::BalancedV1).expect("P-256 generation cannot fail"),
         }
     })
 }

@@ -9,7 +9,9 @@ use keybound_signer::PublicKey;
 
 use crate::cluster::{ca_file, cluster_for};
 use crate::doctor::{doctor_on, run};
-use crate::support::{assert_output_verifies, keybound, run_err, run_ok, stdout, tool};
+use crate::support::{
+    assert_no_secret, assert_output_verifies, keybound, run_err, run_ok, stdout, tool,
+};
 
 pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The user PIN of every test token: distinctive, so a leak cannot hide among random digits.
@@ -320,6 +322,45 @@ fn pin_value_in_a_uri_works_with_a_warning_and_bad_settings_are_named() {
         assert!(!output.status.success());
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+
+    // A malformed URI that carries a PIN (here a stray `&` in the PIN): the error says what is
+    // wrong without quoting the URI, on the command line and in the config file.
+    let uri = format!("{}?pin-value={PIN}&{PIN}", hsm.uri("k"));
+    let output = hsm
+        .keybound()
+        .args(["keypair", "show", "--signer", "pkcs11", "--pkcs11-module"])
+        .args([MODULE, "--pkcs11-uri", &uri])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("query attribute (not shown: the URI carries pin-value) has no value"),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr, PIN, "the PIN");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tbot.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v2\nproxy_server: 127.0.0.1:9\nonboarding:\n  join_method: bound_keypair\n  token: t\n  bound_keypair:\n    signer: pkcs11\n    pkcs11_uri: \"{uri}\"\nstorage:\n  type: memory\n"
+        ),
+    )
+    .unwrap();
+    let output = hsm
+        .keybound()
+        .args(["start", "--oneshot", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("not shown: the URI carries pin-value"),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr, PIN, "the PIN");
 }
 
 #[test]

@@ -27,7 +27,6 @@ use keybound_signer::{
 };
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
-use zeroize::Zeroizing;
 
 pub use uri::Pkcs11Uri;
 
@@ -257,7 +256,7 @@ fn pin_from(config: &Pkcs11Config, uri: &Pkcs11Uri) -> Result<Option<AuthPin>, E
             warn!(
                 "the PKCS#11 URI carries pin-value: the PIN shows in process listings and shell history; use pin-source=env:VAR or file:PATH"
             );
-            Some(PinSource::Value(Zeroizing::new(value.clone())))
+            Some(PinSource::Value(value.clone()))
         }
         (None, None, None) => None,
     };
@@ -652,7 +651,7 @@ pub fn generate(
     uri.pin_source = None;
     uri.pin_value = None;
     let mut opened = config.clone();
-    opened.uri = uri.to_string();
+    opened.uri = uri.to_string().into();
     opened.module = Some(module);
     // Re-read the PIN source rather than keep a second copy of the PIN.
     opened.pin = config.pin.clone().or_else(|| {

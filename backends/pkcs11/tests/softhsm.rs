@@ -122,7 +122,7 @@ fn each_failure_has_its_own_clear_error() {
         "no private key matches",
     );
     let mut ambiguous = token.config("k");
-    ambiguous.uri = format!("pkcs11:token={}", token.label);
+    ambiguous.uri = format!("pkcs11:token={}", token.label).into();
     expect(ambiguous, ErrorKind::Config, "2 private keys match");
 
     let mut wrong_pin = token.config("k");
