@@ -78,7 +78,7 @@ pub struct Onboarding {
     pub pkcs11_module: Option<PathBuf>,
     /// `bound_keypair.pin_source` (keybound): where the token PIN comes from.
     pub pin_source: Option<PinSource>,
-    /// `bound_keypair.require_hardware_key` (keybound): refuse exportable keys.
+    /// `bound_keypair.require_hardware_key` (keybound): refuse keys not generated in a device.
     pub require_hardware_key: bool,
     /// `bound_keypair.tpm_tcti` (keybound): how to reach the TPM.
     pub tpm_tcti: Option<String>,

@@ -10,7 +10,7 @@ use keybound_signer::PublicKey;
 use crate::cluster::{ca_file, cluster_for};
 use crate::doctor::{doctor_on, run};
 use crate::support::{
-    assert_no_secret, assert_output_verifies, keybound, run_err, run_ok, stdout, tool,
+    assert_no_secret, assert_output_verifies, keybound, openssl_key, run_err, run_ok, stdout, tool,
 };
 
 pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -534,6 +534,77 @@ fn keys_made_by_pkcs11_tool_work_and_exportable_ones_can_be_refused() {
             "{error}"
         );
     }
+}
+
+/// A key made outside the token and imported with OpenSC (`pkcs11-tool --write-object`): sensitive
+/// and not extractable, but not `CKA_LOCAL`, so a copy may exist. It signs, shows as "not
+/// generated in the device", and `require_hardware_key` refuses it with one line.
+#[test]
+fn an_imported_key_is_refused_when_a_hardware_key_is_required() {
+    let hsm = Hsm::new("imported");
+    let dir = tempfile::tempdir().unwrap();
+    let private = openssl_key(dir.path(), "outside.pem", "P-256");
+    let (der, public) = (dir.path().join("key.der"), dir.path().join("pub.der"));
+    run_ok(
+        Command::new(tool("openssl"))
+            .args(["pkey", "-outform", "der", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&der),
+    );
+    run_ok(
+        Command::new(tool("openssl"))
+            .args(["pkey", "-pubout", "-outform", "der", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public),
+    );
+    for (file, kind, extra) in [
+        (&der, "privkey", &["--sensitive", "--private"][..]),
+        (&public, "pubkey", &[][..]),
+    ] {
+        run_ok(
+            hsm.pkcs11_tool()
+                .arg("--write-object")
+                .arg(file)
+                .args(["--type", kind, "--label", "imported", "--id", "20"])
+                .arg("--usage-sign")
+                .args(extra),
+        );
+    }
+    // OpenSC sees it as sensitive, but neither generated in the token nor never extractable.
+    let objects = stdout(&run_ok(hsm.pkcs11_tool().args([
+        "--list-objects",
+        "--type",
+        "privkey",
+    ])));
+    assert!(
+        objects.contains("sensitive") && !objects.contains("local"),
+        "{objects}"
+    );
+
+    let shown = run_ok(
+        hsm.keybound()
+            .args(["keypair", "show", "--format", "json"])
+            .args(hsm.signer_args("imported")),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let protection = shown["protection"].as_str().unwrap();
+    assert!(
+        protection.contains("not generated in the device")
+            && protection.contains("not CKA_LOCAL: made outside the token and imported"),
+        "{protection}"
+    );
+    let error = run_err(
+        hsm.keybound()
+            .args(["keypair", "show", "--require-hardware-key"])
+            .args(hsm.signer_args("imported")),
+    );
+    assert!(
+        error.contains("not CKA_LOCAL")
+            && error.contains("--require-hardware-key asks for a key generated in the token"),
+        "{error}"
+    );
 }
 
 /// `keybound doctor` with the key in SoftHSM: a good key shows as non-exportable, a missing one

@@ -121,7 +121,7 @@ pub struct Pkcs11Config {
     pub module: Option<PathBuf>,
     /// Where the user PIN comes from; wins over the URI's `pin-source` and `pin-value`.
     pub pin: Option<PinSource>,
-    /// Refuse a key the token could export.
+    /// Refuse a key the token could export or did not generate (not `CKA_LOCAL`).
     pub require_hardware_key: bool,
 }
 
@@ -159,7 +159,8 @@ pub struct TpmConfig {
     pub parent: Option<u32>,
     /// Where the key's authorization value comes from, if it has one.
     pub auth: Option<PinSource>,
-    /// Refuse a key the TPM could let out (not fixedTPM and fixedParent).
+    /// Refuse a key the TPM did not generate or may let out (not fixedTPM, fixedParent and
+    /// sensitiveDataOrigin).
     pub require_hardware_key: bool,
 }
 

@@ -378,7 +378,9 @@ impl Pkcs11Signer {
             return Err(err(
                 ErrorKind::Config,
                 format!(
-                    "the key {} is {protection}, and --require-hardware-key asks for a non-exportable key",
+                    "the key {} is {protection}, and --require-hardware-key asks for a key generated \
+                     in the token that never left it: make one with `keybound keypair create \
+                     --static --signer pkcs11`",
                     Pkcs11Uri::for_key(&token, &serial, key.label.as_deref(), &key.id)
                 ),
             ));

@@ -294,7 +294,9 @@ impl TpmSigner {
             return Err(err(
                 ErrorKind::Config,
                 format!(
-                    "the key at {source} is {protection}, and --require-hardware-key asks for a non-exportable key"
+                    "the key at {source} is {protection}, and --require-hardware-key asks for a key \
+                     generated in the TPM that never left it: make one with `keybound keypair \
+                     create --static --signer tpm`"
                 ),
             ));
         }
@@ -508,16 +510,34 @@ fn read_key(
     point.extend(pad(unique.x().value()));
     point.extend(pad(unique.y().value()));
     let public = PublicKey::from_p256_sec1(&point)?;
-    let protection = if a.fixed_tpm() && a.fixed_parent() {
-        Protection::NonExportable(if a.sensitive_data_origin() {
-            "fixedTPM, fixedParent, sensitiveDataOrigin: generated in this TPM".to_owned()
-        } else {
-            "fixedTPM, fixedParent; imported, not generated in this TPM".to_owned()
-        })
-    } else {
-        Protection::Exportable("not fixedTPM and fixedParent: the TPM may duplicate it".to_owned())
-    };
+    let protection = key_protection(a.fixed_tpm(), a.fixed_parent(), a.sensitive_data_origin());
     Ok((public, protection))
+}
+
+/// What a key's attributes promise. Only `TPM2_Create` (and its kin) can set `fixedTPM`:
+/// `TPM2_Import` and `TPM2_LoadExternal` refuse it (`TPM_RC_ATTRIBUTES`), and `TPM2_Create`
+/// refuses an ECC key without `sensitiveDataOrigin` (all three checked on swtpm/libtpms). So
+/// `fixedTPM` with `fixedParent` and `sensitiveDataOrigin` means generated in this TPM and never
+/// out of it. `sensitiveDataOrigin` alone proves nothing: an importer may set it.
+fn key_protection(fixed_tpm: bool, fixed_parent: bool, sensitive_data_origin: bool) -> Protection {
+    match (fixed_tpm && fixed_parent, sensitive_data_origin) {
+        (true, true) => Protection::NonExportable(
+            "fixedTPM, fixedParent, sensitiveDataOrigin: generated in this TPM".to_owned(),
+        ),
+        (true, false) => Protection::Imported(
+            "fixedTPM, fixedParent, but not sensitiveDataOrigin: its private part came from \
+             outside the TPM"
+                .to_owned(),
+        ),
+        (false, _) if !fixed_tpm => Protection::Exportable(
+            "not fixedTPM: imported from outside (an import cannot set fixedTPM), or a key the \
+             TPM may duplicate"
+                .to_owned(),
+        ),
+        (false, _) => {
+            Protection::Exportable("not fixedParent: the TPM may duplicate it".to_owned())
+        }
+    }
 }
 
 impl Signer for TpmSigner {
@@ -788,6 +808,25 @@ mod tests {
             assert!(result.is_err());
             assert_eq!(calls, ATTEMPTS, "bounded");
         }
+    }
+
+    #[test]
+    fn only_a_key_generated_in_the_tpm_counts_as_a_hardware_key() {
+        assert!(key_protection(true, true, true).is_hardware());
+        for (fixed_tpm, fixed_parent, origin) in [
+            (true, true, false),
+            (false, false, true),
+            (false, false, false),
+            (true, false, true),
+            (false, true, true),
+        ] {
+            let protection = key_protection(fixed_tpm, fixed_parent, origin);
+            assert!(!protection.is_hardware(), "{protection}");
+        }
+        assert!(matches!(
+            key_protection(true, true, false),
+            Protection::Imported(_)
+        ));
     }
 
     #[test]

@@ -41,6 +41,27 @@ fn flush(tpm: &Swtpm) {
     run(tool(tpm, "tpm2_flushcontext").arg("-t"));
 }
 
+/// The standard storage primary (keybound's template), made by tpm2-tools into `context`.
+fn storage_primary(tpm: &Swtpm, context: &Path) {
+    run(tool(tpm, "tpm2_createprimary")
+        .args([
+            "-Q",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:null:aes128cfb",
+        ])
+        .args([
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt|noda",
+            "-c",
+        ])
+        .arg(context));
+    flush(tpm);
+}
+
 fn write_pem(dir: &Path, name: &str, pem: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, pem).unwrap();
@@ -103,23 +124,7 @@ fn keys_made_by_tpm2_tools_work() {
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start();
     let d = |n: &str| dir.path().join(n);
-    run(tool(&tpm, "tpm2_createprimary")
-        .args([
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:null:aes128cfb",
-        ])
-        .args([
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt|noda",
-            "-c",
-        ])
-        .arg(d("prim.ctx")));
-    flush(&tpm);
+    storage_primary(&tpm, &d("prim.ctx"));
     run(tool(&tpm, "tpm2_create")
         .args(["-Q", "-C"])
         .arg(d("prim.ctx"))
@@ -168,6 +173,104 @@ fn keys_made_by_tpm2_tools_work() {
     let from_handle = TpmSigner::open(&tpm.config(TpmKey::Handle(0x8100_0120))).unwrap();
     assert_eq!(from_handle.public_key(), from_file.public_key());
     testkit::sign_verifies(&from_handle);
+}
+
+/// A key made outside the TPM and imported (`tpm2_import`, with and without a claimed
+/// sensitiveDataOrigin), as a TSS2 PEM and persisted: it signs, but `require_hardware_key`
+/// refuses it with one line that says it was imported. The TPM itself refuses to give an
+/// imported key fixedTPM, so no import passes for a generated key.
+#[test]
+fn imported_keys_are_refused_when_a_hardware_key_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let d = |n: &str| dir.path().join(n);
+    storage_primary(&tpm, &d("prim.ctx"));
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(d("outside.pem")));
+    let import = |attributes: &str, name: &str| {
+        let mut cmd = tool(&tpm, "tpm2_import");
+        cmd.args(["-Q", "-C"])
+            .arg(d("prim.ctx"))
+            .args(["-G", "ecc", "-i"])
+            .arg(d("outside.pem"))
+            .args(["-a", attributes, "-u"])
+            .arg(d(&format!("{name}.pub")))
+            .arg("-r")
+            .arg(d(&format!("{name}.priv")));
+        cmd
+    };
+    let refused = import("sign|userwithauth|fixedtpm|fixedparent", "fixed")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "the TPM gave an import fixedTPM");
+    flush(&tpm);
+
+    for (attributes, name, handle) in [
+        ("sign|userwithauth", "plain", 0x8100_0130u32),
+        (
+            "sign|userwithauth|sensitivedataorigin",
+            "claimed",
+            0x8100_0131,
+        ),
+    ] {
+        run(&mut import(attributes, name));
+        flush(&tpm);
+        run(tool(&tpm, "tpm2_encodeobject")
+            .arg("-C")
+            .arg(d("prim.ctx"))
+            .arg("-u")
+            .arg(d(&format!("{name}.pub")))
+            .arg("-r")
+            .arg(d(&format!("{name}.priv")))
+            .arg("-o")
+            .arg(d(&format!("{name}.tss2.pem"))));
+        flush(&tpm);
+        run(tool(&tpm, "tpm2_load")
+            .args(["-Q", "-C"])
+            .arg(d("prim.ctx"))
+            .arg("-u")
+            .arg(d(&format!("{name}.pub")))
+            .arg("-r")
+            .arg(d(&format!("{name}.priv")))
+            .arg("-c")
+            .arg(d(&format!("{name}.ctx"))));
+        flush(&tpm);
+        run(tool(&tpm, "tpm2_evictcontrol")
+            .args(["-Q", "-C", "o", "-c"])
+            .arg(d(&format!("{name}.ctx")))
+            .arg(format!("0x{handle:08x}")));
+        flush(&tpm);
+        for key in [
+            TpmKey::File(d(&format!("{name}.tss2.pem"))),
+            TpmKey::Handle(handle),
+        ] {
+            let mut config = tpm.config(key.clone());
+            let signer = TpmSigner::open(&config).unwrap();
+            testkit::sign_verifies(&signer);
+            let protection = signer.protection();
+            assert!(!protection.is_hardware(), "{name} {key:?}: {protection}");
+            assert!(protection.to_string().contains("imported"), "{protection}");
+            config.require_hardware_key = true;
+            let error = TpmSigner::open(&config).unwrap_err();
+            let message = error.to_string();
+            assert_eq!(error.kind(), ErrorKind::Config, "{message}");
+            assert!(!message.contains('\n'), "{message}");
+            assert!(
+                message.contains("imported from outside")
+                    && message
+                        .contains("--require-hardware-key asks for a key generated in the TPM"),
+                "{name} {key:?}: {message}"
+            );
+        }
+    }
 }
 
 #[test]
