@@ -15,6 +15,7 @@ mod error;
 pub mod jws;
 mod pin;
 mod public_key;
+pub mod refused;
 mod signature;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -443,8 +443,19 @@ fn each_failure_has_its_own_clear_error() {
     );
 }
 
+/// `TPM2_PT_LOCKOUT_COUNTER`, as tpm2-tools read it.
+fn lockout_counter(tpm: &Swtpm) -> String {
+    let out =
+        String::from_utf8(run(tool(tpm, "tpm2_getcap").arg("properties-variable")).stdout).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 #[test]
-fn a_wrong_auth_value_is_never_retried_and_lockout_is_explained() {
+fn a_wrong_auth_value_is_presented_once_and_lockout_is_explained() {
     let tpm = Swtpm::start();
     let mut config = tpm.config(TpmKey::Handle(HANDLE));
     config.auth = Some(PinSource::Value(Zeroizing::new("right-auth-4711".into())));
@@ -460,25 +471,33 @@ fn a_wrong_auth_value_is_never_retried_and_lockout_is_explained() {
     assert_eq!(error.kind(), ErrorKind::Auth);
     assert!(error.to_string().contains("does not retry"), "{error}");
     assert!(!error.to_string().contains("wrong-auth"));
-    let counter = |tpm: &Swtpm| {
-        let out =
-            String::from_utf8(run(tool(tpm, "tpm2_getcap").arg("properties-variable")).stdout)
-                .unwrap();
-        out.lines()
-            .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
-    assert_eq!(counter(&tpm), "0x1", "exactly one attempt was made");
+    assert_eq!(lockout_counter(&tpm), "0x1", "exactly one attempt was made");
 
-    let mut last = wrong.sign(b"x").unwrap_err();
-    for _ in 0..3 {
-        if last.to_string().contains("is in dictionary-attack lockout") {
-            break;
-        }
-        last = wrong.sign(b"x").unwrap_err();
+    // The same value again, from the same signer or a fresh one: refused here, not sent.
+    let again = wrong.sign(b"x").unwrap_err();
+    let reopened = TpmSigner::open(&config).unwrap_err();
+    for error in [again, reopened] {
+        assert_eq!(error.kind(), ErrorKind::Auth);
+        let message = error.to_string();
+        assert!(
+            message.contains("already refused the authorization value")
+                && message.contains("does not present a refused value again"),
+            "{message}"
+        );
+        assert!(!message.contains("wrong-auth"), "{message}");
     }
+    assert_eq!(
+        lockout_counter(&tpm),
+        "0x1",
+        "the refused value was not sent again"
+    );
+
+    // Another wrong value is sent once and locks the TPM out (limit 2); a third finds it locked.
+    config.auth = Some(PinSource::Value(Zeroizing::new("wrong-auth-2".into())));
+    TpmSigner::open(&config).unwrap().sign(b"x").unwrap_err();
+    assert_eq!(lockout_counter(&tpm), "0x2");
+    config.auth = Some(PinSource::Value(Zeroizing::new("wrong-auth-3".into())));
+    let last = TpmSigner::open(&config).unwrap().sign(b"x").unwrap_err();
     assert_eq!(last.kind(), ErrorKind::Auth);
     assert!(
         last.to_string()
