@@ -340,8 +340,11 @@ impl Config {
 
     /// Reads and checks the YAML file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("config {}: cannot read: {e}", path.display())))?;
+        // Zeroed when dropped: a pkcs11_uri may carry a PIN (pin-value).
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("config {}: cannot read: {e}", path.display()))
+            })?);
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -568,7 +571,7 @@ impl RawConfig {
                 ca_path: onboarding.ca_path,
                 static_private_key_path: b.static_private_key_path,
                 signer: b.signer.map(|v| v.0),
-                pkcs11_uri: b.pkcs11_uri.map(|v| v.0.into()),
+                pkcs11_uri: b.pkcs11_uri.map(|v| v.0),
                 pkcs11_module: b.pkcs11_module,
                 pin_source: b.pin_source.map(|v| v.0),
                 require_hardware_key: b.require_hardware_key,
@@ -671,14 +674,14 @@ impl<'de> Deserialize<'de> for SignerValue {
 }
 
 /// `bound_keypair.pkcs11_uri`, checked as an RFC 7512 URI when the pkcs11 backend is built in.
-struct Pkcs11UriValue(String);
+struct Pkcs11UriValue(Pkcs11UriText);
 
 impl<'de> Deserialize<'de> for Pkcs11UriValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_str(d, |v| {
             #[cfg(feature = "pkcs11")]
             keybound_signer_pkcs11::Pkcs11Uri::parse(v)?;
-            Ok(Self(v.to_owned()))
+            Ok(Self(v.into()))
         })
     }
 }
