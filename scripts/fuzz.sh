@@ -35,7 +35,8 @@ seed() {
             printf 'pkcs11:model=SoftHSM%%20v2;manufacturer=SoftHSM%%20project;serial=abc;token=t;id=%%01%%02' > "$dir/uri2" ;;
         tss2_key_file) ;;
         challenge_document)
-            printf '{"iss":"c","sub":"k","aud":"c","exp":1760000060,"nbf":1759999990,"iat":1760000000,"nonce":"0123456789abcdef0123456789abcdef"}' > "$dir/doc1" ;;
+            # sub is the key ID of the target's fixed key (CHALLENGE_KEY_ID in fuzz/src/lib.rs).
+            printf '{"iss":"c","sub":"BuP9j9opu2CrWVV95h7bCuzbIxE0vjDnW0Vfjht5L6k","aud":"c","exp":1760000060,"nbf":1759999990,"iat":1760000000,"nonce":"0123456789abcdef0123456789abcdef"}' > "$dir/doc1" ;;
         server_messages) ;;
     esac
     cp tests/data/fuzz-regressions/"$target"/* "$dir/" 2>/dev/null || true

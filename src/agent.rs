@@ -11,13 +11,16 @@
 //!   operator's SIGHUP after fixing the cause.
 //!
 //! SIGTERM and SIGINT stop the agent (never in the middle of writing files: writes happen in one
-//! synchronous step after a join). SIGHUP and SIGUSR1 renew now.
+//! synchronous step after a join). SIGHUP and SIGUSR1 renew now; SIGHUP first opens the signer
+//! again, reading its PIN or authorization value from the source afresh, so that a fixed PIN
+//! file takes effect (a value the device refused before is never presented again: the backends
+//! refuse it locally, see `keybound_signer::refused`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -202,10 +205,9 @@ impl Metrics {
     }
 }
 
+/// `t` in Unix seconds for a metric (the certificate's expiry is the cluster's choice: checked).
 fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+    crate::servertime::unix_seconds(t).unwrap_or_default()
 }
 
 impl Status {
@@ -362,6 +364,10 @@ pub async fn run_loop<C, F>(
 /// Runs the long-running agent until SIGTERM or SIGINT.
 pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     let status = Status::new();
+    let signer = Arc::new(crate::signer::Reopenable::new(
+        prepared.signer_config.clone(),
+        prepared.signer.clone(),
+    ));
     prepared.signer = Arc::new(Metered {
         histogram: status
             .metrics
@@ -370,7 +376,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
                 backend: prepared.signer.backend().to_owned(),
             })
             .clone(),
-        inner: prepared.signer.clone(),
+        inner: signer.clone(),
     });
     if let Some(addr) = &prepared.config.diag_addr {
         let addr: SocketAddr = addr.parse().map_err(|e| {
@@ -390,8 +396,13 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     }
 
     let renew_now = Arc::new(Notify::new());
+    let reopen = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(Notify::new());
-    let signals = tokio::spawn(watch_signals(renew_now.clone(), stop.clone()));
+    let signals = tokio::spawn(watch_signals(
+        renew_now.clone(),
+        reopen.clone(),
+        stop.clone(),
+    ));
     let schedule = Schedule::for_interval(prepared.config.renewal_interval);
     info!(renewal_interval = %humantime::format_duration(schedule.renewal_interval), credential_ttl = %humantime::format_duration(prepared.config.credential_ttl), "keybound agent started");
     let prepared = Arc::new(prepared);
@@ -400,7 +411,15 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     run_loop(
         || {
             let (prepared, held, status) = (prepared.clone(), held.clone(), watched.clone());
+            let (signer, reopen) = (signer.clone(), reopen.clone());
             async move {
+                if reopen.swap(false, Ordering::SeqCst)
+                    && let Err(failure) = reopen_signer(signer).await
+                {
+                    // Tried again at the next cycle, unless it halts (a refused PIN).
+                    reopen.store(true, Ordering::SeqCst);
+                    return (classify(&failure), String::new());
+                }
                 let result = cycle(&prepared, &held).await;
                 let expiry = held.expiry().await;
                 status.follow(expiry);
@@ -434,7 +453,28 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn watch_signals(renew_now: Arc<Notify>, stop: Arc<Notify>) {
+/// Opens the signer again (SIGHUP): its PIN or authorization value is read afresh.
+async fn reopen_signer(signer: Arc<crate::signer::Reopenable>) -> Result<(), Failure> {
+    info!("SIGHUP: opening the signer again, reading its PIN source afresh");
+    let reopened = tokio::task::spawn_blocking(move || signer.reopen())
+        .await
+        .map_err(|e| {
+            Failure::new(
+                ExitKind::Software,
+                anyhow::anyhow!("the reopen task failed: {e}"),
+            )
+        })?;
+    reopened.map_err(|e| {
+        let kind = if e.is_transient() {
+            ExitKind::Unreachable
+        } else {
+            ExitKind::Config
+        };
+        Failure::new(kind, anyhow::Error::new(e))
+    })
+}
+
+async fn watch_signals(renew_now: Arc<Notify>, reopen: Arc<AtomicBool>, stop: Arc<Notify>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
@@ -449,7 +489,10 @@ async fn watch_signals(renew_now: Arc<Notify>, stop: Arc<Notify>) {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); stop.notify_one(); }
             _ = int.recv() => { info!("SIGINT: stopping"); stop.notify_one(); }
-            _ = hup.recv() => renew_now.notify_one(),
+            _ = hup.recv() => {
+                reopen.store(true, Ordering::SeqCst);
+                renew_now.notify_one();
+            }
             _ = usr1.recv() => renew_now.notify_one(),
         }
     }

@@ -54,7 +54,7 @@ pub struct SignerArgs {
     #[arg(long, value_name = "env:VAR|file:PATH", value_parser = parse_pin_source)]
     pub pin_source: Option<keybound_signer::PinSource>,
 
-    /// Refuse a key that its device could export.
+    /// Refuse a key that its device could export or did not generate (an imported key).
     #[arg(long)]
     pub require_hardware_key: bool,
 
@@ -82,7 +82,7 @@ impl SignerArgs {
             onboarding.signer = Some(kind);
         }
         if let Some(uri) = &self.pkcs11_uri {
-            onboarding.pkcs11_uri = Some(uri.clone());
+            onboarding.pkcs11_uri = Some(uri.as_str().into());
         }
         if let Some(module) = &self.pkcs11_module {
             onboarding.pkcs11_module = Some(module.clone());

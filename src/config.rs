@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use keybound_signer::PinSource;
 use keybound_signer::config::{
-    EnvConfig, FileConfig, Pkcs11Config, SignerConfig, TpmConfig, TpmKey,
+    EnvConfig, FileConfig, Pkcs11Config, Pkcs11UriText, SignerConfig, TpmConfig, TpmKey,
 };
 
 use crate::signer::SignerKind;
@@ -72,13 +72,13 @@ pub struct Onboarding {
     pub static_private_key_path: Option<PathBuf>,
     /// `bound_keypair.signer` (keybound): which backend holds the key.
     pub signer: Option<SignerKind>,
-    /// `bound_keypair.pkcs11_uri` (keybound): the key in a PKCS#11 token.
-    pub pkcs11_uri: Option<String>,
+    /// `bound_keypair.pkcs11_uri` (keybound): the key in a PKCS#11 token (it may carry a PIN).
+    pub pkcs11_uri: Option<Pkcs11UriText>,
     /// `bound_keypair.pkcs11_module` (keybound): the PKCS#11 module to load.
     pub pkcs11_module: Option<PathBuf>,
     /// `bound_keypair.pin_source` (keybound): where the token PIN comes from.
     pub pin_source: Option<PinSource>,
-    /// `bound_keypair.require_hardware_key` (keybound): refuse exportable keys.
+    /// `bound_keypair.require_hardware_key` (keybound): refuse keys not generated in a device.
     pub require_hardware_key: bool,
     /// `bound_keypair.tpm_tcti` (keybound): how to reach the TPM.
     pub tpm_tcti: Option<String>,
@@ -340,8 +340,11 @@ impl Config {
 
     /// Reads and checks the YAML file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("config {}: cannot read: {e}", path.display())))?;
+        // Zeroed when dropped: a pkcs11_uri may carry a PIN (pin-value).
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("config {}: cannot read: {e}", path.display()))
+            })?);
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -671,14 +674,14 @@ impl<'de> Deserialize<'de> for SignerValue {
 }
 
 /// `bound_keypair.pkcs11_uri`, checked as an RFC 7512 URI when the pkcs11 backend is built in.
-struct Pkcs11UriValue(String);
+struct Pkcs11UriValue(Pkcs11UriText);
 
 impl<'de> Deserialize<'de> for Pkcs11UriValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_str(d, |v| {
             #[cfg(feature = "pkcs11")]
             keybound_signer_pkcs11::Pkcs11Uri::parse(v)?;
-            Ok(Self(v.to_owned()))
+            Ok(Self(v.into()))
         })
     }
 }

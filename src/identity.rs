@@ -313,9 +313,13 @@ fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
         .tbs_certificate
         .validity
         .not_before
-        .to_unix_duration()
-        .as_secs();
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(start + 1));
+        .to_unix_duration();
+    // The cluster chose the date: checked, as every computation on a server's time is
+    // (`crate::servertime`), though X.509 dates end in 9999.
+    let Some(at) = start.checked_add(std::time::Duration::from_secs(1)) else {
+        return false;
+    };
+    let at = UnixTime::since_unix_epoch(at);
     let mut roots = RootCertStore::empty();
     if roots.add(CertificateDer::from(ca.to_vec())).is_err() {
         return false;

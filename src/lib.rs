@@ -9,6 +9,7 @@
 //! - [`identity`] and [`output`]: the bot identity and the files tbot writes for it;
 //! - [`keypair`]: `keybound keypair create` and `show`;
 //! - [`devcluster`]: `keybound dev-cluster`, a reference join server;
+//! - [`servertime`]: checked arithmetic on times a server chose;
 //! - [`signer`]: opens the configured [`Signer`](keybound_signer::Signer) backend;
 //! - [`suite`]: signature algorithm suites and the keys they call for;
 //! - [`webapi`] and [`tls`]: talking to a Teleport Proxy's web API;
@@ -34,6 +35,7 @@ pub mod join;
 pub mod keypair;
 pub mod logging;
 pub mod output;
+pub mod servertime;
 pub mod signer;
 pub mod start;
 pub mod suite;

@@ -434,7 +434,7 @@ pub fn key_source(signer_config: &SignerConfig, backend: &str) -> String {
     match signer_config {
         SignerConfig::File(FileConfig { path, .. }) => format!("file {}", path.display()),
         SignerConfig::Env(env) => format!("env ${}", env.variable),
-        SignerConfig::Pkcs11(p) => format!("pkcs11 {}", hide_pin_value(&p.uri)),
+        SignerConfig::Pkcs11(p) => format!("pkcs11 {}", p.uri.redacted()),
         SignerConfig::Tpm(t) => match &t.key {
             keybound_signer::config::TpmKey::Handle(h) => {
                 format!("tpm persistent handle 0x{h:08x}")
@@ -444,28 +444,6 @@ pub fn key_source(signer_config: &SignerConfig, backend: &str) -> String {
             }
         },
         _ => backend.to_owned(),
-    }
-}
-
-/// A PKCS#11 URI with its `pin-value` attribute (which keybound accepts with a warning) blanked
-/// out, for printing.
-fn hide_pin_value(uri: &str) -> String {
-    let (head, query) = match uri.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (uri, None),
-    };
-    let hide = |part: &str, separator: char| -> String {
-        part.split(separator)
-            .map(|attr| match attr.split_once('=') {
-                Some(("pin-value", _)) => "pin-value=(hidden)".to_owned(),
-                _ => attr.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(&separator.to_string())
-    };
-    match query {
-        Some(query) => format!("{}?{}", hide(head, ';'), hide(query, '&')),
-        None => hide(head, ';'),
     }
 }
 
@@ -500,6 +478,8 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
         direct: p.direct,
         trust: p.trust.clone(),
         token: p.config.onboarding.token.clone(),
+        // A held identity, even an expired one, says which cluster may challenge the key.
+        cluster: current.map(|i| i.info.cluster_name.clone()),
         credential_ttl: p.config.credential_ttl,
         signer: p.signer.clone(),
         timeout: join::JOIN_TIMEOUT,
@@ -1037,21 +1017,5 @@ mod tests {
         assert!(end < later && end > SystemTime::now() + hour - Duration::from_secs(5));
         // An absurd lifetime saturates instead of overflowing.
         assert_eq!(output_expiry(Duration::MAX, soon), soon);
-    }
-
-    #[test]
-    fn a_pin_in_a_pkcs11_uri_is_never_printed() {
-        assert_eq!(
-            hide_pin_value("pkcs11:token=t;object=k?pin-value=1234&module-path=/m.so"),
-            "pkcs11:token=t;object=k?pin-value=(hidden)&module-path=/m.so"
-        );
-        assert_eq!(
-            hide_pin_value("pkcs11:token=t;pin-value=1234;object=k"),
-            "pkcs11:token=t;pin-value=(hidden);object=k"
-        );
-        assert_eq!(
-            hide_pin_value("pkcs11:token=t;object=k"),
-            "pkcs11:token=t;object=k"
-        );
     }
 }

@@ -36,6 +36,17 @@ pub struct FindResponse {
     pub date: Option<std::time::SystemTime>,
 }
 
+impl FindResponse {
+    /// `cluster_name`, when the proxy gives a non-empty one.
+    pub fn cluster_name(&self) -> Option<String> {
+        self.raw
+            .get("cluster_name")
+            .and_then(|v| v.as_str())
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+    }
+}
+
 /// Asks the Proxy at `addr` for `/webapi/find` over TLS configured by `tls`.
 pub async fn find(addr: &HostPort, tls: Arc<ClientConfig>) -> anyhow::Result<FindResponse> {
     let (body, date) = get(addr, tls, "/webapi/find").await?;
@@ -162,6 +173,13 @@ mod tests {
         assert_eq!(suite(r#"{"auth":{}}"#).unwrap(), Suite::Unspecified);
         assert_eq!(suite(r#"{}"#).unwrap(), Suite::Unspecified);
         assert!(suite(r#"{"auth":{"signature_algorithm_suite":"rot13"}}"#).is_err());
+        let cluster = |body: &str| parse_find(body.as_bytes()).unwrap().cluster_name();
+        assert_eq!(
+            cluster(r#"{"cluster_name":"example.com"}"#).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(cluster(r#"{"cluster_name":""}"#), None);
+        assert_eq!(cluster(r#"{"cluster_name":7}"#), None);
         assert!(
             suite("<html>")
                 .unwrap_err()

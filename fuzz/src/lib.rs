@@ -13,7 +13,7 @@ use keybound::join::subject::SubjectKey;
 use keybound::suite::Suite;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
-use keybound_signer::{Algorithm, PublicKey, Signer as _};
+use keybound_signer::PublicKey;
 use keybound_signer_soft::{SoftSigner, Source};
 use prost::Message as _;
 use zeroize::Zeroizing;
@@ -96,20 +96,38 @@ struct Fixtures {
     subject: SubjectKey,
 }
 
+/// The bound key's public half: fixed, so that kept inputs can name its key ID
+/// ([`CHALLENGE_KEY_ID`]) and reach the checks behind the `sub` check.
+const CHALLENGE_KEY: [u8; 32] = [
+    0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64, 0x07, 0x3a,
+    0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68, 0xf7, 0x07, 0x51, 0x1a,
+];
+
+/// The key ID of [`CHALLENGE_KEY`], as a challenge's `sub` names it.
+pub const CHALLENGE_KEY_ID: &str = "BuP9j9opu2CrWVV95h7bCuzbIxE0vjDnW0Vfjht5L6k";
+
 fn fixtures() -> &'static Fixtures {
     static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
-    FIXTURES.get_or_init(|| Fixtures {
-        ours: SoftSigner::generate(Algorithm::Ed25519)
-            .expect("Ed25519 generation cannot fail")
-            .public_key()
-            .clone(),
-        subject: SubjectKey::generate(Suite::BalancedV1).expect("P-256 generation cannot fail"),
+    FIXTURES.get_or_init(|| {
+        let ours = PublicKey::from_ed25519_bytes(&CHALLENGE_KEY).expect("a valid Ed25519 point");
+        assert_eq!(ours.key_id(), CHALLENGE_KEY_ID);
+        Fixtures {
+            ours,
+            subject: SubjectKey::generate(Suite::BalancedV1).expect("P-256 generation cannot fail"),
+        }
     })
 }
 
-/// A challenge document for keybound's own key: the check made before anything is signed.
-/// The first byte, if 0, replaces the key named by the server with the fuzzed line that follows
-/// up to a newline.
+/// The cluster a held identity names, for the challenge checks that know one.
+const CLUSTER: &str = "example.com";
+
+/// A challenge document for keybound's own key: the check made before anything is signed,
+/// without and with a known cluster. The first byte, if 0, replaces the key named by the server
+/// with the fuzzed line that follows up to a newline.
+///
+/// Beyond "no panic", a document keybound accepts must be one it may sign: Teleport's claims
+/// and nothing else, issued by the cluster it names as audience, and times that keep the
+/// signature fresh (computed here in `i128`, where nothing wraps).
 pub fn challenge_document(data: &[u8]) {
     let Some(text) = text(data) else { return };
     let f = fixtures();
@@ -119,8 +137,63 @@ pub fn challenge_document(data: &[u8]) {
         None => (ours.as_str(), text),
     };
     let now = UNIX_EPOCH + Duration::from_secs(NOW);
-    let _ = keybound::join::vet_challenge(&f.ours, "fuzz", key, document, now);
-    let _ = keybound::join::challenge::check(document, &f.ours, now);
+    let _ = keybound::join::vet_challenge(&f.ours, "fuzz", key, document, None, now);
+    let _ = keybound::join::vet_challenge(&f.ours, "fuzz", key, document, Some(CLUSTER), now);
+    for cluster in [None, Some(CLUSTER)] {
+        if keybound::join::challenge::check(document, &f.ours, cluster, now).is_ok() {
+            assert_signable(document, cluster);
+        }
+    }
+}
+
+/// What an accepted challenge document must be (see [`challenge_document`]).
+fn assert_signable(document: &str, cluster: Option<&str>) {
+    use keybound::join::challenge::{CLOCK_SKEW, MAX_WINDOW};
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(document).expect("an accepted challenge is a JSON object");
+    let mut names: Vec<&str> = claims.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["aud", "exp", "iat", "iss", "nbf", "nonce", "sub"],
+        "accepted claims other than Teleport's: {document}"
+    );
+    assert_eq!(claims["sub"], CHALLENGE_KEY_ID, "{document}");
+    let iss = claims["iss"].as_str().expect("iss is a string");
+    if let Some(cluster) = cluster {
+        assert_eq!(
+            iss, cluster,
+            "accepted another cluster's challenge: {document}"
+        );
+    }
+    let aud_ok = match &claims["aud"] {
+        serde_json::Value::String(a) => a == iss,
+        serde_json::Value::Array(list) => list.len() == 1 && list[0] == iss,
+        _ => false,
+    };
+    assert!(
+        aud_ok,
+        "accepted an audience other than the issuer: {document}"
+    );
+    let time = |name: &str| i128::from(claims[name].as_i64().expect("an integer time"));
+    let (nbf, iat, exp, now) = (time("nbf"), time("iat"), time("exp"), i128::from(NOW));
+    let skew = i128::from(CLOCK_SKEW.as_secs());
+    assert!(
+        nbf <= iat && iat < exp,
+        "accepted times out of order: {document}"
+    );
+    assert!(
+        exp - nbf <= i128::from(MAX_WINDOW.as_secs()),
+        "accepted a window longer than {MAX_WINDOW:?}: {document}"
+    );
+    assert!(
+        (iat - now).abs() <= skew,
+        "accepted a stale or future challenge: {document}"
+    );
+    assert!(
+        exp + skew >= now,
+        "accepted an expired challenge: {document}"
+    );
 }
 
 /// One message from the cluster, decoded as each RPC's response and handed to what the client
@@ -139,7 +212,8 @@ pub fn server_messages(data: &[u8]) {
                 payload: Some(v1::challenge::Payload::BoundKeypairChallenge(c)),
             })) => {
                 let key = String::from_utf8_lossy(&c.public_key);
-                let _ = keybound::join::vet_challenge(&f.ours, "fuzz", &key, &c.challenge, now);
+                let _ =
+                    keybound::join::vet_challenge(&f.ours, "fuzz", &key, &c.challenge, None, now);
             }
             Some(Payload::Result(v1::Result {
                 payload: Some(v1::result::Payload::BotResult(result)),
@@ -167,6 +241,7 @@ pub fn server_messages(data: &[u8]) {
                     "fuzz",
                     &c.public_key,
                     &c.challenge,
+                    None,
                     now,
                 );
             }

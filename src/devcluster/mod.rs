@@ -69,6 +69,14 @@ pub enum Misbehaviour {
     ChallengeFarFutureExpiry,
     /// A challenge document without a nonce.
     ChallengeWithoutNonce,
+    /// A challenge document whose validity wraps around `i64` (`nbf` = `i64::MIN`, `exp` =
+    /// `i64::MAX - 301`): unchecked arithmetic takes it for a short window that never ends.
+    ChallengeEndless,
+    /// A challenge document with a claim Teleport's never carry (`"scope":"admin"`).
+    ChallengeExtraClaim,
+    /// A challenge issued by (and for) another cluster, as a cluster passing on another
+    /// cluster's challenge to the same key would send it.
+    ChallengeOtherCluster,
     /// After the client's solution, a second challenge for the same key (a fresh nonce).
     ChallengeTwice,
     /// Send no challenge and nothing else, until the client gives up.
@@ -83,6 +91,9 @@ pub enum Misbehaviour {
     /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
     HoldServerInit,
 }
+
+/// The cluster [`Misbehaviour::ChallengeOtherCluster`] names.
+pub const OTHER_CLUSTER: &str = "other.keybound.test";
 
 /// How to run a dev cluster.
 #[derive(Clone, Debug)]
@@ -479,6 +490,17 @@ impl Cluster {
             }
             Misbehaviour::ChallengeWithoutNonce => {
                 claims.remove("nonce");
+            }
+            Misbehaviour::ChallengeEndless => {
+                claims.insert("nbf".into(), i64::MIN.into());
+                claims.insert("exp".into(), (i64::MAX - 301).into());
+            }
+            Misbehaviour::ChallengeExtraClaim => {
+                claims.insert("scope".into(), "admin".into());
+            }
+            Misbehaviour::ChallengeOtherCluster => {
+                claims.insert("iss".into(), OTHER_CLUSTER.into());
+                claims.insert("aud".into(), OTHER_CLUSTER.into());
             }
             Misbehaviour::ChallengeTwice
             | Misbehaviour::Stall

@@ -74,6 +74,10 @@ pub struct JoinParams {
     pub trust: Trust,
     /// The bound_keypair token's name.
     pub token: String,
+    /// The cluster's name, when keybound holds an identity from it: a challenge issued by
+    /// another cluster is then refused ([`challenge::check`]). `None` for a first join, which
+    /// takes the name the cluster gives.
+    pub cluster: Option<String>,
     /// Requested certificate lifetime.
     pub credential_ttl: Duration,
     /// The static key.
@@ -272,7 +276,12 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
             let found = webapi::find(&params.proxy, web_tls)
                 .await
                 .map_err(|e| JoinError::Unreachable(format!("{e:#}")))?;
-            join_legacy(channel, params, found.suite, &answered).await
+            // The proxy names its cluster too: a challenge must come from that one.
+            let mut params = params.clone();
+            if params.cluster.is_none() {
+                params.cluster = found.cluster_name();
+            }
+            join_legacy(channel, &params, found.suite, &answered).await
         }
     }
 }
@@ -437,13 +446,14 @@ pub fn expiry_after(ttl: Duration) -> SystemTime {
 
 /// Decides whether keybound may sign a challenge the cluster sent: `public_key` (an
 /// `authorized_keys` line) must be `ours`, and `document` a fresh Teleport challenge for it
-/// ([`challenge::check`]). The error says why not, for the user and for `GivingUp`; `backend`
-/// names the signer in it.
+/// from `cluster`, when keybound knows its cluster ([`challenge::check`]). The error says why
+/// not, for the user and for `GivingUp`; `backend` names the signer in it.
 pub fn vet_challenge(
     ours: &PublicKey,
     backend: &str,
     public_key: &str,
     document: &str,
+    cluster: Option<&str>,
     now: SystemTime,
 ) -> Result<(), JoinError> {
     let named = PublicKey::from_openssh(public_key).map_err(|_| {
@@ -460,7 +470,7 @@ pub fn vet_challenge(
             ours.fingerprint(),
         )));
     }
-    challenge::check(document, ours, now).map_err(|why| {
+    challenge::check(document, ours, cluster, now).map_err(|why| {
         JoinError::Refused(format!(
             "refused to sign the cluster's challenge: {}",
             server_text(&why, MAX_SERVER_MESSAGE)
@@ -469,16 +479,14 @@ pub fn vet_challenge(
 }
 
 /// Decides whether to sign a challenge, and signs it. `Err` carries the reason to give up.
-async fn answer(
-    signer: &Arc<dyn Signer>,
-    public_key: &str,
-    document: &str,
-) -> Result<String, GiveUp> {
+async fn answer(params: &JoinParams, public_key: &str, document: &str) -> Result<String, GiveUp> {
+    let signer = &params.signer;
     vet_challenge(
         signer.public_key(),
         signer.backend(),
         public_key,
         document,
+        params.cluster.as_deref(),
         SystemTime::now(),
     )
     .map_err(|error| GiveUp {
@@ -774,7 +782,7 @@ async fn join_new(
                 payload: Some(ch::Payload::BoundKeypairChallenge(c)),
             }) => {
                 match answer(
-                    &params.signer,
+                    params,
                     &String::from_utf8_lossy(&c.public_key),
                     &c.challenge,
                 )
@@ -949,7 +957,7 @@ async fn join_legacy(
                 return Err(give_up(second_challenge()));
             }
             resp::Response::Challenge(c) => {
-                match answer(&params.signer, &c.public_key, &c.challenge).await {
+                match answer(params, &c.public_key, &c.challenge).await {
                     Ok(solution) => {
                         answered.store(true, Ordering::SeqCst);
                         let sent = send(req::Payload::ChallengeResponse(

@@ -100,6 +100,7 @@ fn main() {
                         proxy: proxy.clone(),
                         trust: Trust::Bundle(ca.clone()),
                         token: format!("load-{i}"),
+                        cluster: None,
                         credential_ttl: Duration::from_secs(3600),
                         signer: signer.clone(),
                         timeout: JOIN_TIMEOUT,

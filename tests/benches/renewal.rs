@@ -48,6 +48,7 @@ fn main() {
             proxy: proxy.clone(),
             trust: prepared.trust.clone(),
             token: "bench".to_owned(),
+            cluster: None,
             credential_ttl: Duration::from_secs(3600),
             signer: signer.clone(),
             timeout: JOIN_TIMEOUT,

@@ -131,6 +131,7 @@ pub(crate) fn params(
         proxy: HostPort::parse(&cluster.proxy_addr(), 443).unwrap(),
         trust: Trust::Bundle(ca.to_owned()),
         token: token.to_owned(),
+        cluster: None,
         credential_ttl: std::time::Duration::from_secs(3600),
         signer,
         timeout: JOIN_TIMEOUT,

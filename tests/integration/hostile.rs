@@ -65,6 +65,11 @@ async fn signing_oracle_attempts_are_refused_without_signing() {
             "longer than the 600 s keybound accepts",
         ),
         (Misbehaviour::ChallengeWithoutNonce, "missing field `nonce`"),
+        (Misbehaviour::ChallengeEndless, "times are out of range"),
+        (
+            Misbehaviour::ChallengeExtraClaim,
+            "a claim Teleport's challenges never carry (unknown field `scope`",
+        ),
     ];
     for legacy_only in [false, true] {
         for (misbehaviour, expected) in cases {
@@ -84,6 +89,32 @@ async fn signing_oracle_attempts_are_refused_without_signing() {
             assert_eq!(cluster.cluster.joins_completed(), 0, "{case}");
         }
     }
+}
+
+/// A challenge from another cluster (one passed on by the cluster keybound talks to) is refused
+/// whenever keybound knows its cluster: from `/webapi/find` before a legacy join, from the held
+/// identity on a rejoin (`a_hostile_cluster_leaves_the_previous_identity_untouched`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clusters_challenge_is_refused_when_keybound_knows_its_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Counting::new(Algorithm::Ed25519);
+    let cluster = cluster_for(signer.public_key(), |c| {
+        c.misbehave = Some(Misbehaviour::ChallengeOtherCluster);
+        c.legacy_only = true;
+    })
+    .await;
+    let ca = ca_file(&cluster, dir.path());
+    let error = join_err(&params(&cluster, &ca, "t", signer.clone())).await;
+    assert!(matches!(error, JoinError::Refused(_)), "{error:?}");
+    assert!(
+        error.to_string().contains(&format!(
+            "issued by cluster \"{}\", but keybound joins cluster \"dev.keybound.test\"",
+            keybound::devcluster::OTHER_CLUSTER
+        )),
+        "{error}"
+    );
+    assert_eq!(signer.count(), 0);
+    assert_eq!(cluster.cluster.solutions_received(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +385,7 @@ impl Scripted {
             direct: false,
             trust: Trust::Bundle(self.ca.clone()),
             token: "t".to_owned(),
+            cluster: None,
             credential_ttl: Duration::from_secs(3600),
             signer,
             timeout: SHORT,
@@ -665,21 +697,43 @@ async fn a_hostile_cluster_leaves_the_previous_identity_untouched() {
             .any(|(p, _)| p == Path::new("tlscert"))
     );
 
-    for misbehaviour in [
-        Misbehaviour::ChallengeOtherKey,
-        Misbehaviour::SignArbitraryJson,
-        Misbehaviour::ChallengeWrongSubject,
-        Misbehaviour::ChallengeFarFutureExpiry,
-        Misbehaviour::ChallengeWithoutNonce,
-        Misbehaviour::DropMidJoin,
+    // What each misbehaviour's error says; `None` for a genuine challenge on a broken stream,
+    // which keybound may answer.
+    for (misbehaviour, expected) in [
+        (Misbehaviour::ChallengeOtherKey, Some("does not match")),
+        (
+            Misbehaviour::SignArbitraryJson,
+            Some("not a Teleport challenge"),
+        ),
+        (Misbehaviour::ChallengeWrongSubject, Some("not this key's")),
+        (Misbehaviour::ChallengeFarFutureExpiry, Some("longer than")),
+        (Misbehaviour::ChallengeWithoutNonce, Some("missing field")),
+        (Misbehaviour::ChallengeEndless, Some("out of range")),
+        (Misbehaviour::ChallengeExtraClaim, Some("never carry")),
+        // The first join took the cluster's name; the identity now says which cluster may
+        // challenge the key.
+        (
+            Misbehaviour::ChallengeOtherCluster,
+            Some("keybound joins cluster \"dev.keybound.test\""),
+        ),
+        (Misbehaviour::DropMidJoin, None),
     ] {
         cluster.cluster.set_misbehaviour(Some(misbehaviour));
+        let answered = cluster.cluster.solutions_received();
         let output = run(start()).await.unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{misbehaviour:?} succeeded");
         assert!(!stderr.contains("panicked"), "{misbehaviour:?}: {stderr}");
         let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "{misbehaviour:?}: {stderr}");
+        if let Some(expected) = expected {
+            assert!(errors[0].contains(expected), "{misbehaviour:?}: {stderr}");
+            assert_eq!(
+                cluster.cluster.solutions_received(),
+                answered,
+                "{misbehaviour:?}: keybound signed"
+            );
+        }
         assert_eq!(
             snapshot(&out),
             before_out,

@@ -9,7 +9,9 @@ use keybound_signer::PublicKey;
 
 use crate::cluster::{ca_file, cluster_for};
 use crate::doctor::{doctor_on, run};
-use crate::support::{assert_output_verifies, keybound, run_err, run_ok, stdout, tool};
+use crate::support::{
+    assert_no_secret, assert_output_verifies, keybound, openssl_key, run_err, run_ok, stdout, tool,
+};
 
 pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The user PIN of every test token: distinctive, so a leak cannot hide among random digits.
@@ -320,6 +322,45 @@ fn pin_value_in_a_uri_works_with_a_warning_and_bad_settings_are_named() {
         assert!(!output.status.success());
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+
+    // A malformed URI that carries a PIN (here a stray `&` in the PIN): the error says what is
+    // wrong without quoting the URI, on the command line and in the config file.
+    let uri = format!("{}?pin-value={PIN}&{PIN}", hsm.uri("k"));
+    let output = hsm
+        .keybound()
+        .args(["keypair", "show", "--signer", "pkcs11", "--pkcs11-module"])
+        .args([MODULE, "--pkcs11-uri", &uri])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("query attribute (not shown: the URI carries pin-value) has no value"),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr, PIN, "the PIN");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tbot.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v2\nproxy_server: 127.0.0.1:9\nonboarding:\n  join_method: bound_keypair\n  token: t\n  bound_keypair:\n    signer: pkcs11\n    pkcs11_uri: \"{uri}\"\nstorage:\n  type: memory\n"
+        ),
+    )
+    .unwrap();
+    let output = hsm
+        .keybound()
+        .args(["start", "--oneshot", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("not shown: the URI carries pin-value"),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr, PIN, "the PIN");
 }
 
 #[test]
@@ -493,6 +534,77 @@ fn keys_made_by_pkcs11_tool_work_and_exportable_ones_can_be_refused() {
             "{error}"
         );
     }
+}
+
+/// A key made outside the token and imported with OpenSC (`pkcs11-tool --write-object`): sensitive
+/// and not extractable, but not `CKA_LOCAL`, so a copy may exist. It signs, shows as "not
+/// generated in the device", and `require_hardware_key` refuses it with one line.
+#[test]
+fn an_imported_key_is_refused_when_a_hardware_key_is_required() {
+    let hsm = Hsm::new("imported");
+    let dir = tempfile::tempdir().unwrap();
+    let private = openssl_key(dir.path(), "outside.pem", "P-256");
+    let (der, public) = (dir.path().join("key.der"), dir.path().join("pub.der"));
+    run_ok(
+        Command::new(tool("openssl"))
+            .args(["pkey", "-outform", "der", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&der),
+    );
+    run_ok(
+        Command::new(tool("openssl"))
+            .args(["pkey", "-pubout", "-outform", "der", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public),
+    );
+    for (file, kind, extra) in [
+        (&der, "privkey", &["--sensitive", "--private"][..]),
+        (&public, "pubkey", &[][..]),
+    ] {
+        run_ok(
+            hsm.pkcs11_tool()
+                .arg("--write-object")
+                .arg(file)
+                .args(["--type", kind, "--label", "imported", "--id", "20"])
+                .arg("--usage-sign")
+                .args(extra),
+        );
+    }
+    // OpenSC sees it as sensitive, but neither generated in the token nor never extractable.
+    let objects = stdout(&run_ok(hsm.pkcs11_tool().args([
+        "--list-objects",
+        "--type",
+        "privkey",
+    ])));
+    assert!(
+        objects.contains("sensitive") && !objects.contains("local"),
+        "{objects}"
+    );
+
+    let shown = run_ok(
+        hsm.keybound()
+            .args(["keypair", "show", "--format", "json"])
+            .args(hsm.signer_args("imported")),
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let protection = shown["protection"].as_str().unwrap();
+    assert!(
+        protection.contains("not generated in the device")
+            && protection.contains("not CKA_LOCAL: made outside the token and imported"),
+        "{protection}"
+    );
+    let error = run_err(
+        hsm.keybound()
+            .args(["keypair", "show", "--require-hardware-key"])
+            .args(hsm.signer_args("imported")),
+    );
+    assert!(
+        error.contains("not CKA_LOCAL")
+            && error.contains("--require-hardware-key asks for a key generated in the token"),
+        "{error}"
+    );
 }
 
 /// `keybound doctor` with the key in SoftHSM: a good key shows as non-exportable, a missing one

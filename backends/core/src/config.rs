@@ -1,7 +1,10 @@
 //! Where each backend finds its key. These are plain data: the agent builds them from tbot's YAML
 //! and the command line, and each backend's `open` takes its own.
 
+use std::fmt;
 use std::path::PathBuf;
+
+use zeroize::Zeroizing;
 
 use crate::PinSource;
 
@@ -47,23 +50,84 @@ impl Default for EnvConfig {
     }
 }
 
+/// A PKCS#11 URI as the user gave it (`--pkcs11-uri`, `pkcs11_uri`). It may carry the PIN in
+/// `pin-value`, so it is zeroed when dropped, and `Debug` shows it [`redacted`](Self::redacted).
+/// It derefs to the text, for parsing.
+#[derive(Clone, Default, Eq, PartialEq)]
+pub struct Pkcs11UriText(Zeroizing<String>);
+
+impl Pkcs11UriText {
+    /// The URI with the value of any `pin-value` attribute (path or query, whatever its case or
+    /// percent-encoding) replaced by `(hidden)`: fit for messages and summaries.
+    pub fn redacted(&self) -> String {
+        let (head, query) = match self.0.split_once('?') {
+            Some((head, query)) => (head, Some(query)),
+            None => (self.0.as_str(), None),
+        };
+        let hide = |part: &str, separator: char| -> String {
+            part.split(separator)
+                .map(|attr| match attr.split_once('=') {
+                    Some((name, _)) if is_pin_value(name) => format!("{name}=(hidden)"),
+                    _ => attr.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(&separator.to_string())
+        };
+        match query {
+            Some(query) => format!("{}?{}", hide(head, ';'), hide(query, '&')),
+            None => hide(head, ';'),
+        }
+    }
+}
+
+/// Whether an attribute name is `pin-value`, in any case, `-` percent-encoded or not.
+fn is_pin_value(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "pin-value" || name == "pin%2dvalue"
+}
+
+impl std::ops::Deref for Pkcs11UriText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Pkcs11UriText {
+    fn from(text: String) -> Self {
+        Self(Zeroizing::new(text))
+    }
+}
+
+impl From<&str> for Pkcs11UriText {
+    fn from(text: &str) -> Self {
+        Self::from(text.to_owned())
+    }
+}
+
+impl fmt::Debug for Pkcs11UriText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
 /// A key in a PKCS#11 token (an HSM, a smart card, SoftHSM).
 #[non_exhaustive]
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Pkcs11Config {
     /// An RFC 7512 URI naming the token and the key (`pkcs11:token=...;object=...`).
-    pub uri: String,
+    pub uri: Pkcs11UriText,
     /// The module to load; wins over the URI's `module-path`.
     pub module: Option<PathBuf>,
     /// Where the user PIN comes from; wins over the URI's `pin-source` and `pin-value`.
     pub pin: Option<PinSource>,
-    /// Refuse a key the token could export.
+    /// Refuse a key the token could export or did not generate (not `CKA_LOCAL`).
     pub require_hardware_key: bool,
 }
 
 impl Pkcs11Config {
     /// A key named by `uri`.
-    pub fn new(uri: impl Into<String>) -> Self {
+    pub fn new(uri: impl Into<Pkcs11UriText>) -> Self {
         Self {
             uri: uri.into(),
             module: None,
@@ -95,7 +159,8 @@ pub struct TpmConfig {
     pub parent: Option<u32>,
     /// Where the key's authorization value comes from, if it has one.
     pub auth: Option<PinSource>,
-    /// Refuse a key the TPM could let out (not fixedTPM and fixedParent).
+    /// Refuse a key the TPM did not generate or may let out (not fixedTPM, fixedParent and
+    /// sensitiveDataOrigin).
     pub require_hardware_key: bool,
 }
 
@@ -135,5 +200,31 @@ impl SignerConfig {
             Self::Pkcs11(_) => "pkcs11",
             Self::Tpm(_) => "tpm",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_in_a_pkcs11_uri_is_never_shown() {
+        let shown = |uri: &str| Pkcs11UriText::from(uri).redacted();
+        assert_eq!(
+            shown("pkcs11:token=t;object=k?pin-value=1234&module-path=/m.so"),
+            "pkcs11:token=t;object=k?pin-value=(hidden)&module-path=/m.so"
+        );
+        assert_eq!(
+            shown("pkcs11:token=t;pin-value=1234;object=k"),
+            "pkcs11:token=t;pin-value=(hidden);object=k"
+        );
+        assert_eq!(
+            shown("pkcs11:token=t?PIN%2dValue=1234"),
+            "pkcs11:token=t?PIN%2dValue=(hidden)"
+        );
+        assert_eq!(shown("pkcs11:token=t;object=k"), "pkcs11:token=t;object=k");
+        let config = Pkcs11Config::new("pkcs11:token=t?pin-value=Secret-4711");
+        assert!(!format!("{config:?}").contains("Secret-4711"), "{config:?}");
+        assert_eq!(&*config.uri, "pkcs11:token=t?pin-value=Secret-4711");
     }
 }

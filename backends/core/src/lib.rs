@@ -15,6 +15,7 @@ mod error;
 pub mod jws;
 mod pin;
 mod public_key;
+pub mod refused;
 mod signature;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -70,12 +71,17 @@ pub enum Protection {
     Software,
     /// Held in a device that says it will export it; the text says why.
     Exportable(String),
-    /// Held in a device that will not let it out; the text gives the evidence.
+    /// Generated in a device that has never let it out; the text gives the evidence.
     NonExportable(String),
+    /// Held in a device that will not let it out now, but not generated there and kept inside
+    /// from the start: it was imported (or was once exportable or readable), so copies may
+    /// exist outside; the text says why.
+    Imported(String),
 }
 
 impl Protection {
-    /// Whether the key cannot be copied out of its device.
+    /// Whether the key was generated in its device and has never been able to leave it: what
+    /// `require_hardware_key` asks for.
     pub fn is_hardware(&self) -> bool {
         matches!(self, Self::NonExportable(_))
     }
@@ -87,6 +93,9 @@ impl fmt::Display for Protection {
             Self::Software => f.write_str("software key (exportable)"),
             Self::Exportable(why) => write!(f, "exportable ({why})"),
             Self::NonExportable(why) => write!(f, "non-exportable ({why})"),
+            Self::Imported(why) => {
+                write!(f, "non-exportable but not generated in the device ({why})")
+            }
         }
     }
 }

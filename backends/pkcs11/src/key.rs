@@ -22,27 +22,41 @@ pub(crate) struct KeyInfo {
     pub(crate) public: PublicKey,
     sensitive: bool,
     extractable: bool,
+    always_sensitive: bool,
     never_extractable: bool,
     local: bool,
 }
 
 impl KeyInfo {
+    /// What the key's attributes promise. Generated in the token and never out of it means
+    /// `CKA_LOCAL` (made by `C_GenerateKeyPair`, PKCS#11 3.0 §4.7) and both `CKA_ALWAYS_SENSITIVE`
+    /// and `CKA_NEVER_EXTRACTABLE`: a key that was once readable or extractable may have been
+    /// copied then.
     pub(crate) fn protection(&self) -> Protection {
-        if self.sensitive && !self.extractable {
-            let mut evidence = vec!["CKA_SENSITIVE", "not CKA_EXTRACTABLE"];
-            if self.never_extractable {
-                evidence.push("CKA_NEVER_EXTRACTABLE");
-            }
-            if self.local {
-                evidence.push("CKA_LOCAL: generated in the token");
-            } else {
-                evidence.push("not CKA_LOCAL: imported");
-            }
-            Protection::NonExportable(evidence.join(", "))
-        } else if self.extractable {
-            Protection::Exportable("CKA_EXTRACTABLE: the token may export it".to_owned())
+        if self.extractable {
+            return Protection::Exportable("CKA_EXTRACTABLE: the token may export it".to_owned());
+        }
+        if !self.sensitive {
+            return Protection::Exportable("not CKA_SENSITIVE: the token may reveal it".to_owned());
+        }
+        let mut missing = Vec::new();
+        if !self.local {
+            missing.push("not CKA_LOCAL: made outside the token and imported");
+        }
+        if !self.never_extractable {
+            missing.push("not CKA_NEVER_EXTRACTABLE: it was extractable once");
+        }
+        if !self.always_sensitive {
+            missing.push("not CKA_ALWAYS_SENSITIVE: it was readable once");
+        }
+        if missing.is_empty() {
+            Protection::NonExportable(
+                "CKA_SENSITIVE, not CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, \
+                 CKA_LOCAL: generated in the token"
+                    .to_owned(),
+            )
         } else {
-            Protection::Exportable("not CKA_SENSITIVE: the token may reveal it".to_owned())
+            Protection::Imported(missing.join(", "))
         }
     }
 }
@@ -121,6 +135,7 @@ pub(crate) fn read(session: &Session, handle: ObjectHandle, token: &str) -> Resu
                 T::EcPoint,
                 T::Sensitive,
                 T::Extractable,
+                T::AlwaysSensitive,
                 T::NeverExtractable,
                 T::Local,
             ],
@@ -130,8 +145,8 @@ pub(crate) fn read(session: &Session, handle: ObjectHandle, token: &str) -> Resu
         })?;
     let (mut label, mut id, mut key_type, mut params, mut point) =
         (None, Vec::new(), None, None, None);
-    let (mut sensitive, mut extractable, mut never_extractable, mut local) =
-        (false, true, false, false);
+    let (mut sensitive, mut extractable, mut always_sensitive, mut never_extractable, mut local) =
+        (false, true, false, false, false);
     // cryptoki silently leaves out attributes the object lacks: match by variant.
     for attribute in attributes {
         match attribute {
@@ -142,6 +157,7 @@ pub(crate) fn read(session: &Session, handle: ObjectHandle, token: &str) -> Resu
             Attribute::EcPoint(v) if !v.is_empty() => point = Some(v),
             Attribute::Sensitive(v) => sensitive = v,
             Attribute::Extractable(v) => extractable = v,
+            Attribute::AlwaysSensitive(v) => always_sensitive = v,
             Attribute::NeverExtractable(v) => never_extractable = v,
             Attribute::Local(v) => local = v,
             _ => {}
@@ -186,6 +202,7 @@ pub(crate) fn read(session: &Session, handle: ObjectHandle, token: &str) -> Resu
         id,
         sensitive,
         extractable,
+        always_sensitive,
         never_extractable,
         local,
     })

@@ -27,7 +27,6 @@ use keybound_signer::{
 };
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
-use zeroize::Zeroizing;
 
 pub use uri::Pkcs11Uri;
 
@@ -227,17 +226,57 @@ pub fn pin_policy(
     Ok(())
 }
 
-fn login(session: &Session, pin: Option<&AuthPin>, token: &str) -> Result<(), Error> {
-    let Some(pin) = pin else { return Ok(()) };
-    match session.login(UserType::User, Some(pin)) {
+/// The name under which the refused-PIN memory ([`keybound_signer::refused`]) keeps a token's
+/// PINs: the module, the token's label and its serial.
+fn device_key(module: &Path, token: &str, serial: &str) -> String {
+    format!(
+        "pkcs11 {} token {token:?} serial {serial:?}",
+        module.display()
+    )
+}
+
+/// Logs `session` in with the PIN that `source` gives now: read afresh each time, so a fixed
+/// source takes effect at the next open (SIGHUP) or reopen. A PIN this token refused before, in
+/// this process, is not presented again; a PIN it refuses now is remembered. The token's own
+/// PIN flags are checked first ([`pin_policy`]).
+fn log_in(
+    ctx: &Pkcs11,
+    slot: Slot,
+    session: &Session,
+    source: Option<&PinSource>,
+    (module, token, serial): (&Path, &str, &str),
+) -> Result<(), Error> {
+    let Some(source) = source else { return Ok(()) };
+    let Some(pin) = source.read_for(BACKEND, &device_key(module, token, serial))? else {
+        return Err(err(
+            ErrorKind::Auth,
+            source.refused_before(
+                "the PIN",
+                &format!("token {token:?}"),
+                "real tokens lock after a few wrong PINs",
+            ),
+        ));
+    };
+    check_pin_state(ctx, slot, token)?;
+    let mut exact = String::with_capacity(pin.value.len());
+    exact.push_str(&pin.value);
+    match session.login(UserType::User, Some(&AuthPin::from(exact))) {
         // Login is per application and token: another session already logged in.
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(err(
-            ErrorKind::Auth,
-            format!(
-                "token {token:?} refused the PIN; keybound does not retry a wrong PIN (real tokens lock): fix the PIN source"
-            ),
-        )),
+        Err(CkError::Pkcs11(
+            RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
+            _,
+        )) => {
+            pin.fingerprint.remember_refused();
+            Err(err(
+                ErrorKind::Auth,
+                format!(
+                    "token {token:?} refused the PIN; keybound does not retry a wrong PIN (real tokens lock): \
+                     fix the PIN source: {}",
+                    source.how_to_replace()
+                ),
+            ))
+        }
         Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(err(
             ErrorKind::Auth,
             format!("the user PIN of token {token:?} is locked"),
@@ -246,8 +285,10 @@ fn login(session: &Session, pin: Option<&AuthPin>, token: &str) -> Result<(), Er
     }
 }
 
-fn pin_from(config: &Pkcs11Config, uri: &Pkcs11Uri) -> Result<Option<AuthPin>, Error> {
-    let source = match (&config.pin, &uri.pin_source, &uri.pin_value) {
+/// Where the user PIN comes from: the configuration's source, else the URI's `pin-source`,
+/// else its `pin-value` (with a warning). Nothing is read here.
+fn pin_source(config: &Pkcs11Config, uri: &Pkcs11Uri) -> Result<Option<PinSource>, Error> {
+    Ok(match (&config.pin, &uri.pin_source, &uri.pin_value) {
         (Some(source), _, _) => Some(source.clone()),
         (None, Some(source), _) => Some(
             PinSource::parse(source)
@@ -257,18 +298,10 @@ fn pin_from(config: &Pkcs11Config, uri: &Pkcs11Uri) -> Result<Option<AuthPin>, E
             warn!(
                 "the PKCS#11 URI carries pin-value: the PIN shows in process listings and shell history; use pin-source=env:VAR or file:PATH"
             );
-            Some(PinSource::Value(Zeroizing::new(value.clone())))
+            Some(PinSource::Value(value.clone()))
         }
         (None, None, None) => None,
-    };
-    source
-        .map(|s| {
-            let pin = s.read(BACKEND)?;
-            let mut exact = String::with_capacity(pin.len());
-            exact.push_str(&pin);
-            Ok(AuthPin::from(exact))
-        })
-        .transpose()
+    })
 }
 
 // === The signer ===
@@ -281,7 +314,8 @@ pub struct Pkcs11Signer {
     serial: String,
     label: Option<String>,
     id: Vec<u8>,
-    pin: Option<AuthPin>,
+    /// Where the PIN comes from; read again at each login.
+    pin: Option<PinSource>,
     public: PublicKey,
     protection: Protection,
     mechanism_ecdsa_sha256: bool,
@@ -304,7 +338,7 @@ impl Pkcs11Signer {
             .clone()
             .or_else(|| uri.module_path.clone())
             .ok_or_else(|| err(ErrorKind::Config, "no PKCS#11 module: pass --pkcs11-module PATH or add ?module-path=PATH to the URI"))?;
-        let pin = pin_from(config, &uri)?;
+        let pin = pin_source(config, &uri)?;
         let ctx = load_module(&module)?;
         let (slot, token, serial) = find_token(&ctx, &uri, &module)?;
         let info = ctx
@@ -318,13 +352,16 @@ impl Pkcs11Signer {
                 ),
             ));
         }
-        if pin.is_some() {
-            check_pin_state(&ctx, slot, &token)?;
-        }
         let session = ctx.open_ro_session(slot).map_err(|e| {
             err(kind_of(&e), format!("opening a session on token {token:?}")).with_source(e)
         })?;
-        login(&session, pin.as_ref(), &token)?;
+        log_in(
+            &ctx,
+            slot,
+            &session,
+            pin.as_ref(),
+            (&module, &token, &serial),
+        )?;
 
         let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
         if let Some(label) = &uri.object {
@@ -379,7 +416,9 @@ impl Pkcs11Signer {
             return Err(err(
                 ErrorKind::Config,
                 format!(
-                    "the key {} is {protection}, and --require-hardware-key asks for a non-exportable key",
+                    "the key {} is {protection}, and --require-hardware-key asks for a key generated \
+                     in the token that never left it: make one with `keybound keypair create \
+                     --static --signer pkcs11`",
                     Pkcs11Uri::for_key(&token, &serial, key.label.as_deref(), &key.id)
                 ),
             ));
@@ -438,14 +477,17 @@ impl Pkcs11Signer {
                 format!("token {:?} is gone: {}", self.token, e.message()),
             )
         })?;
-        if self.pin.is_some() {
-            check_pin_state(&self.ctx, slot, &self.token)?;
-        }
         let session = self
             .ctx
             .open_ro_session(slot)
             .map_err(|e| err(kind_of(&e), "reopening a session").with_source(e))?;
-        login(&session, self.pin.as_ref(), &self.token)?;
+        log_in(
+            &self.ctx,
+            slot,
+            &session,
+            self.pin.as_ref(),
+            (&self.module, &self.token, &self.serial),
+        )?;
         let mut template = vec![
             Attribute::Class(ObjectClass::PRIVATE_KEY),
             Attribute::Id(self.id.clone()),
@@ -593,16 +635,13 @@ pub fn generate(
                 "no PKCS#11 module: pass --pkcs11-module PATH or add ?module-path=PATH to the URI",
             )
         })?;
-    let pin = pin_from(config, &uri)?;
+    let pin = pin_source(config, &uri)?;
     let ctx = load_module(&module)?;
     let (slot, token, serial) = find_token(&ctx, &uri, &module)?;
     let mechanisms = ctx
         .get_mechanism_list(slot)
         .map_err(|e| err(kind_of(&e), "listing the token's mechanisms").with_source(e))?;
     keygen_support(&mechanisms, algorithm, &token)?;
-    if pin.is_some() {
-        check_pin_state(&ctx, slot, &token)?;
-    }
     let session = ctx.open_rw_session(slot).map_err(|e| {
         err(
             kind_of(&e),
@@ -610,7 +649,13 @@ pub fn generate(
         )
         .with_source(e)
     })?;
-    login(&session, pin.as_ref(), &token)?;
+    log_in(
+        &ctx,
+        slot,
+        &session,
+        pin.as_ref(),
+        (&module, &token, &serial),
+    )?;
 
     let id = match &uri.id {
         Some(id) => id.clone(),
@@ -652,7 +697,7 @@ pub fn generate(
     uri.pin_source = None;
     uri.pin_value = None;
     let mut opened = config.clone();
-    opened.uri = uri.to_string();
+    opened.uri = uri.to_string().into();
     opened.module = Some(module);
     // Re-read the PIN source rather than keep a second copy of the PIN.
     opened.pin = config.pin.clone().or_else(|| {
@@ -727,12 +772,6 @@ pub struct KeyListing {
 /// policy applies); without one, public key objects.
 pub fn list(module: &Path, pin: Option<&PinSource>) -> Result<Vec<TokenListing>, Error> {
     let ctx = load_module(module)?;
-    let pin = pin
-        .map(|s| {
-            s.read(BACKEND)
-                .map(|p| AuthPin::from(p.as_str().to_owned()))
-        })
-        .transpose()?;
     let mut out = Vec::new();
     for slot in ctx
         .get_slots_with_token()
@@ -752,10 +791,7 @@ pub fn list(module: &Path, pin: Option<&PinSource>) -> Result<Vec<TokenListing>,
             let session = ctx
                 .open_ro_session(slot)
                 .map_err(|e| err(kind_of(&e), format!("opening token {token:?}")).with_source(e))?;
-            if pin.is_some() {
-                check_pin_state(&ctx, slot, &token)?;
-                login(&session, pin.as_ref(), &token)?;
-            }
+            log_in(&ctx, slot, &session, pin, (module, &token, &serial))?;
             key::list(&session, &token, &serial)
         })();
         out.push(TokenListing {

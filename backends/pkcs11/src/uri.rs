@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use zeroize::Zeroizing;
 
 /// Characters left unescaped in attribute values (RFC 7512 `pk11-pchar` less the separators).
 const VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -30,7 +31,10 @@ const QUERY: &AsciiSet = &VALUE.remove(b'/').remove(b'?').remove(b'|');
 
 /// The parts of a PKCS#11 URI keybound uses. Unknown path attributes are refused; unknown query
 /// attributes too (a typo in `pin-source` must not be ignored).
-#[derive(Clone, Debug, Default, Eq, PartialEq)]
+///
+/// `Debug` never shows `pin_value`, and a parse error never quotes the text of a URI that
+/// carries `pin-value`: the PIN could be anywhere in it, typo'd attribute names included.
+#[derive(Clone, Default, Eq, PartialEq)]
 pub struct Pkcs11Uri {
     /// `token`: the token label.
     pub token: Option<String>,
@@ -48,11 +52,52 @@ pub struct Pkcs11Uri {
     pub module_path: Option<PathBuf>,
     /// `pin-source`.
     pub pin_source: Option<String>,
-    /// `pin-value` (shows in process listings).
-    pub pin_value: Option<String>,
+    /// `pin-value` (shows in process listings), zeroed when dropped.
+    pub pin_value: Option<Zeroizing<String>>,
 }
 
-fn decode(name: &str, value: &str) -> Result<Vec<u8>, String> {
+impl fmt::Debug for Pkcs11Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Uri")
+            .field("token", &self.token)
+            .field("serial", &self.serial)
+            .field("manufacturer", &self.manufacturer)
+            .field("model", &self.model)
+            .field("object", &self.object)
+            .field("id", &self.id)
+            .field("module_path", &self.module_path)
+            .field("pin_source", &self.pin_source)
+            .field("pin_value", &self.pin_value.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+/// What a parse error says instead of quoting a URI that carries a PIN.
+const HIDDEN: &str = "(not shown: the URI carries pin-value)";
+
+/// Whether `uri` may carry a PIN in `pin-value` (also percent-encoded, in any case).
+fn carries_pin_value(uri: &str) -> bool {
+    let lower = uri.to_ascii_lowercase();
+    lower.contains("pin-value") || lower.contains("pin%2dvalue")
+}
+
+/// Quotes URI text for an error, or hides it (see [`HIDDEN`]).
+#[derive(Clone, Copy)]
+struct Quote {
+    hide: bool,
+}
+
+impl Quote {
+    fn of(&self, text: &str) -> String {
+        if self.hide {
+            HIDDEN.to_owned()
+        } else {
+            format!("{text:?}")
+        }
+    }
+}
+
+fn decode(name: &str, value: &str, quote: Quote) -> Result<Vec<u8>, String> {
     if value.contains('%') {
         // Check each escape is complete: percent_decode keeps malformed ones verbatim.
         let bytes = value.as_bytes();
@@ -62,7 +107,10 @@ fn decode(name: &str, value: &str) -> Result<Vec<u8>, String> {
                     .get(i + 1..i + 3)
                     .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
                 if !ok {
-                    return Err(format!("{name}: malformed percent-escape in {value:?}"));
+                    return Err(format!(
+                        "{name}: malformed percent-escape in {}",
+                        quote.of(value)
+                    ));
                 }
             }
         }
@@ -70,22 +118,29 @@ fn decode(name: &str, value: &str) -> Result<Vec<u8>, String> {
     Ok(percent_decode_str(value).collect())
 }
 
-fn text(name: &str, value: &str) -> Result<String, String> {
-    String::from_utf8(decode(name, value)?).map_err(|_| format!("{name}: not UTF-8 after decoding"))
+fn text(name: &str, value: &str, quote: Quote) -> Result<String, String> {
+    String::from_utf8(decode(name, value, quote)?)
+        .map_err(|_| format!("{name}: not UTF-8 after decoding"))
 }
 
 impl Pkcs11Uri {
     /// Parses a `pkcs11:` URI.
     pub fn parse(uri: &str) -> Result<Self, String> {
-        let rest = uri
-            .strip_prefix("pkcs11:")
-            .ok_or_else(|| format!("{uri:?} is not a PKCS#11 URI (it must start with pkcs11:)"))?;
+        let quote = Quote {
+            hide: carries_pin_value(uri),
+        };
+        let rest = uri.strip_prefix("pkcs11:").ok_or_else(|| {
+            format!(
+                "{} is not a PKCS#11 URI (it must start with pkcs11:)",
+                quote.of(uri)
+            )
+        })?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut out = Self::default();
         for part in path.split(';').filter(|p| !p.is_empty()) {
             let (name, value) = part
                 .split_once('=')
-                .ok_or_else(|| format!("PKCS#11 URI attribute {part:?} has no value"))?;
+                .ok_or_else(|| format!("PKCS#11 URI attribute {} has no value", quote.of(part)))?;
             let slot = match name {
                 "token" => &mut out.token,
                 "serial" => &mut out.serial,
@@ -93,13 +148,14 @@ impl Pkcs11Uri {
                 "model" => &mut out.model,
                 "object" => &mut out.object,
                 "id" => {
-                    set_once(&mut out.id, decode(name, value)?, name)?;
+                    set_once(&mut out.id, decode(name, value, quote)?, name)?;
                     continue;
                 }
                 "type" => {
                     if value != "private" && value != "public" {
                         return Err(format!(
-                            "type={value}: keybound uses private keys (type=private)"
+                            "type={}: keybound uses private keys (type=private)",
+                            if quote.hide { HIDDEN } else { value }
                         ));
                     }
                     continue;
@@ -110,29 +166,43 @@ impl Pkcs11Uri {
                     ));
                 }
                 "library-manufacturer" | "library-description" | "library-version" => continue,
-                other => return Err(format!("unknown PKCS#11 URI attribute {other:?}")),
+                other => {
+                    return Err(format!("unknown PKCS#11 URI attribute {}", quote.of(other)));
+                }
             };
-            set_once(slot, text(name, value)?, name)?;
+            set_once(slot, text(name, value, quote)?, name)?;
         }
         for part in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = part
-                .split_once('=')
-                .ok_or_else(|| format!("PKCS#11 URI query attribute {part:?} has no value"))?;
+            let (name, value) = part.split_once('=').ok_or_else(|| {
+                format!(
+                    "PKCS#11 URI query attribute {} has no value",
+                    quote.of(part)
+                )
+            })?;
             match name {
                 "module-path" => set_once(
                     &mut out.module_path,
-                    PathBuf::from(text(name, value)?),
+                    PathBuf::from(text(name, value, quote)?),
                     name,
                 )?,
-                "pin-source" => set_once(&mut out.pin_source, text(name, value)?, name)?,
-                "pin-value" => set_once(&mut out.pin_value, text(name, value)?, name)?,
+                "pin-source" => set_once(&mut out.pin_source, text(name, value, quote)?, name)?,
+                "pin-value" => set_once(
+                    &mut out.pin_value,
+                    Zeroizing::new(text(name, value, quote)?),
+                    name,
+                )?,
                 "module-name" => {
                     return Err(
                         "module-name: give the module's path with module-path or --pkcs11-module"
                             .to_owned(),
                     );
                 }
-                other => return Err(format!("unknown PKCS#11 URI query attribute {other:?}")),
+                other => {
+                    return Err(format!(
+                        "unknown PKCS#11 URI query attribute {}",
+                        quote.of(other)
+                    ));
+                }
             }
         }
         Ok(out)
@@ -249,5 +319,37 @@ mod tests {
             let err = Pkcs11Uri::parse(uri).unwrap_err();
             assert!(err.contains(expected), "{uri}: {err}");
         }
+    }
+
+    /// A URI that carries `pin-value` never has its text quoted in an error, wherever the PIN
+    /// sits: in the value, after a stray `&`, in a misspelt attribute, in a bad escape.
+    #[test]
+    fn errors_never_quote_a_uri_that_carries_a_pin() {
+        const PIN: &str = "Secret-PIN-4711";
+        for uri in [
+            format!("pkcs1:token=a?pin-value={PIN}"),
+            format!("pkcs11:token=a?pin-value=12&{PIN}"),
+            format!("pkcs11:token=a?pin-value=12&{PIN}=x"),
+            format!("pkcs11:token=a;{PIN}?pin-value=1"),
+            format!("pkcs11:token=a;{PIN}=x?pin-value=1"),
+            format!("pkcs11:token=a;type={PIN}?pin-value=1"),
+            format!("pkcs11:token=a?pin-value={PIN}%zz"),
+            format!("pkcs11:token=a?pin-value={PIN}&pin-value={PIN}"),
+            format!("pkcs11:id=%{PIN}?pin-value=1"),
+            format!("pkcs11:token=a?PIN%2DVALUE={PIN}"),
+        ] {
+            let err = Pkcs11Uri::parse(&uri).unwrap_err();
+            assert!(!err.contains(PIN), "{uri}: {err}");
+            assert!(!err.contains("Secret"), "{uri}: {err}");
+        }
+        // Without a PIN in it, the error still shows what is wrong.
+        let err = Pkcs11Uri::parse("pkcs11:token=a;tokn=b").unwrap_err();
+        assert!(err.contains(r#""tokn""#), "{err}");
+        // Parsed, the PIN shows neither in Debug nor in Display.
+        let uri = Pkcs11Uri::parse(&format!("pkcs11:token=a?pin-value={PIN}")).unwrap();
+        assert_eq!(uri.pin_value.as_ref().map(|p| p.as_str()), Some(PIN));
+        assert!(!format!("{uri:?}").contains(PIN), "{uri:?}");
+        assert!(format!("{uri:?}").contains("[REDACTED]"));
+        assert!(!uri.to_string().contains(PIN));
     }
 }

@@ -79,6 +79,51 @@ fn a_lost_session_is_reopened() {
     other.sign(b"x").unwrap();
 }
 
+/// Every reopen reads the PIN file again: a wrong PIN written there is presented once (the token
+/// refuses it), then refused here without a login; the right one, written back, signs.
+#[test]
+fn a_reopen_reads_the_pin_again_and_never_presents_a_refused_one() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let token = TestToken::new("reread");
+    generate(&token.config("k"), Algorithm::Ed25519, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pin");
+    let write = |pin: &str| {
+        std::fs::write(&file, pin).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write(USER_PIN);
+    let mut config = token.config("k");
+    config.pin = Some(PinSource::File(file.clone()));
+    let signer = Pkcs11Signer::open(&config).unwrap();
+    signer.sign(b"first").unwrap();
+
+    write("Wrong-PIN-1357");
+    signer.close_session_for_test();
+    let refused = signer.sign(b"x").unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Auth);
+    assert!(
+        refused
+            .to_string()
+            .contains("refused the PIN; keybound does not retry")
+            && refused.to_string().contains("send keybound SIGHUP"),
+        "{refused}"
+    );
+    let again = signer.sign(b"x").unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Auth);
+    assert!(
+        again.to_string().contains(&format!(
+            "already refused the PIN that file:{} gives",
+            file.display()
+        )),
+        "{again}"
+    );
+    assert!(!again.to_string().contains("Wrong-PIN"), "{again}");
+
+    write(USER_PIN);
+    signer.sign(b"fixed").unwrap();
+}
+
 #[test]
 fn each_failure_has_its_own_clear_error() {
     let token = TestToken::new("errs");
@@ -122,12 +167,24 @@ fn each_failure_has_its_own_clear_error() {
         "no private key matches",
     );
     let mut ambiguous = token.config("k");
-    ambiguous.uri = format!("pkcs11:token={}", token.label);
+    ambiguous.uri = format!("pkcs11:token={}", token.label).into();
     expect(ambiguous, ErrorKind::Config, "2 private keys match");
 
     let mut wrong_pin = token.config("k");
     wrong_pin.pin = Some(PinSource::Value(Zeroizing::new("9999".into())));
-    expect(wrong_pin, ErrorKind::Auth, "does not retry a wrong PIN");
+    expect(
+        wrong_pin.clone(),
+        ErrorKind::Auth,
+        "does not retry a wrong PIN",
+    );
+    // The same PIN again is refused here, before any login (the token would say "refused the
+    // PIN" again, and count it); the right one still opens the key.
+    expect(
+        wrong_pin,
+        ErrorKind::Auth,
+        "already refused the PIN that pin-value:[REDACTED] gives; keybound does not present a refused value again",
+    );
+    Pkcs11Signer::open(&token.config("k")).unwrap();
 
     let mut no_pin = token.config("k");
     no_pin.pin = None;

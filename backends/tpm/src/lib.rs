@@ -13,7 +13,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use keybound_signer::config::{TpmConfig, TpmKey};
-use keybound_signer::{Algorithm, Error, ErrorKind, Protection, PublicKey, Signature, Signer};
+use keybound_signer::refused::Fingerprint;
+use keybound_signer::{
+    Algorithm, Error, ErrorKind, PinSource, Protection, PublicKey, Signature, Signer,
+};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 use tss_esapi::attributes::ObjectAttributesBuilder;
@@ -235,7 +238,16 @@ pub struct TpmSigner {
     public: PublicKey,
     protection: Protection,
     /// TPM commands need `&mut Context`; one signature at a time.
-    state: Mutex<(Context, KeyHandle)>,
+    state: Mutex<Session>,
+}
+
+/// A connection to the TPM with the key loaded, and the fingerprint of the authorization value
+/// set on the key ([`keybound_signer::refused`]): once the TPM refuses that value, it is never
+/// sent again.
+struct Session {
+    ctx: Context,
+    key: KeyHandle,
+    auth: Option<Fingerprint>,
 }
 
 impl TpmSigner {
@@ -294,13 +306,21 @@ impl TpmSigner {
             return Err(err(
                 ErrorKind::Config,
                 format!(
-                    "the key at {source} is {protection}, and --require-hardware-key asks for a non-exportable key"
+                    "the key at {source} is {protection}, and --require-hardware-key asks for a key \
+                     generated in the TPM that never left it: make one with `keybound keypair \
+                     create --static --signer tpm`"
                 ),
             ));
         }
-        if let Some(pin) = &config.auth {
-            let value = pin.read(BACKEND)?;
-            let auth = Auth::try_from(value.as_bytes().to_vec()).map_err(|e| {
+        // Read afresh at every open: a fixed source takes effect at the next open (SIGHUP) or
+        // reconnection; a value the TPM refused before is not sent again.
+        let mut fingerprint = None;
+        if let Some(auth_source) = &config.auth {
+            let Some(presented) = auth_source.read_for(BACKEND, &device_key(&tcti, &public))?
+            else {
+                return Err(refused_before(auth_source, &source));
+            };
+            let auth = Auth::try_from(presented.value.as_bytes().to_vec()).map_err(|e| {
                 err(
                     ErrorKind::Config,
                     format!("the key's authorization value is too long: {e}"),
@@ -308,6 +328,7 @@ impl TpmSigner {
             })?;
             ctx.tr_set_auth(key.into(), auth)
                 .map_err(|e| tpm_error(&e, "setting the key's authorization value".to_owned()))?;
+            fingerprint = Some(presented.fingerprint);
         }
         ctx.set_sessions((Some(AuthSession::Password), None, None));
         debug!(%tcti, key = %source, %protection, "opened TPM key");
@@ -318,13 +339,17 @@ impl TpmSigner {
             source,
             public,
             protection,
-            state: Mutex::new((ctx, key)),
+            state: Mutex::new(Session {
+                ctx,
+                key,
+                auth: fingerprint,
+            }),
         })
     }
 
     /// Connects to the TPM again and loads the same key, after a command failed with `failure`:
     /// a TPM that restarted (swtpm, a resource manager, a reset) leaves the old context dead.
-    fn reconnect(&self, failure: &TssError) -> Result<(Context, KeyHandle), Error> {
+    fn reconnect(&self, failure: &TssError) -> Result<Session, Error> {
         let fresh = Self::open_inner(&self.config, self.key_file.clone()).map_err(|e| {
             err(
                 e.kind(),
@@ -363,6 +388,24 @@ impl TpmSigner {
     pub fn tcti(&self) -> String {
         self.tcti.to_string()
     }
+}
+
+/// The name under which the refused-value memory keeps a key's authorization values: the TPM
+/// and the key.
+fn device_key(tcti: &Tcti, public: &PublicKey) -> String {
+    format!("tpm {tcti} key {}", public.fingerprint())
+}
+
+/// The error for an authorization value the TPM refused before: it is not sent again.
+fn refused_before(auth: &PinSource, key: &Source) -> Error {
+    err(
+        ErrorKind::Auth,
+        auth.refused_before(
+            "the authorization value",
+            &format!("the TPM (for the key at {key})"),
+            "each failure counts towards the TPM's dictionary-attack lockout",
+        ),
+    )
 }
 
 fn connect(config: &TpmConfig) -> Result<(Tcti, Context), Error> {
@@ -508,16 +551,34 @@ fn read_key(
     point.extend(pad(unique.x().value()));
     point.extend(pad(unique.y().value()));
     let public = PublicKey::from_p256_sec1(&point)?;
-    let protection = if a.fixed_tpm() && a.fixed_parent() {
-        Protection::NonExportable(if a.sensitive_data_origin() {
-            "fixedTPM, fixedParent, sensitiveDataOrigin: generated in this TPM".to_owned()
-        } else {
-            "fixedTPM, fixedParent; imported, not generated in this TPM".to_owned()
-        })
-    } else {
-        Protection::Exportable("not fixedTPM and fixedParent: the TPM may duplicate it".to_owned())
-    };
+    let protection = key_protection(a.fixed_tpm(), a.fixed_parent(), a.sensitive_data_origin());
     Ok((public, protection))
+}
+
+/// What a key's attributes promise. Only `TPM2_Create` (and its kin) can set `fixedTPM`:
+/// `TPM2_Import` and `TPM2_LoadExternal` refuse it (`TPM_RC_ATTRIBUTES`), and `TPM2_Create`
+/// refuses an ECC key without `sensitiveDataOrigin` (all three checked on swtpm/libtpms). So
+/// `fixedTPM` with `fixedParent` and `sensitiveDataOrigin` means generated in this TPM and never
+/// out of it. `sensitiveDataOrigin` alone proves nothing: an importer may set it.
+fn key_protection(fixed_tpm: bool, fixed_parent: bool, sensitive_data_origin: bool) -> Protection {
+    match (fixed_tpm && fixed_parent, sensitive_data_origin) {
+        (true, true) => Protection::NonExportable(
+            "fixedTPM, fixedParent, sensitiveDataOrigin: generated in this TPM".to_owned(),
+        ),
+        (true, false) => Protection::Imported(
+            "fixedTPM, fixedParent, but not sensitiveDataOrigin: its private part came from \
+             outside the TPM"
+                .to_owned(),
+        ),
+        (false, _) if !fixed_tpm => Protection::Exportable(
+            "not fixedTPM: imported from outside (an import cannot set fixedTPM), or a key the \
+             TPM may duplicate"
+                .to_owned(),
+        ),
+        (false, _) => {
+            Protection::Exportable("not fixedParent: the TPM may duplicate it".to_owned())
+        }
+    }
 }
 
 impl Signer for TpmSigner {
@@ -535,7 +596,12 @@ impl Signer for TpmSigner {
 
     fn sign(&self, message: &[u8]) -> Result<Signature, Error> {
         let mut guard = self.state.lock().expect("TPM context lock poisoned");
-        let (ctx, key) = &mut *guard;
+        if let (Some(auth), Some(fingerprint)) = (&self.config.auth, guard.auth)
+            && fingerprint.was_refused()
+        {
+            return Err(refused_before(auth, &self.source));
+        }
+        let Session { ctx, key, .. } = &mut *guard;
         let digest =
             Digest::try_from(Sha256::digest(message).to_vec()).expect("32 bytes fit a TPM digest");
         let validation = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
@@ -556,10 +622,16 @@ impl Signer for TpmSigner {
             // (Never after an authorization failure: each one counts towards lockout.)
             warn!(error = %e, key = %self.source, "the TPM failed to sign; connecting again");
             *guard = self.reconnect(e)?;
-            let (ctx, key) = &mut *guard;
+            let Session { ctx, key, .. } = &mut *guard;
             signed = retrying(|| ctx.sign(*key, digest.clone(), scheme, validation.clone()));
         }
-        let (ctx, _) = &mut *guard;
+        if let Err(e) = &signed
+            && is_auth_failure(e)
+            && let Some(fingerprint) = guard.auth
+        {
+            fingerprint.remember_refused();
+        }
+        let ctx = &mut guard.ctx;
         match signed {
             Ok(tss_esapi::structures::Signature::EcDsa(signature)) => {
                 let mut bytes = Vec::with_capacity(64);
@@ -586,8 +658,12 @@ impl Signer for TpmSigner {
                 ErrorKind::Auth,
                 format!(
                     "the TPM refused the authorization value of {} ({e}); keybound does not retry (each failure counts \
-                     towards the TPM's dictionary-attack lockout): fix --pin-source",
-                    self.source
+                     towards the TPM's dictionary-attack lockout): fix the pin source: {}",
+                    self.source,
+                    self.config.auth.as_ref().map_or_else(
+                        || "give one with --pin-source".to_owned(),
+                        PinSource::how_to_replace
+                    )
                 ),
             )),
             Err(e) if rc_kind(&e) == Some(Tss2ResponseCodeKind::Lockout) => {
@@ -788,6 +864,25 @@ mod tests {
             assert!(result.is_err());
             assert_eq!(calls, ATTEMPTS, "bounded");
         }
+    }
+
+    #[test]
+    fn only_a_key_generated_in_the_tpm_counts_as_a_hardware_key() {
+        assert!(key_protection(true, true, true).is_hardware());
+        for (fixed_tpm, fixed_parent, origin) in [
+            (true, true, false),
+            (false, false, true),
+            (false, false, false),
+            (true, false, true),
+            (false, true, true),
+        ] {
+            let protection = key_protection(fixed_tpm, fixed_parent, origin);
+            assert!(!protection.is_hardware(), "{protection}");
+        }
+        assert!(matches!(
+            key_protection(true, true, false),
+            Protection::Imported(_)
+        ));
     }
 
     #[test]

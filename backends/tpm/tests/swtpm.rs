@@ -41,6 +41,27 @@ fn flush(tpm: &Swtpm) {
     run(tool(tpm, "tpm2_flushcontext").arg("-t"));
 }
 
+/// The standard storage primary (keybound's template), made by tpm2-tools into `context`.
+fn storage_primary(tpm: &Swtpm, context: &Path) {
+    run(tool(tpm, "tpm2_createprimary")
+        .args([
+            "-Q",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:null:aes128cfb",
+        ])
+        .args([
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt|noda",
+            "-c",
+        ])
+        .arg(context));
+    flush(tpm);
+}
+
 fn write_pem(dir: &Path, name: &str, pem: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, pem).unwrap();
@@ -103,23 +124,7 @@ fn keys_made_by_tpm2_tools_work() {
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start();
     let d = |n: &str| dir.path().join(n);
-    run(tool(&tpm, "tpm2_createprimary")
-        .args([
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:null:aes128cfb",
-        ])
-        .args([
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt|noda",
-            "-c",
-        ])
-        .arg(d("prim.ctx")));
-    flush(&tpm);
+    storage_primary(&tpm, &d("prim.ctx"));
     run(tool(&tpm, "tpm2_create")
         .args(["-Q", "-C"])
         .arg(d("prim.ctx"))
@@ -168,6 +173,104 @@ fn keys_made_by_tpm2_tools_work() {
     let from_handle = TpmSigner::open(&tpm.config(TpmKey::Handle(0x8100_0120))).unwrap();
     assert_eq!(from_handle.public_key(), from_file.public_key());
     testkit::sign_verifies(&from_handle);
+}
+
+/// A key made outside the TPM and imported (`tpm2_import`, with and without a claimed
+/// sensitiveDataOrigin), as a TSS2 PEM and persisted: it signs, but `require_hardware_key`
+/// refuses it with one line that says it was imported. The TPM itself refuses to give an
+/// imported key fixedTPM, so no import passes for a generated key.
+#[test]
+fn imported_keys_are_refused_when_a_hardware_key_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let d = |n: &str| dir.path().join(n);
+    storage_primary(&tpm, &d("prim.ctx"));
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(d("outside.pem")));
+    let import = |attributes: &str, name: &str| {
+        let mut cmd = tool(&tpm, "tpm2_import");
+        cmd.args(["-Q", "-C"])
+            .arg(d("prim.ctx"))
+            .args(["-G", "ecc", "-i"])
+            .arg(d("outside.pem"))
+            .args(["-a", attributes, "-u"])
+            .arg(d(&format!("{name}.pub")))
+            .arg("-r")
+            .arg(d(&format!("{name}.priv")));
+        cmd
+    };
+    let refused = import("sign|userwithauth|fixedtpm|fixedparent", "fixed")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "the TPM gave an import fixedTPM");
+    flush(&tpm);
+
+    for (attributes, name, handle) in [
+        ("sign|userwithauth", "plain", 0x8100_0130u32),
+        (
+            "sign|userwithauth|sensitivedataorigin",
+            "claimed",
+            0x8100_0131,
+        ),
+    ] {
+        run(&mut import(attributes, name));
+        flush(&tpm);
+        run(tool(&tpm, "tpm2_encodeobject")
+            .arg("-C")
+            .arg(d("prim.ctx"))
+            .arg("-u")
+            .arg(d(&format!("{name}.pub")))
+            .arg("-r")
+            .arg(d(&format!("{name}.priv")))
+            .arg("-o")
+            .arg(d(&format!("{name}.tss2.pem"))));
+        flush(&tpm);
+        run(tool(&tpm, "tpm2_load")
+            .args(["-Q", "-C"])
+            .arg(d("prim.ctx"))
+            .arg("-u")
+            .arg(d(&format!("{name}.pub")))
+            .arg("-r")
+            .arg(d(&format!("{name}.priv")))
+            .arg("-c")
+            .arg(d(&format!("{name}.ctx"))));
+        flush(&tpm);
+        run(tool(&tpm, "tpm2_evictcontrol")
+            .args(["-Q", "-C", "o", "-c"])
+            .arg(d(&format!("{name}.ctx")))
+            .arg(format!("0x{handle:08x}")));
+        flush(&tpm);
+        for key in [
+            TpmKey::File(d(&format!("{name}.tss2.pem"))),
+            TpmKey::Handle(handle),
+        ] {
+            let mut config = tpm.config(key.clone());
+            let signer = TpmSigner::open(&config).unwrap();
+            testkit::sign_verifies(&signer);
+            let protection = signer.protection();
+            assert!(!protection.is_hardware(), "{name} {key:?}: {protection}");
+            assert!(protection.to_string().contains("imported"), "{protection}");
+            config.require_hardware_key = true;
+            let error = TpmSigner::open(&config).unwrap_err();
+            let message = error.to_string();
+            assert_eq!(error.kind(), ErrorKind::Config, "{message}");
+            assert!(!message.contains('\n'), "{message}");
+            assert!(
+                message.contains("imported from outside")
+                    && message
+                        .contains("--require-hardware-key asks for a key generated in the TPM"),
+                "{name} {key:?}: {message}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -340,8 +443,19 @@ fn each_failure_has_its_own_clear_error() {
     );
 }
 
+/// `TPM2_PT_LOCKOUT_COUNTER`, as tpm2-tools read it.
+fn lockout_counter(tpm: &Swtpm) -> String {
+    let out =
+        String::from_utf8(run(tool(tpm, "tpm2_getcap").arg("properties-variable")).stdout).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 #[test]
-fn a_wrong_auth_value_is_never_retried_and_lockout_is_explained() {
+fn a_wrong_auth_value_is_presented_once_and_lockout_is_explained() {
     let tpm = Swtpm::start();
     let mut config = tpm.config(TpmKey::Handle(HANDLE));
     config.auth = Some(PinSource::Value(Zeroizing::new("right-auth-4711".into())));
@@ -357,25 +471,33 @@ fn a_wrong_auth_value_is_never_retried_and_lockout_is_explained() {
     assert_eq!(error.kind(), ErrorKind::Auth);
     assert!(error.to_string().contains("does not retry"), "{error}");
     assert!(!error.to_string().contains("wrong-auth"));
-    let counter = |tpm: &Swtpm| {
-        let out =
-            String::from_utf8(run(tool(tpm, "tpm2_getcap").arg("properties-variable")).stdout)
-                .unwrap();
-        out.lines()
-            .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
-    assert_eq!(counter(&tpm), "0x1", "exactly one attempt was made");
+    assert_eq!(lockout_counter(&tpm), "0x1", "exactly one attempt was made");
 
-    let mut last = wrong.sign(b"x").unwrap_err();
-    for _ in 0..3 {
-        if last.to_string().contains("is in dictionary-attack lockout") {
-            break;
-        }
-        last = wrong.sign(b"x").unwrap_err();
+    // The same value again, from the same signer or a fresh one: refused here, not sent.
+    let again = wrong.sign(b"x").unwrap_err();
+    let reopened = TpmSigner::open(&config).unwrap_err();
+    for error in [again, reopened] {
+        assert_eq!(error.kind(), ErrorKind::Auth);
+        let message = error.to_string();
+        assert!(
+            message.contains("already refused the authorization value")
+                && message.contains("does not present a refused value again"),
+            "{message}"
+        );
+        assert!(!message.contains("wrong-auth"), "{message}");
     }
+    assert_eq!(
+        lockout_counter(&tpm),
+        "0x1",
+        "the refused value was not sent again"
+    );
+
+    // Another wrong value is sent once and locks the TPM out (limit 2); a third finds it locked.
+    config.auth = Some(PinSource::Value(Zeroizing::new("wrong-auth-2".into())));
+    TpmSigner::open(&config).unwrap().sign(b"x").unwrap_err();
+    assert_eq!(lockout_counter(&tpm), "0x2");
+    config.auth = Some(PinSource::Value(Zeroizing::new("wrong-auth-3".into())));
+    let last = TpmSigner::open(&config).unwrap().sign(b"x").unwrap_err();
     assert_eq!(last.kind(), ErrorKind::Auth);
     assert!(
         last.to_string()
