@@ -216,3 +216,82 @@ async fn doctor_checks_a_tpm_key_and_an_unreachable_tpm() {
     );
     assert_eq!(cluster.cluster.solutions_received(), 0);
 }
+
+/// libtss2 prints `WARNING:esys:...` and `ERROR:esys:...` lines of its own for TPM answers
+/// keybound expects (an empty handle before `keypair create` fills it), and tss-esapi logs an
+/// ERROR for them: neither shows unless asked for with `--debug` or the user's own `TSS2_LOG`.
+/// (The test harness sets TSS2_LOG for every process cargo runs; here it is removed, as a user's
+/// shell does not have it.)
+#[test]
+fn the_tpm_librarys_own_logging_shows_only_when_asked_for() {
+    let tpm = Swtpm::start();
+    let quiet = |args: &[&str]| {
+        let output = keybound()
+            .env_remove("TSS2_LOG")
+            .args(args)
+            .args(tpm_args(&tpm, &["--tpm-key-handle", "0x81000103"]))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = quiet(&["keypair", "create", "--static"]);
+    assert!(
+        !stderr.contains("esys") && !stderr.contains("ERROR"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("made the key inside the TPM"), "{stderr}");
+
+    // An empty handle, looked up: the same TPM answer, now shown.
+    let empty = ["--tpm-key-handle", "0x81000104"];
+    let debug = keybound()
+        .env_remove("TSS2_LOG")
+        .args(["--debug", "keypair", "show"])
+        .args(tpm_args(&tpm, &empty))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&debug.stderr);
+    assert!(
+        stderr.contains("ERROR:esys:") && stderr.contains("Error when getting ESYS handle"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error: tpm: no key at persistent handle 0x81000104"));
+
+    // The user's own TSS2_LOG is left as it is.
+    let own = keybound()
+        .env("TSS2_LOG", "esys+ERROR")
+        .args(["keypair", "show"])
+        .args(tpm_args(&tpm, &empty))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&own.stderr);
+    assert!(
+        stderr.contains("ERROR:esys:") && !stderr.contains("WARNING:esys:"),
+        "{stderr}"
+    );
+}
+
+/// A device TCTI whose device is missing says so, and asks the two questions that explain it;
+/// libtss2's own `ERROR:tcti:` lines stay quiet.
+#[test]
+fn a_missing_tpm_device_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("tpmrm0");
+    let output = keybound()
+        .env_remove("TSS2_LOG")
+        .args(["keypair", "show", "--signer", "tpm", "--tpm-tcti"])
+        .arg(format!("device:{}", device.display()))
+        .args(["--tpm-key-handle", "0x81000100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [format!(
+            "error: tpm: no TPM device at {}: is the TPM enabled (in the firmware setup, with the \
+             kernel's tpm_tis or tpm_crb driver loaded), or is tpm2-abrmd needed (--tpm-tcti \
+             tabrmd:)? For a TPM elsewhere set --tpm-tcti (tpm_tcti), e.g. swtpm:host=127.0.0.1,port=P",
+            device.display()
+        )]
+    );
+}
