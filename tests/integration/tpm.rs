@@ -2,13 +2,14 @@
 //! with a persistent handle and with a TSS2 key file, and full joins with `start --oneshot`.
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
 
 use keybound_signer::PublicKey;
 use keybound_signer_tpm::testing::Swtpm;
 
 use crate::cluster::{ca_file, cluster_for};
-use crate::doctor::{doctor_on, run};
-use crate::support::{assert_output_verifies, keybound, run_err, run_ok, stdout};
+use crate::doctor::{doctor_on, run, single_failure};
+use crate::support::{assert_output_verifies, keybound, run_err, run_ok, stdout, tool};
 
 fn tpm_args(tpm: &Swtpm, key: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -294,4 +295,81 @@ fn a_missing_tpm_device_is_named() {
             device.display()
         )]
     );
+}
+
+/// `TPM2_PT_LOCKOUT_COUNTER`, the TPM's count of failed authorizations, read by tpm2-tools.
+fn lockout_counter(tpm: &Swtpm) -> u32 {
+    let output = run_ok(
+        Command::new(tool("tpm2_getcap"))
+            .arg("properties-variable")
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .env("TSS2_LOG", "all+NONE"),
+    );
+    let text = stdout(&output);
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
+        .unwrap_or_else(|| panic!("no lockout counter in:\n{text}"));
+    u32::from_str_radix(value.trim().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// A TPM checks a key's authorization value only when the key is used, so opening the key cannot
+/// tell a wrong one. doctor signs one fixed message: the right value passes, a wrong one is one
+/// FAIL line naming the cause and the fix, and the TPM counted exactly one failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_catches_a_wrong_tpm_authorization_value_with_one_try() {
+    const RIGHT: &str = "Tpm-Auth-Right-93b2";
+    const WRONG: &str = "Tpm-Auth-Wrong-0c5e";
+    let tpm = Swtpm::start();
+    let key_args = [
+        "--tpm-key-handle",
+        "0x81000105",
+        "--pin-source",
+        "env:TPM_AUTH",
+    ];
+    let created = run_ok(
+        keybound()
+            .env("TPM_AUTH", RIGHT)
+            .args(["keypair", "create", "--static", "--format", "json"])
+            .args(tpm_args(&tpm, &key_args)),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+    let cluster = cluster_for(&key, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&cluster, dir.path());
+    let doctor = |auth: &str| {
+        let mut cmd = doctor_on(keybound(), &cluster.proxy_addr());
+        cmd.env("TPM_AUTH", auth)
+            .arg("--ca-path")
+            .arg(&ca)
+            .args(tpm_args(&tpm, &key_args));
+        run(cmd)
+    };
+    assert_eq!(lockout_counter(&tpm), 0);
+
+    let output = doctor(RIGHT).await;
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("ok   signer  the TPM accepts the key's authorization value"),
+        "{text}"
+    );
+    assert_eq!(lockout_counter(&tpm), 0);
+
+    let (fail, printed) = single_failure(&doctor(WRONG).await);
+    assert!(
+        fail.starts_with(
+            "FAIL signer  tpm: the TPM refused the authorization value of persistent handle 0x81000105"
+        ) && fail.contains("— fix: correct the authorization value that pin_source names"),
+        "{printed}"
+    );
+    for secret in [RIGHT, WRONG] {
+        assert!(!printed.contains(secret));
+    }
+    assert_eq!(lockout_counter(&tpm), 1, "one try, no second");
+
+    // One failure of swtpm's three does not lock the key: the right value still works.
+    assert!(doctor(RIGHT).await.status.success());
+    assert_eq!(cluster.cluster.solutions_received(), 0);
 }
