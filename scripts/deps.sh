@@ -13,8 +13,9 @@ packages=(
   # The shells and formatter that check `keybound completions` and `keybound man`; libfaketime
   # for `keybound doctor`'s clock-skew test
   bash zsh fish groff-base man-db faketime
-  # systemd-analyze checks the systemd unit recipe (verify, and security --offline)
-  systemd
+  # systemd-analyze checks the systemd unit recipe (verify, and security --offline); useradd and
+  # runuser run its steps (scripts/check-systemd-recipe.sh); script gives the log test a terminal
+  systemd passwd util-linux bsdutils
   # scripts/perf.py: peak RSS of a whole process
   time
 )

@@ -2,10 +2,11 @@
 //!
 //! The checks reuse what `start` runs ([`crate::start::effective_config`], [`crate::start::route`],
 //! [`crate::signer::open_signer`], [`crate::join::transport`], [`crate::webapi::find`]), so a
-//! passing doctor means `start` gets past the same steps. Nothing here signs, joins, writes
-//! storage or outputs, or takes the storage lock (a running agent keeps it): opening a PKCS#11
-//! or TPM key logs in once with the configured PIN, exactly as `start` would, and a refused PIN
-//! is reported, never retried.
+//! passing doctor means `start` gets past the same steps. Nothing here joins, signs anything for
+//! the cluster, writes storage or outputs, or takes the storage lock (a running agent keeps it):
+//! opening a PKCS#11 key logs in once with the configured PIN, exactly as `start` would, and a
+//! refused PIN is reported, never retried. A TPM checks a key's authorization value only when the
+//! key is used, so a TPM key signs one fixed local message: one try, never repeated.
 
 use std::io::Write;
 use std::path::Path;
@@ -167,10 +168,15 @@ async fn checks(args: &Start, report: &mut Report<'_>) -> Result<(), Failure> {
     // The signer: opened as start opens it (one login, never a signature).
     let signer = open_signer(&config);
     let algorithm = signer.as_ref().ok().map(|s| s.algorithm());
-    report.add(match signer {
-        Ok(signer) => signer_check(&config, &*signer),
-        Err(check) => check,
-    })?;
+    match signer {
+        Ok(signer) => {
+            report.add(signer_check(&config, &*signer))?;
+            if signer.backend() == "tpm" {
+                report.add(tpm_auth_check(&*signer))?;
+            }
+        }
+        Err(check) => report.add(check)?,
+    }
 
     // The cluster.
     let (proxy, direct) = match route {
@@ -407,6 +413,51 @@ fn signer_check(config: &Config, signer: &dyn Signer) -> Check {
             signer.protection()
         ),
     )
+}
+
+/// What doctor signs with a TPM key. Not a JWS signing input (no `.`), so its signature answers
+/// no challenge.
+const TPM_AUTH_CHECK: &[u8] =
+    b"keybound doctor: does the TPM accept this key's authorization value";
+
+/// Whether the TPM accepts the key's authorization value. Opening a TPM key only hands the value
+/// to the TPM library; the TPM checks it when the key is used, so a wrong value would otherwise
+/// pass doctor and fail the first join. One signature of a fixed local message, checked against
+/// the key's public part: one try, and the signer never repeats a refused one (each refusal
+/// counts towards the TPM's dictionary-attack lockout).
+fn tpm_auth_check(signer: &dyn Signer) -> Check {
+    let signature = match signer.sign(TPM_AUTH_CHECK) {
+        Ok(signature) => signature,
+        Err(e) => {
+            let check = Check::new(Status::Fail, "signer", e.to_string());
+            return match e.kind() {
+                // The lockout message itself says what to do (wait, or clear it).
+                ErrorKind::Auth if e.message().contains("dictionary-attack lockout (") => check,
+                ErrorKind::Auth => check.fix(
+                    "correct the authorization value that pin_source names (or remove pin_source \
+                     if the key has none); doctor tried it once, with one test signature",
+                ),
+                _ => check.fix("check that the TPM is present and this user may open it"),
+            };
+        }
+    };
+    match signer
+        .public_key()
+        .verify(TPM_AUTH_CHECK, signature.as_bytes())
+    {
+        Ok(()) => Check::new(
+            Status::Ok,
+            "signer",
+            "the TPM accepts the key's authorization value (one test signature of a fixed local \
+             message, verified with the key's public part)",
+        ),
+        Err(e) => Check::new(
+            Status::Fail,
+            "signer",
+            format!("the TPM's test signature does not verify with the key's public part: {e}"),
+        )
+        .fix("the key at this handle or file is not the key keybound read; make the key again"),
+    }
 }
 
 /// TCP, TLS and ALPN to the address a join dials, with the trust a join uses. Returns whether

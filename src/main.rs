@@ -6,13 +6,15 @@ use keybound_signer::config::STATIC_KEY_ENV;
 
 fn main() -> ExitCode {
     // Before anything else, while this is the only thread: the static key leaves the environment
-    // and core dumps are turned off.
+    // and core dumps are turned off (and, once the flags are read, libtss2 is told to be quiet).
     if let Some(value) = take_env(STATIC_KEY_ENV) {
         keybound_signer_soft::keep_env_value(STATIC_KEY_ENV, value);
     }
     let no_core_dumps = disable_core_dumps();
 
     let cli = Cli::parse();
+    #[cfg(feature = "tpm")]
+    quiet_tss2_log(cli.debug);
     keybound::logging::init(cli.debug, cli.log_format);
     if let Err(error) = no_core_dumps {
         tracing::warn!(%error, "cannot disable core dumps; a crash could write secrets to disk");
@@ -54,6 +56,25 @@ fn take_env(name: &str) -> Option<zeroize::Zeroizing<String>> {
         }
     }
     Some(value)
+}
+
+/// Silences libtss2's own stderr lines (`WARNING:esys:...`, `ERROR:tcti:...`): the TPM library
+/// prints them for answers keybound expects (an empty persistent handle before a key is made) and
+/// for failures keybound reports itself in words. libtss2 has no call to set its log level; it
+/// reads `TSS2_LOG` from the environment the first time it logs, which is after this point. So
+/// `TSS2_LOG=all+NONE` is set here, unless the user set `TSS2_LOG` or asked for `--debug` (then
+/// libtss2 logs as it would by default). Here, not in the TPM backend: the library crates forbid
+/// `unsafe`, and changing the environment is sound only while no other thread may read it, which
+/// holds here, before the async runtime or any library starts one (see `take_env`).
+#[cfg(feature = "tpm")]
+#[allow(unsafe_code)]
+fn quiet_tss2_log(debug: bool) {
+    const TSS2_LOG: &str = "TSS2_LOG";
+    if debug || std::env::var_os(TSS2_LOG).is_some() {
+        return;
+    }
+    // SAFETY: single-threaded (see above).
+    unsafe { std::env::set_var(TSS2_LOG, "all+NONE") };
 }
 
 /// Turns core dumps off for good: the process holds private keys (the static key when it is a

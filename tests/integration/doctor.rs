@@ -55,6 +55,17 @@ pub(crate) async fn run(mut cmd: Command) -> Output {
         .unwrap()
 }
 
+/// The one FAIL line of a doctor run that failed (exit 1), and everything the run printed on
+/// stdout and stderr (to look for secrets in).
+pub(crate) fn single_failure(output: &Output) -> (String, String) {
+    let text = stdout(output);
+    let printed = format!("{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    let fails: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "{printed}");
+    (fails[0].to_owned(), printed)
+}
+
 /// Makes `cmd` (a keybound command) `keybound doctor` with flags only, no config file: token `t`
 /// at `proxy`, memory storage.
 pub(crate) fn doctor_on(mut cmd: Command, proxy: &str) -> Command {

@@ -14,6 +14,7 @@ mod hostile;
 mod interop;
 mod join;
 mod keypair;
+mod logs;
 mod outputs;
 mod pkcs11;
 mod recipes;

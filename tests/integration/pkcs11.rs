@@ -8,7 +8,7 @@ use std::process::Command;
 use keybound_signer::PublicKey;
 
 use crate::cluster::{ca_file, cluster_for};
-use crate::doctor::{doctor_on, run};
+use crate::doctor::{doctor_on, run, single_failure};
 use crate::support::{
     assert_no_secret, assert_output_verifies, keybound, openssl_key, run_err, run_ok, stdout, tool,
 };
@@ -644,21 +644,79 @@ async fn doctor_checks_a_softhsm_key_and_tries_a_wrong_pin_once() {
         "{fail}"
     );
 
-    let output = doctor("bound", "Wrong-PIN-5d1e").await;
-    let text = stdout(&output);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{text}");
-    let fails: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
-    assert_eq!(fails.len(), 1, "{text}");
+    let (fail, printed) = single_failure(&doctor("bound", "Wrong-PIN-5d1e").await);
     assert!(
-        fails[0].starts_with("FAIL signer")
-            && fails[0].contains("refused the PIN")
-            && fails[0].contains("does not retry"),
-        "{text}"
+        fail.starts_with("FAIL signer")
+            && fail.contains("refused the PIN")
+            && fail.contains("does not retry"),
+        "{printed}"
     );
-    assert!(!text.contains("Wrong-PIN-5d1e") && !stderr.contains("Wrong-PIN-5d1e"));
-    assert!(!text.contains(PIN) && !stderr.contains(PIN));
+    assert!(!printed.contains("Wrong-PIN-5d1e") && !printed.contains(PIN));
     // One wrong login did not lock the token: the right PIN still opens the key.
     assert!(doctor("bound", PIN).await.status.success());
     assert_eq!(cluster.cluster.solutions_received(), 0);
+}
+
+/// SoftHSM answers a configuration it cannot use with "Some horrible, unrecoverable error":
+/// keybound names the file and the variable instead, for a `SOFTHSM2_CONF` that points nowhere
+/// and for one whose token directory is missing.
+#[test]
+fn a_broken_softhsm2_conf_is_named_with_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.conf");
+    let conf = dir.path().join("softhsm2.conf");
+    let tokens = dir.path().join("no-tokens-here");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    for (file, expected) in [
+        (
+            &missing,
+            format!(
+                "cannot read its configuration file {} (named by $SOFTHSM2_CONF): No such file",
+                missing.display()
+            ),
+        ),
+        (
+            &conf,
+            format!(
+                "its configuration file {} (named by $SOFTHSM2_CONF) names the token directory {}, \
+                 which does not exist",
+                conf.display(),
+                tokens.display()
+            ),
+        ),
+    ] {
+        for command in [
+            &[
+                "keypair",
+                "show",
+                "--signer",
+                "pkcs11",
+                "--pkcs11-uri",
+                "pkcs11:token=t;object=k",
+            ][..],
+            &["signer", "list", "--signer", "pkcs11"][..],
+        ] {
+            let error = run_err(
+                keybound()
+                    .env("SOFTHSM2_CONF", file)
+                    .env("HSM_PIN", PIN)
+                    .args(command)
+                    .args(["--pkcs11-module", MODULE, "--pin-source", "env:HSM_PIN"]),
+            );
+            assert!(
+                error.starts_with(&format!(
+                    "error: pkcs11: SoftHSM ({MODULE}) failed to initialise: {expected}"
+                )) && error.contains("point SOFTHSM2_CONF at a softhsm2.conf"),
+                "{command:?}: {error}"
+            );
+            assert!(!error.contains("horrible"), "{error}");
+        }
+    }
 }

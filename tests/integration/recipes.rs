@@ -1,6 +1,7 @@
 //! The recipes in docs/recipes/, checked here: the GitHub Actions job's script joins a dev
 //! cluster with a SoftHSM key, the workflow gives the script what it needs, the systemd unit
-//! passes `systemd-analyze verify` and scores well in `systemd-analyze security`, and the
+//! passes `systemd-analyze verify` and scores well in `systemd-analyze security`, the systemd
+//! recipe's steps run as written in a throwaway root and the unit then joins, and the
 //! Dockerfile's runtime stage installs every library the binary links. (The image itself is not
 //! built here: there is no container engine.)
 
@@ -188,6 +189,153 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         let argv = line["ExecStart=".len()..].split_whitespace();
         Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
+}
+
+/// Removes the throwaway service user when the test ends, however it ends.
+struct ThrowawayUser(String);
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The systemd recipe's steps, run as written by `scripts/check-systemd-recipe.sh` (which reads
+/// them from docs/recipes/README.md) in a throwaway root as a throwaway user: the user, the
+/// directories, the PIN files, the SoftHSM store and the key made as that user, tbot.yaml, and
+/// doctor. Then the unit's own command line, as its user with its environment, joins a dev
+/// cluster with the key; the outputs are that user's, 0600, and verify with openssl. Nothing
+/// outside the throwaway root changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_recipe_runs_as_written_in_a_throwaway_root() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    assert_eq!(
+        std::fs::metadata("/proc/self").unwrap().uid(),
+        0,
+        "this test runs the recipe's steps as root (useradd, runuser), as CI does"
+    );
+    let system_paths = [
+        "/etc/keybound",
+        "/etc/systemd/system/keybound.service",
+        "/var/lib/keybound",
+        "/opt/machine-id",
+        "/usr/local/bin/keybound",
+    ];
+    let before: Vec<bool> = system_paths.iter().map(|p| Path::new(p).exists()).collect();
+
+    // A cluster to answer keypair create's suite question; the token comes once the key exists.
+    let placeholder =
+        keybound_signer_soft::SoftSigner::generate(keybound_signer::Algorithm::Ed25519).unwrap();
+    let cluster = cluster_for(keybound_signer::Signer::public_key(&placeholder), |_| {}).await;
+    let root = tempfile::tempdir().unwrap();
+    // The service user must reach into the root, as it reaches / on a real machine.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ca = ca_file(&cluster, root.path());
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let user = ThrowawayUser(format!(
+        "kbt{:08x}",
+        rand_core::RngCore::next_u32(&mut rand_core::OsRng)
+    ));
+    let check = |mode: &str, args: Vec<String>| {
+        let mut cmd = Command::new(tool("bash"));
+        cmd.arg(repo("scripts/check-systemd-recipe.sh"))
+            .arg(mode)
+            .arg(root.path())
+            .arg(&user.0)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("SSL_CERT_FILE", &ca);
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+
+    let steps = check(
+        "steps",
+        vec![
+            env!("CARGO_BIN_EXE_keybound").to_owned(),
+            cluster.proxy_addr(),
+        ],
+    )
+    .await;
+    let printed = stdout(&steps);
+    let stderr = String::from_utf8_lossy(&steps.stderr);
+    assert!(steps.status.success(), "{printed}\n{stderr}");
+    // Step 7's doctor passed, as the service user, with the configuration the unit uses.
+    assert!(
+        printed.contains("ok   signer  pkcs11 pkcs11:token=agent;object=bound-key")
+            && printed.contains("non-exportable"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("skipped, systemd is not PID 1 here:"),
+        "{printed}"
+    );
+    let uid = |path: &Path| std::fs::metadata(path).unwrap().uid();
+    let user_uid = uid(&root.path().join("var/lib/keybound"));
+    assert_ne!(user_uid, 0);
+    for (path, owner, mode) in [
+        ("etc/keybound/hsm.pin", user_uid, 0o600),
+        ("etc/keybound/hsm-so.pin", 0, 0o600),
+        ("var/lib/keybound", user_uid, 0o700),
+        ("var/lib/keybound/softhsm/softhsm2.conf", user_uid, 0o644),
+        ("opt/machine-id", user_uid, 0o700),
+        ("etc/systemd/system/keybound.service", 0, 0o644),
+    ] {
+        let meta = std::fs::metadata(root.path().join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (owner, mode), "{path}");
+    }
+
+    // The admin's step 7 on the cluster: the token names the key that step 5 made and printed.
+    let key = printed
+        .lines()
+        .find_map(|l| keybound_signer::PublicKey::from_openssh(l.trim()).ok())
+        .unwrap_or_else(|| panic!("no public key printed:\n{printed}"));
+    cluster.cluster.put_token(crate::cluster::token(
+        "example-token",
+        &key,
+        "insecure",
+        1,
+        "",
+    ));
+
+    // The unit's ExecStart, as systemd would run it; --oneshot so it ends after one join.
+    let run = check("unit", vec!["--oneshot".to_owned()]).await;
+    let text = stdout(&run);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{text}\n{stderr}");
+    assert!(
+        text.contains("Joined cluster dev.keybound.test as bot \"robot\"")
+            && text.contains("signer pkcs11 pkcs11:token=agent;object=bound-key"),
+        "{text}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in the journal: {stderr:?}"
+    );
+    let out = root.path().join("opt/machine-id");
+    for file in ["tlscert", "key", "identity"] {
+        let meta = std::fs::metadata(out.join(file)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (user_uid, 0o600),
+            "{file}"
+        );
+    }
+    assert_eq!(uid(&root.path().join("var/lib/keybound/bot")), user_uid);
+    assert_output_verifies(&out);
+
+    let after: Vec<bool> = system_paths.iter().map(|p| Path::new(p).exists()).collect();
+    assert_eq!(
+        before, after,
+        "the recipe reached outside the throwaway root"
+    );
 }
 
 #[test]

@@ -28,6 +28,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "ldd" => "libc-bin",
         "apt-cache" => "apt",
         "unshare" => "util-linux",
+        "script" => "bsdutils",
         _ => name,
     };
     let path = match name {
