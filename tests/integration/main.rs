@@ -10,6 +10,7 @@ mod doctor;
 mod faults;
 mod fuzz_regressions;
 mod hostile;
+mod hostile_text;
 mod interop;
 mod join;
 mod keypair;
