@@ -298,7 +298,9 @@ Host *.{cluster} !{host}
     ))
 }
 
-/// What keeps `dir` out of an `ssh_config`, if anything; see [`ssh_config_dir`].
+/// What keeps `dir` out of an `ssh_config`, if anything: a path that is not UTF-8, or that
+/// holds `"`, `\`, `${` or a control character, which OpenSSH's `ssh_config` cannot quote for
+/// every version. The error is one line naming the directory and the way out.
 pub fn check_ssh_config_dir(dir: &Path) -> Result<(), String> {
     ssh_config_dir(dir).map(drop)
 }

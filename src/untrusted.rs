@@ -114,7 +114,7 @@ impl fmt::Debug for Sanitized<'_> {
 }
 
 /// Text keybound wrote itself but which may carry server text it missed, made one line: the
-/// [`hidden`] characters escaped, nothing cut. The last line of defence at the edge (the final
+/// characters [`Sanitized`] escapes are escaped here too, nothing is cut. The last line of defence at the edge (the final
 /// `error:` line), never a replacement for sanitizing where server text enters.
 pub fn one_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
