@@ -108,7 +108,7 @@ impl fmt::Debug for AuthClient {
 impl AuthClient {
     /// Opens mutual TLS to Auth over `route` with `identity`'s certificate.
     pub async fn connect(route: &AuthRoute, identity: &Identity) -> Result<Self, ConnectError> {
-        let encoded = encoded_cluster_name(&identity.info.cluster_name);
+        let encoded = encoded_cluster_name(identity.info.cluster_name.as_str());
         // A cluster name over 31 bytes makes a label longer than DNS allows, which rustls
         // will not send; Auth then trusts every CA it has, as for a bare API domain.
         let server_name = ServerName::try_from(encoded.clone())

@@ -226,23 +226,24 @@ pub struct IdentityOutput {
     pub allow_reissue: bool,
 }
 
-/// A `host:port` pair.
+/// A `host:port` pair, checked: only [`HostPort::parse`] makes one, so a host that reaches
+/// `ssh_config`, `known_hosts` or a command line is an address or a DNS-style name
+/// ([`crate::untrusted::check_host`]), whether it came from the configuration or the cluster.
 #[derive(Clone, Debug, Eq, Hash, PartialEq)]
 pub struct HostPort {
-    /// Host name or IP address (without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
+    host: String,
+    port: u16,
 }
 
 impl HostPort {
     /// Parses `host:port`, `host` (taking `default_port`), `[v6]:port` or `[v6]`.
     pub fn parse(s: &str, default_port: u16) -> Result<Self, String> {
         let s = s.trim();
-        let bad = || format!("{s:?} is not a host:port address");
+        let shown = crate::untrusted::quoted(s);
+        let bad = || format!("{shown} is not a host:port address");
         if s.is_empty() || s.contains("://") || s.contains('/') {
             return Err(format!(
-                "{s:?} is not a host:port address (no scheme or path, e.g. example.teleport.sh:443)"
+                "{shown} is not a host:port address (no scheme or path, e.g. example.teleport.sh:443)"
             ));
         }
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
@@ -261,18 +262,31 @@ impl HostPort {
         if host.is_empty() {
             return Err(bad());
         }
+        crate::untrusted::check_host(host)
+            .map_err(|why| format!("{shown} is not a host:port address: {why}"))?;
         let port = match port {
             None => default_port,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{s:?} has an invalid port {p:?}"))?,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!(
+                    "{shown} has an invalid port {}",
+                    crate::untrusted::quoted(p)
+                )
+            })?,
         };
         Ok(Self {
             host: host.to_owned(),
             port,
         })
+    }
+
+    /// The host name or IP address (without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 
@@ -301,7 +315,8 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Refuses destinations that would overwrite each other: an output in the storage
     /// directory (its role-impersonated files would replace the bot's own, which the cluster
-    /// would then see rejoin with the wrong certificate) or two outputs in one directory.
+    /// would then see rejoin with the wrong certificate) or two outputs in one directory; and an
+    /// output directory its `ssh_config` could not name ([`crate::output::check_ssh_config_dir`]).
     pub fn check_destinations(&self) -> Result<(), String> {
         fn normal(path: &Path) -> PathBuf {
             std::path::absolute(path)
@@ -334,6 +349,9 @@ impl Config {
                 ));
             }
             seen.push(here);
+            if output.ssh_config {
+                crate::output::check_ssh_config_dir(path)?;
+            }
         }
         Ok(())
     }
@@ -1158,14 +1176,22 @@ mod tests {
             hp("example.com:3080").unwrap().to_string(),
             "example.com:3080"
         );
-        assert_eq!(hp("example.com").unwrap().port, 443);
-        assert_eq!(hp("[::1]:8443").unwrap().host, "::1");
+        assert_eq!(hp("example.com").unwrap().port(), 443);
+        assert_eq!(hp("[::1]:8443").unwrap().host(), "::1");
         assert_eq!(hp("[::1]").unwrap().to_string(), "[::1]:443");
         assert!(hp("https://example.com").unwrap_err().contains("no scheme"));
         assert!(hp("example.com:0").is_err());
         assert!(hp("example.com:99999").is_err());
         assert!(hp("::1:443").is_err());
         assert!(hp(":443").is_err());
+        // A host that ssh_config or known_hosts would read as syntax is refused, escaped.
+        let error = hp("evil\nMatch exec \"touch x\":443").unwrap_err();
+        assert!(
+            error.starts_with(r#""evil\nMatch exec \"touch x\":443" is not"#),
+            "{error}"
+        );
+        assert!(hp("a b:443").is_err());
+        assert!(hp("*.example.com").is_err());
     }
 
     #[test]

@@ -234,10 +234,12 @@ async fn checks(args: &Start, report: &mut Report<'_>) -> Result<(), Failure> {
         "cluster",
         format!(
             "/webapi/find: Teleport {}, signature algorithm suite {}",
-            found
-                .server_version
-                .as_deref()
-                .unwrap_or("(version not given)"),
+            crate::untrusted::name(
+                found
+                    .server_version
+                    .as_deref()
+                    .unwrap_or("(version not given)")
+            ),
             found.suite
         ),
     ))?;

@@ -13,6 +13,8 @@ use x509_cert::der::Decode as _;
 use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
 use zeroize::Zeroizing;
 
+use crate::untrusted::ClusterName;
+
 /// Teleport's X.509 subject attribute OIDs (`lib/tlsca/ca.go`).
 mod oid {
     use x509_cert::der::asn1::ObjectIdentifier;
@@ -64,8 +66,9 @@ pub struct IdentityInfo {
     pub generation: Option<u64>,
     /// Who impersonated the roles, for a role-impersonated (output) identity.
     pub impersonator: Option<String>,
-    /// The cluster's name.
-    pub cluster_name: String,
+    /// The cluster's name, checked ([`ClusterName`]): it reaches `ssh_config`, `known_hosts` and
+    /// the identity file.
+    pub cluster_name: ClusterName,
     /// When the TLS certificate expires.
     pub not_after: SystemTime,
 }
@@ -121,12 +124,7 @@ impl Identity {
         for pem in tls_ca_pems {
             tls_cas.extend(pem_certs(pem).context("a TLS CA certificate")?);
         }
-        let ssh_cert = ssh_key::Certificate::from_openssh(
-            std::str::from_utf8(ssh_cert_line)
-                .context("the SSH certificate is not text")?
-                .trim(),
-        )
-        .context("the SSH certificate is not an OpenSSH certificate")?;
+        let ssh_cert = ssh_cert_from_line(ssh_cert_line)?;
         let ssh_cas = ssh_ca_lines
             .iter()
             .map(|l| {
@@ -168,12 +166,7 @@ impl Identity {
         if issued_for != spki_der {
             bail!("the TLS certificate is for another key than the one sent");
         }
-        let ssh_cert = ssh_key::Certificate::from_openssh(
-            std::str::from_utf8(&certs.ssh)
-                .context("the SSH certificate is not text")?
-                .trim(),
-        )
-        .context("the SSH certificate is not an OpenSSH certificate")?;
+        let ssh_cert = ssh_cert_from_line(&certs.ssh)?;
         let ours = ssh_key::PublicKey::from_openssh(&ssh_public_key)
             .context("the output's SSH public key")?;
         if ssh_cert.public_key() != ours.key_data() {
@@ -354,6 +347,8 @@ fn read_info(der: &[u8]) -> anyhow::Result<IdentityInfo> {
     let cluster_name = get(&subject, oid::TELEPORT_CLUSTER)
         .or_else(|| get(&issuer, oid::ORGANIZATION))
         .context("the TLS certificate names no cluster")?;
+    let cluster_name =
+        ClusterName::parse(&cluster_name, "the TLS certificate").map_err(|e| anyhow!(e))?;
     Ok(IdentityInfo {
         username,
         bot_name,
@@ -363,6 +358,21 @@ fn read_info(der: &[u8]) -> anyhow::Result<IdentityInfo> {
         cluster_name,
         not_after: tbs.validity.not_after.to_system_time(),
     })
+}
+
+/// An OpenSSH certificate from its `authorized_keys`-style line, without the line's comment:
+/// the comment is text the cluster chose (up to the end of the line, newlines included) that
+/// would otherwise be written back into `key-cert.pub` and the identity file, where a line of
+/// its own could add, say, an `@cert-authority *` entry.
+fn ssh_cert_from_line(line: &[u8]) -> anyhow::Result<ssh_key::Certificate> {
+    let cert = ssh_key::Certificate::from_openssh(
+        std::str::from_utf8(line)
+            .context("the SSH certificate is not text")?
+            .trim(),
+    )
+    .context("the SSH certificate is not an OpenSSH certificate")?;
+    // The wire form has no comment; reading it back drops the comment.
+    Ok(ssh_key::Certificate::from_bytes(&cert.to_bytes()?)?)
 }
 
 /// Every string attribute of a name, in order.

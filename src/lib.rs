@@ -14,6 +14,8 @@
 //! - [`suite`]: signature algorithm suites and the keys they call for;
 //! - [`webapi`] and [`tls`]: talking to a Teleport Proxy's web API;
 //! - [`fsutil`]: atomic private file writes;
+//! - [`untrusted`]: what the cluster says, checked before it reaches a file and sanitized before
+//!   it reaches a log line or an error;
 //! - [`doctor`]: `keybound doctor`, read-only checks of a setup;
 //! - [`generate`]: shell completions and man pages from the CLI definition.
 //!
@@ -40,6 +42,7 @@ pub mod signer;
 pub mod start;
 pub mod suite;
 pub mod tls;
+pub mod untrusted;
 pub mod webapi;
 
 use std::fmt;
@@ -98,8 +101,10 @@ impl From<anyhow::Error> for Failure {
 }
 
 impl fmt::Display for Failure {
+    /// One line, whatever the error holds (server text is sanitized where it enters; this is
+    /// the last line of defence).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.error)
+        f.write_str(&untrusted::one_line(&format!("{:#}", self.error)))
     }
 }
 

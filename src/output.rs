@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
 
-use crate::config::Symlinks;
+use crate::config::{HostPort, Symlinks};
 use crate::fsutil::{self, Replace};
 use crate::identity::Identity;
+use crate::untrusted::{self, ClusterName};
 
 /// File names (`lib/tbot/identity/identity.go`, `lib/tbot/config/output_identity.go`).
 pub mod names {
@@ -47,12 +48,13 @@ pub mod names {
     pub const SSH_CONFIG: &str = "ssh_config";
 }
 
-/// What an identity output needs besides the identity.
+/// What an identity output needs besides the identity. Every name in it that an output writes
+/// is of a checked type ([`HostPort`], [`ClusterName`]; see [`crate::untrusted`]).
 pub struct OutputContext<'a> {
-    /// The proxy's host and port (known_hosts, ssh_config); `None` when keybound reaches Auth
+    /// The proxy's address (known_hosts, ssh_config); `None` when keybound reaches Auth
     /// directly and Auth names no proxy, which leaves the proxy out of known_hosts and skips
     /// ssh_config.
-    pub proxy: Option<(&'a str, u16)>,
+    pub proxy: Option<&'a HostPort>,
     /// The cluster's CAs.
     pub cas: &'a ClusterCas,
 }
@@ -69,11 +71,13 @@ pub struct ClusterCas {
     /// Every database CA TLS certificate, PEM, concatenated.
     pub db_tls_pem: String,
     /// Every host CA SSH key: (cluster name, `authorized_keys` key without comment).
-    pub host_ssh_keys: Vec<(String, String)>,
+    pub host_ssh_keys: Vec<(ClusterName, String)>,
 }
 
 impl ClusterCas {
-    /// Collects the CA files' contents from the trust service's answers.
+    /// Collects the CA files' contents from the trust service's answers: each certificate
+    /// re-encoded from its DER, each key written anew without its comment, and each CA's
+    /// cluster name checked, so that nothing but what the files' formats hold reaches them.
     pub fn from_authorities(
         host: &[keybound_proto::types::CertAuthorityV2],
         user: &[keybound_proto::types::CertAuthorityV2],
@@ -90,21 +94,22 @@ impl ClusterCas {
             let mut out = String::new();
             for ca in cas {
                 for pair in key_sets(ca).flat_map(|k| &k.tls) {
-                    let pem = std::str::from_utf8(&pair.cert)
-                        .context("a CA certificate is not PEM text")?;
-                    out.push_str(pem.trim_end());
-                    out.push('\n');
+                    for pem in crate::identity::split_pem_certs(&pair.cert)
+                        .context("a CA certificate is not PEM")?
+                    {
+                        out.push_str(&pem);
+                    }
                 }
             }
             Ok(out)
         };
         let mut host_ssh_keys = Vec::new();
         for ca in host {
-            let cluster = ca
-                .spec
-                .as_ref()
-                .map(|s| s.cluster_name.clone())
-                .unwrap_or_default();
+            let cluster = ClusterName::parse(
+                ca.spec.as_ref().map_or("", |s| s.cluster_name.as_str()),
+                "a host CA record (cluster_name)",
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             for pair in key_sets(ca).flat_map(|k| &k.ssh) {
                 let line = std::str::from_utf8(&pair.public_key)
                     .context("a host CA SSH key is not text")?;
@@ -189,14 +194,14 @@ pub fn token_hash(token: &str) -> String {
 
 /// The files of a `type: identity` output holding `identity` (role-impersonated by then), in
 /// the order tbot writes them: the CA files, `identity`, the identity's own files, then
-/// `known_hosts` and `ssh_config` (`lib/tbot/services/identity/output.go`).
+/// `known_hosts` and `ssh_config` (`lib/tbot/services/identity/output.go`). Fails when `dir`
+/// cannot be written into `ssh_config` ([`check_ssh_config_dir`]).
 pub fn identity_files(
     identity: &Identity,
     ctx: &OutputContext<'_>,
     dir: &Path,
     ssh_config: bool,
-) -> Vec<(&'static str, String)> {
-    let cluster = &identity.info.cluster_name;
+) -> anyhow::Result<Vec<(&'static str, String)>> {
     let mut files = vec![
         (names::HOST_CA, ctx.cas.host_tls_pem.clone()),
         (names::USER_CA, ctx.cas.user_tls_pem.clone()),
@@ -210,10 +215,13 @@ pub fn identity_files(
     if ssh_config {
         files.push((names::KNOWN_HOSTS, known_hosts(ctx)));
         if let Some(proxy) = ctx.proxy {
-            files.push((names::SSH_CONFIG, ssh_config_file(cluster, proxy, dir)));
+            files.push((
+                names::SSH_CONFIG,
+                ssh_config_file(&identity.info.cluster_name, proxy, dir)?,
+            ));
         }
     }
-    files
+    Ok(files)
 }
 
 /// `@cert-authority <proxy>,<cluster>,*.<cluster> <key> type=host`, one line per host CA key
@@ -223,9 +231,10 @@ fn known_hosts(ctx: &OutputContext<'_>) -> String {
         .host_ssh_keys
         .iter()
         .map(|(cluster, key)| match ctx.proxy {
-            Some((proxy, _)) => {
-                format!("@cert-authority {proxy},{cluster},*.{cluster} {key} type=host\n")
-            }
+            Some(proxy) => format!(
+                "@cert-authority {},{cluster},*.{cluster} {key} type=host\n",
+                proxy.host()
+            ),
             None => format!("@cert-authority {cluster},*.{cluster} {key} type=host\n"),
         })
         .collect()
@@ -258,29 +267,98 @@ fn identity_file(identity: &Identity, cas: &ClusterCas) -> String {
 
 /// tbot's OpenSSH client configuration (`lib/config/openssh/openssh.go`), whose ProxyCommand is
 /// tbot's `ssh-proxy-command`: it reads this very directory, which keybound writes in tbot's
-/// layout.
-fn ssh_config_file(cluster: &str, (proxy, port): (&str, u16), dir: &Path) -> String {
-    let dir = dir.display();
-    format!(
-        "# Begin generated Teleport configuration for {proxy} by keybound
+/// layout. The cluster and the proxy are checked names; the directory is quoted for each place
+/// it goes ([`ssh_config_path`], [`proxy_command_word`]).
+fn ssh_config_file(cluster: &ClusterName, proxy: &HostPort, dir: &Path) -> anyhow::Result<String> {
+    let dir = ssh_config_dir(dir).map_err(|e| anyhow::anyhow!(e))?;
+    let host = proxy.host();
+    let file = |name: &str| ssh_config_path(&format!("{dir}/{name}"));
+    Ok(format!(
+        "# Begin generated Teleport configuration for {host} by keybound
 
 # Common flags for all {cluster} hosts
-Host *.{cluster} {proxy}
-    UserKnownHostsFile \"{dir}/{kh}\"
-    IdentityFile \"{dir}/{key}\"
-    CertificateFile \"{dir}/{cert}\"
+Host *.{cluster} {host}
+    UserKnownHostsFile {kh}
+    IdentityFile {key}
+    CertificateFile {cert}
 
 # Flags for all {cluster} hosts except the proxy
-Host *.{cluster} !{proxy}
+Host *.{cluster} !{host}
     Port 3022
-    ProxyCommand 'tbot' ssh-proxy-command --destination-dir='{dir}' --proxy-server='{proxy}:{port}' --cluster='{cluster}' --tls-routing --connection-upgrade --resume --user=%r --host=%h --port=%p
+    ProxyCommand 'tbot' ssh-proxy-command --destination-dir={dir_word} --proxy-server={proxy_word} --cluster={cluster_word} --tls-routing --connection-upgrade --resume --user=%r --host=%h --port=%p
 
 # End generated Teleport configuration
 ",
-        kh = names::KNOWN_HOSTS,
-        key = names::KEY,
-        cert = names::SSH_CERT,
-    )
+        kh = file(names::KNOWN_HOSTS),
+        key = file(names::KEY),
+        cert = file(names::SSH_CERT),
+        dir_word = proxy_command_word(&dir),
+        proxy_word = proxy_command_word(&proxy.to_string()),
+        cluster_word = proxy_command_word(cluster.as_str()),
+    ))
+}
+
+/// What keeps `dir` out of an `ssh_config`, if anything: a path that is not UTF-8, or that
+/// holds `"`, `\`, `${` or a control character, which OpenSSH's `ssh_config` cannot quote for
+/// every version. The error is one line naming the directory and the way out.
+pub fn check_ssh_config_dir(dir: &Path) -> Result<(), String> {
+    ssh_config_dir(dir).map(drop)
+}
+
+/// `dir` as `ssh_config` names it: absolute (ssh resolves a relative path from wherever it
+/// runs), UTF-8, and free of what the file cannot carry. OpenSSH reads a file option such as
+/// `IdentityFile` as one argument split by `argv_split` (`misc.c`): a `"` ends a quoted word in
+/// the versions before 8.7 (which had no escape) and a `\` escapes in later ones only, so a path
+/// with either cannot be written for every version; it expands `${VAR}` in these options
+/// (OpenSSH 8.4 and later) with no way to escape it; and a line ends the option. Such a path is
+/// refused with a one-line error naming it.
+fn ssh_config_dir(dir: &Path) -> Result<String, String> {
+    let absolute = std::path::absolute(dir)
+        .map_err(|e| format!("cannot make {} absolute: {e}", dir.display()))?;
+    let text = absolute.to_str().ok_or_else(|| {
+        format!(
+            "output directory {} is not UTF-8, which ssh_config cannot name; choose another \
+             directory or set ssh_config: off",
+            absolute.display()
+        )
+    })?;
+    let refused = if let Some(c) = text
+        .chars()
+        .find(|c| matches!(c, '"' | '\\') || c.is_control())
+    {
+        Some(format!(
+            "holds the character {}",
+            untrusted::quoted(c.encode_utf8(&mut [0; 4]))
+        ))
+    } else if text.contains("${") {
+        Some("holds \"${\", which ssh would expand as an environment variable".to_owned())
+    } else {
+        None
+    };
+    match refused {
+        None => Ok(text.to_owned()),
+        Some(why) => Err(format!(
+            "output directory {} {why}, which OpenSSH's ssh_config cannot quote (no escape \
+             works in every OpenSSH version): choose a directory without '\"', '\\', \"${{\" \
+             or control characters, or set ssh_config: off for this output",
+            untrusted::quoted(text)
+        )),
+    }
+}
+
+/// A path as an `ssh_config` file option's value: in double quotes (for spaces), `%` doubled
+/// (`%%` is a literal `%` in `percent_expand`, `misc.c`). The path passed [`ssh_config_dir`].
+fn ssh_config_path(path: &str) -> String {
+    format!("\"{}\"", path.replace('%', "%%"))
+}
+
+/// One word of `ProxyCommand`, which OpenSSH takes to the end of the line as it is, expands `%`
+/// tokens in, and runs with `exec` under the user's shell (`readconf.c`, `sshconnect.c`): in
+/// single quotes, which the shell reads literally, a `'` written as `'\''`, and `%` doubled.
+/// The word holds no line break: it is a checked name or a path that passed
+/// [`ssh_config_dir`].
+fn proxy_command_word(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''")).replace('%', "%%")
 }
 
 /// Writes `files` into `dir`: every one staged (written and fsynced under a temporary name)
@@ -320,4 +398,51 @@ pub fn write_all(dir: &Path, files: &[(&'static str, String)]) -> anyhow::Result
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_command_words_are_single_quoted_with_percent_doubled() {
+        assert_eq!(proxy_command_word("/var/lib/out"), "'/var/lib/out'");
+        assert_eq!(
+            proxy_command_word("/tmp/it's 100% $HOME #x"),
+            r"'/tmp/it'\''s 100%% $HOME #x'"
+        );
+    }
+
+    #[test]
+    fn ssh_config_paths_are_double_quoted_with_percent_doubled() {
+        assert_eq!(ssh_config_path("/a b/%h/key"), "\"/a b/%%h/key\"");
+    }
+
+    #[test]
+    fn directories_ssh_config_cannot_name_are_refused() {
+        assert!(check_ssh_config_dir(Path::new("/var/lib/keybound out/it's $HOME %h")).is_ok());
+        for (dir, shown) in [
+            ("/tmp/a\"b", r#""/tmp/a\"b" holds the character "\"""#),
+            ("/tmp/a\\b", r#""/tmp/a\\b" holds the character "\\""#),
+            (
+                "/tmp/a\nMatch exec x",
+                r#""/tmp/a\nMatch exec x" holds the character "\n""#,
+            ),
+            ("/tmp/${HOME}", r#""/tmp/${HOME}" holds "${""#),
+        ] {
+            let error = check_ssh_config_dir(Path::new(dir)).unwrap_err();
+            assert!(
+                error.starts_with(&format!("output directory {shown}")),
+                "{error}"
+            );
+            assert!(error.contains("ssh_config: off"), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        // Relative paths are written absolute.
+        let relative = ssh_config_dir(Path::new("out")).unwrap();
+        assert!(
+            relative.starts_with('/') && relative.ends_with("/out"),
+            "{relative}"
+        );
+    }
 }

@@ -22,6 +22,7 @@ use crate::join::{self, JoinError, JoinParams};
 use crate::output::{self, OutputContext};
 use crate::suite::Suite;
 use crate::tls::Trust;
+use crate::untrusted;
 use crate::{ExitKind, Failure};
 
 impl Failure {
@@ -268,7 +269,7 @@ impl Held {
             Ok(Some(identity)) => {
                 info!(
                     storage = %path.display(),
-                    instance = identity.info.bot_instance_id.as_deref().unwrap_or("?"),
+                    instance = %untrusted::name(identity.info.bot_instance_id.as_deref().unwrap_or("?")),
                     generation = identity.info.generation.unwrap_or(0),
                     expires = %crate::devcluster::tokens::format_time(identity.info.not_after),
                     "loaded the bot identity from storage"
@@ -384,7 +385,7 @@ pub fn route(config: &Config) -> Result<(HostPort, bool), Failure> {
     match &config.cluster {
         Some(ClusterAddr::Proxy(p)) => Ok((p.clone(), false)),
         // tbot treats an auth_server on the web ports as a Proxy first (lib/join/joinclient).
-        Some(ClusterAddr::Auth(a)) if a.port == 443 || a.port == 3080 => {
+        Some(ClusterAddr::Auth(a)) if a.port() == 443 || a.port() == 3080 => {
             info!(addr = %a, "auth_server is on a web port; joining through it as a Proxy, as tbot does");
             Ok((a.clone(), false))
         }
@@ -479,7 +480,7 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
         trust: p.trust.clone(),
         token: p.config.onboarding.token.clone(),
         // A held identity, even an expired one, says which cluster may challenge the key.
-        cluster: current.map(|i| i.info.cluster_name.clone()),
+        cluster: current.map(|i| i.info.cluster_name.as_str().to_owned()),
         credential_ttl: p.config.credential_ttl,
         signer: p.signer.clone(),
         timeout: join::JOIN_TIMEOUT,
@@ -523,8 +524,8 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
     };
     let identity = &joined.identity;
     info!(
-        bot = %identity.info.bot_name,
-        instance = identity.info.bot_instance_id.as_deref().unwrap_or("?"),
+        bot = %untrusted::name(&identity.info.bot_name),
+        instance = %untrusted::name(identity.info.bot_instance_id.as_deref().unwrap_or("?")),
         generation = identity.info.generation.unwrap_or(0),
         rpc = %joined.rpc,
         authenticated = joined.authenticated,
@@ -677,18 +678,7 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
         .await
         .map_err(connect_failure)?;
     let rpc = |what: &'static str| {
-        move |s: tonic::Status| {
-            let kind = match s.code() {
-                tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled => ExitKind::Unreachable,
-                _ => ExitKind::Rejected,
-            };
-            Failure::new(
-                kind,
-                anyhow!("{what} for the identity outputs: {}", s.message()),
-            )
-        }
+        move |s: tonic::Status| auth_failure(&format!("{what} for the identity outputs"), &s, "")
     };
     // What every output shares: the CAs, and the roles the bot may impersonate.
     let host = auth
@@ -703,8 +693,12 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
         .cert_authorities("db")
         .await
         .map_err(rpc("reading the database CAs"))?;
-    let cas = output::ClusterCas::from_authorities(&host, &user, &db)
-        .map_err(|e| Failure::new(ExitKind::Rejected, e))?;
+    let cas = output::ClusterCas::from_authorities(&host, &user, &db).map_err(|e| {
+        Failure::new(
+            ExitKind::Rejected,
+            e.context("the cluster's CAs for the identity outputs are unusable"),
+        )
+    })?;
     let cluster_ca = auth
         .cluster_ca_cert()
         .await
@@ -725,26 +719,36 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
         Vec::new()
     };
     let proxy = match &p.auth_route {
-        AuthRoute::Proxy(proxy) => Some((proxy.host.clone(), proxy.port)),
+        AuthRoute::Proxy(proxy) => Some(proxy.clone()),
         AuthRoute::Direct(_) => {
             let ping = auth
                 .ping()
                 .await
                 .map_err(rpc("asking Auth for the proxy"))?;
-            let found = (!ping.proxy_public_addr.is_empty())
-                .then(|| HostPort::parse(&ping.proxy_public_addr, 443).ok())
-                .flatten()
-                .map(|h| (h.host, h.port));
-            if found.is_none() {
+            if ping.proxy_public_addr.is_empty() {
                 warn!(
                     "Auth names no proxy: known_hosts leaves the proxy out and ssh_config is not written"
                 );
+                None
+            } else {
+                // The same check as proxy_server's: the address reaches known_hosts and
+                // ssh_config.
+                Some(HostPort::parse(&ping.proxy_public_addr, 443).map_err(|e| {
+                    Failure::new(
+                        ExitKind::Rejected,
+                        anyhow!(
+                            "Auth's Ping names the proxy public address {e}; the identity outputs \
+                             were not written: check the proxy's public_addr in the cluster's \
+                             configuration, and that auth_server is the Teleport cluster you \
+                             expect"
+                        ),
+                    )
+                })?)
             }
-            found
         }
     };
     let ctx = OutputContext {
-        proxy: proxy.as_ref().map(|(h, p)| (h.as_str(), *p)),
+        proxy: proxy.as_ref(),
         cas: &cas,
     };
 
@@ -775,16 +779,18 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
         .await
         {
             Ok(identity) => {
-                let files = output::identity_files(&identity, &ctx, dir, out.ssh_config);
-                match output::prepare_dir(dir, symlinks)
-                    .and_then(|()| output::write_all(dir, &files))
-                {
+                match output::identity_files(&identity, &ctx, dir, out.ssh_config).and_then(
+                    |files| {
+                        output::prepare_dir(dir, symlinks)?;
+                        output::write_all(dir, &files)
+                    },
+                ) {
                     Ok(_) => {
-                        info!(output = %label, roles = %roles.join(","), expires = %crate::devcluster::tokens::format_time(identity.info.not_after), "wrote identity output");
+                        info!(output = %label, roles = %role_list(roles, ","), expires = %crate::devcluster::tokens::format_time(identity.info.not_after), "wrote identity output");
                         written.push(format!(
                             "{} (identity: {})",
                             dir.display(),
-                            roles.join(", ")
+                            role_list(roles, ", ")
                         ));
                     }
                     Err(e) => {
@@ -834,8 +840,8 @@ async fn impersonate(
             anyhow!(
                 "the bot's role {} may impersonate no role; give the output `roles:`, or give \
                  the bot roles (tctl bots update {} --add-roles ROLE)",
-                bot.info.username,
-                bot.info.bot_name
+                untrusted::name(&bot.info.username),
+                untrusted::name(&bot.info.bot_name)
             ),
         ));
     }
@@ -849,7 +855,7 @@ async fn impersonate(
     let request = keybound_proto::proto::UserCertsRequest {
         username: bot.info.username.clone(),
         expires: Some(prost_types::Timestamp::from(expires)),
-        route_to_cluster: bot.info.cluster_name.clone(),
+        route_to_cluster: bot.info.cluster_name.as_str().to_owned(),
         role_requests: roles.to_vec(),
         use_role_requests: true,
         // ssh.MarshalAuthorizedKey (with its newline) and keys.MarshalPublicKey, as tbot sends.
@@ -858,30 +864,24 @@ async fn impersonate(
         reissuable_role_impersonation: allow_reissue,
     };
     let certs = auth.generate_user_certs(request).await.map_err(|s| {
-        let kind = match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                ExitKind::Unreachable
-            }
-            _ => ExitKind::Rejected,
-        };
         let hint = if s.message().contains("has requested role impersonation") {
             format!(
                 "; the bot's role {} does not allow impersonating [{}]: add them to the bot \
                  (tctl bots update {} --add-roles ...) or change the output's roles",
-                bot.info.username,
-                roles.join(", "),
-                bot.info.bot_name
+                untrusted::name(&bot.info.username),
+                role_list(roles, ", "),
+                untrusted::name(&bot.info.bot_name)
             )
         } else {
             String::new()
         };
-        Failure::new(
-            kind,
-            anyhow!(
-                "the cluster refused certificates for roles [{}]: {}{hint}",
-                roles.join(", "),
-                s.message()
+        auth_failure(
+            &format!(
+                "the cluster refused certificates for roles [{}]",
+                role_list(roles, ", ")
             ),
+            &s,
+            &hint,
         )
     })?;
     let host_ssh: Vec<String> = cas.host_ssh_keys.iter().map(|(_, k)| k.clone()).collect();
@@ -899,6 +899,31 @@ async fn impersonate(
             e.context("the cluster's certificates for the output are unusable"),
         )
     })
+}
+
+/// A failed Auth call made for the outputs: `what`, the cluster's message (sanitized), `hint`.
+/// A call that could not reach Auth is worth retrying soon; any other is a refusal.
+fn auth_failure(what: &str, status: &tonic::Status, hint: &str) -> Failure {
+    let kind = match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            ExitKind::Unreachable
+        }
+        _ => ExitKind::Rejected,
+    };
+    Failure::new(
+        kind,
+        anyhow!("{what}: {}{hint}", untrusted::message(status.message())),
+    )
+}
+
+/// Role names for a log line or a message: from the configuration, or from the bot's role as
+/// the cluster returned it, so each is sanitized.
+fn role_list(roles: &[String], separator: &str) -> String {
+    roles
+        .iter()
+        .map(|r| untrusted::name(r).to_string())
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 /// When an output's certificates should end: `credential_ttl` from now, but never after the bot
@@ -947,13 +972,14 @@ fn write_summary(
     let key_source = key_source(signer_config, signer.backend());
     writeln!(
         out,
-        "Joined cluster {} as bot {:?}",
-        info.cluster_name, info.bot_name
+        "Joined cluster {} as bot {}",
+        info.cluster_name,
+        untrusted::quoted(&info.bot_name)
     )?;
     writeln!(
         out,
         "  bot instance:  {}",
-        info.bot_instance_id.as_deref().unwrap_or("(not reported)")
+        untrusted::name(info.bot_instance_id.as_deref().unwrap_or("(not reported)"))
     )?;
     writeln!(
         out,

@@ -39,7 +39,10 @@ impl Suite {
             "balanced-v1" | "2" => Ok(Self::BalancedV1),
             "fips-v1" | "3" => Ok(Self::FipsV1),
             "hsm-v1" | "4" => Ok(Self::HsmV1),
-            _ => Err(format!("unknown signature algorithm suite {text:?}")),
+            _ => Err(format!(
+                "unknown signature algorithm suite {}",
+                crate::untrusted::quoted(text)
+            )),
         }
     }
 

@@ -71,12 +71,12 @@ async fn get(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Res
 }
 
 async fn get_inner(addr: &HostPort, tls: Arc<ClientConfig>, path: &str) -> anyhow::Result<Answer> {
-    let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
+    let tcp = TcpStream::connect((addr.host(), addr.port()))
         .await
         .with_context(|| format!("cannot connect to proxy {addr}"))?;
     tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(addr.host.clone())
-        .with_context(|| format!("{:?} is not a valid TLS server name", addr.host))?;
+    let name = ServerName::try_from(addr.host().to_owned())
+        .with_context(|| format!("{:?} is not a valid TLS server name", addr.host()))?;
     let stream = TlsConnector::from(tls)
         .connect(name, tcp)
         .await
@@ -141,7 +141,10 @@ pub fn parse_find(body: &[u8]) -> anyhow::Result<FindResponse> {
             .and_then(|n| i32::try_from(n).ok())
             .ok_or_else(|| anyhow!("auth.signature_algorithm_suite {n} is not a suite number"))
             .and_then(|n| Suite::from_number(n).map_err(|e| anyhow!(e)))?,
-        Some(other) => bail!("auth.signature_algorithm_suite has unexpected value {other}"),
+        Some(other) => bail!(
+            "auth.signature_algorithm_suite has unexpected value {}",
+            crate::untrusted::name(&other.to_string())
+        ),
     };
     let server_version = raw
         .get("server_version")

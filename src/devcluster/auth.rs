@@ -144,7 +144,11 @@ impl Cluster {
         let (ssh, tls) = self.ca.authority_public(kind).ok_or_else(|| {
             Status::invalid_argument(format!("{kind:?} authority type is not supported"))
         })?;
-        let cluster = self.ca.cluster_name().to_owned();
+        let cluster = if self.misbehaviour() == Some(super::Misbehaviour::HostileCaClusterName) {
+            self.config.hostile_text.clone()
+        } else {
+            self.ca.cluster_name().to_owned()
+        };
         Ok(types::CertAuthorityV2 {
             kind: "cert_authority".to_owned(),
             sub_kind: String::new(),
@@ -189,7 +193,13 @@ impl legacy::auth_service_server::AuthService for AuthApi {
         Ok(Response::new(legacy::PingResponse {
             cluster_name: cluster.ca.cluster_name().to_owned(),
             server_version: cluster.config.server_version.clone(),
-            proxy_public_addr: String::new(),
+            proxy_public_addr: if cluster.misbehaviour()
+                == Some(super::Misbehaviour::HostileProxyAddr)
+            {
+                cluster.config.hostile_text.clone()
+            } else {
+                String::new()
+            },
             remote_addr: request
                 .extensions()
                 .get::<std::net::SocketAddr>()
@@ -235,6 +245,11 @@ impl legacy::auth_service_server::AuthService for AuthApi {
     ) -> Result<Response<legacy::Certs>, Status> {
         let cluster = &self.0;
         let caller = cluster.caller(&request)?;
+        if cluster.misbehaviour() == Some(super::Misbehaviour::HostileStatus) {
+            return Err(Status::permission_denied(
+                cluster.config.hostile_text.clone(),
+            ));
+        }
         let login_ip = request
             .extensions()
             .get::<std::net::SocketAddr>()
@@ -341,6 +356,9 @@ impl legacy::auth_service_server::AuthService for AuthApi {
                 tls_public_key_der: &tls_der,
                 ssh_public_key_wire: &ssh_wire,
                 not_after: expires,
+                cluster_name: (cluster.misbehaviour()
+                    == Some(super::Misbehaviour::HostileClusterName))
+                .then_some(cluster.config.hostile_text.as_str()),
             })
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         cluster.record_user_certs();
@@ -352,8 +370,13 @@ impl legacy::auth_service_server::AuthService for AuthApi {
             .ca
             .authority_public("user")
             .expect("the user CA exists");
+        let comment = if cluster.misbehaviour() == Some(super::Misbehaviour::HostileCertComment) {
+            format!(" {}", cluster.config.hostile_text)
+        } else {
+            String::new()
+        };
         Ok(Response::new(legacy::Certs {
-            ssh: format!("{}\n", ssh_line.trim()).into_bytes(),
+            ssh: format!("{}{comment}\n", ssh_line.trim()).into_bytes(),
             tls: crate::identity::der_to_pem(&certs.tls_cert_der).into_bytes(),
             tlsca_certs: vec![user_tls.into_bytes()],
             sshca_certs: user_ssh

@@ -184,6 +184,9 @@ pub struct UserCertRequest<'a> {
     pub ssh_public_key_wire: &'a [u8],
     /// End of validity of both certificates (already capped by the caller).
     pub not_after: SystemTime,
+    /// The cluster the certificates name (`TeleportCluster`), when not this CA's: a hostile
+    /// cluster's certificates (`--misbehave hostile-cluster-name`).
+    pub cluster_name: Option<&'a str>,
 }
 
 /// The bot facts a bot's certificates carry (and role-impersonated ones copy).
@@ -400,6 +403,7 @@ impl ClusterCa {
             tls_public_key_der: req.tls_public_key_der,
             ssh_public_key_wire: req.ssh_public_key_wire,
             not_after: req.not_after,
+            cluster_name: None,
         })
     }
 
@@ -481,7 +485,10 @@ impl ClusterCa {
         dn.push_one(OID_COMMON_NAME, req.username)?;
         // ExtraNames. No Renewable (1.3.9999.1.13): bound keypair bots are not renewable, and
         // role-impersonated certificates never are.
-        dn.push_one(oids::TELEPORT_CLUSTER, &self.cluster_name)?;
+        dn.push_one(
+            oids::TELEPORT_CLUSTER,
+            req.cluster_name.unwrap_or(&self.cluster_name),
+        )?;
         if let Some(ip) = req.login_ip.filter(|ip| !ip.is_empty()) {
             dn.push_one(oids::LOGIN_IP, ip)?;
         }

@@ -90,6 +90,33 @@ pub enum Misbehaviour {
     /// both before waiting (as keybound's authenticated rejoin does) gets through; any other
     /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
     HoldServerInit,
+    /// The certificates `GenerateUserCerts` issues (an identity output's) name the cluster
+    /// [`DevClusterConfig::hostile_text`].
+    HostileClusterName,
+    /// The CA records the trust service returns name the cluster
+    /// [`DevClusterConfig::hostile_text`].
+    HostileCaClusterName,
+    /// `Ping` names the proxy public address [`DevClusterConfig::hostile_text`].
+    HostileProxyAddr,
+    /// The SSH certificates `GenerateUserCerts` returns carry [`DevClusterConfig::hostile_text`]
+    /// as their `authorized_keys` comment.
+    HostileCertComment,
+    /// `JoinService.Join` answers UNIMPLEMENTED with [`DevClusterConfig::hostile_text`] as its
+    /// message (a client falls back to the legacy RPC, which works), and `GenerateUserCerts`
+    /// refuses with it.
+    HostileStatus,
+}
+
+/// What the `hostile-*` misbehaviours present unless told otherwise: a line break followed by
+/// an `ssh_config` directive that runs a command (`Match exec`, relative to where `ssh` runs),
+/// a line that looks like one of keybound's log lines, quotes, spaces, ANSI escape sequences,
+/// and 6 KiB more. It holds no `:` or `/`, so that a `host:port` parser takes it whole.
+pub fn default_hostile_text() -> String {
+    format!(
+        "evil.example\nMatch exec \"touch keybound-pwned\"\nFORGED  INFO joined the cluster bot=robot \
+         \u{1b}[31m'single' \"double\"\u{1b}[0m {}",
+        "X".repeat(6 * 1024)
+    )
 }
 
 /// The cluster [`Misbehaviour::ChallengeOtherCluster`] names.
@@ -120,6 +147,8 @@ pub struct DevClusterConfig {
     pub bots: Vec<Bot>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
+    /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
+    pub hostile_text: String,
 }
 
 impl Default for DevClusterConfig {
@@ -136,6 +165,7 @@ impl Default for DevClusterConfig {
             roles: Vec::new(),
             bots: Vec::new(),
             auth_listen: None,
+            hostile_text: default_hostile_text(),
         }
     }
 }
@@ -506,7 +536,12 @@ impl Cluster {
             | Misbehaviour::Stall
             | Misbehaviour::DropMidJoin
             | Misbehaviour::DropResult
-            | Misbehaviour::HoldServerInit => return (public_key.to_owned(), document.to_owned()),
+            | Misbehaviour::HoldServerInit
+            | Misbehaviour::HostileClusterName
+            | Misbehaviour::HostileCaClusterName
+            | Misbehaviour::HostileProxyAddr
+            | Misbehaviour::HostileCertComment
+            | Misbehaviour::HostileStatus => return (public_key.to_owned(), document.to_owned()),
         }
         (
             public_key.to_owned(),
@@ -1024,5 +1059,6 @@ pub fn config_from_args(args: &crate::cli::DevClusterArgs) -> anyhow::Result<Dev
         roles: resources.roles,
         bots: resources.bots,
         auth_listen: args.auth_listen,
+        hostile_text: default_hostile_text(),
     })
 }

@@ -219,6 +219,9 @@ impl v1::join_service_server::JoinService for JoinV1 {
                 "unknown service teleport.join.v1.JoinService",
             ));
         }
+        if cluster.misbehaviour() == Some(Misbehaviour::HostileStatus) {
+            return Err(Status::unimplemented(cluster.config.hostile_text.clone()));
+        }
         let remote = remote_addr(&request);
         // On Auth's endpoint a bot's certificate authenticates the stream (`authenticate` in
         // lib/join/server.go); the Proxy's route never carries one.

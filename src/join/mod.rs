@@ -46,6 +46,7 @@ use crate::config::HostPort;
 use crate::identity::Identity;
 use crate::suite::Suite;
 use crate::tls::{Trust, client_config};
+use crate::untrusted;
 use crate::webapi;
 use subject::SubjectKey;
 
@@ -366,7 +367,7 @@ fn unreachable_error(addr: &HostPort, error: &dyn std::error::Error) -> JoinErro
 
 /// Turns a status received mid-join into the error a user sees.
 fn status_error(status: &Status) -> JoinError {
-    let message = server_text(status.message(), MAX_SERVER_MESSAGE);
+    let message = untrusted::message(status.message()).to_string();
     match status.code() {
         // tonic's own check of an incoming message's length (`codec/decode.rs`).
         Code::OutOfRange
@@ -397,30 +398,6 @@ fn status_error(status: &Status) -> JoinError {
         }
         code => JoinError::Rejected { code, message },
     }
-}
-
-/// The most of a server's message an error repeats.
-const MAX_SERVER_MESSAGE: usize = 512;
-/// The most of a server-chosen name (a key, a key ID, a suite) an error repeats.
-pub(crate) const MAX_SERVER_NAME: usize = 120;
-
-/// Text a server chose, fit for a one-line error: control characters escaped, at most `max`
-/// characters, and the length of the rest said.
-pub(crate) fn server_text(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    let mut chars = text.chars();
-    for c in chars.by_ref().take(max) {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    let rest = chars.as_str().len();
-    if rest > 0 {
-        out.push_str(&format!("... ({rest} more bytes)"));
-    }
-    out
 }
 
 /// Why the server ended a stream we could no longer write to: its final status, if it sent one.
@@ -458,8 +435,8 @@ pub fn vet_challenge(
 ) -> Result<(), JoinError> {
     let named = PublicKey::from_openssh(public_key).map_err(|_| {
         JoinError::Refused(format!(
-            "{WRONG_KEY}: the cluster challenged \"{}\", which is not an Ed25519 or P-256 key",
-            server_text(public_key, MAX_SERVER_NAME)
+            "{WRONG_KEY}: the cluster challenged {}, which is not an Ed25519 or P-256 key",
+            untrusted::quoted(public_key)
         ))
     })?;
     if &named != ours {
@@ -473,7 +450,7 @@ pub fn vet_challenge(
     challenge::check(document, ours, cluster, now).map_err(|why| {
         JoinError::Refused(format!(
             "refused to sign the cluster's challenge: {}",
-            server_text(&why, MAX_SERVER_MESSAGE)
+            untrusted::message(&why)
         ))
     })
 }
@@ -557,15 +534,15 @@ fn unchallenged_result() -> GiveUp {
 /// A rotation request: the user is told what to do, the cluster gets tbot's message.
 fn rotation_refused(suite: &str) -> GiveUp {
     let error = JoinError::Refused(format!(
-        "the cluster asked to rotate the bound keypair (suite {:?}), which a static key cannot do \
+        "the cluster asked to rotate the bound keypair (suite {}), which a static key cannot do \
          ({NO_ROTATION}); the token's spec.bound_keypair.rotate_after is set. An admin must make a \
          new key (keybound keypair create --static) and recreate the token with its public key as \
          initial_public_key",
-        if suite.is_empty() {
-            "unspecified".to_owned()
+        untrusted::quoted(if suite.is_empty() {
+            "unspecified"
         } else {
-            server_text(suite, MAX_SERVER_NAME)
-        }
+            suite
+        })
     ));
     GiveUp {
         error,
@@ -693,7 +670,7 @@ async fn join_new(
         _ => Attempt::Fallback(format!(
             "{}: {}",
             code_name(status.code()),
-            status.message()
+            untrusted::message(status.message())
         )),
     };
     let mut client = v1::join_service_client::JoinServiceClient::new(channel)
@@ -707,11 +684,15 @@ async fn join_new(
         Some(v1::JoinResponse {
             payload: Some(join_response::Payload::Init(init)),
         }) => {
-            debug!(join_method = %init.join_method, suite = %init.signature_algorithm_suite, "received ServerInit");
+            debug!(
+                join_method = %untrusted::name(&init.join_method),
+                suite = %untrusted::name(&init.signature_algorithm_suite),
+                "received ServerInit"
+            );
             Suite::parse(&init.signature_algorithm_suite).map_err(|_| {
                 JoinError::Refused(format!(
-                    "the cluster's ServerInit names an unknown signature algorithm suite \"{}\"",
-                    server_text(&init.signature_algorithm_suite, MAX_SERVER_NAME)
+                    "the cluster's ServerInit names an unknown signature algorithm suite {}",
+                    untrusted::quoted(&init.signature_algorithm_suite)
                 ))
             })?
         }
@@ -771,7 +752,7 @@ async fn join_new(
         };
         match payload {
             join_response::Payload::Init(init) => {
-                debug!(suite = %init.signature_algorithm_suite, "ignoring a repeated ServerInit");
+                debug!(suite = %untrusted::name(&init.signature_algorithm_suite), "ignoring a repeated ServerInit");
             }
             join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairChallenge(_)),
@@ -808,7 +789,7 @@ async fn join_new(
             join_response::Payload::Challenge(v1::Challenge {
                 payload: Some(ch::Payload::BoundKeypairRotationRequest(r)),
             }) => {
-                info!(suite = %r.signature_algorithm_suite, "Server has requested keypair rotation");
+                info!(suite = %untrusted::name(&r.signature_algorithm_suite), "Server has requested keypair rotation");
                 let why = rotation_refused(&r.signature_algorithm_suite);
                 return Err(give_up(&outbound, &mut inbound, why).await);
             }
@@ -1022,18 +1003,6 @@ mod tests {
     fn codes_read_like_grpc() {
         assert_eq!(code_name(Code::PermissionDenied), "PERMISSION_DENIED");
         assert_eq!(code_name(Code::Unknown), "UNKNOWN");
-    }
-
-    #[test]
-    fn server_text_is_one_bounded_line() {
-        assert_eq!(server_text("balanced-v1", 20), "balanced-v1");
-        assert_eq!(server_text("a\nb\u{1b}[2J", 20), "a\\nb\\u{1b}[2J");
-        assert_eq!(
-            server_text(&"x".repeat(1000), 10),
-            "xxxxxxxxxx... (990 more bytes)"
-        );
-        // Never cut inside a character.
-        assert_eq!(server_text("ééé", 2), "éé... (2 more bytes)");
     }
 
     #[test]

@@ -95,7 +95,7 @@ async fn tls_stream(
     use std::io::{Error, ErrorKind};
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        TcpStream::connect((addr.host.as_str(), addr.port)),
+        TcpStream::connect((addr.host(), addr.port())),
     )
     .await
     .map_err(|_| {
@@ -107,8 +107,8 @@ async fn tls_stream(
     tcp.set_nodelay(true)?;
     let name = match &dial.server_name {
         Some(name) => name.clone(),
-        None => ServerName::try_from(addr.host.clone())
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{:?}: {e}", addr.host)))?,
+        None => ServerName::try_from(addr.host().to_owned())
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{:?}: {e}", addr.host())))?,
     };
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, tcp))
         .await
@@ -123,8 +123,11 @@ async fn tls_stream(
         other => Err(Error::new(
             ErrorKind::InvalidData,
             format!(
-                "{addr} chose ALPN {:?} instead of {}",
-                other.map(String::from_utf8_lossy),
+                "{addr} chose ALPN {} instead of {}",
+                match other {
+                    Some(p) => crate::untrusted::quoted(&String::from_utf8_lossy(p)).to_string(),
+                    None => "None".to_owned(),
+                },
                 dial.expected
             ),
         )),

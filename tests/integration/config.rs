@@ -23,10 +23,9 @@ fn the_seed_guide_configs_load_unchanged() {
     let env = Config::load(&data("seed-env.yaml")).unwrap();
     assert_eq!(
         env.cluster,
-        Some(ClusterAddr::Proxy(HostPort {
-            host: "example.teleport.sh".into(),
-            port: 443
-        }))
+        Some(ClusterAddr::Proxy(
+            HostPort::parse("example.teleport.sh:443", 0).unwrap()
+        ))
     );
     assert_eq!(env.onboarding.token, "example-token");
     assert_eq!(
@@ -230,10 +229,9 @@ fn checks_across_keys() {
     .unwrap();
     assert_eq!(
         auth.cluster,
-        Some(ClusterAddr::Auth(HostPort {
-            host: "auth.example.com".into(),
-            port: 3025
-        }))
+        Some(ClusterAddr::Auth(
+            HostPort::parse("auth.example.com:3025", 0).unwrap()
+        ))
     );
 }
 

@@ -11,6 +11,7 @@ mod faults;
 mod fuzz_regressions;
 mod giving_up;
 mod hostile;
+mod hostile_text;
 mod interop;
 mod join;
 mod keypair;
