@@ -359,17 +359,8 @@ impl Cluster {
 
     /// Records and logs a client's `GivingUp` on a join for `token`.
     fn record_giving_up(&self, token: &str, reason: String, message: &str) {
-        // Client text, so control characters are escaped before they reach the log.
-        let msg: String = message
-            .chars()
-            .flat_map(|c| {
-                let escaped = c.is_control().then(|| c.escape_default());
-                escaped
-                    .into_iter()
-                    .flatten()
-                    .chain((!c.is_control()).then_some(c))
-            })
-            .collect();
+        // Client text: escaped and bounded before it reaches the log.
+        let msg = crate::untrusted::message(message).to_string();
         warn!(token, reason, msg, "the client gave up on the join");
         self.gave_up.lock().expect("giving-up lock").push(GaveUp {
             token: token.to_owned(),
