@@ -185,6 +185,9 @@ pub struct Prepared {
     pub signer_config: SignerConfig,
     /// The open key.
     pub signer: Arc<dyn keybound_signer::Signer>,
+    /// The deadline of each RPC on the authenticated connection to Auth
+    /// ([`crate::auth::RPC_TIMEOUT`], or `KEYBOUND_RPC_TIMEOUT`).
+    pub rpc_timeout: Duration,
 }
 
 /// Storage files of keybound's own, beside tbot's: the lock one process holds on the
@@ -333,6 +336,8 @@ pub struct Cycle {
 /// Builds the effective configuration and opens the signer.
 pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
     let config = effective_config(args)?;
+    let rpc_timeout =
+        crate::auth::rpc_timeout_from_env().map_err(|e| Failure::config(anyhow!(e)))?;
     let (proxy, direct) = route(&config)?;
     let auth_route = if direct {
         AuthRoute::Direct(proxy.clone())
@@ -375,6 +380,7 @@ pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
         trust,
         signer_config,
         signer,
+        rpc_timeout,
     })
 }
 
@@ -490,6 +496,14 @@ fn connect_failure(e: ConnectError) -> Failure {
     Failure::new(kind, anyhow::Error::new(e))
 }
 
+/// The bot's authenticated connection to Auth, each RPC on it bounded by `p.rpc_timeout`.
+async fn auth_client(p: &Prepared, identity: &Identity) -> Result<AuthClient, Failure> {
+    AuthClient::connect(&p.auth_route, identity)
+        .await
+        .map(|auth| auth.with_deadline(p.rpc_timeout))
+        .map_err(connect_failure)
+}
+
 /// Renews the bot identity, as tbot's identity service does (`renewIdentity`,
 /// `lib/tbot/internal/identity/service.go`): while `current` is valid, a soft rejoin over the
 /// authenticated connection (same bot instance, no recovery used); without one, or once it has
@@ -508,9 +522,7 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
     let joined = match current {
         Some(identity) if identity.info.not_after > now => {
             debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
-            let auth = AuthClient::connect(&p.auth_route, identity)
-                .await
-                .map_err(|e| (connect_failure(e), false))?;
+            let auth = auth_client(p, identity).await.map_err(|f| (f, false))?;
             let mut joined = join::rejoin(&params, &auth)
                 .await
                 .map_err(|e| (join_failure(e.error), e.in_doubt))?;
@@ -693,9 +705,7 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
     if directories.is_empty() {
         return Ok(Vec::new());
     }
-    let auth = AuthClient::connect(&p.auth_route, bot)
-        .await
-        .map_err(connect_failure)?;
+    let auth = auth_client(p, bot).await?;
     let rpc = |what: &'static str| {
         move |s: tonic::Status| {
             let kind = match s.code() {
@@ -895,10 +905,15 @@ async fn impersonate(
         } else {
             String::new()
         };
+        let what = if s.code() == tonic::Code::DeadlineExceeded {
+            "no certificates came"
+        } else {
+            "the cluster refused certificates"
+        };
         Failure::new(
             kind,
             anyhow!(
-                "the cluster refused certificates for roles [{}]: {}{hint}",
+                "{what} for roles [{}]: {}{hint}",
                 roles.join(", "),
                 s.message()
             ),

@@ -82,7 +82,14 @@ pub enum Misbehaviour {
     /// both before waiting (as keybound's authenticated rejoin does) gets through; any other
     /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
     HoldServerInit,
+    /// Never answer a `GenerateUserCerts` that asks for the role [`STALLED_ROLE`] (the call is
+    /// accepted and left hanging until the client gives up); every other call is answered. An
+    /// output impersonating that role stalls while the others go on.
+    StallUserCerts,
 }
+
+/// The role whose `GenerateUserCerts` calls [`Misbehaviour::StallUserCerts`] never answers.
+pub const STALLED_ROLE: &str = "stalled";
 
 /// How to run a dev cluster.
 #[derive(Clone, Debug)]
@@ -444,7 +451,8 @@ impl Cluster {
             | Misbehaviour::Stall
             | Misbehaviour::DropMidJoin
             | Misbehaviour::DropResult
-            | Misbehaviour::HoldServerInit => return (public_key.to_owned(), document.to_owned()),
+            | Misbehaviour::HoldServerInit
+            | Misbehaviour::StallUserCerts => return (public_key.to_owned(), document.to_owned()),
         }
         (
             public_key.to_owned(),

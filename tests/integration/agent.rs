@@ -591,3 +591,84 @@ async fn a_wrong_tpm_auth_value_halts_signing_and_marks_the_agent_unhealthy() {
     assert!(!agent.logs().contains("wrong-auth-value"));
     assert_eq!(cluster.cluster.joins_completed(), 0);
 }
+
+/// A cluster that never answers `GenerateUserCerts` for one output's roles: the agent's cycle
+/// still ends (each RPC has a deadline), so it goes on renewing the bot identity and writing the
+/// other output, leaves the stalled output's files as they were, and writes that output again
+/// once the cluster answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_auth_call_does_not_stop_renewals() {
+    use keybound::devcluster::Misbehaviour;
+
+    use crate::support::snapshot;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) = crate::cluster::with_a_stalling_output(
+        dir.path(),
+        "credential_ttl: 1m\nrenewal_interval: 1s\n",
+    )
+    .await;
+    let (fine, slow) = (dir.path().join("fine"), dir.path().join("slow"));
+    let dir_path = dir.path().to_owned();
+    let agent =
+        blocking(move || Agent::start(&cfg, &dir_path, &[(keybound::auth::RPC_TIMEOUT_ENV, "1s")]))
+            .await;
+    let port = agent.diag;
+    let slow_path = slow.clone();
+    blocking(move || {
+        wait_for("both outputs", Duration::from_secs(20), || {
+            metric(port, "keybound_renewals_total") >= 1.0 && slow_path.join("tlscert").is_file()
+        })
+    })
+    .await;
+
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::StallUserCerts));
+    // Cycles run one after another: once one has met the stall, none started before it can
+    // still write the output.
+    let log = agent.log.clone();
+    blocking(move || {
+        wait_for("the first stalled call", Duration::from_secs(30), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("did not answer GenerateUserCerts within 1s")
+        })
+    })
+    .await;
+    let before_slow = snapshot(&slow);
+    let before_fine = snapshot(&fine);
+    let joins = cluster.cluster.joins_completed();
+    let state = cluster.cluster.clone();
+    blocking(move || {
+        wait_for(
+            "three renewals while an output stalls",
+            Duration::from_secs(30),
+            || state.joins_completed() >= joins + 3,
+        )
+    })
+    .await;
+    assert_eq!(snapshot(&slow), before_slow, "the stalled output changed");
+    assert_ne!(
+        snapshot(&fine),
+        before_fine,
+        "the other output was not rewritten"
+    );
+    assert_eq!(get(port, "/readyz").unwrap().0, 200);
+
+    // The cluster answers again: the stalled output is written at the next attempt.
+    cluster.cluster.set_misbehaviour(None);
+    let slow_path = slow.clone();
+    blocking(move || {
+        wait_for(
+            "the stalled output written again",
+            Duration::from_secs(30),
+            || snapshot(&slow_path) != before_slow,
+        )
+    })
+    .await;
+    crate::support::assert_output_verifies(&slow);
+    // Still the bot instance it started with: every renewal was an authenticated rejoin.
+    assert_eq!(cluster.cluster.bot_instances("robot"), 1);
+    drop(agent);
+}
