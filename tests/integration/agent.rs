@@ -156,6 +156,21 @@ fn config(
     path
 }
 
+/// A P-256 key in a file, a dev cluster for it, and an agent configuration in `dir` renewing
+/// every second certificates that last `ttl`.
+async fn file_key_agent(dir: &Path, ttl: &str) -> (DevCluster, std::path::PathBuf) {
+    let signer = SoftSigner::generate(Algorithm::EcdsaP256Sha256).unwrap();
+    let key_path = crate::cluster::key_file(dir, &signer);
+    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
+    let ca = ca_file(&cluster, dir);
+    let key_yaml = format!(
+        "  bound_keypair:\n    static_private_key_path: {}\n",
+        key_path.display()
+    );
+    let cfg = config(dir, &cluster.proxy_addr(), &ca, &key_yaml, "1s", ttl);
+    (cluster, cfg)
+}
+
 async fn cluster_on(
     addr: SocketAddr,
     key: &keybound_signer::PublicKey,
@@ -304,23 +319,8 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_cluster_outage_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let signer = SoftSigner::generate(Algorithm::EcdsaP256Sha256).unwrap();
-    let key_path = crate::cluster::key_file(dir.path(), &signer);
-    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
+    let (cluster, cfg) = file_key_agent(dir.path(), "30s").await;
     let addr = cluster.addr;
-    let ca = ca_file(&cluster, dir.path());
-    let key_yaml = format!(
-        "  bound_keypair:\n    static_private_key_path: {}\n",
-        key_path.display()
-    );
-    let cfg = config(
-        dir.path(),
-        &cluster.proxy_addr(),
-        &ca,
-        &key_yaml,
-        "1s",
-        "30s",
-    );
     let dir_path = dir.path().to_owned();
     let agent = blocking(move || Agent::start(&cfg, &dir_path, &[])).await;
     let port = agent.diag;
@@ -719,22 +719,7 @@ async fn a_flood_of_idle_diagnostics_connections_does_not_stop_renewals() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let dir = tempfile::tempdir().unwrap();
-    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
-    let key_path = crate::cluster::key_file(dir.path(), &signer);
-    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t").await;
-    let ca = ca_file(&cluster, dir.path());
-    let key_yaml = format!(
-        "  bound_keypair:\n    static_private_key_path: {}\n",
-        key_path.display()
-    );
-    let cfg = config(
-        dir.path(),
-        &cluster.proxy_addr(),
-        &ca,
-        &key_yaml,
-        "1s",
-        "1m",
-    );
+    let (cluster, cfg) = file_key_agent(dir.path(), "1m").await;
     let dir_path = dir.path().to_owned();
     let mut limited = Command::new(crate::support::tool("prlimit"));
     limited
