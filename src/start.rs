@@ -571,9 +571,9 @@ fn persist(p: &Prepared, identity: &Identity) -> anyhow::Result<Option<String>> 
     let Destination::Directory { path, symlinks } = &p.config.storage else {
         return Ok(None);
     };
-    let written = output::prepare_dir(path, *symlinks).and_then(|()| {
+    let written = output::prepare_dir(path, *symlinks).and_then(|dir| {
         output::write_all(
-            path,
+            &dir,
             &output::storage_files(identity, &p.config.onboarding.token),
         )
     });
@@ -807,7 +807,7 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
             Ok(identity) => {
                 let files = output::identity_files(&identity, &ctx, dir, out.ssh_config);
                 match output::prepare_dir(dir, symlinks)
-                    .and_then(|()| output::write_all(dir, &files))
+                    .and_then(|open| output::write_all(&open, &files))
                 {
                     Ok(_) => {
                         info!(output = %label, roles = %roles.join(","), expires = %crate::devcluster::tokens::format_time(identity.info.not_after), "wrote identity output");
@@ -906,17 +906,13 @@ async fn impersonate(
             String::new()
         };
         let what = if s.code() == tonic::Code::DeadlineExceeded {
-            "no certificates came"
+            "no certificates came for roles"
         } else {
-            "the cluster refused certificates"
+            "the cluster refused certificates for roles"
         };
         Failure::new(
             kind,
-            anyhow!(
-                "{what} for roles [{}]: {}{hint}",
-                roles.join(", "),
-                s.message()
-            ),
+            anyhow!("{what} [{}]: {}{hint}", roles.join(", "), s.message()),
         )
     })?;
     let host_ssh: Vec<String> = cas.host_ssh_keys.iter().map(|(_, k)| k.clone()).collect();

@@ -21,7 +21,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "openssl" => "openssl",
         "ssh-keygen" | "ssh" => "openssh-client",
         "sshd" => "openssh-server",
-        "python3" => "python3 (with python3-jwt and python3-cryptography)",
+        "python3" => "python3 (with python3-jwt, python3-cryptography and python3-seccomp)",
         "groff" => "groff-base",
         "man" => "man-db",
         "systemd-analyze" => "systemd",
