@@ -238,27 +238,10 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
     })
     .await;
     let port = agent.diag;
-    blocking(move || {
-        wait_for("readiness", Duration::from_secs(10), || {
-            get(port, "/readyz").is_some_and(|(c, _)| c == 200)
-        })
-    })
-    .await;
     // The key left the environment before any thread started: /proc shows the variable's bytes
     // zeroed (another variable is still there, so the file was read right), and core dumps are
     // off for good.
-    let pid = agent.child.as_ref().unwrap().id();
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let environ = String::from_utf8_lossy(&environ);
-    assert!(
-        environ.contains("KEYBOUND_TEST_MARKER=present"),
-        "{environ}"
-    );
-    assert!(
-        !environ.contains("TBOT_BOUND_KEYPAIR_STATIC_KEY"),
-        "{environ}"
-    );
-    assert_no_secret(&environ, &value, "the env value");
+    let pid = ready_with_a_clean_environ(&agent, &[&value]).await;
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let core = limits
         .lines()
@@ -677,6 +660,34 @@ async fn a_stalled_auth_call_does_not_stop_renewals() {
     drop(agent);
 }
 
+/// Waits until `agent` is ready, then checks its `/proc/<pid>/environ`: it still holds
+/// `KEYBOUND_TEST_MARKER=present` (so it was read right), and neither the static key's name nor
+/// any piece of `values`. Returns the pid.
+async fn ready_with_a_clean_environ(agent: &Agent, values: &[&str]) -> u32 {
+    let port = agent.diag;
+    blocking(move || {
+        wait_for("readiness", Duration::from_secs(10), || {
+            get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+        })
+    })
+    .await;
+    let pid = agent.child.as_ref().unwrap().id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.contains("KEYBOUND_TEST_MARKER=present"),
+        "{environ}"
+    );
+    assert!(
+        !environ.contains("TBOT_BOUND_KEYPAIR_STATIC_KEY"),
+        "{environ}"
+    );
+    for value in values {
+        assert_no_secret(&environ, value, "an env value");
+    }
+    pid
+}
+
 /// CPU time (user + system) a process has used so far, in clock ticks (`/proc/<pid>/stat`).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -804,4 +815,43 @@ async fn a_flood_of_idle_diagnostics_connections_does_not_stop_renewals() {
     })
     .await;
     drop(agent);
+}
+
+/// An environment that names the static key twice (an `execve` may pass any list; Rust's
+/// `Command` and env(1) cannot make one, so `tests/tools/exec_with_env.py` does): the agent
+/// joins with the first value, says the name was repeated, and `/proc/<pid>/environ` holds no
+/// piece of either value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_key_named_twice_in_the_environment_is_scrubbed_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let second = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), first.public_key(), "t").await;
+    let ca = ca_file(&cluster, dir.path());
+    let cfg = config(dir.path(), &cluster.proxy_addr(), &ca, "", "1h", "2h");
+    let (one, two) = (
+        first.to_env_value().to_string(),
+        second.to_env_value().to_string(),
+    );
+    let mut cmd = Command::new(crate::support::tool("python3"));
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/tools/exec_with_env.py"
+    ))
+    .arg(format!("TBOT_BOUND_KEYPAIR_STATIC_KEY={one}"))
+    .arg("KEYBOUND_TEST_MARKER=present")
+    .arg(format!("TBOT_BOUND_KEYPAIR_STATIC_KEY={two}"))
+    .args(["--", env!("CARGO_BIN_EXE_keybound")]);
+    let dir_path = dir.path().to_owned();
+    let agent = blocking(move || Agent::start_with(cmd, &cfg, &dir_path, &[])).await;
+    ready_with_a_clean_environ(&agent, &[&one, &two]).await;
+    assert!(
+        agent
+            .logs()
+            .contains("is set more than once in the environment"),
+        "{}",
+        agent.logs()
+    );
+    // It joined with the first value: the cluster knows only that key.
+    assert_eq!(cluster.cluster.joins_completed(), 1);
 }
