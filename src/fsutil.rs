@@ -139,7 +139,7 @@ impl Dir {
                      symlinks: secure needs to refuse symbolic links; set symlinks: try-secure or \
                      insecure"
                 ),
-                Errno::NOTDIR => anyhow!("destination {shown} is not a directory"),
+                Errno::NOTDIR => anyhow!("{shown} is not a directory"),
                 Errno::NOENT => anyhow!("directory {shown} does not exist; create it first"),
                 e => anyhow!(
                     "cannot {} directory {shown}: {}",
