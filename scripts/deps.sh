@@ -10,6 +10,8 @@ packages=(
   softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
   openssl openssh-client openssh-server ca-certificates
   python3 python3-jwt python3-cryptography
+  # libseccomp's Python binding: a test hides openat2 from keybound (symlinks: try-secure)
+  python3-seccomp
   # The shells and formatter that check `keybound completions` and `keybound man`; libfaketime
   # for `keybound doctor`'s clock-skew test
   bash zsh fish groff-base man-db faketime

@@ -500,10 +500,50 @@ async fn watch_signals(renew_now: Arc<Notify>, reopen: Arc<AtomicBool>, stop: Ar
 
 // === Diagnostics ===
 
+/// How long a client has to send a request's headers, from the connection (or the previous
+/// response) on: an idle or slow-header connection is closed after this.
+pub const DIAG_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a diagnostics connection lives, whatever it does (a client that sends its
+/// headers in time but never reads the answer, say).
+pub const DIAG_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// The most diagnostics connections open at once, when the file-descriptor limit allows.
+pub const DIAG_MAX_CONNECTIONS: usize = 64;
+
+/// How many diagnostics connections may be open at once: [`DIAG_MAX_CONNECTIONS`], but never
+/// more than a quarter of the open-file limit, so that the endpoint cannot take the descriptors
+/// a renewal needs (its sockets, the files it writes).
+pub fn diag_connection_cap() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let quarter = limit.map_or(usize::MAX, |l| usize::try_from(l / 4).unwrap_or(usize::MAX));
+    quarter.clamp(1, DIAG_MAX_CONNECTIONS)
+}
+
+/// Serves the diagnostics endpoint. Connections are capped (a new one is accepted only once a
+/// slot is free; until then it waits in the kernel's backlog, holding no descriptor of ours),
+/// each is bounded in time, and a failing `accept` (out of descriptors, say) is retried after a
+/// growing pause instead of at once, as Go's `http.Server.Serve` does (5 ms doubling to 1 s):
+/// the endpoint can neither spin nor starve the renewals that share its runtime.
 async fn serve_diag(listener: tokio::net::TcpListener, status: Arc<Status>) {
+    let cap = diag_connection_cap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let mut pause = Duration::ZERO;
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => {
+                pause = Duration::ZERO;
+                tcp
+            }
+            Err(e) => {
+                pause = (pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                if pause == Duration::from_millis(5) {
+                    warn!(error = %e, "diagnostics: cannot accept a connection; pausing the listener");
+                }
+                tokio::time::sleep(pause).await;
+                continue;
+            }
         };
         let status = status.clone();
         tokio::spawn(async move {
@@ -513,9 +553,12 @@ async fn serve_diag(listener: tokio::net::TcpListener, status: Arc<Status>) {
                     async move { Ok::<_, std::convert::Infallible>(diag(&status, request.uri().path())) }
                 },
             );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(DIAG_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(DIAG_CONNECTION_LIFETIME, connection).await;
+            drop(slot);
         });
     }
 }

@@ -19,7 +19,9 @@
 //! `*.teleport.cluster.local`). The client certificate is the bot's.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use keybound_proto::proto as legacy;
@@ -28,8 +30,8 @@ use keybound_proto::types;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tonic::Status;
 use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
 use crate::config::HostPort;
 use crate::identity::Identity;
@@ -41,6 +43,31 @@ use crate::suite::Suite;
 pub const API_DOMAIN: &str = "teleport.cluster.local";
 /// The ALPN prefix of the Proxy's pass-through route to Auth (`ProtocolAuth`).
 pub const ALPN_AUTH_PREFIX: &str = "teleport-auth@";
+
+/// How long one RPC on the Auth connection may take, its answer included, unless
+/// [`RPC_TIMEOUT_ENV`] says otherwise. Teleport answers these in milliseconds; a cluster that
+/// has not answered in half a minute is stalled, and waiting longer would hold up the outputs
+/// (and, in the agent, the next renewal) for nothing.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The environment variable that changes [`RPC_TIMEOUT`] (a duration: `10s`, `2m`).
+pub const RPC_TIMEOUT_ENV: &str = "KEYBOUND_RPC_TIMEOUT";
+
+/// The deadline of each Auth RPC: [`RPC_TIMEOUT_ENV`] when set, else [`RPC_TIMEOUT`].
+pub fn rpc_timeout_from_env() -> Result<Duration, String> {
+    let Some(value) = std::env::var_os(RPC_TIMEOUT_ENV) else {
+        return Ok(RPC_TIMEOUT);
+    };
+    let text = value.to_string_lossy();
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!(
+            "{RPC_TIMEOUT_ENV}={text:?}: the deadline must be longer than zero (e.g. 30s)"
+        )),
+        Err(e) => Err(format!(
+            "{RPC_TIMEOUT_ENV}={text:?} is not a duration ({e}); use e.g. 30s or 2m"
+        )),
+    }
+}
 
 /// How keybound reaches Auth with its bot identity.
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -88,10 +115,17 @@ impl fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 /// An authenticated gRPC channel to Auth, and the calls keybound makes on it.
+///
+/// Every unary call goes through [`AuthClient::call`], which bounds it, answer included, by the
+/// client's deadline: a cluster that accepts a call and never answers fails that call alone
+/// (the HTTP/2 stream is reset; the connection and the other calls go on). A new RPC gets the
+/// same bound by going through `call` too. The join streams on [`AuthClient::channel`] are
+/// bounded as a whole by the join's own timeout instead.
 #[derive(Clone)]
 pub struct AuthClient {
     channel: Channel,
     route: AuthRoute,
+    deadline: Duration,
     /// A suite whose subject key type is that of the identity's key: what a rejoin will most
     /// likely need, so that it can send its key without waiting for the suite.
     subject_suite: Suite,
@@ -141,8 +175,16 @@ impl AuthClient {
         Ok(Self {
             channel,
             route: route.clone(),
+            deadline: RPC_TIMEOUT,
             subject_suite: SubjectKey::suite_like(&identity.ssh_public_key),
         })
+    }
+
+    /// The same client with another deadline for each RPC (default [`RPC_TIMEOUT`]).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// A suite calling for the key type of the identity this client presents (see
@@ -151,7 +193,8 @@ impl AuthClient {
         self.subject_suite
     }
 
-    /// The gRPC channel (for the join services).
+    /// The gRPC channel, for the join streams (bounded by the join's timeout). Unary calls go
+    /// through [`AuthClient::call`].
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
@@ -161,25 +204,78 @@ impl AuthClient {
         &self.route
     }
 
+    /// The deadline of each RPC.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// `message` as a request carrying the deadline (`grpc-timeout`), so that Auth may give up
+    /// on it too.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.deadline);
+        request
+    }
+
+    /// Runs one unary call, `rpc` by name, made with [`AuthClient::request`]: its answer, or
+    /// `DEADLINE_EXCEEDED` naming the call once the deadline has passed (the call is then
+    /// dropped, which resets its stream). Every RPC of this client goes through here.
+    pub async fn call<T>(
+        &self,
+        rpc: &str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        let passed = || {
+            Status::deadline_exceeded(format!(
+                "{} did not answer {rpc} within {}",
+                self.route,
+                humantime::format_duration(self.deadline)
+            ))
+        };
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+            // tonic's own `grpc-timeout` check, which covers the wait for the answer's headers
+            // only, may fire first.
+            Ok(Err(status))
+                if status.code() == tonic::Code::Cancelled
+                    && status.message() == "Timeout expired" =>
+            {
+                Err(passed())
+            }
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(passed()),
+        }
+    }
+
+    fn auth_service(&self) -> legacy::auth_service_client::AuthServiceClient<Channel> {
+        legacy::auth_service_client::AuthServiceClient::new(self.channel())
+    }
+
     /// `AuthService.Ping`.
     pub async fn ping(&self) -> Result<legacy::PingResponse, Status> {
-        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
-        Ok(client.ping(legacy::PingRequest {}).await?.into_inner())
+        let request = self.request(legacy::PingRequest {});
+        self.call("Ping", self.auth_service().ping(request)).await
     }
 
     /// `AuthService.GetRole`.
     pub async fn get_role(&self, name: &str) -> Result<types::RoleV6, Status> {
-        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
-        let request = legacy::GetRoleRequest {
+        let request = self.request(legacy::GetRoleRequest {
             name: name.to_owned(),
-        };
-        Ok(client.get_role(request).await?.into_inner())
+        });
+        self.call("GetRole", self.auth_service().get_role(request))
+            .await
     }
 
     /// `AuthService.GetClusterCACert`: the local cluster's host CA certificates, PEM.
     pub async fn cluster_ca_cert(&self) -> Result<Vec<u8>, Status> {
-        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
-        Ok(client.get_cluster_ca_cert(()).await?.into_inner().tlsca)
+        let request = self.request(());
+        let answer = self
+            .call(
+                "GetClusterCACert",
+                self.auth_service().get_cluster_ca_cert(request),
+            )
+            .await?;
+        Ok(answer.tlsca)
     }
 
     /// `AuthService.GenerateUserCerts`.
@@ -187,8 +283,12 @@ impl AuthClient {
         &self,
         request: legacy::UserCertsRequest,
     ) -> Result<legacy::Certs, Status> {
-        let mut client = legacy::auth_service_client::AuthServiceClient::new(self.channel());
-        Ok(client.generate_user_certs(request).await?.into_inner())
+        let request = self.request(request);
+        self.call(
+            "GenerateUserCerts",
+            self.auth_service().generate_user_certs(request),
+        )
+        .await
     }
 
     /// `TrustService.GetCertAuthorities(type, include_key = false)`.
@@ -196,16 +296,15 @@ impl AuthClient {
         &self,
         kind: &str,
     ) -> Result<Vec<types::CertAuthorityV2>, Status> {
-        let mut client = trust::trust_service_client::TrustServiceClient::new(self.channel());
-        let request = trust::GetCertAuthoritiesRequest {
+        let request = self.request(trust::GetCertAuthoritiesRequest {
             r#type: kind.to_owned(),
             include_key: false,
-        };
-        Ok(client
-            .get_cert_authorities(request)
-            .await?
-            .into_inner()
-            .cert_authorities_v2)
+        });
+        let mut client = trust::trust_service_client::TrustServiceClient::new(self.channel());
+        let answer = self
+            .call("GetCertAuthorities", client.get_cert_authorities(request))
+            .await?;
+        Ok(answer.cert_authorities_v2)
     }
 }
 

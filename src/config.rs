@@ -300,6 +300,38 @@ impl fmt::Display for HostPort {
     }
 }
 
+/// Where the directory `path` leads: an absolute path with `.`, `..` and symbolic links
+/// resolved as far as it exists (`canonicalize`, one component at a time), and the part that
+/// does not exist yet taken as written, `..` removing the component before it (those
+/// directories will be created as real ones).
+pub fn resolve(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut resolved = PathBuf::from("/");
+    let mut on_disk = true;
+    for component in absolute.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir => resolved = PathBuf::from("/"),
+            Component::CurDir => {}
+            // While on disk `resolved` is canonical (no links), so its parent is what `..` is.
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(name) => {
+                let next = resolved.join(name);
+                match on_disk.then(|| next.canonicalize()) {
+                    Some(Ok(real)) => resolved = real,
+                    _ => {
+                        on_disk = false;
+                        resolved = next;
+                    }
+                }
+            }
+        }
+    }
+    resolved
+}
+
 /// A configuration error: one line naming the file and, where YAML knows it, line and column.
 #[derive(Debug)]
 pub struct ConfigError(String);
@@ -313,19 +345,23 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Refuses destinations that would overwrite each other: an output in the storage
-    /// directory (its role-impersonated files would replace the bot's own, which the cluster
-    /// would then see rejoin with the wrong certificate) or two outputs in one directory; and an
-    /// output directory its `ssh_config` could not name ([`crate::output::check_ssh_config_dir`]).
+    /// Refuses destinations that would overwrite each other: an output that is the storage
+    /// directory or inside it (its role-impersonated files would replace the bot's own, which
+    /// the cluster would then see rejoin with the wrong certificate, or sit among them), or two
+    /// outputs in one directory; and an output directory its `ssh_config` could not name
+    /// ([`crate::output::check_ssh_config_dir`]). Paths are compared where they lead
+    /// ([`resolve`]): `x/../storage` and a symbolic link to the storage directory are the storage
+    /// directory.
     pub fn check_destinations(&self) -> Result<(), String> {
-        fn normal(path: &Path) -> PathBuf {
-            std::path::absolute(path)
-                .unwrap_or_else(|_| path.to_owned())
-                .components()
-                .collect()
-        }
+        let via = |path: &Path, resolved: &Path| {
+            if path == resolved {
+                String::new()
+            } else {
+                format!(" (it resolves to {})", resolved.display())
+            }
+        };
         let storage = match &self.storage {
-            Destination::Directory { path, .. } => Some(normal(path)),
+            Destination::Directory { path, .. } => Some((path, resolve(path))),
             Destination::Memory => None,
         };
         let mut seen: Vec<PathBuf> = Vec::new();
@@ -333,19 +369,32 @@ impl Config {
             let Destination::Directory { path, .. } = &output.destination else {
                 continue;
             };
-            let here = normal(path);
-            if storage.as_ref() == Some(&here) {
-                return Err(format!(
-                    "output {} is the storage directory; outputs hold role-impersonated \
-                     certificates that would replace the bot's own: give the output its own \
-                     directory",
-                    path.display()
-                ));
+            let here = resolve(path);
+            if let Some((storage_path, storage)) = &storage {
+                if *storage == here {
+                    return Err(format!(
+                        "output {}{} is the storage directory; outputs hold role-impersonated \
+                         certificates that would replace the bot's own: give the output its own \
+                         directory",
+                        path.display(),
+                        via(path, &here)
+                    ));
+                }
+                if here.starts_with(storage) {
+                    return Err(format!(
+                        "output {}{} is inside the storage directory {}; give the output a \
+                         directory outside it",
+                        path.display(),
+                        via(path, &here),
+                        storage_path.display()
+                    ));
+                }
             }
             if seen.contains(&here) {
                 return Err(format!(
-                    "two outputs write to {}; give each its own directory",
-                    path.display()
+                    "two outputs write to {}{}; give each its own directory",
+                    path.display(),
+                    via(path, &here)
                 ));
             }
             seen.push(here);

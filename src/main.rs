@@ -7,15 +7,23 @@ use keybound_signer::config::STATIC_KEY_ENV;
 fn main() -> ExitCode {
     // Before anything else, while this is the only thread: the static key leaves the environment
     // and core dumps are turned off (and, once the flags are read, libtss2 is told to be quiet).
-    if let Some(value) = take_env(STATIC_KEY_ENV) {
+    let copies = take_env(STATIC_KEY_ENV).map(|(value, copies)| {
         keybound_signer_soft::keep_env_value(STATIC_KEY_ENV, value);
-    }
+        copies
+    });
     let no_core_dumps = disable_core_dumps();
 
     let cli = Cli::parse();
     #[cfg(feature = "tpm")]
     quiet_tss2_log(cli.debug);
     keybound::logging::init(cli.debug, cli.log_format);
+    if let Some(copies @ 2..) = copies {
+        tracing::warn!(
+            copies,
+            "{STATIC_KEY_ENV} is set more than once in the environment; the first value is used, \
+             and every copy was removed"
+        );
+    }
     if let Err(error) = no_core_dumps {
         tracing::warn!(%error, "cannot disable core dumps; a crash could write secrets to disk");
     }
@@ -29,33 +37,47 @@ fn main() -> ExitCode {
 }
 
 /// Removes the variable `name` from the environment and returns its value (`None` if it is unset
-/// or not UTF-8: then it stays, and the env signer reports it). The bytes of `NAME=value` are
-/// zeroed where they were, so that the value is not left in memory, nor in `/proc/<pid>/environ`,
-/// and no thread or child process started later can read it.
+/// or not UTF-8: then it stays, and the env signer reports it), with how many `NAME=` entries the
+/// environment held. An environment may hold a name more than once (`execve` takes any list;
+/// `getenv` and keybound use the first); the bytes of *every* `NAME=value` entry are zeroed where
+/// they were, so that no value is left in memory, nor in `/proc/<pid>/environ`, and no thread or
+/// child process started later can read one.
 ///
 /// The only `unsafe` code in keybound (the library and the backends forbid it): changing the
 /// environment is sound only while no other thread may read it, which holds at the top of
 /// `main`, before the async runtime, logging or any library starts a thread.
 #[allow(unsafe_code)]
-fn take_env(name: &str) -> Option<zeroize::Zeroizing<String>> {
+fn take_env(name: &str) -> Option<(zeroize::Zeroizing<String>, usize)> {
+    unsafe extern "C" {
+        /// POSIX's `environ`: the `NAME=value` strings, ending with a null pointer.
+        static mut environ: *mut *mut libc::c_char;
+    }
     let value = zeroize::Zeroizing::new(std::env::var_os(name)?.into_string().ok()?);
-    let c_name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: single-threaded (see above). `getenv` returns the value inside the `NAME=value`
-    // string of the environment (or null); that string lives in memory the process owns for its
-    // whole life (the initial environment block, or a copy `setenv` made and never frees), so it
-    // stays valid after `remove_var` takes the pointer out of `environ`, and nothing else refers
-    // to it then. Zeroing runs from the name's first byte to the value's terminating NUL, the
-    // exact extent of that string.
+    let prefix = std::ffi::CString::new(format!("{name}=")).ok()?;
+    let mut entries = Vec::new();
+    // SAFETY: single-threaded (see above), so nothing changes `environ` while it is walked. It is
+    // null or a null-terminated array of pointers to NUL-terminated strings; `strncmp` reads
+    // at most the prefix's length and stops at the end of either string. The strings live in
+    // memory the process owns for its whole life (the initial environment block, or a copy
+    // `setenv` made and never frees), so they stay valid after `remove_var` takes every pointer
+    // to `NAME=...` out of `environ` (glibc's and musl's `unsetenv` remove all of them), and
+    // nothing else refers to them then. Zeroing runs from each entry's first byte to its
+    // terminating NUL, the exact extent of that string.
     unsafe {
-        let found = libc::getenv(c_name.as_ptr());
+        let mut at = environ;
+        while !at.is_null() && !(*at).is_null() {
+            if libc::strncmp(*at, prefix.as_ptr(), prefix.as_bytes().len()) == 0 {
+                entries.push(*at);
+            }
+            at = at.add(1);
+        }
         std::env::remove_var(name);
-        if !found.is_null() {
-            let start = found.sub(name.len() + 1);
-            let len = name.len() + 1 + libc::strlen(found);
-            zeroize::Zeroize::zeroize(std::slice::from_raw_parts_mut(start.cast::<u8>(), len));
+        for entry in &entries {
+            let len = libc::strlen(*entry);
+            zeroize::Zeroize::zeroize(std::slice::from_raw_parts_mut(entry.cast::<u8>(), len));
         }
     }
-    Some(value)
+    Some((value, entries.len()))
 }
 
 /// Silences libtss2's own stderr lines (`WARNING:esys:...`, `ERROR:tcti:...`): the TPM library

@@ -6,12 +6,11 @@
 //! are prepared before any is renamed into place, so a failure while preparing leaves the
 //! previous identity untouched.
 
-use std::fs;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
 
 use crate::config::{HostPort, Symlinks};
 use crate::fsutil::{self, Replace};
@@ -131,32 +130,18 @@ impl ClusterCas {
     }
 }
 
-/// Creates `dir` (and its parents) if needed, mode 0700, and checks the symlink policy.
-pub fn prepare_dir(dir: &Path, symlinks: Symlinks) -> anyhow::Result<()> {
-    if symlinks != Symlinks::Insecure
-        && let Ok(meta) = fs::symlink_metadata(dir)
-        && meta.file_type().is_symlink()
-    {
-        bail!(
-            "destination {} is a symbolic link, which the symlinks policy refuses; point \
-                     the path at the real directory or set symlinks: insecure",
-            dir.display()
-        );
-    }
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create destination directory {}", dir.display()))?;
-    } else if !dir.is_dir() {
-        bail!("destination {} is not a directory", dir.display());
-    }
-    Ok(())
+/// Opens the destination directory `dir` under its symlink policy, creating it (and its
+/// parents) mode 0700 if needed; files are then written relative to it ([`fsutil::Dir`]).
+pub fn prepare_dir(dir: &Path, symlinks: Symlinks) -> anyhow::Result<fsutil::Dir> {
+    fsutil::Dir::open(dir, symlinks, true)
 }
 
+/// A destination's files: (name, contents). The contents are zeroized when dropped, as they
+/// hold the subject private key.
+pub type Files = Vec<(&'static str, Zeroizing<String>)>;
+
 /// The files of the bot's internal storage.
-pub fn storage_files(identity: &Identity, token: &str) -> Vec<(&'static str, String)> {
+pub fn storage_files(identity: &Identity, token: &str) -> Files {
     let all_tls: Vec<&str> = identity
         .user_ca_pems
         .iter()
@@ -170,20 +155,24 @@ pub fn storage_files(identity: &Identity, token: &str) -> Vec<(&'static str, Str
         .map(String::as_str)
         .collect();
     vec![
-        (names::KEY, identity.private_key_pem.to_string()),
-        (names::PUBLIC_KEY, format!("{}\n", identity.ssh_public_key)),
-        (names::SSH_CERT, format!("{}\n", identity.ssh_cert)),
-        (names::TLS_CERT, identity.tls_cert_pem.clone()),
-        (names::TLS_CA_CERTS, all_tls.join("$")),
+        (names::KEY, identity.private_key_pem.clone()),
+        (
+            names::PUBLIC_KEY,
+            format!("{}\n", identity.ssh_public_key).into(),
+        ),
+        (names::SSH_CERT, format!("{}\n", identity.ssh_cert).into()),
+        (names::TLS_CERT, identity.tls_cert_pem.clone().into()),
+        (names::TLS_CA_CERTS, all_tls.join("$").into()),
         (
             names::SSH_CA_CERTS,
             all_ssh
                 .iter()
                 .map(|l| format!("{l}\n"))
                 .collect::<Vec<_>>()
-                .join("$"),
+                .join("$")
+                .into(),
         ),
-        (names::TOKEN_HASH, token_hash(token)),
+        (names::TOKEN_HASH, token_hash(token).into()),
     ]
 }
 
@@ -201,23 +190,26 @@ pub fn identity_files(
     ctx: &OutputContext<'_>,
     dir: &Path,
     ssh_config: bool,
-) -> anyhow::Result<Vec<(&'static str, String)>> {
+) -> anyhow::Result<Files> {
     let mut files = vec![
-        (names::HOST_CA, ctx.cas.host_tls_pem.clone()),
-        (names::USER_CA, ctx.cas.user_tls_pem.clone()),
-        (names::DATABASE_CA, ctx.cas.db_tls_pem.clone()),
+        (names::HOST_CA, ctx.cas.host_tls_pem.clone().into()),
+        (names::USER_CA, ctx.cas.user_tls_pem.clone().into()),
+        (names::DATABASE_CA, ctx.cas.db_tls_pem.clone().into()),
         (names::IDENTITY, identity_file(identity, ctx.cas)),
-        (names::KEY, identity.private_key_pem.to_string()),
-        (names::PUBLIC_KEY, format!("{}\n", identity.ssh_public_key)),
-        (names::SSH_CERT, format!("{}\n", identity.ssh_cert)),
-        (names::TLS_CERT, identity.tls_cert_pem.clone()),
+        (names::KEY, identity.private_key_pem.clone()),
+        (
+            names::PUBLIC_KEY,
+            format!("{}\n", identity.ssh_public_key).into(),
+        ),
+        (names::SSH_CERT, format!("{}\n", identity.ssh_cert).into()),
+        (names::TLS_CERT, identity.tls_cert_pem.clone().into()),
     ];
     if ssh_config {
-        files.push((names::KNOWN_HOSTS, known_hosts(ctx)));
+        files.push((names::KNOWN_HOSTS, known_hosts(ctx).into()));
         if let Some(proxy) = ctx.proxy {
             files.push((
                 names::SSH_CONFIG,
-                ssh_config_file(&identity.info.cluster_name, proxy, dir)?,
+                ssh_config_file(&identity.info.cluster_name, proxy, dir)?.into(),
             ));
         }
     }
@@ -243,24 +235,31 @@ fn known_hosts(ctx: &OutputContext<'_>) -> String {
 /// The tsh identity file (`api/identityfile`, `lib/client/identityfile` `FormatFile`): private
 /// key, SSH certificate, TLS certificate, the host CAs' `@cert-authority` lines (no proxy host:
 /// tbot's key ring has none), the host CAs' TLS certificates; each part ends with a newline.
-fn identity_file(identity: &Identity, cas: &ClusterCas) -> String {
-    let mut out = String::new();
-    let mut part = |text: &str| {
-        out.push_str(text);
-        if !text.ends_with('\n') {
+///
+/// It holds the private key, so it is built in a zeroizing buffer of its final size: a growing
+/// `String` would leave copies of the key behind in the allocations it outgrew.
+fn identity_file(identity: &Identity, cas: &ClusterCas) -> Zeroizing<String> {
+    let lines: Vec<String> = cas
+        .host_ssh_keys
+        .iter()
+        .map(|(cluster, key)| format!("@cert-authority {cluster},*.{cluster} {key} type=host"))
+        .collect();
+    let mut parts: Vec<&str> = vec![
+        &identity.private_key_pem,
+        &identity.ssh_cert,
+        &identity.tls_cert_pem,
+    ];
+    parts.extend(lines.iter().map(String::as_str));
+    if !cas.host_tls_pem.is_empty() {
+        parts.push(&cas.host_tls_pem);
+    }
+    let size = parts.iter().map(|p| p.len() + 1).sum();
+    let mut out = Zeroizing::new(String::with_capacity(size));
+    for part in parts {
+        out.push_str(part);
+        if !part.ends_with('\n') {
             out.push('\n');
         }
-    };
-    part(&identity.private_key_pem);
-    part(&identity.ssh_cert);
-    part(&identity.tls_cert_pem);
-    for (cluster, key) in &cas.host_ssh_keys {
-        part(&format!(
-            "@cert-authority {cluster},*.{cluster} {key} type=host"
-        ));
-    }
-    if !cas.host_tls_pem.is_empty() {
-        part(&cas.host_tls_pem);
     }
     out
 }
@@ -368,12 +367,12 @@ fn proxy_command_word(word: &str) -> String {
 /// commit, and filesystems that group commits (ext4, xfs) then make one commit serve them all,
 /// where one after another cost a commit each (a dozen for an identity output; see
 /// docs/PERFORMANCE.md).
-pub fn write_all(dir: &Path, files: &[(&'static str, String)]) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write_all(dir: &fsutil::Dir, files: &Files) -> anyhow::Result<Vec<PathBuf>> {
     let staged = std::thread::scope(|scope| {
         let staging: Vec<_> = files
             .iter()
             .map(|(name, content)| {
-                scope.spawn(move || fsutil::stage(&dir.join(name), content.as_bytes(), 0o600))
+                scope.spawn(move || dir.stage(name.as_ref(), content.as_bytes(), 0o600))
             })
             .collect();
         staging
@@ -382,7 +381,7 @@ pub fn write_all(dir: &Path, files: &[(&'static str, String)]) -> anyhow::Result
                 thread.join().unwrap_or_else(|_| {
                     Err(anyhow::anyhow!(
                         "writing a file in {} failed",
-                        dir.display()
+                        dir.path().display()
                     ))
                 })
             })
@@ -392,7 +391,7 @@ pub fn write_all(dir: &Path, files: &[(&'static str, String)]) -> anyhow::Result
         .into_iter()
         .map(|file| file.commit(Replace::Allow))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    fsutil::sync_dir(dir)?;
+    dir.sync()?;
     Ok(written)
 }
 

@@ -186,6 +186,9 @@ pub struct Prepared {
     pub signer_config: SignerConfig,
     /// The open key.
     pub signer: Arc<dyn keybound_signer::Signer>,
+    /// The deadline of each RPC on the authenticated connection to Auth
+    /// ([`crate::auth::RPC_TIMEOUT`], or `KEYBOUND_RPC_TIMEOUT`).
+    pub rpc_timeout: Duration,
 }
 
 /// Storage files of keybound's own, beside tbot's: the lock one process holds on the
@@ -334,6 +337,8 @@ pub struct Cycle {
 /// Builds the effective configuration and opens the signer.
 pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
     let config = effective_config(args)?;
+    let rpc_timeout =
+        crate::auth::rpc_timeout_from_env().map_err(|e| Failure::config(anyhow!(e)))?;
     let (proxy, direct) = route(&config)?;
     let auth_route = if direct {
         AuthRoute::Direct(proxy.clone())
@@ -376,6 +381,7 @@ pub fn prepare(args: &Start) -> Result<Prepared, Failure> {
         trust,
         signer_config,
         signer,
+        rpc_timeout,
     })
 }
 
@@ -469,6 +475,14 @@ fn connect_failure(e: ConnectError) -> Failure {
     Failure::new(kind, anyhow::Error::new(e))
 }
 
+/// The bot's authenticated connection to Auth, each RPC on it bounded by `p.rpc_timeout`.
+async fn auth_client(p: &Prepared, identity: &Identity) -> Result<AuthClient, Failure> {
+    AuthClient::connect(&p.auth_route, identity)
+        .await
+        .map(|auth| auth.with_deadline(p.rpc_timeout))
+        .map_err(connect_failure)
+}
+
 /// Renews the bot identity, as tbot's identity service does (`renewIdentity`,
 /// `lib/tbot/internal/identity/service.go`): while `current` is valid, a soft rejoin over the
 /// authenticated connection (same bot instance, no recovery used); without one, or once it has
@@ -489,9 +503,7 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
     let joined = match current {
         Some(identity) if identity.info.not_after > now => {
             debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
-            let auth = AuthClient::connect(&p.auth_route, identity)
-                .await
-                .map_err(|e| (connect_failure(e), false))?;
+            let auth = auth_client(p, identity).await.map_err(|f| (f, false))?;
             let mut joined = join::rejoin(&params, &auth)
                 .await
                 .map_err(|e| (join_failure(e.error), e.in_doubt))?;
@@ -540,9 +552,9 @@ fn persist(p: &Prepared, identity: &Identity) -> anyhow::Result<Option<String>> 
     let Destination::Directory { path, symlinks } = &p.config.storage else {
         return Ok(None);
     };
-    let written = output::prepare_dir(path, *symlinks).and_then(|()| {
+    let written = output::prepare_dir(path, *symlinks).and_then(|dir| {
         output::write_all(
-            path,
+            &dir,
             &output::storage_files(identity, &p.config.onboarding.token),
         )
     });
@@ -674,9 +686,7 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
     if directories.is_empty() {
         return Ok(Vec::new());
     }
-    let auth = AuthClient::connect(&p.auth_route, bot)
-        .await
-        .map_err(connect_failure)?;
+    let auth = auth_client(p, bot).await?;
     let rpc = |what: &'static str| {
         move |s: tonic::Status| auth_failure(&format!("{what} for the identity outputs"), &s, "")
     };
@@ -781,8 +791,8 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
             Ok(identity) => {
                 match output::identity_files(&identity, &ctx, dir, out.ssh_config).and_then(
                     |files| {
-                        output::prepare_dir(dir, symlinks)?;
-                        output::write_all(dir, &files)
+                        let open = output::prepare_dir(dir, symlinks)?;
+                        output::write_all(&open, &files)
                     },
                 ) {
                     Ok(_) => {
@@ -875,14 +885,12 @@ async fn impersonate(
         } else {
             String::new()
         };
-        auth_failure(
-            &format!(
-                "the cluster refused certificates for roles [{}]",
-                role_list(roles, ", ")
-            ),
-            &s,
-            &hint,
-        )
+        let what = if s.code() == tonic::Code::DeadlineExceeded {
+            "no certificates came for roles"
+        } else {
+            "the cluster refused certificates for roles"
+        };
+        auth_failure(&format!("{what} [{}]", role_list(roles, ", ")), &s, &hint)
     })?;
     let host_ssh: Vec<String> = cas.host_ssh_keys.iter().map(|(_, k)| k.clone()).collect();
     Identity::from_user_certs(

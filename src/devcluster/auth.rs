@@ -255,6 +255,12 @@ impl legacy::auth_service_server::AuthService for AuthApi {
             .get::<std::net::SocketAddr>()
             .map(|a| a.ip().to_string());
         let req = request.into_inner();
+        if cluster.misbehaviour() == Some(super::Misbehaviour::StallUserCerts)
+            && req.role_requests.iter().any(|r| r == super::STALLED_ROLE)
+        {
+            tracing::warn!(user = %caller.username, "misbehaving: GenerateUserCerts will never answer");
+            return std::future::pending().await;
+        }
         let impersonating = req.use_role_requests || !req.role_requests.is_empty();
         // The order of `generateUserCerts`' checks.
         if req.username != caller.username {

@@ -105,6 +105,10 @@ pub enum Misbehaviour {
     /// message (a client falls back to the legacy RPC, which works), and `GenerateUserCerts`
     /// refuses with it.
     HostileStatus,
+    /// Never answer a `GenerateUserCerts` that asks for the role [`STALLED_ROLE`] (the call is
+    /// accepted and left hanging until the client gives up); every other call is answered. An
+    /// output impersonating that role stalls while the others go on.
+    StallUserCerts,
 }
 
 /// What the `hostile-*` misbehaviours present unless told otherwise: a line break followed by
@@ -121,6 +125,9 @@ pub fn default_hostile_text() -> String {
 
 /// The cluster [`Misbehaviour::ChallengeOtherCluster`] names.
 pub const OTHER_CLUSTER: &str = "other.keybound.test";
+
+/// The role whose `GenerateUserCerts` calls [`Misbehaviour::StallUserCerts`] never answers.
+pub const STALLED_ROLE: &str = "stalled";
 
 /// How to run a dev cluster.
 #[derive(Clone, Debug)]
@@ -532,7 +539,8 @@ impl Cluster {
             | Misbehaviour::HostileCaClusterName
             | Misbehaviour::HostileProxyAddr
             | Misbehaviour::HostileCertComment
-            | Misbehaviour::HostileStatus => return (public_key.to_owned(), document.to_owned()),
+            | Misbehaviour::HostileStatus
+            | Misbehaviour::StallUserCerts => return (public_key.to_owned(), document.to_owned()),
         }
         (
             public_key.to_owned(),

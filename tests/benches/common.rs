@@ -192,5 +192,6 @@ pub(crate) fn prepared(
         signer_config: keybound_signer::config::SignerConfig::Env(Default::default()),
         signer,
         config,
+        rpc_timeout: keybound::auth::RPC_TIMEOUT,
     }
 }

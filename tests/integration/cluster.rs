@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use keybound::config::HostPort;
 use keybound::devcluster::roles::{Bot, Role};
 use keybound::devcluster::tokens::{self, Token};
-use keybound::devcluster::{DevCluster, DevClusterConfig};
+use keybound::devcluster::{DevCluster, DevClusterConfig, STALLED_ROLE};
 use keybound::join::{JOIN_TIMEOUT, JoinParams};
 use keybound::tls::Trust;
 use keybound_signer::{Algorithm, Error, PublicKey, Signature, Signer};
@@ -111,6 +111,69 @@ pub(crate) fn tbot_yaml(
     )
     .unwrap();
     path
+}
+
+/// Writes `dir/tbot.yaml` for `cluster` (CA bundle `ca`): token `t`, the static key in the file
+/// `key`, storage in `dir/storage`, the top-level YAML lines `top` (`renewal_interval: 1s\n`,
+/// ...) and one identity output per `(name, roles)` in `dir/<name>`, named `name`, with `roles`
+/// as a YAML list (`[access]`).
+pub(crate) fn outputs_yaml(
+    dir: &Path,
+    cluster: &DevCluster,
+    ca: &Path,
+    key: &Path,
+    top: &str,
+    outputs: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let mut yaml = format!(
+        "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n  bound_keypair:\n    static_private_key_path: {}\nstorage:\n  type: directory\n  path: {}\n{top}services:\n",
+        cluster.proxy_addr(),
+        ca.display(),
+        key.display(),
+        dir.join("storage").display()
+    );
+    for (name, roles) in outputs {
+        yaml.push_str(&format!(
+            "  - type: identity\n    name: {name}\n    roles: {roles}\n    destination:\n      type: directory\n      path: {}\n",
+            dir.join(name).display()
+        ));
+    }
+    let path = dir.join("tbot.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Gives `config` the role [`STALLED_ROLE`] and lets the bot `robot` impersonate it: an output
+/// for that role stalls under `Misbehaviour::StallUserCerts`.
+fn with_stalled_role(config: &mut DevClusterConfig) {
+    config.roles.push(Role {
+        name: STALLED_ROLE.into(),
+        logins: vec!["slow".into()],
+        ..Role::default()
+    });
+    config.bots[0].roles.push(STALLED_ROLE.into());
+}
+
+/// For a stalled-output test: a file key, a dev cluster for it whose bot may also impersonate
+/// [`STALLED_ROLE`], and `dir/tbot.yaml` (with the top-level lines `top`) holding two outputs:
+/// `fine` (role `access`) in `dir/fine` and `slow` (role `stalled`) in `dir/slow`.
+pub(crate) async fn with_a_stalling_output(
+    dir: &Path,
+    top: &str,
+) -> (DevCluster, std::path::PathBuf) {
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let key = key_file(dir, &signer);
+    let cluster = cluster_for(signer.public_key(), with_stalled_role).await;
+    let ca = ca_file(&cluster, dir);
+    let cfg = outputs_yaml(
+        dir,
+        &cluster,
+        &ca,
+        &key,
+        top,
+        &[("fine", "[access]"), ("slow", "[stalled]")],
+    );
+    (cluster, cfg)
 }
 
 /// Writes the cluster's CA bundle into `dir`.

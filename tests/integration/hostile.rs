@@ -747,3 +747,59 @@ async fn a_hostile_cluster_leaves_the_previous_identity_untouched() {
     }
     assert_eq!(cluster.cluster.joins_completed(), 1);
 }
+
+// === The authenticated connection: a call that is never answered ===
+
+/// `GenerateUserCerts` for one output's roles is accepted and never answered
+/// (`--misbehave stall-user-certs`): `start --oneshot` ends with one error naming that output and
+/// the call, the other output is written, and the stalled output's files stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_auth_call_fails_its_output_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) = crate::cluster::with_a_stalling_output(dir.path(), "").await;
+    let (fine, slow) = (dir.path().join("fine"), dir.path().join("slow"));
+    let start = move || {
+        let mut cmd = crate::support::keybound();
+        cmd.args(["start", "--oneshot", "-c"])
+            .arg(&cfg)
+            .env(keybound::auth::RPC_TIMEOUT_ENV, "2s");
+        cmd
+    };
+    let run = |mut cmd: std::process::Command| {
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+    };
+    let first = run(start()).await.unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let (before_fine, before_slow) = (snapshot(&fine), snapshot(&slow));
+    assert!(before_slow.iter().any(|(p, _)| p == Path::new("tlscert")));
+
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::StallUserCerts));
+    let output = run(start()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Unreachable (69): the agent would retry soon.
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for expected in [
+        "output slow:",
+        "no certificates came for roles [stalled]",
+        "did not answer GenerateUserCerts within 2s",
+    ] {
+        assert!(errors[0].contains(expected), "{expected:?} not in {stderr}");
+    }
+    assert!(!errors[0].contains("output fine"), "{stderr}");
+    assert_eq!(snapshot(&slow), before_slow, "the stalled output changed");
+    assert_ne!(
+        snapshot(&fine),
+        before_fine,
+        "the other output was not written"
+    );
+    crate::support::assert_output_verifies(&fine);
+}

@@ -648,6 +648,113 @@ async fn an_output_in_the_storage_directory_is_refused() {
     assert_eq!(env.cluster.cluster.solutions_received(), 0);
 }
 
+/// Destinations are compared where they lead, not as written: `x/../storage`, a symbolic link
+/// to the storage directory, a directory inside it, and a link to another output's directory
+/// are all refused before the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_that_lead_to_the_storage_or_to_each_other_are_refused() {
+    let env = env(|_| {}).await;
+    std::fs::create_dir_all(env.path("storage")).unwrap();
+    std::fs::create_dir_all(env.path("out")).unwrap();
+    std::os::unix::fs::symlink(env.path("storage"), env.path("alias")).unwrap();
+    std::os::unix::fs::symlink(env.path("out"), env.path("out-link")).unwrap();
+    let storage = env.path("storage").canonicalize().unwrap();
+    type Outputs<'a> = &'a [(&'a str, &'a [&'a str])];
+    let cases: [(Outputs<'_>, &str); 4] = [
+        (
+            &[("x/../storage", &[])],
+            &format!(
+                "x/../storage (it resolves to {}) is the storage directory",
+                storage.display()
+            ),
+        ),
+        (&[("alias", &[])], "is the storage directory"),
+        (&[("storage/sub", &[])], "is inside the storage directory"),
+        (
+            &[("out", &[]), ("out-link", &["access"])],
+            "two outputs write to",
+        ),
+    ];
+    for (outputs, expected) in cases {
+        let cfg = env.proxy_config(outputs);
+        let stderr = failed(&oneshot(&cfg, &[]).await, 78);
+        assert!(stderr.contains(expected), "{outputs:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error:")).count(),
+            1
+        );
+    }
+    assert_eq!(env.cluster.cluster.solutions_received(), 0);
+    assert_eq!(std::fs::read_dir(env.path("storage")).unwrap().count(), 0);
+}
+
+/// `symlinks:` as tbot has it (`lib/tbot/botfs/fs_linux.go`): `secure` and `try-secure` open
+/// the destination with `openat2(RESOLVE_NO_SYMLINKS)`, refusing a link in any component of
+/// the path, not only the last; `insecure` follows links. On a kernel without `openat2`
+/// (simulated with a seccomp filter that makes it `ENOSYS`), `try-secure` falls back to a plain
+/// open with a warning and `secure` fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_in_a_destination_path_follows_the_symlinks_policy() {
+    let env = env(|_| {}).await;
+    std::fs::create_dir_all(env.path("real")).unwrap();
+    std::os::unix::fs::symlink(env.path("real"), env.path("link")).unwrap();
+    let with_policy = |policy: &str| {
+        let cfg = env.proxy_config(&[("link/out", &[])]);
+        let yaml = std::fs::read_to_string(&cfg).unwrap();
+        let out_line = format!("      path: {}\n", env.path("link/out").display());
+        assert!(yaml.contains(&out_line), "{yaml}");
+        let yaml = yaml.replace(&out_line, &format!("{out_line}      symlinks: {policy}\n"));
+        std::fs::write(&cfg, yaml).unwrap();
+        cfg
+    };
+    let written = env.path("real/out/tlscert");
+    for policy in ["secure", "try-secure"] {
+        let stderr = failed(&oneshot(&with_policy(policy), &[]).await, 78);
+        let expected = format!(
+            "{} is a symbolic link, which the symlinks policy refuses",
+            env.path("link").display()
+        );
+        assert!(stderr.contains(&expected), "{policy}: {stderr}");
+        assert!(
+            !env.path("real/out").exists(),
+            "{policy}: written through the link"
+        );
+    }
+    ok(&oneshot(&with_policy("insecure"), &[]).await);
+    assert!(written.is_file());
+    std::fs::remove_dir_all(env.path("real/out")).unwrap();
+
+    let without_openat2 = |cfg: PathBuf| {
+        let mut cmd = Command::new(tool("python3"));
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/without_openat2.py"
+        ))
+        .arg(env!("CARGO_BIN_EXE_keybound"))
+        .args(["start", "--oneshot", "-c"])
+        .arg(cfg)
+        .env_remove("TBOT_BOUND_KEYPAIR_STATIC_KEY")
+        .env_remove("RUST_LOG");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let output = without_openat2(with_policy("try-secure")).await.unwrap();
+    ok(&output);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("this kernel has no openat2"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(written.is_file(), "try-secure fell back and wrote");
+    std::fs::remove_dir_all(env.path("real/out")).unwrap();
+    let output = without_openat2(with_policy("secure")).await.unwrap();
+    let stderr = failed(&output, 78);
+    assert!(
+        stderr.contains("this kernel has no openat2 (Linux 5.6 or later)"),
+        "{stderr}"
+    );
+    assert!(!env.path("real/out").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_write_that_fails_stops_before_the_outputs() {
     let env = env(|_| {}).await;
@@ -692,4 +799,42 @@ async fn two_processes_cannot_renew_from_one_storage() {
     // Once it is gone, the storage is free again.
     let summary = ok(&oneshot(&cfg, &[]).await);
     assert!(summary.contains("authenticated rejoin"), "{summary}");
+}
+
+/// The subject private key stays in zeroizing buffers all the way into the files: every file's
+/// contents are `Zeroizing` (a plain `String` copy fails to compile here), and the `identity`
+/// file, which holds the key among other parts, is made in one allocation of its final size,
+/// so no outgrown buffer is freed with a copy of the key in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_contents_holding_the_subject_key_are_zeroized() {
+    use keybound::output::{ClusterCas, OutputContext, identity_files, names, storage_files};
+    use zeroize::Zeroizing;
+
+    let env = env(|_| {}).await;
+    let pem = std::fs::read(&env.key).unwrap();
+    let signer = SoftSigner::from_pem(&pem, keybound_signer_soft::Source::File(env.key.clone()));
+    let signer = std::sync::Arc::new(signer.unwrap());
+    let joined = keybound::join::join(&crate::cluster::params(&env.cluster, &env.ca, "t", signer))
+        .await
+        .unwrap();
+    let identity = &joined.identity;
+    let cas = ClusterCas::default();
+    let ctx = OutputContext {
+        proxy: None,
+        cas: &cas,
+    };
+    let zeroized = |_: &Zeroizing<String>| {};
+    let output = identity_files(identity, &ctx, env.dir.path(), true).unwrap();
+    let storage = storage_files(identity, "t");
+    for (_, content) in output.iter().chain(&storage) {
+        zeroized(content);
+    }
+    let (_, file) = output.iter().find(|(n, _)| *n == names::IDENTITY).unwrap();
+    assert!(file.contains(identity.private_key_pem.as_str()));
+    assert!(
+        file.capacity() - file.len() <= 8,
+        "grew to {} for {} bytes",
+        file.capacity(),
+        file.len()
+    );
 }

@@ -21,7 +21,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "openssl" => "openssl",
         "ssh-keygen" | "ssh" => "openssh-client",
         "sshd" => "openssh-server",
-        "python3" => "python3 (with python3-jwt and python3-cryptography)",
+        "python3" => "python3 (with python3-jwt, python3-cryptography and python3-seccomp)",
         "groff" => "groff-base",
         "man" => "man-db",
         "systemd-analyze" => "systemd",
@@ -78,6 +78,49 @@ pub(crate) fn run_err(cmd: &mut Command) -> String {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
     errors[0].to_owned()
+}
+
+/// Runs `cmd` to its end, waiting at most `limit`: a process still running then is killed, and
+/// the test fails saying so (a bound on a hang, not a speed claim).
+pub(crate) fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Both pipes drain on threads of their own, so a chatty child never blocks on them.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err.join().unwrap_or_default();
+            panic!(
+                "{cmd:?} was still running after {limit:?}; its stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 pub(crate) fn stdout(output: &Output) -> String {
