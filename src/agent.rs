@@ -592,7 +592,7 @@ pub fn diag(status: &Status, path: &str) -> hyper::Response<Full<Bytes>> {
             let ready = expiry.is_some_and(|e| e > now);
             let body = serde_json::json!({
                 "status": if ready { "ready" } else { "not ready" },
-                "expires": expiry.map(crate::devcluster::tokens::format_time),
+                "expires": expiry.map(keybound_teleport::time::format_time),
                 "expires_in_seconds": expiry.map(|e| e.duration_since(now).map_or(0, |d| d.as_secs())),
                 "healthy": status.healthy.load(Ordering::Relaxed),
             });

@@ -37,7 +37,7 @@ use crate::config::HostPort;
 use crate::identity::Identity;
 use crate::join::subject::SubjectKey;
 use crate::join::transport::{self, Dial};
-use crate::suite::Suite;
+use keybound_teleport::suite::Suite;
 
 /// `constants.APIDomain`: the name Auth's certificate carries and the gRPC `:authority`.
 pub const API_DOMAIN: &str = "teleport.cluster.local";

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keybound_signer::Algorithm;
 
+use keybound_devcluster::tokens;
+use keybound_devcluster::{DevClusterConfig, Misbehaviour};
+use keybound_teleport::suite::Suite;
+
 use crate::signer::SignerKind;
 
 /// keybound: a Teleport Machine ID agent whose bound keypair can live in a file, an environment
@@ -297,8 +301,8 @@ pub struct DevClusterArgs {
     pub duplicate_server_init: bool,
 
     /// Misbehave on purpose, to test clients.
-    #[arg(long, value_enum)]
-    pub misbehave: Option<crate::devcluster::Misbehaviour>,
+    #[arg(long, value_name = "MISBEHAVIOUR", value_parser = misbehaviours())]
+    pub misbehave: Option<Misbehaviour>,
 
     /// Write the CA bundle clients must trust here.
     #[arg(long, default_value = "dev-cluster-ca.pem", value_name = "PATH")]
@@ -307,6 +311,43 @@ pub struct DevClusterArgs {
     /// The Teleport version to claim.
     #[arg(long, default_value = "18.2.10")]
     pub server_version: String,
+}
+
+impl DevClusterArgs {
+    /// The dev cluster's own configuration for these flags, with the resource files read.
+    pub fn to_config(&self) -> anyhow::Result<DevClusterConfig> {
+        let mut resources = tokens::Resources::default();
+        for path in self.tokens.iter().chain(&self.resources) {
+            let more = tokens::load_resources(path)?;
+            resources.tokens.extend(more.tokens);
+            resources.roles.extend(more.roles);
+            resources.bots.extend(more.bots);
+        }
+        Ok(DevClusterConfig {
+            listen: self.listen,
+            cluster_name: self.cluster_name.clone(),
+            suite: Suite::parse(&self.suite).map_err(|e| anyhow::anyhow!("--suite: {e}"))?,
+            legacy_only: self.legacy_only,
+            duplicate_server_init: self.duplicate_server_init,
+            misbehave: self.misbehave,
+            server_version: self.server_version.clone(),
+            tokens: resources.tokens,
+            roles: resources.roles,
+            bots: resources.bots,
+            auth_listen: self.auth_listen,
+            ..DevClusterConfig::default()
+        })
+    }
+}
+
+/// `--misbehave`'s values: the dev cluster's misbehaviours, each with its documentation.
+fn misbehaviours() -> impl clap::builder::TypedValueParser<Value = Misbehaviour> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(Misbehaviour::ALL.iter().map(|m| {
+        let help = m.help().split_whitespace().collect::<Vec<_>>().join(" ");
+        PossibleValue::new(m.name()).help(help)
+    }))
+    .try_map(|name| name.parse::<Misbehaviour>())
 }
 
 /// `keybound keypair ...`.

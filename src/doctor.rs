@@ -18,9 +18,9 @@ use keybound_signer::{ErrorKind, Signer};
 use crate::cli::Start;
 use crate::config::{Config, Destination, HostPort};
 use crate::join::transport;
-use crate::suite::Suite;
 use crate::tls::{Trust, client_config};
 use crate::{ExitKind, Failure};
+use keybound_teleport::suite::Suite;
 
 /// How a check came out.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -342,7 +342,7 @@ fn stored_identity(path: &Path, writable: Check) -> Check {
             format!("{what}; no bot identity yet (the first start joins with the static key)"),
         ),
         Ok(Some(identity)) => {
-            let expires = crate::devcluster::tokens::format_time(identity.info.not_after);
+            let expires = keybound_teleport::time::format_time(identity.info.not_after);
             if identity.info.not_after > SystemTime::now() {
                 Check::new(
                     Status::Ok,

@@ -6,28 +6,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, anyhow, bail};
+use keybound_teleport::pem::{der_to_pem, pem_certs, pem_to_der};
+use keybound_teleport::subject::{attributes, oid};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use x509_cert::der::Decode as _;
-use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
 use zeroize::Zeroizing;
 
 use crate::untrusted::ClusterName;
-
-/// Teleport's X.509 subject attribute OIDs (`lib/tlsca/ca.go`).
-mod oid {
-    use x509_cert::der::asn1::ObjectIdentifier;
-    pub(super) const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
-    pub(super) const ORGANIZATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
-    pub(super) const TELEPORT_CLUSTER: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.9999.1.7");
-    pub(super) const GENERATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.14");
-    pub(super) const BOT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.18");
-    pub(super) const BOT_INSTANCE_ID: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.9999.2.20");
-    pub(super) const IMPERSONATOR: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.7");
-}
 
 /// A bot identity: everything tbot keeps in its storage and writes to its outputs. Also the
 /// role-impersonated identity an output holds.
@@ -333,28 +320,25 @@ fn read_info(der: &[u8]) -> anyhow::Result<IdentityInfo> {
     let tbs = &cert.tbs_certificate;
     let subject = attributes(&tbs.subject);
     let issuer = attributes(&tbs.issuer);
-    let get = |attrs: &[(x509_cert::der::asn1::ObjectIdentifier, String)], oid| {
-        attrs
-            .iter()
-            .find(|(o, _)| *o == oid)
-            .map(|(_, v)| v.clone())
-    };
-    let username =
-        get(&subject, oid::COMMON_NAME).context("the TLS certificate has no common name")?;
-    let bot_name = get(&subject, oid::BOT_NAME)
+    let username = subject
+        .one(oid::COMMON_NAME)
+        .context("the TLS certificate has no common name")?;
+    let bot_name = subject
+        .one(oid::BOT_NAME)
         .or_else(|| username.strip_prefix("bot-").map(str::to_owned))
         .unwrap_or_else(|| username.clone());
-    let cluster_name = get(&subject, oid::TELEPORT_CLUSTER)
-        .or_else(|| get(&issuer, oid::ORGANIZATION))
+    let cluster_name = subject
+        .one(oid::TELEPORT_CLUSTER)
+        .or_else(|| issuer.one(oid::ORGANIZATION))
         .context("the TLS certificate names no cluster")?;
     let cluster_name =
         ClusterName::parse(&cluster_name, "the TLS certificate").map_err(|e| anyhow!(e))?;
     Ok(IdentityInfo {
         username,
         bot_name,
-        bot_instance_id: get(&subject, oid::BOT_INSTANCE_ID),
-        generation: get(&subject, oid::GENERATION).and_then(|g| g.parse().ok()),
-        impersonator: get(&subject, oid::IMPERSONATOR).filter(|i| !i.is_empty()),
+        bot_instance_id: subject.one(oid::BOT_INSTANCE_ID),
+        generation: subject.one(oid::GENERATION).and_then(|g| g.parse().ok()),
+        impersonator: subject.one(oid::IMPERSONATOR).filter(|i| !i.is_empty()),
         cluster_name,
         not_after: tbs.validity.not_after.to_system_time(),
     })
@@ -373,30 +357,6 @@ fn ssh_cert_from_line(line: &[u8]) -> anyhow::Result<ssh_key::Certificate> {
     .context("the SSH certificate is not an OpenSSH certificate")?;
     // The wire form has no comment; reading it back drops the comment.
     Ok(ssh_key::Certificate::from_bytes(&cert.to_bytes()?)?)
-}
-
-/// Every string attribute of a name, in order.
-pub(crate) fn attributes(
-    name: &x509_cert::name::Name,
-) -> Vec<(x509_cert::der::asn1::ObjectIdentifier, String)> {
-    let mut out = Vec::new();
-    for rdn in name.0.iter() {
-        for atv in rdn.0.iter() {
-            let value = atv
-                .value
-                .decode_as::<Utf8StringRef<'_>>()
-                .map(|s| s.as_str().to_owned())
-                .or_else(|_| {
-                    atv.value
-                        .decode_as::<PrintableStringRef<'_>>()
-                        .map(|s| s.as_str().to_owned())
-                });
-            if let Ok(value) = value {
-                out.push((atv.oid, value));
-            }
-        }
-    }
-    out
 }
 
 /// The PKIX public key of a PEM private key: PKCS#8 (ECDSA P-256) or PKCS#1 (RSA), as
@@ -436,33 +396,4 @@ fn rsa_ssh_wire(spki: &[u8]) -> anyhow::Result<Vec<u8>> {
         n: ssh_key::Mpint::from_positive_bytes(&key.n().to_bytes_be())?,
     });
     Ok(ssh_key::PublicKey::from(data).to_bytes()?)
-}
-
-/// DER certificate → PEM with a final newline.
-pub fn der_to_pem(der: &[u8]) -> String {
-    pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, der)
-        .expect("PEM-encoding bytes cannot fail")
-}
-
-/// Every certificate of a PEM bundle, each as its own PEM.
-pub fn split_pem_certs(pem: &[u8]) -> anyhow::Result<Vec<String>> {
-    Ok(pem_certs(pem)?.iter().map(|d| der_to_pem(d)).collect())
-}
-
-fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut certs = pem_certs(pem)?;
-    if certs.len() != 1 {
-        bail!("expected one PEM certificate, found {}", certs.len());
-    }
-    Ok(certs.remove(0))
-}
-
-fn pem_certs(pem: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
-    use rustls::pki_types::pem::PemObject as _;
-    CertificateDer::pem_slice_iter(pem)
-        .map(|c| {
-            c.map(|c| c.to_vec())
-                .map_err(|e| anyhow!("not a PEM certificate: {e}"))
-        })
-        .collect()
 }

@@ -8,10 +8,8 @@
 //! - [`join`]: the bound-keypair join client (new and legacy RPCs);
 //! - [`identity`] and [`output`]: the bot identity and the files tbot writes for it;
 //! - [`keypair`]: `keybound keypair create` and `show`;
-//! - [`devcluster`]: `keybound dev-cluster`, a reference join server;
 //! - [`servertime`]: checked arithmetic on times a server chose;
 //! - [`signer`]: opens the configured [`Signer`](keybound_signer::Signer) backend;
-//! - [`suite`]: signature algorithm suites and the keys they call for;
 //! - [`webapi`] and [`tls`]: talking to a Teleport Proxy's web API;
 //! - [`fsutil`]: atomic private file writes;
 //! - [`untrusted`]: what the cluster says, checked before it reaches a file and sanitized before
@@ -28,7 +26,6 @@ pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod devcluster;
 pub mod doctor;
 pub mod fsutil;
 pub mod generate;
@@ -40,7 +37,6 @@ pub mod output;
 pub mod servertime;
 pub mod signer;
 pub mod start;
-pub mod suite;
 pub mod tls;
 pub mod untrusted;
 pub mod webapi;
@@ -135,13 +131,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(signer::list(&args, &mut std::io::stdout().lock())?)
         }
         Command::DevCluster(args) => {
-            let config = devcluster::config_from_args(&args)?;
+            let config = args.to_config()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            Ok(runtime.block_on(devcluster::run(config, &args.ca_out))?)
+            Ok(runtime.block_on(keybound_devcluster::run(config, &args.ca_out))?)
         }
         Command::Doctor(args) => {
             let runtime = runtime()?;

@@ -93,7 +93,7 @@ impl ClusterCas {
             let mut out = String::new();
             for ca in cas {
                 for pair in key_sets(ca).flat_map(|k| &k.tls) {
-                    for pem in crate::identity::split_pem_certs(&pair.cert)
+                    for pem in keybound_teleport::pem::split_pem_certs(&pair.cert)
                         .context("a CA certificate is not PEM")?
                     {
                         out.push_str(&pem);

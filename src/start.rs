@@ -20,10 +20,10 @@ use crate::identity::Identity;
 use crate::join::subject::SubjectKey;
 use crate::join::{self, JoinError, JoinParams};
 use crate::output::{self, OutputContext};
-use crate::suite::Suite;
 use crate::tls::Trust;
 use crate::untrusted;
 use crate::{ExitKind, Failure};
+use keybound_teleport::suite::Suite;
 
 impl Failure {
     fn config(error: impl Into<anyhow::Error>) -> Self {
@@ -274,7 +274,7 @@ impl Held {
                     storage = %path.display(),
                     instance = %untrusted::name(identity.info.bot_instance_id.as_deref().unwrap_or("?")),
                     generation = identity.info.generation.unwrap_or(0),
-                    expires = %crate::devcluster::tokens::format_time(identity.info.not_after),
+                    expires = %keybound_teleport::time::format_time(identity.info.not_after),
                     "loaded the bot identity from storage"
                 );
                 Some(identity)
@@ -519,7 +519,7 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
         }
         Some(identity) => {
             warn!(
-                expired = %crate::devcluster::tokens::format_time(identity.info.not_after),
+                expired = %keybound_teleport::time::format_time(identity.info.not_after),
                 "the bot identity expired before it could be renewed; joining without it, which \
                  uses a recovery and starts a new bot instance"
             );
@@ -713,7 +713,7 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
         .cluster_ca_cert()
         .await
         .map_err(rpc("reading the cluster's host CA"))?;
-    let host_ca_pems = crate::identity::split_pem_certs(&cluster_ca)
+    let host_ca_pems = keybound_teleport::pem::split_pem_certs(&cluster_ca)
         .map_err(|e| Failure::new(ExitKind::Rejected, e))?;
     let default_roles = if directories.iter().any(|(o, ..)| o.roles.is_empty()) {
         let role = auth
@@ -796,7 +796,7 @@ async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec
                     },
                 ) {
                     Ok(_) => {
-                        info!(output = %label, roles = %role_list(roles, ","), expires = %crate::devcluster::tokens::format_time(identity.info.not_after), "wrote identity output");
+                        info!(output = %label, roles = %role_list(roles, ","), expires = %keybound_teleport::time::format_time(identity.info.not_after), "wrote identity output");
                         written.push(format!(
                             "{} (identity: {})",
                             dir.display(),
@@ -992,7 +992,7 @@ fn write_summary(
     writeln!(
         out,
         "  expires:       {} (in {})",
-        crate::devcluster::tokens::format_time(info.not_after),
+        keybound_teleport::time::format_time(info.not_after),
         humantime::format_duration(Duration::from_secs(left.as_secs()))
     )?;
     writeln!(

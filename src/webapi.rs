@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::HostPort;
-use crate::suite::Suite;
+use keybound_teleport::suite::Suite;
 
 /// How long one web API request may take, connection included.
 const FIND_TIMEOUT: Duration = Duration::from_secs(15);

@@ -10,11 +10,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keybound::join::subject::SubjectKey;
-use keybound::suite::Suite;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
 use keybound_signer::PublicKey;
 use keybound_signer_soft::{SoftSigner, Source};
+use keybound_teleport::suite::Suite;
 use prost::Message as _;
 use zeroize::Zeroizing;
 

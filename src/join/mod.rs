@@ -44,10 +44,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::HostPort;
 use crate::identity::Identity;
-use crate::suite::Suite;
 use crate::tls::{Trust, client_config};
 use crate::untrusted;
 use crate::webapi;
+use keybound_teleport::suite::Suite;
 use subject::SubjectKey;
 
 /// The most one join may take, fallback included.

@@ -13,7 +13,7 @@ use ssh_key::Mpint;
 use ssh_key::public::{KeyData, RsaPublicKey};
 use zeroize::Zeroizing;
 
-use crate::suite::Suite;
+use keybound_teleport::suite::Suite;
 
 const RSA: &str = "rsa-2048";
 const P256: &str = "ecdsa-p256";

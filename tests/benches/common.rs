@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use keybound::auth::AuthRoute;
 use keybound::config::{Config, HostPort};
-use keybound::devcluster::roles::{Bot, Role};
-use keybound::devcluster::tokens;
-use keybound::devcluster::{DevCluster, DevClusterConfig};
 use keybound::start::Prepared;
 use keybound::tls::Trust;
+use keybound_devcluster::roles::{Bot, Role};
+use keybound_devcluster::tokens;
+use keybound_devcluster::{DevCluster, DevClusterConfig};
 use keybound_signer::Signer;
 
 /// Two worker threads, as on the 2-core machine the numbers come from.

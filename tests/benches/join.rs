@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keybound::config::HostPort;
-use keybound::devcluster::{DevCluster, DevClusterConfig};
 use keybound::join::{self, JOIN_TIMEOUT, JoinParams};
-use keybound::suite::Suite;
 use keybound::tls::Trust;
+use keybound_devcluster::{DevCluster, DevClusterConfig};
 use keybound_signer::config::TpmKey;
 use keybound_signer::{Algorithm, Signer};
 use keybound_signer_pkcs11::testing::TestToken;
 use keybound_signer_soft::SoftSigner;
 use keybound_signer_tpm::testing::Swtpm;
+use keybound_teleport::suite::Suite;
 
 const WARMUP: usize = 10;
 

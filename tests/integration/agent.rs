@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keybound::devcluster::{DevCluster, DevClusterConfig};
+use keybound_devcluster::{DevCluster, DevClusterConfig};
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
@@ -196,7 +196,7 @@ async fn cluster_on(
 
 /// Serves a stopped cluster's state again on `addr` (once the port is free).
 async fn serve_again(
-    state: std::sync::Arc<keybound::devcluster::Cluster>,
+    state: std::sync::Arc<keybound_devcluster::Cluster>,
     addr: SocketAddr,
 ) -> DevCluster {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -875,7 +875,7 @@ async fn sighup_rereads_the_pin_file_and_never_presents_a_refused_pin() {
 /// once the cluster answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_auth_call_does_not_stop_renewals() {
-    use keybound::devcluster::Misbehaviour;
+    use keybound_devcluster::Misbehaviour;
 
     use crate::support::snapshot;
 

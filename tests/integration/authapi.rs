@@ -9,11 +9,11 @@ use keybound::auth::{AuthClient, AuthRoute, encoded_cluster_name};
 use keybound::config::HostPort;
 use keybound::identity::Identity;
 use keybound::join::{self, JoinParams, subject::SubjectKey};
-use keybound::suite::Suite;
 use keybound_proto::proto::{PingRequest, UserCertsRequest, auth_service_client};
 use keybound_proto::teleport::trust::v1 as trust;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
+use keybound_teleport::suite::Suite;
 use tonic::Code;
 
 use crate::cluster::{ca_file, cluster_for, params};
@@ -117,7 +117,7 @@ async fn the_auth_api_follows_teleports_rules() {
     let (key, long) = request("bot-robot", &["access"], Duration::from_secs(48 * 3600));
     let certs = auth.generate_user_certs(long).await.unwrap();
     let host_pems =
-        keybound::identity::split_pem_certs(&auth.cluster_ca_cert().await.unwrap()).unwrap();
+        keybound_teleport::pem::split_pem_certs(&auth.cluster_ca_cert().await.unwrap()).unwrap();
     let output = Identity::from_user_certs(
         key.private_pem,
         key.ssh_authorized,
@@ -242,7 +242,7 @@ async fn an_authenticated_rejoin_sends_its_keys_without_waiting_for_the_suite() 
     let bot = join::join(&p).await.unwrap().identity;
     cluster
         .cluster
-        .set_misbehaviour(Some(keybound::devcluster::Misbehaviour::HoldServerInit));
+        .set_misbehaviour(Some(keybound_devcluster::Misbehaviour::HoldServerInit));
 
     // Waiting for ServerInit waits until the timeout (a bound on the wait, not a speed claim).
     let waiting = JoinParams {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use keybound::config::HostPort;
-use keybound::devcluster::roles::{Bot, Role};
-use keybound::devcluster::tokens::{self, Token};
-use keybound::devcluster::{DevCluster, DevClusterConfig, STALLED_ROLE};
 use keybound::join::{JOIN_TIMEOUT, JoinParams};
 use keybound::tls::Trust;
+use keybound_devcluster::roles::{Bot, Role};
+use keybound_devcluster::tokens::{self, Token};
+use keybound_devcluster::{DevCluster, DevClusterConfig, STALLED_ROLE};
 use keybound_signer::{Algorithm, Error, PublicKey, Signature, Signer};
 use keybound_signer_soft::SoftSigner;
 

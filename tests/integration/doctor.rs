@@ -14,7 +14,7 @@ use crate::support::{free_port, keybound, stdout, tool};
 /// A key file, a dev cluster for it, and a tbot.yaml with directory storage and one output.
 struct Setup {
     dir: tempfile::TempDir,
-    cluster: keybound::devcluster::DevCluster,
+    cluster: keybound_devcluster::DevCluster,
     key: PathBuf,
     ca: PathBuf,
     cfg: PathBuf,

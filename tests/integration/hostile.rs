@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keybound::config::HostPort;
-use keybound::devcluster::Misbehaviour;
-use keybound::devcluster::ca::ClusterCa;
 use keybound::join::{self, JoinError, JoinParams};
 use keybound::tls::Trust;
+use keybound_devcluster::Misbehaviour;
+use keybound_devcluster::ca::ClusterCa;
 use keybound_proto::teleport::join::v1;
 use keybound_signer::{Algorithm, PublicKey, Signer};
 use tokio::net::TcpListener;
@@ -109,7 +109,7 @@ async fn another_clusters_challenge_is_refused_when_keybound_knows_its_cluster()
     assert!(
         error.to_string().contains(&format!(
             "issued by cluster \"{}\", but keybound joins cluster \"dev.keybound.test\"",
-            keybound::devcluster::OTHER_CLUSTER
+            keybound_devcluster::OTHER_CLUSTER
         )),
         "{error}"
     );

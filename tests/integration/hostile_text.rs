@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use keybound::devcluster::{DevCluster, Misbehaviour, default_hostile_text};
+use keybound_devcluster::{DevCluster, Misbehaviour, default_hostile_text};
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keybound::devcluster::Misbehaviour;
 use keybound::join::{self, JoinError, Rpc};
-use keybound::suite::Suite;
+use keybound_devcluster::Misbehaviour;
 use keybound_signer::config::FileConfig;
 use keybound_signer::{Algorithm, Signer};
 use keybound_signer_soft::SoftSigner;
+use keybound_teleport::suite::Suite;
 use tonic::Code;
 
 use crate::cluster::{Counting, ca_file, cluster_for, params, token};
@@ -302,7 +302,7 @@ mod server_checks {
 
     /// Runs one join by hand; returns the solution sent and the final status.
     async fn raw_join(
-        cluster: &keybound::devcluster::DevCluster,
+        cluster: &keybound_devcluster::DevCluster,
         ca: &std::path::Path,
         signer: &dyn Signer,
         twist: Twist,

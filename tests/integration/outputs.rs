@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use keybound::devcluster::DevCluster;
-use keybound::devcluster::roles::Role;
+use keybound_devcluster::DevCluster;
+use keybound_devcluster::roles::Role;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 use x509_cert::der::Decode as _;
@@ -25,7 +25,7 @@ struct Env {
     ca: PathBuf,
 }
 
-async fn env(tweak: impl FnOnce(&mut keybound::devcluster::DevClusterConfig)) -> Env {
+async fn env(tweak: impl FnOnce(&mut keybound_devcluster::DevClusterConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
     let key = crate::cluster::key_file(dir.path(), &signer);
@@ -325,7 +325,7 @@ async fn ssh_logs_into_an_sshd_of_the_cluster_with_an_outputs_files() {
     assert_eq!(stdout(&output).trim(), "logged-in-with-keybound");
 
     // The same sshd with a host certificate from another CA: known_hosts refuses it.
-    let other = keybound::devcluster::ca::ClusterCa::generate("dev.keybound.test").unwrap();
+    let other = keybound_devcluster::ca::ClusterCa::generate("dev.keybound.test").unwrap();
     std::fs::write(
         sshd_dir.join("host_key-cert.pub"),
         other.issue_host_ssh(&public, &["localhost"]).unwrap(),
@@ -460,7 +460,7 @@ async fn an_auth_whose_certificate_another_ca_signed_is_refused() {
     // the bot's stored identity leads keybound to its Auth, whose certificate the bot's
     // cluster CAs did not sign.
     let impostor = DevCluster::start(crate::cluster::with_robot(
-        keybound::devcluster::DevClusterConfig {
+        keybound_devcluster::DevClusterConfig {
             tokens: vec![crate::cluster::token("t", &env.public, "insecure", 1, "")],
             ..Default::default()
         },
@@ -612,7 +612,7 @@ async fn a_rejoin_result_lost_on_the_way_leads_to_a_fresh_join_not_a_lock() {
     ok(&oneshot(&cfg, &[]).await);
     // The cluster issues the next generation, then the result never arrives.
     let state = &env.cluster.cluster;
-    state.set_misbehaviour(Some(keybound::devcluster::Misbehaviour::DropResult));
+    state.set_misbehaviour(Some(keybound_devcluster::Misbehaviour::DropResult));
     let output = oneshot(&cfg, &[]).await;
     let stderr = failed(&output, 69);
     assert!(

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use keybound::devcluster::Misbehaviour;
+use keybound_devcluster::Misbehaviour;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 

@@ -40,7 +40,7 @@ fn config(
 struct Setup {
     dir: tempfile::TempDir,
     signer: SoftSigner,
-    cluster: keybound::devcluster::DevCluster,
+    cluster: keybound_devcluster::DevCluster,
     ca: std::path::PathBuf,
     out: std::path::PathBuf,
     cfg: std::path::PathBuf,
@@ -317,7 +317,7 @@ async fn a_failed_run_leaves_the_previous_identity_intact() {
     // A cluster that drops the stream mid-join, with the same CA trust file rewritten for it.
     // (A new cluster, so the stored identity means nothing to it: memory storage, a fresh join.)
     let flaky = cluster_for(signer.public_key(), |c| {
-        c.misbehave = Some(keybound::devcluster::Misbehaviour::DropMidJoin)
+        c.misbehave = Some(keybound_devcluster::Misbehaviour::DropMidJoin)
     })
     .await;
     std::fs::write(&ca, flaky.ca_pem()).unwrap();

@@ -50,27 +50,8 @@ pub const JOIN_METHOD_BOUND_KEYPAIR: &str = "bound_keypair";
 /// wildcard); clients dial Auth through the proxy with this server name.
 pub const CLUSTER_LOCAL_NAMES: [&str; 2] = ["teleport.cluster.local", "*.teleport.cluster.local"];
 
-/// Teleport's custom X.509 subject attribute types (`lib/tlsca/ca.go`), in dotted form.
-pub mod oids {
-    /// `TeleportClusterASN1ExtensionOID`: the cluster the identity comes from.
-    pub const TELEPORT_CLUSTER: &str = "1.3.9999.1.7";
-    /// `LoginIPASN1ExtensionOID` (older name `ClientIPASN1ExtensionOID`): the client's address.
-    pub const LOGIN_IP: &str = "1.3.9999.1.9";
-    /// `RenewableCertificateASN1ExtensionOID`: never set for bound keypair bots.
-    pub const RENEWABLE: &str = "1.3.9999.1.13";
-    /// `GenerationASN1ExtensionOID`: decimal generation counter, only when > 0.
-    pub const GENERATION: &str = "1.3.9999.1.14";
-    /// `BotASN1ExtensionOID`: the bot's name.
-    pub const BOT_NAME: &str = "1.3.9999.2.18";
-    /// `BotInstanceASN1ExtensionOID`: the bot instance UUID.
-    pub const BOT_INSTANCE_ID: &str = "1.3.9999.2.20";
-    /// `JoinAttributesASN1ExtensionOID`: protojson of `workloadidentityv1.JoinAttrs`.
-    pub const JOIN_ATTRIBUTES: &str = "1.3.9999.2.21";
-    /// `ImpersonatorASN1ExtensionOID`: who impersonated the roles.
-    pub const IMPERSONATOR: &str = "1.3.9999.2.7";
-    /// `DisallowReissueASN1ExtensionOID`: `"true"` when the identity may not reissue.
-    pub const DISALLOW_REISSUE: &str = "1.3.9999.2.9";
-}
+/// Teleport's X.509 subject attribute types, shared with the agent.
+pub use keybound_teleport::subject::oid;
 
 /// SSH certificate extension names (`api/constants`, `constants.go`) used on bot certificates.
 pub mod ssh_ext {
@@ -97,12 +78,6 @@ pub mod ssh_ext {
     pub const DISALLOW_REISSUE: &str = "disallow-reissue";
 }
 
-/// X.520 attribute types of a user's subject, in dotted form.
-const OID_COMMON_NAME: &str = "2.5.4.3";
-const OID_LOCALITY: &str = "2.5.4.7";
-const OID_STREET_ADDRESS_DOTTED: &str = "2.5.4.9";
-const OID_ORGANIZATION: &str = "2.5.4.10";
-const OID_POSTAL_CODE_DOTTED: &str = "2.5.4.17";
 const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
 /// `id-ce-basicConstraints`, written by hand for leaf certificates (see [`not_ca_extension`]).
 const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
@@ -476,36 +451,36 @@ impl ClusterCa {
         // multi-valued attribute (logins, roles) is one RDN with several values.
         let mut dn = x509::Subject::default();
         // L = Principals.
-        dn.push(OID_LOCALITY, principals)?;
+        dn.push(oid::LOCALITY, principals)?;
         // street = [RouteToCluster], postalCode = [traits JSON].
-        dn.push_one(OID_STREET_ADDRESS_DOTTED, &self.cluster_name)?;
-        dn.push_one(OID_POSTAL_CODE_DOTTED, EMPTY_TRAITS_JSON)?;
+        dn.push_one(oid::STREET_ADDRESS, &self.cluster_name)?;
+        dn.push_one(oid::POSTAL_CODE, EMPTY_TRAITS_JSON)?;
         // O = Groups (the roles), CN = Username.
-        dn.push(OID_ORGANIZATION, req.roles)?;
-        dn.push_one(OID_COMMON_NAME, req.username)?;
+        dn.push(oid::ORGANIZATION, req.roles)?;
+        dn.push_one(oid::COMMON_NAME, req.username)?;
         // ExtraNames. No Renewable (1.3.9999.1.13): bound keypair bots are not renewable, and
         // role-impersonated certificates never are.
         dn.push_one(
-            oids::TELEPORT_CLUSTER,
+            oid::TELEPORT_CLUSTER,
             req.cluster_name.unwrap_or(&self.cluster_name),
         )?;
         if let Some(ip) = req.login_ip.filter(|ip| !ip.is_empty()) {
-            dn.push_one(oids::LOGIN_IP, ip)?;
+            dn.push_one(oid::LOGIN_IP, ip)?;
         }
         if let Some(impersonator) = req.impersonator {
-            dn.push_one(oids::IMPERSONATOR, impersonator)?;
+            dn.push_one(oid::IMPERSONATOR, impersonator)?;
         }
         if req.disallow_reissue {
-            dn.push_one(oids::DISALLOW_REISSUE, "true")?;
+            dn.push_one(oid::DISALLOW_REISSUE, "true")?;
         }
         if let Some(bot) = &req.bot {
             if bot.generation > 0 {
-                dn.push_one(oids::GENERATION, &bot.generation.to_string())?;
+                dn.push_one(oid::GENERATION, &bot.generation.to_string())?;
             }
-            dn.push_one(oids::BOT_NAME, bot.bot_name)?;
-            dn.push_one(oids::BOT_INSTANCE_ID, bot.bot_instance_id)?;
+            dn.push_one(oid::BOT_NAME, bot.bot_name)?;
+            dn.push_one(oid::BOT_INSTANCE_ID, bot.bot_instance_id)?;
             dn.push_one(
-                oids::JOIN_ATTRIBUTES,
+                oid::JOIN_ATTRIBUTES,
                 &join_attributes_json(bot.join_token_name)?,
             )?;
         }
@@ -613,7 +588,7 @@ impl ClusterCa {
             DnType::CommonName,
             go_string(&format!("{}.{}", uuid::Uuid::new_v4(), self.cluster_name)),
         );
-        push_oid(&mut dn, oids::TELEPORT_CLUSTER, &self.cluster_name)?;
+        push_oid(&mut dn, oid::TELEPORT_CLUSTER, &self.cluster_name)?;
 
         let now = unix_seconds(SystemTime::now())?;
         let mut params = leaf_params(
@@ -716,19 +691,10 @@ fn not_ca_extension() -> CustomExtension {
 }
 
 /// Appends a Teleport ExtraName (`pkix.AttributeTypeAndValue{Type: oid, Value: value}`).
-fn push_oid(dn: &mut DistinguishedName, dotted: &str, value: &str) -> anyhow::Result<()> {
-    dn.push(DnType::CustomDnType(oid_arcs(dotted)?), go_string(value));
+fn push_oid(dn: &mut DistinguishedName, oid: ObjectIdentifier, value: &str) -> anyhow::Result<()> {
+    let arcs = oid.arcs().map(u64::from).collect();
+    dn.push(DnType::CustomDnType(arcs), go_string(value));
     Ok(())
-}
-
-fn oid_arcs(dotted: &str) -> anyhow::Result<Vec<u64>> {
-    dotted
-        .split('.')
-        .map(|arc| {
-            arc.parse::<u64>()
-                .with_context(|| format!("bad OID {dotted:?}"))
-        })
-        .collect()
 }
 
 /// How Go's `encoding/asn1` marshals a `string` with no explicit type: `PrintableString` when
@@ -1250,15 +1216,16 @@ mod tests {
         let attrs: BTreeMap<String, String> = name_attributes(&tbs.subject).into_iter().collect();
         assert_eq!(attrs["2.5.4.3"], "bot-my-bot");
         assert_eq!(attrs["2.5.4.10"], "bot-my-bot");
-        assert_eq!(attrs[oids::TELEPORT_CLUSTER], CLUSTER);
-        assert_eq!(attrs[oids::LOGIN_IP], "192.0.2.10");
-        assert_eq!(attrs[oids::GENERATION], "1");
-        assert_eq!(attrs[oids::BOT_NAME], "my bot");
-        assert_eq!(attrs[oids::BOT_INSTANCE_ID], INSTANCE);
-        let join: serde_json::Value = serde_json::from_str(&attrs[oids::JOIN_ATTRIBUTES]).unwrap();
+        assert_eq!(attrs[&oid::TELEPORT_CLUSTER.to_string()], CLUSTER);
+        assert_eq!(attrs[&oid::LOGIN_IP.to_string()], "192.0.2.10");
+        assert_eq!(attrs[&oid::GENERATION.to_string()], "1");
+        assert_eq!(attrs[&oid::BOT_NAME.to_string()], "my bot");
+        assert_eq!(attrs[&oid::BOT_INSTANCE_ID.to_string()], INSTANCE);
+        let join: serde_json::Value =
+            serde_json::from_str(&attrs[&oid::JOIN_ATTRIBUTES.to_string()]).unwrap();
         assert_eq!(join["meta"]["join_token_name"], TOKEN);
         assert_eq!(join["meta"]["join_method"], "bound_keypair");
-        assert!(!attrs.contains_key(oids::RENEWABLE));
+        assert!(!attrs.contains_key(&oid::RENEWABLE.to_string()));
 
         // tbot takes the cluster name from the issuer's O.
         let issuer = name_attributes(&tbs.issuer);
@@ -1293,9 +1260,13 @@ mod tests {
         assert!(
             !oids_present
                 .iter()
-                .any(|o| o == oids::GENERATION || o == oids::LOGIN_IP)
+                .any(|o| *o == oid::GENERATION.to_string() || *o == oid::LOGIN_IP.to_string())
         );
-        assert!(oids_present.iter().any(|o| o == oids::BOT_INSTANCE_ID));
+        assert!(
+            oids_present
+                .iter()
+                .any(|o| *o == oid::BOT_INSTANCE_ID.to_string())
+        );
     }
 
     #[test]

@@ -49,66 +49,107 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use crate::suite::Suite;
 use ca::ClusterCa;
+use keybound_teleport::suite::Suite;
 use roles::{Bot, Role};
 use tokens::{Status as TokenStatus, Token};
 
-/// Ways the dev cluster can misbehave on purpose, for testing clients (`--misbehave`): a hostile
-/// or broken server.
-#[derive(Clone, Copy, Debug, Eq, PartialEq, clap::ValueEnum)]
-pub enum Misbehaviour {
+/// Ways the dev cluster can misbehave on purpose, for testing clients (`--misbehave NAME`): a
+/// hostile or broken server. [`Misbehaviour::ALL`] lists them, each with its name and what it does.
+macro_rules! misbehaviours {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $name:literal,)+) => {
+        /// Ways the dev cluster can misbehave on purpose, for testing clients: a hostile or
+        /// broken server.
+        #[derive(Clone, Copy, Debug, Eq, PartialEq)]
+        pub enum Misbehaviour {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Misbehaviour {
+            /// Every misbehaviour.
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            /// Its name on the command line (`challenge-other-key`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+
+            /// What it does, one paragraph (its documentation).
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Self::$variant => concat!($($doc, "\n"),+),)+
+                }
+            }
+        }
+    };
+}
+
+misbehaviours! {
     /// Challenge a key the client does not hold.
-    ChallengeOtherKey,
+    ChallengeOtherKey = "challenge-other-key",
     /// Ask the client's key to sign arbitrary JSON (claims for another service, no nonce): a
     /// signing-oracle attempt.
-    SignArbitraryJson,
+    SignArbitraryJson = "sign-arbitrary-json",
     /// A challenge document whose `sub` is another key's ID.
-    ChallengeWrongSubject,
+    ChallengeWrongSubject = "challenge-wrong-subject",
     /// A challenge document valid for ten years.
-    ChallengeFarFutureExpiry,
+    ChallengeFarFutureExpiry = "challenge-far-future-expiry",
     /// A challenge document without a nonce.
-    ChallengeWithoutNonce,
+    ChallengeWithoutNonce = "challenge-without-nonce",
     /// A challenge document whose validity wraps around `i64` (`nbf` = `i64::MIN`, `exp` =
     /// `i64::MAX - 301`): unchecked arithmetic takes it for a short window that never ends.
-    ChallengeEndless,
+    ChallengeEndless = "challenge-endless",
     /// A challenge document with a claim Teleport's never carry (`"scope":"admin"`).
-    ChallengeExtraClaim,
+    ChallengeExtraClaim = "challenge-extra-claim",
     /// A challenge issued by (and for) another cluster, as a cluster passing on another
     /// cluster's challenge to the same key would send it.
-    ChallengeOtherCluster,
+    ChallengeOtherCluster = "challenge-other-cluster",
     /// After the client's solution, a second challenge for the same key (a fresh nonce).
-    ChallengeTwice,
+    ChallengeTwice = "challenge-twice",
     /// Send no challenge and nothing else, until the client gives up.
-    Stall,
+    Stall = "stall",
     /// Drop the stream right after sending the first challenge.
-    DropMidJoin,
+    DropMidJoin = "drop-mid-join",
     /// Issue the certificates (moving the bot's generation on), then drop the stream instead
     /// of sending them: a result lost on the way.
-    DropResult,
+    DropResult = "drop-result",
     /// Send `ServerInit` only once `BoundKeypairInit` has arrived: only a client that sends
     /// both before waiting (as keybound's authenticated rejoin does) gets through; any other
     /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
-    HoldServerInit,
+    HoldServerInit = "hold-server-init",
     /// The certificates `GenerateUserCerts` issues (an identity output's) name the cluster
     /// [`DevClusterConfig::hostile_text`].
-    HostileClusterName,
+    HostileClusterName = "hostile-cluster-name",
     /// The CA records the trust service returns name the cluster
     /// [`DevClusterConfig::hostile_text`].
-    HostileCaClusterName,
+    HostileCaClusterName = "hostile-ca-cluster-name",
     /// `Ping` names the proxy public address [`DevClusterConfig::hostile_text`].
-    HostileProxyAddr,
+    HostileProxyAddr = "hostile-proxy-addr",
     /// The SSH certificates `GenerateUserCerts` returns carry [`DevClusterConfig::hostile_text`]
     /// as their `authorized_keys` comment.
-    HostileCertComment,
+    HostileCertComment = "hostile-cert-comment",
     /// `JoinService.Join` answers UNIMPLEMENTED with [`DevClusterConfig::hostile_text`] as its
     /// message (a client falls back to the legacy RPC, which works), and `GenerateUserCerts`
     /// refuses with it.
-    HostileStatus,
+    HostileStatus = "hostile-status",
     /// Never answer a `GenerateUserCerts` that asks for the role [`STALLED_ROLE`] (the call is
     /// accepted and left hanging until the client gives up); every other call is answered. An
     /// output impersonating that role stalls while the others go on.
-    StallUserCerts,
+    StallUserCerts = "stall-user-certs",
+}
+
+impl std::str::FromStr for Misbehaviour {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| format!("no misbehaviour is called {name:?}"))
+    }
 }
 
 /// What the `hostile-*` misbehaviours present unless told otherwise: a line break followed by
@@ -367,7 +408,7 @@ impl Cluster {
     /// Records and logs a client's `GivingUp` on a join for `token`.
     fn record_giving_up(&self, token: &str, reason: String, message: &str) {
         // Client text: escaped and bounded before it reaches the log.
-        let msg = crate::untrusted::message(message).to_string();
+        let msg = keybound_teleport::text::message(message).to_string();
         warn!(token, reason, msg, "the client gave up on the join");
         self.gave_up.lock().expect("giving-up lock").push(GaveUp {
             token: token.to_owned(),
@@ -1007,13 +1048,8 @@ fn web(
 /// Runs `keybound dev-cluster` until SIGINT or SIGTERM.
 pub async fn run(config: DevClusterConfig, ca_out: &std::path::Path) -> anyhow::Result<()> {
     let cluster = DevCluster::start(config).await?;
-    crate::fsutil::write_atomic(
-        ca_out,
-        cluster.ca_pem().as_bytes(),
-        0o644,
-        crate::fsutil::Replace::Allow,
-    )
-    .with_context(|| format!("writing the CA bundle to {}", ca_out.display()))?;
+    write_ca_bundle(ca_out, &cluster.ca_pem())
+        .with_context(|| format!("writing the CA bundle to {}", ca_out.display()))?;
     println!(
         "keybound dev cluster {:?} listening on {}",
         cluster.cluster.ca.cluster_name(),
@@ -1037,27 +1073,20 @@ pub async fn run(config: DevClusterConfig, ca_out: &std::path::Path) -> anyhow::
     Ok(())
 }
 
-/// The dev cluster configuration `keybound dev-cluster` flags describe.
-pub fn config_from_args(args: &crate::cli::DevClusterArgs) -> anyhow::Result<DevClusterConfig> {
-    let mut resources = tokens::Resources::default();
-    for path in args.tokens.iter().chain(&args.resources) {
-        let more = tokens::load_resources(path)?;
-        resources.tokens.extend(more.tokens);
-        resources.roles.extend(more.roles);
-        resources.bots.extend(more.bots);
-    }
-    Ok(DevClusterConfig {
-        listen: args.listen,
-        cluster_name: args.cluster_name.clone(),
-        suite: Suite::parse(&args.suite).map_err(|e| anyhow::anyhow!("--suite: {e}"))?,
-        legacy_only: args.legacy_only,
-        duplicate_server_init: args.duplicate_server_init,
-        misbehave: args.misbehave,
-        server_version: args.server_version.clone(),
-        tokens: resources.tokens,
-        roles: resources.roles,
-        bots: resources.bots,
-        auth_listen: args.auth_listen,
-        hostile_text: default_hostile_text(),
-    })
+/// Writes the CA bundle clients trust, mode 0644, whole or not at all (a temporary file in the
+/// same directory, renamed into place).
+fn write_ca_bundle(path: &std::path::Path, pem: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(pem.as_bytes())?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.as_file().sync_all()?;
+    file.persist(path)?;
+    Ok(())
 }

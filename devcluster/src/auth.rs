@@ -18,9 +18,9 @@ use tonic::{Request, Response, Status};
 use x509_cert::der::Decode as _;
 
 use super::Cluster;
-use super::ca::{BotFields, UserCertRequest, oids};
+use super::ca::{BotFields, UserCertRequest, oid};
 use super::roles::{Role, may_impersonate};
-use crate::identity::attributes;
+use keybound_teleport::subject::attributes;
 
 /// `defaults.MaxRenewableCertTTL`: the cap on role-impersonated certificates.
 const MAX_RENEWABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -45,28 +45,21 @@ impl Caller {
         let cert = x509_cert::Certificate::from_der(der).context("not X.509")?;
         let tbs = &cert.tbs_certificate;
         let attrs = attributes(&tbs.subject);
-        let all = |dotted: &str| -> Vec<String> {
-            attrs
-                .iter()
-                .filter(|(oid, _)| oid.to_string() == dotted)
-                .map(|(_, v)| v.clone())
-                .collect()
-        };
-        let one = |dotted: &str| all(dotted).into_iter().next();
-        let username = one("2.5.4.3").context("no common name")?;
-        let join_token = one(oids::JOIN_ATTRIBUTES)
+        let one = |oid| attrs.one(oid);
+        let username = one(oid::COMMON_NAME).context("no common name")?;
+        let join_token = one(oid::JOIN_ATTRIBUTES)
             .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
             .and_then(|v| v["meta"]["join_token_name"].as_str().map(str::to_owned));
         Ok(Self {
             username,
-            roles: all("2.5.4.10"),
-            bot_name: one(oids::BOT_NAME),
-            bot_instance_id: one(oids::BOT_INSTANCE_ID),
-            generation: one(oids::GENERATION)
+            roles: attrs.all(oid::ORGANIZATION),
+            bot_name: one(oid::BOT_NAME),
+            bot_instance_id: one(oid::BOT_INSTANCE_ID),
+            generation: one(oid::GENERATION)
                 .and_then(|g| g.parse().ok())
                 .unwrap_or(0),
-            impersonator: one(oids::IMPERSONATOR).filter(|i| !i.is_empty()),
-            disallow_reissue: one(oids::DISALLOW_REISSUE).as_deref() == Some("true"),
+            impersonator: one(oid::IMPERSONATOR).filter(|i| !i.is_empty()),
+            disallow_reissue: one(oid::DISALLOW_REISSUE).as_deref() == Some("true"),
             join_token,
             not_after: tbs.validity.not_after.to_system_time(),
         })
@@ -383,7 +376,7 @@ impl legacy::auth_service_server::AuthService for AuthApi {
         };
         Ok(Response::new(legacy::Certs {
             ssh: format!("{}{comment}\n", ssh_line.trim()).into_bytes(),
-            tls: crate::identity::der_to_pem(&certs.tls_cert_der).into_bytes(),
+            tls: keybound_teleport::pem::der_to_pem(&certs.tls_cert_der).into_bytes(),
             tlsca_certs: vec![user_tls.into_bytes()],
             sshca_certs: user_ssh
                 .into_iter()

@@ -153,13 +153,6 @@ fn rfc3339(field: &str, text: &str) -> anyhow::Result<SystemTime> {
     Ok(t.into())
 }
 
-/// Formats a time as RFC 3339 (UTC), for messages.
-pub fn format_time(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "?".to_owned())
-}
-
 /// Parses every `kind: token` document in `text` (YAML documents separated by `---`).
 pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<Token>> {
     let mut tokens = Vec::new();

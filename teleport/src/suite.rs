@@ -41,7 +41,7 @@ impl Suite {
             "hsm-v1" | "4" => Ok(Self::HsmV1),
             _ => Err(format!(
                 "unknown signature algorithm suite {}",
-                crate::untrusted::quoted(text)
+                crate::text::quoted(text)
             )),
         }
     }

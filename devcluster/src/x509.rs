@@ -38,11 +38,14 @@ pub(crate) struct Subject(Vec<RelativeDistinguishedName>);
 impl Subject {
     /// Appends one RDN holding every value of `values` for the attribute `oid` (nothing when
     /// `values` is empty, as Go's `appendRDNs` does). Values are strings typed as Go types them.
-    pub(crate) fn push<S: AsRef<str>>(&mut self, oid: &str, values: &[S]) -> anyhow::Result<()> {
+    pub(crate) fn push<S: AsRef<str>>(
+        &mut self,
+        oid: ObjectIdentifier,
+        values: &[S],
+    ) -> anyhow::Result<()> {
         if values.is_empty() {
             return Ok(());
         }
-        let oid = ObjectIdentifier::new(oid).map_err(|e| anyhow!("bad OID {oid:?}: {e}"))?;
         let atvs = values
             .iter()
             .map(|v| {
@@ -59,7 +62,7 @@ impl Subject {
     }
 
     /// Appends a single-valued RDN.
-    pub(crate) fn push_one(&mut self, oid: &str, value: &str) -> anyhow::Result<()> {
+    pub(crate) fn push_one(&mut self, oid: ObjectIdentifier, value: &str) -> anyhow::Result<()> {
         self.push(oid, &[value])
     }
 }
@@ -169,6 +172,11 @@ impl Leaf<'_> {
 fn utc(unix_seconds: u64) -> anyhow::Result<Time> {
     let time = UNIX_EPOCH + Duration::from_secs(unix_seconds);
     Ok(Time::UtcTime(UtcTime::from_system_time(time).map_err(
-        |e| anyhow!("{} is not a UTCTime: {e}", humantime::format_rfc3339(time)),
+        |e| {
+            anyhow!(
+                "{} is not a UTCTime: {e}",
+                keybound_teleport::time::format_time(time)
+            )
+        },
     )?))
 }

@@ -19,7 +19,7 @@ use super::Cluster;
 use super::auth::Caller;
 use super::ca::BotCertRequest;
 use super::tokens::{RecoveryMode, Status as TokenStatus, Token};
-use crate::suite::Suite;
+use keybound_teleport::suite::Suite;
 
 /// Go-jose's leeway in Teleport's challenge validation.
 const LEEWAY: Duration = Duration::from_secs(60);

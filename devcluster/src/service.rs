@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::Caller;
 use super::handler::{JoinInput, Peer};
 use super::{Cluster, Misbehaviour};
-use crate::suite::Suite;
+use keybound_teleport::suite::Suite;
 
 /// `joinRequestTimeout`.
 const JOIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -503,11 +503,11 @@ impl legacy::join_service_server::JoinService for JoinLegacy {
             peer.send(R::Certs(legacy::RegisterUsingBoundKeypairCertificates {
                 certs: Some(legacy::Certs {
                     ssh: cert_line,
-                    tls: crate::identity::der_to_pem(&output.tls_cert).into_bytes(),
+                    tls: keybound_teleport::pem::der_to_pem(&output.tls_cert).into_bytes(),
                     tlsca_certs: output
                         .tls_ca_certs
                         .iter()
-                        .map(|d| crate::identity::der_to_pem(d).into_bytes())
+                        .map(|d| keybound_teleport::pem::der_to_pem(d).into_bytes())
                         .collect(),
                     sshca_certs: output
                         .ssh_ca_keys
