@@ -35,12 +35,10 @@ use tonic::{Request, Response, Status};
 
 use crate::config::HostPort;
 use crate::identity::Identity;
-use crate::join::subject::SubjectKey;
-use crate::join::transport::{self, Dial};
+use crate::subject_key::SubjectKey;
+use crate::transport::{self, API_DOMAIN, Dial};
 use keybound_teleport::suite::Suite;
 
-/// `constants.APIDomain`: the name Auth's certificate carries and the gRPC `:authority`.
-pub const API_DOMAIN: &str = "teleport.cluster.local";
 /// The ALPN prefix of the Proxy's pass-through route to Auth (`ProtocolAuth`).
 pub const ALPN_AUTH_PREFIX: &str = "teleport-auth@";
 

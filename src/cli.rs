@@ -10,6 +10,7 @@ use keybound_devcluster::tokens;
 use keybound_devcluster::{DevClusterConfig, Misbehaviour};
 use keybound_teleport::suite::Suite;
 
+use crate::logging::LogFormat;
 use crate::signer::SignerKind;
 
 /// keybound: a Teleport Machine ID agent whose bound keypair can live in a file, an environment
@@ -434,15 +435,6 @@ pub enum OutputFormat {
     /// Instructions for people.
     Text,
     /// One JSON object: `public_key`, and `private_key` for env keys.
-    Json,
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
     Json,
 }
 

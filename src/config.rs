@@ -16,6 +16,7 @@ use keybound_signer::config::{
     EnvConfig, FileConfig, Pkcs11Config, Pkcs11UriText, SignerConfig, TpmConfig, TpmKey,
 };
 
+pub use crate::fsutil::Symlinks;
 use crate::signer::SignerKind;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -196,18 +197,6 @@ pub enum Destination {
     },
     /// Kept in memory for the life of the process.
     Memory,
-}
-
-/// tbot's `symlinks:` policy for directory destinations (`lib/tbot/botfs`).
-#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
-pub enum Symlinks {
-    /// Refuse symlinks anywhere in the path.
-    Secure,
-    /// Refuse symlinks where the platform can tell (the default).
-    #[default]
-    TrySecure,
-    /// Follow symlinks.
-    Insecure,
 }
 
 /// A `type: identity` output: the bot's certificates in tbot's file layout.

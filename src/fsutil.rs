@@ -20,7 +20,17 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use crate::config::Symlinks;
+/// tbot's `symlinks:` policy for directory destinations (`lib/tbot/botfs`).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum Symlinks {
+    /// Refuse symlinks anywhere in the path.
+    Secure,
+    /// Refuse symlinks where the platform can tell (the default).
+    #[default]
+    TrySecure,
+    /// Follow symlinks.
+    Insecure,
+}
 
 /// Whether an existing file may be replaced.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]

@@ -369,7 +369,7 @@ fn public_spki_of(private_pem: &str) -> anyhow::Result<Vec<u8>> {
     if let Ok((label, der)) = pem_rfc7468::decode_vec(private_pem.as_bytes()) {
         let der = Zeroizing::new(der);
         if label == "PRIVATE KEY"
-            && let Ok(key) = crate::join::subject::p256_public_of_pkcs8(&der)
+            && let Ok(key) = crate::subject_key::p256_public_of_pkcs8(&der)
         {
             return Ok(key.to_public_key_der()?.into_vec());
         }

@@ -25,84 +25,28 @@
 pub mod agent;
 pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod doctor;
+mod failure;
 pub mod fsutil;
 pub mod generate;
 pub mod identity;
 pub mod join;
-pub mod keypair;
 pub mod logging;
 pub mod output;
 pub mod servertime;
 pub mod signer;
 pub mod start;
+pub mod subject_key;
 pub mod tls;
+pub mod transport;
 pub mod untrusted;
 pub mod webapi;
-
-use std::fmt;
 
 use anyhow::Context as _;
 use cli::{Cli, Command, KeypairCommand, SignerCommand};
 
-/// What kind of failure ended a run, which the exit code tells (sysexits.h values for `start`).
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub enum ExitKind {
-    /// Anything else: exit 1.
-    General,
-    /// The configuration or a local input is wrong: `EX_CONFIG`, 78.
-    Config,
-    /// The cluster rejected the join: `EX_NOPERM`, 77.
-    Rejected,
-    /// The cluster (or a device) could not be reached: `EX_UNAVAILABLE`, 69.
-    Unreachable,
-    /// keybound itself failed: `EX_SOFTWARE`, 70.
-    Software,
-}
-
-impl ExitKind {
-    /// The process exit code.
-    pub fn code(self) -> u8 {
-        match self {
-            Self::General => 1,
-            Self::Config => 78,
-            Self::Rejected => 77,
-            Self::Unreachable => 69,
-            Self::Software => 70,
-        }
-    }
-}
-
-/// An error with the exit code it deserves.
-#[derive(Debug)]
-pub struct Failure {
-    /// Which exit code.
-    pub kind: ExitKind,
-    /// What happened.
-    pub error: anyhow::Error,
-}
-
-impl Failure {
-    /// A failure of `kind`.
-    pub fn new(kind: ExitKind, error: anyhow::Error) -> Self {
-        Self { kind, error }
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(error: anyhow::Error) -> Self {
-        Self::new(ExitKind::General, error)
-    }
-}
-
-impl fmt::Display for Failure {
-    /// One line, whatever the error holds (server text is sanitized where it enters; this is
-    /// the last line of defence).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&untrusted::one_line(&format!("{:#}", self.error)))
-    }
-}
+pub use failure::{ExitKind, Failure};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -121,15 +65,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
         }
-        Command::Keypair(KeypairCommand::Create(args)) => {
-            Ok(runtime()?.block_on(keypair::create(&args, &mut std::io::stdout().lock()))?)
-        }
-        Command::Keypair(KeypairCommand::Show(args)) => {
-            Ok(keypair::show(&args, &mut std::io::stdout().lock())?)
-        }
-        Command::Signer(SignerCommand::List(args)) => {
-            Ok(signer::list(&args, &mut std::io::stdout().lock())?)
-        }
+        Command::Keypair(KeypairCommand::Create(args)) => Ok(runtime()?.block_on(
+            commands::keypair::create(&args, &mut std::io::stdout().lock()),
+        )?),
+        Command::Keypair(KeypairCommand::Show(args)) => Ok(commands::keypair::show(
+            &args,
+            &mut std::io::stdout().lock(),
+        )?),
+        Command::Signer(SignerCommand::List(args)) => Ok(commands::signer_list::list(
+            &args,
+            &mut std::io::stdout().lock(),
+        )?),
         Command::DevCluster(args) => {
             let config = args.to_config()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -141,7 +87,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Doctor(args) => {
             let runtime = runtime()?;
-            let result = runtime.block_on(doctor::run(&args, &mut std::io::stdout().lock()));
+            let result =
+                runtime.block_on(commands::doctor::run(&args, &mut std::io::stdout().lock()));
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
         }

@@ -5,7 +5,14 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// Log line format.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// The filter without `RUST_LOG`. The hardware libraries' own complaints are left out unless
 /// `debug`: cryptoki logs an ERROR for every mechanism number it has no name for while listing a

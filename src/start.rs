@@ -17,19 +17,13 @@ use crate::config::{
     ClusterAddr, Config, Destination, HostPort, IdentityOutput, Onboarding, Symlinks,
 };
 use crate::identity::Identity;
-use crate::join::subject::SubjectKey;
 use crate::join::{self, JoinError, JoinParams};
 use crate::output::{self, OutputContext};
+use crate::subject_key::SubjectKey;
 use crate::tls::Trust;
 use crate::untrusted;
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
-
-impl Failure {
-    fn config(error: impl Into<anyhow::Error>) -> Self {
-        Self::new(ExitKind::Config, error.into())
-    }
-}
 
 /// Builds the effective configuration: the file (if any), then the flags over it, as tbot's
 /// `LoadConfigWithMutators` does.

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keybound::join::subject::SubjectKey;
+use keybound::subject_key::SubjectKey;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
 use keybound_signer::PublicKey;

@@ -26,8 +26,6 @@
 //! minute (`joinRequestTimeout` in `lib/join/joinv1/server.go`).
 
 pub mod challenge;
-pub mod subject;
-pub mod transport;
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,11 +42,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::HostPort;
 use crate::identity::Identity;
+use crate::subject_key::SubjectKey;
 use crate::tls::{Trust, client_config};
+use crate::transport;
 use crate::untrusted;
 use crate::webapi;
 use keybound_teleport::suite::Suite;
-use subject::SubjectKey;
 
 /// The most one join may take, fallback included.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(45);

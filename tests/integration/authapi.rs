@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use keybound::auth::{AuthClient, AuthRoute, encoded_cluster_name};
 use keybound::config::HostPort;
 use keybound::identity::Identity;
-use keybound::join::{self, JoinParams, subject::SubjectKey};
+use keybound::join::{self, JoinParams};
+use keybound::subject_key::SubjectKey;
 use keybound_proto::proto::{PingRequest, UserCertsRequest, auth_service_client};
 use keybound_proto::teleport::trust::v1 as trust;
 use keybound_signer::{Algorithm, Signer as _};
@@ -203,10 +204,10 @@ async fn auth_wants_a_certificate_and_the_route_wants_this_cluster() {
         ];
         let proxy = proxy.clone();
         async move {
-            join::transport::connect_with(
+            keybound::transport::connect_with(
                 &proxy,
                 Arc::new(tls),
-                join::transport::Dial {
+                keybound::transport::Dial {
                     server_name: Some(
                         rustls::pki_types::ServerName::try_from("teleport.cluster.local").unwrap(),
                     ),

@@ -316,7 +316,7 @@ mod server_checks {
         )
         .unwrap();
         let addr = keybound::config::HostPort::parse(&cluster.proxy_addr(), 443).unwrap();
-        let channel = join::transport::connect(&addr, tls).await.unwrap();
+        let channel = keybound::transport::connect(&addr, tls).await.unwrap();
         let (tx, rx) = mpsc::channel(4);
         let send = |p| {
             tx.clone()
@@ -329,7 +329,7 @@ mod server_checks {
             system_role: "Bot".into(),
             ..Default::default()
         }));
-        let subject = join::subject::SubjectKey::generate(Suite::BalancedV1).unwrap();
+        let subject = keybound::subject_key::SubjectKey::generate(Suite::BalancedV1).unwrap();
         send(rq::Payload::BoundKeypairInit(v1::BoundKeypairInit {
             client_params: Some(v1::ClientParams {
                 payload: Some(v1::client_params::Payload::BotParams(v1::BotParams {

@@ -16,6 +16,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::config::HostPort;
 
+/// `constants.APIDomain`: the name Auth's certificate carries and the gRPC `:authority`.
+pub const API_DOMAIN: &str = "teleport.cluster.local";
+
 /// ALPN value of the Proxy's unauthenticated gRPC server (`ProtocolProxyGRPCInsecure`,
 /// `lib/srv/alpnproxy/common/protocols.go`).
 pub const ALPN_PROXY_GRPC: &[u8] = b"teleport-proxy-grpc";
@@ -60,8 +63,7 @@ impl Dial {
     pub fn auth() -> Self {
         Self {
             server_name: Some(
-                ServerName::try_from(crate::auth::API_DOMAIN)
-                    .expect("the API domain is a valid server name"),
+                ServerName::try_from(API_DOMAIN).expect("the API domain is a valid server name"),
             ),
             accept: &[ALPN_H2],
             expected: "h2; is it Teleport's Auth Service?",

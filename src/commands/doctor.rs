@@ -1,7 +1,7 @@
 //! `keybound doctor`: read-only checks of everything `keybound start` depends on, one line each.
 //!
 //! The checks reuse what `start` runs ([`crate::start::effective_config`], [`crate::start::route`],
-//! [`crate::signer::open_signer`], [`crate::join::transport`], [`crate::webapi::find`]), so a
+//! [`crate::signer::open_signer`], [`crate::transport`], [`crate::webapi::find`]), so a
 //! passing doctor means `start` gets past the same steps. Nothing here joins, signs anything for
 //! the cluster, writes storage or outputs, or takes the storage lock (a running agent keeps it):
 //! opening a PKCS#11 key logs in once with the configured PIN, exactly as `start` would, and a
@@ -17,8 +17,8 @@ use keybound_signer::{ErrorKind, Signer};
 
 use crate::cli::Start;
 use crate::config::{Config, Destination, HostPort};
-use crate::join::transport;
 use crate::tls::{Trust, client_config};
+use crate::transport;
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
 

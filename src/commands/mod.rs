@@ -1,0 +1,5 @@
+//! The commands, one file each: what `keybound <command>` does with its parsed flags.
+
+pub mod doctor;
+pub mod keypair;
+pub mod signer_list;
