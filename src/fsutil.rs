@@ -294,6 +294,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, replace: Replace) -> a
     dir.sync()
 }
 
+/// Where the directory `path` leads: an absolute path with `.`, `..` and symbolic links
+/// resolved as far as it exists (`canonicalize`, one component at a time), and the part that
+/// does not exist yet taken as written, `..` removing the component before it (those
+/// directories will be created as real ones).
+pub fn resolve(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut resolved = PathBuf::from("/");
+    let mut on_disk = true;
+    for component in absolute.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir => resolved = PathBuf::from("/"),
+            Component::CurDir => {}
+            // While on disk `resolved` is canonical (no links), so its parent is what `..` is.
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(name) => {
+                let next = resolved.join(name);
+                match on_disk.then(|| next.canonicalize()) {
+                    Some(Ok(real)) => resolved = real,
+                    _ => {
+                        on_disk = false;
+                        resolved = next;
+                    }
+                }
+            }
+        }
+    }
+    resolved
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,7 @@ pub mod subject_key;
 pub mod tls;
 pub mod transport;
 pub mod untrusted;
+pub mod values;
 pub mod webapi;
 
 use anyhow::Context as _;

@@ -1,0 +1,191 @@
+//! tbot's v2 YAML configuration, the only module that touches `serde_yaml`.
+//!
+//! keybound reads the same `tbot.yaml` that Teleport's `tbot` reads (`lib/tbot/config/config.go`,
+//! `lib/tbot/bot/onboarding/config.go`). Parsing is strict: an unknown key or a value of the wrong
+//! type is an error naming the file, line, column and key. Keys that tbot knows but keybound does
+//! not implement are errors that say so, never silently ignored; setting them to their "off"
+//! value (`false`, empty) is accepted.
+
+mod keys;
+mod onboarding;
+mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::fsutil::Symlinks;
+use crate::fsutil::resolve;
+pub use crate::values::{Destination, HostPort, parse_duration};
+pub use keys::keys;
+pub use onboarding::Onboarding;
+use raw::RawConfig;
+pub use raw::parse_handle;
+
+/// tbot's default storage directory (`lib/tbot/config`, `defaultStoragePath`).
+pub const DEFAULT_STORAGE_PATH: &str = "/var/lib/teleport/bot";
+/// tbot's default certificate lifetime.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(60 * 60);
+/// tbot's default renewal interval.
+pub const DEFAULT_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
+
+/// A loaded, checked configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where the cluster is reached, if the file says.
+    pub cluster: Option<ClusterAddr>,
+    /// How to join.
+    pub onboarding: Onboarding,
+    /// Where the bot's own identity is kept between runs.
+    pub storage: Destination,
+    /// Requested certificate lifetime.
+    pub credential_ttl: Duration,
+    /// How often to renew.
+    pub renewal_interval: Duration,
+    /// Join once, write outputs, and exit.
+    pub oneshot: bool,
+    /// Verbose logging.
+    pub debug: bool,
+    /// Skip TLS verification of the cluster (development only).
+    pub insecure: bool,
+    /// The diagnostics listener address.
+    pub diag_addr: Option<String>,
+    /// The `identity` outputs (`outputs:` and `services:` together, in that order).
+    pub outputs: Vec<IdentityOutput>,
+}
+
+/// The cluster address: through a Proxy (`proxy_server`) or straight to Auth (`auth_server`).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum ClusterAddr {
+    /// A Teleport Proxy, normally its web port.
+    Proxy(HostPort),
+    /// A Teleport Auth Service (or a Proxy on 443/3080, which tbot tries as a Proxy first).
+    Auth(HostPort),
+}
+
+/// A `type: identity` output: the bot's certificates in tbot's file layout.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct IdentityOutput {
+    /// Where to write.
+    pub destination: Destination,
+    /// Whether to write `known_hosts` and `ssh_config` (tbot's `ssh_config: on`, the default).
+    pub ssh_config: bool,
+    /// An optional name for logs.
+    pub name: Option<String>,
+    /// The roles to impersonate; empty means every role the bot may impersonate (tbot's
+    /// default, read from the bot's role).
+    pub roles: Vec<String>,
+    /// Whether the output's certificates may request further certificates (`allow_reissue`).
+    pub allow_reissue: bool,
+}
+
+/// A configuration error: one line naming the file and, where YAML knows it, line and column.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Refuses destinations that would overwrite each other: an output that is the storage
+    /// directory or inside it (its role-impersonated files would replace the bot's own, which
+    /// the cluster would then see rejoin with the wrong certificate, or sit among them), or two
+    /// outputs in one directory; and an output directory its `ssh_config` could not name
+    /// ([`crate::output::check_ssh_config_dir`]). Paths are compared where they lead
+    /// ([`resolve`]): `x/../storage` and a symbolic link to the storage directory are the storage
+    /// directory.
+    pub fn check_destinations(&self) -> Result<(), String> {
+        let via = |path: &Path, resolved: &Path| {
+            if path == resolved {
+                String::new()
+            } else {
+                format!(" (it resolves to {})", resolved.display())
+            }
+        };
+        let storage = match &self.storage {
+            Destination::Directory { path, .. } => Some((path, resolve(path))),
+            Destination::Memory => None,
+        };
+        let mut seen: Vec<PathBuf> = Vec::new();
+        for output in &self.outputs {
+            let Destination::Directory { path, .. } = &output.destination else {
+                continue;
+            };
+            let here = resolve(path);
+            if let Some((storage_path, storage)) = &storage {
+                if *storage == here {
+                    return Err(format!(
+                        "output {}{} is the storage directory; outputs hold role-impersonated \
+                         certificates that would replace the bot's own: give the output its own \
+                         directory",
+                        path.display(),
+                        via(path, &here)
+                    ));
+                }
+                if here.starts_with(storage) {
+                    return Err(format!(
+                        "output {}{} is inside the storage directory {}; give the output a \
+                         directory outside it",
+                        path.display(),
+                        via(path, &here),
+                        storage_path.display()
+                    ));
+                }
+            }
+            if seen.contains(&here) {
+                return Err(format!(
+                    "two outputs write to {}{}; give each its own directory",
+                    path.display(),
+                    via(path, &here)
+                ));
+            }
+            seen.push(here);
+            if output.ssh_config {
+                crate::output::check_ssh_config_dir(path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the YAML file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        // Zeroed when dropped: a pkcs11_uri may carry a PIN (pin-value).
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("config {}: cannot read: {e}", path.display()))
+            })?);
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Err(ConfigError(format!(
+                "config {origin}: is empty; it needs at least `version: v2` and `onboarding:`"
+            )));
+        }
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            // serde_yaml appends " at line L column C"; put the position first, compiler-style.
+            let message = match message.rsplit_once(" at line ") {
+                Some((head, _)) => head.to_owned(),
+                None => message,
+            };
+            match e.location() {
+                Some(at) => ConfigError(format!(
+                    "config {origin}:{}:{}: {message}",
+                    at.line(),
+                    at.column()
+                )),
+                None => ConfigError(format!("config {origin}: {message}")),
+            }
+        })?;
+        raw.check()
+            .map_err(|message| ConfigError(format!("config {origin}: {message}")))
+    }
+}

@@ -1,0 +1,133 @@
+//! How to join: `onboarding:` and its `bound_keypair:` keys, and the signer they describe.
+
+use std::path::PathBuf;
+
+use keybound_signer::PinSource;
+use keybound_signer::config::{
+    EnvConfig, FileConfig, Pkcs11Config, Pkcs11UriText, SignerConfig, TpmConfig, TpmKey,
+};
+
+use crate::signer::SignerKind;
+
+/// `onboarding:`.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Onboarding {
+    /// The join token's name.
+    pub token: String,
+    /// A CA bundle to verify the cluster with, instead of the system roots.
+    pub ca_path: Option<PathBuf>,
+    /// `bound_keypair.static_private_key_path`.
+    pub static_private_key_path: Option<PathBuf>,
+    /// `bound_keypair.signer` (keybound): which backend holds the key.
+    pub signer: Option<SignerKind>,
+    /// `bound_keypair.pkcs11_uri` (keybound): the key in a PKCS#11 token (it may carry a PIN).
+    pub pkcs11_uri: Option<Pkcs11UriText>,
+    /// `bound_keypair.pkcs11_module` (keybound): the PKCS#11 module to load.
+    pub pkcs11_module: Option<PathBuf>,
+    /// `bound_keypair.pin_source` (keybound): where the token PIN comes from.
+    pub pin_source: Option<PinSource>,
+    /// `bound_keypair.require_hardware_key` (keybound): refuse keys not generated in a device.
+    pub require_hardware_key: bool,
+    /// `bound_keypair.tpm_tcti` (keybound): how to reach the TPM.
+    pub tpm_tcti: Option<String>,
+    /// `bound_keypair.tpm_key_handle` (keybound): a persistent handle.
+    pub tpm_key_handle: Option<u32>,
+    /// `bound_keypair.tpm_key_path` (keybound): a TSS2 PEM key file.
+    pub tpm_key_path: Option<PathBuf>,
+    /// `bound_keypair.tpm_parent` (keybound): a persistent parent for the key file.
+    pub tpm_parent: Option<u32>,
+}
+
+impl Onboarding {
+    /// Where the key lives. Without an explicit `signer`, a PKCS#11 URI means pkcs11 and a TPM key
+    /// means tpm; then, as in tbot, the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`.
+    pub fn signer_config(&self) -> Result<SignerConfig, String> {
+        let tpm_key_set = self.tpm_key_handle.is_some() || self.tpm_key_path.is_some();
+        let kind = self.signer.unwrap_or(if self.pkcs11_uri.is_some() {
+            SignerKind::Pkcs11
+        } else if tpm_key_set {
+            SignerKind::Tpm
+        } else if self.static_private_key_path.is_some() {
+            SignerKind::File
+        } else {
+            SignerKind::Env
+        });
+        // Settings that belong to another backend than the chosen one are mistakes, not noise.
+        let settings = [
+            (
+                "static_private_key_path",
+                self.static_private_key_path.is_some(),
+                &[SignerKind::File][..],
+            ),
+            (
+                "pkcs11_uri/pkcs11_module",
+                self.pkcs11_uri.is_some() || self.pkcs11_module.is_some(),
+                &[SignerKind::Pkcs11],
+            ),
+            (
+                "tpm_tcti/tpm_key_handle/tpm_key_path/tpm_parent",
+                tpm_key_set || self.tpm_tcti.is_some() || self.tpm_parent.is_some(),
+                &[SignerKind::Tpm],
+            ),
+            (
+                "pin_source",
+                self.pin_source.is_some(),
+                &[SignerKind::Pkcs11, SignerKind::Tpm],
+            ),
+        ];
+        if let Some((name, _, _)) = settings
+            .iter()
+            .find(|(_, set, owners)| *set && !owners.contains(&kind))
+        {
+            return Err(format!(
+                "{name} does not apply to the {} signer; remove it or choose its signer",
+                kind.name()
+            ));
+        }
+        match kind {
+            SignerKind::File => {
+                let path = self.static_private_key_path.as_ref().ok_or(
+                    "the file signer needs static_private_key_path (or --static-key-path)",
+                )?;
+                Ok(SignerConfig::File(FileConfig::new(path)))
+            }
+            SignerKind::Env => Ok(SignerConfig::Env(EnvConfig::default())),
+            SignerKind::Pkcs11 => {
+                let uri = self.pkcs11_uri.clone().ok_or(
+                    "the pkcs11 signer needs pkcs11_uri (or --pkcs11-uri 'pkcs11:token=LABEL;object=LABEL')",
+                )?;
+                let mut config = Pkcs11Config::new(uri);
+                config.module.clone_from(&self.pkcs11_module);
+                config.pin.clone_from(&self.pin_source);
+                config.require_hardware_key = self.require_hardware_key;
+                Ok(SignerConfig::Pkcs11(config))
+            }
+            SignerKind::Tpm => {
+                let key = match (self.tpm_key_handle, &self.tpm_key_path) {
+                    (Some(handle), None) => TpmKey::Handle(handle),
+                    (None, Some(path)) => TpmKey::File(path.clone()),
+                    (Some(_), Some(_)) => {
+                        return Err("give tpm_key_handle or tpm_key_path, not both".to_owned());
+                    }
+                    (None, None) => {
+                        return Err(
+                            "the tpm signer needs tpm_key_handle (0x81xxxxxx) or tpm_key_path (a TSS2 PEM file)".to_owned(),
+                        );
+                    }
+                };
+                if self.tpm_parent.is_some() && self.tpm_key_handle.is_some() {
+                    return Err(
+                        "tpm_parent applies to tpm_key_path keys, not persistent handles"
+                            .to_owned(),
+                    );
+                }
+                let mut config = TpmConfig::new(key);
+                config.tcti.clone_from(&self.tpm_tcti);
+                config.parent = self.tpm_parent;
+                config.auth.clone_from(&self.pin_source);
+                config.require_hardware_key = self.require_hardware_key;
+                Ok(SignerConfig::Tpm(config))
+            }
+        }
+    }
+}

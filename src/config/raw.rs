@@ -1,0 +1,400 @@
+//! The YAML shapes of `tbot.yaml`, deserialized strictly, and their check into a [`Config`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+use keybound_signer::PinSource;
+use keybound_signer::config::Pkcs11UriText;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::{
+    ClusterAddr, Config, DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL, DEFAULT_STORAGE_PATH,
+    IdentityOutput, Onboarding,
+};
+use crate::fsutil::Symlinks;
+use crate::signer::SignerKind;
+use crate::values::{
+    Destination, GoDuration, HostPort, OnOff, RawDestination, checked_str, not_yet,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[allow(dead_code, reason = "its deserializer checks the value")]
+    version: Version,
+    onboarding: Option<RawOnboarding>,
+    storage: Option<RawDestination>,
+    outputs: Option<Vec<RawService>>,
+    services: Option<Vec<RawService>>,
+    #[serde(default)]
+    debug: bool,
+    auth_server: Option<String>,
+    proxy_server: Option<String>,
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
+    /// The pre-v17 name of `credential_ttl`, still read by tbot.
+    certificate_ttl: Option<GoDuration>,
+    #[serde(default)]
+    oneshot: bool,
+    #[serde(default, deserialize_with = "not_yet::fips")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but false")]
+    fips: (),
+    diag_addr: Option<String>,
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnboarding {
+    join_method: Option<JoinMethod>,
+    token: Option<String>,
+    #[serde(default, deserialize_with = "not_yet::ca_pins")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    ca_pins: (),
+    ca_path: Option<PathBuf>,
+    bound_keypair: Option<RawBoundKeypair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBoundKeypair {
+    static_private_key_path: Option<PathBuf>,
+    signer: Option<SignerValue>,
+    pkcs11_uri: Option<Pkcs11UriValue>,
+    pkcs11_module: Option<PathBuf>,
+    pin_source: Option<PinSourceValue>,
+    #[serde(default)]
+    require_hardware_key: bool,
+    tpm_tcti: Option<TctiValue>,
+    tpm_key_handle: Option<HandleValue>,
+    tpm_key_path: Option<PathBuf>,
+    tpm_parent: Option<HandleValue>,
+    #[serde(default, deserialize_with = "not_yet::registration_secret")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    registration_secret: (),
+    #[serde(default, deserialize_with = "not_yet::registration_secret")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    registration_secret_path: (),
+    #[serde(default, deserialize_with = "not_yet::registration_secret")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    initial_join_secret: (),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(rename = "type")]
+    #[allow(dead_code, reason = "its deserializer refuses every type but identity")]
+    kind: ServiceType,
+    destination: Option<RawDestination>,
+    name: Option<String>,
+    ssh_config: Option<OnOff>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default, deserialize_with = "not_yet::cluster")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    cluster: (),
+    #[serde(default)]
+    allow_reissue: bool,
+    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    credential_ttl: (),
+    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
+    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
+    renewal_interval: (),
+}
+
+impl RawConfig {
+    pub(super) fn check(self) -> Result<Config, String> {
+        let cluster = match (self.proxy_server, self.auth_server) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "proxy_server and auth_server are both set; set only one (proxy_server for a \
+                     Teleport Proxy)"
+                        .to_owned(),
+                );
+            }
+            (Some(p), None) => Some(ClusterAddr::Proxy(
+                HostPort::parse(&p, 443).map_err(|e| format!("proxy_server: {e}"))?,
+            )),
+            (None, Some(a)) => Some(ClusterAddr::Auth(
+                HostPort::parse(&a, 3025).map_err(|e| format!("auth_server: {e}"))?,
+            )),
+            (None, None) => None,
+        };
+        let onboarding = self.onboarding.ok_or(
+            "onboarding: missing; add `onboarding:` with `join_method: bound_keypair` and `token:`",
+        )?;
+        if onboarding.join_method.is_none() {
+            return Err(
+                "onboarding.join_method: missing; keybound joins with `join_method: bound_keypair`"
+                    .to_owned(),
+            );
+        }
+        let token = onboarding
+            .token
+            .filter(|t| !t.trim().is_empty())
+            .ok_or("onboarding.token: missing; set it to the bound_keypair join token's name")?;
+        let token = token_value(token)?;
+        if self.insecure && onboarding.ca_path.is_some() {
+            return Err(
+                "insecure and onboarding.ca_path are both set; remove one (insecure skips \
+                 verification, so a CA bundle would be ignored)"
+                    .to_owned(),
+            );
+        }
+        let storage = match self.storage {
+            Some(d) => d.check("storage")?,
+            None => Destination::Directory {
+                path: PathBuf::from(DEFAULT_STORAGE_PATH),
+                symlinks: Symlinks::default(),
+            },
+        };
+        // As tbot (`lib/tbot/config/config.go`): the old certificate_ttl counts only when
+        // credential_ttl is unset, and a lifetime and an interval come as a pair.
+        let ttl = self.credential_ttl.or(self.certificate_ttl).map(|d| d.0);
+        let (credential_ttl, renewal_interval) = match (ttl, self.renewal_interval) {
+            (Some(ttl), Some(interval)) => (ttl, interval.0),
+            (None, None) => (DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL),
+            _ => {
+                return Err(
+                    "credential_ttl and renewal_interval must both be specified if either is"
+                        .to_owned(),
+                );
+            }
+        };
+        let mut outputs = Vec::new();
+        for (list, raw) in [("outputs", self.outputs), ("services", self.services)] {
+            for (i, service) in raw.unwrap_or_default().into_iter().enumerate() {
+                let destination = service
+                    .destination
+                    .ok_or_else(|| format!("{list}[{i}].destination: missing"))?
+                    .check(&format!("{list}[{i}].destination"))?;
+                if let Some(empty) = service.roles.iter().position(|r| r.trim().is_empty()) {
+                    return Err(format!(
+                        "{list}[{i}].roles[{empty}]: empty; name a role, or remove `roles` to \
+                         impersonate every role the bot may"
+                    ));
+                }
+                outputs.push(IdentityOutput {
+                    destination,
+                    ssh_config: service.ssh_config.is_none_or(|v| v.0),
+                    name: service.name,
+                    roles: service.roles,
+                    allow_reissue: service.allow_reissue,
+                });
+            }
+        }
+        let bound_keypair = onboarding.bound_keypair;
+        let onboarding = match bound_keypair {
+            None => Onboarding {
+                token,
+                ca_path: onboarding.ca_path,
+                ..Onboarding::default()
+            },
+            Some(b) => Onboarding {
+                token,
+                ca_path: onboarding.ca_path,
+                static_private_key_path: b.static_private_key_path,
+                signer: b.signer.map(|v| v.0),
+                pkcs11_uri: b.pkcs11_uri.map(|v| v.0),
+                pkcs11_module: b.pkcs11_module,
+                pin_source: b.pin_source.map(|v| v.0),
+                require_hardware_key: b.require_hardware_key,
+                tpm_tcti: b.tpm_tcti.map(|v| v.0),
+                tpm_key_handle: b.tpm_key_handle.map(|v| v.0),
+                tpm_key_path: b.tpm_key_path,
+                tpm_parent: b.tpm_parent.map(|v| v.0),
+            },
+        };
+        onboarding
+            .signer_config()
+            .map_err(|e| format!("onboarding.bound_keypair: {e}"))?;
+        let config = Config {
+            cluster,
+            onboarding,
+            storage,
+            credential_ttl,
+            renewal_interval,
+            oneshot: self.oneshot,
+            debug: self.debug,
+            insecure: self.insecure,
+            diag_addr: self.diag_addr.filter(|a| !a.is_empty()),
+            outputs,
+        };
+        config.check_destinations()?;
+        Ok(config)
+    }
+}
+
+/// tbot reads `onboarding.token` through `utils.TryReadValueAsFile`: an absolute path to a file
+/// means the file's trimmed contents.
+fn token_value(token: String) -> Result<String, String> {
+    if !token.starts_with('/') {
+        return Ok(token);
+    }
+    let text = std::fs::read_to_string(&token)
+        .map_err(|e| format!("onboarding.token: cannot read token file {token}: {e}"))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(format!("onboarding.token: token file {token} is empty"));
+    }
+    Ok(value.to_owned())
+}
+
+// === Scalar values with their own checks ===
+
+/// `bound_keypair.signer`.
+struct SignerValue(SignerKind);
+
+impl<'de> Deserialize<'de> for SignerValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| SignerKind::parse(v).map(Self))
+    }
+}
+
+/// `bound_keypair.pkcs11_uri`, checked as an RFC 7512 URI when the pkcs11 backend is built in.
+struct Pkcs11UriValue(Pkcs11UriText);
+
+impl<'de> Deserialize<'de> for Pkcs11UriValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| {
+            #[cfg(feature = "pkcs11")]
+            keybound_signer_pkcs11::Pkcs11Uri::parse(v)?;
+            Ok(Self(v.into()))
+        })
+    }
+}
+
+/// `bound_keypair.tpm_tcti`, checked when the tpm backend is built in.
+struct TctiValue(String);
+
+impl<'de> Deserialize<'de> for TctiValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| {
+            #[cfg(feature = "tpm")]
+            keybound_signer_tpm::tcti::Tcti::parse(v)?;
+            Ok(Self(v.to_owned()))
+        })
+    }
+}
+
+/// A TPM handle written as hex (`0x81000100`), as tpm2-tools write them.
+struct HandleValue(u32);
+
+/// Parses a TPM handle: hex with `0x`, or decimal.
+pub fn parse_handle(v: &str) -> Result<u32, String> {
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    };
+    parsed.ok_or_else(|| format!("{v:?} is not a TPM handle (write it like 0x81000100)"))
+}
+
+impl<'de> Deserialize<'de> for HandleValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HandleValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TPM handle such as 0x81000100")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HandleValue, E> {
+                parse_handle(v).map(HandleValue).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HandleValue, E> {
+                u32::try_from(v)
+                    .map(HandleValue)
+                    .map_err(|_| E::custom("not a TPM handle"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `bound_keypair.pin_source`: `env:VAR` or `file:PATH`.
+struct PinSourceValue(PinSource);
+
+impl<'de> Deserialize<'de> for PinSourceValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| PinSource::parse(v).map(Self))
+    }
+}
+
+/// `version:`; only v2 is read.
+struct Version;
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| match v {
+            "v2" => Ok(Self),
+            "v1" => Err(
+                "keybound reads tbot's v2 configuration; convert this v1 file with `tbot migrate`"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unknown config version {other:?}; keybound reads `version: v2`"
+            )),
+        })
+    }
+}
+
+/// `onboarding.join_method:`; keybound joins with `bound_keypair` only.
+struct JoinMethod;
+
+impl<'de> Deserialize<'de> for JoinMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| match v {
+            "bound_keypair" => Ok(Self),
+            "" => Err("empty; keybound joins with `bound_keypair`".to_owned()),
+            other => Err(format!(
+                "join method {other:?} is not supported by keybound, which joins only with \
+                 `bound_keypair` (use tbot for other join methods)"
+            )),
+        })
+    }
+}
+
+/// tbot's service types (`lib/tbot/config`): keybound writes `identity` only.
+struct ServiceType;
+
+const TBOT_SERVICE_TYPES: &[&str] = &[
+    "application",
+    "application-tunnel",
+    "database",
+    "database-tunnel",
+    "kubernetes",
+    "kubernetes/v2",
+    "kubernetes/argo-cd",
+    "ssh_host",
+    "ssh-multiplexer",
+    "spiffe-svid",
+    "spiffe-workload-api",
+    "workload-identity-x509",
+    "workload-identity-jwt",
+    "workload-identity-api",
+    "workload-identity-aws-roles-anywhere",
+    "application-proxy",
+    "example",
+];
+
+impl<'de> Deserialize<'de> for ServiceType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| {
+            if v == "identity" {
+                Ok(Self)
+            } else if TBOT_SERVICE_TYPES.contains(&v) {
+                Err(format!(
+                    "tbot service type {v:?} is not supported by keybound yet; keybound writes \
+                     `type: identity` outputs"
+                ))
+            } else {
+                Err(format!(
+                    "unknown service type {v:?}; keybound writes `type: identity` outputs"
+                ))
+            }
+        })
+    }
+}
