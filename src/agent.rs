@@ -37,7 +37,8 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::join::JoinError;
-use crate::start::{Held, Prepared, cycle};
+use crate::renewal::{Prepared, cycle};
+use crate::storage::Held;
 use crate::{ExitKind, Failure};
 
 // === The schedule ===

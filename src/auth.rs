@@ -33,10 +33,12 @@ use rustls::{ClientConfig, RootCertStore};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::config::HostPort;
 use crate::identity::Identity;
 use crate::subject_key::SubjectKey;
 use crate::transport::{self, API_DOMAIN, Dial};
+use crate::untrusted;
+use crate::values::HostPort;
+use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
 
 /// The ALPN prefix of the Proxy's pass-through route to Auth (`ProtocolAuth`).
@@ -353,6 +355,34 @@ fn connect_error(route: &AuthRoute, error: &dyn std::error::Error) -> ConnectErr
         ConnectError::Untrusted(message)
     } else {
         ConnectError::Unreachable(message)
+    }
+}
+
+/// A failed Auth call made for the outputs: `what`, the cluster's message (sanitized), `hint`.
+/// A call that could not reach Auth is worth retrying soon; any other is a refusal.
+pub fn status_failure(what: &str, status: &Status, hint: &str) -> Failure {
+    let kind = match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            ExitKind::Unreachable
+        }
+        _ => ExitKind::Rejected,
+    };
+    Failure::new(
+        kind,
+        anyhow!("{what}: {}{hint}", untrusted::message(status.message())),
+    )
+}
+
+/// The exit kind of a connection that could not be made.
+impl From<ConnectError> for Failure {
+    fn from(e: ConnectError) -> Self {
+        let kind = match &e {
+            ConnectError::Unreachable(_) => ExitKind::Unreachable,
+            // Not this cluster's Auth: retrying soon will not change that.
+            ConnectError::Untrusted(_) => ExitKind::Rejected,
+            ConnectError::Identity(_) => ExitKind::Software,
+        };
+        Self::new(kind, anyhow::Error::new(e))
     }
 }
 

@@ -19,6 +19,7 @@ use anyhow::{Context as _, anyhow};
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
+use zeroize::Zeroizing;
 
 /// tbot's `symlinks:` policy for directory destinations (`lib/tbot/botfs`).
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
@@ -324,6 +325,45 @@ pub fn resolve(path: &Path) -> PathBuf {
         }
     }
     resolved
+}
+
+/// Files to write into a directory: (name, contents). The contents may hold a private key, so
+/// they are zeroed when dropped.
+pub type Files = Vec<(&'static str, Zeroizing<String>)>;
+
+/// Writes `files` into `dir`: every one staged (written and fsynced under a temporary name)
+/// before any is renamed into place.
+///
+/// The files are staged on threads of their own, all at once: each fsync waits for a journal
+/// commit, and filesystems that group commits (ext4, xfs) then make one commit serve them all,
+/// where one after another cost a commit each (a dozen for an identity output; see
+/// docs/PERFORMANCE.md).
+pub fn write_all(dir: &Dir, files: &Files) -> anyhow::Result<Vec<PathBuf>> {
+    let staged = std::thread::scope(|scope| {
+        let staging: Vec<_> = files
+            .iter()
+            .map(|(name, content)| {
+                scope.spawn(move || dir.stage(name.as_ref(), content.as_bytes(), 0o600))
+            })
+            .collect();
+        staging
+            .into_iter()
+            .map(|thread| {
+                thread.join().unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "writing a file in {} failed",
+                        dir.path().display()
+                    ))
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let written = staged
+        .into_iter()
+        .map(|file| file.commit(Replace::Allow))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    dir.sync()?;
+    Ok(written)
 }
 
 #[cfg(test)]

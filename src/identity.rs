@@ -16,6 +16,23 @@ use zeroize::Zeroizing;
 
 use crate::untrusted::ClusterName;
 
+/// The files of an identity, as tbot names them in its storage and in an identity output
+/// (`lib/tbot/identity/identity.go`).
+pub mod files {
+    /// The subject private key.
+    pub const KEY: &str = "key";
+    /// The subject public key, `authorized_keys`.
+    pub const PUBLIC_KEY: &str = "key.pub";
+    /// The SSH certificate.
+    pub const SSH_CERT: &str = "key-cert.pub";
+    /// The TLS certificate.
+    pub const TLS_CERT: &str = "tlscert";
+    /// Storage only: every TLS CA, `$`-joined.
+    pub const TLS_CA_CERTS: &str = "tlscacerts";
+    /// Storage only: every SSH CA key, `$`-joined.
+    pub const SSH_CA_CERTS: &str = "sshcacerts";
+}
+
 /// A bot identity: everything tbot keeps in its storage and writes to its outputs. Also the
 /// role-impersonated identity an output holds.
 #[derive(Clone)]
@@ -183,7 +200,6 @@ impl Identity {
     /// when there is none; an error when it is there but unusable (a key that does not match its
     /// certificate, say).
     pub fn load(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
-        use crate::output::names;
         let read = |name: &str| -> anyhow::Result<Option<String>> {
             match std::fs::read_to_string(dir.join(name)) {
                 Ok(text) => Ok(Some(text)),
@@ -191,15 +207,15 @@ impl Identity {
                 Err(e) => Err(anyhow!("cannot read {}: {e}", dir.join(name).display())),
             }
         };
-        let Some(tls_cert) = read(names::TLS_CERT)? else {
+        let Some(tls_cert) = read(files::TLS_CERT)? else {
             return Ok(None);
         };
         let missing = |name: &str| anyhow!("{} is missing", dir.join(name).display());
-        let key = Zeroizing::new(read(names::KEY)?.ok_or_else(|| missing(names::KEY))?);
-        let ssh_public = read(names::PUBLIC_KEY)?.ok_or_else(|| missing(names::PUBLIC_KEY))?;
-        let ssh_cert = read(names::SSH_CERT)?.ok_or_else(|| missing(names::SSH_CERT))?;
-        let tls_cas = read(names::TLS_CA_CERTS)?.ok_or_else(|| missing(names::TLS_CA_CERTS))?;
-        let ssh_cas = read(names::SSH_CA_CERTS)?.ok_or_else(|| missing(names::SSH_CA_CERTS))?;
+        let key = Zeroizing::new(read(files::KEY)?.ok_or_else(|| missing(files::KEY))?);
+        let ssh_public = read(files::PUBLIC_KEY)?.ok_or_else(|| missing(files::PUBLIC_KEY))?;
+        let ssh_cert = read(files::SSH_CERT)?.ok_or_else(|| missing(files::SSH_CERT))?;
+        let tls_cas = read(files::TLS_CA_CERTS)?.ok_or_else(|| missing(files::TLS_CA_CERTS))?;
+        let ssh_cas = read(files::SSH_CA_CERTS)?.ok_or_else(|| missing(files::SSH_CA_CERTS))?;
         let split = |text: &str| -> Vec<Vec<u8>> {
             text.split('$')
                 .map(str::trim)

@@ -34,9 +34,10 @@ pub mod identity;
 pub mod join;
 pub mod logging;
 pub mod output;
+pub mod renewal;
 pub mod servertime;
 pub mod signer;
-pub mod start;
+pub mod storage;
 pub mod subject_key;
 pub mod tls;
 pub mod transport;
@@ -61,7 +62,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Start(args) => {
             let runtime = runtime()?;
-            let result = runtime.block_on(start::start(&args, &mut std::io::stdout().lock()));
+            let result =
+                runtime.block_on(commands::start::start(&args, &mut std::io::stdout().lock()));
             // A signing thread stuck on a device must not hold up exit.
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result

@@ -184,6 +184,26 @@ pub fn not_built(backend: &'static str) -> Error {
     )
 }
 
+/// Where the key lives, for people: `file /etc/keybound/bound-key.pem`, `pkcs11 pkcs11:...`.
+pub fn key_source(signer_config: &SignerConfig, backend: &str) -> String {
+    match signer_config {
+        SignerConfig::File(keybound_signer::config::FileConfig { path, .. }) => {
+            format!("file {}", path.display())
+        }
+        SignerConfig::Env(env) => format!("env ${}", env.variable),
+        SignerConfig::Pkcs11(p) => format!("pkcs11 {}", p.uri.redacted()),
+        SignerConfig::Tpm(t) => match &t.key {
+            keybound_signer::config::TpmKey::Handle(h) => {
+                format!("tpm persistent handle 0x{h:08x}")
+            }
+            keybound_signer::config::TpmKey::File(path) => {
+                format!("tpm key file {}", path.display())
+            }
+        },
+        _ => backend.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::config::HostPort;
+use crate::values::HostPort;
 
 /// `constants.APIDomain`: the name Auth's certificate carries and the gRPC `:authority`.
 pub const API_DOMAIN: &str = "teleport.cluster.local";

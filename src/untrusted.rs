@@ -9,7 +9,7 @@
 //!
 //! - a name that reaches a **file or a command line** is *validated* once, where it enters
 //!   keybound, into a type that only validation makes: [`ClusterName`] (from the certificates
-//!   and the CA records), and [`HostPort`](crate::config::HostPort) for a `host:port` (from the
+//!   and the CA records), and [`HostPort`](crate::values::HostPort) for a `host:port` (from the
 //!   configuration and from `Ping`; its host passes [`check_host`]). The output code takes
 //!   these types only, so every output kind, today's and the ones to come, writes checked names.
 //!   An invalid one refuses the outputs with an error naming it;

@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::HostPort;
+use crate::values::HostPort;
 use keybound_teleport::suite::Suite;
 
 /// How long one web API request may take, connection included.

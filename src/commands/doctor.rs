@@ -1,6 +1,6 @@
 //! `keybound doctor`: read-only checks of everything `keybound start` depends on, one line each.
 //!
-//! The checks reuse what `start` runs ([`crate::start::effective_config`], [`crate::start::route`],
+//! The checks reuse what `start` runs ([`crate::cli::Start::effective_config`], [`crate::config::Config::route`],
 //! [`crate::signer::open_signer`], [`crate::transport`], [`crate::webapi::find`]), so a
 //! passing doctor means `start` gets past the same steps. Nothing here joins, signs anything for
 //! the cluster, writes storage or outputs, or takes the storage lock (a running agent keeps it):
@@ -133,7 +133,7 @@ pub async fn run(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
 
 async fn checks(args: &Start, report: &mut Report<'_>) -> Result<(), Failure> {
     // The configuration: nothing else can be checked without it.
-    let config = match crate::start::effective_config(args) {
+    let config = match args.effective_config() {
         Ok(config) => config,
         Err(failure) => {
             report.add(Check::new(Status::Fail, "config", failure.to_string()))?;
@@ -151,10 +151,10 @@ async fn checks(args: &Start, report: &mut Report<'_>) -> Result<(), Failure> {
         Some(path) => path.display().to_string(),
         None => "flags".to_owned(),
     };
-    let route = crate::start::route(&config);
+    let route = config.route();
     report.add(config_check(&source, &config, route.as_ref().ok()))?;
     if !config.oneshot {
-        for warning in crate::start::lifetime_warnings(&config) {
+        for warning in config.lifetime_warnings() {
             report.add(
                 Check::new(Status::Warn, "config", warning)
                     .fix("make credential_ttl longer than renewal_interval, and at most 24h"),
@@ -185,7 +185,7 @@ async fn checks(args: &Start, report: &mut Report<'_>) -> Result<(), Failure> {
             return report.add(Check::new(Status::Fail, "cluster", failure.to_string()));
         }
     };
-    let trust = crate::start::trust(&config);
+    let trust = config.trust();
     if trust == Trust::Insecure {
         report.add(
             Check::new(
@@ -292,7 +292,7 @@ fn destination_checks(config: &Config) -> Vec<Check> {
         checks.push(check);
     }
     for output in &config.outputs {
-        if let Destination::Directory { path, .. } = &output.destination {
+        if let Destination::Directory { path, .. } = output.destination() {
             checks.push(directory_check("output", path));
         }
     }
@@ -403,7 +403,7 @@ fn signer_check(config: &Config, signer: &dyn Signer) -> Check {
     let source = config
         .onboarding
         .signer_config()
-        .map(|c| crate::start::key_source(&c, signer.backend()))
+        .map(|c| crate::signer::key_source(&c, signer.backend()))
         .unwrap_or_else(|_| signer.backend().to_owned());
     Check::new(
         Status::Ok,

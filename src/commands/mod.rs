@@ -3,3 +3,4 @@
 pub mod doctor;
 pub mod keypair;
 pub mod signer_list;
+pub mod start;

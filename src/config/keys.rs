@@ -1,7 +1,5 @@
 //! Every key the loader reads, from the YAML structs themselves, for docs/config.md's test.
 
-use serde::Deserialize as _;
-
 use super::raw::RawConfig;
 
 /// Every key the loader reads, as dotted paths (`onboarding.bound_keypair.signer`,
@@ -13,12 +11,7 @@ pub fn keys() -> Vec<String> {
     let mut keys = Vec::new();
     let mut pending: Vec<Vec<&'static str>> = vec![Vec::new()];
     while let Some(path) = pending.pop() {
-        let found = std::cell::Cell::new(None);
-        let _ = RawConfig::deserialize(probe::Probe {
-            path: &path,
-            found: &found,
-        });
-        for field in found.get().unwrap_or_default().iter().rev() {
+        for field in fields_at(&path).iter().rev() {
             let mut child = path.clone();
             child.push(field);
             pending.push(child);
@@ -28,6 +21,48 @@ pub fn keys() -> Vec<String> {
         }
     }
     keys
+}
+
+/// The keys of the struct at `path`, in declaration order; none for a scalar. An output
+/// (`services.*`, `outputs.*`) has the keys of every kind, each once.
+fn fields_at(path: &[&'static str]) -> Vec<&'static str> {
+    match path.split_first() {
+        Some((&("services" | "outputs"), rest)) => {
+            let mut kinds = KindFields {
+                path: rest,
+                fields: Vec::new(),
+            };
+            crate::output::visit_kinds(&mut kinds);
+            kinds.fields
+        }
+        _ => probe_fields::<RawConfig>(path),
+    }
+}
+
+/// The fields of the struct at `path` in the YAML type `T`.
+fn probe_fields<T: serde::de::DeserializeOwned>(path: &[&'static str]) -> Vec<&'static str> {
+    let found = std::cell::Cell::new(None);
+    let _ = T::deserialize(probe::Probe {
+        path,
+        found: &found,
+    });
+    found.get().unwrap_or_default().to_vec()
+}
+
+/// Collects, over every output kind, the fields at one path of its YAML type.
+struct KindFields<'a> {
+    path: &'a [&'static str],
+    fields: Vec<&'static str>,
+}
+
+impl crate::output::KindVisitor for KindFields<'_> {
+    fn visit<R: serde::de::DeserializeOwned>(&mut self, _name: &'static str) {
+        for field in probe_fields::<R>(self.path) {
+            if !self.fields.contains(&field) {
+                self.fields.push(field);
+            }
+        }
+    }
 }
 
 /// A deserializer that feeds a YAML struct nothing but the way to one key, and records the

@@ -15,7 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::fsutil::Symlinks;
+pub use crate::output::{IdentityOutput, OutputConfig};
+use anyhow::anyhow;
+use tracing::info;
+
+use crate::Failure;
 use crate::fsutil::resolve;
+use crate::tls::Trust;
 pub use crate::values::{Destination, HostPort, parse_duration};
 pub use keys::keys;
 pub use onboarding::Onboarding;
@@ -50,8 +56,8 @@ pub struct Config {
     pub insecure: bool,
     /// The diagnostics listener address.
     pub diag_addr: Option<String>,
-    /// The `identity` outputs (`outputs:` and `services:` together, in that order).
-    pub outputs: Vec<IdentityOutput>,
+    /// The outputs (`outputs:` and `services:` together, in that order).
+    pub outputs: Vec<OutputConfig>,
 }
 
 /// The cluster address: through a Proxy (`proxy_server`) or straight to Auth (`auth_server`).
@@ -61,22 +67,6 @@ pub enum ClusterAddr {
     Proxy(HostPort),
     /// A Teleport Auth Service (or a Proxy on 443/3080, which tbot tries as a Proxy first).
     Auth(HostPort),
-}
-
-/// A `type: identity` output: the bot's certificates in tbot's file layout.
-#[derive(Clone, Debug, Eq, PartialEq)]
-pub struct IdentityOutput {
-    /// Where to write.
-    pub destination: Destination,
-    /// Whether to write `known_hosts` and `ssh_config` (tbot's `ssh_config: on`, the default).
-    pub ssh_config: bool,
-    /// An optional name for logs.
-    pub name: Option<String>,
-    /// The roles to impersonate; empty means every role the bot may impersonate (tbot's
-    /// default, read from the bot's role).
-    pub roles: Vec<String>,
-    /// Whether the output's certificates may request further certificates (`allow_reissue`).
-    pub allow_reissue: bool,
 }
 
 /// A configuration error: one line naming the file and, where YAML knows it, line and column.
@@ -92,11 +82,62 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Where a join goes: the Proxy, or Auth itself (`true`) when `auth_server` is not on a web
+    /// port.
+    pub fn route(&self) -> Result<(HostPort, bool), Failure> {
+        match &self.cluster {
+            Some(ClusterAddr::Proxy(p)) => Ok((p.clone(), false)),
+            // tbot treats an auth_server on the web ports as a Proxy first (lib/join/joinclient).
+            Some(ClusterAddr::Auth(a)) if a.port() == 443 || a.port() == 3080 => {
+                info!(addr = %a, "auth_server is on a web port; joining through it as a Proxy, as tbot does");
+                Ok((a.clone(), false))
+            }
+            Some(ClusterAddr::Auth(a)) => Ok((a.clone(), true)),
+            None => Err(Failure::config(anyhow!(
+                "no cluster address: set proxy_server in the config or pass --proxy-server HOST:PORT"
+            ))),
+        }
+    }
+
+    /// What is wrong with the long-running agent's certificate lifetime and renewal interval, as tbot
+    /// warns (`lib/tbot/bot/credential_lifetime.go`).
+    pub fn lifetime_warnings(&self) -> Vec<String> {
+        let (ttl, interval) = (
+            humantime::format_duration(self.credential_ttl),
+            humantime::format_duration(self.renewal_interval),
+        );
+        let mut warnings = Vec::new();
+        if self.credential_ttl < self.renewal_interval {
+            warnings.push(format!(
+                "credential_ttl {ttl} is shorter than renewal_interval {interval}: the certificates \
+                 will expire between renewals"
+            ));
+        }
+        if self.credential_ttl > Duration::from_secs(24 * 60 * 60) {
+            warnings.push(format!(
+                "credential_ttl {ttl} is over 24h, the most Teleport issues; the certificates will be \
+                 shorter"
+            ));
+        }
+        warnings
+    }
+
+    /// How the cluster's TLS certificate is verified.
+    pub fn trust(&self) -> Trust {
+        if self.insecure {
+            Trust::Insecure
+        } else if let Some(path) = &self.onboarding.ca_path {
+            Trust::Bundle(path.clone())
+        } else {
+            Trust::System
+        }
+    }
+
     /// Refuses destinations that would overwrite each other: an output that is the storage
     /// directory or inside it (its role-impersonated files would replace the bot's own, which
     /// the cluster would then see rejoin with the wrong certificate, or sit among them), or two
     /// outputs in one directory; and an output directory its `ssh_config` could not name
-    /// ([`crate::output::check_ssh_config_dir`]). Paths are compared where they lead
+    /// ([`crate::output::check_ssh_config_dir`], through each output's `validate`). Paths are compared where they lead
     /// ([`resolve`]): `x/../storage` and a symbolic link to the storage directory are the storage
     /// directory.
     pub fn check_destinations(&self) -> Result<(), String> {
@@ -113,7 +154,7 @@ impl Config {
         };
         let mut seen: Vec<PathBuf> = Vec::new();
         for output in &self.outputs {
-            let Destination::Directory { path, .. } = &output.destination else {
+            let Destination::Directory { path, .. } = output.destination() else {
                 continue;
             };
             let here = resolve(path);
@@ -145,9 +186,7 @@ impl Config {
                 ));
             }
             seen.push(here);
-            if output.ssh_config {
-                crate::output::check_ssh_config_dir(path)?;
-            }
+            output.validate()?;
         }
         Ok(())
     }

@@ -10,13 +10,12 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::{
     ClusterAddr, Config, DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL, DEFAULT_STORAGE_PATH,
-    IdentityOutput, Onboarding,
+    Onboarding,
 };
 use crate::fsutil::Symlinks;
+use crate::output::RawOutput;
 use crate::signer::SignerKind;
-use crate::values::{
-    Destination, GoDuration, HostPort, OnOff, RawDestination, checked_str, not_yet,
-};
+use crate::values::{Destination, GoDuration, HostPort, RawDestination, checked_str, not_yet};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,8 +24,8 @@ pub(super) struct RawConfig {
     version: Version,
     onboarding: Option<RawOnboarding>,
     storage: Option<RawDestination>,
-    outputs: Option<Vec<RawService>>,
-    services: Option<Vec<RawService>>,
+    outputs: Option<Vec<RawOutput>>,
+    services: Option<Vec<RawOutput>>,
     #[serde(default)]
     debug: bool,
     auth_server: Option<String>,
@@ -80,30 +79,6 @@ struct RawBoundKeypair {
     #[serde(default, deserialize_with = "not_yet::registration_secret")]
     #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
     initial_join_secret: (),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    #[serde(rename = "type")]
-    #[allow(dead_code, reason = "its deserializer refuses every type but identity")]
-    kind: ServiceType,
-    destination: Option<RawDestination>,
-    name: Option<String>,
-    ssh_config: Option<OnOff>,
-    #[serde(default)]
-    roles: Vec<String>,
-    #[serde(default, deserialize_with = "not_yet::cluster")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    cluster: (),
-    #[serde(default)]
-    allow_reissue: bool,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
 }
 
 impl RawConfig {
@@ -167,24 +142,8 @@ impl RawConfig {
         };
         let mut outputs = Vec::new();
         for (list, raw) in [("outputs", self.outputs), ("services", self.services)] {
-            for (i, service) in raw.unwrap_or_default().into_iter().enumerate() {
-                let destination = service
-                    .destination
-                    .ok_or_else(|| format!("{list}[{i}].destination: missing"))?
-                    .check(&format!("{list}[{i}].destination"))?;
-                if let Some(empty) = service.roles.iter().position(|r| r.trim().is_empty()) {
-                    return Err(format!(
-                        "{list}[{i}].roles[{empty}]: empty; name a role, or remove `roles` to \
-                         impersonate every role the bot may"
-                    ));
-                }
-                outputs.push(IdentityOutput {
-                    destination,
-                    ssh_config: service.ssh_config.is_none_or(|v| v.0),
-                    name: service.name,
-                    roles: service.roles,
-                    allow_reissue: service.allow_reissue,
-                });
+            for (i, output) in raw.unwrap_or_default().into_iter().enumerate() {
+                outputs.push(output.check(&format!("{list}[{i}]"))?);
             }
         }
         let bound_keypair = onboarding.bound_keypair;
@@ -353,48 +312,6 @@ impl<'de> Deserialize<'de> for JoinMethod {
                 "join method {other:?} is not supported by keybound, which joins only with \
                  `bound_keypair` (use tbot for other join methods)"
             )),
-        })
-    }
-}
-
-/// tbot's service types (`lib/tbot/config`): keybound writes `identity` only.
-struct ServiceType;
-
-const TBOT_SERVICE_TYPES: &[&str] = &[
-    "application",
-    "application-tunnel",
-    "database",
-    "database-tunnel",
-    "kubernetes",
-    "kubernetes/v2",
-    "kubernetes/argo-cd",
-    "ssh_host",
-    "ssh-multiplexer",
-    "spiffe-svid",
-    "spiffe-workload-api",
-    "workload-identity-x509",
-    "workload-identity-jwt",
-    "workload-identity-api",
-    "workload-identity-aws-roles-anywhere",
-    "application-proxy",
-    "example",
-];
-
-impl<'de> Deserialize<'de> for ServiceType {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_str(d, |v| {
-            if v == "identity" {
-                Ok(Self)
-            } else if TBOT_SERVICE_TYPES.contains(&v) {
-                Err(format!(
-                    "tbot service type {v:?} is not supported by keybound yet; keybound writes \
-                     `type: identity` outputs"
-                ))
-            } else {
-                Err(format!(
-                    "unknown service type {v:?}; keybound writes `type: identity` outputs"
-                ))
-            }
         })
     }
 }

@@ -40,12 +40,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use crate::config::HostPort;
 use crate::identity::Identity;
 use crate::subject_key::SubjectKey;
 use crate::tls::{Trust, client_config};
 use crate::transport;
 use crate::untrusted;
+use crate::values::HostPort;
 use crate::webapi;
 use keybound_teleport::suite::Suite;
 

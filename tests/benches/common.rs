@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use keybound::auth::AuthRoute;
 use keybound::config::{Config, HostPort};
-use keybound::start::Prepared;
+use keybound::renewal::Prepared;
 use keybound::tls::Trust;
 use keybound_devcluster::roles::{Bot, Role};
 use keybound_devcluster::tokens;

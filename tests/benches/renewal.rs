@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use keybound::auth::{AuthClient, AuthRoute};
 use keybound::join::{self, JOIN_TIMEOUT, JoinParams};
-use keybound::start::{Held, cycle};
+use keybound::renewal::cycle;
+use keybound::storage::Held;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keybound::agent::{Outcome, Schedule, Status, run_loop};
-use keybound::start::{Held, cycle};
+use keybound::renewal::cycle;
+use keybound::storage::Held;
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 use tokio::sync::Notify;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keybound::config::{ClusterAddr, Config, Destination, HostPort, Symlinks};
+use keybound::config::{ClusterAddr, Config, Destination, HostPort, OutputConfig, Symlinks};
 use keybound_signer::config::{EnvConfig, FileConfig, SignerConfig};
 
 fn data(name: &str) -> PathBuf {
@@ -63,12 +63,15 @@ fn every_supported_key_is_read() {
         config.onboarding.ca_path,
         Some(PathBuf::from("/etc/keybound/ca.pem"))
     );
+    let identity = |i: usize| match &config.outputs[i] {
+        OutputConfig::Identity(o) => o,
+    };
     assert_eq!(config.outputs.len(), 2);
-    assert!(config.outputs[0].ssh_config);
-    assert!(!config.outputs[1].ssh_config);
-    assert_eq!(config.outputs[1].name.as_deref(), Some("second"));
+    assert!(identity(0).ssh_config);
+    assert!(!identity(1).ssh_config);
+    assert_eq!(identity(1).name.as_deref(), Some("second"));
     assert_eq!(
-        config.outputs[1].destination,
+        identity(1).destination,
         Destination::Directory {
             path: "/opt/machine-id-2".into(),
             symlinks: Symlinks::Secure

@@ -807,7 +807,9 @@ async fn two_processes_cannot_renew_from_one_storage() {
 /// so no outgrown buffer is freed with a copy of the key in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_contents_holding_the_subject_key_are_zeroized() {
-    use keybound::output::{ClusterCas, OutputContext, identity_files, names, storage_files};
+    use keybound::output::ClusterCas;
+    use keybound::output::identity::{IDENTITY, OutputContext, identity_files};
+    use keybound::storage::storage_files;
     use zeroize::Zeroizing;
 
     let env = env(|_| {}).await;
@@ -829,7 +831,7 @@ async fn file_contents_holding_the_subject_key_are_zeroized() {
     for (_, content) in output.iter().chain(&storage) {
         zeroized(content);
     }
-    let (_, file) = output.iter().find(|(n, _)| *n == names::IDENTITY).unwrap();
+    let (_, file) = output.iter().find(|(n, _)| *n == IDENTITY).unwrap();
     assert!(file.contains(identity.private_key_pem.as_str()));
     assert!(
         file.capacity() - file.len() <= 8,

@@ -1,6 +1,8 @@
 //! The command line, shaped after tbot's (`lib/tbot/cli`). These `///` comments are the `--help`
 //! text; flags are public API.
 
+mod merge;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

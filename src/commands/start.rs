@@ -1,0 +1,112 @@
+//! `keybound start`: one renewal cycle and a summary with `--oneshot`, else the long-running
+//! agent.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use anyhow::anyhow;
+use keybound_signer::config::SignerConfig;
+
+use crate::cli::Start;
+use crate::join;
+use crate::renewal::{Cycle, Prepared, cycle};
+use crate::storage::Held;
+use crate::untrusted;
+use crate::{ExitKind, Failure};
+
+/// Runs `keybound start`: one cycle with `--oneshot`, else the long-running agent.
+pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
+    let prepared = Prepared::new(args.effective_config()?)?;
+    let held = Held::open(&prepared.config.storage, &prepared.config.onboarding.token)?;
+    if !prepared.config.oneshot {
+        return crate::agent::run(prepared, held).await;
+    }
+    let Cycle { joined, written } = cycle(&prepared, &held).await?;
+    let joined = joined.ok_or_else(|| {
+        Failure::new(
+            ExitKind::Software,
+            anyhow!("a oneshot run always renews the bot identity"),
+        )
+    })?;
+    write_summary(
+        out,
+        &joined,
+        &*prepared.signer,
+        &prepared.signer_config,
+        &written,
+    )
+    .map_err(|e| Failure::new(ExitKind::Software, e))?;
+    Ok(())
+}
+
+fn write_summary(
+    out: &mut dyn Write,
+    joined: &join::Joined,
+    signer: &dyn keybound_signer::Signer,
+    signer_config: &SignerConfig,
+    written: &[String],
+) -> anyhow::Result<()> {
+    let info = &joined.identity.info;
+    let left = info
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    let key_source = crate::signer::key_source(signer_config, signer.backend());
+    writeln!(
+        out,
+        "Joined cluster {} as bot {}",
+        info.cluster_name,
+        untrusted::quoted(&info.bot_name)
+    )?;
+    writeln!(
+        out,
+        "  bot instance:  {}",
+        untrusted::name(info.bot_instance_id.as_deref().unwrap_or("(not reported)"))
+    )?;
+    writeln!(
+        out,
+        "  expires:       {} (in {})",
+        keybound_teleport::time::format_time(info.not_after),
+        humantime::format_duration(Duration::from_secs(left.as_secs()))
+    )?;
+    writeln!(
+        out,
+        "  bound key:     {} ({}, signer {key_source})",
+        signer.public_key().fingerprint(),
+        signer.algorithm()
+    )?;
+    writeln!(out, "  key storage:   {}", signer.protection())?;
+    writeln!(
+        out,
+        "  join:          {} (suite {}, {})",
+        joined.rpc,
+        joined.suite,
+        if joined.authenticated {
+            "authenticated rejoin: same bot instance, no recovery used"
+        } else {
+            "with the static key"
+        }
+    )?;
+    if let Some(generation) = info.generation {
+        writeln!(out, "  generation:    {generation}")?;
+    }
+    if written.is_empty() {
+        writeln!(
+            out,
+            "  written:       nothing (memory storage, no directory outputs)"
+        )?;
+    }
+    for (i, w) in written.iter().enumerate() {
+        writeln!(
+            out,
+            "  {}{w}",
+            if i == 0 {
+                "written:       "
+            } else {
+                "               "
+            }
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! What every output of one renewal shares from Auth, fetched once for all of them: the
+//! cluster's CAs (`TrustService.GetCertAuthorities`, `GetClusterCACert`), the roles the bot may
+//! impersonate (its role, `GetRole`), and the proxy's address (with `auth_server`, `Ping`).
+
+use anyhow::{Context as _, anyhow, bail};
+use tracing::warn;
+
+use super::Needs;
+use crate::auth::{self, AuthClient, AuthRoute};
+use crate::identity::Identity;
+use crate::untrusted::ClusterName;
+use crate::values::HostPort;
+use crate::{ExitKind, Failure};
+
+/// The cluster's certificate authorities as the outputs write them, read with the trust
+/// service (`GetCertAuthorities` for `host`, `user` and `db`): local and trusted clusters',
+/// active keys and those trusted during a rotation.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterCas {
+    /// Every host CA TLS certificate, PEM, concatenated.
+    pub host_tls_pem: String,
+    /// Every user CA TLS certificate, PEM, concatenated.
+    pub user_tls_pem: String,
+    /// Every database CA TLS certificate, PEM, concatenated.
+    pub db_tls_pem: String,
+    /// Every host CA SSH key: (cluster name, `authorized_keys` key without comment).
+    pub host_ssh_keys: Vec<(ClusterName, String)>,
+}
+
+impl ClusterCas {
+    /// Collects the CA files' contents from the trust service's answers: each certificate
+    /// re-encoded from its DER, each key written anew without its comment, and each CA's
+    /// cluster name checked, so that nothing but what the files' formats hold reaches them.
+    pub fn from_authorities(
+        host: &[keybound_proto::types::CertAuthorityV2],
+        user: &[keybound_proto::types::CertAuthorityV2],
+        db: &[keybound_proto::types::CertAuthorityV2],
+    ) -> anyhow::Result<Self> {
+        fn key_sets(
+            ca: &keybound_proto::types::CertAuthorityV2,
+        ) -> impl Iterator<Item = &keybound_proto::types::CaKeySet> {
+            ca.spec
+                .iter()
+                .flat_map(|s| s.active_keys.iter().chain(&s.additional_trusted_keys))
+        }
+        let tls = |cas: &[keybound_proto::types::CertAuthorityV2]| -> anyhow::Result<String> {
+            let mut out = String::new();
+            for ca in cas {
+                for pair in key_sets(ca).flat_map(|k| &k.tls) {
+                    for pem in keybound_teleport::pem::split_pem_certs(&pair.cert)
+                        .context("a CA certificate is not PEM")?
+                    {
+                        out.push_str(&pem);
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let mut host_ssh_keys = Vec::new();
+        for ca in host {
+            let cluster = ClusterName::parse(
+                ca.spec.as_ref().map_or("", |s| s.cluster_name.as_str()),
+                "a host CA record (cluster_name)",
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            for pair in key_sets(ca).flat_map(|k| &k.ssh) {
+                let line = std::str::from_utf8(&pair.public_key)
+                    .context("a host CA SSH key is not text")?;
+                let key = ssh_key::PublicKey::from_openssh(line.trim())
+                    .context("a host CA SSH key is not an SSH public key")?;
+                let bare = ssh_key::PublicKey::from(key.key_data().clone()).to_openssh()?;
+                host_ssh_keys.push((cluster.clone(), bare.trim().to_owned()));
+            }
+        }
+        if host_ssh_keys.is_empty() {
+            bail!("the cluster returned no host CA SSH key");
+        }
+        Ok(Self {
+            host_tls_pem: tls(host)?,
+            user_tls_pem: tls(user)?,
+            db_tls_pem: tls(db)?,
+            host_ssh_keys,
+        })
+    }
+}
+
+/// What the outputs of one renewal share, fetched once for all of them.
+pub struct Shared {
+    /// The cluster's CAs, for the CA files and `known_hosts`.
+    pub cas: ClusterCas,
+    /// The cluster's host CA certificates (`GetClusterCACert`), each PEM, which the outputs'
+    /// identities carry as their host CAs.
+    pub host_ca_pems: Vec<String>,
+    /// The roles the bot may impersonate (its role's `allow.impersonate.roles`), when an
+    /// output needs them.
+    pub default_roles: Vec<String>,
+    /// The proxy's address; `None` when keybound reaches Auth directly and Auth names no proxy,
+    /// which leaves the proxy out of `known_hosts` and skips `ssh_config`.
+    pub proxy: Option<HostPort>,
+}
+
+impl Shared {
+    /// Fetches what `needs` asks for, with the bot's connection to Auth. A failure here fails
+    /// every output: none could be written without it.
+    pub async fn fetch(
+        auth: &AuthClient,
+        route: &AuthRoute,
+        bot: &Identity,
+        needs: Needs,
+    ) -> Result<Self, Failure> {
+        let rpc = |what: &'static str| {
+            move |s: tonic::Status| {
+                auth::status_failure(&format!("{what} for the identity outputs"), &s, "")
+            }
+        };
+        let host = auth
+            .cert_authorities("host")
+            .await
+            .map_err(rpc("reading the host CAs"))?;
+        let user = auth
+            .cert_authorities("user")
+            .await
+            .map_err(rpc("reading the user CAs"))?;
+        let db = auth
+            .cert_authorities("db")
+            .await
+            .map_err(rpc("reading the database CAs"))?;
+        let cas = ClusterCas::from_authorities(&host, &user, &db).map_err(|e| {
+            Failure::new(
+                ExitKind::Rejected,
+                e.context("the cluster's CAs for the identity outputs are unusable"),
+            )
+        })?;
+        let cluster_ca = auth
+            .cluster_ca_cert()
+            .await
+            .map_err(rpc("reading the cluster's host CA"))?;
+        let host_ca_pems = keybound_teleport::pem::split_pem_certs(&cluster_ca)
+            .map_err(|e| Failure::new(ExitKind::Rejected, e))?;
+        let default_roles = if needs.default_roles {
+            let role = auth
+                .get_role(&bot.info.username)
+                .await
+                .map_err(rpc("reading the bot's role"))?;
+            role.spec
+                .and_then(|s| s.allow)
+                .and_then(|a| a.impersonate)
+                .map(|i| i.roles)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let proxy = match route {
+            AuthRoute::Proxy(proxy) => Some(proxy.clone()),
+            AuthRoute::Direct(_) => {
+                let ping = auth
+                    .ping()
+                    .await
+                    .map_err(rpc("asking Auth for the proxy"))?;
+                proxy_of_ping(&ping.proxy_public_addr)?
+            }
+        };
+        Ok(Self {
+            cas,
+            host_ca_pems,
+            default_roles,
+            proxy,
+        })
+    }
+}
+
+/// The proxy address Auth's `Ping` names, checked as `proxy_server` is: it reaches
+/// `known_hosts` and `ssh_config`.
+fn proxy_of_ping(addr: &str) -> Result<Option<HostPort>, Failure> {
+    if addr.is_empty() {
+        warn!(
+            "Auth names no proxy: known_hosts leaves the proxy out and ssh_config is not written"
+        );
+        return Ok(None);
+    }
+    HostPort::parse(addr, 443).map(Some).map_err(|e| {
+        Failure::new(
+            ExitKind::Rejected,
+            anyhow!(
+                "Auth's Ping names the proxy public address {e}; the identity outputs were not \
+                 written: check the proxy's public_addr in the cluster's configuration, and that \
+                 auth_server is the Teleport cluster you expect"
+            ),
+        )
+    })
+}

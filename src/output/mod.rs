@@ -1,0 +1,392 @@
+//! Outputs: what the bot writes, after each renewal, for the tools its users run, in tbot's
+//! file layout (`lib/tbot/services/*`, files 0600, directories 0700).
+//!
+//! One file per kind, each implementing [`Output`]: how it reads and checks its part of
+//! `tbot.yaml`, what it asks Auth for, and what files it renders from the answer. The table
+//! [`kinds!`] at the bottom of this file maps tbot's `type:` names to the kinds; it makes
+//! [`OutputConfig`] (a configured output of any kind) and the YAML dispatch. Adding a kind is a
+//! new file and one line in that table.
+//!
+//! [`write_outputs`] runs them for one renewal: what the outputs share from Auth is fetched once
+//! ([`Shared`]), then each output issues, renders and writes on its own, so that one failing
+//! output leaves the others written and its own previous files as they were. Every file of a
+//! destination is staged before any is renamed into place ([`fsutil::write_all`]).
+
+mod cluster;
+pub mod identity;
+mod impersonate;
+pub mod ssh;
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::anyhow;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, de::value::MapAccessDeserializer};
+use tracing::{error, info};
+
+pub use cluster::{ClusterCas, Shared};
+pub use identity::IdentityOutput;
+pub use ssh::check_ssh_config_dir;
+
+use crate::auth::{AuthClient, AuthRoute};
+use crate::fsutil::{self, Files};
+use crate::identity::Identity;
+use crate::values::{Destination, checked_str};
+use crate::{ExitKind, Failure};
+use keybound_teleport::suite::Suite;
+
+/// One output kind: tbot's `type:` in `services:` (or the older `outputs:`).
+pub trait Output: Sized + Sync {
+    /// Its YAML, as serde reads it (strictly: unknown keys are errors).
+    type Raw: DeserializeOwned;
+    /// What [`issue`](Self::issue) obtains from Auth for the files.
+    type Issued: Send;
+
+    /// Checks the YAML into an output; `at` names it in errors (`services[0]`).
+    fn from_raw(raw: Self::Raw, at: &str) -> Result<Self, String>;
+    /// Where its files go.
+    fn destination(&self) -> &Destination;
+    /// Its `name:`, for logs and errors.
+    fn name(&self) -> Option<&str>;
+    /// What it uses of what the outputs share ([`Shared`]).
+    fn needs(&self) -> Needs;
+    /// Checks it against the effective configuration (flags included), before any join.
+    fn validate(&self) -> Result<(), String>;
+    /// Asks Auth for what the output holds.
+    fn issue(&self, cx: &Issue<'_>) -> impl Future<Output = Result<Self::Issued, Failure>> + Send;
+    /// The files for what was issued, to be written into `dir`.
+    fn render(&self, issued: &Self::Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files>;
+    /// What was written, for the log and the summary.
+    fn describe(&self, issued: &Self::Issued) -> Described;
+}
+
+/// What an output wrote, for the log line and the summary.
+pub struct Described {
+    /// The roles its certificates hold, comma-separated (sanitized).
+    pub roles: String,
+    /// When its certificates expire.
+    pub expires: SystemTime,
+}
+
+/// What an output kind uses of what the outputs share.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needs {
+    /// The roles the bot may impersonate (for an output without `roles:`).
+    pub default_roles: bool,
+}
+
+impl Needs {
+    fn union(self, other: Self) -> Self {
+        Self {
+            default_roles: self.default_roles || other.default_roles,
+        }
+    }
+}
+
+/// What every output of one renewal is given.
+pub struct Issue<'a> {
+    /// The bot's authenticated connection to Auth.
+    pub auth: &'a AuthClient,
+    /// The bot identity the outputs are issued for.
+    pub bot: &'a Identity,
+    /// The cluster's signature algorithm suite (the outputs' key types).
+    pub suite: Suite,
+    /// The lifetime the configuration asks of certificates.
+    pub credential_ttl: Duration,
+    /// What the outputs share, fetched once.
+    pub shared: &'a Shared,
+}
+
+/// The outputs that write files: those with a directory destination (a `memory` one holds
+/// nothing keybound could hand on).
+pub fn written(outputs: &[OutputConfig]) -> Vec<&OutputConfig> {
+    outputs
+        .iter()
+        .filter(|o| matches!(o.destination(), Destination::Directory { .. }))
+        .collect()
+}
+
+/// Writes `outputs` (see [`written`]) for `bot`: the shared facts first, then each output on
+/// its own. Returns what was written, one line per output for the summary; an output's failure
+/// does not stop the others, and all failures are reported together (the exit kind that retries
+/// soonest wins: unreachable, then local, then rejected).
+pub async fn write_outputs(
+    outputs: &[&OutputConfig],
+    auth: &AuthClient,
+    route: &AuthRoute,
+    bot: &Identity,
+    suite: Suite,
+    credential_ttl: Duration,
+) -> Result<Vec<String>, Failure> {
+    let needs = outputs
+        .iter()
+        .fold(Needs::default(), |n, o| n.union(o.needs()));
+    let shared = Shared::fetch(auth, route, bot, needs).await?;
+    let cx = Issue {
+        auth,
+        bot,
+        suite,
+        credential_ttl,
+        shared: &shared,
+    };
+    let mut written = Vec::new();
+    let mut failures = Vec::new();
+    let mut worst = ExitKind::Rejected;
+    for output in outputs {
+        match output.write(&cx).await {
+            Ok(line) => written.push(line),
+            Err(f) => {
+                worst = match (worst, f.kind) {
+                    (ExitKind::Unreachable, _) | (_, ExitKind::Unreachable) => {
+                        ExitKind::Unreachable
+                    }
+                    (ExitKind::Config, _) | (_, ExitKind::Config) => ExitKind::Config,
+                    _ => worst,
+                };
+                failures.push(format!("output {}: {:#}", output.label(), f.error));
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Ok(written);
+    }
+    for f in &failures {
+        error!(error = %f, "an output was not updated; its previous files are untouched");
+    }
+    Err(Failure::new(worst, anyhow!(failures.join("; "))))
+}
+
+/// One output, of any kind: issue, render, write. A failure to write is local (exit 78).
+async fn write_one<O: Output>(output: &O, kind: &str, cx: &Issue<'_>) -> Result<String, Failure> {
+    let Destination::Directory { path, symlinks } = output.destination() else {
+        return Ok(String::new());
+    };
+    let issued = output.issue(cx).await?;
+    let written = output
+        .render(&issued, cx, path)
+        .and_then(|files| {
+            let dir = fsutil::Dir::open(path, *symlinks, true)?;
+            fsutil::write_all(&dir, &files)
+        })
+        .map_err(|e| Failure::new(ExitKind::Config, e))?;
+    drop(written);
+    let described = output.describe(&issued);
+    let label = output
+        .name()
+        .map_or_else(|| path.display().to_string(), str::to_owned);
+    info!(
+        output = %label,
+        roles = %described.roles,
+        expires = %keybound_teleport::time::format_time(described.expires),
+        "wrote {kind} output"
+    );
+    Ok(format!(
+        "{} ({kind}: {})",
+        path.display(),
+        described.roles.replace(',', ", ")
+    ))
+}
+
+// === The kinds ===
+
+/// Visits the YAML type of every kind (for the list of configuration keys).
+pub trait KindVisitor {
+    /// Called once per kind with its `type:` name and its YAML type.
+    fn visit<R: DeserializeOwned>(&mut self, name: &'static str);
+}
+
+/// The table of kinds: each line is a kind's `OutputConfig` variant, its type (implementing
+/// [`Output`]) and tbot's `type:` name.
+macro_rules! kinds {
+    ($($(#[doc = $doc:literal])+ $variant:ident($ty:ty) = $name:literal,)+) => {
+        /// An output from the configuration, of one of the kinds keybound writes.
+        #[derive(Clone, Debug, Eq, PartialEq)]
+        pub enum OutputConfig {
+            $($(#[doc = $doc])+ $variant($ty),)+
+        }
+
+        /// tbot's `type:` names of the kinds keybound writes.
+        pub const KINDS: &[&str] = &[$($name),+];
+
+        impl OutputConfig {
+            /// tbot's `type:` name of its kind.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $name,)+
+                }
+            }
+
+            /// Where its files go.
+            pub fn destination(&self) -> &Destination {
+                match self {
+                    $(Self::$variant(o) => o.destination(),)+
+                }
+            }
+
+            /// Its `name:`, if it has one.
+            pub fn name(&self) -> Option<&str> {
+                match self {
+                    $(Self::$variant(o) => o.name(),)+
+                }
+            }
+
+            /// What it uses of what the outputs share.
+            pub fn needs(&self) -> Needs {
+                match self {
+                    $(Self::$variant(o) => o.needs(),)+
+                }
+            }
+
+            /// Checks it against the effective configuration.
+            pub fn validate(&self) -> Result<(), String> {
+                match self {
+                    $(Self::$variant(o) => o.validate(),)+
+                }
+            }
+
+            async fn write(&self, cx: &Issue<'_>) -> Result<String, Failure> {
+                match self {
+                    $(Self::$variant(o) => write_one(o, $name, cx).await,)+
+                }
+            }
+        }
+
+        /// An output's YAML, by kind, before its check.
+        pub(crate) enum RawOutput {
+            $($variant(<$ty as Output>::Raw),)+
+        }
+
+        impl RawOutput {
+            /// Checks the YAML into an output; `at` names it in errors (`services[0]`).
+            pub(crate) fn check(self, at: &str) -> Result<OutputConfig, String> {
+                match self {
+                    $(Self::$variant(raw) => <$ty>::from_raw(raw, at).map(OutputConfig::$variant),)+
+                }
+            }
+        }
+
+        fn deserialize_kind<'de, D: Deserializer<'de>>(
+            kind: &str,
+            d: D,
+        ) -> Result<RawOutput, D::Error> {
+            match kind {
+                $($name => <$ty as Output>::Raw::deserialize(d).map(RawOutput::$variant),)+
+                other => Err(de::Error::custom(unsupported(other))),
+            }
+        }
+
+        /// Visits every kind's YAML type.
+        pub fn visit_kinds(v: &mut impl KindVisitor) {
+            $(v.visit::<<$ty as Output>::Raw>($name);)+
+        }
+    };
+}
+
+kinds! {
+    /// `type: identity`: the bot's role-impersonated certificates in tbot's file layout, with
+    /// `known_hosts` and `ssh_config` ([`identity`]).
+    Identity(IdentityOutput) = "identity",
+}
+
+impl OutputConfig {
+    /// How logs and errors name it: its `name:`, else its directory.
+    pub fn label(&self) -> String {
+        match (self.name(), self.destination()) {
+            (Some(name), _) => name.to_owned(),
+            (None, Destination::Directory { path, .. }) => path.display().to_string(),
+            (None, Destination::Memory) => "(memory)".to_owned(),
+        }
+    }
+}
+
+/// tbot's service types (`lib/tbot/config`) that keybound does not write yet.
+const TBOT_SERVICE_TYPES: &[&str] = &[
+    "application",
+    "application-tunnel",
+    "database",
+    "database-tunnel",
+    "kubernetes",
+    "kubernetes/v2",
+    "kubernetes/argo-cd",
+    "ssh_host",
+    "ssh-multiplexer",
+    "spiffe-svid",
+    "spiffe-workload-api",
+    "workload-identity-x509",
+    "workload-identity-jwt",
+    "workload-identity-api",
+    "workload-identity-aws-roles-anywhere",
+    "application-proxy",
+    "example",
+];
+
+/// Why `kind` is refused: a tbot kind keybound lacks, or no kind at all.
+fn unsupported(kind: &str) -> String {
+    let ours = KINDS
+        .iter()
+        .map(|k| format!("`type: {k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if TBOT_SERVICE_TYPES.contains(&kind) {
+        format!(
+            "tbot service type {kind:?} is not supported by keybound yet; keybound writes {ours} outputs"
+        )
+    } else {
+        format!("unknown service type {kind:?}; keybound writes {ours} outputs")
+    }
+}
+
+/// A `type:` value: one of [`KINDS`].
+struct KindName(&'static str);
+
+impl<'de> Deserialize<'de> for KindName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |v| {
+            KINDS
+                .iter()
+                .find(|k| **k == v)
+                .map(|k| Self(k))
+                .ok_or_else(|| unsupported(v))
+        })
+    }
+}
+
+/// An output's YAML is read by its kind: with `type:` first (as tbot's examples write it), the
+/// rest of the mapping goes straight to the kind's own YAML type, so errors keep their line and
+/// column; otherwise the mapping is read whole first, and errors name the output.
+impl<'de> Deserialize<'de> for RawOutput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawOutput;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an output: a mapping with `type:`")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawOutput, A::Error> {
+                let Some(first) = map.next_key::<String>()? else {
+                    return Err(de::Error::missing_field("type"));
+                };
+                if first == "type" {
+                    let KindName(kind) = map.next_value()?;
+                    return deserialize_kind(kind, MapAccessDeserializer::new(map));
+                }
+                let mut whole = serde_yaml::Mapping::new();
+                whole.insert(first.into(), map.next_value()?);
+                while let Some((key, value)) = map.next_entry()? {
+                    whole.insert(key, value);
+                }
+                let kind = whole
+                    .get("type")
+                    .cloned()
+                    .ok_or_else(|| de::Error::missing_field("type"))?;
+                let KindName(kind) = KindName::deserialize(kind).map_err(de::Error::custom)?;
+                deserialize_kind(kind, serde_yaml::Value::Mapping(whole)).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
