@@ -25,7 +25,6 @@ use crate::tls::Trust;
 pub use crate::values::{Destination, HostPort, parse_duration};
 pub use keys::keys;
 pub use onboarding::Onboarding;
-use raw::RawConfig;
 pub use raw::parse_handle;
 
 /// tbot's default storage directory (`lib/tbot/config`, `defaultStoragePath`).
@@ -71,7 +70,7 @@ pub enum ClusterAddr {
 
 /// A configuration error: one line naming the file and, where YAML knows it, line and column.
 #[derive(Debug)]
-pub struct ConfigError(String);
+pub struct ConfigError(pub(crate) String);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,42 +188,5 @@ impl Config {
             output.validate()?;
         }
         Ok(())
-    }
-
-    /// Reads and checks the YAML file at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        // Zeroed when dropped: a pkcs11_uri may carry a PIN (pin-value).
-        let text =
-            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                ConfigError(format!("config {}: cannot read: {e}", path.display()))
-            })?);
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// Parses YAML text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Err(ConfigError(format!(
-                "config {origin}: is empty; it needs at least `version: v2` and `onboarding:`"
-            )));
-        }
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
-            let message = e.to_string();
-            // serde_yaml appends " at line L column C"; put the position first, compiler-style.
-            let message = match message.rsplit_once(" at line ") {
-                Some((head, _)) => head.to_owned(),
-                None => message,
-            };
-            match e.location() {
-                Some(at) => ConfigError(format!(
-                    "config {origin}:{}:{}: {message}",
-                    at.line(),
-                    at.column()
-                )),
-                None => ConfigError(format!("config {origin}: {message}")),
-            }
-        })?;
-        raw.check()
-            .map_err(|message| ConfigError(format!("config {origin}: {message}")))
     }
 }

@@ -1,7 +1,7 @@
 //! The YAML shapes of `tbot.yaml`, deserialized strictly, and their check into a [`Config`].
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use keybound_signer::PinSource;
 use keybound_signer::config::Pkcs11UriText;
@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use super::{
-    ClusterAddr, Config, DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL, DEFAULT_STORAGE_PATH,
-    Onboarding,
+    ClusterAddr, Config, ConfigError, DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL,
+    DEFAULT_STORAGE_PATH, Onboarding,
 };
 use crate::fsutil::Symlinks;
 use crate::output::RawOutput;
@@ -79,6 +79,45 @@ struct RawBoundKeypair {
     #[serde(default, deserialize_with = "not_yet::registration_secret")]
     #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
     initial_join_secret: (),
+}
+
+impl Config {
+    /// Reads and checks the YAML file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        // Zeroed when dropped: a pkcs11_uri may carry a PIN (pin-value).
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("config {}: cannot read: {e}", path.display()))
+            })?);
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Err(ConfigError(format!(
+                "config {origin}: is empty; it needs at least `version: v2` and `onboarding:`"
+            )));
+        }
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            // serde_yaml appends " at line L column C"; put the position first, compiler-style.
+            let message = match message.rsplit_once(" at line ") {
+                Some((head, _)) => head.to_owned(),
+                None => message,
+            };
+            match e.location() {
+                Some(at) => ConfigError(format!(
+                    "config {origin}:{}:{}: {message}",
+                    at.line(),
+                    at.column()
+                )),
+                None => ConfigError(format!("config {origin}: {message}")),
+            }
+        })?;
+        raw.check()
+            .map_err(|message| ConfigError(format!("config {origin}: {message}")))
+    }
 }
 
 impl RawConfig {

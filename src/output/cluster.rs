@@ -5,7 +5,6 @@
 use anyhow::{Context as _, anyhow, bail};
 use tracing::warn;
 
-use super::Needs;
 use crate::auth::{self, AuthClient, AuthRoute};
 use crate::identity::Identity;
 use crate::untrusted::ClusterName;
@@ -81,6 +80,21 @@ impl ClusterCas {
             db_tls_pem: tls(db)?,
             host_ssh_keys,
         })
+    }
+}
+
+/// What an output kind uses of what the outputs share.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needs {
+    /// The roles the bot may impersonate (for an output without `roles:`).
+    pub default_roles: bool,
+}
+
+impl Needs {
+    pub(super) fn union(self, other: Self) -> Self {
+        Self {
+            default_roles: self.default_roles || other.default_roles,
+        }
     }
 }
 

@@ -9,8 +9,10 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::cluster::ClusterCas;
+use super::cluster::Needs;
 use super::impersonate::{Impersonation, impersonate, role_list};
-use super::{Described, Issue, Needs, Output, ssh};
+use super::kind::{Described, Issue, Output};
+use super::ssh;
 use crate::ExitKind;
 use crate::Failure;
 use crate::fsutil::Files;
@@ -125,7 +127,7 @@ impl Output for IdentityOutput {
     fn validate(&self) -> Result<(), String> {
         match &self.destination {
             Destination::Directory { path, .. } if self.ssh_config => {
-                super::check_ssh_config_dir(path)
+                ssh::check_ssh_config_dir(path)
             }
             _ => Ok(()),
         }
@@ -196,7 +198,7 @@ pub struct OutputContext<'a> {
 /// The files of a `type: identity` output holding `identity` (role-impersonated by then), in
 /// the order tbot writes them: the CA files, `identity`, the identity's own files, then
 /// `known_hosts` and `ssh_config` (`lib/tbot/services/identity/output.go`). Fails when `dir`
-/// cannot be written into `ssh_config` ([`check_ssh_config_dir`](super::check_ssh_config_dir)).
+/// cannot be written into `ssh_config` ([`check_ssh_config_dir`](ssh::check_ssh_config_dir)).
 pub fn identity_files(
     identity: &Identity,
     ctx: &OutputContext<'_>,

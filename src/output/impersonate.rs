@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::anyhow;
 use keybound_proto::proto::UserCertsRequest;
 
-use super::Issue;
+use super::kind::Issue;
 use crate::auth;
 use crate::identity::Identity;
 use crate::subject_key::SubjectKey;

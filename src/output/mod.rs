@@ -15,89 +15,27 @@
 mod cluster;
 pub mod identity;
 mod impersonate;
+mod kind;
 pub mod ssh;
 
-use std::future::Future;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::anyhow;
-use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 use tracing::{error, info};
 
-pub use cluster::{ClusterCas, Shared};
+pub use cluster::{ClusterCas, Needs, Shared};
 pub use identity::IdentityOutput;
+pub use kind::{Described, Issue, KindVisitor, Output};
 pub use ssh::check_ssh_config_dir;
 
 use crate::auth::{AuthClient, AuthRoute};
-use crate::fsutil::{self, Files};
+use crate::fsutil;
 use crate::identity::Identity;
 use crate::values::{Destination, checked_str};
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
-
-/// One output kind: tbot's `type:` in `services:` (or the older `outputs:`).
-pub trait Output: Sized + Sync {
-    /// Its YAML, as serde reads it (strictly: unknown keys are errors).
-    type Raw: DeserializeOwned;
-    /// What [`issue`](Self::issue) obtains from Auth for the files.
-    type Issued: Send;
-
-    /// Checks the YAML into an output; `at` names it in errors (`services[0]`).
-    fn from_raw(raw: Self::Raw, at: &str) -> Result<Self, String>;
-    /// Where its files go.
-    fn destination(&self) -> &Destination;
-    /// Its `name:`, for logs and errors.
-    fn name(&self) -> Option<&str>;
-    /// What it uses of what the outputs share ([`Shared`]).
-    fn needs(&self) -> Needs;
-    /// Checks it against the effective configuration (flags included), before any join.
-    fn validate(&self) -> Result<(), String>;
-    /// Asks Auth for what the output holds.
-    fn issue(&self, cx: &Issue<'_>) -> impl Future<Output = Result<Self::Issued, Failure>> + Send;
-    /// The files for what was issued, to be written into `dir`.
-    fn render(&self, issued: &Self::Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files>;
-    /// What was written, for the log and the summary.
-    fn describe(&self, issued: &Self::Issued) -> Described;
-}
-
-/// What an output wrote, for the log line and the summary.
-pub struct Described {
-    /// The roles its certificates hold, comma-separated (sanitized).
-    pub roles: String,
-    /// When its certificates expire.
-    pub expires: SystemTime,
-}
-
-/// What an output kind uses of what the outputs share.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Needs {
-    /// The roles the bot may impersonate (for an output without `roles:`).
-    pub default_roles: bool,
-}
-
-impl Needs {
-    fn union(self, other: Self) -> Self {
-        Self {
-            default_roles: self.default_roles || other.default_roles,
-        }
-    }
-}
-
-/// What every output of one renewal is given.
-pub struct Issue<'a> {
-    /// The bot's authenticated connection to Auth.
-    pub auth: &'a AuthClient,
-    /// The bot identity the outputs are issued for.
-    pub bot: &'a Identity,
-    /// The cluster's signature algorithm suite (the outputs' key types).
-    pub suite: Suite,
-    /// The lifetime the configuration asks of certificates.
-    pub credential_ttl: Duration,
-    /// What the outputs share, fetched once.
-    pub shared: &'a Shared,
-}
 
 /// The outputs that write files: those with a directory destination (a `memory` one holds
 /// nothing keybound could hand on).
@@ -190,12 +128,6 @@ async fn write_one<O: Output>(output: &O, kind: &str, cx: &Issue<'_>) -> Result<
 }
 
 // === The kinds ===
-
-/// Visits the YAML type of every kind (for the list of configuration keys).
-pub trait KindVisitor {
-    /// Called once per kind with its `type:` name and its YAML type.
-    fn visit<R: DeserializeOwned>(&mut self, name: &'static str);
-}
 
 /// The table of kinds: each line is a kind's `OutputConfig` variant, its type (implementing
 /// [`Output`]) and tbot's `type:` name.

@@ -1,0 +1,68 @@
+//! What an output kind is: the [`Output`] trait, and what a kind is given ([`Issue`]).
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+
+use super::cluster::{Needs, Shared};
+use crate::Failure;
+use crate::auth::AuthClient;
+use crate::fsutil::Files;
+use crate::identity::Identity;
+use crate::values::Destination;
+use keybound_teleport::suite::Suite;
+
+/// One output kind: tbot's `type:` in `services:` (or the older `outputs:`).
+pub trait Output: Sized + Sync {
+    /// Its YAML, as serde reads it (strictly: unknown keys are errors).
+    type Raw: DeserializeOwned;
+    /// What [`issue`](Self::issue) obtains from Auth for the files.
+    type Issued: Send;
+
+    /// Checks the YAML into an output; `at` names it in errors (`services[0]`).
+    fn from_raw(raw: Self::Raw, at: &str) -> Result<Self, String>;
+    /// Where its files go.
+    fn destination(&self) -> &Destination;
+    /// Its `name:`, for logs and errors.
+    fn name(&self) -> Option<&str>;
+    /// What it uses of what the outputs share ([`Shared`]).
+    fn needs(&self) -> Needs;
+    /// Checks it against the effective configuration (flags included), before any join.
+    fn validate(&self) -> Result<(), String>;
+    /// Asks Auth for what the output holds.
+    fn issue(&self, cx: &Issue<'_>) -> impl Future<Output = Result<Self::Issued, Failure>> + Send;
+    /// The files for what was issued, to be written into `dir`.
+    fn render(&self, issued: &Self::Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files>;
+    /// What was written, for the log and the summary.
+    fn describe(&self, issued: &Self::Issued) -> Described;
+}
+
+/// What an output wrote, for the log line and the summary.
+pub struct Described {
+    /// The roles its certificates hold, comma-separated (sanitized).
+    pub roles: String,
+    /// When its certificates expire.
+    pub expires: SystemTime,
+}
+
+/// What every output of one renewal is given.
+pub struct Issue<'a> {
+    /// The bot's authenticated connection to Auth.
+    pub auth: &'a AuthClient,
+    /// The bot identity the outputs are issued for.
+    pub bot: &'a Identity,
+    /// The cluster's signature algorithm suite (the outputs' key types).
+    pub suite: Suite,
+    /// The lifetime the configuration asks of certificates.
+    pub credential_ttl: Duration,
+    /// What the outputs share, fetched once.
+    pub shared: &'a Shared,
+}
+
+/// Visits the YAML type of every kind (for the list of configuration keys).
+pub trait KindVisitor {
+    /// Called once per kind with its `type:` name and its YAML type.
+    fn visit<R: DeserializeOwned>(&mut self, name: &'static str);
+}
