@@ -1,0 +1,206 @@
+//! Why a join failed ([`JoinError`]), and how a status or a broken connection becomes one.
+
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use super::types::MAX_MESSAGE;
+use crate::transport;
+use crate::untrusted;
+use crate::values::HostPort;
+
+/// Why a join failed. Each variant's message says what to do.
+#[derive(Debug)]
+pub enum JoinError {
+    /// The cluster refused the join.
+    Rejected {
+        /// The gRPC status code.
+        code: Code,
+        /// The cluster's message.
+        message: String,
+    },
+    /// The cluster could not be reached, or the connection broke.
+    Unreachable(String),
+    /// keybound stopped the join: the server asked for something keybound will not do.
+    Refused(String),
+    /// The signer failed.
+    Signer(keybound_signer::Error),
+    /// Local setup (TLS trust) is wrong.
+    Config(String),
+    /// The join took longer than allowed.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected { code, message } => {
+                write!(
+                    f,
+                    "the cluster rejected the join ({}): {message}",
+                    code_name(*code)
+                )?;
+                if let Some(hint) = hint(message) {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
+            Self::Unreachable(message) => write!(f, "{message}"),
+            Self::Refused(message) => write!(f, "{message}"),
+            Self::Signer(error) => write!(f, "signing the join challenge failed: {error}"),
+            Self::Config(message) => write!(f, "{message}"),
+            Self::TimedOut(limit) => write!(
+                f,
+                "the join did not finish within {} s; check the network path to the proxy",
+                limit.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// What to tell an admin about a cluster's error message (messages from
+/// `lib/join/server.go`, `lib/join/boundkeypair/boundkeypair.go`, `lib/auth/auth.go`).
+fn hint(message: &str) -> Option<&'static str> {
+    const HINTS: &[(&str, &str)] = &[
+        (
+            "token expired or not found",
+            "check that onboarding.token names an existing bound_keypair token (tctl get tokens)",
+        ),
+        (
+            "failed to complete challenge",
+            "the static key does not match the token's initial_public_key: compare `keybound keypair show` with the token",
+        ),
+        (
+            "no recovery attempts remaining",
+            "static keys need the token's spec.bound_keypair.recovery.mode set to insecure",
+        ),
+        (
+            "no rejoins remaining",
+            "static keys need the token's spec.bound_keypair.recovery.mode set to insecure",
+        ),
+        (
+            "join state verification failed",
+            "static keys need recovery.mode insecure; the cluster has also locked the token: remove the lock (tctl get locks) after fixing the token",
+        ),
+        (
+            "provision token only supports method",
+            "the token is not a bound_keypair token",
+        ),
+        (
+            "does not allow role",
+            "the token's spec.roles must include Bot",
+        ),
+        (
+            "client version is unsupported",
+            "this cluster is too new for keybound's protocol version",
+        ),
+        (
+            "public key may not be reused",
+            "make a new key with keybound keypair create --static",
+        ),
+        ("bad backend state", "recreate the join token"),
+        (
+            "validating challenge response",
+            "the static key does not match the key bound to the token: compare `keybound keypair show` with the token's status",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map(|(_, hint)| *hint)
+}
+
+pub(super) fn code_name(code: Code) -> String {
+    // tonic's Debug names (PermissionDenied) → gRPC's (PERMISSION_DENIED).
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+pub(super) fn unreachable_error(addr: &HostPort, error: &dyn std::error::Error) -> JoinError {
+    let mut message = transport::describe(format!("cannot reach proxy {addr}"), error);
+    if message.contains("certificate") {
+        message.push_str(
+            "; if the proxy uses a private CA give its bundle with --ca-path or onboarding.ca_path \
+             (or --insecure, for development only)",
+        );
+    }
+    JoinError::Unreachable(message)
+}
+
+/// Turns a status received mid-join into the error a user sees.
+pub(super) fn status_error(status: &Status) -> JoinError {
+    let message = untrusted::message(status.message()).to_string();
+    match status.code() {
+        // tonic's own check of an incoming message's length (`codec/decode.rs`).
+        Code::OutOfRange
+            if status
+                .message()
+                .starts_with("Error, decoded message length too large") =>
+        {
+            JoinError::Refused(format!(
+                "the cluster sent a join message larger than {} KiB, which no Teleport join message \
+                 is ({message}); check that proxy_server names a Teleport proxy",
+                MAX_MESSAGE / 1024
+            ))
+        }
+        // A status with a source was made by tonic from a local error (the HTTP/2 connection
+        // broke, say), not sent by the cluster: no rejection, whatever its code.
+        _ if std::error::Error::source(status).is_some() => JoinError::Unreachable(format!(
+            "the connection to the cluster broke during the join: {message}"
+        )),
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
+            JoinError::Unreachable(format!(
+                "the connection to the cluster broke during the join: {}",
+                if message.is_empty() {
+                    code_name(status.code())
+                } else {
+                    message
+                }
+            ))
+        }
+        code => JoinError::Rejected { code, message },
+    }
+}
+
+/// Why the server ended a stream we could no longer write to: its final status, if it sent one.
+pub(super) async fn closed_reason<T>(inbound: &mut tonic::Streaming<T>) -> JoinError {
+    match inbound.message().await {
+        Err(status) => status_error(&status),
+        Ok(_) => JoinError::Unreachable(
+            "the cluster closed the join stream before sending certificates".to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_read_like_grpc() {
+        assert_eq!(code_name(Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(code_name(Code::Unknown), "UNKNOWN");
+    }
+
+    #[test]
+    fn rejections_carry_hints() {
+        let e = JoinError::Rejected {
+            code: Code::PermissionDenied,
+            message: "token expired or not found".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the cluster rejected the join (PERMISSION_DENIED): token expired or not found; check that \
+             onboarding.token names an existing bound_keypair token (tctl get tokens)"
+        );
+    }
+}
