@@ -266,3 +266,11 @@ fn rotation_refused(suite: &str) -> GiveUp {
         message: Some(NO_ROTATION),
     }
 }
+
+/// A subject key for `suite`, made off the async threads (RSA takes a while).
+pub(super) async fn generate_subject(suite: Suite) -> Result<SubjectKey, JoinError> {
+    tokio::task::spawn_blocking(move || SubjectKey::generate(suite))
+        .await
+        .map_err(|e| JoinError::Refused(format!("subject key generation failed: {e}")))?
+        .map_err(|e| JoinError::Refused(format!("subject key generation failed: {e:#}")))
+}

@@ -13,8 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use super::error::{JoinError, closed_reason, status_error};
+use super::exchange::generate_subject;
 use super::exchange::{self, Issued, Message, Step};
-use super::types::{JoinParams, Joined, MAX_MESSAGE, Rpc, expires, generate_subject};
+use super::types::{JoinParams, Joined, MAX_MESSAGE, Rpc, expires};
 use crate::identity::Identity;
 use crate::subject_key::SubjectKey;
 use keybound_teleport::suite::Suite;

@@ -40,10 +40,9 @@ pub use error::JoinError;
 use error::{status_error, unreachable_error};
 pub use exchange::vet_challenge;
 use legacy::join_legacy;
-use types::Attempt;
 pub use types::{JOIN_TIMEOUT, JoinParams, Joined, MAX_MESSAGE, Rpc, expiry_after};
 pub use v1::GIVE_UP_WAIT;
-use v1::join_new;
+use v1::{Attempt, join_new};
 
 use crate::tls::client_config;
 use crate::{transport, webapi};

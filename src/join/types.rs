@@ -6,9 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use keybound_signer::Signer;
 
-use super::error::JoinError;
 use crate::identity::Identity;
-use crate::subject_key::SubjectKey;
 use crate::tls::Trust;
 use crate::values::HostPort;
 use keybound_teleport::suite::Suite;
@@ -85,26 +83,4 @@ pub fn expiry_after(ttl: Duration) -> SystemTime {
     let now = SystemTime::now();
     now.checked_add(ttl)
         .unwrap_or(now + Duration::from_secs(48 * 60 * 60))
-}
-
-/// How an attempt with `JoinService.Join` ended, when not with a join.
-pub(super) enum Attempt {
-    /// Try the legacy RPC (the reason is logged).
-    Fallback(String),
-    /// Stop with this error.
-    Final(JoinError),
-}
-
-impl From<JoinError> for Attempt {
-    fn from(error: JoinError) -> Self {
-        Self::Final(error)
-    }
-}
-
-/// A subject key for `suite`, made off the async threads (RSA takes a while).
-pub(super) async fn generate_subject(suite: Suite) -> Result<SubjectKey, JoinError> {
-    tokio::task::spawn_blocking(move || SubjectKey::generate(suite))
-        .await
-        .map_err(|e| JoinError::Refused(format!("subject key generation failed: {e}")))?
-        .map_err(|e| JoinError::Refused(format!("subject key generation failed: {e:#}")))
 }

@@ -12,8 +12,9 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use super::error::{JoinError, closed_reason, code_name, status_error};
+use super::exchange::generate_subject;
 use super::exchange::{self, GiveUp, Issued, Message, Step};
-use super::types::{Attempt, JoinParams, Joined, MAX_MESSAGE, Rpc, expires, generate_subject};
+use super::types::{JoinParams, Joined, MAX_MESSAGE, Rpc, expires};
 use crate::identity::Identity;
 use crate::subject_key::SubjectKey;
 use crate::untrusted;
@@ -36,6 +37,21 @@ impl Outbound {
 
     fn close(&self) -> Option<mpsc::Sender<v1::JoinRequest>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// How an attempt with `JoinService.Join` ended, when not with a join.
+/// How an attempt with `JoinService.Join` ended, when not with a join.
+pub(super) enum Attempt {
+    /// Try the legacy RPC (the reason is logged).
+    Fallback(String),
+    /// Stop with this error.
+    Final(JoinError),
+}
+
+impl From<JoinError> for Attempt {
+    fn from(error: JoinError) -> Self {
+        Self::Final(error)
     }
 }
 
