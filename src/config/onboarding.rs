@@ -42,17 +42,41 @@ impl Onboarding {
     /// Where the key lives. Without an explicit `signer`, a PKCS#11 URI means pkcs11 and a TPM key
     /// means tpm; then, as in tbot, the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`.
     pub fn signer_config(&self) -> Result<SignerConfig, String> {
-        let tpm_key_set = self.tpm_key_handle.is_some() || self.tpm_key_path.is_some();
-        let kind = self.signer.unwrap_or(if self.pkcs11_uri.is_some() {
+        let kind = self.signer_kind();
+        self.check_settings_belong_to(kind)?;
+        match kind {
+            SignerKind::File => {
+                let path = self.static_private_key_path.as_ref().ok_or(
+                    "the file signer needs static_private_key_path (or --static-key-path)",
+                )?;
+                Ok(SignerConfig::File(FileConfig::new(path)))
+            }
+            SignerKind::Env => Ok(SignerConfig::Env(EnvConfig::default())),
+            SignerKind::Pkcs11 => self.pkcs11_config().map(SignerConfig::Pkcs11),
+            SignerKind::Tpm => self.tpm_config().map(SignerConfig::Tpm),
+        }
+    }
+
+    /// The signer `signer:` names, else the one the other keys imply (a PKCS#11 URI, a TPM key,
+    /// a key file), else the environment.
+    fn signer_kind(&self) -> SignerKind {
+        self.signer.unwrap_or(if self.pkcs11_uri.is_some() {
             SignerKind::Pkcs11
-        } else if tpm_key_set {
+        } else if self.tpm_key_handle.is_some() || self.tpm_key_path.is_some() {
             SignerKind::Tpm
         } else if self.static_private_key_path.is_some() {
             SignerKind::File
         } else {
             SignerKind::Env
-        });
-        // Settings that belong to another backend than the chosen one are mistakes, not noise.
+        })
+    }
+
+    /// Settings that belong to another backend than `kind` are mistakes, not noise.
+    fn check_settings_belong_to(&self, kind: SignerKind) -> Result<(), String> {
+        let tpm_set = self.tpm_key_handle.is_some()
+            || self.tpm_key_path.is_some()
+            || self.tpm_tcti.is_some()
+            || self.tpm_parent.is_some();
         let settings = [
             (
                 "static_private_key_path",
@@ -66,7 +90,7 @@ impl Onboarding {
             ),
             (
                 "tpm_tcti/tpm_key_handle/tpm_key_path/tpm_parent",
-                tpm_key_set || self.tpm_tcti.is_some() || self.tpm_parent.is_some(),
+                tpm_set,
                 &[SignerKind::Tpm],
             ),
             (
@@ -75,59 +99,53 @@ impl Onboarding {
                 &[SignerKind::Pkcs11, SignerKind::Tpm],
             ),
         ];
-        if let Some((name, _, _)) = settings
+        match settings
             .iter()
             .find(|(_, set, owners)| *set && !owners.contains(&kind))
         {
-            return Err(format!(
+            Some((name, _, _)) => Err(format!(
                 "{name} does not apply to the {} signer; remove it or choose its signer",
                 kind.name()
-            ));
+            )),
+            None => Ok(()),
         }
-        match kind {
-            SignerKind::File => {
-                let path = self.static_private_key_path.as_ref().ok_or(
-                    "the file signer needs static_private_key_path (or --static-key-path)",
-                )?;
-                Ok(SignerConfig::File(FileConfig::new(path)))
+    }
+
+    fn pkcs11_config(&self) -> Result<Pkcs11Config, String> {
+        let uri = self.pkcs11_uri.clone().ok_or(
+            "the pkcs11 signer needs pkcs11_uri (or --pkcs11-uri 'pkcs11:token=LABEL;object=LABEL')",
+        )?;
+        let mut config = Pkcs11Config::new(uri);
+        config.module.clone_from(&self.pkcs11_module);
+        config.pin.clone_from(&self.pin_source);
+        config.require_hardware_key = self.require_hardware_key;
+        Ok(config)
+    }
+
+    fn tpm_config(&self) -> Result<TpmConfig, String> {
+        let key = match (self.tpm_key_handle, &self.tpm_key_path) {
+            (Some(handle), None) => TpmKey::Handle(handle),
+            (None, Some(path)) => TpmKey::File(path.clone()),
+            (Some(_), Some(_)) => {
+                return Err("give tpm_key_handle or tpm_key_path, not both".to_owned());
             }
-            SignerKind::Env => Ok(SignerConfig::Env(EnvConfig::default())),
-            SignerKind::Pkcs11 => {
-                let uri = self.pkcs11_uri.clone().ok_or(
-                    "the pkcs11 signer needs pkcs11_uri (or --pkcs11-uri 'pkcs11:token=LABEL;object=LABEL')",
-                )?;
-                let mut config = Pkcs11Config::new(uri);
-                config.module.clone_from(&self.pkcs11_module);
-                config.pin.clone_from(&self.pin_source);
-                config.require_hardware_key = self.require_hardware_key;
-                Ok(SignerConfig::Pkcs11(config))
+            (None, None) => {
+                return Err(
+                    "the tpm signer needs tpm_key_handle (0x81xxxxxx) or tpm_key_path (a TSS2 PEM file)"
+                        .to_owned(),
+                );
             }
-            SignerKind::Tpm => {
-                let key = match (self.tpm_key_handle, &self.tpm_key_path) {
-                    (Some(handle), None) => TpmKey::Handle(handle),
-                    (None, Some(path)) => TpmKey::File(path.clone()),
-                    (Some(_), Some(_)) => {
-                        return Err("give tpm_key_handle or tpm_key_path, not both".to_owned());
-                    }
-                    (None, None) => {
-                        return Err(
-                            "the tpm signer needs tpm_key_handle (0x81xxxxxx) or tpm_key_path (a TSS2 PEM file)".to_owned(),
-                        );
-                    }
-                };
-                if self.tpm_parent.is_some() && self.tpm_key_handle.is_some() {
-                    return Err(
-                        "tpm_parent applies to tpm_key_path keys, not persistent handles"
-                            .to_owned(),
-                    );
-                }
-                let mut config = TpmConfig::new(key);
-                config.tcti.clone_from(&self.tpm_tcti);
-                config.parent = self.tpm_parent;
-                config.auth.clone_from(&self.pin_source);
-                config.require_hardware_key = self.require_hardware_key;
-                Ok(SignerConfig::Tpm(config))
-            }
+        };
+        if self.tpm_parent.is_some() && self.tpm_key_handle.is_some() {
+            return Err(
+                "tpm_parent applies to tpm_key_path keys, not persistent handles".to_owned(),
+            );
         }
+        let mut config = TpmConfig::new(key);
+        config.tcti.clone_from(&self.tpm_tcti);
+        config.parent = self.tpm_parent;
+        config.auth.clone_from(&self.pin_source);
+        config.require_hardware_key = self.require_hardware_key;
+        Ok(config)
     }
 }

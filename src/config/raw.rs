@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use keybound_signer::PinSource;
 use keybound_signer::config::Pkcs11UriText;
@@ -122,43 +123,11 @@ impl Config {
 
 impl RawConfig {
     pub(super) fn check(self) -> Result<Config, String> {
-        let cluster = match (self.proxy_server, self.auth_server) {
-            (Some(_), Some(_)) => {
-                return Err(
-                    "proxy_server and auth_server are both set; set only one (proxy_server for a \
-                     Teleport Proxy)"
-                        .to_owned(),
-                );
-            }
-            (Some(p), None) => Some(ClusterAddr::Proxy(
-                HostPort::parse(&p, 443).map_err(|e| format!("proxy_server: {e}"))?,
-            )),
-            (None, Some(a)) => Some(ClusterAddr::Auth(
-                HostPort::parse(&a, 3025).map_err(|e| format!("auth_server: {e}"))?,
-            )),
-            (None, None) => None,
-        };
+        let cluster = cluster(self.proxy_server, self.auth_server)?;
         let onboarding = self.onboarding.ok_or(
             "onboarding: missing; add `onboarding:` with `join_method: bound_keypair` and `token:`",
         )?;
-        if onboarding.join_method.is_none() {
-            return Err(
-                "onboarding.join_method: missing; keybound joins with `join_method: bound_keypair`"
-                    .to_owned(),
-            );
-        }
-        let token = onboarding
-            .token
-            .filter(|t| !t.trim().is_empty())
-            .ok_or("onboarding.token: missing; set it to the bound_keypair join token's name")?;
-        let token = token_value(token)?;
-        if self.insecure && onboarding.ca_path.is_some() {
-            return Err(
-                "insecure and onboarding.ca_path are both set; remove one (insecure skips \
-                 verification, so a CA bundle would be ignored)"
-                    .to_owned(),
-            );
-        }
+        let token = onboarding.token(self.insecure)?;
         let storage = match self.storage {
             Some(d) => d.check("storage")?,
             None => Destination::Directory {
@@ -166,47 +135,17 @@ impl RawConfig {
                 symlinks: Symlinks::default(),
             },
         };
-        // As tbot (`lib/tbot/config/config.go`): the old certificate_ttl counts only when
-        // credential_ttl is unset, and a lifetime and an interval come as a pair.
-        let ttl = self.credential_ttl.or(self.certificate_ttl).map(|d| d.0);
-        let (credential_ttl, renewal_interval) = match (ttl, self.renewal_interval) {
-            (Some(ttl), Some(interval)) => (ttl, interval.0),
-            (None, None) => (DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL),
-            _ => {
-                return Err(
-                    "credential_ttl and renewal_interval must both be specified if either is"
-                        .to_owned(),
-                );
-            }
-        };
+        let (credential_ttl, renewal_interval) = lifetimes(
+            self.credential_ttl.or(self.certificate_ttl),
+            self.renewal_interval,
+        )?;
         let mut outputs = Vec::new();
         for (list, raw) in [("outputs", self.outputs), ("services", self.services)] {
             for (i, output) in raw.unwrap_or_default().into_iter().enumerate() {
                 outputs.push(output.check(&format!("{list}[{i}]"))?);
             }
         }
-        let bound_keypair = onboarding.bound_keypair;
-        let onboarding = match bound_keypair {
-            None => Onboarding {
-                token,
-                ca_path: onboarding.ca_path,
-                ..Onboarding::default()
-            },
-            Some(b) => Onboarding {
-                token,
-                ca_path: onboarding.ca_path,
-                static_private_key_path: b.static_private_key_path,
-                signer: b.signer.map(|v| v.0),
-                pkcs11_uri: b.pkcs11_uri.map(|v| v.0),
-                pkcs11_module: b.pkcs11_module,
-                pin_source: b.pin_source.map(|v| v.0),
-                require_hardware_key: b.require_hardware_key,
-                tpm_tcti: b.tpm_tcti.map(|v| v.0),
-                tpm_key_handle: b.tpm_key_handle.map(|v| v.0),
-                tpm_key_path: b.tpm_key_path,
-                tpm_parent: b.tpm_parent.map(|v| v.0),
-            },
-        };
+        let onboarding = onboarding.into_onboarding(token);
         onboarding
             .signer_config()
             .map_err(|e| format!("onboarding.bound_keypair: {e}"))?;
@@ -224,6 +163,89 @@ impl RawConfig {
         };
         config.check_destinations()?;
         Ok(config)
+    }
+}
+
+/// `proxy_server` or `auth_server`, at most one.
+fn cluster(proxy: Option<String>, auth: Option<String>) -> Result<Option<ClusterAddr>, String> {
+    match (proxy, auth) {
+        (Some(_), Some(_)) => Err(
+            "proxy_server and auth_server are both set; set only one (proxy_server for a \
+             Teleport Proxy)"
+                .to_owned(),
+        ),
+        (Some(p), None) => Ok(Some(ClusterAddr::Proxy(
+            HostPort::parse(&p, 443).map_err(|e| format!("proxy_server: {e}"))?,
+        ))),
+        (None, Some(a)) => Ok(Some(ClusterAddr::Auth(
+            HostPort::parse(&a, 3025).map_err(|e| format!("auth_server: {e}"))?,
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The certificate lifetime and the renewal interval, as tbot (`lib/tbot/config/config.go`):
+/// the old `certificate_ttl` counts only when `credential_ttl` is unset (the caller picks
+/// `ttl`), and a lifetime and an interval come as a pair.
+fn lifetimes(
+    ttl: Option<GoDuration>,
+    interval: Option<GoDuration>,
+) -> Result<(Duration, Duration), String> {
+    match (ttl, interval) {
+        (Some(ttl), Some(interval)) => Ok((ttl.0, interval.0)),
+        (None, None) => Ok((DEFAULT_CREDENTIAL_TTL, DEFAULT_RENEWAL_INTERVAL)),
+        _ => Err(
+            "credential_ttl and renewal_interval must both be specified if either is".to_owned(),
+        ),
+    }
+}
+
+impl RawOnboarding {
+    /// The join method and token, checked (`insecure` and a CA bundle exclude each other).
+    fn token(&self, insecure: bool) -> Result<String, String> {
+        if self.join_method.is_none() {
+            return Err(
+                "onboarding.join_method: missing; keybound joins with `join_method: bound_keypair`"
+                    .to_owned(),
+            );
+        }
+        let token =
+            self.token.clone().filter(|t| !t.trim().is_empty()).ok_or(
+                "onboarding.token: missing; set it to the bound_keypair join token's name",
+            )?;
+        let token = token_value(token)?;
+        if insecure && self.ca_path.is_some() {
+            return Err(
+                "insecure and onboarding.ca_path are both set; remove one (insecure skips \
+                 verification, so a CA bundle would be ignored)"
+                    .to_owned(),
+            );
+        }
+        Ok(token)
+    }
+
+    fn into_onboarding(self, token: String) -> Onboarding {
+        match self.bound_keypair {
+            None => Onboarding {
+                token,
+                ca_path: self.ca_path,
+                ..Onboarding::default()
+            },
+            Some(b) => Onboarding {
+                token,
+                ca_path: self.ca_path,
+                static_private_key_path: b.static_private_key_path,
+                signer: b.signer.map(|v| v.0),
+                pkcs11_uri: b.pkcs11_uri.map(|v| v.0),
+                pkcs11_module: b.pkcs11_module,
+                pin_source: b.pin_source.map(|v| v.0),
+                require_hardware_key: b.require_hardware_key,
+                tpm_tcti: b.tpm_tcti.map(|v| v.0),
+                tpm_key_handle: b.tpm_key_handle.map(|v| v.0),
+                tpm_key_path: b.tpm_key_path,
+                tpm_parent: b.tpm_parent.map(|v| v.0),
+            },
+        }
     }
 }
 
