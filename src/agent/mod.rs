@@ -1,0 +1,349 @@
+//! The long-running agent: renew on a schedule, survive failures, report health.
+//!
+//! The loop has the shape of linkerd's identity `Certify::run`: join, then sleep until the next
+//! renewal, forever. What happens after a failure depends on its kind:
+//! - **transient** (the cluster or the device is unreachable, a timeout): capped exponential
+//!   back-off with full jitter, while the current identity stays in place until it expires;
+//! - **rejected** (the cluster said no, or asked for something a static key cannot do): logged as
+//!   an error saying what to do, and retried at a slow cadence;
+//! - **halt** (a wrong PIN, a locked token or TPM): no further signing attempts at all, so a real
+//!   token is never locked by retries; the agent reports itself unhealthy and waits for an
+//!   operator's SIGHUP after fixing the cause.
+//!
+//! SIGTERM and SIGINT stop the agent (never in the middle of writing files: writes happen in one
+//! synchronous step after a join). SIGHUP and SIGUSR1 renew now; SIGHUP first opens the signer
+//! again, reading its PIN or authorization value from the source afresh, so that a fixed PIN
+//! file takes effect (a value the device refused before is never presented again: the backends
+//! refuse it locally, see `keybound_signer::refused`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use rand_core::RngCore as _;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+mod diag;
+mod schedule;
+mod status;
+
+pub use diag::{
+    DIAG_CONNECTION_LIFETIME, DIAG_HEADER_TIMEOUT, DIAG_MAX_CONNECTIONS, diag, diag_connection_cap,
+};
+pub use schedule::{Outcome, Schedule, classify};
+use status::Metered;
+pub use status::{Metrics, Status};
+
+use crate::join::JoinError;
+use crate::renewal::{Prepared, cycle};
+use crate::storage::Held;
+use crate::{ExitKind, Failure};
+
+// === The loop ===
+
+/// Runs `cycle` on `schedule` until `shutdown` completes. `renew_now` cuts a wait short (and lifts
+/// a halt). Returns when shut down.
+pub async fn run_loop<C, F>(
+    mut cycle: C,
+    schedule: Schedule,
+    status: Arc<Status>,
+    renew_now: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) where
+    C: FnMut() -> F,
+    F: Future<Output = (Outcome, String)>,
+{
+    tokio::pin!(shutdown);
+    let mut failures = 0u32;
+    loop {
+        let (outcome, reason) = tokio::select! {
+            result = cycle() => result,
+            () = &mut shutdown => return,
+        };
+        status.record(&outcome, &reason);
+        let delay = match &outcome {
+            Outcome::Renewed(expiry) => {
+                failures = 0;
+                let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+                info!(next_in = %humantime::format_duration(schedule.renewal_interval), expires_in = %humantime::format_duration(Duration::from_secs(left.as_secs())), "renewed");
+                Some(schedule.renewal_interval)
+            }
+            Outcome::Transient(why) => {
+                failures += 1;
+                let delay = schedule.backoff(failures, rand_core::OsRng.next_u64());
+                let valid = status.expiry().is_some_and(|e| e > SystemTime::now());
+                warn!(error = %why, failures, retry_in = ?delay, keeping_current_identity = valid, "renewal failed; will retry");
+                Some(delay)
+            }
+            Outcome::Rejected(why) => {
+                failures = 0;
+                error!(error = %why, retry_in = %humantime::format_duration(schedule.rejected_retry), "the cluster rejected the renewal");
+                Some(schedule.rejected_retry)
+            }
+            Outcome::Halt(why) => {
+                error!(error = %why, "stopped signing: retrying could lock the key's device; fix the cause, then send SIGHUP");
+                None
+            }
+        };
+        let wait = async {
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = wait => {}
+            () = renew_now.notified() => {
+                info!("renewing now, as asked");
+                status.resume();
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// Runs the long-running agent until SIGTERM or SIGINT.
+pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
+    let status = Status::new();
+    let signer = Arc::new(crate::signer::Reopenable::new(
+        prepared.signer_config.clone(),
+        prepared.signer.clone(),
+    ));
+    prepared.signer = Arc::new(Metered::new(&status, signer.clone()));
+    if let Some(addr) = &prepared.config.diag_addr {
+        diag::listen(addr, status.clone()).await?;
+    }
+
+    let renew_now = Arc::new(Notify::new());
+    let reopen = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Notify::new());
+    let signals = tokio::spawn(watch_signals(
+        renew_now.clone(),
+        reopen.clone(),
+        stop.clone(),
+    ));
+    let schedule = Schedule::for_interval(prepared.config.renewal_interval);
+    info!(renewal_interval = %humantime::format_duration(schedule.renewal_interval), credential_ttl = %humantime::format_duration(prepared.config.credential_ttl), "keybound agent started");
+    let prepared = Arc::new(prepared);
+    let held = Arc::new(held);
+    let watched = status.clone();
+    run_loop(
+        || {
+            let (prepared, held, status) = (prepared.clone(), held.clone(), watched.clone());
+            let (signer, reopen) = (signer.clone(), reopen.clone());
+            attempt(prepared, held, status, signer, reopen)
+        },
+        schedule,
+        status,
+        renew_now,
+        stop.notified(),
+    )
+    .await;
+    signals.abort();
+    info!("keybound agent stopped");
+    Ok(())
+}
+
+/// One attempt of the loop: reopen the signer first when SIGHUP asked for it, then one renewal
+/// cycle; the outcome, and the rejection's gRPC code for the metrics.
+async fn attempt(
+    prepared: Arc<Prepared>,
+    held: Arc<Held>,
+    status: Arc<Status>,
+    signer: Arc<crate::signer::Reopenable>,
+    reopen: Arc<AtomicBool>,
+) -> (Outcome, String) {
+    if reopen.swap(false, Ordering::SeqCst)
+        && let Err(failure) = reopen_signer(signer).await
+    {
+        // Tried again at the next cycle, unless it halts (a refused PIN).
+        reopen.store(true, Ordering::SeqCst);
+        return (classify(&failure), String::new());
+    }
+    let result = cycle(&prepared, &held).await;
+    let expiry = held.expiry().await;
+    status.follow(expiry);
+    match result {
+        Ok(_) => (
+            Outcome::Renewed(expiry.unwrap_or_else(SystemTime::now)),
+            String::new(),
+        ),
+        Err(f) => {
+            let reason = f
+                .error
+                .downcast_ref::<JoinError>()
+                .and_then(|e| match e {
+                    JoinError::Rejected { code, .. } => Some(format!("{code:?}")),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            (classify(&f), reason)
+        }
+    }
+}
+
+/// Opens the signer again (SIGHUP): its PIN or authorization value is read afresh.
+async fn reopen_signer(signer: Arc<crate::signer::Reopenable>) -> Result<(), Failure> {
+    info!("SIGHUP: opening the signer again, reading its PIN source afresh");
+    let reopened = tokio::task::spawn_blocking(move || signer.reopen())
+        .await
+        .map_err(|e| {
+            Failure::new(
+                ExitKind::Software,
+                anyhow::anyhow!("the reopen task failed: {e}"),
+            )
+        })?;
+    reopened.map_err(|e| {
+        let kind = if e.is_transient() {
+            ExitKind::Unreachable
+        } else {
+            ExitKind::Config
+        };
+        Failure::new(kind, anyhow::Error::new(e))
+    })
+}
+
+async fn watch_signals(renew_now: Arc<Notify>, reopen: Arc<AtomicBool>, stop: Arc<Notify>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); stop.notify_one(); }
+            _ = int.recv() => { info!("SIGINT: stopping"); stop.notify_one(); }
+            _ = hup.recv() => {
+                reopen.store(true, Ordering::SeqCst);
+                renew_now.notify_one();
+            }
+            _ = usr1.recv() => renew_now.notify_one(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Drives `run_loop` on tokio's paused clock with scripted outcomes; returns when each cycle
+    /// started, in seconds since the start.
+    async fn schedule_of(
+        outcomes: Vec<Outcome>,
+        run_for: Duration,
+        poke_at: Option<Duration>,
+    ) -> (Vec<f64>, Arc<Status>) {
+        let start = tokio::time::Instant::now();
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(outcomes.into_iter()));
+        let status = Status::new();
+        let renew_now = Arc::new(Notify::new());
+        if let Some(at) = poke_at {
+            let renew_now = renew_now.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                renew_now.notify_one();
+            });
+        }
+        let (t, sc) = (times.clone(), script.clone());
+        run_loop(
+            move || {
+                t.lock().unwrap().push(start.elapsed().as_secs_f64());
+                let next = sc.lock().unwrap().next().unwrap_or(Outcome::Renewed(
+                    SystemTime::now() + Duration::from_secs(3600),
+                ));
+                async move { (next, String::new()) }
+            },
+            Schedule::for_interval(Duration::from_secs(20 * 60)),
+            status.clone(),
+            renew_now,
+            tokio::time::sleep(run_for),
+        )
+        .await;
+        let times = times.lock().unwrap().clone();
+        (times, status)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_every_interval() {
+        let (times, status) = schedule_of(vec![], Duration::from_secs(3 * 20 * 60 + 1), None).await;
+        assert_eq!(times, vec![0.0, 1200.0, 2400.0, 3600.0]);
+        assert!(status.expiry().is_some());
+        assert!(
+            status
+                .metrics
+                .encode()
+                .contains("keybound_renewals_total 4")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_back_off_then_recover() {
+        let transient = || Outcome::Transient("unreachable".into());
+        let (times, _) = schedule_of(
+            vec![transient(), transient(), transient(), transient()],
+            Duration::from_secs(1300),
+            None,
+        )
+        .await;
+        // Four failures with growing, jittered gaps (each at most 1, 2, 4, 8 s), then a success,
+        // then the normal interval.
+        assert_eq!(times.len(), 6, "{times:?}");
+        for (i, pair) in times.windows(2).take(4).enumerate() {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap <= 2f64.powi(i as i32) + 1e-6 && gap >= 0.1 - 1e-6,
+                "{times:?}"
+            );
+        }
+        assert!((times[5] - times[4] - 1200.0).abs() < 1e-6, "{times:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejections_retry_slowly() {
+        let rejected = || Outcome::Rejected("token expired or not found".into());
+        let (times, status) = schedule_of(
+            vec![rejected(), rejected()],
+            Duration::from_secs(2500),
+            None,
+        )
+        .await;
+        assert_eq!(times, vec![0.0, 1200.0, 2400.0]);
+        assert!(
+            status
+                .metrics
+                .encode()
+                .contains(r#"keybound_joins_total{outcome="rejected",reason=""} 2"#)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_halt_stops_signing_until_told_to_go_on() {
+        let (times, status) = schedule_of(
+            vec![Outcome::Halt("wrong PIN".into())],
+            Duration::from_secs(10_000),
+            None,
+        )
+        .await;
+        assert_eq!(times, vec![0.0], "no second attempt after a wrong PIN");
+        assert!(!status.healthy.load(Ordering::Relaxed));
+        assert_eq!(diag(&status, "/healthz").status(), 503);
+
+        let (times, status) = schedule_of(
+            vec![Outcome::Halt("wrong PIN".into())],
+            Duration::from_secs(10_000),
+            Some(Duration::from_secs(500)),
+        )
+        .await;
+        assert_eq!(times[..2], [0.0, 500.0], "SIGHUP lifts the halt");
+        assert!(status.healthy.load(Ordering::Relaxed));
+    }
+}

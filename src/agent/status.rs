@@ -1,0 +1,213 @@
+//! What the agent reports: its state (renewed, failing, halted, and why), the bot identity's
+//! expiry, and the Prometheus metrics; and the signer wrapper that times each signature.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use keybound_signer::{Error as SignerError, Protection, PublicKey, Signature, Signer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::schedule::Outcome;
+
+/// What the agent knows about itself, shared with the diagnostics listener.
+pub struct Status {
+    expiry: Mutex<Option<SystemTime>>,
+    pub(super) healthy: AtomicBool,
+    pub(super) halted_because: Mutex<Option<String>>,
+    last_error_unix: AtomicI64,
+    /// The metrics.
+    pub metrics: Metrics,
+}
+
+/// The Prometheus metrics.
+pub struct Metrics {
+    registry: Registry,
+    joins: Family<JoinLabels, Counter>,
+    sign_seconds: Family<BackendLabels, Histogram>,
+    expiry: Gauge,
+    renewals: Counter,
+    last_error: Gauge,
+    healthy: Gauge,
+}
+
+#[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
+struct JoinLabels {
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("keybound");
+        let joins = Family::<JoinLabels, Counter>::default();
+        registry.register(
+            "joins",
+            "Join attempts by outcome and reason",
+            joins.clone(),
+        );
+        let sign_seconds = Family::<BackendLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        registry.register(
+            "sign_duration_seconds",
+            "Time to sign a join challenge, by signer backend",
+            sign_seconds.clone(),
+        );
+        let expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the current certificates expire (Unix time)",
+            expiry.clone(),
+        );
+        let renewals = Counter::default();
+        registry.register("renewals", "Successful renewals", renewals.clone());
+        let last_error = Gauge::default();
+        registry.register(
+            "last_error_timestamp_seconds",
+            "When the last join failed (Unix time)",
+            last_error.clone(),
+        );
+        let healthy = Gauge::default();
+        registry.register(
+            "healthy",
+            "1 while the agent can sign, 0 once it stopped (wrong PIN, locked token)",
+            healthy.clone(),
+        );
+        healthy.set(1);
+        Self {
+            registry,
+            joins,
+            sign_seconds,
+            expiry,
+            renewals,
+            last_error,
+            healthy,
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format, which Prometheus reads.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// `t` in Unix seconds for a metric (the certificate's expiry is the cluster's choice: checked).
+fn unix(t: SystemTime) -> i64 {
+    crate::servertime::unix_seconds(t).unwrap_or_default()
+}
+
+impl Status {
+    /// A fresh status: healthy, no identity yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            expiry: Mutex::new(None),
+            healthy: AtomicBool::new(true),
+            halted_because: Mutex::new(None),
+            last_error_unix: AtomicI64::new(0),
+            metrics: Metrics::new(),
+        })
+    }
+
+    pub(super) fn record(&self, outcome: &Outcome, reason: &str) {
+        let label = |o: &str| JoinLabels {
+            outcome: o.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match outcome {
+            Outcome::Renewed(expiry) => {
+                *self.expiry.lock().expect("status lock") = Some(*expiry);
+                self.metrics.expiry.set(unix(*expiry));
+                self.metrics.renewals.inc();
+                self.metrics.joins.get_or_create(&label("success")).inc();
+            }
+            failed => {
+                let now = unix(SystemTime::now());
+                self.last_error_unix.store(now, Ordering::Relaxed);
+                self.metrics.last_error.set(now);
+                let outcome = match failed {
+                    Outcome::Transient(_) => "transient",
+                    Outcome::Rejected(_) => "rejected",
+                    _ => "halted",
+                };
+                self.metrics.joins.get_or_create(&label(outcome)).inc();
+                if let Outcome::Halt(why) = failed {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    self.metrics.healthy.set(0);
+                    *self.halted_because.lock().expect("status lock") = Some(why.clone());
+                }
+            }
+        }
+    }
+
+    /// Follows the held bot identity's expiry: a renewal whose outputs failed still replaced it.
+    pub(super) fn follow(&self, expiry: Option<SystemTime>) {
+        if let Some(expiry) = expiry {
+            *self.expiry.lock().expect("status lock") = Some(expiry);
+            self.metrics.expiry.set(unix(expiry));
+        }
+    }
+
+    pub(super) fn resume(&self) {
+        self.healthy.store(true, Ordering::Relaxed);
+        self.metrics.healthy.set(1);
+        *self.halted_because.lock().expect("status lock") = None;
+    }
+
+    /// When the current certificates expire.
+    pub fn expiry(&self) -> Option<SystemTime> {
+        *self.expiry.lock().expect("status lock")
+    }
+}
+
+/// A signer that times its signatures into the metrics.
+#[derive(Debug)]
+pub(super) struct Metered {
+    inner: Arc<dyn Signer>,
+    histogram: Histogram,
+}
+
+impl Metered {
+    /// `inner`, each signature timed into `status`'s histogram for its backend.
+    pub(super) fn new(status: &Status, inner: Arc<dyn Signer>) -> Self {
+        let histogram = status
+            .metrics
+            .sign_seconds
+            .get_or_create(&BackendLabels {
+                backend: inner.backend().to_owned(),
+            })
+            .clone();
+        Self { inner, histogram }
+    }
+}
+
+impl Signer for Metered {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn public_key(&self) -> &PublicKey {
+        self.inner.public_key()
+    }
+    fn protection(&self) -> Protection {
+        self.inner.protection()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Signature, SignerError> {
+        let started = std::time::Instant::now();
+        let result = self.inner.sign(message);
+        self.histogram.observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
