@@ -26,7 +26,6 @@ mod handler;
 pub mod roles;
 mod service;
 pub mod tokens;
-mod x509;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
