@@ -75,8 +75,14 @@ fn bot_ssh_cert_reads_back_with_ssh_keygen() {
             with_value("teleport-traits", "{}"),
         ]
     );
+}
 
-    // A certificate whose signature is damaged is refused by ssh-keygen.
+#[test]
+fn ssh_keygen_refuses_a_bot_ssh_cert_with_a_damaged_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate(CLUSTER).unwrap();
+    let (_, subject) = p256_subject();
+    let certs = ca.issue_bot(&request(&subject, in_one_hour())).unwrap();
     let mut damaged = certs.ssh_cert_wire;
     let last = damaged.len() - 1;
     damaged[last] ^= 0x01;
@@ -90,9 +96,13 @@ fn bot_ssh_cert_reads_back_with_ssh_keygen() {
     );
     let (ok, out) = run("ssh-keygen", &["-L", "-f", s(&damaged_path)]);
     assert!(!ok, "a damaged certificate was accepted:\n{out}");
+}
 
-    // Generation 0 and no login IP leave those extensions out.
-    let mut req = request(&subject, not_after);
+#[test]
+fn bot_ssh_cert_leaves_out_generation_0_and_a_missing_login_ip() {
+    let ca = ClusterCa::generate(CLUSTER).unwrap();
+    let (_, subject) = p256_subject();
+    let mut req = request(&subject, in_one_hour());
     req.generation = 0;
     req.login_ip = None;
     let certs = ca.issue_bot(&req).unwrap();

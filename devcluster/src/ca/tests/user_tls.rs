@@ -98,8 +98,14 @@ fn bot_tls_cert_verifies_with_openssl_and_carries_the_teleport_identity() {
     for absent in ["Subject Alternative Name", "1.3.9999.1.13", "CA:TRUE"] {
         assert!(!text.contains(absent), "unexpected {absent:?} in:\n{text}");
     }
+}
 
-    // The CA certificate itself: self-signed CA, O = CN = cluster name.
+/// The user CA's certificate: a self-signed CA, O = CN = the cluster's name.
+#[test]
+fn user_ca_cert_is_self_signed_and_named_after_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate(CLUSTER).unwrap();
+    let user_ca = write(dir.path(), "user.pem", ca.user_ca_pem());
     let ca_text = run_ok("openssl", &["x509", "-in", s(&user_ca), "-noout", "-text"]);
     for expected in [
         "Subject: O = dev.example.test, CN = dev.example.test, serialNumber = ",
