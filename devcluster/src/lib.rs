@@ -22,7 +22,7 @@
 //!
 //! # The map
 //!
-//! Each module imports only the ones above it in this list:
+//! Each module imports only modules listed before it:
 //!
 //! * `misbehave`: the test-only misbehaviours ([`Misbehaviour`]);
 //! * [`ca`]: the certificate authorities; [`tokens`], [`roles`]: resources from YAML;

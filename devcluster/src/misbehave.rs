@@ -4,6 +4,12 @@
 use keybound_signer::{Algorithm, PublicKey, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
+// For the documentation's links only: the configuration names what the `hostile-*`
+// misbehaviours present (the misbehaviours' documentation is also their `--help` text, so
+// its links must stay as they are written).
+#[cfg(doc)]
+use crate::config::DevClusterConfig;
+
 /// Ways the dev cluster can misbehave on purpose, for testing clients (`--misbehave NAME`): a
 /// hostile or broken server. [`Misbehaviour::ALL`] lists them, each with its name and what it does.
 macro_rules! misbehaviours {
@@ -70,17 +76,17 @@ misbehaviours! {
     /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
     HoldServerInit = "hold-server-init",
     /// The certificates `GenerateUserCerts` issues (an identity output's) name the cluster
-    /// [`DevClusterConfig::hostile_text`](crate::DevClusterConfig::hostile_text).
+    /// [`DevClusterConfig::hostile_text`].
     HostileClusterName = "hostile-cluster-name",
     /// The CA records the trust service returns name the cluster
-    /// [`DevClusterConfig::hostile_text`](crate::DevClusterConfig::hostile_text).
+    /// [`DevClusterConfig::hostile_text`].
     HostileCaClusterName = "hostile-ca-cluster-name",
-    /// `Ping` names the proxy public address [`DevClusterConfig::hostile_text`](crate::DevClusterConfig::hostile_text).
+    /// `Ping` names the proxy public address [`DevClusterConfig::hostile_text`].
     HostileProxyAddr = "hostile-proxy-addr",
-    /// The SSH certificates `GenerateUserCerts` returns carry [`DevClusterConfig::hostile_text`](crate::DevClusterConfig::hostile_text)
+    /// The SSH certificates `GenerateUserCerts` returns carry [`DevClusterConfig::hostile_text`]
     /// as their `authorized_keys` comment.
     HostileCertComment = "hostile-cert-comment",
-    /// `JoinService.Join` answers UNIMPLEMENTED with [`DevClusterConfig::hostile_text`](crate::DevClusterConfig::hostile_text) as its
+    /// `JoinService.Join` answers UNIMPLEMENTED with [`DevClusterConfig::hostile_text`] as its
     /// message (a client falls back to the legacy RPC, which works), and `GenerateUserCerts`
     /// refuses with it.
     HostileStatus = "hostile-status",
