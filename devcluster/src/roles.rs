@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use keybound_proto::types;
 use serde::Deserialize;
 
-use super::ca::bot_resource_name;
+use crate::ca::bot_resource_name;
 
 /// A role.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
