@@ -325,7 +325,9 @@ fn troubleshooting_md_quotes_real_messages() {
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut source = String::new();
-    sources(&root.join("src"), &mut source);
+    for dir in ["src", "devcluster/src", "teleport/src"] {
+        sources(&root.join(dir), &mut source);
+    }
     for backend in ["core", "soft", "pkcs11", "tpm"] {
         sources(
             &root.join("backends").join(backend).join("src"),
