@@ -1,24 +1,29 @@
 //! keybound joins a Teleport cluster as a Machine ID bot with the `bound_keypair` join method and
 //! a static key that may live in a file, an environment variable, a PKCS#11 token or a TPM.
 //!
-//! Layout:
-//! - [`cli`]: the command line (tbot's flags);
-//! - [`config`]: tbot's v2 YAML, checked strictly;
-//! - [`start`]: `keybound start`: join, then write storage and outputs;
-//! - [`join`]: the bound-keypair join client (new and legacy RPCs);
-//! - [`identity`] and [`output`]: the bot identity and the files tbot writes for it;
-//! - [`keypair`]: `keybound keypair create` and `show`;
-//! - [`servertime`]: checked arithmetic on times a server chose;
-//! - [`signer`]: opens the configured [`Signer`](keybound_signer::Signer) backend;
-//! - [`webapi`] and [`tls`]: talking to a Teleport Proxy's web API;
-//! - [`fsutil`]: atomic private file writes;
-//! - [`untrusted`]: what the cluster says, checked before it reaches a file and sanitized before
-//!   it reaches a log line or an error;
-//! - [`doctor`]: `keybound doctor`, read-only checks of a setup;
-//! - [`generate`]: shell completions and man pages from the CLI definition.
+//! The map, from the bottom up; each module imports only modules above it in this list
+//! (docs/ARCHITECTURE.md draws it):
 //!
-//! Backends live in their own crates under `backends/`: `keybound-signer` (the trait and shared
-//! types) and `keybound-signer-soft` (file and env keys).
+//! - foundations: [`failure`](Failure) (exit kinds), [`fsutil`] (atomic private writes, directories
+//!   opened without following symlinks), [`servertime`] (checked arithmetic on a server's times),
+//!   [`untrusted`] (names from the cluster, checked; text from it, sanitized), [`tls`],
+//!   [`subject_key`] (the bot's short-lived keys), [`logging`];
+//! - values and the key: [`values`] (what tbot.yaml, flags and the cluster give, checked),
+//!   [`signer`] (opens the [`Signer`](keybound_signer::Signer) backend; the backends are crates
+//!   under `backends/`), [`identity`] (a bot identity and what its certificates say);
+//! - talking to the cluster: [`transport`] (TLS and gRPC to the Proxy or Auth), [`webapi`]
+//!   (`/webapi/find`), [`auth`] (the bot's authenticated Auth client), [`join`] (the
+//!   bound-keypair join and rejoin);
+//! - what a bot writes: [`output`] (one file per output kind), [`storage`] (the bot's own
+//!   identity between runs);
+//! - [`config`]: tbot's v2 YAML, checked strictly;
+//! - running: [`renewal`] (one cycle: join or rejoin, persist, outputs), [`agent`] (cycles on a
+//!   schedule, signals, health);
+//! - the edge: [`cli`] (tbot's flags, and the flags over the file), [`commands`] (one file per
+//!   command).
+//!
+//! The dev cluster is a crate of its own (`devcluster/`, `keybound-devcluster`), and what it
+//! shares with this one lives below both (`teleport/`, `keybound-teleport`).
 
 #![forbid(unsafe_code)]
 
@@ -29,7 +34,6 @@ pub mod commands;
 pub mod config;
 mod failure;
 pub mod fsutil;
-pub mod generate;
 pub mod identity;
 pub mod join;
 pub mod logging;
@@ -95,14 +99,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
         }
-        Command::Completions(args) => Ok(generate::completions(
+        Command::Completions(args) => Ok(commands::generate::completions(
             args.shell,
             &mut std::io::stdout().lock(),
         )?),
         Command::Man(args) => match &args.out_dir {
-            None => Ok(generate::man_page(&mut std::io::stdout().lock())?),
+            None => Ok(commands::generate::man_page(&mut std::io::stdout().lock())?),
             Some(dir) => {
-                for page in generate::man_pages(dir)? {
+                for page in commands::generate::man_pages(dir)? {
                     println!("{}", page.display());
                 }
                 Ok(())

@@ -4,7 +4,7 @@
 //! Only the newest identity may ever be used: Auth locks a bot that rejoins with an older
 //! certificate generation. So the identity is written as soon as a join returns it
 //! ([`persist`]), an older one is removed when that write fails, a rejoin in flight is marked
-//! ([`marker::REJOIN`]) so that a crash leaves no doubt unnoticed, and one process at a time
+//! (`marker::REJOIN`) so that a crash leaves no doubt unnoticed, and one process at a time
 //! holds the directory ([`Held`]).
 
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Values keybound reads from `tbot.yaml`, its flags and the cluster, each checked where it is
 //! made: a `host:port` ([`HostPort`]), a destination ([`Destination`]), a Go-style duration, an
 //! `on`/`off` switch; and the refusals of tbot keys keybound does not implement yet
-//! ([`not_yet`]). The YAML forms deserialize strictly, raising errors inside serde's visitors so
+//! (`not_yet`). The YAML forms deserialize strictly, raising errors inside serde's visitors so
 //! that serde_yaml names the key's own path, line and column.
 
 use std::fmt;

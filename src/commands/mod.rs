@@ -1,6 +1,7 @@
 //! The commands, one file each: what `keybound <command>` does with its parsed flags.
 
 pub mod doctor;
+pub mod generate;
 pub mod keypair;
 pub mod signer_list;
 pub mod start;

@@ -15,12 +15,12 @@
 //! 5. Answer each server message in whatever order it comes:
 //!    - a further `ServerInit` (some 18.x builds send two, the second without a suite): ignored;
 //!    - a challenge: keybound checks that it names its own public key and that the document is a
-//!      fresh Teleport challenge for that key ([`challenge`], [`exchange`]), then signs it as a compact JWS and
+//!      fresh Teleport challenge for that key ([`challenge`]; the decisions are in `join/exchange.rs`), then signs it as a compact JWS and
 //!      sends the solution. Anything else gets `GivingUp(CHALLENGE_SOLUTION_FAILED)` and nothing
 //!      is signed;
 //!    - a rotation request: a static key cannot rotate, so `GivingUp(CHALLENGE_SOLUTION_FAILED)`
 //!      and an error telling the admin what to do;
-//!    - the result: the bot's certificates ([`Identity`]).
+//!    - the result: the bot's certificates ([`Identity`](crate::identity::Identity)).
 //!
 //! The whole join, fallback included, is bounded by [`JOIN_TIMEOUT`], below the server's one
 //! minute (`joinRequestTimeout` in `lib/join/joinv1/server.go`).

@@ -185,7 +185,7 @@ pub struct Issued {
 }
 
 /// What an identity output needs besides the identity. Every name in it that an output writes
-/// is of a checked type ([`HostPort`], [`ClusterName`]; see [`crate::untrusted`]).
+/// is of a checked type ([`HostPort`], [`ClusterName`](crate::untrusted::ClusterName); see [`crate::untrusted`]).
 pub struct OutputContext<'a> {
     /// The proxy's address (known_hosts, ssh_config); `None` when keybound reaches Auth
     /// directly and Auth names no proxy, which leaves the proxy out of known_hosts and skips

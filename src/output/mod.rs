@@ -3,7 +3,7 @@
 //!
 //! One file per kind, each implementing [`Output`]: how it reads and checks its part of
 //! `tbot.yaml`, what it asks Auth for, and what files it renders from the answer. The table
-//! [`kinds!`] at the bottom of this file maps tbot's `type:` names to the kinds; it makes
+//! `kinds!` at the bottom of this file maps tbot's `type:` names to the kinds; it makes
 //! [`OutputConfig`] (a configured output of any kind) and the YAML dispatch. Adding a kind is a
 //! new file and one line in that table.
 //!
