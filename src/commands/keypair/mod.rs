@@ -3,8 +3,8 @@
 //! public half of a key keybound can open.
 //!
 //! `create` runs in this order: refuse what keybound does not make (non-static keys, a key file
-//! that exists without `--overwrite`), choose the key type ([`algorithm`]), make the key where it
-//! is kept ([`make`]), then write the report as text ([`text`]) or JSON ([`json`]).
+//! that exists without `--overwrite`), choose the key type (`algorithm`), make the key where it
+//! is kept (`make`), then write the report as text (`text`) or JSON (`json`).
 
 mod algorithm;
 mod json;
