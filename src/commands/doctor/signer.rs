@@ -29,6 +29,8 @@ pub(super) fn checks(
     Ok(Some(signer.algorithm()))
 }
 
+/// The signer `start` would open; a failure is the FAIL line, with what to do for the usual
+/// causes.
 fn open_signer(config: &Config) -> Result<Arc<dyn Signer>, Check> {
     let signer_config = config.onboarding.signer_config().map_err(|e| {
         Check::new(
@@ -56,6 +58,7 @@ fn open_signer(config: &Config) -> Result<Arc<dyn Signer>, Check> {
     })
 }
 
+/// Where the key is, its type and fingerprint, and how it is protected.
 fn signer_check(config: &Config, signer: &dyn Signer) -> Check {
     let source = config
         .onboarding
