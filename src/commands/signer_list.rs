@@ -1,6 +1,8 @@
 //! `keybound signer list`: the tokens of a PKCS#11 module and the keys on them.
 
-use crate::cli::{OutputFormat, SignerList};
+#[cfg(feature = "pkcs11")]
+use crate::cli::OutputFormat;
+use crate::cli::SignerList;
 use crate::signer::SignerKind;
 
 /// Runs `keybound signer list`.
@@ -61,6 +63,6 @@ pub fn list(args: &SignerList, out: &mut dyn std::io::Write) -> anyhow::Result<(
     #[cfg(not(feature = "pkcs11"))]
     {
         let _ = out;
-        Err(not_built("pkcs11").into())
+        Err(crate::signer::not_built("pkcs11").into())
     }
 }
