@@ -1,7 +1,7 @@
 //! The configuration as `start` builds it, its cluster address and outputs, and lifetimes that
 //! do not fit together.
 
-use super::{Check, Report, Status};
+use super::report::{Check, Report, Status};
 use crate::Failure;
 use crate::cli::Start;
 use crate::config::{Config, HostPort};

@@ -1,7 +1,7 @@
 //! The connection a join makes: TCP, TLS and ALPN to the address it dials, with the trust it
 //! uses. One line for each step that passed, then one FAIL line for the step that did not.
 
-use super::{Check, Report, Status};
+use super::report::{Check, Report, Status};
 use crate::Failure;
 use crate::config::HostPort;
 use crate::tls::{Trust, client_config};

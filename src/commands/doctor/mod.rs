@@ -15,6 +15,7 @@
 
 mod config;
 mod connection;
+mod report;
 mod signer;
 mod storage;
 mod web;
@@ -28,95 +29,9 @@ use crate::cli::Start;
 use crate::config::{Config, HostPort};
 use crate::{ExitKind, Failure};
 
+use report::Report;
+pub use report::{Check, Status};
 pub use web::clock_check;
-
-/// How a check came out.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub enum Status {
-    /// Fine.
-    Ok,
-    /// Works, but worth a look.
-    Warn,
-    /// `start` would fail here.
-    Fail,
-    /// Not checked, because an earlier check failed.
-    Skip,
-}
-
-impl Status {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Warn => "warn",
-            Self::Fail => "FAIL",
-            Self::Skip => "skip",
-        }
-    }
-}
-
-/// One line of the report.
-#[derive(Clone, Debug, Eq, PartialEq)]
-pub struct Check {
-    /// The outcome.
-    pub status: Status,
-    /// `config`, `storage`, `signer`, `cluster` or `clock`.
-    pub area: &'static str,
-    /// What was found.
-    pub what: String,
-    /// What to do about it.
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn new(status: Status, area: &'static str, what: impl Into<String>) -> Self {
-        Self {
-            status,
-            area,
-            what: what.into(),
-            fix: None,
-        }
-    }
-
-    fn fix(mut self, fix: impl Into<String>) -> Self {
-        self.fix = Some(fix.into());
-        self
-    }
-}
-
-impl std::fmt::Display for Check {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:<4} {:<7} {}",
-            self.status.label(),
-            self.area,
-            self.what
-        )?;
-        if let Some(fix) = &self.fix {
-            write!(f, " — fix: {fix}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Prints each check as it completes, and remembers whether any failed.
-struct Report<'a> {
-    out: &'a mut dyn Write,
-    failed: usize,
-    total: usize,
-}
-
-impl Report<'_> {
-    fn add(&mut self, check: Check) -> Result<(), Failure> {
-        self.total += 1;
-        if check.status == Status::Fail {
-            self.failed += 1;
-        }
-        writeln!(self.out, "{check}")
-            .and_then(|()| self.out.flush())
-            .map_err(|e| Failure::new(ExitKind::Software, anyhow!("cannot write: {e}")))
-    }
-}
 
 /// Runs every check and prints one line per check to `out`. Fails (exit 1) when any check did.
 pub async fn run(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {

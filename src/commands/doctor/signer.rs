@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use keybound_signer::{Algorithm, ErrorKind, Signer};
 
-use super::{Check, Report, Status};
+use super::report::{Check, Report, Status};
 use crate::Failure;
 use crate::config::Config;
 

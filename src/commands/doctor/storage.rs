@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::{Check, Status};
+use super::report::{Check, Status};
 use crate::config::{Config, Destination};
 
 /// Storage and each directory output: present (or creatable by `start`) and writable. An

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use keybound_signer::Algorithm;
 use keybound_teleport::suite::Suite;
 
-use super::{Check, Report, Status};
+use super::report::{Check, Report, Status};
 use crate::Failure;
 use crate::config::HostPort;
 use crate::tls::{Trust, client_config};

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::Handoff;
+use super::handoff::Handoff;
 
 /// tbot's JSON document (`KeypairDocument` in `tool/tbot/keypair.go`).
 #[derive(Serialize)]

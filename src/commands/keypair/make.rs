@@ -10,7 +10,7 @@ use keybound_signer::config::{TpmConfig, TpmKey};
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
-use super::Handoff;
+use super::handoff::Handoff;
 use crate::cli::KeypairCreate;
 use crate::fsutil::{Replace, write_atomic};
 

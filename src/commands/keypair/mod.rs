@@ -7,38 +7,21 @@
 //! is kept (`make`), then write the report as text (`text`) or JSON (`json`).
 
 mod algorithm;
+mod handoff;
 mod json;
 mod make;
 mod show;
 mod text;
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::bail;
-use keybound_signer::config::{Pkcs11Config, SignerConfig, TpmConfig, TpmKey};
-use zeroize::Zeroizing;
+use keybound_signer::config::{SignerConfig, TpmConfig, TpmKey};
 
 use crate::cli::{KeypairCreate, OutputFormat};
 use crate::config::Onboarding;
 
 pub use show::show;
-
-/// Where a new key is handed to the agent.
-enum Handoff<'a> {
-    File(&'a Path),
-    Env(Zeroizing<String>),
-    #[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
-    Pkcs11 {
-        uri: String,
-        config: &'a Pkcs11Config,
-    },
-    #[cfg_attr(not(feature = "tpm"), allow(dead_code))]
-    Tpm {
-        location: String,
-        config: &'a TpmConfig,
-    },
-}
 
 /// Runs `keypair create`, writing its report to `out`.
 pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result<()> {
