@@ -17,6 +17,8 @@ emulators:
 
 lint:
 	$(CARGO) fmt --all --check
+	# No module imports, through others, itself (docs/ARCHITECTURE.md).
+	python3 scripts/import-graph.py
 	$(CARGO) clippy --workspace --all-targets --locked $(FEATURES) -- -D warnings
 	# The smallest build (file and env keys only) must build too.
 	$(CARGO) check -p keybound --no-default-features --locked
