@@ -2,6 +2,9 @@
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
 mod agent;
+mod agent_pins;
+mod agent_stalls;
+mod agent_support;
 mod authapi;
 mod cluster;
 mod completions;
