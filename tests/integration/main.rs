@@ -14,6 +14,7 @@ mod faults;
 mod fuzz_regressions;
 mod giving_up;
 mod hostile;
+mod hostile_server;
 mod hostile_text;
 mod interop;
 mod join;
