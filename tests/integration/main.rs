@@ -2,6 +2,9 @@
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
 mod agent;
+mod agent_pins;
+mod agent_stalls;
+mod agent_support;
 mod authapi;
 mod cluster;
 mod completions;
@@ -11,14 +14,17 @@ mod faults;
 mod fuzz_regressions;
 mod giving_up;
 mod hostile;
+mod hostile_server;
 mod hostile_text;
 mod interop;
 mod join;
 mod keypair;
 mod logs;
+mod oneshot;
 mod outputs;
 mod pkcs11;
 mod recipes;
+mod rejoin;
 mod secrets;
 mod start;
 mod support;

@@ -5,6 +5,66 @@
 //! here: the [`Algorithm`]s, the [`PublicKey`] and its encodings, JWS-encoded [`Signature`]s, the
 //! [`jws`] compact builder, one [`Error`] type, and the backend configuration structs in
 //! [`config`]. This crate has no C dependencies and no async runtime.
+//!
+//! # Adding a signer backend
+//!
+//! A backend is a crate of its own under `backends/` that depends on this crate alone; the agent
+//! (the root package, `src/`) names it in the places listed below. `backends/pkcs11` (a
+//! module loaded at run time) and `backends/tpm` (a C library linked at build time) are the
+//! models: each `lib.rs` is a map of one file per concern.
+//!
+//! 1. **The crate.** `backends/<name>/`, package `keybound-signer-<name>`, with
+//!    `[lints] workspace = true` and its README as the crate docs
+//!    (`#![doc = include_str!("../README.md")]`); listed in the root `Cargo.toml` under
+//!    `[workspace] members` and `[workspace.dependencies]`.
+//! 2. **Its configuration, here.** A `<Name>Config` struct in [`config`]: plain data,
+//!    `#[non_exhaustive]`, a `new` taking what is required, a `require_hardware_key` flag if the
+//!    device can tell, and any PIN or authorization value as a [`PinSource`] (where it comes
+//!    from, never the value). Add its [`SignerConfig`](config::SignerConfig) variant and the arm
+//!    of [`SignerConfig::backend`](config::SignerConfig::backend).
+//! 3. **The signer.** A type with `open(&<Name>Config) -> Result<Self, Error>` that implements
+//!    [`Signer`]: `backend` (the name), `public_key` (read once at open and cached), `sign` (the
+//!    message, not a digest; a JWS [`Signature`]), and `protection` when the device can say
+//!    whether the key can leave it (the default is [`Protection::Software`]). Keep the contract
+//!    written on [`Signer`]: errors made with [`Error::new`], of the [`ErrorKind`] that tells the
+//!    agent what to do ([`ErrorKind::Auth`] is never retried, [`ErrorKind::Unavailable`] is
+//!    retried later); a PIN read afresh at each open with [`PinSource::read_for`], so a value the
+//!    device refused is never presented again ([`refused`]); no secret in `Debug` or in an error.
+//!    The agent calls `open` again on SIGHUP (and checks that it finds the same key). A backend
+//!    that can make keys also gets `generate(&<Name>Config, Algorithm, overwrite)` for `keybound
+//!    keypair create`.
+//! 4. **Its tests.** A cargo feature `testing` with a harness for a real or emulated device
+//!    (SoftHSM, swtpm; not a mock), and `backends/<name>/tests/<device>.rs` running
+//!    `keybound_signer::testkit::run_all(&signer)` (a dev-dependency on this crate with the
+//!    feature `testkit`) on the keys it opens and makes, then each failure with its error.
+//! 5. **The agent.**
+//!    - The root `Cargo.toml`: the crate as an optional dependency and a feature
+//!      `<name> = ["dep:keybound-signer-<name>"]` (a feature only adds a backend), and a
+//!      dev-dependency with `testing`.
+//!    - `src/signer.rs`: a `SignerKind` variant (the value of `--signer` and of
+//!      `bound_keypair.signer`), its arm in `SignerKind::name`, the names listed in
+//!      `SignerKind::parse`'s error, the `#[cfg(feature = "<name>")]` arm of `open_signer` (built
+//!      without the feature, the catch-all arm says to rebuild with it), and an arm in
+//!      `key_source` for the one-line summary.
+//!    - `src/config/raw.rs`: the backend's `bound_keypair.*` keys in `RawBoundKeypair` and their
+//!      copy into `Onboarding`. `src/config/onboarding.rs`: the `Onboarding` fields, the backend
+//!      chosen when `signer` is not given (if its keys imply it), its row in the table of settings
+//!      that belong to one backend, and the arm of `signer_config` that builds the
+//!      `<Name>Config`.
+//!    - `src/cli/mod.rs`: the flags in `SignerArgs` and in `SignerArgs::apply`.
+//!    - `src/commands/keypair.rs`: the arm that calls `generate`; `src/commands/doctor.rs`, if
+//!      opening the key does not prove it usable (a TPM checks its authorization value only when
+//!      the key signs).
+//! 6. **End to end.** `tests/integration/<name>.rs`, registered in `tests/integration/main.rs`
+//!    (behind `#[cfg(feature = "<name>")]` unless the feature is a default one): `keypair
+//!    create`, a join with `start --oneshot` against a dev cluster, and `doctor`. Here or in the
+//!    backend's tests, the device's own tools (pkcs11-tool, tpm2-tools) make keys keybound uses
+//!    and use keys keybound made. A row in `tests/benches/sign.rs`, against the device's raw
+//!    signature.
+//! 7. **Docs.** `docs/<name>.md`; the README's tables of backends and crates;
+//!    `docs/config.md`, whose test lists every key of `RawBoundKeypair`; any error text quoted in
+//!    `docs/troubleshooting.md`, whose test checks it still occurs; `FEATURES` in the Makefile if
+//!    the feature is not a default one.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

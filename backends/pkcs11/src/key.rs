@@ -1,30 +1,49 @@
-//! Reading, describing and making key objects.
+//! Key objects: finding the one private key a URI names, and reading what it is (its public key,
+//! found on the object or its public twin, whatever encoding the token chose) and what its
+//! attributes promise about where it has been.
 
-use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use keybound_signer::{Algorithm, Error, ErrorKind, Protection, PublicKey};
 
-use crate::{KeyListing, Pkcs11Uri, err, kind_of};
+use crate::Pkcs11Uri;
+use crate::error::{err, kind_of};
+use crate::list;
 
 /// `id-ecPublicKey` curve P-256 (`prime256v1`), DER.
-const PARAMS_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub(crate) const PARAMS_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// `id-Ed25519`, DER (PKCS#11 3.0).
-const PARAMS_ED25519_OID: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+pub(crate) const PARAMS_ED25519_OID: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// PrintableString "edwards25519" (PKCS#11 3.0's other form; what OpenSC writes).
-const PARAMS_ED25519_NAME: &[u8] = b"\x13\x0cedwards25519";
+pub(crate) const PARAMS_ED25519_NAME: &[u8] = b"\x13\x0cedwards25519";
 
 /// What keybound reads from a private key object.
 pub(crate) struct KeyInfo {
     pub(crate) label: Option<String>,
     pub(crate) id: Vec<u8>,
     pub(crate) public: PublicKey,
+    flags: Flags,
+}
+
+/// The attributes that say whether a key can leave, or has left, its token.
+#[derive(Clone, Copy)]
+struct Flags {
     sensitive: bool,
     extractable: bool,
     always_sensitive: bool,
     never_extractable: bool,
     local: bool,
+}
+
+impl Flags {
+    /// What a key promises when the token does not say: nothing.
+    const UNSAID: Self = Self {
+        sensitive: false,
+        extractable: true,
+        always_sensitive: false,
+        never_extractable: false,
+        local: false,
+    };
 }
 
 impl KeyInfo {
@@ -33,20 +52,21 @@ impl KeyInfo {
     /// and `CKA_NEVER_EXTRACTABLE`: a key that was once readable or extractable may have been
     /// copied then.
     pub(crate) fn protection(&self) -> Protection {
-        if self.extractable {
+        let flags = self.flags;
+        if flags.extractable {
             return Protection::Exportable("CKA_EXTRACTABLE: the token may export it".to_owned());
         }
-        if !self.sensitive {
+        if !flags.sensitive {
             return Protection::Exportable("not CKA_SENSITIVE: the token may reveal it".to_owned());
         }
         let mut missing = Vec::new();
-        if !self.local {
+        if !flags.local {
             missing.push("not CKA_LOCAL: made outside the token and imported");
         }
-        if !self.never_extractable {
+        if !flags.never_extractable {
             missing.push("not CKA_NEVER_EXTRACTABLE: it was extractable once");
         }
-        if !self.always_sensitive {
+        if !flags.always_sensitive {
             missing.push("not CKA_ALWAYS_SENSITIVE: it was readable once");
         }
         if missing.is_empty() {
@@ -117,12 +137,105 @@ fn public_key(algorithm: Algorithm, point: &[u8]) -> Result<PublicKey, Error> {
     }
 }
 
-fn text(bytes: &[u8]) -> Option<String> {
+pub(crate) fn text(bytes: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(bytes).into_owned()).filter(|s| !s.is_empty())
+}
+
+/// The one private key `uri` names (by its `object` label and `id`). None, or more than one, is
+/// an error that lists the keys the token holds, as URIs.
+pub(crate) fn find_private(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    token: &str,
+    serial: &str,
+) -> Result<ObjectHandle, Error> {
+    let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
+    if let Some(label) = &uri.object {
+        template.push(Attribute::Label(label.as_bytes().to_vec()));
+    }
+    if let Some(id) = &uri.id {
+        template.push(Attribute::Id(id.clone()));
+    }
+    let found = session
+        .find_objects(&template)
+        .map_err(|e| err(kind_of(&e), "searching the token for keys").with_source(e))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => {
+            let present = list::keys(session, token, serial).unwrap_or_default();
+            Err(err(
+                ErrorKind::KeyNotFound,
+                format!(
+                    "no private key matches {} on token {token:?}; keys present: {}",
+                    uri,
+                    if present.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        present
+                            .iter()
+                            .map(|k| k.uri.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            ))
+        }
+        many => {
+            let candidates: Vec<String> = many
+                .iter()
+                .filter_map(|h| list::describe(session, *h, token, serial).ok())
+                .map(|k| k.uri.to_string())
+                .collect();
+            Err(err(
+                ErrorKind::Config,
+                format!(
+                    "{} private keys match {uri}; pick one: {}",
+                    many.len(),
+                    candidates.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The attributes read from a private key object. Its curve and point may be missing: most
+/// tokens keep them on the public key object only.
+struct Attributes {
+    label: Option<String>,
+    id: Vec<u8>,
+    key_type: Option<KeyType>,
+    params: Option<Vec<u8>>,
+    point: Option<Vec<u8>>,
+    flags: Flags,
 }
 
 /// Reads `CKA_LABEL`, `CKA_ID` and (from the object or its public twin) the public key.
 pub(crate) fn read(session: &Session, handle: ObjectHandle, token: &str) -> Result<KeyInfo, Error> {
+    let Attributes {
+        label,
+        id,
+        key_type,
+        params,
+        point,
+        flags,
+    } = attributes(session, handle, token)?;
+    let (params, point) = match (params, point) {
+        (Some(params), Some(point)) => (params, point),
+        (params, _) => twin_curve_and_point(session, (&id, label.as_deref()), params, token)?,
+    };
+    let algorithm = algorithm_of(key_type, &params).map_err(|name| {
+        err(ErrorKind::InvalidKey, format!("the key {label:?} on token {token:?} is {name}; bound keypairs must be Ed25519 or ECDSA P-256"))
+    })?;
+    Ok(KeyInfo {
+        public: public_key(algorithm, &point)?,
+        label,
+        id,
+        flags,
+    })
+}
+
+/// The private key object's own attributes.
+fn attributes(session: &Session, handle: ObjectHandle, token: &str) -> Result<Attributes, Error> {
     use AttributeType as T;
     let attributes = session
         .get_attributes(
@@ -143,69 +256,61 @@ pub(crate) fn read(session: &Session, handle: ObjectHandle, token: &str) -> Resu
         .map_err(|e| {
             err(kind_of(&e), format!("reading a key on token {token:?}")).with_source(e)
         })?;
-    let (mut label, mut id, mut key_type, mut params, mut point) =
-        (None, Vec::new(), None, None, None);
-    let (mut sensitive, mut extractable, mut always_sensitive, mut never_extractable, mut local) =
-        (false, true, false, false, false);
+    let mut read = Attributes {
+        label: None,
+        id: Vec::new(),
+        key_type: None,
+        params: None,
+        point: None,
+        flags: Flags::UNSAID,
+    };
     // cryptoki silently leaves out attributes the object lacks: match by variant.
     for attribute in attributes {
         match attribute {
-            Attribute::Label(v) => label = text(&v),
-            Attribute::Id(v) => id = v,
-            Attribute::KeyType(t) => key_type = Some(t),
-            Attribute::EcParams(v) if !v.is_empty() => params = Some(v),
-            Attribute::EcPoint(v) if !v.is_empty() => point = Some(v),
-            Attribute::Sensitive(v) => sensitive = v,
-            Attribute::Extractable(v) => extractable = v,
-            Attribute::AlwaysSensitive(v) => always_sensitive = v,
-            Attribute::NeverExtractable(v) => never_extractable = v,
-            Attribute::Local(v) => local = v,
+            Attribute::Label(v) => read.label = text(&v),
+            Attribute::Id(v) => read.id = v,
+            Attribute::KeyType(t) => read.key_type = Some(t),
+            Attribute::EcParams(v) if !v.is_empty() => read.params = Some(v),
+            Attribute::EcPoint(v) if !v.is_empty() => read.point = Some(v),
+            Attribute::Sensitive(v) => read.flags.sensitive = v,
+            Attribute::Extractable(v) => read.flags.extractable = v,
+            Attribute::AlwaysSensitive(v) => read.flags.always_sensitive = v,
+            Attribute::NeverExtractable(v) => read.flags.never_extractable = v,
+            Attribute::Local(v) => read.flags.local = v,
             _ => {}
         }
     }
-    let (params, point) = match (params, point) {
-        (Some(params), Some(point)) => (params, point),
-        (params, _) => {
-            // Most tokens keep the point on the public key object only.
-            let twin = public_twin(session, &id, label.as_deref())?
-                .ok_or_else(|| err(ErrorKind::KeyNotFound, format!("the key {label:?} on token {token:?} has no public key object to read its public key from")))?;
-            let attrs = session
-                .get_attributes(twin, &[T::EcParams, T::EcPoint])
-                .map_err(|e| err(kind_of(&e), "reading the public key").with_source(e))?;
-            let (mut p, mut q) = (params, None);
-            for a in attrs {
-                match a {
-                    Attribute::EcParams(v) if p.is_none() && !v.is_empty() => p = Some(v),
-                    Attribute::EcPoint(v) if !v.is_empty() => q = Some(v),
-                    _ => {}
-                }
-            }
-            match (p, q) {
-                (Some(p), Some(q)) => (p, q),
-                _ => {
-                    return Err(err(
-                        ErrorKind::InvalidKey,
-                        format!(
-                            "the key {label:?} on token {token:?} is not an elliptic-curve key"
-                        ),
-                    ));
-                }
-            }
+    Ok(read)
+}
+
+/// The curve (unless the private key gave it: `params`) and the point, read from the public key
+/// object that shares the private key's id (and label).
+fn twin_curve_and_point(
+    session: &Session,
+    (id, label): (&[u8], Option<&str>),
+    params: Option<Vec<u8>>,
+    token: &str,
+) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let twin = public_twin(session, id, label)?
+        .ok_or_else(|| err(ErrorKind::KeyNotFound, format!("the key {label:?} on token {token:?} has no public key object to read its public key from")))?;
+    let attrs = session
+        .get_attributes(twin, &[AttributeType::EcParams, AttributeType::EcPoint])
+        .map_err(|e| err(kind_of(&e), "reading the public key").with_source(e))?;
+    let (mut p, mut q) = (params, None);
+    for a in attrs {
+        match a {
+            Attribute::EcParams(v) if p.is_none() && !v.is_empty() => p = Some(v),
+            Attribute::EcPoint(v) if !v.is_empty() => q = Some(v),
+            _ => {}
         }
-    };
-    let algorithm = algorithm_of(key_type, &params).map_err(|name| {
-        err(ErrorKind::InvalidKey, format!("the key {label:?} on token {token:?} is {name}; bound keypairs must be Ed25519 or ECDSA P-256"))
-    })?;
-    Ok(KeyInfo {
-        public: public_key(algorithm, &point)?,
-        label,
-        id,
-        sensitive,
-        extractable,
-        always_sensitive,
-        never_extractable,
-        local,
-    })
+    }
+    match (p, q) {
+        (Some(p), Some(q)) => Ok((p, q)),
+        _ => Err(err(
+            ErrorKind::InvalidKey,
+            format!("the key {label:?} on token {token:?} is not an elliptic-curve key"),
+        )),
+    }
 }
 
 fn public_twin(
@@ -237,153 +342,6 @@ fn public_twin(
         Some(*one)
     } else {
         None
-    })
-}
-
-/// A listing line for one key object.
-pub(crate) fn describe(
-    session: &Session,
-    handle: ObjectHandle,
-    token: &str,
-    serial: &str,
-) -> Result<KeyListing, Error> {
-    let attributes = session
-        .get_attributes(
-            handle,
-            &[
-                AttributeType::Label,
-                AttributeType::Id,
-                AttributeType::KeyType,
-            ],
-        )
-        .map_err(|e| err(kind_of(&e), "reading a key").with_source(e))?;
-    let (mut label, mut id, mut key_type) = (None, Vec::new(), None);
-    for attribute in attributes {
-        match attribute {
-            Attribute::Label(v) => label = text(&v),
-            Attribute::Id(v) => id = v,
-            Attribute::KeyType(t) => key_type = Some(t),
-            _ => {}
-        }
-    }
-    let (kind, public_key) = match read(session, handle, token) {
-        Ok(info) => (
-            info.public.algorithm().as_str().to_owned(),
-            Some(info.public.to_openssh()),
-        ),
-        Err(_) => (
-            key_type.map_or_else(|| "unknown".to_owned(), |t| format!("{t} (not usable)")),
-            None,
-        ),
-    };
-    Ok(KeyListing {
-        uri: Pkcs11Uri::for_key(token, serial, label.as_deref(), &id),
-        kind,
-        public_key,
-    })
-}
-
-/// Every key on the token: private keys if the session can see them, else public keys.
-pub(crate) fn list(session: &Session, token: &str, serial: &str) -> Result<Vec<KeyListing>, Error> {
-    let find = |class| {
-        session
-            .find_objects(&[Attribute::Class(class)])
-            .map_err(|e| err(kind_of(&e), "listing keys").with_source(e))
-    };
-    let mut handles = find(ObjectClass::PRIVATE_KEY)?;
-    if handles.is_empty() {
-        handles = find(ObjectClass::PUBLIC_KEY)?;
-    }
-    let mut keys: Vec<KeyListing> = handles
-        .into_iter()
-        .filter_map(|h| describe(session, h, token, serial).ok())
-        .collect();
-    keys.sort_by_key(|k| k.uri.to_string());
-    keys.dedup_by_key(|k| k.uri.to_string());
-    Ok(keys)
-}
-
-/// A two-byte `CKA_ID` no object uses (YubiHSM 2 accepts only two-byte ids).
-pub(crate) fn free_id(session: &Session) -> Result<Vec<u8>, Error> {
-    for _ in 0..64 {
-        let mut id = [0u8; 2];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-        let used = session
-            .find_objects(&[Attribute::Id(id.to_vec())])
-            .map_err(|e| err(kind_of(&e), "searching the token").with_source(e))?;
-        if used.is_empty() {
-            return Ok(id.to_vec());
-        }
-    }
-    Err(err(
-        ErrorKind::Config,
-        "the token has no free two-byte key id; give one with id=%xx%xx in the URI",
-    ))
-}
-
-/// Generates the keypair: private half sensitive, not extractable, sign only; both token objects.
-pub(crate) fn generate(
-    session: &Session,
-    algorithm: Algorithm,
-    label: &str,
-    id: &[u8],
-    token: &str,
-) -> Result<(), Error> {
-    let private = [
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Derive(false),
-        Attribute::Unwrap(false),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id.to_vec()),
-    ];
-    let public_with = |params: &[u8]| {
-        vec![
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::EcParams(params.to_vec()),
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.to_vec()),
-        ]
-    };
-    let result = match algorithm {
-        Algorithm::Ed25519 => {
-            // The OID first; tokens that predate PKCS#11 3.0's OID form know the curve by name.
-            match session.generate_key_pair(
-                &Mechanism::EccEdwardsKeyPairGen,
-                &public_with(PARAMS_ED25519_OID),
-                &private,
-            ) {
-                Err(CkError::Pkcs11(
-                    RvError::AttributeValueInvalid
-                    | RvError::DomainParamsInvalid
-                    | RvError::CurveNotSupported,
-                    _,
-                )) => session.generate_key_pair(
-                    &Mechanism::EccEdwardsKeyPairGen,
-                    &public_with(PARAMS_ED25519_NAME),
-                    &private,
-                ),
-                other => other,
-            }
-        }
-        _ => session.generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &public_with(PARAMS_P256),
-            &private,
-        ),
-    };
-    result.map(drop).map_err(|e| {
-        err(
-            kind_of(&e),
-            format!("token {token:?} failed to generate an {algorithm} key"),
-        )
-        .with_source(e)
     })
 }
 

@@ -141,36 +141,7 @@ impl Pkcs11Uri {
             let (name, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("PKCS#11 URI attribute {} has no value", quote.of(part)))?;
-            let slot = match name {
-                "token" => &mut out.token,
-                "serial" => &mut out.serial,
-                "manufacturer" => &mut out.manufacturer,
-                "model" => &mut out.model,
-                "object" => &mut out.object,
-                "id" => {
-                    set_once(&mut out.id, decode(name, value, quote)?, name)?;
-                    continue;
-                }
-                "type" => {
-                    if value != "private" && value != "public" {
-                        return Err(format!(
-                            "type={}: keybound uses private keys (type=private)",
-                            if quote.hide { HIDDEN } else { value }
-                        ));
-                    }
-                    continue;
-                }
-                "slot-id" | "slot-description" | "slot-manufacturer" => {
-                    return Err(format!(
-                        "{name}: keybound finds tokens by label or serial, never by slot (slot numbers change); use token=LABEL"
-                    ));
-                }
-                "library-manufacturer" | "library-description" | "library-version" => continue,
-                other => {
-                    return Err(format!("unknown PKCS#11 URI attribute {}", quote.of(other)));
-                }
-            };
-            set_once(slot, text(name, value, quote)?, name)?;
+            out.set_path_attribute(name, value, quote)?;
         }
         for part in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').ok_or_else(|| {
@@ -179,33 +150,66 @@ impl Pkcs11Uri {
                     quote.of(part)
                 )
             })?;
-            match name {
-                "module-path" => set_once(
-                    &mut out.module_path,
-                    PathBuf::from(text(name, value, quote)?),
-                    name,
-                )?,
-                "pin-source" => set_once(&mut out.pin_source, text(name, value, quote)?, name)?,
-                "pin-value" => set_once(
-                    &mut out.pin_value,
-                    Zeroizing::new(text(name, value, quote)?),
-                    name,
-                )?,
-                "module-name" => {
-                    return Err(
-                        "module-name: give the module's path with module-path or --pkcs11-module"
-                            .to_owned(),
-                    );
-                }
-                other => {
-                    return Err(format!(
-                        "unknown PKCS#11 URI query attribute {}",
-                        quote.of(other)
-                    ));
-                }
-            }
+            out.set_query_attribute(name, value, quote)?;
         }
         Ok(out)
+    }
+
+    /// One `name=value` of the path part: token and key attributes. Slot attributes are refused
+    /// (slot numbers change); library attributes are ignored.
+    fn set_path_attribute(&mut self, name: &str, value: &str, quote: Quote) -> Result<(), String> {
+        let slot = match name {
+            "token" => &mut self.token,
+            "serial" => &mut self.serial,
+            "manufacturer" => &mut self.manufacturer,
+            "model" => &mut self.model,
+            "object" => &mut self.object,
+            "id" => return set_once(&mut self.id, decode(name, value, quote)?, name),
+            "type" => {
+                if value != "private" && value != "public" {
+                    return Err(format!(
+                        "type={}: keybound uses private keys (type=private)",
+                        if quote.hide { HIDDEN } else { value }
+                    ));
+                }
+                return Ok(());
+            }
+            "slot-id" | "slot-description" | "slot-manufacturer" => {
+                return Err(format!(
+                    "{name}: keybound finds tokens by label or serial, never by slot (slot numbers change); use token=LABEL"
+                ));
+            }
+            "library-manufacturer" | "library-description" | "library-version" => return Ok(()),
+            other => {
+                return Err(format!("unknown PKCS#11 URI attribute {}", quote.of(other)));
+            }
+        };
+        set_once(slot, text(name, value, quote)?, name)
+    }
+
+    /// One `name=value` of the query part: the module and the PIN.
+    fn set_query_attribute(&mut self, name: &str, value: &str, quote: Quote) -> Result<(), String> {
+        match name {
+            "module-path" => set_once(
+                &mut self.module_path,
+                PathBuf::from(text(name, value, quote)?),
+                name,
+            ),
+            "pin-source" => set_once(&mut self.pin_source, text(name, value, quote)?, name),
+            "pin-value" => set_once(
+                &mut self.pin_value,
+                Zeroizing::new(text(name, value, quote)?),
+                name,
+            ),
+            "module-name" => Err(
+                "module-name: give the module's path with module-path or --pkcs11-module"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "unknown PKCS#11 URI query attribute {}",
+                quote.of(other)
+            )),
+        }
     }
 
     /// Whether a token matches the URI's token attributes.
