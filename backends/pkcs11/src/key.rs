@@ -6,9 +6,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use keybound_signer::{Algorithm, Error, ErrorKind, Protection, PublicKey};
 
-use crate::Pkcs11Uri;
 use crate::error::{err, kind_of};
-use crate::list;
 
 /// `id-ecPublicKey` curve P-256 (`prime256v1`), DER.
 pub(crate) const PARAMS_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -139,63 +137,6 @@ fn public_key(algorithm: Algorithm, point: &[u8]) -> Result<PublicKey, Error> {
 
 pub(crate) fn text(bytes: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(bytes).into_owned()).filter(|s| !s.is_empty())
-}
-
-/// The one private key `uri` names (by its `object` label and `id`). None, or more than one, is
-/// an error that lists the keys the token holds, as URIs.
-pub(crate) fn find_private(
-    session: &Session,
-    uri: &Pkcs11Uri,
-    token: &str,
-    serial: &str,
-) -> Result<ObjectHandle, Error> {
-    let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
-    if let Some(label) = &uri.object {
-        template.push(Attribute::Label(label.as_bytes().to_vec()));
-    }
-    if let Some(id) = &uri.id {
-        template.push(Attribute::Id(id.clone()));
-    }
-    let found = session
-        .find_objects(&template)
-        .map_err(|e| err(kind_of(&e), "searching the token for keys").with_source(e))?;
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => {
-            let present = list::keys(session, token, serial).unwrap_or_default();
-            Err(err(
-                ErrorKind::KeyNotFound,
-                format!(
-                    "no private key matches {} on token {token:?}; keys present: {}",
-                    uri,
-                    if present.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        present
-                            .iter()
-                            .map(|k| k.uri.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                ),
-            ))
-        }
-        many => {
-            let candidates: Vec<String> = many
-                .iter()
-                .filter_map(|h| list::describe(session, *h, token, serial).ok())
-                .map(|k| k.uri.to_string())
-                .collect();
-            Err(err(
-                ErrorKind::Config,
-                format!(
-                    "{} private keys match {uri}; pick one: {}",
-                    many.len(),
-                    candidates.join(", ")
-                ),
-            ))
-        }
-    }
 }
 
 /// The attributes read from a private key object. Its curve and point may be missing: most

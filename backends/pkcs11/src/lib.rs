@@ -14,6 +14,7 @@
 // - `testing` (feature `testing`): a SoftHSM harness.
 
 mod error;
+mod find;
 mod key;
 mod keygen;
 mod list;

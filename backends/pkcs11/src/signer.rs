@@ -15,6 +15,7 @@ use tracing::debug;
 
 use crate::Pkcs11Uri;
 use crate::error::{err, kind_of};
+use crate::find;
 use crate::login::{log_in, pin_source, require_pin_source};
 use crate::module::{load_module, module_path};
 use crate::token::find_token;
@@ -63,7 +64,7 @@ impl Pkcs11Signer {
             pin.as_ref(),
             (&module, &token, &serial),
         )?;
-        let handle = key::find_private(&session, &uri, &token, &serial)?;
+        let handle = find::find_private(&session, &uri, &token, &serial)?;
         let key = key::read(&session, handle, &token)?;
         let protection = key.protection();
         if config.require_hardware_key && !protection.is_hardware() {
