@@ -42,6 +42,13 @@ pub enum Replace {
     Allow,
 }
 
+impl Replace {
+    /// `Allow` when `overwrite` (a `--overwrite` flag), else `Never`.
+    pub fn when(overwrite: bool) -> Self {
+        if overwrite { Self::Allow } else { Self::Never }
+    }
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 fn parent(path: &Path) -> &Path {
     match path.parent() {

@@ -41,20 +41,22 @@
 //!    - The root `Cargo.toml`: the crate as an optional dependency and a feature
 //!      `<name> = ["dep:keybound-signer-<name>"]` (a feature only adds a backend), and a
 //!      dev-dependency with `testing`.
-//!    - `src/signer.rs`: a `SignerKind` variant (the value of `--signer` and of
-//!      `bound_keypair.signer`), its arm in `SignerKind::name`, the names listed in
-//!      `SignerKind::parse`'s error, the `#[cfg(feature = "<name>")]` arm of `open_signer` (built
-//!      without the feature, the catch-all arm says to rebuild with it), and an arm in
-//!      `key_source` for the one-line summary.
+//!    - `src/signer/<name>.rs`: the agent's side of the backend, one file: `open` (the
+//!      `<Name>Signer` as an `Arc<dyn Signer>`) and `make_key` (calls `generate`, returns the
+//!      public key and the [`Handoff`-style] way the agent finds the key). Then one line each in
+//!      `src/signer/mod.rs` (a `SignerKind` variant: the value of `--signer` and of
+//!      `bound_keypair.signer`, its `name`, the names in `parse`'s error) and in
+//!      `src/signer/registry.rs` (the `#[cfg(feature = "<name>")]` arms of `open_signer` and
+//!      `make_key`, which built without the feature say to rebuild with it, and of
+//!      `key_source` for the one-line summary).
 //!    - `src/config/raw.rs`: the backend's `bound_keypair.*` keys in `RawBoundKeypair` and their
 //!      copy into `Onboarding`. `src/config/onboarding.rs`: the `Onboarding` fields, the backend
 //!      chosen when `signer` is not given (if its keys imply it), its row in the table of settings
 //!      that belong to one backend, and the arm of `signer_config` that builds the
 //!      `<Name>Config`.
 //!    - `src/cli/mod.rs`: the flags in `SignerArgs` and in `SignerArgs::apply`.
-//!    - `src/commands/keypair.rs`: the arm that calls `generate`; `src/commands/doctor.rs`, if
-//!      opening the key does not prove it usable (a TPM checks its authorization value only when
-//!      the key signs).
+//!    - `src/commands/doctor/signer.rs`, if opening the key does not prove it usable (a TPM
+//!      checks its authorization value only when the key signs).
 //! 6. **End to end.** `tests/integration/<name>.rs`, registered in `tests/integration/main.rs`
 //!    (behind `#[cfg(feature = "<name>")]` unless the feature is a default one): `keypair
 //!    create`, a join with `start --oneshot` against a dev cluster, and `doctor`. Here or in the

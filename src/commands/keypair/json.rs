@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::handoff::Handoff;
+use crate::signer::Handoff;
 
 /// tbot's JSON document (`KeypairDocument` in `tool/tbot/keypair.go`).
 #[derive(Serialize)]

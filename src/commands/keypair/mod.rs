@@ -7,9 +7,7 @@
 //! is kept (`make`), then write the report as text (`text`) or JSON (`json`).
 
 mod algorithm;
-mod handoff;
 mod json;
-mod make;
 mod show;
 mod text;
 
@@ -29,7 +27,8 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
     let signer_config = signer_config(args)?;
     refuse_to_replace(args, &signer_config)?;
     let algorithm = algorithm::choose(args, &signer_config).await?;
-    let (public_key, handoff) = make::make_key(args, &signer_config, algorithm).await?;
+    let (public_key, handoff) =
+        crate::signer::make_key(&signer_config, algorithm, args.overwrite).await?;
     match args.format {
         OutputFormat::Json => json::write(out, &public_key, &handoff)?,
         OutputFormat::Text => text::write(out, &public_key, &handoff)?,

@@ -8,7 +8,7 @@ use keybound_signer::PinSource;
 use keybound_signer::config::{Pkcs11Config, STATIC_KEY_ENV, TpmConfig, TpmKey};
 use serde::Serialize;
 
-use super::handoff::Handoff;
+use crate::signer::Handoff;
 
 const RECOVERY_DOCS: &str = "https://goteleport.com/docs/reference/machine-workload-identity/machine-id/bound-keypair/concepts/#recovery";
 

@@ -1,66 +1,12 @@
-//! Opens the configured backend: the registry of signers.
+//! A signer the agent can open again on SIGHUP, with its PIN read afresh.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use clap::ValueEnum;
 use keybound_signer::config::SignerConfig;
 use keybound_signer::{Error, ErrorKind, Protection, PublicKey, Signature, Signer};
-use keybound_signer_soft::SoftSigner;
 
-/// The backends, as `--signer` and `onboarding.bound_keypair.signer` name them.
-#[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
-pub enum SignerKind {
-    /// Base64 PEM in TBOT_BOUND_KEYPAIR_STATIC_KEY.
-    Env,
-    /// A PEM file.
-    File,
-    /// A PKCS#11 token (HSM, smart card, SoftHSM).
-    Pkcs11,
-    /// A TPM 2.0.
-    Tpm,
-}
-
-impl SignerKind {
-    /// Parses the config value.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        <Self as ValueEnum>::from_str(text, false)
-            .map_err(|_| format!("unknown signer {text:?}; use file, env, pkcs11 or tpm"))
-    }
-
-    /// The name, as the configuration writes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Env => "env",
-            Self::File => "file",
-            Self::Pkcs11 => "pkcs11",
-            Self::Tpm => "tpm",
-        }
-    }
-}
-
-/// Opens the signer `config` names, reading and checking its key once.
-pub fn open_signer(config: &SignerConfig) -> Result<Arc<dyn Signer>, Error> {
-    let signer: Arc<dyn Signer> = match config {
-        SignerConfig::File(file) => Arc::new(SoftSigner::open_file(file)?),
-        SignerConfig::Env(env) => Arc::new(SoftSigner::open_env(env)?),
-        #[cfg(feature = "pkcs11")]
-        SignerConfig::Pkcs11(pkcs11) => {
-            Arc::new(keybound_signer_pkcs11::Pkcs11Signer::open(pkcs11)?)
-        }
-        #[cfg(feature = "tpm")]
-        SignerConfig::Tpm(tpm) => Arc::new(keybound_signer_tpm::TpmSigner::open(tpm)?),
-        other => return Err(not_built(other.backend())),
-    };
-    tracing::debug!(
-        backend = signer.backend(),
-        algorithm = %signer.algorithm(),
-        fingerprint = %signer.public_key().fingerprint(),
-        protection = %signer.protection(),
-        "opened signer"
-    );
-    Ok(signer)
-}
+use super::registry::open_signer;
 
 /// A signer the long-running agent can open again from its configuration, which it does on
 /// SIGHUP: the PIN or authorization value is read from its source again and the device is
@@ -170,61 +116,5 @@ impl fmt::Debug for Reopenable {
             .field("backend", &self.backend)
             .field("fingerprint", &self.public.fingerprint())
             .finish_non_exhaustive()
-    }
-}
-
-/// The error for a backend this binary was built without.
-pub fn not_built(backend: &'static str) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        backend,
-        format!(
-            "this keybound was built without the \"{backend}\" feature; rebuild with --features {backend}"
-        ),
-    )
-}
-
-/// Where the key lives, for people: `file /etc/keybound/bound-key.pem`, `pkcs11 pkcs11:...`.
-pub fn key_source(signer_config: &SignerConfig, backend: &str) -> String {
-    match signer_config {
-        SignerConfig::File(keybound_signer::config::FileConfig { path, .. }) => {
-            format!("file {}", path.display())
-        }
-        SignerConfig::Env(env) => format!("env ${}", env.variable),
-        SignerConfig::Pkcs11(p) => format!("pkcs11 {}", p.uri.redacted()),
-        SignerConfig::Tpm(t) => match &t.key {
-            keybound_signer::config::TpmKey::Handle(h) => {
-                format!("tpm persistent handle 0x{h:08x}")
-            }
-            keybound_signer::config::TpmKey::File(path) => {
-                format!("tpm key file {}", path.display())
-            }
-        },
-        _ => backend.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_backend_left_out_of_the_build_says_how_to_get_it() {
-        let error = not_built("tpm");
-        assert_eq!(error.kind(), ErrorKind::Unsupported);
-        assert_eq!(
-            error.to_string(),
-            "tpm: this keybound was built without the \"tpm\" feature; rebuild with --features tpm"
-        );
-        #[cfg(not(feature = "tpm"))]
-        {
-            let config = SignerConfig::Tpm(keybound_signer::config::TpmConfig::new(
-                keybound_signer::config::TpmKey::Handle(0x8100_0001),
-            ));
-            assert_eq!(
-                open_signer(&config).unwrap_err().to_string(),
-                error.to_string()
-            );
-        }
     }
 }
