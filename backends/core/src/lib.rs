@@ -43,7 +43,7 @@
 //!      dev-dependency with `testing`.
 //!    - `src/signer/<name>.rs`: the agent's side of the backend, one file: `open` (the
 //!      `<Name>Signer` as an `Arc<dyn Signer>`) and `make_key` (calls `generate`, returns the
-//!      public key and the [`Handoff`-style] way the agent finds the key). Then one line each in
+//!      public key and how the agent finds the key, a `Handoff`). Then one line each in
 //!      `src/signer/mod.rs` (a `SignerKind` variant: the value of `--signer` and of
 //!      `bound_keypair.signer`, its `name`, the names in `parse`'s error) and in
 //!      `src/signer/registry.rs` (the `#[cfg(feature = "<name>")]` arms of `open_signer` and
