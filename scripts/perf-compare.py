@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 perf = __import__("perf")  # scripts/perf.py: the dev cluster and keys, the process timers
 
 ROOT = perf.ROOT
+# One backend of each kind: a file key, a key in SoftHSM, a key in swtpm.
+MEASURED = ("file ed25519", "softhsm ecdsa-p256", "swtpm ecdsa-p256")
 
 
 def build(rev, work, target):
@@ -58,7 +60,7 @@ def main():
         # One cluster and one set of keys (made by the newest binary) for every binary.
         bench = perf.Oneshot(binaries[-1][1], work / "oneshot")
         (work / "oneshot").mkdir()
-        walls = {(sha, b): [] for sha, _ in binaries for b in ("file ed25519", "softhsm ecdsa-p256", "swtpm ecdsa-p256")}
+        walls = {(sha, b): [] for sha, _ in binaries for b in MEASURED}
         rss = {key: [] for key in walls}
         try:
             bench.setup()
@@ -72,7 +74,11 @@ def main():
                                 rss[(sha, name)].append(peak)
         finally:
             bench.stop()
+        report(binaries, walls, rss)
 
+
+def report(binaries, walls, rss):
+    """One line per commit and backend."""
     print(f"{'commit':10} {'backend':20} {'p50':>9} {'p90':>9} {'peak RSS':>10} {'size':>10}")
     for sha, binary in binaries:
         size = binary.stat().st_size
@@ -91,6 +97,8 @@ def one_round(bench, with_rss):
     """One `start --oneshot` per backend with the bench's current binary: (backend, wall, RSS)."""
     results = []
     for i, (name, (args, _)) in enumerate(bench.backends.items()):
+        if name not in MEASURED:
+            continue
         cmd = [bench.kb, "start", "--oneshot", "--proxy-server", bench.proxy, "--ca-path",
                bench.work / "ca.pem", "--join-method", "bound_keypair", "--token", f"perf-{i}",
                "--destination-dir", bench.work / f"out-{i}", "--storage", "memory://", *args]
