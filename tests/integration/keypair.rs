@@ -393,4 +393,11 @@ fn keypair_show_reports_bad_keys_and_configs_in_one_line() {
     );
     let output = run_ok(keybound().args(["keypair", "show", "-c"]).arg(&config));
     assert!(stdout(&output).contains(&good.public_key().to_openssh()));
+    // ... and the config TBOT_CONFIG_PATH names, as for start and doctor.
+    let output = run_ok(
+        keybound()
+            .args(["keypair", "show"])
+            .env("TBOT_CONFIG_PATH", &config),
+    );
+    assert!(stdout(&output).contains(&good.public_key().to_openssh()));
 }
