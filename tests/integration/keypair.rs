@@ -360,6 +360,43 @@ fn keypair_show_reports_bad_keys_and_configs_in_one_line() {
             "names the file: {error}"
         );
     }
+    // The public half ssh-keygen writes beside the key (mode 0644), given instead of the key:
+    // named as a public key, whatever its mode, never "chmod 600" it.
+    let ssh_key = dir.path().join("id_ed25519");
+    run_ok(
+        std::process::Command::new(crate::support::tool("ssh-keygen"))
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&ssh_key),
+    );
+    let public = dir.path().join("id_ed25519.pub");
+    for mode in [0o644, 0o600] {
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(mode)).unwrap();
+        let error = run_err(
+            keybound()
+                .args(["keypair", "show", "--static-key-path"])
+                .arg(&public),
+        );
+        assert!(
+            error.contains("holds a public key; give keybound the private key"),
+            "{mode:o}: {error}"
+        );
+        assert!(!error.contains("chmod"), "{error}");
+    }
+    // The same line through the environment.
+    use base64::Engine as _;
+    let value = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&public).unwrap());
+    let error = run_err(
+        keybound()
+            .args(["keypair", "show"])
+            .env("TBOT_BOUND_KEYPAIR_STATIC_KEY", value),
+    );
+    assert!(error.contains("holds a public key"), "{error}");
+    // And the private key ssh-keygen wrote works.
+    run_ok(
+        keybound()
+            .args(["keypair", "show", "--static-key-path"])
+            .arg(&ssh_key),
+    );
     let error = run_err(
         keybound()
             .args(["keypair", "show"])
