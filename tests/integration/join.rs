@@ -486,3 +486,26 @@ mod server_checks {
         );
     }
 }
+
+/// A cluster whose clock is ten minutes off: keybound refuses its challenge, and says which way
+/// the clocks differ in words, never as a signed number of seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_from_a_skewed_clock_is_refused_saying_which_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer: Arc<dyn Signer> = Arc::new(SoftSigner::generate(Algorithm::Ed25519).unwrap());
+    let cluster = cluster_for(signer.public_key(), |_| {}).await;
+    let ca = ca_file(&cluster, dir.path());
+    cluster.cluster.advance_clock(Duration::from_secs(600));
+    let error = join::join(&params(&cluster, &ca, "t", signer))
+        .await
+        .unwrap_err()
+        .to_string();
+    // 600 s, or 599 when this machine's clock passed a second between the two readings.
+    assert!(
+        ["600", "599"].iter().any(|n| error.contains(&format!(
+            "the challenge was issued {n} s in the future by this machine's clock"
+        ))),
+        "{error}"
+    );
+    assert_eq!(cluster.cluster.solutions_received(), 0);
+}
