@@ -49,7 +49,7 @@ pub fn written(outputs: &[OutputConfig]) -> Vec<&OutputConfig> {
 /// Writes `outputs` (see [`written`]) for `bot`: the shared facts first, then each output on
 /// its own. Returns what was written, one line per output for the summary; an output's failure
 /// does not stop the others, and all failures are reported together, once, in the error (its
-/// kind: [`first_kind`]).
+/// kind: the cluster out of reach, then a refusal, then a local failure).
 pub async fn write_outputs(
     outputs: &[&OutputConfig],
     auth: &AuthClient,
