@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use keybound::cli::Cli;
 use keybound_signer::config::STATIC_KEY_ENV;
 
@@ -13,7 +12,7 @@ fn main() -> ExitCode {
     });
     let no_core_dumps = disable_core_dumps();
 
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     #[cfg(feature = "tpm")]
     quiet_tss2_log(cli.debug);
     keybound::logging::init(cli.debug, cli.log_format);

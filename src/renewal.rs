@@ -61,14 +61,13 @@ impl Prepared {
         } else {
             AuthRoute::Proxy(proxy.clone())
         };
-        if config.oneshot {
-            if let Some(addr) = &config.diag_addr {
-                warn!(%addr, "diag_addr is served by the long-running agent; --oneshot runs without it");
-            }
-        } else {
-            for warning in config.lifetime_warnings() {
-                warn!("{warning}");
-            }
+        if config.oneshot
+            && let Some(addr) = &config.diag_addr
+        {
+            warn!(%addr, "diag_addr is served by the long-running agent; --oneshot runs without it");
+        }
+        for warning in config.lifetime_warnings() {
+            warn!("{warning}");
         }
         let trust = config.trust();
         if trust == Trust::Insecure {

@@ -36,7 +36,6 @@ pub use schedule::{Outcome, Schedule, classify};
 use status::Metered;
 pub use status::{Metrics, Status};
 
-use crate::join::JoinError;
 use crate::renewal::{Prepared, cycle};
 use crate::storage::Held;
 use crate::{ExitKind, Failure};
@@ -147,7 +146,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
 }
 
 /// One attempt of the loop: reopen the signer first when SIGHUP asked for it, then one renewal
-/// cycle; the outcome, and the rejection's gRPC code for the metrics.
+/// cycle; the outcome, and its reason for the metrics (`status::failure_reason`).
 async fn attempt(
     prepared: Arc<Prepared>,
     held: Arc<Held>,
@@ -160,27 +159,17 @@ async fn attempt(
     {
         // Tried again at the next cycle, unless it halts (a refused PIN).
         reopen.store(true, Ordering::SeqCst);
-        return (classify(&failure), String::new());
+        return (classify(&failure), status::failure_reason(&failure));
     }
     let result = cycle(&prepared, &held).await;
     let expiry = held.expiry().await;
     status.follow(expiry);
     match result {
-        Ok(_) => (
+        Ok(done) => (
             Outcome::Renewed(expiry.unwrap_or_else(SystemTime::now)),
-            String::new(),
+            status::success_reason(&done).to_owned(),
         ),
-        Err(f) => {
-            let reason = f
-                .error
-                .downcast_ref::<JoinError>()
-                .and_then(|e| match e {
-                    JoinError::Rejected { code, .. } => Some(format!("{code:?}")),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            (classify(&f), reason)
-        }
+        Err(f) => (classify(&f), status::failure_reason(&f)),
     }
 }
 

@@ -14,6 +14,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::schedule::Outcome;
+use crate::join::JoinError;
+use crate::renewal::Cycle;
+use crate::{ExitKind, Failure};
 
 /// What the agent knows about itself, shared with the diagnostics listener.
 pub struct Status {
@@ -173,6 +176,45 @@ impl Status {
     }
 }
 
+/// The `reason` label of a renewal that succeeded: how (`rejoin`, an authenticated rejoin;
+/// `join`, with the static key; `outputs`, the last renewal's outputs written again).
+pub(super) fn success_reason(cycle: &Cycle) -> &'static str {
+    match &cycle.joined {
+        Some(joined) if joined.authenticated => "rejoin",
+        Some(_) => "join",
+        None => "outputs",
+    }
+}
+
+/// The `reason` label of a renewal that failed: the gRPC code of the cluster's refusal
+/// (`PermissionDenied`, ...), else what failed: `refused` (keybound would not sign or go on),
+/// `unreachable`, `timeout`, `signer`, `config`, `local` (a file or directory here),
+/// `internal`. Never empty: a success and a failure never share a label set.
+pub(super) fn failure_reason(failure: &Failure) -> String {
+    for cause in failure.error.chain() {
+        if let Some(join) = cause.downcast_ref::<JoinError>() {
+            return match join {
+                JoinError::Rejected { code, .. } => format!("{code:?}"),
+                JoinError::Refused(_) => "refused".to_owned(),
+                JoinError::Unreachable(_) => "unreachable".to_owned(),
+                JoinError::TimedOut(_) => "timeout".to_owned(),
+                JoinError::Signer(_) => "signer".to_owned(),
+                JoinError::Config(_) => "config".to_owned(),
+            };
+        }
+        if cause.downcast_ref::<SignerError>().is_some() {
+            return "signer".to_owned();
+        }
+    }
+    match failure.kind {
+        ExitKind::Unreachable => "unreachable",
+        ExitKind::Rejected => "rejected",
+        ExitKind::Config => "local",
+        ExitKind::Software | ExitKind::General => "internal",
+    }
+    .to_owned()
+}
+
 /// A signer that times its signatures into the metrics.
 #[derive(Debug)]
 pub(super) struct Metered {
@@ -209,5 +251,95 @@ impl Signer for Metered {
         let result = self.inner.sign(message);
         self.histogram.observe(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::anyhow;
+
+    /// Every failure gets a reason of its own, never the empty one a label set could share.
+    #[test]
+    fn each_failure_names_its_reason() {
+        let join = |e: JoinError, kind| Failure::new(kind, anyhow::Error::new(e));
+        let cases = [
+            (
+                join(
+                    JoinError::Rejected {
+                        code: tonic::Code::PermissionDenied,
+                        message: "no".into(),
+                    },
+                    ExitKind::Rejected,
+                ),
+                "PermissionDenied",
+            ),
+            (
+                join(JoinError::Refused("rotation".into()), ExitKind::Rejected),
+                "refused",
+            ),
+            (
+                join(JoinError::Unreachable("gone".into()), ExitKind::Unreachable),
+                "unreachable",
+            ),
+            (
+                join(
+                    JoinError::TimedOut(std::time::Duration::from_secs(45)),
+                    ExitKind::Unreachable,
+                ),
+                "timeout",
+            ),
+            (
+                Failure::new(
+                    ExitKind::Unreachable,
+                    anyhow::Error::new(SignerError::new(
+                        keybound_signer::ErrorKind::Unavailable,
+                        "tpm",
+                        "busy",
+                    ))
+                    .context("opening the signer"),
+                ),
+                "signer",
+            ),
+            (
+                Failure::new(ExitKind::Unreachable, anyhow!("cannot reach Auth")),
+                "unreachable",
+            ),
+            (
+                Failure::new(ExitKind::Rejected, anyhow!("output: roles refused")),
+                "rejected",
+            ),
+            (
+                Failure::new(ExitKind::Config, anyhow!("disk full")),
+                "local",
+            ),
+            (Failure::new(ExitKind::Software, anyhow!("bug")), "internal"),
+        ];
+        for (failure, reason) in cases {
+            assert_eq!(failure_reason(&failure), reason, "{failure}");
+        }
+    }
+
+    /// A success and a transient failure are told apart by both labels.
+    #[test]
+    fn successes_and_transient_failures_do_not_share_a_label_set() {
+        let status = Status::new();
+        let cycle = Cycle {
+            joined: None,
+            written: Vec::new(),
+        };
+        status.record(&Outcome::Renewed(SystemTime::now()), success_reason(&cycle));
+        let down = Failure::new(ExitKind::Unreachable, anyhow!("cannot reach the proxy"));
+        status.record(&Outcome::Transient("down".into()), &failure_reason(&down));
+        let metrics = status.metrics.encode();
+        assert!(
+            metrics.contains(r#"keybound_joins_total{outcome="success",reason="outputs"} 1"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"keybound_joins_total{outcome="transient",reason="unreachable"} 1"#),
+            "{metrics}"
+        );
+        assert!(!metrics.contains(r#"reason="""#), "{metrics}");
     }
 }

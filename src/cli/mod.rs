@@ -15,8 +15,9 @@ use keybound_teleport::suite::Suite;
 use crate::logging::LogFormat;
 use crate::signer::SignerKind;
 
-/// keybound: a Teleport Machine ID agent whose bound keypair can live in a file, an environment
-/// variable, a PKCS#11 token or a TPM.
+/// A Teleport Machine ID agent whose bound keypair can live in a file, an environment variable, a
+/// PKCS#11 token or a TPM.
+// The first line is the man page's NAME line, which already starts with the name.
 #[derive(Debug, Parser)]
 #[command(
     name = "keybound",
@@ -36,9 +37,91 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// tbot's configuration as base64 YAML; refused (see [`Cli::unsupported`]).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        value_name = "BASE64",
+        env = "TBOT_CONFIG"
+    )]
+    pub config_string: Option<String>,
+
+    /// tbot's FIPS mode; refused.
+    #[arg(long, global = true, hide = true)]
+    pub fips: bool,
+
+    /// tbot's distributed tracing; refused.
+    #[arg(long, global = true, hide = true)]
+    pub trace: bool,
+
+    /// tbot's OTLP exporter for traces; refused.
+    #[arg(long, global = true, hide = true, value_name = "URL")]
+    pub trace_exporter: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line, or exit 2 with clap's usage error. A flag of tbot's that keybound does
+    /// not have is accepted by the parser only to be refused here, naming the flag and what to
+    /// do instead, rather than with clap's "unexpected argument".
+    pub fn parse_args() -> Self {
+        let cli = Self::parse();
+        if let Some(message) = cli.unsupported() {
+            // The subcommand's usage line, as clap's own errors show it.
+            let mut command = <Self as clap::CommandFactory>::command();
+            command.build();
+            let mut command = command
+                .find_subcommand(cli.command.name())
+                .cloned()
+                .unwrap_or(command);
+            command
+                .error(clap::error::ErrorKind::UnknownArgument, message)
+                .exit();
+        }
+        cli
+    }
+
+    /// The first tbot flag given that keybound does not support, as "keybound does not support
+    /// X: what to do", or `None`.
+    pub fn unsupported(&self) -> Option<String> {
+        let refused = |flag: &str, instead: &str| {
+            Some(format!("keybound does not support {flag}: {instead}"))
+        };
+        if self.config_string.is_some() {
+            return refused(
+                "--config-string (TBOT_CONFIG)",
+                "give the configuration as a file with -c PATH (or TBOT_CONFIG_PATH)",
+            );
+        }
+        if self.fips {
+            return refused(
+                "--fips",
+                "it has no FIPS build; without --fips it joins clusters of the fips-v1 suite \
+                 with an ECDSA P-256 key",
+            );
+        }
+        if self.trace || self.trace_exporter.is_some() {
+            return refused(
+                if self.trace {
+                    "--trace"
+                } else {
+                    "--trace-exporter"
+                },
+                "it exports no traces; --debug logs each step",
+            );
+        }
+        match &self.command {
+            Command::Start(args) | Command::Doctor(args) if !args.ca_pin.is_empty() => refused(
+                "--ca-pin",
+                "give the cluster's CA bundle with --ca-path (onboarding.ca_path)",
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// Settings of the signer backends, shared by the commands that open or make a key. Each
@@ -136,12 +219,30 @@ pub enum Command {
     DevCluster(DevClusterArgs),
     /// Check the configuration, the signer, the cluster and the clock, one line per check,
     /// without signing or joining. Takes start's flags, so it checks what start would use.
+    // --oneshot changes nothing doctor checks: accepted (a start command line may be pasted),
+    // not listed.
+    #[command(mut_arg("oneshot", |arg| arg.hide(true)))]
     Doctor(Start),
     /// Print a shell completion script: `keybound completions bash > /etc/bash_completion.d/keybound`.
     Completions(CompletionsArgs),
     /// Print the man page (roff): `keybound man > keybound.1`, or one page per command with
     /// --out-dir.
     Man(ManArgs),
+}
+
+impl Command {
+    /// The subcommand's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start(_) => "start",
+            Self::Keypair(_) => "keypair",
+            Self::Signer(_) => "signer",
+            Self::DevCluster(_) => "dev-cluster",
+            Self::Doctor(_) => "doctor",
+            Self::Completions(_) => "completions",
+            Self::Man(_) => "man",
+        }
+    }
 }
 
 /// `keybound completions`.
@@ -171,9 +272,9 @@ pub enum SignerCommand {
 /// `keybound signer list`.
 #[derive(Debug, Args)]
 pub struct SignerList {
-    /// The backend to list: pkcs11.
-    #[arg(long, value_enum, default_value = "pkcs11")]
-    pub signer: SignerKind,
+    /// The backend to list; only PKCS#11 modules hold keys to list.
+    #[arg(long, value_enum, default_value_t = ListedSigner::Pkcs11)]
+    pub signer: ListedSigner,
 
     /// The PKCS#11 module (shared library) to load.
     #[arg(long, value_name = "PATH")]
@@ -183,9 +284,18 @@ pub struct SignerList {
     #[arg(long, value_name = "env:VAR|file:PATH", value_parser = parse_pin_source)]
     pub pin_source: Option<keybound_signer::PinSource>,
 
-    /// Output format.
+    /// Output format. json: one array with an object per token: token (its URI), description,
+    /// login_required, error (null, or why its keys could not be listed) and keys, an array of
+    /// objects with uri, kind and public_key.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+}
+
+/// The backends `signer list` can list.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
+pub enum ListedSigner {
+    /// The tokens of a PKCS#11 module.
+    Pkcs11,
 }
 
 /// `keybound start`, with tbot's flags. Flags override the config file.
@@ -367,7 +477,7 @@ pub enum KeypairCommand {
 #[derive(Debug, Args)]
 pub struct KeypairShow {
     /// Read the key location from this tbot.yaml.
-    #[arg(short, long, value_name = "PATH")]
+    #[arg(short, long, value_name = "PATH", env = "TBOT_CONFIG_PATH")]
     pub config: Option<PathBuf>,
 
     /// The PEM key file (wins over --config and the environment).
@@ -378,7 +488,8 @@ pub struct KeypairShow {
     #[command(flatten)]
     pub signer: SignerArgs,
 
-    /// Output format.
+    /// Output format. json: one object with public_key, algorithm, fingerprint, key_id, signer
+    /// and protection.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 }
@@ -410,7 +521,8 @@ pub struct KeypairCreate {
     #[command(flatten)]
     pub signer: SignerArgs,
 
-    /// Output format.
+    /// Output format. json: tbot's object, public_key, with private_key for a key printed for
+    /// the environment; keybound adds pkcs11_uri or tpm_key for a key made in a device.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 
@@ -431,12 +543,13 @@ pub struct KeypairCreate {
     pub storage: Option<String>,
 }
 
-/// Output format of `keypair create`.
+/// Output format of `keypair create`, `keypair show` and `signer list`; each command's
+/// `--format` says what its JSON holds.
 #[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
 pub enum OutputFormat {
-    /// Instructions for people.
+    /// For people.
     Text,
-    /// One JSON object: `public_key`, and `private_key` for env keys.
+    /// One JSON document on one line.
     Json,
 }
 

@@ -20,9 +20,18 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> anyhow::
     Ok(())
 }
 
-/// Writes the top-level man page, `keybound(1)`, to `out`.
+/// The command line the man pages describe: no `help` subcommand, which has no page of its own
+/// (so `keybound(1)` must not point to a `keybound-help(1)`), and the names built
+/// (`keybound-start`, as clap_mangen's own `generate_to` names them).
+fn man_command() -> clap::Command {
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build();
+    command
+}
+
+/// Writes the top-level man page, `keybound(1)`, to `out`: the same page `--out-dir` writes.
 pub fn man_page(out: &mut dyn Write) -> anyhow::Result<()> {
-    clap_mangen::Man::new(Cli::command())
+    clap_mangen::Man::new(man_command())
         .render(out)
         .context("cannot write the man page")
 }
@@ -38,11 +47,8 @@ pub fn man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Ok(())
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // As clap_mangen's own generate_to: no page for `help`, and names like keybound-start.
-    let mut command = Cli::command().disable_help_subcommand(true);
-    command.build();
     let mut written = Vec::new();
-    write(command, dir, &mut written)
+    write(man_command(), dir, &mut written)
         .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
     Ok(written)
 }

@@ -2,14 +2,12 @@
 
 #[cfg(feature = "pkcs11")]
 use crate::cli::OutputFormat;
-use crate::cli::SignerList;
-use crate::signer::SignerKind;
+use crate::cli::{ListedSigner, SignerList};
 
-/// Runs `keybound signer list`.
+/// Runs `keybound signer list` (`--signer` takes only the backends that can be listed: the
+/// parser refuses the others as a usage error).
 pub fn list(args: &SignerList, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
-    if args.signer != SignerKind::Pkcs11 {
-        anyhow::bail!("signer list lists PKCS#11 tokens: use --signer pkcs11");
-    }
+    let ListedSigner::Pkcs11 = args.signer;
     #[cfg(feature = "pkcs11")]
     {
         let tokens = keybound_signer_pkcs11::list(&args.pkcs11_module, args.pin_source.as_ref())?;

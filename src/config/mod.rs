@@ -68,6 +68,24 @@ pub enum ClusterAddr {
     Auth(HostPort),
 }
 
+/// The longest certificate lifetime Teleport issues a bot (`defaults.MaxRenewableCertTTL`).
+pub const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A lifetime setting that does not fit ([`Config::lifetime_warnings`]), and what to change.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct LifetimeWarning {
+    /// What is wrong.
+    pub problem: String,
+    /// What to change.
+    pub fix: &'static str,
+}
+
+impl fmt::Display for LifetimeWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; fix: {}", self.problem, self.fix)
+    }
+}
+
 /// A configuration error: one line naming the file and, where YAML knows it, line and column.
 #[derive(Debug)]
 pub struct ConfigError(pub(crate) String);
@@ -98,25 +116,34 @@ impl Config {
         }
     }
 
-    /// What is wrong with the long-running agent's certificate lifetime and renewal interval, as tbot
-    /// warns (`lib/tbot/bot/credential_lifetime.go`).
-    pub fn lifetime_warnings(&self) -> Vec<String> {
+    /// What is wrong with the certificate lifetime and renewal interval, as tbot checks them
+    /// (`CredentialLifetime.Validate`, `lib/tbot/bot/credential_lifetime.go`): a lifetime shorter
+    /// than the interval matters to the long-running agent only; one over Teleport's 24 h
+    /// (`defaults.MaxRenewableCertTTL`) is cut to 24 h by the cluster, `--oneshot` or not.
+    pub fn lifetime_warnings(&self) -> Vec<LifetimeWarning> {
         let (ttl, interval) = (
             humantime::format_duration(self.credential_ttl),
             humantime::format_duration(self.renewal_interval),
         );
         let mut warnings = Vec::new();
-        if self.credential_ttl < self.renewal_interval {
-            warnings.push(format!(
-                "credential_ttl {ttl} is shorter than renewal_interval {interval}: the certificates \
-                 will expire between renewals"
-            ));
+        if !self.oneshot && self.credential_ttl < self.renewal_interval {
+            warnings.push(LifetimeWarning {
+                problem: format!(
+                    "credential_ttl {ttl} is shorter than renewal_interval {interval}: the \
+                     certificates will expire between renewals"
+                ),
+                fix: "make credential_ttl longer than renewal_interval, or renewal_interval \
+                      shorter",
+            });
         }
-        if self.credential_ttl > Duration::from_secs(24 * 60 * 60) {
-            warnings.push(format!(
-                "credential_ttl {ttl} is over 24h, the most Teleport issues; the certificates will be \
-                 shorter"
-            ));
+        if self.credential_ttl > MAX_CREDENTIAL_TTL {
+            warnings.push(LifetimeWarning {
+                problem: format!(
+                    "credential_ttl {ttl} is over 24h, the most Teleport issues; the \
+                     certificates will last 24h"
+                ),
+                fix: "set credential_ttl (or --certificate-ttl) to 24h or less",
+            });
         }
         warnings
     }

@@ -10,7 +10,7 @@ use keybound_proto::proto::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use super::error::{JoinError, closed_reason, status_error};
 use super::exchange::generate_subject;
@@ -65,7 +65,8 @@ pub(super) async fn join_legacy(
                 }
             }
             Step::GiveUp(why) => {
-                warn!(reason = %why.message(), "giving up on the join");
+                // The error returned says why, once (the legacy RPC has no GivingUp message).
+                debug!(reason = %why.message(), "giving up on the join");
                 return Err(why.error);
             }
             Step::Done(issued) => return issued.joined(subject, Rpc::Legacy, suite),

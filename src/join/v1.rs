@@ -189,7 +189,8 @@ impl Stream {
     /// message is delivered before the stream is dropped. Returns the error for the user.
     async fn give_up(&mut self, why: GiveUp) -> Attempt {
         let msg = why.message();
-        warn!(reason = %msg, "giving up on the join");
+        // The error returned says why, once; the log only records that the cluster was told.
+        debug!(reason = %msg, "sending GivingUp to the cluster");
         if let Some(tx) = self.outbound.close() {
             let giving_up = v1::JoinRequest {
                 payload: Some(join_request::Payload::GivingUp(v1::GivingUp {

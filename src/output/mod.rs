@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
-use tracing::{error, info};
+use tracing::info;
 
 pub use cluster::{ClusterCas, Needs, Shared};
 pub use identity::IdentityOutput;
@@ -48,8 +48,8 @@ pub fn written(outputs: &[OutputConfig]) -> Vec<&OutputConfig> {
 
 /// Writes `outputs` (see [`written`]) for `bot`: the shared facts first, then each output on
 /// its own. Returns what was written, one line per output for the summary; an output's failure
-/// does not stop the others, and all failures are reported together (the exit kind that retries
-/// soonest wins: unreachable, then local, then rejected).
+/// does not stop the others, and all failures are reported together, once, in the error (its
+/// kind: the cluster out of reach, then a refusal, then a local failure).
 pub async fn write_outputs(
     outputs: &[&OutputConfig],
     auth: &AuthClient,
@@ -71,29 +71,34 @@ pub async fn write_outputs(
     };
     let mut written = Vec::new();
     let mut failures = Vec::new();
-    let mut worst = ExitKind::Rejected;
+    let mut kinds = Vec::new();
     for output in outputs {
         match output.write(&cx).await {
             Ok(line) => written.push(line),
             Err(f) => {
-                worst = match (worst, f.kind) {
-                    (ExitKind::Unreachable, _) | (_, ExitKind::Unreachable) => {
-                        ExitKind::Unreachable
-                    }
-                    (ExitKind::Config, _) | (_, ExitKind::Config) => ExitKind::Config,
-                    _ => worst,
-                };
+                kinds.push(f.kind);
                 failures.push(format!("output {}: {:#}", output.label(), f.error));
             }
         }
     }
-    if failures.is_empty() {
-        return Ok(written);
+    match first_kind(&kinds) {
+        None => Ok(written),
+        Some(kind) => Err(Failure::new(kind, anyhow!(failures.join("; ")))),
     }
-    for f in &failures {
-        error!(error = %f, "an output was not updated; its previous files are untouched");
-    }
-    Err(Failure::new(worst, anyhow!(failures.join("; "))))
+}
+
+/// The exit kind of a renewal whose outputs failed with `kinds`: the cluster out of reach (69:
+/// retry soon) before a refusal by the cluster (77: the roles an output asks for, say), before a
+/// local failure (78: a directory that cannot be written), before anything else. A refusal
+/// is never hidden behind another output's local failure.
+fn first_kind(kinds: &[ExitKind]) -> Option<ExitKind> {
+    let rank = |kind: &ExitKind| match kind {
+        ExitKind::Unreachable => 0,
+        ExitKind::Rejected => 1,
+        ExitKind::Config => 2,
+        _ => 3,
+    };
+    kinds.iter().copied().min_by_key(rank)
 }
 
 /// One output, of any kind: issue, render, write. A failure to write is local (exit 78).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use keybound::config::HostPort;
 use keybound::join::{self, JOIN_TIMEOUT, JoinParams};
 use keybound::tls::Trust;
+use keybound_devcluster::roles::Bot;
 use keybound_devcluster::{DevCluster, DevClusterConfig};
 use keybound_signer::config::TpmKey;
 use keybound_signer::{Algorithm, Signer};
@@ -27,6 +28,11 @@ async fn measure(signer: Arc<dyn Signer>, suite: Suite, legacy_only: bool, runs:
         suite,
         legacy_only,
         tokens: vec![common::token("bench", &signer.public_key().to_openssh())],
+        // The token's bot must exist, as in Teleport.
+        bots: vec![Bot {
+            name: "bench".into(),
+            roles: Vec::new(),
+        }],
         ..Default::default()
     })
     .await

@@ -54,7 +54,7 @@ fn main() {
         .enumerate()
         .map(|(i, s)| {
             format!(
-                "kind: token\nversion: v2\nmetadata:\n  name: load-{i}\nspec:\n  bot_name: load-{i}\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: {}\n    recovery:\n      mode: insecure\n---\n",
+                "kind: token\nversion: v2\nmetadata:\n  name: load-{i}\nspec:\n  bot_name: load-{i}\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: {}\n    recovery:\n      mode: insecure\n---\nkind: bot\nversion: v1\nmetadata:\n  name: load-{i}\nspec:\n  roles: []\n---\n",
                 s.public_key().to_openssh()
             )
         })

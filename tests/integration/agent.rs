@@ -74,7 +74,9 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
     }
     let (_, metrics) = get(port, "/metrics").unwrap();
     for line in [
-        r#"keybound_joins_total{outcome="success",reason=""} 3"#,
+        // The first with the static key, then authenticated rejoins; each labelled so.
+        r#"keybound_joins_total{outcome="success",reason="join"} 1"#,
+        r#"keybound_joins_total{outcome="success",reason="rejoin"} 2"#,
         r#"keybound_sign_duration_seconds_count{backend="env"} 3"#,
         "keybound_certificate_expiry_timestamp_seconds ",
         "keybound_healthy 1",
@@ -128,6 +130,13 @@ async fn survives_a_cluster_outage_and_recovers() {
     })
     .await;
     assert!(failed >= 2.0);
+    // What failed is the label's reason: the cluster could not be reached.
+    assert!(
+        metric(
+            port,
+            r#"keybound_joins_total{outcome="transient",reason="unreachable"}"#
+        ) >= 2.0
+    );
     // Still ready on the identity it has, and nothing was deleted or half-written.
     assert_eq!(get(port, "/readyz").unwrap().0, 200);
     assert_eq!(

@@ -141,6 +141,31 @@ fn the_man_pages_render_without_warnings() {
         );
         render(&page);
     }
+    // The NAME line says the name once, and every page a page points to was written.
+    let roff = std::fs::read_to_string(&top).unwrap();
+    let name = roff
+        .lines()
+        .skip_while(|l| *l != ".SH NAME")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        name.starts_with("keybound \\- A Teleport Machine ID agent"),
+        "{name}"
+    );
+    for page in &pages {
+        let roff = std::fs::read_to_string(page).unwrap();
+        for word in roff.split_whitespace() {
+            let Some(name) = word.strip_suffix("(1)") else {
+                continue;
+            };
+            let file = pages_dir.join(format!("{}.1", name.replace("\\-", "-")));
+            assert!(
+                file.exists(),
+                "{page} names {name}(1), not written: {listed}"
+            );
+        }
+    }
+    assert!(!text.contains("keybound-help"), "{text}");
     let start = render(&pages_dir.join("keybound-start.1"));
     assert!(
         start.contains("--proxy-server") && start.contains("TELEPORT_PROXY"),

@@ -174,23 +174,89 @@ async fn an_unreachable_proxy_is_one_fail_line_and_the_web_checks_are_skipped() 
     line(&report, "skip cluster /webapi/find, suite and clock");
 }
 
-/// A lifetime shorter than the renewal interval is a warning (as tbot warns), not a failure.
+/// Lifetimes that do not fit are warnings (as tbot warns), not failures, each with its own fix:
+/// shorter than the renewal interval (the long-running agent only: tbot skips that check for
+/// `--oneshot`), or over Teleport's 24 h (`--oneshot` too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lifetime_shorter_than_the_renewal_interval_is_a_warning() {
+async fn lifetimes_that_do_not_fit_are_warnings_each_with_its_fix() {
+    let s = setup().await;
+    for (ttl, oneshot, expected) in [
+        (
+            "10m",
+            false,
+            Some((
+                "credential_ttl 10m is shorter than renewal_interval 20m",
+                "fix: make credential_ttl longer than renewal_interval, or renewal_interval shorter",
+            )),
+        ),
+        ("10m", true, None),
+        (
+            "30h",
+            false,
+            Some((
+                "credential_ttl 1day 6h is over 24h",
+                "fix: set credential_ttl (or --certificate-ttl) to 24h or less",
+            )),
+        ),
+        (
+            "30h",
+            true,
+            Some((
+                "credential_ttl 1day 6h is over 24h",
+                "fix: set credential_ttl (or --certificate-ttl) to 24h or less",
+            )),
+        ),
+    ] {
+        let mut cmd = keybound();
+        cmd.args(["doctor", "-c"]).arg(&s.cfg);
+        cmd.args(["--certificate-ttl", ttl, "--renewal-interval", "20m"]);
+        if oneshot {
+            cmd.arg("--oneshot");
+        }
+        let report = lines(&run(cmd).await);
+        let warns: Vec<&String> = report.iter().filter(|l| l.starts_with("warn ")).collect();
+        match expected {
+            None => assert!(warns.is_empty(), "{ttl} {oneshot}: {report:?}"),
+            Some((problem, fix)) => {
+                assert_eq!(warns.len(), 1, "{ttl} {oneshot}: {report:?}");
+                assert!(warns[0].starts_with("warn config  "), "{}", warns[0]);
+                assert!(
+                    warns[0].contains(problem) && warns[0].ends_with(fix),
+                    "{ttl} {oneshot}: {}",
+                    warns[0]
+                );
+            }
+        }
+    }
+}
+
+/// `start --oneshot` with a lifetime over 24 h warns (tbot does, `--oneshot` or not), and gets
+/// the 24 h the cluster issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifetime_over_24h_is_a_warning_in_oneshot_too() {
     let s = setup().await;
     let mut cmd = keybound();
-    cmd.args(["doctor", "-c"]).arg(&s.cfg).args([
+    cmd.args(["start", "--oneshot", "-c"]).arg(&s.cfg).args([
         "--certificate-ttl",
-        "10m",
+        "30h",
         "--renewal-interval",
         "20m",
     ]);
-    let report = lines(&run(cmd).await);
-    let warn = line(&report, "warn config  ");
+    let output = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(
-        warn.contains("credential_ttl 10m is shorter than renewal_interval 20m")
-            && warn.contains("fix: make credential_ttl longer"),
-        "{warn}"
+        warnings[0].contains("credential_ttl 1day 6h is over 24h")
+            && warnings[0]
+                .contains("fix: set credential_ttl (or --certificate-ttl) to 24h or less"),
+        "{stderr}"
+    );
+    let summary = stdout(&output);
+    assert!(
+        summary.contains("(in 1day)") || summary.contains("(in 23h 59m"),
+        "24 h, not 30: {summary}"
     );
 }
 
@@ -267,6 +333,11 @@ async fn a_bad_config_is_named_and_nothing_else_is_tried() {
     let report = lines(&run(cmd).await);
     let fail = line(&report, "FAIL config  ");
     assert!(fail.contains("unknown field `tokne`"), "{fail}");
+    // The file is named once, after the area: "config" is not said twice.
+    assert!(
+        fail.starts_with(&format!("FAIL config  {}:", s.cfg.display())),
+        "{fail}"
+    );
     line(&report, "skip signer  ");
     line(&report, "skip cluster ");
 }

@@ -486,3 +486,58 @@ mod server_checks {
         );
     }
 }
+
+/// A cluster whose clock is ten minutes off: keybound refuses its challenge, and says which way
+/// the clocks differ in words, never as a signed number of seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_from_a_skewed_clock_is_refused_saying_which_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer: Arc<dyn Signer> = Arc::new(SoftSigner::generate(Algorithm::Ed25519).unwrap());
+    let cluster = cluster_for(signer.public_key(), |_| {}).await;
+    let ca = ca_file(&cluster, dir.path());
+    cluster.cluster.advance_clock(Duration::from_secs(600));
+    let error = join::join(&params(&cluster, &ca, "t", signer))
+        .await
+        .unwrap_err()
+        .to_string();
+    // 600 s, or 599 when this machine's clock passed a second between the two readings.
+    assert!(
+        ["600", "599"].iter().any(|n| error.contains(&format!(
+            "the challenge was issued {n} s in the future by this machine's clock"
+        ))),
+        "{error}"
+    );
+    assert_eq!(cluster.cluster.solutions_received(), 0);
+}
+
+/// A token whose `bot_name` names no bot: the cluster checks the challenge, then refuses to make
+/// the certificates with Teleport's code and text, and the token's status stays as it was (no
+/// recovery used, no key bound), on both RPCs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_a_bot_that_does_not_exist_is_refused_as_teleport_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for legacy_only in [false, true] {
+        let signer: Arc<dyn Signer> = Arc::new(SoftSigner::generate(Algorithm::Ed25519).unwrap());
+        let cluster = cluster_for(signer.public_key(), |c| {
+            c.bots.clear();
+            c.legacy_only = legacy_only;
+        })
+        .await;
+        let ca = ca_file(&cluster, dir.path());
+        let error = join::join(&params(&cluster, &ca, "t", signer))
+            .await
+            .unwrap_err();
+        match &error {
+            JoinError::Rejected { code, message } => {
+                assert_eq!(*code, Code::PermissionDenied, "{error}");
+                assert_eq!(message, "access denied");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cluster.cluster.solutions_received(), 1);
+        let status = cluster.cluster.token_status_of("t").unwrap();
+        assert_eq!(status.recovery_count, 0, "{status:?}");
+        assert_eq!(status.bound_public_key, None, "{status:?}");
+        assert_eq!(cluster.cluster.bot_instances("robot"), 0);
+    }
+}

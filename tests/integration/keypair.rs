@@ -79,6 +79,78 @@ fn file_key_is_private_and_its_instructions_name_it() {
     assert_eq!(shown["algorithm"], "ed25519");
 }
 
+/// The text `keypair create --static --static-key-path` prints is tbot's, line for line:
+/// `keypairMessageTemplate` and `generateExampleToken` in `tool/tbot/keypair.go` (the token
+/// through Go's YAML writer, keys sorted, `recovery.limit: 1`; the `tbot.yaml` lines with no
+/// `token:`, which tbot does not print either). tbot's template ends with `{{- end }}`, which
+/// drops the last newline; keybound ends its last line.
+#[test]
+fn file_key_text_is_tbots_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bound.pem");
+    let text = stdout(&run_ok(
+        keybound()
+            .args(["keypair", "create", "--static", "--algorithm", "ed25519"])
+            .arg("--static-key-path")
+            .arg(&path),
+    ));
+    let key = python_public_key(&path);
+    let path = path.display();
+    let tbot = format!(
+        "
+To register the keypair with Teleport, include this public key in the token's
+'spec.bound_keypair.onboarding.initial_public_key' field:
+
+\t{key}
+
+You can use 'tctl' to create a bot and token automatically:
+
+\t$ tctl bots add bot-name \\
+\t  --roles=some-role,some-other-role \\
+\t  --initial-public-key='{key}' \\
+\t  --recovery-mode=insecure
+
+Refer to this token example as a reference:
+
+\tkind: token
+\tmetadata:
+\t  name: example-token
+\tspec:
+\t  bot_name: example-bot
+\t  bound_keypair:
+\t    onboarding:
+\t      initial_public_key: {key}
+\t    recovery:
+\t      limit: 1
+\t      mode: insecure
+\t  join_method: bound_keypair
+\t  roles:
+\t  - Bot
+\tversion: v2
+
+Note that you must also set 'spec.bound_keypair.recovery.mode' to 'insecure'
+to use static keys.
+
+The static key has been written to: {path}
+
+Configure your bot to use this static key by setting the following 'tbot.yaml'
+field:
+
+\tonboarding:
+\t  join_method: bound_keypair
+\t  bound_keypair:
+\t    static_private_key_path: {path}
+
+Note that bots joined with static tokens do not support keypair rotation and
+will be unable to join if a rotation is requested server-side via the token's
+'rotate_after' field. Additionally, 'insecure' recovery mode must be used, as
+shown above. Read more at:
+
+\thttps://goteleport.com/docs/reference/machine-workload-identity/machine-id/bound-keypair/concepts/#recovery"
+    );
+    assert_eq!(text, format!("{tbot}\n"));
+}
+
 #[test]
 fn env_key_json_holds_the_base64_pem_that_loads_as_the_public_key() {
     let output = run_ok(keybound().args([
@@ -360,6 +432,43 @@ fn keypair_show_reports_bad_keys_and_configs_in_one_line() {
             "names the file: {error}"
         );
     }
+    // The public half ssh-keygen writes beside the key (mode 0644), given instead of the key:
+    // named as a public key, whatever its mode, never "chmod 600" it.
+    let ssh_key = dir.path().join("id_ed25519");
+    run_ok(
+        std::process::Command::new(crate::support::tool("ssh-keygen"))
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&ssh_key),
+    );
+    let public = dir.path().join("id_ed25519.pub");
+    for mode in [0o644, 0o600] {
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(mode)).unwrap();
+        let error = run_err(
+            keybound()
+                .args(["keypair", "show", "--static-key-path"])
+                .arg(&public),
+        );
+        assert!(
+            error.contains("holds a public key; give keybound the private key"),
+            "{mode:o}: {error}"
+        );
+        assert!(!error.contains("chmod"), "{error}");
+    }
+    // The same line through the environment.
+    use base64::Engine as _;
+    let value = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&public).unwrap());
+    let error = run_err(
+        keybound()
+            .args(["keypair", "show"])
+            .env("TBOT_BOUND_KEYPAIR_STATIC_KEY", value),
+    );
+    assert!(error.contains("holds a public key"), "{error}");
+    // And the private key ssh-keygen wrote works.
+    run_ok(
+        keybound()
+            .args(["keypair", "show", "--static-key-path"])
+            .arg(&ssh_key),
+    );
     let error = run_err(
         keybound()
             .args(["keypair", "show"])
@@ -392,5 +501,12 @@ fn keypair_show_reports_bad_keys_and_configs_in_one_line() {
         0o644,
     );
     let output = run_ok(keybound().args(["keypair", "show", "-c"]).arg(&config));
+    assert!(stdout(&output).contains(&good.public_key().to_openssh()));
+    // ... and the config TBOT_CONFIG_PATH names, as for start and doctor.
+    let output = run_ok(
+        keybound()
+            .args(["keypair", "show"])
+            .env("TBOT_CONFIG_PATH", &config),
+    );
     assert!(stdout(&output).contains(&good.public_key().to_openssh()));
 }

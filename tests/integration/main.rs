@@ -6,6 +6,7 @@ mod agent_pins;
 mod agent_stalls;
 mod agent_support;
 mod authapi;
+mod cli;
 mod cluster;
 mod completions;
 mod config;

@@ -304,6 +304,23 @@ async fn a_role_the_bot_may_not_impersonate_is_refused_and_other_outputs_still_u
     let cfg = env.proxy_config(&[("ghost", &["ghost"])]);
     let stderr = failed(&oneshot(&cfg, &[]).await, 77);
     assert!(stderr.contains("role ghost is not found"), "{stderr}");
+    // Beside another output that fails here (its directory cannot be made: a file is in the
+    // way), the refusal still decides the exit code (77, not 78), and each failure is said
+    // once, in the error.
+    std::fs::write(env.path("blocked"), b"a file, not a directory").unwrap();
+    let cfg = env.proxy_config(&[("editor", &["editor"]), ("blocked/out", &["access"])]);
+    let stderr = failed(&oneshot(&cfg, &[]).await, 77);
+    let error = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(
+        error.contains("does not allow impersonating [editor]")
+            && error.contains(&format!("output {}", env.path("blocked/out").display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("does not allow impersonating").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,6 +297,19 @@ fn pin_value_in_a_uri_works_with_a_warning_and_bad_settings_are_named() {
         stderr.contains("pin-value: the PIN shows in process listings"),
         "{stderr}"
     );
+    // In the URI's path rather than its query: the same key, the same warning.
+    let output = run_ok(
+        hsm.keybound()
+            .args(["keypair", "show", "--signer", "pkcs11", "--pkcs11-module"])
+            .args([MODULE, "--pkcs11-uri"])
+            .arg(format!("{};pin-value={PIN}", hsm.uri("k"))),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("pin-value: the PIN shows in process listings"),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr, PIN, "the PIN");
 
     for (args, expected) in [
         (

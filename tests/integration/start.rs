@@ -229,6 +229,9 @@ async fn exit_codes_tell_config_rejection_and_unreachable_apart() {
             .find(|l| l.starts_with("error:"))
             .unwrap_or("")
             .to_owned();
+        // The cause is said once: in the error line, not again in a log line before it.
+        let cause = error.trim_start_matches("error: ");
+        assert_eq!(stderr.matches(cause).count(), 1, "said twice: {stderr}");
         (output.status.code(), error)
     };
     let start = |extra: &[&str]| {

@@ -4,7 +4,7 @@
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::Attribute;
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 use keybound_signer::config::Pkcs11Config;
 use keybound_signer::{Algorithm, Error, ErrorKind, PinSource};
@@ -93,7 +93,7 @@ fn make_room(
             ErrorKind::Config,
             format!(
                 "token {token:?} already holds an object labelled {label:?} or with that id ({}); keybound never replaces a key without --overwrite",
-                Pkcs11Uri::for_key(token, serial, Some(label), id)
+                existing_uris(session, &existing, (token, serial))?.join(", ")
             ),
         ));
     }
@@ -103,6 +103,34 @@ fn make_room(
             .map_err(|e| err(kind_of(&e), "removing the old key").with_source(e))?;
     }
     Ok(())
+}
+
+/// The URIs of the objects in the way, as they are on the token (their own label and id, each
+/// once: a key pair is two objects with one URI).
+fn existing_uris(
+    session: &Session,
+    handles: &[ObjectHandle],
+    (token, serial): (&str, &str),
+) -> Result<Vec<String>, Error> {
+    let mut uris = Vec::new();
+    for handle in handles {
+        let attributes = session
+            .get_attributes(*handle, &[AttributeType::Label, AttributeType::Id])
+            .map_err(|e| err(kind_of(&e), "reading an object in the way").with_source(e))?;
+        let (mut label, mut id) = (None, Vec::new());
+        for attribute in attributes {
+            match attribute {
+                Attribute::Label(v) => label = crate::key::text(&v),
+                Attribute::Id(v) => id = v,
+                _ => {}
+            }
+        }
+        let uri = Pkcs11Uri::for_key(token, serial, label.as_deref(), &id).to_string();
+        if !uris.contains(&uri) {
+            uris.push(uri);
+        }
+    }
+    Ok(uris)
 }
 
 /// The configuration that opens the new key: the URI names it by label and id and carries no

@@ -180,6 +180,11 @@ impl Pkcs11Uri {
                 ));
             }
             "library-manufacturer" | "library-description" | "library-version" => return Ok(()),
+            // RFC 7512 puts these in the query; written in the path, they mean the same, and a
+            // pin-value there gets the same warning when it is used.
+            "module-path" | "pin-source" | "pin-value" => {
+                return self.set_query_attribute(name, value, quote);
+            }
             other => {
                 return Err(format!("unknown PKCS#11 URI attribute {}", quote.of(other)));
             }
@@ -355,5 +360,24 @@ mod tests {
         assert!(!format!("{uri:?}").contains(PIN), "{uri:?}");
         assert!(format!("{uri:?}").contains("[REDACTED]"));
         assert!(!uri.to_string().contains(PIN));
+    }
+
+    /// The query's attributes written in the path are read as in the query: the PIN, its
+    /// source, the module; still once each, and still never quoted.
+    #[test]
+    fn query_attributes_in_the_path_are_read_as_in_the_query() {
+        const PIN: &str = "Secret-PIN-4711";
+        let uri = Pkcs11Uri::parse(&format!("pkcs11:token=a;object=k;pin-value={PIN}")).unwrap();
+        assert_eq!(uri.pin_value.as_ref().map(|p| p.as_str()), Some(PIN));
+        assert_eq!(uri.object.as_deref(), Some("k"));
+        assert!(!uri.to_string().contains(PIN));
+        let uri =
+            Pkcs11Uri::parse("pkcs11:token=a;pin-source=env:HSM_PIN;module-path=/m.so").unwrap();
+        assert_eq!(uri.pin_source.as_deref(), Some("env:HSM_PIN"));
+        assert_eq!(uri.module_path, Some(PathBuf::from("/m.so")));
+        let err = Pkcs11Uri::parse(&format!("pkcs11:token=a;pin-value={PIN}?pin-value={PIN}"))
+            .unwrap_err();
+        assert!(err.contains("pin-value is given twice"), "{err}");
+        assert!(!err.contains(PIN), "{err}");
     }
 }

@@ -52,6 +52,13 @@ fn an_existing_key_is_replaced_only_with_overwrite() {
             .contains("never replaces a key without --overwrite"),
         "{error}"
     );
+    // The error quotes the existing key's own URI (its id, not one picked for the new key).
+    let existing = first.uri().to_string();
+    assert!(existing.contains(";id=%"), "{existing}");
+    assert!(
+        error.to_string().contains(&format!("({existing})")),
+        "{existing} not in {error}"
+    );
     assert_eq!(
         Pkcs11Signer::open(&token.config("k")).unwrap().public_key(),
         first.public_key()

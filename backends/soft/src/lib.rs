@@ -273,7 +273,8 @@ fn file_error(kind: ErrorKind, path: &Path, what: impl fmt::Display) -> Error {
     Error::new(kind, "file", format!("key file {}: {what}", path.display()))
 }
 
-/// Reads a key file after checking it is a small regular file that only its owner can read.
+/// Reads a key file after checking it is a small regular file that only its owner can read (a
+/// public key given by mistake is named as such, whatever its mode).
 fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     let mut file = File::open(path).map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
@@ -293,18 +294,6 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     if !meta.is_file() {
         return Err(file_error(ErrorKind::Config, path, "is not a regular file"));
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(file_error(
-            ErrorKind::Config,
-            path,
-            format!(
-                "permissions {mode:04o} are too open: a private key must not be accessible by \
-                 group or others; fix with `chmod 600 {}`",
-                path.display()
-            ),
-        ));
-    }
     if meta.len() == 0 {
         return Err(file_error(
             ErrorKind::InvalidKey,
@@ -323,5 +312,22 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
     file.read_to_end(&mut bytes)
         .map_err(|e| file_error(ErrorKind::Config, path, format!("cannot read: {e}")))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        // A public key (`KEY.pub` is 0644) given by mistake: say so, rather than ask for the
+        // permissions of a file that must not be used at all.
+        if let Some(what) = std::str::from_utf8(&bytes).ok().and_then(parse::public_key) {
+            return Err(file_error(ErrorKind::InvalidKey, path, what));
+        }
+        return Err(file_error(
+            ErrorKind::Config,
+            path,
+            format!(
+                "permissions {mode:04o} are too open: a private key must not be accessible by \
+                 group or others; fix with `chmod 600 {}`",
+                path.display()
+            ),
+        ));
+    }
     Ok(bytes)
 }

@@ -15,10 +15,16 @@ const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3
 
 const SUPPORTED: &str = "bound keypairs must be Ed25519 or ECDSA P-256";
 
+/// What a key source holding a public key is told.
+const PUBLIC: &str = "holds a public key; give keybound the private key";
+
 /// Parses the first private-key PEM block of `pem`. Errors are short phrases without key bytes;
 /// the caller prefixes them with the key's source.
 pub(crate) fn private_key(pem: &[u8]) -> Result<SoftKey, String> {
     let text = std::str::from_utf8(pem).map_err(|_| "is not PEM text".to_owned())?;
+    if let Some(what) = public_key(text) {
+        return Err(what);
+    }
     let block = first_key_block(text)?;
     let label = pem_rfc7468::decode_label(block.as_bytes())
         .map_err(|e| format!("is not valid PEM ({e}); is the file truncated?"))?;
@@ -33,9 +39,7 @@ pub(crate) fn private_key(pem: &[u8]) -> Result<SoftKey, String> {
                     .to_owned(),
             );
         }
-        "PUBLIC KEY" => {
-            return Err("holds a public key; give keybound the private key".to_owned());
-        }
+        "PUBLIC KEY" => return Err(PUBLIC.to_owned()),
         other => {
             return Err(format!(
                 "has a PEM block of type {other:?}, not a private key"
@@ -50,6 +54,33 @@ pub(crate) fn private_key(pem: &[u8]) -> Result<SoftKey, String> {
     } else {
         sec1(&der)
     }
+}
+
+/// What to say when `text` is a public key rather than a private one: an OpenSSH public key
+/// line (what `ssh-keygen` writes to `KEY.pub`), an RFC 4716 SSH2 public key or a PEM `PUBLIC
+/// KEY`; `None` otherwise. Nothing secret is in a public key, so this may look before the file's
+/// permissions are judged.
+pub(crate) fn public_key(text: &str) -> Option<String> {
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    if first.starts_with("-----BEGIN PUBLIC KEY-----") {
+        return Some(PUBLIC.to_owned());
+    }
+    if first.starts_with("---- BEGIN SSH2 PUBLIC KEY ----") {
+        return Some(format!("{PUBLIC} (an SSH2 public key)"));
+    }
+    let mut words = first.split_whitespace();
+    let openssh = match (words.next(), words.next()) {
+        (Some(kind), Some(blob)) => {
+            ["ssh-", "ecdsa-sha2-", "sk-"]
+                .iter()
+                .any(|prefix| kind.starts_with(prefix))
+                && blob.starts_with("AAAA")
+        }
+        _ => false,
+    };
+    openssh.then(|| {
+        format!("{PUBLIC} (an OpenSSH public key: ssh-keygen wrote the private one beside it, without .pub)")
+    })
 }
 
 /// The first PEM block that is not `EC PARAMETERS` (which `openssl ecparam -genkey` writes first).

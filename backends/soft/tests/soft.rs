@@ -162,7 +162,7 @@ fn openssh_and_sec1_keys_load_with_the_public_key_ssh_keygen_wrote() {
 
 #[test]
 fn unsupported_and_broken_keys_are_refused_by_name() {
-    let cases: [(&[u8], &str); 11] = [
+    let cases: [(&[u8], &str); 14] = [
         (
             include_bytes!("data/rsa-pkcs8.pem"),
             "k.pem: unsupported key type RSA",
@@ -201,6 +201,18 @@ fn unsupported_and_broken_keys_are_refused_by_name() {
             "holds a public key",
         ),
         (b"\xff\xfe", "k.pem: is not PEM text"),
+        (
+            b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0 me@host\n",
+            "k.pem: holds a public key; give keybound the private key (an OpenSSH public key",
+        ),
+        (
+            b"\necdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY=\n",
+            "holds a public key; give keybound the private key",
+        ),
+        (
+            b"---- BEGIN SSH2 PUBLIC KEY ----\nAAAAC3NzaC1lZDI1NTE5AAAAIE0=\n---- END SSH2 PUBLIC KEY ----\n",
+            "holds a public key; give keybound the private key (an SSH2 public key)",
+        ),
     ];
     for (pem, expected) in cases {
         let msg = pem_error(pem);

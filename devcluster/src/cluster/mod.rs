@@ -15,7 +15,7 @@ use keybound_teleport::suite::Suite;
 use tonic::Status;
 use tracing::warn;
 
-use crate::ca::{ClusterCa, bot_resource_name};
+use crate::ca::ClusterCa;
 use crate::config::DevClusterConfig;
 use crate::misbehave::Misbehaviour;
 use crate::roles::Role;
@@ -292,20 +292,17 @@ impl Cluster {
         }
     }
 
-    /// The role named `name`, if it exists: one from the resources, the role of a `kind: bot`,
-    /// or the (empty) role of a bot some token names.
+    /// The role named `name`, if it exists: one from the resources, or the role of a `kind:
+    /// bot`. A token's `bot_name` makes no role: a bot that does not exist has none.
     pub(crate) fn role(&self, name: &str) -> Option<Role> {
-        if let Some(role) = self.roles.get(name) {
-            return Some(role.clone());
-        }
-        let tokens = self.tokens.lock().expect("token lock");
-        tokens
-            .values()
-            .find(|e| bot_resource_name(&e.token.bot_name) == name)
-            .map(|_| Role {
-                name: name.to_owned(),
-                ..Role::default()
-            })
+        self.roles.get(name).cloned()
+    }
+
+    /// Whether the bot `name` exists (`kind: bot`, what `tctl bots add` makes: its user
+    /// `bot-<name>` and that role). A join with a token whose `bot_name` names no bot is refused
+    /// when its certificates are made, as Teleport's Auth refuses it.
+    pub(crate) fn bot_exists(&self, name: &str) -> bool {
+        self.config.bots.iter().any(|bot| bot.name == name)
     }
 
     // === Bot instances and their generation counter (`lib/auth/bot.go`) ===

@@ -301,6 +301,12 @@ impl Cluster {
         now: SystemTime,
     ) -> Result<BotCerts, Status> {
         let (token, input) = (attempt.token, attempt.input);
+        // `generateInitialBotCerts` (lib/auth/bot.go) reads the bot's user `bot-<name>`; when it
+        // does not exist, Auth answers with nothing more than this (trace.AccessDenied), after
+        // the challenge and before the token's status changes (lib/auth/join_bound_keypair.go).
+        if !self.bot_exists(&token.bot_name) {
+            return Err(Status::permission_denied("access denied"));
+        }
         let expires = input
             .expires
             .unwrap_or(now + DEFAULT_TTL)

@@ -12,7 +12,11 @@ pub(super) fn load(args: &Start, report: &mut Report<'_>) -> Result<Option<Confi
     match args.effective_config() {
         Ok(config) => Ok(Some(config)),
         Err(failure) => {
-            report.add(Check::new(Status::Fail, "config", failure.to_string()))?;
+            // The area column says "config" already: `config tbot.yaml: ...` loses its first
+            // word, as the ok line reads `tbot.yaml: proxy ...`.
+            let text = failure.to_string();
+            let what = text.strip_prefix("config ").unwrap_or(&text);
+            report.add(Check::new(Status::Fail, "config", what))?;
             for area in ["signer", "cluster"] {
                 report.add(Check::new(
                     Status::Skip,
@@ -25,8 +29,8 @@ pub(super) fn load(args: &Start, report: &mut Report<'_>) -> Result<Option<Confi
     }
 }
 
-/// What the configuration says, then a warning for each lifetime that does not fit (an agent
-/// only: `--oneshot` renews nothing).
+/// What the configuration says, then a warning for each lifetime that does not fit, with its
+/// own fix (as `start` logs them).
 pub(super) fn checks(
     args: &Start,
     config: &Config,
@@ -38,13 +42,8 @@ pub(super) fn checks(
         None => "flags".to_owned(),
     };
     report.add(config_check(&source, config, route))?;
-    if !config.oneshot {
-        for warning in config.lifetime_warnings() {
-            report.add(
-                Check::new(Status::Warn, "config", warning)
-                    .fix("make credential_ttl longer than renewal_interval, and at most 24h"),
-            )?;
-        }
+    for warning in config.lifetime_warnings() {
+        report.add(Check::new(Status::Warn, "config", warning.problem).fix(warning.fix))?;
     }
     Ok(())
 }
