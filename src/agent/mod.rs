@@ -156,7 +156,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
         }
     };
     let result = match first_join(&held, &attempt, &stop).await {
-        Ok(Some(first)) => {
+        Ok(Started::Loop(first)) => {
             let cycle = || {
                 let attempt = attempt();
                 async move {
@@ -167,7 +167,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
             run_loop(cycle, first, schedule, status, renew_now, stop.notified()).await;
             Ok(())
         }
-        Ok(None) => Ok(()),
+        Ok(Started::Stopped) => Ok(()),
         Err(failure) => Err(failure),
     };
     signals.abort();
@@ -175,27 +175,30 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     result
 }
 
+/// How the agent's start went, when it did not end it.
+enum Started {
+    /// Stopped (SIGTERM, SIGINT) during the first join.
+    Stopped,
+    /// The loop goes on, from the first join's outcome, or (`None`: an identity was held, so no
+    /// first join ran) from the first renewal.
+    Loop(Option<(Outcome, String)>),
+}
+
 /// The agent's start, as tbot's (`Initialize` in `lib/tbot/internal/identity/service.go`):
 /// with no bot identity held, the first join runs now, and its failure ends the agent with that
 /// join's exit code (69 unreachable, 77 refused, 78 configuration or a refused PIN), as
-/// `start --oneshot` would; only an identity gives the agent something to renew. `Ok(None)`:
-/// stopped meanwhile; `Ok(Some(outcome))`: the loop goes on from there (`None` inside: nothing
-/// ran yet, with an identity held).
-async fn first_join<C, F>(
-    held: &Held,
-    attempt: &C,
-    stop: &Notify,
-) -> Result<Option<Option<(Outcome, String)>>, Failure>
+/// `start --oneshot` would; only an identity gives the agent something to renew.
+async fn first_join<C, F>(held: &Held, attempt: &C, stop: &Notify) -> Result<Started, Failure>
 where
     C: Fn() -> F,
     F: Future<Output = (Outcome, String, Option<Failure>)>,
 {
     if held.expiry().await.is_some() {
-        return Ok(Some(None));
+        return Ok(Started::Loop(None));
     }
     let (outcome, reason, failure) = tokio::select! {
         done = attempt() => done,
-        () = stop.notified() => return Ok(None),
+        () = stop.notified() => return Ok(Started::Stopped),
     };
     match failure {
         // The join failed: nothing is held.
@@ -205,7 +208,7 @@ where
                 .error
                 .context("the first join failed (with no bot identity to renew, the agent ends)"),
         )),
-        _ => Ok(Some(Some((outcome, reason)))),
+        _ => Ok(Started::Loop(Some((outcome, reason)))),
     }
 }
 
