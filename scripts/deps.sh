@@ -20,6 +20,8 @@ packages=(
   systemd passwd util-linux bsdutils
   # scripts/perf.py: peak RSS of a whole process
   time
+  # the agent's health endpoints read as a probe would (tests/integration/agent_health.rs)
+  curl
 )
 
 missing=()

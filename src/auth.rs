@@ -100,6 +100,10 @@ pub enum ConnectError {
     Unreachable(String),
     /// Auth's certificate is not one the cluster's CAs issued: not Auth, or not this cluster.
     Untrusted(String),
+    /// Auth's certificate comes from a CA the identity does not hold: the cluster's CAs are not
+    /// the ones the identity was issued with (the cluster was rebuilt, or rotated its CAs while
+    /// keybound was away), or something between keybound and Auth answers in its place.
+    UnknownAuthority(String),
     /// The stored identity cannot be used for TLS.
     Identity(String),
 }
@@ -107,7 +111,10 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Unreachable(m) | Self::Untrusted(m) | Self::Identity(m) => f.write_str(m),
+            Self::Unreachable(m)
+            | Self::Untrusted(m)
+            | Self::UnknownAuthority(m)
+            | Self::Identity(m) => f.write_str(m),
         }
     }
 }
@@ -335,27 +342,59 @@ fn tls_config(identity: &Identity, alpn: Vec<Vec<u8>>) -> anyhow::Result<Arc<Cli
     Ok(Arc::new(config))
 }
 
-fn connect_error(route: &AuthRoute, error: &dyn std::error::Error) -> ConnectError {
+fn connect_error(route: &AuthRoute, error: &(dyn std::error::Error + 'static)) -> ConnectError {
+    use rustls::{CertificateError, Error as Tls};
     let mut message = transport::describe(format!("cannot reach {route}"), error);
-    if message.contains("invalid peer certificate")
-        && (message.contains("Expired") || message.contains("NotValidYet"))
-    {
-        message.push_str(
-            "; Auth's certificate is outside its validity period by this machine's clock: check \
-             the clock",
-        );
-        ConnectError::Unreachable(message)
-    } else if message.contains("invalid peer certificate") {
-        message.push_str(
-            "; the server's certificate was not issued by the cluster's host CA, so it is not \
-             this cluster's Auth Service: check proxy_server, and what sits between keybound and \
-             the proxy (a TLS-terminating load balancer cannot pass this connection through); if \
-             the cluster was rebuilt, remove the bot's storage directory so it joins afresh",
-        );
-        ConnectError::Untrusted(message)
-    } else {
-        ConnectError::Unreachable(message)
+    match tls_error(error) {
+        Some(Tls::InvalidCertificate(
+            CertificateError::Expired | CertificateError::NotValidYet,
+        )) => {
+            message.push_str(
+                "; Auth's certificate is outside its validity period by this machine's clock: \
+                 check the clock",
+            );
+            ConnectError::Unreachable(message)
+        }
+        Some(Tls::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            message.push_str(
+                "; Auth's certificate was not issued by the cluster CAs the bot identity holds: \
+                 the cluster was rebuilt or changed its CAs, or something between keybound and \
+                 the proxy answers in Auth's place (a TLS-terminating load balancer cannot pass \
+                 this connection through)",
+            );
+            ConnectError::UnknownAuthority(message)
+        }
+        Some(Tls::InvalidCertificate(_)) => {
+            message.push_str(
+                "; the server's certificate was not issued by the cluster's host CA, so it is \
+                 not this cluster's Auth Service: check proxy_server, and what sits between \
+                 keybound and the proxy (a TLS-terminating load balancer cannot pass this \
+                 connection through)",
+            );
+            ConnectError::Untrusted(message)
+        }
+        _ => ConnectError::Unreachable(message),
     }
+}
+
+/// The TLS error in `error`'s chain, if any (tokio-rustls carries it inside an `io::Error`,
+/// whose own `source` skips it).
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// A failed Auth call made for the outputs: `what`, the cluster's message (sanitized), `hint`.
@@ -379,7 +418,7 @@ impl From<ConnectError> for Failure {
         let kind = match &e {
             ConnectError::Unreachable(_) => ExitKind::Unreachable,
             // Not this cluster's Auth: retrying soon will not change that.
-            ConnectError::Untrusted(_) => ExitKind::Rejected,
+            ConnectError::Untrusted(_) | ConnectError::UnknownAuthority(_) => ExitKind::Rejected,
             ConnectError::Identity(_) => ExitKind::Software,
         };
         Self::new(kind, anyhow::Error::new(e))

@@ -15,7 +15,7 @@ use keybound_signer::ErrorKind;
 use keybound_signer::config::SignerConfig;
 use tracing::{debug, info, warn};
 
-use crate::auth::{AuthClient, AuthRoute};
+use crate::auth::{AuthClient, AuthRoute, ConnectError};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::join::{self, JoinError, JoinParams};
@@ -26,6 +26,7 @@ use crate::untrusted;
 use crate::values::{Destination, HostPort};
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
+use keybound_teleport::text::one_line;
 
 /// Everything a join needs, checked once: the configuration, the cluster, trust, and the open
 /// signer.
@@ -110,23 +111,48 @@ pub struct Cycle {
     pub written: Vec<String>,
 }
 
+/// What a cycle tells whoever runs it, part by part, as tbot's services report to its status
+/// registry (`lib/tbot/readyz`): the long-running agent's `/readyz`. `()` hears nothing.
+pub trait Report {
+    /// The bot identity was renewed and stored (`Ok`), or renewing it failed.
+    fn identity(&self, result: Result<(), &Failure>);
+    /// The output tbot would call `service` was written, or failed.
+    fn output(&self, service: &str, result: Result<(), &Failure>);
+}
+
+impl Report for () {
+    fn identity(&self, _: Result<(), &Failure>) {}
+    fn output(&self, _: &str, _: Result<(), &Failure>) {}
+}
+
 /// Renews the bot identity, stores it, then writes every output. When the previous renewal's
 /// outputs failed and its identity is still fresh, only the outputs are retried: another rejoin
 /// would sign again for nothing.
 pub async fn cycle(p: &Prepared, held: &Held) -> Result<Cycle, Failure> {
+    cycle_reporting(p, held, &()).await
+}
+
+/// [`cycle`], telling `report` how each part went.
+pub async fn cycle_reporting<R: Report + ?Sized>(
+    p: &Prepared,
+    held: &Held,
+    report: &R,
+) -> Result<Cycle, Failure> {
     let mut state = held.lock().await;
     if let Some((identity, suite)) = outputs_to_retry(p, &state) {
         info!("retrying the identity outputs with the identity renewed at the last attempt");
-        let written = write_outputs(p, &identity, suite).await?;
+        let written = write_outputs(p, &identity, suite, report, &mut state).await?;
         state.outputs_written = true;
         return Ok(Cycle {
             joined: None,
             written,
         });
     }
-    let joined = join_or_rejoin(p, &mut state).await?;
-    let mut written: Vec<String> = store(p, &joined.identity)?.into_iter().collect();
-    written.extend(write_outputs(p, &joined.identity, joined.suite).await?);
+    let renewed = renew_identity(p, &mut state).await;
+    report.identity(renewed.as_ref().map(|_| ()));
+    let (joined, stored) = renewed?;
+    let mut written: Vec<String> = stored.into_iter().collect();
+    written.extend(write_outputs(p, &joined.identity, joined.suite, report, &mut state).await?);
     state.outputs_written = true;
     Ok(Cycle {
         joined: Some(joined),
@@ -150,10 +176,34 @@ fn outputs_to_retry(p: &Prepared, state: &HeldState) -> Option<(Identity, Suite)
     Some((identity.clone(), state.suite?))
 }
 
+/// The identity part of a cycle: the token read (it may be a file), the bot identity renewed
+/// and stored; with what storage wrote.
+async fn renew_identity(
+    p: &Prepared,
+    state: &mut HeldState,
+) -> Result<(join::Joined, Option<String>), Failure> {
+    let token = p.token()?;
+    let joined = join_or_rejoin(p, state, &token).await?;
+    let stored = store(p, &joined.identity, &token)?;
+    Ok((joined, stored))
+}
+
+impl Prepared {
+    /// The join token's name, read afresh (from its file, when the configuration names one).
+    pub fn token(&self) -> Result<String, Failure> {
+        let configured = &self.config.onboarding.token;
+        crate::config::token::read(configured).map_err(|e| Failure::config(anyhow!(e)))
+    }
+}
+
 /// Renews the bot identity ([`renew`]) and holds the new one at once. A rejoin is marked in
 /// storage while in flight: if it fails after the challenge answer went out, the cluster may
 /// hold a newer generation than ours, so the held identity is dropped and the mark stays.
-async fn join_or_rejoin(p: &Prepared, state: &mut HeldState) -> Result<join::Joined, Failure> {
+async fn join_or_rejoin(
+    p: &Prepared,
+    state: &mut HeldState,
+    token: &str,
+) -> Result<join::Joined, Failure> {
     let current = state.identity.clone();
     let rejoining = current
         .as_ref()
@@ -165,12 +215,23 @@ async fn join_or_rejoin(p: &Prepared, state: &mut HeldState) -> Result<join::Joi
         }
         _ => None,
     };
-    match renew(p, current.as_ref()).await {
+    let mut renewing = Renewing {
+        token,
+        current: current.as_ref(),
+        unknown: state.unknown_to_cluster,
+        fallback_allowed: !state.after_fallback,
+        fell_back: false,
+    };
+    let result = renew(p, &mut renewing).await;
+    let fell_back = renewing.fell_back;
+    match result {
         Ok(joined) => {
             state.identity = Some(joined.identity.clone());
             state.suite = Some(joined.suite);
             state.renewed_at = Some(std::time::Instant::now());
             state.outputs_written = false;
+            state.after_fallback = fell_back;
+            state.unknown_to_cluster = false;
             Ok(joined)
         }
         Err((failure, true)) => {
@@ -187,6 +248,13 @@ async fn join_or_rejoin(p: &Prepared, state: &mut HeldState) -> Result<join::Joi
             if let Some(dir) = marked {
                 storage::clear_rejoin(dir);
             }
+            if fell_back {
+                // The cluster does not know it: the next attempt joins with the static key
+                // again. It is kept for the name of its cluster, which alone may challenge the
+                // key (`join::challenge`), as an expired identity is.
+                state.unknown_to_cluster = true;
+                state.renewed_at = None;
+            }
             Err(failure)
         }
     }
@@ -194,31 +262,57 @@ async fn join_or_rejoin(p: &Prepared, state: &mut HeldState) -> Result<join::Joi
 
 /// Writes the new identity to storage; a rejoin's mark (this one's, or one left in doubt by an
 /// earlier run) goes once a new identity is stored, or failed to be.
-fn store(p: &Prepared, identity: &Identity) -> Result<Option<String>, Failure> {
-    let stored = storage::persist(&p.config.storage, identity, &p.config.onboarding.token);
+fn store(p: &Prepared, identity: &Identity, token: &str) -> Result<Option<String>, Failure> {
+    let stored = storage::persist(&p.config.storage, identity, token);
     if let Destination::Directory { path, .. } = &p.config.storage {
         storage::clear_rejoin(path);
     }
     stored.map_err(|e| Failure::new(ExitKind::Config, e))
 }
 
-/// Writes the outputs for `bot` over its authenticated connection; no connection is made when
-/// no output writes files.
-async fn write_outputs(p: &Prepared, bot: &Identity, suite: Suite) -> Result<Vec<String>, Failure> {
+/// Writes the outputs for `bot` over its authenticated connection, telling `report` how each
+/// went; no connection is made when no output writes files. A connection that works confirms
+/// that the cluster knows the held identity.
+async fn write_outputs<R: Report + ?Sized>(
+    p: &Prepared,
+    bot: &Identity,
+    suite: Suite,
+    report: &R,
+    state: &mut HeldState,
+) -> Result<Vec<String>, Failure> {
     let outputs = output::written(&p.config.outputs);
     if outputs.is_empty() {
         return Ok(Vec::new());
     }
-    let auth = connect_to_auth(p, bot).await?;
-    output::write_outputs(
-        &outputs,
-        &auth,
-        &p.auth_route,
-        bot,
-        suite,
-        p.config.credential_ttl,
-    )
-    .await
+    let results = match connect_to_auth(p, bot).await {
+        Ok(auth) => {
+            state.after_fallback = false;
+            output::write_outputs(
+                &outputs,
+                &auth,
+                &p.auth_route,
+                bot,
+                suite,
+                p.config.credential_ttl,
+            )
+            .await
+        }
+        Err(failure) => Err(failure),
+    };
+    match results {
+        Ok(results) => {
+            for (output, result) in outputs.iter().zip(&results) {
+                report.output(&output.service_name(), result.as_ref().map(|_| ()));
+            }
+            output::combine(&outputs, results)
+        }
+        Err(failure) => {
+            for output in &outputs {
+                report.output(&output.service_name(), Err(&failure));
+            }
+            Err(failure)
+        }
+    }
 }
 
 /// The bot's authenticated connection to Auth, each RPC on it bounded by `p.rpc_timeout`.
@@ -228,39 +322,47 @@ async fn connect_to_auth(p: &Prepared, identity: &Identity) -> Result<AuthClient
         .with_deadline(p.rpc_timeout))
 }
 
+/// What one renewal works with, and what it did.
+struct Renewing<'a> {
+    /// The join token's name.
+    token: &'a str,
+    /// The held identity.
+    current: Option<&'a Identity>,
+    /// The cluster said it does not know `current`: join with the static key, as once it expires.
+    unknown: bool,
+    /// Whether a rejoin the cluster refuses as unknown may fall back to the static key: not when
+    /// `current` itself came from such a fallback and has not reached Auth since (then the
+    /// cause is on the path to Auth, and each fallback would spend a recovery for nothing).
+    fallback_allowed: bool,
+    /// Set when the cluster did not know `current` and the static key joined instead.
+    fell_back: bool,
+}
+
 /// Renews the bot identity, as tbot's identity service does (`renewIdentity`,
-/// `lib/tbot/internal/identity/service.go`): while `current` is valid, a soft rejoin over the
-/// authenticated connection (same bot instance, no recovery used); without one, or once it has
-/// expired, an unauthenticated join through the Proxy (a recovery: a new bot instance).
-async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined, (Failure, bool)> {
+/// `lib/tbot/internal/identity/service.go`): while the held identity is valid, a soft rejoin over
+/// the authenticated connection (same bot instance, no recovery used); without one, or once it
+/// has expired, an unauthenticated join through the Proxy (a recovery: a new bot instance).
+async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Failure, bool)> {
     let params = JoinParams {
         proxy: p.proxy.clone(),
         direct: p.direct,
         trust: p.trust.clone(),
-        token: p.config.onboarding.token.clone(),
+        token: r.token.to_owned(),
         // A held identity, even an expired one, says which cluster may challenge the key.
-        cluster: current.map(|i| i.info.cluster_name.as_str().to_owned()),
+        cluster: r.current.map(|i| i.info.cluster_name.as_str().to_owned()),
         credential_ttl: p.config.credential_ttl,
         signer: p.signer.clone(),
         timeout: join::JOIN_TIMEOUT,
     };
-    let now = SystemTime::now();
-    let joined = match current {
-        Some(identity) if identity.info.not_after > now => {
-            debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
-            let auth = connect_to_auth(p, identity).await.map_err(|f| (f, false))?;
-            let mut joined = join::rejoin(&params, &auth)
-                .await
-                .map_err(|e| (join_failure(e.error), e.in_doubt))?;
-            if joined.identity.info.bot_instance_id != identity.info.bot_instance_id {
-                // The cluster did not take the certificate (a failed authorization makes the
-                // stream unauthenticated): this was a recovery.
-                warn!(
-                    "the cluster treated the rejoin as unauthenticated: a recovery was used and a new bot instance started"
-                );
-                joined.authenticated = false;
-            }
-            joined
+    let configured = &p.config.onboarding.token;
+    let joined = match r.current {
+        Some(_) if r.unknown => {
+            info!("the cluster does not know the bot identity; joining with the static key");
+            r.fell_back = true;
+            join_with_static_key(&params, configured).await?
+        }
+        Some(identity) if identity.info.not_after > SystemTime::now() => {
+            rejoin_or_fall_back(p, r, identity, params).await?
         }
         Some(identity) => {
             warn!(
@@ -268,15 +370,11 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
                 "the bot identity expired before it could be renewed; joining without it, which \
                  uses a recovery and starts a new bot instance"
             );
-            join::join(&params)
-                .await
-                .map_err(|e| (join_failure(e), false))?
+            join_with_static_key(&params, configured).await?
         }
         None => {
             info!("no bot identity yet; joining with the static key");
-            join::join(&params)
-                .await
-                .map_err(|e| (join_failure(e), false))?
+            join_with_static_key(&params, configured).await?
         }
     };
     let identity = &joined.identity;
@@ -291,7 +389,109 @@ async fn renew(p: &Prepared, current: Option<&Identity>) -> Result<join::Joined,
     Ok(joined)
 }
 
-fn join_failure(e: JoinError) -> Failure {
+/// The soft rejoin with `identity`; when the cluster says it does not know the identity (see
+/// [`Unknown`]), a join with the static key at once, as after an expiry, instead of retrying a
+/// rejoin that cannot work until the identity expires.
+async fn rejoin_or_fall_back(
+    p: &Prepared,
+    r: &mut Renewing<'_>,
+    identity: &Identity,
+    params: JoinParams,
+) -> Result<join::Joined, (Failure, bool)> {
+    let configured = &p.config.onboarding.token;
+    debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
+    let unknown = match rejoin(p, identity, &params, configured).await {
+        Ok(joined) => return Ok(joined),
+        Err(Rejoined::Unknown(unknown)) if r.fallback_allowed => unknown,
+        Err(Rejoined::Unknown(unknown)) => return Err((unknown.failure, false)),
+        Err(Rejoined::Failed(failure, in_doubt)) => return Err((failure, in_doubt)),
+    };
+    warn!(
+        reason = %one_line(&format!("{:#}", unknown.failure.error)),
+        "the cluster no longer knows the bot identity ({}); joining with the static key at \
+         once, which uses a recovery and starts a new bot instance",
+        unknown.why
+    );
+    r.fell_back = true;
+    // `params.cluster` is still the identity's: only that cluster may challenge the key, so a
+    // cluster of another name cannot get it signed by posing as a rebuilt one.
+    join_with_static_key(&params, configured).await
+}
+
+/// Why the cluster does not know an identity: the evidence, and what it means.
+struct Unknown {
+    failure: Failure,
+    why: &'static str,
+}
+
+/// How a rejoin ended, when it did not work.
+enum Rejoined {
+    /// The cluster does not know the identity.
+    Unknown(Unknown),
+    /// Any other failure, and whether the challenge answer had gone out.
+    Failed(Failure, bool),
+}
+
+/// The soft rejoin over the authenticated connection: the identity's certificate to Auth, then
+/// the join over that connection. Two answers mean the cluster does not know the identity (read
+/// in Teleport's source, `docs/teleport-source-notes.md`, "Health endpoints and start-up"):
+/// Auth's certificate is from CAs the identity does not hold (a rebuilt cluster, or CAs rotated
+/// while keybound was away), or the join refuses the identity's credentials as the token's
+/// binding is gone (the token made again).
+async fn rejoin(
+    p: &Prepared,
+    identity: &Identity,
+    params: &JoinParams,
+    configured: &str,
+) -> Result<join::Joined, Rejoined> {
+    let auth = match AuthClient::connect(&p.auth_route, identity).await {
+        Ok(auth) => auth.with_deadline(p.rpc_timeout),
+        Err(e @ ConnectError::UnknownAuthority(_)) => {
+            return Err(Rejoined::Unknown(Unknown {
+                failure: Failure::from(e),
+                why: "Auth's certificate is from other CAs: the cluster was rebuilt or changed \
+                      its CAs",
+            }));
+        }
+        Err(e) => return Err(Rejoined::Failed(Failure::from(e), false)),
+    };
+    let mut joined = match join::rejoin(params, &auth).await {
+        Ok(joined) => joined,
+        Err(e) if e.error.identity_unknown() => {
+            return Err(Rejoined::Unknown(Unknown {
+                failure: join_failure(e.error, "rejoining with", configured),
+                why: "the token no longer binds it: the token was made again",
+            }));
+        }
+        Err(e) => {
+            let failure = join_failure(e.error, "rejoining with", configured);
+            return Err(Rejoined::Failed(failure, e.in_doubt));
+        }
+    };
+    if joined.identity.info.bot_instance_id != identity.info.bot_instance_id {
+        // The cluster did not take the certificate (a failed authorization makes the stream
+        // unauthenticated): this was a recovery.
+        warn!(
+            "the cluster treated the rejoin as unauthenticated: a recovery was used and a new bot instance started"
+        );
+        joined.authenticated = false;
+    }
+    Ok(joined)
+}
+
+/// The unauthenticated join through the Proxy, with the static key.
+async fn join_with_static_key(
+    params: &JoinParams,
+    configured: &str,
+) -> Result<join::Joined, (Failure, bool)> {
+    join::join(params)
+        .await
+        .map_err(|e| (join_failure(e, "joining with", configured), false))
+}
+
+/// A failed join as a run's failure; the cluster's refusal names the token tried (by the file
+/// holding it, when it came from one: never its contents).
+fn join_failure(e: JoinError, doing: &str, configured: &str) -> Failure {
     let kind = match &e {
         JoinError::Rejected { .. } | JoinError::Refused(_) => ExitKind::Rejected,
         JoinError::Unreachable(_) | JoinError::TimedOut(_) => ExitKind::Unreachable,
@@ -299,5 +499,15 @@ fn join_failure(e: JoinError) -> Failure {
         JoinError::Signer(s) if s.is_transient() => ExitKind::Unreachable,
         JoinError::Signer(_) => ExitKind::Config,
     };
-    Failure::new(kind, anyhow::Error::new(e))
+    let refused = matches!(e, JoinError::Rejected { .. });
+    let error = anyhow::Error::new(e);
+    let error = if refused {
+        error.context(format!(
+            "{doing} {}",
+            crate::config::token::describe(configured)
+        ))
+    } else {
+        error
+    };
+    Failure::new(kind, error)
 }

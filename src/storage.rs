@@ -52,6 +52,12 @@ pub(crate) struct HeldState {
     /// When this process last renewed the identity, and whether the outputs were written since.
     pub(crate) renewed_at: Option<std::time::Instant>,
     pub(crate) outputs_written: bool,
+    /// The identity came from a join with the static key made because the cluster did not know
+    /// the one before, and has not reached Auth since (a rejoin, or the outputs' connection).
+    pub(crate) after_fallback: bool,
+    /// The cluster said it does not know the identity, and the join with the static key that
+    /// followed failed: it is no longer used to rejoin.
+    pub(crate) unknown_to_cluster: bool,
 }
 
 impl Held {
@@ -118,6 +124,16 @@ impl Held {
                 None
             }
         }
+    }
+
+    /// Until when the held identity can be used: its expiry, unless the cluster said it does
+    /// not know it (`None` then, as without one).
+    pub async fn valid_until(&self) -> Option<SystemTime> {
+        let state = self.state.lock().await;
+        if state.unknown_to_cluster {
+            return None;
+        }
+        state.identity.as_ref().map(|i| i.info.not_after)
     }
 
     /// When the held identity expires.

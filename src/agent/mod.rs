@@ -1,11 +1,18 @@
 //! The long-running agent: renew on a schedule, survive failures, report health.
 //!
+//! It starts as tbot's identity service does (`Initialize`, `lib/tbot/internal/identity/
+//! service.go`): with no bot identity to start from, the first join must work, or the agent
+//! ends with that join's exit code (a service manager may start it again); with one, a failure
+//! is retried like any renewal's.
+//!
 //! The loop has the shape of linkerd's identity `Certify::run`: join, then sleep until the next
 //! renewal, forever. What happens after a failure depends on its kind:
 //! - **transient** (the cluster or the device is unreachable, a timeout): capped exponential
 //!   back-off with full jitter, while the current identity stays in place until it expires;
 //! - **rejected** (the cluster said no, or asked for something a static key cannot do): logged as
-//!   an error saying what to do, and retried at a slow cadence;
+//!   an error saying what to do, and retried at a slow cadence (an operator's fix takes
+//!   minutes); a held identity the cluster no longer knows is not retried at all: the renewal
+//!   joins with the static key at once (`renewal.rs`);
 //! - **halt** (a wrong PIN, a locked token or TPM): no further signing attempts at all, so a real
 //!   token is never locked by retries; the agent reports itself unhealthy and waits for an
 //!   operator's SIGHUP after fixing the cause.
@@ -26,17 +33,19 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 mod diag;
+mod readyz;
 mod schedule;
 mod status;
 
 pub use diag::{
     DIAG_CONNECTION_LIFETIME, DIAG_HEADER_TIMEOUT, DIAG_MAX_CONNECTIONS, diag, diag_connection_cap,
 };
+pub use readyz::IDENTITY;
 pub use schedule::{Outcome, Schedule, classify};
 use status::Metered;
-pub use status::{Metrics, Status};
+pub use status::{Metrics, RENEWAL_RETRY_LIMIT, Status};
 
-use crate::renewal::{Prepared, cycle};
+use crate::renewal::{Prepared, Report as _, cycle_reporting};
 use crate::storage::Held;
 use crate::{ExitKind, Failure};
 
@@ -46,6 +55,7 @@ use crate::{ExitKind, Failure};
 /// a halt). Returns when shut down.
 pub async fn run_loop<C, F>(
     mut cycle: C,
+    first: Option<(Outcome, String)>,
     schedule: Schedule,
     status: Arc<Status>,
     renew_now: Arc<Notify>,
@@ -56,10 +66,14 @@ pub async fn run_loop<C, F>(
 {
     tokio::pin!(shutdown);
     let mut failures = 0u32;
+    let mut first = first;
     loop {
-        let (outcome, reason) = tokio::select! {
-            result = cycle() => result,
-            () = &mut shutdown => return,
+        let (outcome, reason) = match first.take() {
+            Some(done) => done,
+            None => tokio::select! {
+                result = cycle() => result,
+                () = &mut shutdown => return,
+            },
         };
         status.record(&outcome, &reason);
         let delay = match &outcome {
@@ -73,12 +87,12 @@ pub async fn run_loop<C, F>(
                 failures += 1;
                 let delay = schedule.backoff(failures, rand_core::OsRng.next_u64());
                 let valid = status.expiry().is_some_and(|e| e > SystemTime::now());
-                warn!(error = %why, failures, retry_in = ?delay, keeping_current_identity = valid, "renewal failed; will retry");
+                warn!(error = %why, failures, retry_in = ?delay, keeping_current_identity = valid, "the attempt failed; will retry soon");
                 Some(delay)
             }
             Outcome::Rejected(why) => {
                 failures = 0;
-                error!(error = %why, retry_in = %humantime::format_duration(schedule.rejected_retry), "the cluster rejected the renewal");
+                error!(error = %why, retry_in = %humantime::format_duration(schedule.rejected_retry), "the cluster refused; fix the cause, then send SIGHUP to retry at once");
                 Some(schedule.rejected_retry)
             }
             Outcome::Halt(why) => {
@@ -106,6 +120,11 @@ pub async fn run_loop<C, F>(
 /// Runs the long-running agent until SIGTERM or SIGINT.
 pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     let status = Status::new();
+    // tbot's services, as `/readyz` lists them: the identity renewal and each output.
+    status.add_service(IDENTITY);
+    for output in crate::output::written(&prepared.config.outputs) {
+        status.add_service(&output.service_name());
+    }
     let signer = Arc::new(crate::signer::Reopenable::new(
         prepared.signer_config.clone(),
         prepared.signer.clone(),
@@ -127,49 +146,103 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     info!(renewal_interval = %humantime::format_duration(schedule.renewal_interval), credential_ttl = %humantime::format_duration(prepared.config.credential_ttl), "keybound agent started");
     let prepared = Arc::new(prepared);
     let held = Arc::new(held);
-    let watched = status.clone();
-    run_loop(
-        || {
-            let (prepared, held, status) = (prepared.clone(), held.clone(), watched.clone());
+    let attempt = {
+        let (status, held) = (status.clone(), held.clone());
+        move || {
+            let (prepared, held, status) = (prepared.clone(), held.clone(), status.clone());
             let (signer, reopen) = (signer.clone(), reopen.clone());
             attempt(prepared, held, status, signer, reopen)
-        },
-        schedule,
-        status,
-        renew_now,
-        stop.notified(),
-    )
-    .await;
+        }
+    };
+    let result = match first_join(&held, &attempt, &stop).await {
+        Ok(Started::Loop(first)) => {
+            let cycle = || {
+                let attempt = attempt();
+                async move {
+                    let (outcome, reason, _) = attempt.await;
+                    (outcome, reason)
+                }
+            };
+            run_loop(cycle, first, schedule, status, renew_now, stop.notified()).await;
+            Ok(())
+        }
+        Ok(Started::Stopped) => Ok(()),
+        Err(failure) => Err(failure),
+    };
     signals.abort();
     info!("keybound agent stopped");
-    Ok(())
+    result
+}
+
+/// How the agent's start went, when it did not end it.
+enum Started {
+    /// Stopped (SIGTERM, SIGINT) during the first join.
+    Stopped,
+    /// The loop goes on, from the first join's outcome, or (`None`: an identity was held, so no
+    /// first join ran) from the first renewal.
+    Loop(Option<(Outcome, String)>),
+}
+
+/// The agent's start, as tbot's (`Initialize` in `lib/tbot/internal/identity/service.go`):
+/// with no bot identity held, the first join runs now, and its failure ends the agent with that
+/// join's exit code (69 unreachable, 77 refused, 78 configuration or a refused PIN), as
+/// `start --oneshot` would; only an identity gives the agent something to renew.
+async fn first_join<C, F>(held: &Held, attempt: &C, stop: &Notify) -> Result<Started, Failure>
+where
+    C: Fn() -> F,
+    F: Future<Output = (Outcome, String, Option<Failure>)>,
+{
+    if held.expiry().await.is_some() {
+        return Ok(Started::Loop(None));
+    }
+    let (outcome, reason, failure) = tokio::select! {
+        done = attempt() => done,
+        () = stop.notified() => return Ok(Started::Stopped),
+    };
+    match failure {
+        // The join failed: nothing is held.
+        Some(failure) if held.expiry().await.is_none() => Err(Failure::new(
+            failure.kind,
+            failure
+                .error
+                .context("the first join failed (with no bot identity to renew, the agent ends)"),
+        )),
+        _ => Ok(Started::Loop(Some((outcome, reason)))),
+    }
 }
 
 /// One attempt of the loop: reopen the signer first when SIGHUP asked for it, then one renewal
-/// cycle; the outcome, and its reason for the metrics (`status::failure_reason`).
+/// cycle, its parts reported to `status`; the outcome, its reason for the metrics
+/// (`status::failure_reason`), and the failure.
 async fn attempt(
     prepared: Arc<Prepared>,
     held: Arc<Held>,
     status: Arc<Status>,
     signer: Arc<crate::signer::Reopenable>,
     reopen: Arc<AtomicBool>,
-) -> (Outcome, String) {
+) -> (Outcome, String, Option<Failure>) {
     if reopen.swap(false, Ordering::SeqCst)
         && let Err(failure) = reopen_signer(signer).await
     {
         // Tried again at the next cycle, unless it halts (a refused PIN).
         reopen.store(true, Ordering::SeqCst);
-        return (classify(&failure), status::failure_reason(&failure));
+        status.identity(Err(&failure));
+        let reason = status::failure_reason(&failure);
+        return (classify(&failure), reason, Some(failure));
     }
-    let result = cycle(&prepared, &held).await;
-    let expiry = held.expiry().await;
+    let result = cycle_reporting(&prepared, &held, &*status).await;
+    let expiry = held.valid_until().await;
     status.follow(expiry);
     match result {
         Ok(done) => (
             Outcome::Renewed(expiry.unwrap_or_else(SystemTime::now)),
             status::success_reason(&done).to_owned(),
+            None,
         ),
-        Err(f) => (classify(&f), status::failure_reason(&f)),
+        Err(f) => {
+            let reason = status::failure_reason(&f);
+            (classify(&f), reason, Some(f))
+        }
     }
 }
 
@@ -251,6 +324,7 @@ mod tests {
                 ));
                 async move { (next, String::new()) }
             },
+            None,
             Schedule::for_interval(Duration::from_secs(20 * 60)),
             status.clone(),
             renew_now,
@@ -305,7 +379,7 @@ mod tests {
             None,
         )
         .await;
-        assert_eq!(times, vec![0.0, 1200.0, 2400.0]);
+        assert_eq!(times, vec![0.0, 300.0, 600.0, 1800.0]);
         assert!(
             status
                 .metrics

@@ -1,6 +1,7 @@
 //! What a renewal attempt came to ([`Outcome`], [`classify`]) and when the agent tries again:
 //! the renewal interval after a success, capped exponential back-off with full jitter after a
-//! transient failure, a slow cadence after a rejection, never after a halt.
+//! transient failure, a slow cadence after a rejection (minutes: an operator's fix), never after
+//! a halt.
 
 use std::time::{Duration, SystemTime};
 
@@ -24,13 +25,17 @@ pub struct Schedule {
 
 impl Schedule {
     /// The schedule for a renewal interval: back-off from 1 s up to the interval (at most 5 min);
-    /// rejections retried every interval, at least every minute.
+    /// rejections retried every interval, but at least a minute and at most five apart: the
+    /// cluster's answer will not change within seconds, and once an operator has fixed its cause
+    /// (made the token, removed a lock) the agent should follow within minutes, not at a
+    /// 20-minute interval (SIGHUP retries at once).
     pub fn for_interval(renewal_interval: Duration) -> Self {
         Self {
             renewal_interval,
             base_backoff: Duration::from_secs(1).min(renewal_interval),
             max_backoff: renewal_interval.clamp(Duration::from_secs(1), Duration::from_secs(300)),
-            rejected_retry: renewal_interval.max(Duration::from_secs(60)),
+            rejected_retry: renewal_interval
+                .clamp(Duration::from_secs(60), Duration::from_secs(300)),
         }
     }
 
@@ -88,7 +93,11 @@ mod tests {
     fn backoff_is_capped_and_jittered() {
         let s = Schedule::for_interval(Duration::from_secs(20 * 60));
         assert_eq!(s.max_backoff, Duration::from_secs(300));
-        assert_eq!(s.rejected_retry, Duration::from_secs(20 * 60));
+        assert_eq!(s.rejected_retry, Duration::from_secs(5 * 60));
+        assert_eq!(
+            Schedule::for_interval(Duration::from_secs(3 * 60)).rejected_retry,
+            Duration::from_secs(3 * 60)
+        );
         for failures in 1..40 {
             for random in [0, 1, u64::MAX / 3, u64::MAX] {
                 let d = s.backoff(failures, random);

@@ -1,7 +1,9 @@
 //! What the agent reports: its state (renewed, failing, halted, and why), the bot identity's
-//! expiry, and the Prometheus metrics; and the signer wrapper that times each signature.
+//! expiry, its services' statuses as tbot reports them (`/readyz`), and the Prometheus metrics;
+//! and the signer wrapper that times each signature.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -13,10 +15,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::schedule::Outcome;
+use super::readyz::{self, Health, IDENTITY, ServiceStatus};
+use super::schedule::{Outcome, classify};
 use crate::join::JoinError;
-use crate::renewal::Cycle;
+use crate::renewal::{Cycle, Report};
 use crate::{ExitKind, Failure};
+
+/// How many renewals in a row may fail for a reason worth retrying soon (the cluster out of
+/// reach) before the identity reports itself unhealthy: tbot's `botIdentityRenewalRetryLimit`
+/// (`lib/tbot/internal/identity/service.go`), the attempts its renewal loop makes, backing off
+/// from 1 s, before it reports `unhealthy` (`lib/tbot/internal/loop.go`, `RunOnInterval`).
+/// Any other failure reports at once: retrying soon will not change it.
+pub const RENEWAL_RETRY_LIMIT: u32 = 7;
 
 /// What the agent knows about itself, shared with the diagnostics listener.
 pub struct Status {
@@ -24,6 +34,11 @@ pub struct Status {
     pub(super) healthy: AtomicBool,
     pub(super) halted_because: Mutex<Option<String>>,
     last_error_unix: AtomicI64,
+    /// The services' statuses (`/readyz`).
+    services: readyz::Registry,
+    /// The identity renewal's failures in a row, and the last one's text.
+    identity_failures: AtomicU32,
+    identity_error: Mutex<String>,
     /// The metrics.
     pub metrics: Metrics,
 }
@@ -121,8 +136,59 @@ impl Status {
             healthy: AtomicBool::new(true),
             halted_because: Mutex::new(None),
             last_error_unix: AtomicI64::new(0),
+            services: readyz::Registry::default(),
+            identity_failures: AtomicU32::new(0),
+            identity_error: Mutex::new(String::new()),
             metrics: Metrics::new(),
         })
+    }
+
+    /// Adds a service to `/readyz`, `initializing` until it reports.
+    pub fn add_service(&self, name: &str) {
+        self.services.add(name);
+    }
+
+    /// Every service's status as `/readyz` shows it. The identity is unhealthy whatever it last
+    /// reported once keybound holds no valid identity (it expired, or was dropped).
+    fn services(&self) -> BTreeMap<String, ServiceStatus> {
+        let mut services = self.services.all();
+        if let Some(identity) = services.get_mut(IDENTITY)
+            && identity.status == Health::Healthy
+        {
+            let last = self.identity_error.lock().expect("status lock").clone();
+            match self.expiry() {
+                Some(expiry) if expiry <= SystemTime::now() => {
+                    *identity = ServiceStatus {
+                        status: Health::Unhealthy,
+                        reason: format!(
+                            "the bot identity expired at {}",
+                            keybound_teleport::time::format_time(expiry)
+                        ),
+                        updated_at: Some(expiry),
+                    };
+                }
+                None => {
+                    identity.status = Health::Unhealthy;
+                    identity.reason = if last.is_empty() {
+                        "keybound holds no valid bot identity".to_owned()
+                    } else {
+                        format!("keybound holds no valid bot identity; the last attempt: {last}")
+                    };
+                }
+                Some(_) => {}
+            }
+        }
+        services
+    }
+
+    /// `/readyz`: every service, and the HTTP code.
+    pub fn readyz(&self) -> (u16, String) {
+        readyz::overall(&self.services())
+    }
+
+    /// `/readyz/{service}`: one service, and the HTTP code.
+    pub fn readyz_of(&self, name: &str) -> (u16, String) {
+        readyz::one(name, self.services().get(name))
     }
 
     pub(super) fn record(&self, outcome: &Outcome, reason: &str) {
@@ -156,10 +222,11 @@ impl Status {
         }
     }
 
-    /// Follows the held bot identity's expiry: a renewal whose outputs failed still replaced it.
+    /// Follows the held bot identity: a renewal whose outputs failed still replaced it, and a
+    /// failed one may have dropped it (`None`).
     pub(super) fn follow(&self, expiry: Option<SystemTime>) {
+        *self.expiry.lock().expect("status lock") = expiry;
         if let Some(expiry) = expiry {
-            *self.expiry.lock().expect("status lock") = Some(expiry);
             self.metrics.expiry.set(unix(expiry));
         }
     }
@@ -213,6 +280,43 @@ pub(super) fn failure_reason(failure: &Failure) -> String {
         ExitKind::Software | ExitKind::General => "internal",
     }
     .to_owned()
+}
+
+/// The cycle's parts as tbot's services report them: the identity renewal (unhealthy after a
+/// failure that retrying soon will not fix, or after [`RENEWAL_RETRY_LIMIT`] in a row), and
+/// each output.
+impl Report for Status {
+    fn identity(&self, result: Result<(), &Failure>) {
+        match result {
+            Ok(()) => {
+                self.identity_failures.store(0, Ordering::Relaxed);
+                self.identity_error.lock().expect("status lock").clear();
+                self.services
+                    .report(IDENTITY, Health::Healthy, String::new());
+            }
+            Err(failure) => {
+                let failures = self.identity_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let reason = failure.to_string();
+                reason.clone_into(&mut self.identity_error.lock().expect("status lock"));
+                let retrying = matches!(classify(failure), Outcome::Transient(_))
+                    && failures < RENEWAL_RETRY_LIMIT;
+                if !retrying {
+                    self.services.report(IDENTITY, Health::Unhealthy, reason);
+                }
+            }
+        }
+    }
+
+    fn output(&self, service: &str, result: Result<(), &Failure>) {
+        match result {
+            Ok(()) => self
+                .services
+                .report(service, Health::Healthy, String::new()),
+            Err(failure) => self
+                .services
+                .report(service, Health::Unhealthy, failure.to_string()),
+        }
+    }
 }
 
 /// A signer that times its signatures into the metrics.

@@ -104,6 +104,10 @@ impl Start {
     /// The token, the CA bundle and the key's flags, checked as `onboarding:` is.
     fn apply_onboarding(&self, config: &mut Config) -> Result<(), Failure> {
         if let Some(token) = &self.token {
+            // Read as the config key is (a name, or an absolute path to a file holding it),
+            // once here to fail early; the join reads it again.
+            crate::config::token::read(token)
+                .map_err(|e| Failure::config(anyhow!("{}: {e}", token_flag(token))))?;
             config.onboarding.token.clone_from(token);
         }
         if let Some(path) = &self.static_key_path {
@@ -156,6 +160,16 @@ impl Start {
         }
         config.oneshot |= self.oneshot;
         config.insecure |= self.insecure;
+    }
+}
+
+/// Where `--token`'s value came from, for errors: the flag, or `$TELEPORT_BOT_TOKEN` (which clap
+/// reads for it) when the variable holds this very value.
+fn token_flag(value: &str) -> &'static str {
+    if std::env::var_os("TELEPORT_BOT_TOKEN").is_some_and(|v| v == value) {
+        "$TELEPORT_BOT_TOKEN"
+    } else {
+        "--token"
     }
 }
 

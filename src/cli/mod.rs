@@ -322,7 +322,7 @@ pub struct Start {
     )]
     pub auth_server: Option<String>,
 
-    /// The bound_keypair join token's name.
+    /// The bound_keypair join token's name, or an absolute path to a file holding it.
     #[arg(long, env = "TELEPORT_BOT_TOKEN")]
     pub token: Option<String>,
 

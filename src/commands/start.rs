@@ -17,7 +17,7 @@ use crate::{ExitKind, Failure};
 /// Runs `keybound start`: one cycle with `--oneshot`, else the long-running agent.
 pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     let prepared = Prepared::new(args.effective_config()?)?;
-    let held = Held::open(&prepared.config.storage, &prepared.config.onboarding.token)?;
+    let held = Held::open(&prepared.config.storage, &prepared.token()?)?;
     if !prepared.config.oneshot {
         return crate::agent::run(prepared, held).await;
     }

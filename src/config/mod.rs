@@ -9,6 +9,7 @@
 mod keys;
 mod onboarding;
 mod raw;
+pub mod token;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,8 @@ use crate::signer::SignerKind;
 /// `onboarding:`.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Onboarding {
-    /// The join token's name.
+    /// The join token as given: its name, or an absolute path to a file holding it, read at each
+    /// join ([`super::token`]).
     pub token: String,
     /// A CA bundle to verify the cluster with, instead of the system roots.
     pub ca_path: Option<PathBuf>,

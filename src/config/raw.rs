@@ -213,7 +213,8 @@ impl RawOnboarding {
             self.token.clone().filter(|t| !t.trim().is_empty()).ok_or(
                 "onboarding.token: missing; set it to the bound_keypair join token's name",
             )?;
-        let token = token_value(token)?;
+        // Read once here to fail early; the join reads it again (a token file may be replaced).
+        super::token::read(&token).map_err(|e| format!("onboarding.token: {e}"))?;
         if insecure && self.ca_path.is_some() {
             return Err(
                 "insecure and onboarding.ca_path are both set; remove one (insecure skips \
@@ -247,21 +248,6 @@ impl RawOnboarding {
             },
         }
     }
-}
-
-/// tbot reads `onboarding.token` through `utils.TryReadValueAsFile`: an absolute path to a file
-/// means the file's trimmed contents.
-fn token_value(token: String) -> Result<String, String> {
-    if !token.starts_with('/') {
-        return Ok(token);
-    }
-    let text = std::fs::read_to_string(&token)
-        .map_err(|e| format!("onboarding.token: cannot read token file {token}: {e}"))?;
-    let value = text.trim();
-    if value.is_empty() {
-        return Err(format!("onboarding.token: token file {token} is empty"));
-    }
-    Ok(value.to_owned())
 }
 
 // === Scalar values with their own checks ===

@@ -61,13 +61,29 @@ impl fmt::Display for JoinError {
 
 impl std::error::Error for JoinError {}
 
+impl JoinError {
+    /// The cluster refused a rejoin because the token no longer binds the identity that made it:
+    /// the token was made again, and its empty status takes the identity's credentials for a
+    /// first join (`lib/join/boundkeypair/boundkeypair.go`, the case "!hasBoundPublicKey &&
+    /// hasIncomingBotInstance"). A join with the static key alone is what the token expects.
+    pub fn identity_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::Rejected { code: Code::InvalidArgument, message }
+                if message.contains("cannot perform first bound keypair join with existing credentials")
+        )
+    }
+}
+
 /// What to tell an admin about a cluster's error message (messages from
 /// `lib/join/server.go`, `lib/join/boundkeypair/boundkeypair.go`, `lib/auth/auth.go`).
 fn hint(message: &str) -> Option<&'static str> {
     const HINTS: &[(&str, &str)] = &[
         (
             "token expired or not found",
-            "check that onboarding.token names an existing bound_keypair token (tctl get tokens)",
+            "check that the token tried is an existing bound_keypair token (tctl get tokens); \
+             onboarding.token, --token or $TELEPORT_BOT_TOKEN gives its name, or an absolute path \
+             to a file holding it",
         ),
         (
             "failed to complete challenge",
@@ -199,8 +215,10 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "the cluster rejected the join (PERMISSION_DENIED): token expired or not found; check that \
-             onboarding.token names an existing bound_keypair token (tctl get tokens)"
+            "the cluster rejected the join (PERMISSION_DENIED): token expired or not found; check \
+             that the token tried is an existing bound_keypair token (tctl get tokens); \
+             onboarding.token, --token or $TELEPORT_BOT_TOKEN gives its name, or an absolute path \
+             to a file holding it"
         );
     }
 }

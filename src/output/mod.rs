@@ -47,9 +47,9 @@ pub fn written(outputs: &[OutputConfig]) -> Vec<&OutputConfig> {
 }
 
 /// Writes `outputs` (see [`written`]) for `bot`: the shared facts first, then each output on
-/// its own. Returns what was written, one line per output for the summary; an output's failure
-/// does not stop the others, and all failures are reported together, once, in the error (its
-/// kind: the cluster out of reach, then a refusal, then a local failure).
+/// its own, so that one output's failure does not stop the others. Each output's result, in
+/// order: its summary line, or why it failed ([`combine`] puts them together); `Err` when the
+/// shared facts could not be had, and no output was written.
 pub async fn write_outputs(
     outputs: &[&OutputConfig],
     auth: &AuthClient,
@@ -57,7 +57,7 @@ pub async fn write_outputs(
     bot: &Identity,
     suite: Suite,
     credential_ttl: Duration,
-) -> Result<Vec<String>, Failure> {
+) -> Result<Vec<Result<String, Failure>>, Failure> {
     let needs = outputs
         .iter()
         .fold(Needs::default(), |n, o| n.union(o.needs()));
@@ -69,11 +69,25 @@ pub async fn write_outputs(
         credential_ttl,
         shared: &shared,
     };
+    let mut results = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        results.push(output.write(&cx).await);
+    }
+    Ok(results)
+}
+
+/// The results of [`write_outputs`] together: every summary line, or every failure reported
+/// once, in one error, whose exit kind is the first of: the cluster out of reach, a refusal, a
+/// local failure ([`first_kind`]).
+pub fn combine(
+    outputs: &[&OutputConfig],
+    results: Vec<Result<String, Failure>>,
+) -> Result<Vec<String>, Failure> {
     let mut written = Vec::new();
     let mut failures = Vec::new();
     let mut kinds = Vec::new();
-    for output in outputs {
-        match output.write(&cx).await {
+    for (output, result) in outputs.iter().zip(results) {
+        match result {
             Ok(line) => written.push(line),
             Err(f) => {
                 kinds.push(f.kind);
@@ -235,6 +249,22 @@ impl OutputConfig {
             (None, Destination::Directory { path, .. }) => path.display().to_string(),
             (None, Destination::Memory) => "(memory)".to_owned(),
         }
+    }
+
+    /// Its name as a service of tbot's (`/readyz/{service}`, heartbeats): its `name:`, else
+    /// `<type>-output (<destination>)`, as tbot's output services name themselves
+    /// (`OutputService.String()` in `lib/tbot/services/identity/output.go`: `cmp.Or(cfg.Name,
+    /// "identity-output (" + destination + ")")`, a directory being `directory: <path>`,
+    /// `lib/tbot/bot/destination/directory.go`).
+    pub fn service_name(&self) -> String {
+        if let Some(name) = self.name() {
+            return name.to_owned();
+        }
+        let destination = match self.destination() {
+            Destination::Directory { path, .. } => format!("directory: {}", path.display()),
+            Destination::Memory => "memory".to_owned(),
+        };
+        format!("{}-output ({destination})", self.kind())
     }
 }
 

@@ -66,6 +66,7 @@ fn main() {
                     outcome
                 }
             },
+            None,
             schedule,
             Status::new(),
             Arc::new(Notify::new()),

@@ -1,5 +1,5 @@
 //! The long-running agent as a process: renewals, the diagnostics endpoints, signals, an outage
-//! and recovery, rejections, and no secret in its environment or its logs. Device secrets (PINs,
+//! and recovery, refusals, and no secret in its environment or its logs. Device secrets (PINs,
 //! TPM authorization values) are in `agent_pins.rs`; what could stall renewals, in
 //! `agent_stalls.rs`.
 
@@ -10,7 +10,8 @@ use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
 use crate::agent_support::{
-    Agent, blocking, cluster_on, config, file_key_agent, get, metric, serve_again, wait_for,
+    Agent, blocking, cluster_on, config, file_key_agent, get, identity_not_ready, metric,
+    serve_again, wait_for,
 };
 use crate::cluster::ca_file;
 use crate::support::assert_no_secret;
@@ -55,9 +56,9 @@ async fn renews_reports_and_obeys_signals_without_leaking_the_key() {
 
     let (_, ready) = get(port, "/readyz").unwrap();
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
-    assert_eq!(ready["status"], "ready");
-    assert!(
-        ready["expires_in_seconds"].as_u64().unwrap() > 7000,
+    assert_eq!(ready["status"], "healthy");
+    assert_eq!(
+        ready["services"]["identity"]["status"], "healthy",
         "{ready}"
     );
     assert_eq!(agent.renewals(), 1.0);
@@ -137,12 +138,19 @@ async fn survives_a_cluster_outage_and_recovers() {
             r#"keybound_joins_total{outcome="transient",reason="unreachable"}"#
         ) >= 2.0
     );
-    // Still ready on the identity it has, and nothing was deleted or half-written.
-    assert_eq!(get(port, "/readyz").unwrap().0, 200);
+    // Nothing was deleted or half-written; once the failures outnumber tbot's retries of one
+    // renewal, the identity reports itself unhealthy, with the cause (the agent is not halted).
     assert_eq!(
         std::fs::read(dir.path().join("out/identity")).unwrap(),
         before
     );
+    let reason = blocking(move || identity_not_ready(port, Duration::from_secs(20))).await;
+    assert!(reason.contains("cannot reach"), "{reason}");
+    assert!(
+        metric(port, r#"keybound_joins_total{outcome="transient""#)
+            >= f64::from(keybound::agent::RENEWAL_RETRY_LIMIT)
+    );
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
     assert!(
         get(port, "/metrics")
             .unwrap()
@@ -164,59 +172,51 @@ async fn survives_a_cluster_outage_and_recovers() {
         std::fs::read(dir.path().join("out/identity")).unwrap(),
         before
     );
+    assert_eq!(get(port, "/readyz").unwrap().0, 200, "ready again");
     // The rejoins after the outage were authenticated: still one bot instance.
     assert_eq!(cluster.cluster.bot_instances("robot"), 1);
     drop(agent);
 }
 
+/// A renewal the cluster answers with something keybound refuses to do (a challenge for
+/// another key): retried at a slow cadence, not once a second like renewals; not ready, with
+/// the cause, at once (retrying soon would not change it); healthy (nothing halted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejections_are_retried_slowly_and_not_ready() {
+async fn a_refused_renewal_is_retried_slowly_and_not_ready() {
+    use keybound_devcluster::Misbehaviour;
+
     let dir = tempfile::tempdir().unwrap();
-    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
-    let cluster = cluster_on(
-        "127.0.0.1:0".parse().unwrap(),
-        signer.public_key(),
-        "another-token",
-    )
-    .await;
-    let ca = ca_file(&cluster, dir.path());
-    let value = signer.to_env_value().to_string();
-    let cfg = config(dir.path(), &cluster.proxy_addr(), &ca, "", "1s", "30s");
+    let (cluster, cfg) = file_key_agent(dir.path(), "30s").await;
     let dir_path = dir.path().to_owned();
-    let agent = blocking(move || {
-        Agent::start(
-            &cfg,
-            &dir_path,
-            &[("TBOT_BOUND_KEYPAIR_STATIC_KEY", &value)],
-        )
-    })
-    .await;
+    let agent = blocking(move || Agent::start(&cfg, &dir_path, &[])).await;
     let port = agent.diag;
     blocking(move || {
-        wait_for("a rejection", Duration::from_secs(10), || {
-            metric(
-                port,
-                r#"keybound_joins_total{outcome="rejected",reason="PermissionDenied"}"#,
-            ) >= 1.0
+        wait_for("a renewal", Duration::from_secs(15), || {
+            metric(port, "keybound_renewals_total") >= 1.0
         })
     })
     .await;
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::ChallengeOtherKey));
+    let refused = r#"keybound_joins_total{outcome="rejected""#;
+    blocking(move || {
+        wait_for("a refusal", Duration::from_secs(10), || {
+            metric(port, refused) >= 1.0
+        })
+    })
+    .await;
+    let (code, body) = get(port, "/readyz/identity").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the token is bound to another key"), "{body}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // Slow cadence: not once a second like renewals, at most once a minute.
-    assert_eq!(
-        metric(
-            port,
-            r#"keybound_joins_total{outcome="rejected",reason="PermissionDenied"}"#
-        ),
-        1.0
-    );
-    assert_eq!(get(port, "/readyz").unwrap().0, 503);
+    // Slow cadence: not once a second like renewals, at least a minute apart.
+    assert_eq!(metric(port, refused), 1.0);
     assert_eq!(
         get(port, "/healthz").unwrap().0,
         200,
-        "a rejection is the cluster's answer, not a broken agent"
+        "a refusal is the cluster's answer, not a broken agent"
     );
-    assert!(agent.logs().contains("token expired or not found"));
 }
 
 /// Waits until `agent` is ready, then checks its `/proc/<pid>/environ`: it still holds

@@ -1,6 +1,7 @@
 //! The agent and its device secrets: a PIN or TPM authorization value is never logged, a wrong
-//! one is presented once and halts signing (real tokens and TPMs lock after a few), and SIGHUP
-//! reads the source again without ever presenting a value the device refused.
+//! one is presented once and ends the agent at start-up or halts signing later (real tokens and
+//! TPMs lock after a few), and SIGHUP reads the source again without ever presenting a value the
+//! device refused.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -106,19 +107,20 @@ async fn a_pkcs11_agent_never_logs_the_pin_and_never_retries_a_wrong_one() {
 }
 
 /// A TPM key with an authorization value, and an agent given the wrong one: the TPM says so at
-/// the first signature, and the agent stops signing (each failure counts towards the TPM's
-/// dictionary-attack lockout), reports unhealthy, and stays up.
+/// the first signature, the first join. With no identity to run on, the agent ends there with
+/// EX_CONFIG, as a wrong PKCS#11 PIN ends it when the key is opened (and as tbot ends when its
+/// first join fails): one try (the TPM's lockout counter says so), and the value in no log.
 #[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_tpm_auth_value_halts_signing_and_marks_the_agent_unhealthy() {
+async fn a_wrong_tpm_auth_value_at_the_first_join_ends_the_agent_after_one_try() {
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start();
+    let tcti = tpm.tcti();
     let key = tpm_key(&tpm, 0x8100_0100, "right-auth-value");
     let cluster = cluster_on("127.0.0.1:0".parse().unwrap(), &key, "t").await;
     let ca = ca_file(&cluster, dir.path());
     let key_yaml = format!(
-        "  bound_keypair:\n    signer: tpm\n    tpm_tcti: \"{}\"\n    tpm_key_handle: 0x81000100\n    pin_source: env:TPM_AUTH\n",
-        tpm.tcti()
+        "  bound_keypair:\n    signer: tpm\n    tpm_tcti: \"{tcti}\"\n    tpm_key_handle: 0x81000100\n    pin_source: env:TPM_AUTH\n"
     );
     let cfg = config(
         dir.path(),
@@ -129,28 +131,26 @@ async fn a_wrong_tpm_auth_value_halts_signing_and_marks_the_agent_unhealthy() {
         "30s",
     );
     let dir_path = dir.path().to_owned();
-    let agent =
-        blocking(move || Agent::start(&cfg, &dir_path, &[("TPM_AUTH", "wrong-auth-value")])).await;
-    let port = agent.diag;
-    blocking(move || {
-        wait_for("the halt", Duration::from_secs(10), || {
-            get(port, "/healthz").is_some_and(|(c, _)| c == 503)
-        })
+    let (status, logs) = blocking(move || {
+        let mut agent = Agent::spawn(
+            keybound(),
+            &cfg,
+            &dir_path,
+            &[("TPM_AUTH", "wrong-auth-value")],
+        );
+        (agent.wait_exit(Duration::from_secs(20)), agent.logs())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        metric(port, r#"keybound_joins_total{outcome="halted""#),
-        1.0,
-        "one attempt, no retries"
-    );
-    assert_eq!(metric(port, "keybound_healthy"), 0.0);
-    let (_, health) = get(port, "/healthz").unwrap();
-    assert!(
-        health.contains("refused the authorization value"),
-        "{health}"
-    );
-    assert!(!agent.logs().contains("wrong-auth-value"));
+    let status = status.unwrap_or_else(|| panic!("the agent did not end:\n{logs}"));
+    assert_eq!(status.code(), Some(78), "{logs}");
+    let error = logs
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or("");
+    assert!(error.starts_with("error: the first join failed"), "{logs}");
+    assert!(error.contains("refused the authorization value"), "{logs}");
+    assert!(!logs.contains("wrong-auth-value"));
+    assert_eq!(lockout_counter(&tcti), "0x1", "one try");
     assert_eq!(cluster.cluster.joins_completed(), 0);
 }
 
@@ -278,11 +278,12 @@ fn lockout_counter(tcti: &str) -> String {
         .to_owned()
 }
 
-/// An agent whose TPM authorization value (from a file) is wrong: the TPM refuses it once
-/// (lockout counter 1) and the agent halts. The operator rewrites the file with the same wrong
-/// value and sends SIGHUP: the agent reads it, knows the TPM refused it, and does not send it
-/// (the counter stays at 1, where before this fix it climbed 1 → 2 → 3 into lockout). The right
-/// value and another SIGHUP: it signs and renews.
+/// An agent renewing with a TPM key whose authorization value it reads from a file; the file
+/// is changed to a wrong value and SIGHUP sent: the TPM refuses it once (lockout counter 1) and
+/// the agent halts. The operator rewrites the file with the same wrong value and sends SIGHUP:
+/// the agent reads it, knows the TPM refused it, and does not send it (the counter stays at 1,
+/// where before this fix it climbed 1 → 2 → 3 into lockout). The right value and another
+/// SIGHUP: it signs and renews.
 #[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rereads_the_tpm_auth_file_and_never_resends_a_refused_value() {
@@ -301,7 +302,7 @@ async fn sighup_rereads_the_tpm_auth_file_and_never_resends_a_refused_value() {
         .unwrap();
     assert!(set.success());
     let auth_file = dir.path().join("tpm-auth");
-    write_pin_file(&auth_file, WRONG);
+    write_pin_file(&auth_file, RIGHT);
     let (cluster, cfg) = signal_driven(
         dir.path(),
         &key,
@@ -312,8 +313,20 @@ async fn sighup_rereads_the_tpm_auth_file_and_never_resends_a_refused_value() {
     )
     .await;
     let dir_path = dir.path().to_owned();
-    let agent = blocking(move || Agent::start(&cfg, &dir_path, &[])).await;
+    let agent = blocking(move || {
+        let agent = Agent::start(&cfg, &dir_path, &[]);
+        let a = &agent;
+        wait_for("the first renewal", Duration::from_secs(15), || {
+            a.renewals() >= 1.0
+        });
+        agent
+    })
+    .await;
     let port = agent.diag;
+
+    // A wrong value, signalled: tried once, refused, the agent halts.
+    write_pin_file(&auth_file, WRONG);
+    agent.signal("HUP");
     let agent = blocking(move || {
         wait_for_health(port, "refused the authorization value");
         agent
@@ -325,7 +338,7 @@ async fn sighup_rereads_the_tpm_auth_file_and_never_resends_a_refused_value() {
     write_pin_file(&auth_file, WRONG);
     agent.signal("HUP");
     let agent = blocking(move || {
-        wait_for_cycle(&agent, 2.0, 1.0);
+        wait_for_cycle(&agent, 2.0, 2.0);
         agent
     })
     .await;
@@ -340,14 +353,14 @@ async fn sighup_rereads_the_tpm_auth_file_and_never_resends_a_refused_value() {
             && text.contains("send keybound SIGHUP"),
         "{text}"
     );
-    assert_eq!(cluster.cluster.joins_completed(), 0);
+    assert_eq!(cluster.cluster.joins_completed(), 1);
 
     // The right value: the next SIGHUP signs and renews.
     write_pin_file(&auth_file, RIGHT);
     agent.signal("HUP");
     let agent = blocking(move || {
         wait_for("a renewal after the fix", Duration::from_secs(15), || {
-            agent.renewals() >= 1.0
+            agent.renewals() >= 2.0
         });
         wait_for("health after the fix", Duration::from_secs(5), || {
             get(port, "/healthz").is_some_and(|(c, _)| c == 200)
@@ -356,7 +369,7 @@ async fn sighup_rereads_the_tpm_auth_file_and_never_resends_a_refused_value() {
     })
     .await;
     assert_eq!(lockout_counter(&tcti), "0x1");
-    assert_eq!(cluster.cluster.joins_completed(), 1);
+    assert_eq!(cluster.cluster.joins_completed(), 2);
     let logs = agent.logs();
     assert!(!logs.contains(WRONG) && !logs.contains(RIGHT), "{logs}");
 }

@@ -74,7 +74,13 @@ async fn a_stalled_auth_call_does_not_stop_renewals() {
         before_fine,
         "the other output was not rewritten"
     );
-    assert_eq!(get(port, "/readyz").unwrap().0, 200);
+    // tbot's statuses: the identity and `fine` healthy, `slow` not, with the cause.
+    assert_eq!(get(port, "/readyz/identity").unwrap().0, 200);
+    assert_eq!(get(port, "/readyz/fine").unwrap().0, 200);
+    let (code, body) = get(port, "/readyz/slow").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("did not answer GenerateUserCerts"), "{body}");
+    assert_eq!(get(port, "/readyz").unwrap().0, 503);
 
     // The cluster answers again: the stalled output is written at the next attempt.
     cluster.cluster.set_misbehaviour(None);
@@ -88,6 +94,12 @@ async fn a_stalled_auth_call_does_not_stop_renewals() {
     })
     .await;
     crate::support::assert_output_verifies(&slow);
+    blocking(move || {
+        wait_for("every service ready", Duration::from_secs(10), || {
+            get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+        })
+    })
+    .await;
     // Still the bot instance it started with: every renewal was an authenticated rejoin.
     assert_eq!(cluster.cluster.bot_instances("robot"), 1);
     drop(agent);

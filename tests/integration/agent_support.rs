@@ -53,6 +53,18 @@ pub(crate) fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> b
     panic!("timed out waiting for {what}");
 }
 
+/// Waits up to `limit` for `/readyz/identity` to answer 503; its body.
+pub(crate) fn identity_not_ready(port: u16, limit: Duration) -> String {
+    let mut body = String::new();
+    wait_for("/readyz/identity 503", limit, || {
+        get(port, "/readyz/identity").is_some_and(|(c, b)| {
+            body = b;
+            c == 503
+        })
+    });
+    body
+}
+
 /// A running `keybound start` (long-running); killed on drop, its output kept.
 pub(crate) struct Agent {
     pub(crate) child: Option<Child>,
@@ -66,12 +78,18 @@ impl Agent {
     }
 
     /// As [`Agent::start`], with `cmd` as the program: `keybound`, or a tool that runs it.
-    pub(crate) fn start_with(
-        mut cmd: Command,
-        cfg: &Path,
-        dir: &Path,
-        env: &[(&str, &str)],
-    ) -> Self {
+    pub(crate) fn start_with(cmd: Command, cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
+        let agent = Self::spawn(cmd, cfg, dir, env);
+        let diag = agent.diag;
+        wait_for("the diagnostics listener", Duration::from_secs(10), || {
+            get(diag, "/healthz").is_some()
+        });
+        agent
+    }
+
+    /// As [`Agent::start_with`], without waiting for the diagnostics listener (an agent that
+    /// may end at once).
+    pub(crate) fn spawn(mut cmd: Command, cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
         let diag = free_port();
         let log = dir.join("agent.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -85,15 +103,11 @@ impl Agent {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let agent = Self {
+        Self {
             child: Some(child),
             diag,
             log,
-        };
-        wait_for("the diagnostics listener", Duration::from_secs(10), || {
-            get(diag, "/healthz").is_some()
-        });
-        agent
+        }
     }
 
     pub(crate) fn signal(&self, name: &str) {
@@ -109,6 +123,20 @@ impl Agent {
 
     pub(crate) fn renewals(&self) -> f64 {
         metric(self.diag, "keybound_renewals_total")
+    }
+
+    /// Waits up to `limit` for the agent to exit by itself; its exit status, or `None`.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub(crate) fn logs(&self) -> String {
@@ -150,11 +178,24 @@ pub(crate) fn config(
     interval: &str,
     ttl: &str,
 ) -> std::path::PathBuf {
+    config_with_storage(dir, proxy, ca, key_yaml, interval, ttl, "  type: memory\n")
+}
+
+/// As [`config`], with `storage` as the lines under `storage:`.
+pub(crate) fn config_with_storage(
+    dir: &Path,
+    proxy: &str,
+    ca: &Path,
+    key_yaml: &str,
+    interval: &str,
+    ttl: &str,
+    storage: &str,
+) -> std::path::PathBuf {
     let path = dir.join("tbot.yaml");
     std::fs::write(
         &path,
         format!(
-            "version: v2\nproxy_server: {proxy}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n{key_yaml}storage:\n  type: memory\ncredential_ttl: {ttl}\nrenewal_interval: {interval}\nservices:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
+            "version: v2\nproxy_server: {proxy}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n{key_yaml}storage:\n{storage}credential_ttl: {ttl}\nrenewal_interval: {interval}\nservices:\n  - type: identity\n    destination:\n      type: directory\n      path: {}\n",
             ca.display(),
             dir.join("out").display()
         ),

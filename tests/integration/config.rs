@@ -238,21 +238,26 @@ fn checks_across_keys() {
     );
 }
 
+/// The configuration keeps the path (what messages may show); the join reads the file.
 #[test]
 fn a_token_given_as_an_absolute_path_is_read_from_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "from-file-token\n").unwrap();
-    let yaml = HEAD.replace(
-        "token: example-token",
-        &format!("token: {}", token_file.display()),
-    );
+    let path = token_file.display().to_string();
+    let yaml = HEAD.replace("token: example-token", &format!("token: {path}"));
+    let token = Config::parse(&yaml, "x").unwrap().onboarding.token;
+    assert_eq!(token, path);
     assert_eq!(
-        Config::parse(&yaml, "x").unwrap().onboarding.token,
+        keybound::config::token::read(&token).unwrap(),
         "from-file-token"
     );
     let missing = HEAD.replace("token: example-token", "token: /no/such/token");
-    assert!(parse_err(&missing).contains("cannot read token file /no/such/token"));
+    assert!(
+        parse_err(&missing).contains("onboarding.token: cannot read the token file /no/such/token"),
+        "{}",
+        parse_err(&missing)
+    );
 }
 
 #[test]

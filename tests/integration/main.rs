@@ -2,8 +2,10 @@
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
 mod agent;
+mod agent_health;
 mod agent_pins;
 mod agent_stalls;
+mod agent_start;
 mod agent_support;
 mod authapi;
 mod cli;

@@ -386,3 +386,87 @@ async fn flags_alone_with_an_env_key_and_memory_storage() {
     );
     assert!(out.join("identity").is_file());
 }
+
+/// The token given as an absolute path to a file holding it, as docs/config.md says, from each
+/// of the three places tbot takes it: `--token`, `$TELEPORT_BOT_TOKEN` and `onboarding.token`.
+/// Each joins with the name in the file; a refused one names the file, never its contents; an
+/// unreadable one names where it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_works_from_the_flag_the_variable_and_the_config_key() {
+    let Setup {
+        dir,
+        cfg,
+        cluster: _cluster,
+        ..
+    } = setup(Algorithm::Ed25519, false).await;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t\n").unwrap();
+    let token_path = token_file.display().to_string();
+    let start = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = keybound();
+        cmd.args(["start", "--oneshot", "--storage", "memory://", "-c"])
+            .arg(&cfg)
+            .args(extra)
+            .env_remove("TELEPORT_BOT_TOKEN");
+        if let Some(value) = env {
+            cmd.env("TELEPORT_BOT_TOKEN", value);
+        }
+        run(cmd)
+    };
+    let joined = |output: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stdout(output).starts_with("Joined cluster"), "{stderr}");
+    };
+    joined(&start(&["--token", &token_path], None).await);
+    joined(&start(&[], Some(&token_path)).await);
+    let in_config = dir.path().join("file-token.yaml");
+    std::fs::write(
+        &in_config,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("token: t\n", &format!("token: {token_path}\n")),
+    )
+    .unwrap();
+    let mut cmd = keybound();
+    cmd.args(["start", "--oneshot", "--storage", "memory://", "-c"])
+        .arg(&in_config)
+        .env_remove("TELEPORT_BOT_TOKEN");
+    joined(&run(cmd).await);
+
+    // A file holding a name the cluster does not know: refused (77), naming the file only.
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "secret-name-4242\n").unwrap();
+    let wrong_path = wrong.display().to_string();
+    for output in [
+        start(&["--token", &wrong_path], None).await,
+        start(&[], Some(&wrong_path)).await,
+    ] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(77), "{stderr}");
+        assert!(
+            stderr.contains(&format!("joining with the token in {wrong_path}: ")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("token expired or not found"), "{stderr}");
+        assert!(!stderr.contains("secret-name-4242"), "{stderr}");
+    }
+
+    // A file that cannot be read: a configuration error naming where it came from.
+    for (output, from) in [
+        (start(&["--token", "/no/such/token"], None).await, "--token"),
+        (
+            start(&[], Some("/no/such/token")).await,
+            "$TELEPORT_BOT_TOKEN",
+        ),
+    ] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{from}: cannot read the token file /no/such/token: "
+            )),
+            "{stderr}"
+        );
+    }
+}
