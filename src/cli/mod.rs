@@ -294,13 +294,13 @@ pub struct DevClusterArgs {
     pub cluster_name: String,
 
     /// A Teleport token resource file (YAML, the tctl create format); repeatable. It may also
-    /// hold roles and bots, like --resources.
+    /// hold roles, bots and locks, like --resources.
     #[arg(long = "token", value_name = "FILE")]
     pub tokens: Vec<PathBuf>,
 
-    /// A Teleport resource file: tokens, roles and bots (YAML, the tctl create format);
+    /// A Teleport resource file: tokens, roles, bots and locks (YAML, the tctl create format);
     /// repeatable. A `kind: bot` gives the bot the role bot-NAME, which may impersonate its
-    /// spec.roles.
+    /// spec.roles. While it runs, `keybound dev-cluster create` adds more.
     #[arg(long = "resources", value_name = "FILE")]
     pub resources: Vec<PathBuf>,
 
@@ -486,8 +486,8 @@ pub struct AdminLock {
     pub join_token: Option<String>,
 
     /// Why, for whoever is refused.
-    #[arg(long, default_value = "")]
-    pub message: String,
+    #[arg(long)]
+    pub message: Option<String>,
 
     /// Lift the lock after this long (default: never).
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]

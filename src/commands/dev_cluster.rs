@@ -98,7 +98,7 @@ async fn lock(args: &AdminLock, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let expires = args.ttl.map(|ttl| std::time::SystemTime::now() + ttl);
     let name = client(&args.admin)?
-        .lock(target, args.message.clone(), expires)
+        .lock(target, args.message.clone().unwrap_or_default(), expires)
         .await?;
     writeln!(out, "Created a lock with name {name:?}.")?;
     Ok(())

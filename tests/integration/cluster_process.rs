@@ -40,19 +40,26 @@ impl ClusterProcess {
         args: &[S],
         env: &[(&str, &OsStr)],
     ) -> Self {
-        let (ca, log) = (dir.join("ca.pem"), dir.join("dev-cluster.log"));
-        let mut child = keybound()
-            .args([
-                "--log-format",
-                "json",
-                "dev-cluster",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--ca-out")
-            .arg(&ca)
-            .args(args)
-            .envs(env.iter().copied())
+        let ca = dir.join("ca.pem");
+        let mut cmd = keybound();
+        cmd.args([
+            "--log-format",
+            "json",
+            "dev-cluster",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--ca-out")
+        .arg(&ca)
+        .args(args)
+        .envs(env.iter().copied());
+        Self::spawn(cmd, ca, dir.join("dev-cluster.log"))
+    }
+
+    /// Runs `cmd`, a dev cluster that writes its CA bundle to `ca`, its stderr to `log`, and
+    /// waits (a minute at most) for it to print its proxy address and admin socket.
+    pub(crate) fn spawn(mut cmd: Command, ca: PathBuf, log: PathBuf) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -433,3 +433,72 @@ fn the_admin_socket_refuses_other_users() {
     // Root, the cluster's user, is served as before.
     run_ok(&mut cluster.admin(&["status"]));
 }
+
+/// The README's quick start by hand, as written (its port changed to a free one): the dev
+/// cluster in one shell, the guide's steps in another, with `keybound` on the PATH and a
+/// runtime directory of the test's own.
+#[test]
+fn the_readmes_quick_start_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(block, _)| block))
+        .collect();
+    let at = blocks
+        .iter()
+        .position(|b| b.starts_with("keybound dev-cluster --listen 127.0.0.1:3080"))
+        .expect("the README's quick start starts a dev cluster on 127.0.0.1:3080");
+    let port = crate::support::free_port().to_string();
+    let (serve, steps) = (
+        blocks[at].replace("3080", &port),
+        blocks[at + 1].replace("3080", &port),
+    );
+    assert!(
+        steps.contains("keybound dev-cluster create -f token.yaml"),
+        "{steps}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_keybound")).parent().unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(bin.to_owned())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let shell = |script: &str| {
+        let mut cmd = Command::new(tool("bash"));
+        cmd.args(["-euo", "pipefail", "-c", script])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env_remove("TBOT_BOUND_KEYPAIR_STATIC_KEY")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let cluster = ClusterProcess::spawn(
+        shell(&format!("exec {serve}")),
+        dir.path().join("ca.pem"),
+        dir.path().join("dev-cluster.log"),
+    );
+    let output = run_ok(&mut shell(&steps));
+    let printed = stdout(&output);
+    assert!(
+        printed.contains("Joined cluster dev.keybound.test as bot \"example\""),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("token \"example-token\" has been created"),
+        "{printed}"
+    );
+    let listed = printed.lines().last().unwrap_or_default();
+    assert!(
+        listed.starts_with("example-token  example  bound_keypair  1/0 insecure"),
+        "{printed}"
+    );
+    cluster.stop();
+}
