@@ -101,8 +101,8 @@ impl Catalog {
         if let Some(role) = self.roles.get(name) {
             return Some(role.clone());
         }
-        if let Some(role) = self.bot_role(name) {
-            return Some(role);
+        if let Some(bot) = self.bot_of_role(name) {
+            return Some(Role::for_bot(bot));
         }
         self.tokens
             .values()
@@ -113,12 +113,11 @@ impl Catalog {
             })
     }
 
-    /// The role a `kind: bot` implies, when `name` is one.
-    fn bot_role(&self, name: &str) -> Option<Role> {
+    /// The bot whose role (`bot-<name>`) is `role`, if any.
+    fn bot_of_role(&self, role: &str) -> Option<&Bot> {
         self.bots
             .values()
-            .find(|b| bot_resource_name(&b.name) == name)
-            .map(Role::for_bot)
+            .find(|b| bot_resource_name(&b.name) == role)
     }
 
     /// Every role's name: the resources' and the bots'.
@@ -222,10 +221,7 @@ impl Catalog {
         if let Some(role) = self.roles.get(name) {
             return Some(role.to_resource());
         }
-        let bot = self
-            .bots
-            .values()
-            .find(|b| bot_resource_name(&b.name) == name)?;
+        let bot = self.bot_of_role(name)?;
         let mut shown = Role::for_bot(bot).to_resource();
         shown["metadata"]["labels"] = serde_json::json!({ BOT_LABEL: bot.name });
         Some(shown)
@@ -250,31 +246,24 @@ impl Catalog {
     pub(super) fn remove(&mut self, kind: Kind, name: &str) -> Result<(), Refusal> {
         let removed = match kind {
             Kind::Token => self.tokens.remove(name).is_some(),
-            Kind::Role => {
-                if self.roles.remove(name).is_none() {
-                    if let Some(bot) = self
-                        .bots
-                        .values()
-                        .find(|b| bot_resource_name(&b.name) == name)
-                    {
-                        return Err(Refusal::Invalid(format!(
-                            "role {name:?} is the role of bot {:?}; remove the bot (rm bots/{}) to remove it",
-                            bot.name, bot.name
-                        )));
-                    }
-                    false
-                } else {
-                    true
-                }
-            }
+            Kind::Role => self.roles.remove(name).is_some(),
             Kind::Bot => self.bots.remove(name).is_some(),
             Kind::Lock => self.locks.remove(name).is_some(),
         };
         if removed {
-            Ok(())
-        } else {
-            Err(not_found(kind, name))
+            return Ok(());
         }
+        // A bot's role is the bot's: it goes with it.
+        let owner = (kind == Kind::Role)
+            .then(|| self.bot_of_role(name))
+            .flatten();
+        Err(match owner {
+            Some(bot) => Refusal::Invalid(format!(
+                "role {name:?} is the role of bot {:?}; remove the bot (rm bots/{}) to remove it",
+                bot.name, bot.name
+            )),
+            None => not_found(kind, name),
+        })
     }
 }
 
