@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The quickstart: a local dev cluster, a new static key, `keybound start --oneshot` (a join, then
-# an authenticated rejoin), and the role-impersonated certificates it obtained. Everything lives in a scratch directory that is removed at the end
-# (set KEEP=1 to keep it).
+# The quickstart: a local dev cluster, a new static key, its bot and token created in the running
+# cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
+# then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
+# and a lock. The cluster never restarts. Everything lives in a scratch directory that is removed
+# at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --features tpm
@@ -14,6 +16,18 @@ cleanup() {
 }
 trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# The running dev cluster's admin side (tctl's create, get, ls, rm, lock), through its socket.
+admin() { printf '$ keybound dev-cluster' >&2; printf ' %q' "$@" >&2; echo >&2; "$kb" dev-cluster "$@" --admin-socket "$dir/admin.sock"; }
+
+step "0. A local dev cluster, empty (its admin socket in $dir, mode 0600)"
+"$kb" dev-cluster --listen 127.0.0.1:0 --ca-out "$dir/cluster-ca.pem" --admin-socket "$dir/admin.sock" \
+  > "$dir/cluster.log" 2>&1 &
+cluster_pid=$!
+for _ in $(seq 100); do grep -q '^admin socket:' "$dir/cluster.log" && break; sleep 0.05; done
+grep -q '^admin socket:' "$dir/cluster.log" || { cat "$dir/cluster.log"; exit 1; }
+proxy=$(sed -n 's/^proxy_server: //p' "$dir/cluster.log")
+grep -v INFO "$dir/cluster.log"
+admin status
 
 step "1. A static bound keypair (the private key stays in $dir/bound-key.pem, mode 0600)"
 "$kb" keypair create --static --algorithm ed25519 --static-key-path "$dir/bound-key.pem" --format json
@@ -64,14 +78,11 @@ spec:
 YAML
 cat "$dir/resources.yaml"
 
-step "3. A local dev cluster serving them"
-"$kb" dev-cluster --listen 127.0.0.1:0 --token "$dir/token.yaml" --resources "$dir/resources.yaml" \
-  --ca-out "$dir/cluster-ca.pem" > "$dir/cluster.log" 2>&1 &
-cluster_pid=$!
-for _ in $(seq 100); do grep -q '^proxy_server:' "$dir/cluster.log" && break; sleep 0.05; done
-grep -q '^proxy_server:' "$dir/cluster.log" || { cat "$dir/cluster.log"; exit 1; }
-proxy=$(sed -n 's/^proxy_server: //p' "$dir/cluster.log")
-grep -v INFO "$dir/cluster.log"
+step "3. Created in the running cluster: the seed guide's tctl create steps"
+admin create -f "$dir/resources.yaml"
+admin create -f "$dir/token.yaml"
+admin ls tokens
+admin ls bots
 
 step "4. keybound start --oneshot with a tbot.yaml"
 cat > "$dir/tbot.yaml" <<YAML
@@ -118,12 +129,18 @@ hsm_public=$("$kb" keypair show "${hsm[@]}" | sed -n 's/^public key: *//p')
 "$kb" signer list --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --pin-source env:HSM_PIN
 sed "s|name: demo-token|name: hsm-token|; s|initial_public_key: .*|initial_public_key: $hsm_public|; s|bot_name: demo|bot_name: demo-hsm|" \
   "$dir/token.yaml" > "$dir/hsm-token.yaml"
-kill "$cluster_pid"; wait "$cluster_pid" 2>/dev/null || true
-"$kb" dev-cluster --listen 127.0.0.1:0 --token "$dir/token.yaml" --token "$dir/hsm-token.yaml" \
-  --resources "$dir/resources.yaml" --ca-out "$dir/cluster-ca.pem" > "$dir/cluster.log" 2>&1 &
-cluster_pid=$!
-for _ in $(seq 100); do grep -q '^proxy_server:' "$dir/cluster.log" && break; sleep 0.05; done
-proxy=$(sed -n 's/^proxy_server: //p' "$dir/cluster.log")
+admin create -f "$dir/hsm-token.yaml"
 "$kb" start --oneshot --proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem" --join-method bound_keypair \
   --token hsm-token --storage memory:// --destination-dir "$dir/out-hsm" "${hsm[@]}" --require-hardware-key
 openssl verify -CAfile "$dir/out-hsm/teleport-user-ca.crt" "$dir/out-hsm/tlscert"
+
+step "6b. The first bot's stored identity is still good: no restart, so another authenticated rejoin"
+"$kb" start -c "$dir/tbot.yaml" --oneshot
+admin get tokens/demo-token
+
+step "7. A lock on the token refuses the bot; removing it lets the bot back (tctl lock, tctl rm)"
+lock=$(admin lock --join-token demo-token --message "demo: key under review" | sed -n 's/^Created a lock with name "\(.*\)"\.$/\1/p')
+admin ls locks
+if "$kb" start -c "$dir/tbot.yaml" --oneshot; then echo "the locked bot joined" >&2; exit 1; fi
+admin rm "locks/$lock"
+"$kb" start -c "$dir/tbot.yaml" --oneshot

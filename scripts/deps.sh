@@ -16,8 +16,9 @@ packages=(
   # for `keybound doctor`'s clock-skew test
   bash zsh fish groff-base man-db faketime
   # systemd-analyze checks the systemd unit recipe (verify, and security --offline); useradd and
-  # runuser run its steps (scripts/check-systemd-recipe.sh); script gives the log test a terminal
-  systemd passwd util-linux bsdutils
+  # runuser run its steps (scripts/check-systemd-recipe.sh); script gives the log test a terminal;
+  # setpriv and curl knock on the dev cluster's admin socket as another user
+  systemd passwd util-linux bsdutils curl
   # scripts/perf.py: peak RSS of a whole process
   time
   # the agent's health endpoints read as a probe would (tests/integration/agent_health.rs)

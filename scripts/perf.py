@@ -157,7 +157,7 @@ class Oneshot:
         (w / "resources.yaml").write_text("---\n".join(resources))
         cluster = subprocess.Popen(
             [self.kb, "dev-cluster", "--listen", "127.0.0.1:0", "--resources",
-             w / "resources.yaml", "--ca-out", w / "ca.pem"],
+             w / "resources.yaml", "--ca-out", w / "ca.pem", "--admin-socket", w / "admin.sock"],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.children.append(cluster)
         for line in cluster.stdout:

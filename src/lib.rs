@@ -83,15 +83,22 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             &args,
             &mut std::io::stdout().lock(),
         )?),
-        Command::DevCluster(args) => {
-            let config = args.to_config()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            Ok(runtime.block_on(keybound_devcluster::run(config, &args.ca_out))?)
-        }
+        Command::DevCluster(command) => match &command.admin {
+            Some(admin) => Ok(runtime()?.block_on(commands::dev_cluster::run(
+                admin,
+                &mut std::io::stdout().lock(),
+            ))?),
+            None => {
+                let args = &command.serve;
+                let config = args.to_config()?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?;
+                Ok(runtime.block_on(keybound_devcluster::run(config, &args.to_serve()))?)
+            }
+        },
         Command::Doctor(args) => {
             let runtime = runtime()?;
             let result =

@@ -203,6 +203,8 @@ fn grant(
     if impersonating {
         check_impersonation(cluster, caller, &roles)?;
     }
+    // `generateUserCert`: no certificates for a locked user, nor for a locked role.
+    cluster.check_user_locks(&caller.username, &roles)?;
     Ok(Grant {
         impersonating,
         disallow_reissue: impersonating && !req.reissuable_role_impersonation,

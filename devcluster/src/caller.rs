@@ -1,6 +1,7 @@
 //! Who calls: the identity in the client certificate that Auth's endpoint verified against the
-//! user CA (`tlsca.FromSubject`), and whether that identity may act. A caller whose join token
-//! is locked is refused with Teleport's bare "access denied".
+//! user CA (`tlsca.FromSubject`), and whether that identity may act. A caller a lock targets (its
+//! user, one of its roles, or the join token it joined with) is refused with Teleport's bare
+//! "access denied".
 
 use std::time::SystemTime;
 
@@ -10,6 +11,7 @@ use tonic::{Request, Status};
 use x509_cert::der::Decode as _;
 
 use crate::cluster::Cluster;
+use crate::locks::LockTarget;
 
 /// The caller of an Auth RPC, read from its verified client certificate (`tlsca.FromSubject`).
 #[derive(Clone, Debug)]
@@ -56,33 +58,36 @@ fn access_denied() -> Status {
     Status::permission_denied("access denied")
 }
 
+impl Caller {
+    /// What a lock may target in this identity (`LockTargetsFromTLSIdentity`,
+    /// `lib/services/lock.go`: the user and its roles), and the join token it joined with.
+    fn lock_targets(&self) -> Vec<LockTarget> {
+        let mut targets = vec![LockTarget::User(self.username.clone())];
+        targets.extend(self.roles.iter().cloned().map(LockTarget::Role));
+        targets.extend(self.join_token.clone().map(LockTarget::JoinToken));
+        targets
+    }
+}
+
 impl Cluster {
-    /// The caller of `request`, refused when there is none or its join token is locked.
+    /// The caller of `request`, refused when there is none or a lock targets it.
     pub(crate) fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let caller = request
             .extensions()
             .get::<Caller>()
             .cloned()
             .ok_or_else(access_denied)?;
-        if caller
-            .join_token
-            .as_deref()
-            .is_some_and(|t| self.lock_on(t).is_some())
-        {
+        if self.check_locks(&caller.lock_targets()).is_err() {
             return Err(access_denied());
         }
         Ok(caller)
     }
 
-    /// Whether a caller may use its identity to rejoin: not when its join token is locked
-    /// (Teleport's authorizer fails, and the join server treats the stream as unauthenticated).
+    /// Whether a caller may use its identity to rejoin: not when a lock targets it (Teleport's
+    /// authorizer fails, and the join server treats the stream as unauthenticated).
     pub(crate) fn authenticated_bot(&self, caller: Option<&Caller>) -> Option<Caller> {
         let caller = caller?;
-        if caller
-            .join_token
-            .as_deref()
-            .is_some_and(|t| self.lock_on(t).is_some())
-        {
+        if self.check_locks(&caller.lock_targets()).is_err() {
             return None;
         }
         caller.bot_name.as_ref()?;

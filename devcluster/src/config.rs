@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use keybound_teleport::suite::Suite;
 
+use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
 use crate::roles::{Bot, Role};
 use crate::tokens::Token;
@@ -31,6 +32,8 @@ pub struct DevClusterConfig {
     pub roles: Vec<Role>,
     /// Bots: each gets the role `bot-<name>`, which may impersonate the bot's roles.
     pub bots: Vec<Bot>,
+    /// Locks in force from the start.
+    pub locks: Vec<Lock>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -50,6 +53,7 @@ impl Default for DevClusterConfig {
             tokens: Vec::new(),
             roles: Vec::new(),
             bots: Vec::new(),
+            locks: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
         }

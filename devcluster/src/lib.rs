@@ -13,28 +13,34 @@
 //! services (where a bot's certificate makes a soft rejoin: same instance, generation + 1),
 //! `proto.AuthService` (`Ping`, `GetRole`, `GetClusterCACert`, `GenerateUserCerts` with role
 //! impersonation, `auth.rs`) and `teleport.trust.v1.TrustService` (CA reads, `trust.rs`).
-//! Tokens, roles and bots load from Teleport's resource YAML; challenges, recovery, join state,
-//! rotation, generations and locks follow Auth (`join/`); certificates are real X.509 and SSH
-//! certificates from in-memory CAs ([`ca`]).
+//! Tokens, roles, bots and locks load from Teleport's resource YAML, at start or, while it runs,
+//! through its admin socket (`admin/`: what `tctl create`, `get` and `rm` do, for the user
+//! running it only); challenges, recovery, join state, rotation, generations and locks follow
+//! Auth (`join/`); certificates are real X.509 and SSH certificates from in-memory CAs ([`ca`]).
 //!
-//! It is not Teleport: Auth and Proxy share one process, nothing persists, and only the RPCs a
-//! bot makes exist.
+//! It is not Teleport: Auth and Proxy share one process, nothing persists past its exit, and
+//! only the RPCs a bot makes exist.
 //!
 //! # The map
 //!
 //! Each module imports only modules listed before it:
 //!
 //! * `misbehave`: the test-only misbehaviours ([`Misbehaviour`]);
-//! * [`ca`]: the certificate authorities; [`tokens`], [`roles`]: resources from YAML;
+//! * [`ca`]: the certificate authorities; [`roles`], [`tokens`], [`locks`]: resources from
+//!   YAML, and as `tctl get` shows them; [`resources`]: YAML files of them, and their kinds;
 //! * `config`: [`DevClusterConfig`];
-//! * `cluster`: the state every connection shares ([`Cluster`]): tokens and their status, bot
-//!   instances and generations, locks, the clock, counters;
+//! * `cluster`: the state every connection shares ([`Cluster`]): the resources (tokens and
+//!   their status, roles, bots, locks: `cluster/catalog.rs`), bot instances and generations,
+//!   the clock, counters;
 //! * `caller`: the identity in a verified client certificate; `subject_keys`: the keys a client
 //!   sends for its certificates;
 //! * the RPC services: `join/` (`JoinService` and the legacy `JoinService` over one
 //!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`);
 //! * `front/`: TLS, routing by ALPN, the web API, the listeners, and `front/services.rs`, where
 //!   every gRPC service is registered ([`DevCluster`]);
+//! * [`admin`]: the admin socket ([`AdminServer`](admin::AdminServer)) and its client
+//!   ([`AdminClient`](admin::AdminClient)), which `keybound dev-cluster create`, `get`, `ls`,
+//!   `rm`, `lock` and `status` use;
 //! * `run`: the `keybound dev-cluster` command ([`run()`]).
 //!
 //! # Adding an RPC
@@ -59,6 +65,7 @@
 //! 5. **A test**: a unit test next to the code for what stands alone, and an integration test
 //!    (`tests/integration/`) that calls the RPC on a [`DevCluster`] the way a client does.
 
+pub mod admin;
 mod auth;
 pub mod ca;
 mod caller;
@@ -66,7 +73,9 @@ mod cluster;
 mod config;
 mod front;
 mod join;
+pub mod locks;
 mod misbehave;
+pub mod resources;
 pub mod roles;
 mod run;
 mod subject_keys;
@@ -77,4 +86,4 @@ pub use cluster::{Cluster, GaveUp};
 pub use config::DevClusterConfig;
 pub use front::DevCluster;
 pub use misbehave::{Misbehaviour, OTHER_CLUSTER, STALLED_ROLE, default_hostile_text};
-pub use run::run;
+pub use run::{Serve, run};

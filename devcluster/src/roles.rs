@@ -75,6 +75,51 @@ impl Role {
             }),
         }
     }
+
+    /// The role as `tctl get` shows it: the keys the dev cluster keeps.
+    pub fn to_resource(&self) -> serde_json::Value {
+        let impersonate = |roles: &[String], users: &[String]| {
+            let mut out = serde_json::Map::new();
+            if !roles.is_empty() {
+                out.insert("roles".to_owned(), roles.into());
+            }
+            if !users.is_empty() {
+                out.insert("users".to_owned(), users.into());
+            }
+            out
+        };
+        let mut allow = serde_json::Map::new();
+        if !self.logins.is_empty() {
+            allow.insert("logins".to_owned(), self.logins.clone().into());
+        }
+        let allowed = impersonate(&self.impersonate_roles, &self.impersonate_users);
+        if !allowed.is_empty() {
+            allow.insert("impersonate".to_owned(), allowed.into());
+        }
+        let mut deny = serde_json::Map::new();
+        let denied = impersonate(&self.deny_impersonate_roles, &[]);
+        if !denied.is_empty() {
+            deny.insert("impersonate".to_owned(), denied.into());
+        }
+        serde_json::json!({
+            "kind": "role",
+            "version": "v7",
+            "metadata": { "name": self.name },
+            "spec": { "allow": allow, "deny": deny },
+        })
+    }
+}
+
+impl Bot {
+    /// The bot as `tctl get` shows it.
+    pub fn to_resource(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "bot",
+            "version": "v1",
+            "metadata": { "name": self.name },
+            "spec": { "roles": self.roles },
+        })
+    }
 }
 
 /// `RoleSet.CheckImpersonateRoles` (`lib/services/role.go`) for role requests: a deny rule
@@ -292,5 +337,37 @@ mod tests {
             "{err:#}"
         );
         assert!(parse("kind: user\nversion: v2\nmetadata: {name: u}\n").is_err());
+    }
+
+    #[test]
+    fn what_get_shows_reads_back_the_same() {
+        let mut role = role("r", &["access", "db-*"], &["admin"]);
+        role.logins = names(&["root"]);
+        role.impersonate_users = names(&["alice"]);
+        let shown = serde_yaml::to_value(role.to_resource()).unwrap();
+        let Parsed::Role(back) = from_value(shown).unwrap() else {
+            panic!("not a role")
+        };
+        assert_eq!(back, role);
+        let bare = Role {
+            name: "empty".into(),
+            ..Role::default()
+        };
+        let Parsed::Role(back) =
+            from_value(serde_yaml::to_value(bare.to_resource()).unwrap()).unwrap()
+        else {
+            panic!("not a role")
+        };
+        assert_eq!(back, bare);
+        let bot = Bot {
+            name: "ci".into(),
+            roles: names(&["access"]),
+        };
+        let Parsed::Bot(back) =
+            from_value(serde_yaml::to_value(bot.to_resource()).unwrap()).unwrap()
+        else {
+            panic!("not a bot")
+        };
+        assert_eq!(back, bot);
     }
 }

@@ -1,16 +1,33 @@
-//! `keybound dev-cluster`: a dev cluster on the command line, until SIGINT or SIGTERM.
+//! `keybound dev-cluster`: a dev cluster on the command line, with its admin socket, until
+//! SIGINT or SIGTERM.
+
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use tracing::info;
 
+use crate::admin::AdminServer;
 use crate::config::DevClusterConfig;
 use crate::front::DevCluster;
+use crate::resources::Kind;
 
-/// Runs `keybound dev-cluster` until SIGINT or SIGTERM.
-pub async fn run(config: DevClusterConfig, ca_out: &std::path::Path) -> anyhow::Result<()> {
+/// What the command does besides serving the cluster: where it writes the CA bundle and
+/// where its admin socket goes.
+#[derive(Clone, Debug)]
+pub struct Serve {
+    /// The CA bundle clients trust, written at start.
+    pub ca_out: PathBuf,
+    /// The admin socket; `<port>.sock` in [`default_dir`](crate::admin::default_dir) without.
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// Runs `keybound dev-cluster` until SIGINT or SIGTERM; its admin socket goes with it.
+pub async fn run(config: DevClusterConfig, serve: &Serve) -> anyhow::Result<()> {
+    let ca_out = &serve.ca_out;
     let cluster = DevCluster::start(config).await?;
     write_ca_bundle(ca_out, &cluster.ca_pem())
         .with_context(|| format!("writing the CA bundle to {}", ca_out.display()))?;
+    let admin = AdminServer::start(&cluster, serve.admin_socket.as_deref())?;
     println!(
         "keybound dev cluster {:?} listening on {}",
         cluster.cluster.ca().cluster_name(),
@@ -21,8 +38,15 @@ pub async fn run(config: DevClusterConfig, ca_out: &std::path::Path) -> anyhow::
         println!("auth_server: {addr}");
     }
     println!("CA bundle: {}", ca_out.display());
-    let tokens = cluster.cluster.token_count();
-    println!("tokens: {tokens}, roles: {}", cluster.cluster.role_count());
+    println!("admin socket: {}", admin.path().display());
+    let count = |kind| cluster.cluster.count(kind);
+    println!(
+        "tokens: {}, bots: {}, roles: {}, locks: {}",
+        count(Kind::Token),
+        count(Kind::Bot),
+        count(Kind::Role),
+        count(Kind::Lock)
+    );
     use std::io::Write as _;
     std::io::stdout().flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -31,6 +55,7 @@ pub async fn run(config: DevClusterConfig, ca_out: &std::path::Path) -> anyhow::
         _ = term.recv() => {}
     }
     info!("dev cluster stopping");
+    drop(admin);
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 use keybound_signer::PublicKey;
+use keybound_teleport::time::format_time;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -56,6 +57,10 @@ pub struct Token {
     pub bot_name: String,
     /// `spec.bound_keypair`.
     pub bound_keypair: BoundKeypairSpec,
+    /// `status.bound_keypair` as the resource gave it (empty when it has none): where the
+    /// cluster's status for the token starts. What the cluster keeps afterwards is its own
+    /// (`Cluster::token_status_of`).
+    pub status: Status,
 }
 
 /// `spec.bound_keypair`.
@@ -103,6 +108,8 @@ struct Resource {
     version: String,
     metadata: Metadata,
     spec: Spec,
+    #[serde(default)]
+    status: Option<RawStatus>,
 }
 
 #[derive(Deserialize)]
@@ -147,7 +154,47 @@ struct RawRecovery {
     mode: String,
 }
 
-fn rfc3339(field: &str, text: &str) -> anyhow::Result<SystemTime> {
+/// `status`, as `tctl get` shows it (what a `tctl edit` round trip gives back).
+#[derive(Deserialize)]
+struct RawStatus {
+    bound_keypair: Option<RawBoundStatus>,
+}
+
+/// `status.bound_keypair`; Teleport's other fields (`registration_secret`) are left out.
+#[derive(Deserialize)]
+struct RawBoundStatus {
+    bound_public_key: Option<String>,
+    bound_bot_instance_id: Option<String>,
+    #[serde(default)]
+    recovery_count: u32,
+    last_recovered_at: Option<String>,
+    last_rotated_at: Option<String>,
+}
+
+impl RawBoundStatus {
+    fn check(self, name: &str) -> anyhow::Result<Status> {
+        let at = |field: &str, text: Option<String>| {
+            text.filter(|t| !t.is_empty())
+                .map(|t| rfc3339(&format!("status.bound_keypair.{field}"), &t))
+                .transpose()
+        };
+        let bound_public_key = self.bound_public_key.filter(|k| !k.trim().is_empty());
+        if let Some(key) = &bound_public_key {
+            PublicKey::from_openssh(key)
+                .with_context(|| format!("token {name}: status.bound_keypair.bound_public_key"))?;
+        }
+        Ok(Status {
+            bound_public_key,
+            bound_bot_instance_id: self.bound_bot_instance_id.filter(|i| !i.is_empty()),
+            recovery_count: self.recovery_count,
+            last_recovered_at: at("last_recovered_at", self.last_recovered_at)?,
+            last_rotated_at: at("last_rotated_at", self.last_rotated_at)?,
+        })
+    }
+}
+
+/// An RFC 3339 time in a resource, its field named in the error.
+pub(crate) fn rfc3339(field: &str, text: &str) -> anyhow::Result<SystemTime> {
     let t = OffsetDateTime::parse(text, &Rfc3339)
         .with_context(|| format!("{field}: {text:?} is not an RFC 3339 time"))?;
     Ok(t.into())
@@ -172,45 +219,11 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<Token>> {
     Ok(tokens)
 }
 
-/// The resources of a YAML file in the `tctl create` format.
-#[derive(Debug, Default)]
-pub struct Resources {
-    /// `kind: token`.
-    pub tokens: Vec<Token>,
-    /// `kind: role`.
-    pub roles: Vec<super::roles::Role>,
-    /// `kind: bot`.
-    pub bots: Vec<super::roles::Bot>,
-}
-
-/// Reads every token, role and bot document of a YAML file.
-pub fn load_resources(path: &Path) -> anyhow::Result<Resources> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read resource file {origin}"))?;
-    let mut out = Resources::default();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(document)
-            .with_context(|| format!("{origin}: not YAML"))?;
-        if value.is_null() {
-            continue;
-        }
-        if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("token") {
-            let resource: Resource = serde_yaml::from_value(value)
-                .with_context(|| format!("{origin}: not a Teleport token resource"))?;
-            out.tokens
-                .push(resource.check().with_context(|| origin.clone())?);
-            continue;
-        }
-        match super::roles::from_value(value).with_context(|| origin.clone())? {
-            super::roles::Parsed::Role(role) => out.roles.push(role),
-            super::roles::Parsed::Bot(bot) => out.bots.push(bot),
-        }
-    }
-    if out.tokens.is_empty() && out.roles.is_empty() && out.bots.is_empty() {
-        bail!("{origin}: holds no token, role or bot");
-    }
-    Ok(out)
+/// Reads one `kind: token` (v2) document.
+pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Token> {
+    let resource: Resource =
+        serde_yaml::from_value(value).context("not a Teleport token resource")?;
+    resource.check()
 }
 
 /// Reads tokens from a YAML file.
@@ -274,6 +287,10 @@ impl Resource {
         if self.spec.join_method == "bound_keypair" && self.spec.bot_name.is_empty() {
             bail!("token {name}: a bound_keypair token needs spec.bot_name");
         }
+        let status = match self.status.and_then(|s| s.bound_keypair) {
+            Some(raw) => raw.check(&name)?,
+            None => Status::default(),
+        };
         Ok(Token {
             expires: self
                 .metadata
@@ -285,7 +302,76 @@ impl Resource {
             join_method: self.spec.join_method,
             bot_name: self.spec.bot_name,
             bound_keypair: bk,
+            status,
         })
+    }
+}
+
+impl Token {
+    /// The token with `status` as `tctl get` shows it: Teleport's keys, the ones set.
+    pub fn to_resource(&self, status: &Status) -> serde_json::Value {
+        let mut metadata = serde_json::json!({ "name": self.name });
+        if let Some(expires) = self.expires {
+            metadata["expires"] = format_time(expires).into();
+        }
+        let mut spec = serde_json::json!({ "roles": self.roles, "join_method": self.join_method });
+        if !self.bot_name.is_empty() {
+            spec["bot_name"] = self.bot_name.clone().into();
+        }
+        let bk = &self.bound_keypair;
+        // A token whose YAML had `bound_keypair` has a recovery mode.
+        if let Some(mode) = bk.recovery_mode {
+            let mut onboarding = serde_json::Map::new();
+            let mut put = |key: &str, value: Option<String>| {
+                if let Some(value) = value {
+                    onboarding.insert(key.to_owned(), value.into());
+                }
+            };
+            put(
+                "initial_public_key",
+                bk.initial_public_key.as_ref().map(PublicKey::to_openssh),
+            );
+            put("registration_secret", bk.registration_secret.clone());
+            put(
+                "must_register_before",
+                bk.must_register_before.map(format_time),
+            );
+            let mut bound = serde_json::json!({
+                "onboarding": onboarding,
+                "recovery": { "limit": bk.recovery_limit, "mode": mode.as_str() },
+            });
+            if let Some(at) = bk.rotate_after {
+                bound["rotate_after"] = format_time(at).into();
+            }
+            spec["bound_keypair"] = bound;
+        }
+        let mut resource = serde_json::json!({
+            "kind": "token",
+            "version": "v2",
+            "metadata": metadata,
+            "spec": spec,
+        });
+        if bk.recovery_mode.is_some() {
+            resource["status"] = serde_json::json!({ "bound_keypair": status.to_resource() });
+        }
+        resource
+    }
+}
+
+impl Status {
+    /// `status.bound_keypair` as `tctl get` shows it.
+    fn to_resource(&self) -> serde_json::Value {
+        let mut out = serde_json::json!({ "recovery_count": self.recovery_count });
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                out[key] = value.into();
+            }
+        };
+        put("bound_public_key", self.bound_public_key.clone());
+        put("bound_bot_instance_id", self.bound_bot_instance_id.clone());
+        put("last_recovered_at", self.last_recovered_at.map(format_time));
+        put("last_rotated_at", self.last_rotated_at.map(format_time));
+        out
     }
 }
 
@@ -307,6 +393,30 @@ mod tests {
                 "r"
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn what_get_shows_reads_back_the_same() {
+        let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\n  expires: 2030-01-01T00:00:00Z\nspec:\n  bot_name: ci\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n      must_register_before: 2029-01-01T00:00:00Z\n    recovery: {limit: 2, mode: relaxed}\n    rotate_after: 2031-01-01T00:00:00Z\nstatus:\n  bound_keypair:\n    bound_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n    bound_bot_instance_id: 0b6b4a3e-4c1e-4f5e-9d7a-1c2b3d4e5f60\n    recovery_count: 1\n    last_recovered_at: 2026-01-02T03:04:05.5Z\n    registration_secret: ignored\n";
+        let token = parse(yaml, "t.yaml").unwrap().remove(0);
+        assert_eq!(token.status.recovery_count, 1);
+        assert!(token.status.last_recovered_at.is_some());
+        let shown = token.to_resource(&token.status);
+        let back = from_value(serde_yaml::to_value(&shown).unwrap()).unwrap();
+        assert_eq!(back.to_resource(&back.status), shown);
+        assert_eq!(back.status, token.status);
+        assert_eq!(
+            shown["spec"]["bound_keypair"]["recovery"]["mode"],
+            "relaxed"
+        );
+        assert_eq!(shown["metadata"]["expires"], "2030-01-01T00:00:00Z");
+        // A bound key that does not parse is refused where it is given.
+        let broken = yaml.replace("bound_public_key: ssh-ed25519", "bound_public_key: ssh-rsa");
+        let err = parse(&broken, "t.yaml").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("status.bound_keypair.bound_public_key"),
+            "{err:#}"
         );
     }
 }

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keybound_signer::Algorithm;
 
-use keybound_devcluster::tokens;
-use keybound_devcluster::{DevClusterConfig, Misbehaviour};
+use keybound_devcluster::{DevClusterConfig, Misbehaviour, Serve, resources};
 use keybound_teleport::suite::Suite;
 
 use crate::logging::LogFormat;
@@ -215,8 +214,9 @@ pub enum Command {
     /// Inspect signer backends.
     #[command(subcommand)]
     Signer(SignerCommand),
-    /// Run a local reference Teleport join server for tests, demos and rehearsals.
-    DevCluster(DevClusterArgs),
+    /// Run a local reference Teleport cluster for tests, demos and rehearsals; its subcommands
+    /// manage a running one's tokens, bots, roles and locks, as tctl does.
+    DevCluster(DevClusterCommand),
     /// Check the configuration, the signer, the cluster and the clock, one line per check,
     /// without signing or joining. Takes start's flags, so it checks what start would use.
     // --oneshot changes nothing doctor checks: accepted (a start command line may be pasted),
@@ -375,7 +375,24 @@ pub struct Start {
     pub ca_pin: Vec<String>,
 }
 
-/// `keybound dev-cluster`.
+/// `keybound dev-cluster`: serve (with flags, or none), or, with a subcommand, administer the
+/// running one.
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_value_name = "ADMIN COMMAND"
+)]
+pub struct DevClusterCommand {
+    /// Manage a running dev cluster through its admin socket (without one: serve).
+    #[command(subcommand)]
+    pub admin: Option<AdminCommand>,
+
+    /// How to serve.
+    #[command(flatten)]
+    pub serve: DevClusterArgs,
+}
+
+/// `keybound dev-cluster`'s flags when it serves.
 #[derive(Debug, Args)]
 pub struct DevClusterArgs {
     /// Address to listen on (one TLS port, routed by ALPN like a Teleport Proxy).
@@ -387,13 +404,13 @@ pub struct DevClusterArgs {
     pub cluster_name: String,
 
     /// A Teleport token resource file (YAML, the tctl create format); repeatable. It may also
-    /// hold roles and bots, like --resources.
+    /// hold roles, bots and locks, like --resources.
     #[arg(long = "token", value_name = "FILE")]
     pub tokens: Vec<PathBuf>,
 
-    /// A Teleport resource file: tokens, roles and bots (YAML, the tctl create format);
+    /// A Teleport resource file: tokens, roles, bots and locks (YAML, the tctl create format);
     /// repeatable. A `kind: bot` gives the bot the role bot-NAME, which may impersonate its
-    /// spec.roles.
+    /// spec.roles. While it runs, `keybound dev-cluster create` adds more.
     #[arg(long = "resources", value_name = "FILE")]
     pub resources: Vec<PathBuf>,
 
@@ -424,17 +441,19 @@ pub struct DevClusterArgs {
     /// The Teleport version to claim.
     #[arg(long, default_value = "18.2.10")]
     pub server_version: String,
+
+    /// Serve the admin side (what the subcommands use) at this Unix socket, instead of
+    /// PORT.sock in $XDG_RUNTIME_DIR/keybound-dev-cluster (or /tmp/keybound-dev-cluster-UID).
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl DevClusterArgs {
     /// The dev cluster's own configuration for these flags, with the resource files read.
     pub fn to_config(&self) -> anyhow::Result<DevClusterConfig> {
-        let mut resources = tokens::Resources::default();
+        let mut resources = resources::Resources::default();
         for path in self.tokens.iter().chain(&self.resources) {
-            let more = tokens::load_resources(path)?;
-            resources.tokens.extend(more.tokens);
-            resources.roles.extend(more.roles);
-            resources.bots.extend(more.bots);
+            resources.extend(resources::load(path)?);
         }
         Ok(DevClusterConfig {
             listen: self.listen,
@@ -447,10 +466,146 @@ impl DevClusterArgs {
             tokens: resources.tokens,
             roles: resources.roles,
             bots: resources.bots,
+            locks: resources.locks,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })
     }
+
+    /// What the command does besides serving: the CA bundle and the admin socket.
+    pub fn to_serve(&self) -> Serve {
+        Serve {
+            ca_out: self.ca_out.clone(),
+            admin_socket: self.admin_socket.clone(),
+        }
+    }
+}
+
+/// `keybound dev-cluster <admin command>`: tctl's commands against a running dev cluster.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create tokens, bots, roles and locks from Teleport resource YAML (tctl create): all of
+    /// the file, or none of it.
+    Create(AdminCreate),
+    /// Print resources as YAML (tctl get): KIND for all of a kind (tokens, bots, roles,
+    /// locks), KIND/NAME for one.
+    Get(AdminGet),
+    /// List the resources of a kind, one line each (tctl tokens ls, tctl bots ls).
+    #[command(visible_alias = "list")]
+    Ls(AdminLs),
+    /// Remove a resource (tctl rm): KIND/NAME, e.g. tokens/example-token.
+    #[command(visible_alias = "remove")]
+    Rm(AdminRm),
+    /// Lock a user, a role or a join token: joins and certificates for it are refused until
+    /// the lock is removed (rm locks/NAME) or expires (tctl lock).
+    Lock(AdminLock),
+    /// Print the running cluster's name, version, addresses and resource counts (tctl status).
+    Status(AdminArgs),
+}
+
+/// How the admin commands reach the cluster.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The dev cluster's admin socket (it prints `admin socket: PATH`); by default, the one
+    /// dev cluster of yours running with its socket in the default directory.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// `keybound dev-cluster create`.
+#[derive(Debug, Args)]
+pub struct AdminCreate {
+    /// The resource YAML: one or more documents of kind token, bot, role or lock (- or none:
+    /// standard input).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Replace resources that exist (a replaced token starts with the status the file gives,
+    /// none if it has no status section).
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `keybound dev-cluster get`.
+#[derive(Debug, Args)]
+pub struct AdminGet {
+    /// KIND or KIND/NAME: tokens, bots, roles or locks (token, bot, role, lock too).
+    #[arg(value_name = "KIND[/NAME]")]
+    pub resource: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ResourceFormat::Yaml)]
+    pub format: ResourceFormat,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// How `get` prints resources.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, ValueEnum)]
+pub enum ResourceFormat {
+    /// Teleport's resource YAML, documents separated by `---` (what create takes back).
+    Yaml,
+    /// One JSON value: an object for KIND/NAME, an array for KIND.
+    Json,
+}
+
+/// `keybound dev-cluster ls`.
+#[derive(Debug, Args)]
+pub struct AdminLs {
+    /// tokens, bots, roles or locks.
+    #[arg(value_name = "KIND")]
+    pub kind: String,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `keybound dev-cluster rm`.
+#[derive(Debug, Args)]
+pub struct AdminRm {
+    /// KIND/NAME: tokens/NAME, bots/NAME, roles/NAME or locks/NAME.
+    #[arg(value_name = "KIND/NAME")]
+    pub resource: String,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `keybound dev-cluster lock`, with tctl lock's flags.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["user", "role", "join_token"])))]
+pub struct AdminLock {
+    /// Lock this user (a bot's user is bot-NAME): its joins and certificates are refused.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Lock this role: no certificates carrying it are issued or accepted.
+    #[arg(long, value_name = "NAME")]
+    pub role: Option<String>,
+
+    /// Lock this join token: joins with it, and the identities it gave, are refused.
+    #[arg(long, value_name = "NAME")]
+    pub join_token: Option<String>,
+
+    /// Why, for whoever is refused.
+    #[arg(long)]
+    pub message: Option<String>,
+
+    /// Lift the lock after this long (default: never).
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// `--misbehave`'s values: the dev cluster's misbehaviours, each with its documentation.

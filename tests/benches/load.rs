@@ -68,6 +68,8 @@ fn main() {
         .arg(&ca)
         .arg("--resources")
         .arg(&resources_path)
+        .arg("--admin-socket")
+        .arg(dir.path().join("admin.sock"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -263,3 +263,50 @@ async fn an_authenticated_rejoin_sends_its_keys_without_waiting_for_the_suite() 
     );
     assert_eq!(cluster.cluster.bot_instances("robot"), 1);
 }
+
+/// Locks as Auth applies them when it issues certificates (`generateUserCert`): one on a role
+/// refuses certificates carrying it, and nothing else; one on the bot's user refuses its join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_on_a_role_or_a_user_refuse_certificates_for_them() {
+    use keybound_devcluster::locks::{Lock, LockTarget};
+    let lock = |name: &str, target| Lock {
+        name: name.to_owned(),
+        target,
+        message: "under review".to_owned(),
+        expires: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let signer: Arc<dyn keybound_signer::Signer> =
+        Arc::new(SoftSigner::generate(Algorithm::Ed25519).unwrap());
+    let cluster = cluster_for(signer.public_key(), |c| {
+        c.locks = vec![lock("r", LockTarget::Role("access".into()))];
+    })
+    .await;
+    let ca = ca_file(&cluster, dir.path());
+    let joined = join::join(&params(&cluster, &ca, "t", signer.clone()))
+        .await
+        .unwrap();
+    let route = AuthRoute::Proxy(HostPort::parse(&cluster.proxy_addr(), 443).unwrap());
+    let auth = AuthClient::connect(&route, &joined.identity).await.unwrap();
+    denied(
+        auth.generate_user_certs(request("bot-robot", &["access"], Duration::from_secs(3600)).1)
+            .await,
+        Code::PermissionDenied,
+        r#"lock targeting Role:"access" is in force: under review"#,
+    );
+    auth.get_role("bot-robot").await.unwrap();
+
+    let cluster = cluster_for(signer.public_key(), |c| {
+        c.locks = vec![lock("u", LockTarget::User("bot-robot".into()))];
+    })
+    .await;
+    let ca = ca_file(&cluster, dir.path());
+    let error = join::join(&params(&cluster, &ca, "t", signer))
+        .await
+        .expect_err("a locked bot cannot join");
+    assert!(
+        format!("{error:#}")
+            .contains(r#"lock targeting User:"bot-robot" is in force: under review"#),
+        "{error:#}"
+    );
+}

@@ -30,6 +30,11 @@ fn bash_completes_subcommands_and_flags() {
         stdout(&run_ok(Command::new(tool("bash")).args(["-c", &program])))
     };
     assert_eq!(complete("keybound do", 1).trim(), "doctor");
+    let admin = complete("keybound dev-cluster ''", 2);
+    assert!(
+        admin.contains("create") && admin.contains("--listen"),
+        "{admin}"
+    );
     let flags = complete("keybound start --pkcs11-", 2);
     assert!(
         flags.contains("--pkcs11-uri") && flags.contains("--pkcs11-module"),
@@ -109,7 +114,10 @@ fn the_man_pages_render_without_warnings() {
     let dir = tempfile::tempdir().unwrap();
     let top = dir.path().join("keybound.1");
     std::fs::write(&top, run_ok(keybound().arg("man")).stdout).unwrap();
-    let text = render(&top);
+    // groff justifies lines by widening spaces (alternating sides line by line): words are
+    // compared, not spacing.
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = words(&render(&top));
     for expected in [
         "keybound",
         "doctor",
@@ -133,6 +141,9 @@ fn the_man_pages_render_without_warnings() {
         "keybound-doctor.1",
         "keybound-keypair-create.1",
         "keybound-completions.1",
+        "keybound-dev-cluster.1",
+        "keybound-dev-cluster-create.1",
+        "keybound-dev-cluster-rm.1",
     ] {
         let page = pages_dir.join(name);
         assert!(
@@ -171,6 +182,19 @@ fn the_man_pages_render_without_warnings() {
         start.contains("--proxy-server") && start.contains("TELEPORT_PROXY"),
         "{start}"
     );
+    // The dev cluster's page has both its flags and its admin commands.
+    let dev_cluster = words(&render(&pages_dir.join("keybound-dev-cluster.1")));
+    for expected in [
+        "--listen",
+        "--admin-socket",
+        "create",
+        "Remove a resource (tctl rm)",
+    ] {
+        assert!(
+            dev_cluster.contains(expected),
+            "{expected:?} missing: {dev_cluster}"
+        );
+    }
     // man(1) itself reads the page.
     let man = run_ok(
         Command::new(tool("man"))

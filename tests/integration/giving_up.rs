@@ -3,60 +3,27 @@
 //! the stream before it exits. Shown with `keybound start --oneshot` and `keybound dev-cluster` as
 //! separate processes over TCP, where an exit right after queueing the message loses it.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keybound_signer::{Algorithm, Signer as _};
 use keybound_signer_soft::SoftSigner;
 
 use crate::cluster::{key_file, token_yaml};
+use crate::cluster_process::ClusterProcess;
 use crate::support::keybound;
 
-/// `keybound dev-cluster` as a process, logging JSON to a file.
-struct DevClusterProcess {
-    child: Child,
-    proxy: String,
-    ca: PathBuf,
-    log: PathBuf,
-}
+/// `keybound dev-cluster` as a process serving `resources`, logging JSON to a file.
+struct DevClusterProcess(ClusterProcess);
 
 impl DevClusterProcess {
     fn start(dir: &Path, resources: &str, extra: &[&str]) -> Self {
         let resources_path = dir.join("resources.yaml");
         std::fs::write(&resources_path, resources).unwrap();
-        let (ca, log) = (dir.join("ca.pem"), dir.join("dev-cluster.log"));
-        let mut child = keybound()
-            .args([
-                "--log-format",
-                "json",
-                "dev-cluster",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--ca-out")
-            .arg(&ca)
-            .arg("--resources")
-            .arg(&resources_path)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let proxy = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("proxy_server: ").map(str::to_owned))
-            .expect("the dev cluster prints proxy_server");
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            child,
-            proxy,
-            ca,
-            log,
-        }
+        let mut args = vec![OsStr::new("--resources"), resources_path.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        Self(ClusterProcess::start(dir, &args))
     }
 
     /// The `GivingUp`s the dev cluster logged: (token, reason, message). Waits a little for the
@@ -64,7 +31,7 @@ impl DevClusterProcess {
     fn givings_up(&self) -> Vec<(String, String, String)> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let found: Vec<_> = std::fs::read_to_string(&self.log)
+            let found: Vec<_> = std::fs::read_to_string(&self.0.log)
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -82,13 +49,6 @@ impl DevClusterProcess {
     }
 }
 
-impl Drop for DevClusterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs `keybound start --oneshot` with `key` against `cluster`; returns its one `error:` line.
 fn oneshot_error(dir: &Path, cluster: &DevClusterProcess, key: &Path) -> String {
     let config = dir.join("tbot.yaml");
@@ -96,8 +56,8 @@ fn oneshot_error(dir: &Path, cluster: &DevClusterProcess, key: &Path) -> String 
         &config,
         format!(
             "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n  bound_keypair:\n    static_private_key_path: {}\nstorage:\n  type: memory\n",
-            cluster.proxy,
-            cluster.ca.display(),
+            cluster.0.proxy,
+            cluster.0.ca.display(),
             key.display()
         ),
     )

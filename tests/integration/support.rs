@@ -27,7 +27,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         "systemd-analyze" => "systemd",
         "ldd" => "libc-bin",
         "apt-cache" => "apt",
-        "unshare" => "util-linux",
+        "unshare" | "setpriv" => "util-linux",
         "script" => "bsdutils",
         _ => name,
     };

@@ -1,33 +1,31 @@
 //! The cluster's state, shared by every connection: its configuration, CAs and join-state key;
-//! tokens with their bound-keypair status; roles; bot instances and their generations; locks;
-//! the misbehaviour in force; a clock tests can move; and counters tests read.
+//! the resources an admin manages (`catalog`: tokens with their bound-keypair status, roles,
+//! bots, locks); bot instances and their generations; the misbehaviour in force; a clock tests
+//! can move; and counters tests read.
 
+mod catalog;
 mod instances;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keybound_signer::Algorithm;
 use keybound_signer_soft::SoftSigner;
 use keybound_teleport::suite::Suite;
 use tonic::Status;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::ca::ClusterCa;
 use crate::config::DevClusterConfig;
+use crate::locks::{Lock, LockTarget};
 use crate::misbehave::Misbehaviour;
+use crate::resources::{Kind, Resources};
 use crate::roles::Role;
 use crate::tokens::{Status as TokenStatus, Token};
+use catalog::Catalog;
+pub(crate) use catalog::{Applied, Refusal};
 use instances::Instances;
-
-/// A token and its bound-keypair status, with the revision its compare-and-swap update checks.
-struct Entry {
-    token: Token,
-    status: TokenStatus,
-    revision: u64,
-}
 
 /// The cluster's state, shared by every connection.
 pub struct Cluster {
@@ -35,10 +33,8 @@ pub struct Cluster {
     ca: ClusterCa,
     /// The bound-keypair CA's JWT key, which signs join state documents.
     join_state_key: SoftSigner,
-    tokens: Mutex<HashMap<String, Entry>>,
-    roles: HashMap<String, Role>,
+    catalog: Mutex<Catalog>,
     instances: Instances,
-    locks: Mutex<HashMap<String, String>>,
     misbehave: Mutex<Option<Misbehaviour>>,
     clock_offset: AtomicI64,
     solutions: AtomicUsize,
@@ -67,35 +63,12 @@ impl Cluster {
             Suite::BalancedV1 => Algorithm::Ed25519,
             _ => Algorithm::EcdsaP256Sha256,
         };
-        let tokens = config
-            .tokens
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    Entry {
-                        token: t.clone(),
-                        status: TokenStatus::default(),
-                        revision: 0,
-                    },
-                )
-            })
-            .collect();
-        // Explicit roles win over the ones bots imply.
-        let mut roles: HashMap<String, Role> = config
-            .bots
-            .iter()
-            .map(Role::for_bot)
-            .map(|r| (r.name.clone(), r))
-            .collect();
-        roles.extend(config.roles.iter().map(|r| (r.name.clone(), r.clone())));
+        let catalog = Catalog::new(&config.tokens, &config.roles, &config.bots, &config.locks);
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
-            tokens: Mutex::new(tokens),
-            roles,
+            catalog: Mutex::new(catalog),
             instances: Instances::default(),
-            locks: Mutex::new(HashMap::new()),
             misbehave: Mutex::new(config.misbehave),
             clock_offset: AtomicI64::new(0),
             solutions: AtomicUsize::new(0),
@@ -127,27 +100,20 @@ impl Cluster {
         &self.ca
     }
 
-    /// A token's bound-keypair status.
-    pub fn token_status_of(&self, name: &str) -> Option<TokenStatus> {
-        self.tokens
-            .lock()
-            .expect("token lock")
-            .get(name)
-            .map(|e| e.status.clone())
+    /// The resources, locked.
+    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.catalog.lock().expect("catalog lock")
     }
 
-    /// Adds or replaces a token (its status starts empty).
+    /// A token's bound-keypair status.
+    pub fn token_status_of(&self, name: &str) -> Option<TokenStatus> {
+        self.catalog().tokens.get(name).map(|e| e.status.clone())
+    }
+
+    /// Adds or replaces a token (its status starts as the resource gave it: empty, unless it
+    /// has a `status` section).
     pub fn put_token(&self, token: Token) {
-        let mut tokens = self.tokens.lock().expect("token lock");
-        let revision = tokens.get(&token.name).map_or(0, |e| e.revision + 1);
-        tokens.insert(
-            token.name.clone(),
-            Entry {
-                token,
-                status: TokenStatus::default(),
-                revision,
-            },
-        );
+        self.catalog().put_token(token);
     }
 
     /// How many challenge solutions clients have sent.
@@ -160,9 +126,13 @@ impl Cluster {
         self.joins.load(Ordering::Relaxed)
     }
 
-    /// Whether a lock targets the token, and its message.
+    /// Whether a lock in force targets the join token, and its message.
     pub fn lock_on(&self, token: &str) -> Option<String> {
-        self.locks.lock().expect("lock lock").get(token).cloned()
+        let target = [LockTarget::JoinToken(token.to_owned())];
+        let catalog = self.catalog();
+        catalog
+            .lock_in_force(&target, self.now())
+            .map(|l| l.message.clone())
     }
 
     /// How the cluster misbehaves now.
@@ -205,14 +175,42 @@ impl Cluster {
         &self.join_state_key
     }
 
-    /// How many tokens it has.
-    pub(crate) fn token_count(&self) -> usize {
-        self.tokens.lock().expect("token lock").len()
+    /// How many resources of a kind it has (roles: from the resources and implied by bots).
+    pub(crate) fn count(&self, kind: Kind) -> usize {
+        self.catalog().count(kind)
     }
 
-    /// How many roles it has (from the resources and implied by bots).
-    pub(crate) fn role_count(&self) -> usize {
-        self.roles.len()
+    // === The admin side: `tctl create`, `get`, `rm` ===
+
+    /// `tctl create` (`force`: `-f`): all of `resources`, or none when one is refused.
+    pub(crate) fn create(
+        &self,
+        resources: Resources,
+        force: bool,
+    ) -> Result<Vec<Applied>, Refusal> {
+        let applied = self.catalog().create(resources, force)?;
+        for a in &applied {
+            let action = if a.replaced { "replaced" } else { "created" };
+            info!(kind = %a.kind, name = %a.name, "{action} by the admin");
+        }
+        Ok(applied)
+    }
+
+    /// `tctl get KIND/NAME`, as Teleport's resource would show it.
+    pub(crate) fn get(&self, kind: Kind, name: &str) -> Result<serde_json::Value, Refusal> {
+        self.catalog().get(kind, name)
+    }
+
+    /// `tctl get KIND`: every resource of the kind, by name.
+    pub(crate) fn list(&self, kind: Kind) -> Vec<serde_json::Value> {
+        self.catalog().list(kind)
+    }
+
+    /// `tctl rm KIND/NAME`.
+    pub(crate) fn remove(&self, kind: Kind, name: &str) -> Result<(), Refusal> {
+        self.catalog().remove(kind, name)?;
+        info!(%kind, name, "removed by the admin");
+        Ok(())
     }
 
     /// Records and logs a client's `GivingUp` on a join for `token`.
@@ -241,14 +239,13 @@ impl Cluster {
 
     /// The token named `name`, if there is one.
     pub(crate) fn token(&self, name: &str) -> Option<Token> {
-        let tokens = self.tokens.lock().expect("token lock");
-        tokens.get(name).map(|e| e.token.clone())
+        self.catalog().tokens.get(name).map(|e| e.token.clone())
     }
 
     /// A token's bound-keypair status and its revision (for [`commit_status`](Self::commit_status)).
     pub(crate) fn token_status(&self, name: &str) -> (TokenStatus, u64) {
-        let tokens = self.tokens.lock().expect("token lock");
-        tokens
+        self.catalog()
+            .tokens
             .get(name)
             .map_or_else(Default::default, |e| (e.status.clone(), e.revision))
     }
@@ -260,8 +257,8 @@ impl Cluster {
         revision: u64,
         status: TokenStatus,
     ) -> Result<(), Status> {
-        let mut tokens = self.tokens.lock().expect("token lock");
-        match tokens.get_mut(name) {
+        let mut catalog = self.catalog();
+        match catalog.tokens.get_mut(name) {
             Some(entry) if entry.revision == revision => {
                 entry.status = status;
                 entry.revision += 1;
@@ -273,36 +270,52 @@ impl Cluster {
         }
     }
 
-    /// Locks the join token `token` (a Teleport lock targeting `JoinToken:<name>`).
+    /// Locks the join token `token` (a Teleport lock targeting `JoinToken:<name>`, named by a
+    /// new UUID as Auth names the locks it makes).
     pub(crate) fn lock(&self, token: &str, message: String) {
         warn!(token, %message, "locking join token");
-        self.locks
-            .lock()
-            .expect("lock lock")
-            .insert(token.to_owned(), message);
+        self.catalog().put_lock(Lock {
+            name: uuid::Uuid::new_v4().to_string(),
+            target: LockTarget::JoinToken(token.to_owned()),
+            message,
+            expires: None,
+        });
     }
 
-    /// Refuses a join with a token a lock targets.
-    pub(crate) fn check_lock(&self, token: &str) -> Result<(), Status> {
-        match self.lock_on(token) {
-            Some(message) => Err(Status::permission_denied(format!(
-                "lock targeting JoinToken:{token:?} is in force: {message}"
-            ))),
+    /// The refusal of a lock in force on any of `targets`
+    /// (`services.LockInForceAccessDenied`).
+    pub(crate) fn check_locks(&self, targets: &[LockTarget]) -> Result<(), Status> {
+        let catalog = self.catalog();
+        match catalog.lock_in_force(targets, self.now()) {
+            Some(lock) => Err(Status::permission_denied(lock.refusal())),
             None => Ok(()),
         }
+    }
+
+    /// Refuses a join with a token a lock targets (`verifyLocksForBoundKeypairToken`).
+    pub(crate) fn check_lock(&self, token: &str) -> Result<(), Status> {
+        self.check_locks(&[LockTarget::JoinToken(token.to_owned())])
+    }
+
+    /// Refuses certificates for `user` with `roles` when a lock targets the user or one of the
+    /// roles (`generateUserCert`, `lib/auth/auth.go`).
+    pub(crate) fn check_user_locks(&self, user: &str, roles: &[String]) -> Result<(), Status> {
+        let mut targets = vec![LockTarget::User(user.to_owned())];
+        targets.extend(roles.iter().cloned().map(LockTarget::Role));
+        self.check_locks(&targets)
     }
 
     /// The role named `name`, if it exists: one from the resources, or the role of a `kind:
     /// bot`. A token's `bot_name` makes no role: a bot that does not exist has none.
     pub(crate) fn role(&self, name: &str) -> Option<Role> {
-        self.roles.get(name).cloned()
+        self.catalog().role(name)
     }
 
     /// Whether the bot `name` exists (`kind: bot`, what `tctl bots add` makes: its user
     /// `bot-<name>` and that role). A join with a token whose `bot_name` names no bot is refused
     /// when its certificates are made, as Teleport's Auth refuses it.
     pub(crate) fn bot_exists(&self, name: &str) -> bool {
-        self.config.bots.iter().any(|bot| bot.name == name)
+        self.catalog().bot_exists(name)
     }
 
     // === Bot instances and their generation counter (`lib/auth/bot.go`) ===

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq as _;
 use tonic::Status;
 
 use super::peer::{JoinInput, JoinOutput, Peer};
-use crate::ca::{BotCertRequest, BotCerts};
+use crate::ca::{BotCertRequest, BotCerts, bot_resource_name};
 use crate::caller::Caller;
 use crate::cluster::Cluster;
 use crate::misbehave::Misbehaviour;
@@ -292,7 +292,8 @@ impl Cluster {
     }
 
     /// `generateCertsBot`: the bot's certificates for the subject keys the client sent, until
-    /// the expiry it asked for (an hour by default, a day at most).
+    /// the expiry it asked for (an hour by default, a day at most); refused while a lock
+    /// targets the bot's user or role (`generateUserCert`).
     fn generate_bot_certs(
         &self,
         attempt: &Attempt<'_>,
@@ -307,6 +308,8 @@ impl Cluster {
         if !self.bot_exists(&token.bot_name) {
             return Err(Status::permission_denied("access denied"));
         }
+        let bot_user = bot_resource_name(&token.bot_name);
+        self.check_user_locks(&bot_user, std::slice::from_ref(&bot_user))?;
         let expires = input
             .expires
             .unwrap_or(now + DEFAULT_TTL)

@@ -1,0 +1,175 @@
+//! The resources the dev cluster keeps, in Teleport's YAML (the `tctl create` format): tokens,
+//! roles, bots and locks, read from files (`--resources`) or handed to a running cluster (its
+//! admin socket), and the names `tctl` gives their kinds.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::locks::{self, Lock};
+use crate::roles::{self, Bot, Role};
+use crate::tokens::{self, Token};
+
+/// A kind of resource, named as `tctl get` names it.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, Hash)]
+pub enum Kind {
+    /// `kind: token`.
+    Token,
+    /// `kind: role`.
+    Role,
+    /// `kind: bot`.
+    Bot,
+    /// `kind: lock`.
+    Lock,
+}
+
+impl Kind {
+    /// Every kind, in the order listings show them.
+    pub const ALL: [Self; 4] = [Self::Token, Self::Bot, Self::Role, Self::Lock];
+
+    /// The resource's `kind:` (`token`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Role => "role",
+            Self::Bot => "bot",
+            Self::Lock => "lock",
+        }
+    }
+
+    /// The plural `tctl get tokens` takes (`tokens`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Token => "tokens",
+            Self::Role => "roles",
+            Self::Bot => "bots",
+            Self::Lock => "locks",
+        }
+    }
+
+    /// A kind by either name, as `tctl` takes them: `token` or `tokens`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| text == k.name() || text == k.plural())
+            .with_context(|| {
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles and locks")
+            })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Resources read from YAML.
+#[derive(Debug, Default)]
+pub struct Resources {
+    /// `kind: token`.
+    pub tokens: Vec<Token>,
+    /// `kind: role`.
+    pub roles: Vec<Role>,
+    /// `kind: bot`.
+    pub bots: Vec<Bot>,
+    /// `kind: lock`.
+    pub locks: Vec<Lock>,
+}
+
+impl Resources {
+    /// Adds `other`'s resources to these.
+    pub fn extend(&mut self, other: Self) {
+        self.tokens.extend(other.tokens);
+        self.roles.extend(other.roles);
+        self.bots.extend(other.bots);
+        self.locks.extend(other.locks);
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+            && self.roles.is_empty()
+            && self.bots.is_empty()
+            && self.locks.is_empty()
+    }
+
+    /// Each resource's kind and name, in the order they were read per kind.
+    pub fn names(&self) -> Vec<(Kind, &str)> {
+        let tokens = self.tokens.iter().map(|t| (Kind::Token, t.name.as_str()));
+        let bots = self.bots.iter().map(|b| (Kind::Bot, b.name.as_str()));
+        let roles = self.roles.iter().map(|r| (Kind::Role, r.name.as_str()));
+        let locks = self.locks.iter().map(|l| (Kind::Lock, l.name.as_str()));
+        tokens.chain(bots).chain(roles).chain(locks).collect()
+    }
+}
+
+/// Reads every token, role, bot and lock document of `text` (YAML documents separated by
+/// `---`), `origin` naming it in errors; none at all is an error.
+pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
+    let mut out = Resources::default();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(document)
+            .with_context(|| format!("{origin}: not YAML"))?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value.get("kind").and_then(serde_yaml::Value::as_str);
+        match kind {
+            Some("token") => out
+                .tokens
+                .push(tokens::from_value(value).with_context(|| origin.to_owned())?),
+            Some("lock") => out
+                .locks
+                .push(locks::from_value(value).with_context(|| origin.to_owned())?),
+            _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
+                roles::Parsed::Role(role) => out.roles.push(role),
+                roles::Parsed::Bot(bot) => out.bots.push(bot),
+            },
+        }
+    }
+    if out.is_empty() {
+        bail!("{origin}: holds no token, role, bot or lock");
+    }
+    Ok(out)
+}
+
+/// Reads every token, role, bot and lock document of a YAML file.
+pub fn load(path: &Path) -> anyhow::Result<Resources> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read resource file {origin}"))?;
+    parse(&text, &origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_file_holds_every_kind() {
+        let yaml = "kind: token\nversion: v2\nmetadata: {name: t}\nspec: {roles: [Bot], join_method: bound_keypair, bot_name: ci, bound_keypair: {recovery: {mode: insecure}}}\n---\nkind: bot\nversion: v1\nmetadata: {name: ci}\nspec: {roles: [access]}\n---\nkind: role\nversion: v7\nmetadata: {name: access}\nspec: {allow: {logins: [root]}}\n---\nkind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {join_token: t}}\n---\n";
+        let all = parse(yaml, "all.yaml").unwrap();
+        assert_eq!(
+            all.names(),
+            [
+                (Kind::Token, "t"),
+                (Kind::Bot, "ci"),
+                (Kind::Role, "access"),
+                (Kind::Lock, "l")
+            ]
+        );
+        let err = parse("---\n", "empty.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "empty.yaml: holds no token, role, bot or lock"
+        );
+        let err = parse("kind: user\nversion: v2\nmetadata: {name: u}\n", "u.yaml").unwrap_err();
+        assert!(format!("{err:#}").starts_with("u.yaml: "), "{err:#}");
+        assert_eq!(Kind::parse("locks").unwrap(), Kind::Lock);
+        assert_eq!(Kind::parse("bot").unwrap(), Kind::Bot);
+        assert!(Kind::parse("users").is_err());
+    }
+}
