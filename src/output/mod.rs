@@ -78,7 +78,7 @@ pub async fn write_outputs(
 
 /// The results of [`write_outputs`] together: every summary line, or every failure reported
 /// once, in one error, whose exit kind is the first of: the cluster out of reach, a refusal, a
-/// local failure ([`first_kind`]).
+/// local failure (`first_kind`).
 pub fn combine(
     outputs: &[&OutputConfig],
     results: Vec<Result<String, Failure>>,
