@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::cluster::ClusterCas;
 use super::cluster::Needs;
-use super::impersonate::{Impersonation, impersonate, role_list};
+use super::impersonate::{Impersonation, impersonate};
 use super::kind::{Described, Issue, Output};
 use super::ssh;
 use crate::ExitKind;
@@ -157,7 +157,10 @@ impl Output for IdentityOutput {
         let identity = impersonate(cx, &what).await?;
         Ok(Issued {
             identity,
-            roles: role_list(roles, ","),
+            roles: roles
+                .iter()
+                .map(|r| crate::untrusted::name(r).to_string())
+                .collect(),
         })
     }
 
@@ -181,7 +184,8 @@ impl Output for IdentityOutput {
 /// log, sanitized).
 pub struct Issued {
     identity: Identity,
-    roles: String,
+    /// The roles, sanitized.
+    roles: Vec<String>,
 }
 
 /// What an identity output needs besides the identity. Every name in it that an output writes

@@ -41,8 +41,8 @@ pub trait Output: Sized + Sync {
 
 /// What an output wrote, for the log line and the summary.
 pub struct Described {
-    /// The roles its certificates hold, comma-separated (sanitized).
-    pub roles: String,
+    /// The roles its certificates hold, each sanitized.
+    pub roles: Vec<String>,
     /// When its certificates expire.
     pub expires: SystemTime,
 }

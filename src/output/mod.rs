@@ -116,33 +116,34 @@ fn first_kind(kinds: &[ExitKind]) -> Option<ExitKind> {
 }
 
 /// One output, of any kind: issue, render, write. A failure to write is local (exit 78).
-async fn write_one<O: Output>(output: &O, kind: &str, cx: &Issue<'_>) -> Result<String, Failure> {
+async fn write_one<O: Output>(
+    output: &O,
+    kind: &str,
+    label: &str,
+    cx: &Issue<'_>,
+) -> Result<String, Failure> {
     let Destination::Directory { path, symlinks } = output.destination() else {
         return Ok(String::new());
     };
     let issued = output.issue(cx).await?;
-    let written = output
+    output
         .render(&issued, cx, path)
         .and_then(|files| {
             let dir = fsutil::Dir::open(path, *symlinks, true)?;
             fsutil::write_all(&dir, &files)
         })
         .map_err(|e| Failure::new(ExitKind::Config, e))?;
-    drop(written);
     let described = output.describe(&issued);
-    let label = output
-        .name()
-        .map_or_else(|| path.display().to_string(), str::to_owned);
     info!(
         output = %label,
-        roles = %described.roles,
+        roles = %described.roles.join(","),
         expires = %keybound_teleport::time::format_time(described.expires),
         "wrote {kind} output"
     );
     Ok(format!(
         "{} ({kind}: {})",
         path.display(),
-        described.roles.replace(',', ", ")
+        described.roles.join(", ")
     ))
 }
 
@@ -199,7 +200,7 @@ macro_rules! kinds {
 
             async fn write(&self, cx: &Issue<'_>) -> Result<String, Failure> {
                 match self {
-                    $(Self::$variant(o) => write_one(o, $name, cx).await,)+
+                    $(Self::$variant(o) => write_one(o, $name, &self.label(), cx).await,)+
                 }
             }
         }
