@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use keybound_teleport::suite::Suite;
 
+use crate::apps::App;
+use crate::databases::Database;
 use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
 use crate::roles::{Bot, Role};
@@ -34,6 +36,10 @@ pub struct DevClusterConfig {
     pub bots: Vec<Bot>,
     /// Locks in force from the start.
     pub locks: Vec<Lock>,
+    /// Applications (`kind: app`), answered by the built-in echo app.
+    pub apps: Vec<App>,
+    /// Databases (`kind: db`).
+    pub databases: Vec<Database>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -54,6 +60,8 @@ impl Default for DevClusterConfig {
             roles: Vec::new(),
             bots: Vec::new(),
             locks: Vec::new(),
+            apps: Vec::new(),
+            databases: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
         }

@@ -467,6 +467,8 @@ impl DevClusterArgs {
             roles: resources.roles,
             bots: resources.bots,
             locks: resources.locks,
+            apps: resources.apps,
+            databases: resources.databases,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })

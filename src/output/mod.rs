@@ -12,10 +12,13 @@
 //! output leaves the others written and its own previous files as they were. Every file of a
 //! destination is staged before any is renamed into place ([`fsutil::write_all`]).
 
+pub mod application;
 mod cluster;
+pub mod database;
 pub mod identity;
 mod impersonate;
 mod kind;
+mod routed;
 pub mod ssh;
 
 use std::time::Duration;
@@ -240,6 +243,10 @@ kinds! {
     /// `type: identity`: the bot's role-impersonated certificates in tbot's file layout, with
     /// `known_hosts` and `ssh_config` ([`identity`]).
     Identity(IdentityOutput) = "identity",
+    /// `type: application`: certificates routed to one app ([`application`]).
+    Application(application::ApplicationOutput) = "application",
+    /// `type: database`: certificates routed to one database ([`database`]).
+    Database(database::DatabaseOutput) = "database",
 }
 
 impl OutputConfig {
@@ -271,9 +278,7 @@ impl OutputConfig {
 
 /// tbot's service types (`lib/tbot/config`) that keybound does not write yet.
 const TBOT_SERVICE_TYPES: &[&str] = &[
-    "application",
     "application-tunnel",
-    "database",
     "database-tunnel",
     "kubernetes",
     "kubernetes/v2",

@@ -6,8 +6,11 @@
 //!   service is registered);
 //! * `web`: the web API subset;
 //! * `connection`: one routed connection (gRPC to Auth or the Proxy, or the web API);
-//! * `listen`: the listeners, and routing by ALPN.
+//! * `app`: the built-in echo app, which answers for every app (`kind: app`) at its public
+//!   address;
+//! * `listen`: the listeners, and routing by ALPN (and by server name, for apps).
 
+mod app;
 mod connection;
 mod listen;
 mod services;
