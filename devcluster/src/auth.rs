@@ -119,7 +119,12 @@ impl legacy::auth_service_server::AuthService for AuthApi {
         let grant = grant(cluster, &caller, &req)?;
         let (tls_der, ssh_wire) = subject_keys(&req)?;
         let held: Vec<Role> = grant.roles.iter().filter_map(|r| cluster.role(r)).collect();
-        let routes = route_attributes(&req, &held, cluster.ca().cluster_name())?;
+        let kubes: Vec<String> = cluster
+            .kube_clusters()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        let routes = route_attributes(&req, &held, cluster.ca().cluster_name(), &kubes)?;
         let certs = issue(
             cluster,
             &caller,

@@ -75,6 +75,7 @@ mod config;
 pub mod databases;
 mod front;
 mod join;
+pub mod kube_clusters;
 pub mod labels;
 mod listing;
 pub mod locks;

@@ -1,11 +1,11 @@
 //! `AuthService.ListResources` for the kinds a bot's access outputs look up (`app_server`,
-//! `db_server`): a page of the resources the caller's roles may see, filtered by labels and by
+//! `db_server`, `kube_server`): a page of the resources the caller's roles may see, filtered by labels and by
 //! the predicate expression tbot sends (`lib/tbot/internal` `MakeNameOrDiscoveredNamePredicate`:
 //! `(name == "x") || (labels["teleport.internal/discovered-name"] == "x")`, or `name == "x"`
 //! for apps).
 //!
-//! RBAC as Teleport's: a resource the caller's roles do not grant (`app_labels`,
-//! `db_labels`) is left out of the page without a word, so a client asking for it by name
+//! RBAC as Teleport's: a resource the caller's roles do not grant (`app_labels`, `db_labels`,
+//! `kubernetes_labels`) is left out of the page without a word, so a client asking for it by name
 //! finds nothing.
 
 use std::collections::BTreeMap;
@@ -76,9 +76,23 @@ pub(crate) fn list_resources(
                 .collect(),
             |r| &r.db_labels,
         ),
+        "kube_server" => (
+            cluster
+                .kube_clusters()
+                .into_iter()
+                .map(|k| Listed {
+                    resource: legacy::paginated_resource::Resource::KubernetesServer(
+                        k.to_server(hostname),
+                    ),
+                    name: k.name,
+                    labels: k.labels,
+                })
+                .collect(),
+            |r| &r.kubernetes_labels,
+        ),
         other => {
             return Err(Status::unimplemented(format!(
-                "resource type {other:?} is not listed by the dev cluster (app_server, db_server)"
+                "resource type {other:?} is not listed by the dev cluster (app_server, db_server, kube_server)"
             )));
         }
     };

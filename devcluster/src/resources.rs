@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::apps::{self, App};
 use crate::databases::{self, Database};
+use crate::kube_clusters::{self, KubeCluster};
 use crate::locks::{self, Lock};
 use crate::roles::{self, Bot, Role};
 use crate::tokens::{self, Token};
@@ -29,17 +30,20 @@ pub enum Kind {
     App,
     /// `kind: db`.
     Db,
+    /// `kind: kube_cluster`.
+    KubeCluster,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Token,
         Self::Bot,
         Self::Role,
         Self::Lock,
         Self::App,
         Self::Db,
+        Self::KubeCluster,
     ];
 
     /// The resource's `kind:` (`token`).
@@ -51,6 +55,7 @@ impl Kind {
             Self::Lock => "lock",
             Self::App => "app",
             Self::Db => "db",
+            Self::KubeCluster => "kube_cluster",
         }
     }
 
@@ -63,6 +68,7 @@ impl Kind {
             Self::Lock => "locks",
             Self::App => "apps",
             Self::Db => "dbs",
+            Self::KubeCluster => "kube_clusters",
         }
     }
 
@@ -72,7 +78,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps and dbs")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs and kube_clusters")
             })
     }
 }
@@ -98,6 +104,8 @@ pub struct Resources {
     pub apps: Vec<App>,
     /// `kind: db`.
     pub databases: Vec<Database>,
+    /// `kind: kube_cluster`.
+    pub kube_clusters: Vec<KubeCluster>,
 }
 
 impl Resources {
@@ -109,6 +117,7 @@ impl Resources {
         self.locks.extend(other.locks);
         self.apps.extend(other.apps);
         self.databases.extend(other.databases);
+        self.kube_clusters.extend(other.kube_clusters);
     }
 
     /// Whether there are none.
@@ -119,6 +128,7 @@ impl Resources {
             && self.locks.is_empty()
             && self.apps.is_empty()
             && self.databases.is_empty()
+            && self.kube_clusters.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -129,12 +139,14 @@ impl Resources {
         let locks = self.locks.iter().map(|l| (Kind::Lock, l.name.as_str()));
         let apps = self.apps.iter().map(|a| (Kind::App, a.name.as_str()));
         let dbs = self.databases.iter().map(|d| (Kind::Db, d.name.as_str()));
+        let kubes = (self.kube_clusters.iter()).map(|k| (Kind::KubeCluster, k.name.as_str()));
         tokens
             .chain(bots)
             .chain(roles)
             .chain(locks)
             .chain(apps)
             .chain(dbs)
+            .chain(kubes)
             .collect()
     }
 }
@@ -163,6 +175,9 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("db") => out
                 .databases
                 .push(databases::from_value(value).with_context(|| origin.to_owned())?),
+            Some("kube_cluster") => out
+                .kube_clusters
+                .push(kube_clusters::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
                 roles::Parsed::Role(role) => out.roles.push(*role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),
@@ -170,7 +185,7 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
         }
     }
     if out.is_empty() {
-        bail!("{origin}: holds no token, role, bot, lock, app or db");
+        bail!("{origin}: holds no token, role, bot, lock, app, db or kube_cluster");
     }
     Ok(out)
 }
@@ -203,7 +218,7 @@ mod tests {
         let err = parse("---\n", "empty.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "empty.yaml: holds no token, role, bot, lock, app or db"
+            "empty.yaml: holds no token, role, bot, lock, app, db or kube_cluster"
         );
         let err = parse("kind: user\nversion: v2\nmetadata: {name: u}\n", "u.yaml").unwrap_err();
         assert!(format!("{err:#}").starts_with("u.yaml: "), "{err:#}");

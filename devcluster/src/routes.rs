@@ -15,13 +15,40 @@ use x509_cert::der::asn1::ObjectIdentifier;
 use crate::roles::Role;
 
 /// Subject attributes (in order) for the routes of `req`, whose certificates carry `roles`;
-/// `cluster` is this cluster's name.
+/// `cluster` is this cluster's name, `kube_clusters` the Kubernetes clusters it has.
 pub(crate) fn route_attributes(
     req: &legacy::UserCertsRequest,
     roles: &[Role],
     cluster: &str,
+    kube_clusters: &[String],
 ) -> Result<Vec<(ObjectIdentifier, String)>, Status> {
     let mut out = Vec::new();
+    // `CheckKubeGroupsAndUsers`: the Kubernetes users and groups the roles grant, on every
+    // certificate whose roles grant any.
+    for (attribute, pick) in [
+        (
+            oid::KUBE_USERS,
+            (|r: &Role| &r.kubernetes_users) as fn(&Role) -> &Vec<String>,
+        ),
+        (oid::KUBE_GROUPS, |r: &Role| &r.kubernetes_groups),
+    ] {
+        let mut values: Vec<&String> = roles.iter().flat_map(pick).collect();
+        values.sort();
+        values.dedup();
+        out.extend(values.into_iter().map(|v| (attribute, v.clone())));
+    }
+    if !req.kubernetes_cluster.is_empty() {
+        // `lib/auth/auth.go` generateUserCerts: an unknown cluster is a bad parameter
+        // (kubeutils.CheckOrSetKubeCluster's text).
+        if !kube_clusters.contains(&req.kubernetes_cluster) {
+            return Err(Status::invalid_argument(format!(
+                "kubernetes cluster {:?} is not registered in this teleport cluster; you can \
+                 list registered kubernetes clusters using 'tsh kube ls'",
+                req.kubernetes_cluster
+            )));
+        }
+        out.push((oid::KUBE_CLUSTER, req.kubernetes_cluster.clone()));
+    }
     if let Some(app) = req.route_to_app.as_ref().filter(|a| !a.name.is_empty()) {
         if !app.cluster_name.is_empty() && app.cluster_name != cluster {
             return Err(Status::not_found(format!(

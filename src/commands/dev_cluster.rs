@@ -173,6 +173,7 @@ fn write_table(kind: Kind, found: &[Value], out: &mut dyn Write) -> anyhow::Resu
         Kind::Lock => &["NAME", "TARGET", "MESSAGE", "EXPIRES"],
         Kind::App => &["NAME", "PUBLIC ADDRESS", "LABELS"],
         Kind::Db => &["NAME", "PROTOCOL", "LABELS"],
+        Kind::KubeCluster => &["NAME", "LABELS"],
     };
     let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
     rows.extend(found.iter().map(|r| row(kind, r)));
@@ -232,6 +233,7 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
             text(&spec["protocol"]),
             labels(&meta["labels"]),
         ],
+        Kind::KubeCluster => vec![text(&meta["name"]), labels(&meta["labels"])],
         Kind::Token => {
             let recovery = &spec["bound_keypair"]["recovery"];
             let status = &r["status"]["bound_keypair"];

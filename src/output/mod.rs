@@ -18,6 +18,9 @@ pub mod database;
 pub mod identity;
 mod impersonate;
 mod kind;
+pub mod kubeconfig;
+pub mod kubernetes;
+pub mod kubernetes_v2;
 mod routed;
 pub mod ssh;
 
@@ -247,6 +250,12 @@ kinds! {
     Application(application::ApplicationOutput) = "application",
     /// `type: database`: certificates routed to one database ([`database`]).
     Database(database::DatabaseOutput) = "database",
+    /// `type: kubernetes`: certificates routed to one Kubernetes cluster and a kubeconfig
+    /// ([`kubernetes`]).
+    Kubernetes(kubernetes::KubernetesOutput) = "kubernetes",
+    /// `type: kubernetes/v2`: a kubeconfig with a context per selected Kubernetes cluster
+    /// ([`kubernetes_v2`]).
+    KubernetesV2(kubernetes_v2::KubernetesV2Output) = "kubernetes/v2",
 }
 
 impl OutputConfig {
@@ -280,8 +289,6 @@ impl OutputConfig {
 const TBOT_SERVICE_TYPES: &[&str] = &[
     "application-tunnel",
     "database-tunnel",
-    "kubernetes",
-    "kubernetes/v2",
     "kubernetes/argo-cd",
     "ssh_host",
     "ssh-multiplexer",

@@ -379,6 +379,30 @@ async fn access_outputs_refuse_bad_configuration_naming_the_output_and_the_key()
             "  - type: database\n    service: pg\n    destination: {type: directory, path: /tmp/x}\n    tables: [a]\n",
             "unknown field `tables`",
         ),
+        (
+            "  - type: kubernetes\n    destination: {type: directory, path: /tmp/x}\n",
+            "services[0].kubernetes_cluster: missing",
+        ),
+        (
+            "  - type: kubernetes/v2\n    destination: {type: directory, path: /tmp/x}\n",
+            "services[0].selectors: missing; give one or more (at least one selector must be provided)",
+        ),
+        (
+            "  - type: kubernetes/v2\n    selectors: [{name: a, labels: {env: dev}}]\n    destination: {type: directory, path: /tmp/x}\n",
+            "services[0].selectors[0]: only one of 'name' and 'labels' may be specified",
+        ),
+        (
+            "  - type: kubernetes/v2\n    selectors: [{default_namespace: x}]\n    destination: {type: directory, path: /tmp/x}\n",
+            "services[0].selectors[0]: one of 'name' and 'labels' must be specified",
+        ),
+        (
+            "  - type: kubernetes/v2\n    selectors: [{name: a}]\n    context_name_template: '{{.Namespace}}'\n    destination: {type: directory, path: /tmp/x}\n",
+            "services[0].context_name_template: context_name_template is invalid",
+        ),
+        (
+            "  - type: kubernetes/v2\n    selectors: [{name: a}]\n    roles: [access]\n    destination: {type: directory, path: /tmp/x}\n",
+            "unknown field `roles`",
+        ),
     ] {
         let cfg = config_with(&env, service);
         let stderr = failed(&oneshot(&cfg, &[]).await, 78);

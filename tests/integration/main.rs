@@ -25,6 +25,7 @@ mod hostile_text;
 mod interop;
 mod join;
 mod keypair;
+mod kube;
 mod logs;
 mod oneshot;
 mod outputs;

@@ -209,6 +209,7 @@ fn status(cluster: &Cluster, addresses: &Addresses) -> serde_json::Value {
         "locks": cluster.count(Kind::Lock),
         "apps": cluster.count(Kind::App),
         "dbs": cluster.count(Kind::Db),
+        "kube_clusters": cluster.count(Kind::KubeCluster),
     })
 }
 

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use crate::apps::App;
 use crate::ca::bot_resource_name;
 use crate::databases::Database;
+use crate::kube_clusters::KubeCluster;
 use crate::locks::{Lock, LockTarget};
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
@@ -65,6 +66,7 @@ pub(super) struct Catalog {
     locks: BTreeMap<String, Lock>,
     pub(super) apps: BTreeMap<String, App>,
     pub(super) databases: BTreeMap<String, Database>,
+    pub(super) kube_clusters: BTreeMap<String, KubeCluster>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -138,6 +140,7 @@ impl Catalog {
             Kind::Lock => self.locks.len(),
             Kind::App => self.apps.len(),
             Kind::Db => self.databases.len(),
+            Kind::KubeCluster => self.kube_clusters.len(),
         }
     }
 
@@ -198,6 +201,9 @@ impl Catalog {
         for db in resources.databases {
             self.databases.insert(db.name.clone(), db);
         }
+        for kube in resources.kube_clusters {
+            self.kube_clusters.insert(kube.name.clone(), kube);
+        }
         Ok(applied)
     }
 
@@ -209,6 +215,7 @@ impl Catalog {
             Kind::Lock => self.locks.contains_key(name),
             Kind::App => self.apps.contains_key(name),
             Kind::Db => self.databases.contains_key(name),
+            Kind::KubeCluster => self.kube_clusters.contains_key(name),
         }
     }
 
@@ -224,6 +231,7 @@ impl Catalog {
             Kind::Lock => self.locks.get(name).map(Lock::to_resource),
             Kind::App => self.apps.get(name).map(App::to_resource),
             Kind::Db => self.databases.get(name).map(Database::to_resource),
+            Kind::KubeCluster => self.kube_clusters.get(name).map(KubeCluster::to_resource),
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -248,6 +256,7 @@ impl Catalog {
             Kind::Lock => self.locks.keys().cloned().collect(),
             Kind::App => self.apps.keys().cloned().collect(),
             Kind::Db => self.databases.keys().cloned().collect(),
+            Kind::KubeCluster => self.kube_clusters.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -265,6 +274,7 @@ impl Catalog {
             Kind::Lock => self.locks.remove(name).is_some(),
             Kind::App => self.apps.remove(name).is_some(),
             Kind::Db => self.databases.remove(name).is_some(),
+            Kind::KubeCluster => self.kube_clusters.remove(name).is_some(),
         };
         if removed {
             return Ok(());

@@ -72,6 +72,9 @@ impl Cluster {
         catalog.databases = (config.databases.iter())
             .map(|d| (d.name.clone(), d.clone()))
             .collect();
+        catalog.kube_clusters = (config.kube_clusters.iter())
+            .map(|k| (k.name.clone(), k.clone()))
+            .collect();
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
@@ -191,6 +194,11 @@ impl Cluster {
     /// Every database, by name.
     pub(crate) fn databases(&self) -> Vec<crate::databases::Database> {
         self.catalog().databases.values().cloned().collect()
+    }
+
+    /// Every Kubernetes cluster, by name.
+    pub(crate) fn kube_clusters(&self) -> Vec<crate::kube_clusters::KubeCluster> {
+        self.catalog().kube_clusters.values().cloned().collect()
     }
 
     /// How many resources of a kind it has (roles: from the resources and implied by bots).
