@@ -410,3 +410,110 @@ async fn access_outputs_refuse_bad_configuration_naming_the_output_and_the_key()
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+/// The access outputs with the bound key in SoftHSM, in the long-running agent: each renewal
+/// writes them anew (new certificates, still working with curl and kubectl's credentials),
+/// whatever signs the join; the output keys are the agent's own, never the token's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_renews_access_outputs_with_the_key_in_softhsm() {
+    use crate::agent_support::{Agent, blocking, wait_for};
+    use crate::pkcs11::{Hsm, MODULE};
+    use std::time::Duration;
+
+    let hsm = Hsm::new("access-token");
+    let created = crate::support::run_ok(
+        hsm.keybound()
+            .args([
+                "keypair",
+                "create",
+                "--static",
+                "--algorithm",
+                "ecdsa-p256",
+                "--format",
+                "json",
+            ])
+            .args(hsm.signer_args("bound")),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key =
+        keybound_signer::PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+    let uri = doc["pkcs11_uri"].as_str().unwrap().to_owned();
+    let cluster = crate::cluster::cluster_for(&key, |c| {
+        c.roles.push(Role {
+            name: "web".into(),
+            app_labels: [("env".to_owned(), vec!["dev".to_owned()])].into(),
+            db_labels: [("env".to_owned(), vec!["dev".to_owned()])].into(),
+            ..Role::default()
+        });
+        c.bots[0].roles = vec!["web".into()];
+        c.apps = vec![app("echo", "dev")];
+        c.databases = vec![Database {
+            name: "pg".into(),
+            labels: labels(&[("env", "dev")]),
+            protocol: "postgres".into(),
+            uri: "localhost:5432".into(),
+        }];
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let (app_dir, db_dir) = (dir.path().join("app"), dir.path().join("db"));
+    let cfg = dir.path().join("tbot.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v2\nproxy_server: {}\nonboarding:\n  join_method: bound_keypair\n  token: t\n  ca_path: {}\n  bound_keypair:\n    signer: pkcs11\n    pkcs11_uri: \"{uri}\"\n    pkcs11_module: {MODULE}\n    pin_source: env:HSM_PIN\nstorage:\n  type: memory\ncredential_ttl: 1m\nrenewal_interval: 1s\nservices:\n  - type: application\n    app_name: echo\n    destination: {{type: directory, path: {}}}\n  - type: database\n    service: pg\n    destination: {{type: directory, path: {}}}\n",
+            cluster.proxy_addr(),
+            ca.display(),
+            app_dir.display(),
+            db_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = blocking({
+        let (cmd, cfg, dir) = (hsm.keybound(), cfg.clone(), dir.path().to_owned());
+        move || Agent::start_with(cmd, &cfg, &dir, &[])
+    })
+    .await;
+    let cert = app_dir.join("tlscert");
+    let first = blocking(move || {
+        wait_for("the application output", Duration::from_secs(30), || {
+            cert.is_file()
+        });
+        std::fs::read_to_string(cert).unwrap()
+    })
+    .await;
+    let cert = app_dir.join("tlscert");
+    let renewed = blocking(move || {
+        let mut now = String::new();
+        wait_for("renewed app certificates", Duration::from_secs(30), || {
+            now = std::fs::read_to_string(&cert).unwrap_or_default();
+            !now.is_empty() && now != first
+        });
+        now
+    })
+    .await;
+    assert!(renewed.contains("BEGIN CERTIFICATE"));
+    let attrs = subject(&db_dir.join("tlscert"));
+    assert_eq!(values(&attrs, "1.3.9999.2.1"), ["pg"]);
+    // The renewed certificate reaches the app.
+    let port = cluster.addr.port();
+    let output = Command::new(tool("curl"))
+        .args(["-sS", "--max-time", "20", "--resolve"])
+        .arg(format!("echo.localhost:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(app_dir.join("teleport-host-ca.crt"))
+        .arg("--cert")
+        .arg(app_dir.join("tlscert"))
+        .arg("--key")
+        .arg(app_dir.join("key"))
+        .arg(format!("https://echo.localhost:{port}/"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&output.stdout);
+    assert!(body.contains("\"name\":\"echo\""), "{body}");
+    let logs = agent.logs();
+    assert!(logs.contains("wrote application output"), "{logs}");
+    assert!(logs.contains("wrote database output"), "{logs}");
+    assert!(blocking(move || agent.stop()).await.success());
+}
