@@ -30,6 +30,14 @@ use keybound_teleport::suite::Suite;
 pub const MONGO_CERT: &str = "mongo.crt";
 /// `mongo.cas`: the database CAs' certificates.
 pub const MONGO_CAS: &str = "mongo.cas";
+/// `cockroach/node.crt`: the certificate.
+pub const COCKROACH_CERT: &str = "cockroach/node.crt";
+/// `cockroach/node.key`: the key.
+pub const COCKROACH_KEY: &str = "cockroach/node.key";
+/// `cockroach/ca.crt`: empty, as tbot writes it (see [`Format::Cockroach`]).
+pub const COCKROACH_CA: &str = "cockroach/ca.crt";
+/// `cockroach/ca-client.crt`: the database CAs' certificates.
+pub const COCKROACH_CLIENT_CA: &str = "cockroach/ca-client.crt";
 
 /// The files a database output adds for its clients (`format:`).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -40,6 +48,11 @@ pub enum Format {
     Tls,
     /// `mongo`: `mongo.crt`, `mongo.cas`.
     Mongo,
+    /// `cockroach`: `cockroach/node.crt`, `node.key`, `ca.crt` and `ca-client.crt`
+    /// (`lib/client/identityfile/identity.go`, `FormatCockroach`, read id 93005846: `ca.crt`
+    /// holds the write config's `AdditionalCACerts`, which tbot never sets, so it is empty as
+    /// tbot 18.x writes it; `ca-client.crt` holds the key ring's trusted CAs, the database CAs).
+    Cockroach,
 }
 
 /// A `type: database` output.
@@ -104,15 +117,11 @@ impl Output for DatabaseOutput {
             "" => Format::Plain,
             "tls" => Format::Tls,
             "mongo" => Format::Mongo,
-            "cockroach" => {
-                return Err(format!(
-                    "{at}.format: cockroach is not supported by keybound yet; use tls, mongo, or \
-                     no format"
-                ));
-            }
+            "cockroach" => Format::Cockroach,
             other => {
                 return Err(format!(
-                    "{at}.format: unrecognized format ({other}); use tls, mongo, or no format"
+                    "{at}.format: unrecognized format ({other}); use tls, mongo, cockroach, or no \
+                     format"
                 ));
             }
         };
@@ -202,6 +211,12 @@ impl Output for DatabaseOutput {
                 both.push_str(&identity.private_key_pem);
                 out.push((MONGO_CERT, both));
                 out.push((MONGO_CAS, cx.shared.cas.db_tls_pem.clone().into()));
+            }
+            Format::Cockroach => {
+                out.push((COCKROACH_CERT, identity.tls_cert_pem.clone().into()));
+                out.push((COCKROACH_KEY, identity.private_key_pem.clone()));
+                out.push((COCKROACH_CA, String::new().into()));
+                out.push((COCKROACH_CLIENT_CA, cx.shared.cas.db_tls_pem.clone().into()));
             }
         }
         Ok(out)

@@ -134,10 +134,7 @@ async fn write_one<O: Output>(
     let issued = output.issue(cx).await?;
     output
         .render(&issued, cx, path)
-        .and_then(|files| {
-            let dir = fsutil::Dir::open(path, *symlinks, true)?;
-            fsutil::write_all(&dir, &files)
-        })
+        .and_then(|files| write_files(path, *symlinks, files))
         .map_err(|e| Failure::new(ExitKind::Config, e))?;
     let described = output.describe(&issued);
     info!(
@@ -151,6 +148,32 @@ async fn write_one<O: Output>(
         path.display(),
         described.roles.join(", ")
     ))
+}
+
+/// Writes `files` into the destination `path`; a name `sub/name` goes into the subdirectory
+/// `sub` (made if missing, under the same symlinks policy), written before the top directory.
+fn write_files(
+    path: &std::path::Path,
+    symlinks: fsutil::Symlinks,
+    files: fsutil::Files,
+) -> anyhow::Result<()> {
+    let (nested, top): (fsutil::Files, fsutil::Files) =
+        files.into_iter().partition(|(name, _)| name.contains('/'));
+    let dir = fsutil::Dir::open(path, symlinks, true)?;
+    let mut subdirectories: Vec<(&'static str, fsutil::Files)> = Vec::new();
+    for (name, content) in nested {
+        let (sub, file) = name.split_once('/').expect("partitioned on '/'");
+        match subdirectories.iter_mut().find(|(s, _)| *s == sub) {
+            Some((_, files)) => files.push((file, content)),
+            None => subdirectories.push((sub, vec![(file, content)])),
+        }
+    }
+    for (sub, files) in subdirectories {
+        let subdirectory = fsutil::Dir::open(&path.join(sub), symlinks, true)?;
+        fsutil::write_all(&subdirectory, &files)?;
+    }
+    fsutil::write_all(&dir, &top)?;
+    Ok(())
 }
 
 // === The kinds ===

@@ -261,10 +261,11 @@ fn openssl(args: &[&str]) -> String {
 async fn a_database_output_holds_an_rsa_certificate_routed_to_its_database() {
     let env = access_env().await;
     let services = format!(
-        "  - type: database\n    service: pg\n    database: app\n    username: alice\n    format: tls\n{}  - type: database\n    service: mdb\n    username: alice\n    format: mongo\n{}  - type: database\n    service: pg\n{}",
+        "  - type: database\n    service: pg\n    database: app\n    username: alice\n    format: tls\n{}  - type: database\n    service: mdb\n    username: alice\n    format: mongo\n{}  - type: database\n    service: pg\n{}  - type: database\n    service: pg\n    username: root\n    format: cockroach\n{}",
         directory(&env, "pg"),
         directory(&env, "mongo"),
-        directory(&env, "plain")
+        directory(&env, "plain"),
+        directory(&env, "cockroach")
     );
     let cfg = config_with(&env, &services);
     let summary = ok(&oneshot(&cfg, &[]).await);
@@ -342,6 +343,37 @@ async fn a_database_output_holds_an_rsa_certificate_routed_to_its_database() {
         mongo.join("mongo.cas").to_str().unwrap(),
         "-noout",
     ]);
+    // format: cockroach: cockroach/node.crt and node.key (the output's certificate and key),
+    // ca-client.crt the database CAs, and ca.crt empty, as tbot 18.x writes it.
+    let cockroach = env.path("cockroach").join("cockroach");
+    let node = cockroach.join("node.crt");
+    openssl(&["x509", "-in", node.to_str().unwrap(), "-noout"]);
+    let key_modulus = openssl(&[
+        "rsa",
+        "-in",
+        cockroach.join("node.key").to_str().unwrap(),
+        "-noout",
+        "-modulus",
+    ]);
+    let cert_modulus = openssl(&["x509", "-in", node.to_str().unwrap(), "-noout", "-modulus"]);
+    assert_eq!(key_modulus, cert_modulus);
+    openssl(&[
+        "x509",
+        "-in",
+        cockroach.join("ca-client.crt").to_str().unwrap(),
+        "-noout",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(cockroach.join("ca-client.crt")).unwrap(),
+        std::fs::read_to_string(env.path("cockroach").join("teleport-database-ca.crt")).unwrap()
+    );
+    assert_eq!(std::fs::read(cockroach.join("ca.crt")).unwrap(), b"");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(cockroach.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     // No format: no extra files.
     assert!(!env.path("plain").join("tls.crt").exists());
     assert!(!env.path("plain").join("mongo.crt").exists());
@@ -370,10 +402,6 @@ async fn access_outputs_refuse_bad_configuration_naming_the_output_and_the_key()
         (
             "  - type: database\n    service: pg\n    format: pem\n    destination: {type: directory, path: /tmp/x}\n",
             "services[0].format: unrecognized format (pem)",
-        ),
-        (
-            "  - type: database\n    service: pg\n    format: cockroach\n    destination: {type: directory, path: /tmp/x}\n",
-            "services[0].format: cockroach is not supported by keybound yet",
         ),
         (
             "  - type: database\n    service: pg\n    destination: {type: directory, path: /tmp/x}\n    tables: [a]\n",
