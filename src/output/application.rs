@@ -16,7 +16,7 @@ use super::cluster::Needs;
 use super::identity::{OutputContext, identity_files};
 use super::impersonate::{Impersonation, impersonate, impersonate_routed};
 use super::kind::{Described, Issue, Output};
-use super::routed::{connect_as, list_all, quoted};
+use super::routed::{Routed, connect_as, list_all, quoted};
 use crate::fsutil::Files;
 use crate::identity::Identity;
 use crate::values::{Destination, RawDestination, not_yet};
@@ -116,7 +116,7 @@ pub(super) fn roles_for<'a>(
 
 impl Output for ApplicationOutput {
     type Raw = RawApplicationOutput;
-    type Issued = Issued;
+    type Issued = Routed;
 
     fn from_raw(raw: RawApplicationOutput, at: &str) -> Result<Self, String> {
         let destination = check_destination(raw.destination, at)?;
@@ -154,7 +154,7 @@ impl Output for ApplicationOutput {
         Ok(())
     }
 
-    async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
+    async fn issue(&self, cx: &Issue<'_>) -> Result<Routed, Failure> {
         let roles = roles_for(&self.roles, cx)?;
         let what = Impersonation {
             roles,
@@ -171,16 +171,10 @@ impl Output for ApplicationOutput {
             r.route_to_app = Some(route);
         })
         .await?;
-        Ok(Issued {
-            identity,
-            roles: roles
-                .iter()
-                .map(|r| untrusted::name(r).to_string())
-                .collect(),
-        })
+        Ok(Routed::new(identity, roles))
     }
 
-    fn render(&self, issued: &Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
+    fn render(&self, issued: &Routed, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
         let ctx = OutputContext {
             proxy: cx.shared.proxy.as_ref(),
             cas: &cx.shared.cas,
@@ -195,11 +189,8 @@ impl Output for ApplicationOutput {
         Ok(out)
     }
 
-    fn describe(&self, issued: &Issued) -> Described {
-        Described {
-            roles: issued.roles.clone(),
-            expires: issued.identity.info.not_after,
-        }
+    fn describe(&self, issued: &Routed) -> Described {
+        issued.described()
     }
 }
 
@@ -248,10 +239,4 @@ pub(super) fn tls_files(identity: &Identity, host_cas: String) -> Files {
         (TLS_KEY, identity.private_key_pem.clone()),
         (TLS_CAS, host_cas.into()),
     ]
-}
-
-/// What an application output is issued: the routed identity, and its roles (sanitized).
-pub struct Issued {
-    identity: Identity,
-    roles: Vec<String>,
 }

@@ -19,7 +19,7 @@ use super::cluster::Needs;
 use super::identity::{OutputContext, identity_files};
 use super::impersonate::{Impersonation, impersonate, impersonate_routed};
 use super::kind::{Described, Issue, Output};
-use super::routed::{choose_one, connect_as, list_all, name_or_discovered, page};
+use super::routed::{Routed, choose_one, connect_as, list_all, name_or_discovered, page};
 use crate::fsutil::Files;
 use crate::identity::Identity;
 use crate::values::{Destination, RawDestination, not_yet};
@@ -103,7 +103,7 @@ pub struct RawDatabaseOutput {
 
 impl Output for DatabaseOutput {
     type Raw = RawDatabaseOutput;
-    type Issued = Issued;
+    type Issued = Routed;
 
     fn from_raw(raw: RawDatabaseOutput, at: &str) -> Result<Self, String> {
         let destination = check_destination(raw.destination, at)?;
@@ -155,7 +155,7 @@ impl Output for DatabaseOutput {
         Ok(())
     }
 
-    async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
+    async fn issue(&self, cx: &Issue<'_>) -> Result<Routed, Failure> {
         let roles = roles_for(&self.roles, cx)?;
         let what = Impersonation {
             roles,
@@ -184,16 +184,10 @@ impl Output for DatabaseOutput {
             r.route_to_database = Some(route);
         })
         .await?;
-        Ok(Issued {
-            identity,
-            roles: roles
-                .iter()
-                .map(|r| untrusted::name(r).to_string())
-                .collect(),
-        })
+        Ok(Routed::new(identity, roles))
     }
 
-    fn render(&self, issued: &Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
+    fn render(&self, issued: &Routed, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
         let ctx = OutputContext {
             proxy: cx.shared.proxy.as_ref(),
             cas: &cx.shared.cas,
@@ -222,11 +216,8 @@ impl Output for DatabaseOutput {
         Ok(out)
     }
 
-    fn describe(&self, issued: &Issued) -> Described {
-        Described {
-            roles: issued.roles.clone(),
-            expires: issued.identity.info.not_after,
-        }
+    fn describe(&self, issued: &Routed) -> Described {
+        issued.described()
     }
 }
 
@@ -267,10 +258,4 @@ impl DatabaseOutput {
             "check service, and that the roles' db_labels grant it",
         )
     }
-}
-
-/// What a database output is issued: the routed identity, and its roles (sanitized).
-pub struct Issued {
-    identity: Identity,
-    roles: Vec<String>,
 }

@@ -15,6 +15,33 @@ use crate::identity::Identity;
 use crate::untrusted;
 use crate::{ExitKind, Failure};
 
+/// What a routed output is issued: its identity, and its roles (sanitized, for the log).
+pub struct Routed {
+    pub(super) identity: Identity,
+    pub(super) roles: Vec<String>,
+}
+
+impl Routed {
+    /// The identity issued for `roles`.
+    pub(super) fn new(identity: Identity, roles: &[String]) -> Self {
+        Self {
+            identity,
+            roles: roles
+                .iter()
+                .map(|r| untrusted::name(r).to_string())
+                .collect(),
+        }
+    }
+
+    /// What was written, for the log and the summary.
+    pub(super) fn described(&self) -> super::kind::Described {
+        super::kind::Described {
+            roles: self.roles.clone(),
+            expires: self.identity.info.not_after,
+        }
+    }
+}
+
 /// Teleport's label for the name a discovered resource had before Discovery renamed it
 /// (`types.DiscoveredNameLabel`, `api/types/constants.go`).
 pub(super) const DISCOVERED_NAME_LABEL: &str = "teleport.internal/discovered-name";
