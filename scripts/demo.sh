@@ -2,7 +2,8 @@
 # The quickstart: a local dev cluster, a new static key, its bot and token created in the running
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
-# and a lock. The cluster never restarts. Everything lives in a scratch directory that is removed
+# a lock, and the access outputs (an app with curl, a Kubernetes cluster with kubectl). The
+# cluster never restarts. Everything lives in a scratch directory that is removed
 # at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -144,3 +145,81 @@ admin ls locks
 if "$kb" start -c "$dir/tbot.yaml" --oneshot; then echo "the locked bot joined" >&2; exit 1; fi
 admin rm "locks/$lock"
 "$kb" start -c "$dir/tbot.yaml" --oneshot
+
+# The access outputs: an app and a Kubernetes cluster in the running cluster, a role granting
+# them, and one keybound run writing an application and a kubernetes output for the bot, used
+# with curl and kubectl.
+access_outputs() {
+  step "8. Access outputs: an app and a Kubernetes cluster (tctl create), a role granting both"
+  cat > "$dir/access.yaml" <<YAML
+kind: app
+version: v3
+metadata:
+  name: echo
+  labels: {env: demo}
+spec:
+  uri: http://localhost:8080
+  public_addr: echo.localhost
+---
+kind: kube_cluster
+version: v3
+metadata:
+  name: demo-kube
+  labels: {env: demo}
+spec: {}
+---
+kind: role
+version: v7
+metadata:
+  name: web
+spec:
+  allow:
+    app_labels: {env: demo}
+    kubernetes_labels: {env: demo}
+    kubernetes_groups: [viewers]
+---
+kind: bot
+version: v1
+metadata:
+  name: demo
+spec:
+  roles: [access, web]
+YAML
+  cat "$dir/access.yaml"
+  admin create -f "$dir/access.yaml"
+  admin ls apps
+  admin ls kube_clusters
+
+  step "8a. keybound start --oneshot with an application and a kubernetes output (an authenticated rejoin)"
+  sed '/^services:/,$d' "$dir/tbot.yaml" > "$dir/tbot-access.yaml"
+  cat >> "$dir/tbot-access.yaml" <<YAML
+services:
+  - type: application
+    app_name: echo
+    specific_tls_naming: true
+    destination:
+      type: directory
+      path: $dir/out-app
+  - type: kubernetes
+    kubernetes_cluster: demo-kube
+    destination:
+      type: directory
+      path: $dir/out-kube
+YAML
+  sed -n '/^services:/,$p' "$dir/tbot-access.yaml"
+  "$kb" start -c "$dir/tbot-access.yaml" --oneshot
+
+  step "8b. curl reaches the app with the application output's certificate (the dev cluster's echo app)"
+  port=${proxy##*:}
+  curl -sS --resolve "echo.localhost:$port:127.0.0.1" --cacert "$dir/out-app/tls.cas" \
+    --cert "$dir/out-app/tls.crt" --key "$dir/out-app/tls.key" "https://echo.localhost:$port/"
+  echo
+  openssl x509 -in "$dir/out-app/tlscert" -noout -subject -nameopt oneline
+
+  step "8c. kubectl uses the kubernetes output's kubeconfig (its exec plugin runs keybound kube credentials)"
+  sed -n '/^users:/,$p' "$dir/out-kube/kubeconfig.yaml"
+  kubectl --kubeconfig "$dir/out-kube/kubeconfig.yaml" --cache-dir "$dir/kube-cache" version
+  kubectl --kubeconfig "$dir/out-kube/kubeconfig.yaml" --cache-dir "$dir/kube-cache" get namespaces
+  kubectl --kubeconfig "$dir/out-kube/kubeconfig.yaml" --cache-dir "$dir/kube-cache" get pods
+}
+access_outputs

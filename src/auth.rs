@@ -298,6 +298,16 @@ impl AuthClient {
         .await
     }
 
+    /// `AuthService.ListResources`: one page.
+    pub async fn list_resources(
+        &self,
+        request: legacy::ListResourcesRequest,
+    ) -> Result<legacy::ListResourcesResponse, Status> {
+        let request = self.request(request);
+        self.call("ListResources", self.auth_service().list_resources(request))
+            .await
+    }
+
     /// `TrustService.GetCertAuthorities(type, include_key = false)`.
     pub async fn cert_authorities(
         &self,

@@ -50,7 +50,7 @@ pub mod values;
 pub mod webapi;
 
 use anyhow::Context as _;
-use cli::{Cli, Command, KeypairCommand, SignerCommand};
+use cli::{Cli, Command, KeypairCommand, KubeCommand, SignerCommand};
 
 pub use failure::{ExitKind, Failure};
 
@@ -106,6 +106,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
         }
+        Command::Kube(KubeCommand::Credentials(args)) => Ok(commands::kube::credentials(
+            &args.destination_dir,
+            &mut std::io::stdout().lock(),
+        )
+        .map_err(|e| Failure::new(ExitKind::Config, e))?),
         Command::Completions(args) => Ok(commands::generate::completions(
             args.shell,
             &mut std::io::stdout().lock(),

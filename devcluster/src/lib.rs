@@ -66,17 +66,23 @@
 //!    (`tests/integration/`) that calls the RPC on a [`DevCluster`] the way a client does.
 
 pub mod admin;
+pub mod apps;
 mod auth;
 pub mod ca;
 mod caller;
 mod cluster;
 mod config;
+pub mod databases;
 mod front;
 mod join;
+pub mod kube_clusters;
+pub mod labels;
+mod listing;
 pub mod locks;
 mod misbehave;
 pub mod resources;
 pub mod roles;
+mod routes;
 mod run;
 mod subject_keys;
 pub mod tokens;

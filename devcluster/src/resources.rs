@@ -8,6 +8,9 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use crate::apps::{self, App};
+use crate::databases::{self, Database};
+use crate::kube_clusters::{self, KubeCluster};
 use crate::locks::{self, Lock};
 use crate::roles::{self, Bot, Role};
 use crate::tokens::{self, Token};
@@ -23,11 +26,25 @@ pub enum Kind {
     Bot,
     /// `kind: lock`.
     Lock,
+    /// `kind: app`.
+    App,
+    /// `kind: db`.
+    Db,
+    /// `kind: kube_cluster`.
+    KubeCluster,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 4] = [Self::Token, Self::Bot, Self::Role, Self::Lock];
+    pub const ALL: [Self; 7] = [
+        Self::Token,
+        Self::Bot,
+        Self::Role,
+        Self::Lock,
+        Self::App,
+        Self::Db,
+        Self::KubeCluster,
+    ];
 
     /// The resource's `kind:` (`token`).
     pub fn name(self) -> &'static str {
@@ -36,6 +53,9 @@ impl Kind {
             Self::Role => "role",
             Self::Bot => "bot",
             Self::Lock => "lock",
+            Self::App => "app",
+            Self::Db => "db",
+            Self::KubeCluster => "kube_cluster",
         }
     }
 
@@ -46,6 +66,9 @@ impl Kind {
             Self::Role => "roles",
             Self::Bot => "bots",
             Self::Lock => "locks",
+            Self::App => "apps",
+            Self::Db => "dbs",
+            Self::KubeCluster => "kube_clusters",
         }
     }
 
@@ -55,7 +78,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles and locks")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs and kube_clusters")
             })
     }
 }
@@ -77,6 +100,12 @@ pub struct Resources {
     pub bots: Vec<Bot>,
     /// `kind: lock`.
     pub locks: Vec<Lock>,
+    /// `kind: app`.
+    pub apps: Vec<App>,
+    /// `kind: db`.
+    pub databases: Vec<Database>,
+    /// `kind: kube_cluster`.
+    pub kube_clusters: Vec<KubeCluster>,
 }
 
 impl Resources {
@@ -86,6 +115,9 @@ impl Resources {
         self.roles.extend(other.roles);
         self.bots.extend(other.bots);
         self.locks.extend(other.locks);
+        self.apps.extend(other.apps);
+        self.databases.extend(other.databases);
+        self.kube_clusters.extend(other.kube_clusters);
     }
 
     /// Whether there are none.
@@ -94,6 +126,9 @@ impl Resources {
             && self.roles.is_empty()
             && self.bots.is_empty()
             && self.locks.is_empty()
+            && self.apps.is_empty()
+            && self.databases.is_empty()
+            && self.kube_clusters.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -102,7 +137,17 @@ impl Resources {
         let bots = self.bots.iter().map(|b| (Kind::Bot, b.name.as_str()));
         let roles = self.roles.iter().map(|r| (Kind::Role, r.name.as_str()));
         let locks = self.locks.iter().map(|l| (Kind::Lock, l.name.as_str()));
-        tokens.chain(bots).chain(roles).chain(locks).collect()
+        let apps = self.apps.iter().map(|a| (Kind::App, a.name.as_str()));
+        let dbs = self.databases.iter().map(|d| (Kind::Db, d.name.as_str()));
+        let kubes = (self.kube_clusters.iter()).map(|k| (Kind::KubeCluster, k.name.as_str()));
+        tokens
+            .chain(bots)
+            .chain(roles)
+            .chain(locks)
+            .chain(apps)
+            .chain(dbs)
+            .chain(kubes)
+            .collect()
     }
 }
 
@@ -124,14 +169,23 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("lock") => out
                 .locks
                 .push(locks::from_value(value).with_context(|| origin.to_owned())?),
+            Some("app") => out
+                .apps
+                .push(apps::from_value(value).with_context(|| origin.to_owned())?),
+            Some("db") => out
+                .databases
+                .push(databases::from_value(value).with_context(|| origin.to_owned())?),
+            Some("kube_cluster") => out
+                .kube_clusters
+                .push(kube_clusters::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
-                roles::Parsed::Role(role) => out.roles.push(role),
+                roles::Parsed::Role(role) => out.roles.push(*role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),
             },
         }
     }
     if out.is_empty() {
-        bail!("{origin}: holds no token, role, bot or lock");
+        bail!("{origin}: holds no token, role, bot, lock, app, db or kube_cluster");
     }
     Ok(out)
 }
@@ -164,7 +218,7 @@ mod tests {
         let err = parse("---\n", "empty.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "empty.yaml: holds no token, role, bot or lock"
+            "empty.yaml: holds no token, role, bot, lock, app, db or kube_cluster"
         );
         let err = parse("kind: user\nversion: v2\nmetadata: {name: u}\n", "u.yaml").unwrap_err();
         assert!(format!("{err:#}").starts_with("u.yaml: "), "{err:#}");

@@ -10,6 +10,7 @@ use keybound_proto::types;
 use serde::Deserialize;
 
 use crate::ca::bot_resource_name;
+use crate::labels::{self, Selector, glob};
 
 /// A role.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -24,6 +25,20 @@ pub struct Role {
     pub impersonate_users: Vec<String>,
     /// `spec.deny.impersonate.roles`.
     pub deny_impersonate_roles: Vec<String>,
+    /// `spec.allow.app_labels`: the apps the role grants.
+    pub app_labels: Selector,
+    /// `spec.allow.db_labels`: the databases the role grants.
+    pub db_labels: Selector,
+    /// `spec.allow.db_names`: the database names it allows.
+    pub db_names: Vec<String>,
+    /// `spec.allow.db_users`: the database users it allows.
+    pub db_users: Vec<String>,
+    /// `spec.allow.kubernetes_labels`: the Kubernetes clusters the role grants.
+    pub kubernetes_labels: Selector,
+    /// `spec.allow.kubernetes_groups`: the Kubernetes groups it grants.
+    pub kubernetes_groups: Vec<String>,
+    /// `spec.allow.kubernetes_users`: the Kubernetes users it grants.
+    pub kubernetes_users: Vec<String>,
 }
 
 /// A bot (`kind: bot`, `version: v1`).
@@ -96,6 +111,25 @@ impl Role {
         if !allowed.is_empty() {
             allow.insert("impersonate".to_owned(), allowed.into());
         }
+        for (key, selector) in [
+            ("app_labels", &self.app_labels),
+            ("db_labels", &self.db_labels),
+            ("kubernetes_labels", &self.kubernetes_labels),
+        ] {
+            if !selector.is_empty() {
+                allow.insert(key.to_owned(), labels::to_json(selector));
+            }
+        }
+        for (key, list) in [
+            ("db_names", &self.db_names),
+            ("db_users", &self.db_users),
+            ("kubernetes_groups", &self.kubernetes_groups),
+            ("kubernetes_users", &self.kubernetes_users),
+        ] {
+            if !list.is_empty() {
+                allow.insert(key.to_owned(), list.clone().into());
+            }
+        }
         let mut deny = serde_json::Map::new();
         let denied = impersonate(&self.deny_impersonate_roles, &[]);
         if !denied.is_empty() {
@@ -145,27 +179,6 @@ pub fn may_impersonate(holder: &[&Role], requested: &[String]) -> bool {
     })
 }
 
-/// Teleport's `utils.MatchString` globs: `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else {
-        return pattern == text;
-    };
-    let Some(mut remaining) = text.strip_prefix(head) else {
-        return false;
-    };
-    let parts: Vec<&str> = rest.split('*').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if i == parts.len() - 1 {
-            return remaining.ends_with(part);
-        }
-        match remaining.find(part) {
-            Some(at) => remaining = &remaining[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 #[derive(Deserialize)]
 struct Resource {
     kind: String,
@@ -194,6 +207,20 @@ struct Conditions {
     logins: Vec<String>,
     #[serde(default)]
     impersonate: Option<Impersonate>,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    app_labels: Selector,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    db_labels: Selector,
+    #[serde(default)]
+    db_names: Vec<String>,
+    #[serde(default)]
+    db_users: Vec<String>,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    kubernetes_labels: Selector,
+    #[serde(default)]
+    kubernetes_groups: Vec<String>,
+    #[serde(default)]
+    kubernetes_users: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,7 +243,7 @@ struct BotSpec {
 /// A role or bot read from a resource document.
 pub enum Parsed {
     /// `kind: role`.
-    Role(Role),
+    Role(Box<Role>),
     /// `kind: bot`.
     Bot(Bot),
 }
@@ -234,12 +261,12 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     resource.version
                 );
             }
-            let spec: RoleSpec = if resource.spec.is_null() {
+            let mut spec: RoleSpec = if resource.spec.is_null() {
                 RoleSpec::default()
             } else {
                 serde_yaml::from_value(resource.spec).with_context(|| format!("role {name}"))?
             };
-            let allow = spec.allow.impersonate.unwrap_or_default();
+            let allow = spec.allow.impersonate.take().unwrap_or_default();
             let deny = spec.deny.impersonate.unwrap_or_default();
             if !allow.predicate.is_empty() || !deny.predicate.is_empty() {
                 bail!(
@@ -251,13 +278,21 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     "role {name}: deny.impersonate.users is not supported by the dev cluster; remove it"
                 );
             }
-            Ok(Parsed::Role(Role {
+            let conditions = spec.allow;
+            Ok(Parsed::Role(Box::new(Role {
                 name,
-                logins: spec.allow.logins,
+                logins: conditions.logins,
                 impersonate_roles: allow.roles,
                 impersonate_users: allow.users,
                 deny_impersonate_roles: deny.roles,
-            }))
+                app_labels: conditions.app_labels,
+                db_labels: conditions.db_labels,
+                db_names: conditions.db_names,
+                db_users: conditions.db_users,
+                kubernetes_labels: conditions.kubernetes_labels,
+                kubernetes_groups: conditions.kubernetes_groups,
+                kubernetes_users: conditions.kubernetes_users,
+            })))
         }
         "bot" => {
             if resource.version != "v1" {
@@ -344,11 +379,15 @@ mod tests {
         let mut role = role("r", &["access", "db-*"], &["admin"]);
         role.logins = names(&["root"]);
         role.impersonate_users = names(&["alice"]);
+        role.app_labels = [("env".to_owned(), names(&["dev", "qa"]))].into();
+        role.db_labels = [("*".to_owned(), names(&["*"]))].into();
+        role.db_names = names(&["app"]);
+        role.db_users = names(&["alice"]);
         let shown = serde_yaml::to_value(role.to_resource()).unwrap();
         let Parsed::Role(back) = from_value(shown).unwrap() else {
             panic!("not a role")
         };
-        assert_eq!(back, role);
+        assert_eq!(*back, role);
         let bare = Role {
             name: "empty".into(),
             ..Role::default()
@@ -358,7 +397,7 @@ mod tests {
         else {
             panic!("not a role")
         };
-        assert_eq!(back, bare);
+        assert_eq!(*back, bare);
         let bot = Bot {
             name: "ci".into(),
             roles: names(&["access"]),

@@ -223,6 +223,10 @@ pub enum Command {
     // not listed.
     #[command(mut_arg("oneshot", |arg| arg.hide(true)))]
     Doctor(Start),
+    /// Kubernetes helpers: `kube credentials`, the exec plugin of the kubeconfig a Kubernetes
+    /// output writes.
+    #[command(subcommand)]
+    Kube(KubeCommand),
     /// Print a shell completion script: `keybound completions bash > /etc/bash_completion.d/keybound`.
     Completions(CompletionsArgs),
     /// Print the man page (roff): `keybound man > keybound.1`, or one page per command with
@@ -239,10 +243,27 @@ impl Command {
             Self::Signer(_) => "signer",
             Self::DevCluster(_) => "dev-cluster",
             Self::Doctor(_) => "doctor",
+            Self::Kube(_) => "kube",
             Self::Completions(_) => "completions",
             Self::Man(_) => "man",
         }
     }
+}
+
+/// `keybound kube ...`.
+#[derive(Debug, Subcommand)]
+pub enum KubeCommand {
+    /// Print a client.authentication.k8s.io/v1beta1 ExecCredential from a Kubernetes output's
+    /// identity (what kubectl runs for the kubeconfig's user).
+    Credentials(KubeCredentialsArgs),
+}
+
+/// `keybound kube credentials`.
+#[derive(Debug, Args)]
+pub struct KubeCredentialsArgs {
+    /// The Kubernetes output's directory (its `identity` file is read).
+    #[arg(long, value_name = "DIR")]
+    pub destination_dir: PathBuf,
 }
 
 /// `keybound completions`.
@@ -467,6 +488,9 @@ impl DevClusterArgs {
             roles: resources.roles,
             bots: resources.bots,
             locks: resources.locks,
+            apps: resources.apps,
+            databases: resources.databases,
+            kube_clusters: resources.kube_clusters,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })

@@ -171,6 +171,9 @@ fn write_table(kind: Kind, found: &[Value], out: &mut dyn Write) -> anyhow::Resu
         Kind::Bot => &["NAME", "ROLES"],
         Kind::Role => &["NAME", "LOGINS", "MAY IMPERSONATE"],
         Kind::Lock => &["NAME", "TARGET", "MESSAGE", "EXPIRES"],
+        Kind::App => &["NAME", "PUBLIC ADDRESS", "LABELS"],
+        Kind::Db => &["NAME", "PROTOCOL", "LABELS"],
+        Kind::KubeCluster => &["NAME", "LABELS"],
     };
     let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
     rows.extend(found.iter().map(|r| row(kind, r)));
@@ -207,8 +210,30 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
             items.join(",")
         }
     };
+    let labels = |v: &Value| {
+        let pairs: Vec<String> = v
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+            .unwrap_or_default();
+        if pairs.is_empty() {
+            "-".to_owned()
+        } else {
+            pairs.join(",")
+        }
+    };
     let (meta, spec) = (&r["metadata"], &r["spec"]);
     match kind {
+        Kind::App => vec![
+            text(&meta["name"]),
+            text(&spec["public_addr"]),
+            labels(&meta["labels"]),
+        ],
+        Kind::Db => vec![
+            text(&meta["name"]),
+            text(&spec["protocol"]),
+            labels(&meta["labels"]),
+        ],
+        Kind::KubeCluster => vec![text(&meta["name"]), labels(&meta["labels"])],
         Kind::Token => {
             let recovery = &spec["bound_keypair"]["recovery"];
             let status = &r["status"]["bound_keypair"];

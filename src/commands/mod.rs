@@ -4,5 +4,6 @@ pub mod dev_cluster;
 pub mod doctor;
 pub mod generate;
 pub mod keypair;
+pub mod kube;
 pub mod signer_list;
 pub mod start;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `keybound` binary and library against tools keybound did not write
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
+mod access;
 mod agent;
 mod agent_health;
 mod agent_pins;
@@ -24,6 +25,7 @@ mod hostile_text;
 mod interop;
 mod join;
 mod keypair;
+mod kube;
 mod logs;
 mod oneshot;
 mod outputs;

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::SystemTime;
 
+use crate::apps::App;
 use crate::ca::bot_resource_name;
+use crate::databases::Database;
+use crate::kube_clusters::KubeCluster;
 use crate::locks::{Lock, LockTarget};
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
@@ -61,6 +64,9 @@ pub(super) struct Catalog {
     roles: HashMap<String, Role>,
     bots: HashMap<String, Bot>,
     locks: BTreeMap<String, Lock>,
+    pub(super) apps: BTreeMap<String, App>,
+    pub(super) databases: BTreeMap<String, Database>,
+    pub(super) kube_clusters: BTreeMap<String, KubeCluster>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -132,6 +138,9 @@ impl Catalog {
             Kind::Role => self.role_names().len(),
             Kind::Bot => self.bots.len(),
             Kind::Lock => self.locks.len(),
+            Kind::App => self.apps.len(),
+            Kind::Db => self.databases.len(),
+            Kind::KubeCluster => self.kube_clusters.len(),
         }
     }
 
@@ -186,6 +195,15 @@ impl Catalog {
         for lock in resources.locks {
             self.put_lock(lock);
         }
+        for app in resources.apps {
+            self.apps.insert(app.name.clone(), app);
+        }
+        for db in resources.databases {
+            self.databases.insert(db.name.clone(), db);
+        }
+        for kube in resources.kube_clusters {
+            self.kube_clusters.insert(kube.name.clone(), kube);
+        }
         Ok(applied)
     }
 
@@ -195,6 +213,9 @@ impl Catalog {
             Kind::Role => self.roles.contains_key(name),
             Kind::Bot => self.bots.contains_key(name),
             Kind::Lock => self.locks.contains_key(name),
+            Kind::App => self.apps.contains_key(name),
+            Kind::Db => self.databases.contains_key(name),
+            Kind::KubeCluster => self.kube_clusters.contains_key(name),
         }
     }
 
@@ -208,6 +229,9 @@ impl Catalog {
             Kind::Role => self.role_resource(name),
             Kind::Bot => self.bots.get(name).map(Bot::to_resource),
             Kind::Lock => self.locks.get(name).map(Lock::to_resource),
+            Kind::App => self.apps.get(name).map(App::to_resource),
+            Kind::Db => self.databases.get(name).map(Database::to_resource),
+            Kind::KubeCluster => self.kube_clusters.get(name).map(KubeCluster::to_resource),
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -230,6 +254,9 @@ impl Catalog {
             Kind::Role => self.role_names(),
             Kind::Bot => self.bots.keys().cloned().collect(),
             Kind::Lock => self.locks.keys().cloned().collect(),
+            Kind::App => self.apps.keys().cloned().collect(),
+            Kind::Db => self.databases.keys().cloned().collect(),
+            Kind::KubeCluster => self.kube_clusters.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -245,6 +272,9 @@ impl Catalog {
             Kind::Role => self.roles.remove(name).is_some(),
             Kind::Bot => self.bots.remove(name).is_some(),
             Kind::Lock => self.locks.remove(name).is_some(),
+            Kind::App => self.apps.remove(name).is_some(),
+            Kind::Db => self.databases.remove(name).is_some(),
+            Kind::KubeCluster => self.kube_clusters.remove(name).is_some(),
         };
         if removed {
             return Ok(());

@@ -63,7 +63,18 @@ impl Cluster {
             Suite::BalancedV1 => Algorithm::Ed25519,
             _ => Algorithm::EcdsaP256Sha256,
         };
-        let catalog = Catalog::new(&config.tokens, &config.roles, &config.bots, &config.locks);
+        let mut catalog = Catalog::new(&config.tokens, &config.roles, &config.bots, &config.locks);
+        catalog.apps = config
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), a.clone()))
+            .collect();
+        catalog.databases = (config.databases.iter())
+            .map(|d| (d.name.clone(), d.clone()))
+            .collect();
+        catalog.kube_clusters = (config.kube_clusters.iter())
+            .map(|k| (k.name.clone(), k.clone()))
+            .collect();
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
@@ -173,6 +184,21 @@ impl Cluster {
     /// The bound-keypair CA's JWT key, which signs join state documents.
     pub(crate) fn join_state_key(&self) -> &SoftSigner {
         &self.join_state_key
+    }
+
+    /// Every app, by name.
+    pub(crate) fn apps(&self) -> Vec<crate::apps::App> {
+        self.catalog().apps.values().cloned().collect()
+    }
+
+    /// Every database, by name.
+    pub(crate) fn databases(&self) -> Vec<crate::databases::Database> {
+        self.catalog().databases.values().cloned().collect()
+    }
+
+    /// Every Kubernetes cluster, by name.
+    pub(crate) fn kube_clusters(&self) -> Vec<crate::kube_clusters::KubeCluster> {
+        self.catalog().kube_clusters.values().cloned().collect()
     }
 
     /// How many resources of a kind it has (roles: from the resources and implied by bots).
