@@ -313,6 +313,17 @@ impl AuthClient {
             .await?;
         Ok(answer.cert_authorities_v2)
     }
+
+    /// `TrustService.GenerateHostCert`: an SSH host certificate, for the `ssh_host` output.
+    pub async fn generate_host_cert(
+        &self,
+        request: trust::GenerateHostCertRequest,
+    ) -> Result<trust::GenerateHostCertResponse, Status> {
+        let request = self.request(request);
+        let mut client = trust::trust_service_client::TrustServiceClient::new(self.channel());
+        self.call("GenerateHostCert", client.generate_host_cert(request))
+            .await
+    }
 }
 
 /// TLS trusting the cluster's CAs, presenting the bot's certificate.

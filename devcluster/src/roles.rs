@@ -1,8 +1,8 @@
 //! Roles and bots in Teleport's resource YAML (the `tctl create` format), and the role
 //! impersonation rules Auth applies when a bot asks for certificates for its outputs.
 //!
-//! Only what a bot's identity output touches is kept: a role's `allow.logins`, and its
-//! `allow.impersonate` / `deny.impersonate` rules. A `kind: bot` resource stands for what
+//! Only what a bot's outputs touch is kept: a role's `allow.logins`, its `allow.impersonate` /
+//! `deny.impersonate` rules, and its `allow.rules` / `deny.rules` ([`crate::rules`]). A `kind: bot` resource stands for what
 //! `tctl bots add` makes: the bot's role `bot-<name>`, which may impersonate `spec.roles`.
 
 use anyhow::{Context as _, bail};
@@ -10,6 +10,7 @@ use keybound_proto::types;
 use serde::Deserialize;
 
 use crate::ca::bot_resource_name;
+use crate::rules::{RawRule, Rule};
 
 /// A role.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -24,6 +25,10 @@ pub struct Role {
     pub impersonate_users: Vec<String>,
     /// `spec.deny.impersonate.roles`.
     pub deny_impersonate_roles: Vec<String>,
+    /// `spec.allow.rules` ([`crate::rules`]).
+    pub rules: Vec<Rule>,
+    /// `spec.deny.rules`.
+    pub deny_rules: Vec<Rule>,
 }
 
 /// A bot (`kind: bot`, `version: v1`).
@@ -100,6 +105,12 @@ impl Role {
         let denied = impersonate(&self.deny_impersonate_roles, &[]);
         if !denied.is_empty() {
             deny.insert("impersonate".to_owned(), denied.into());
+        }
+        for (rules, out) in [(&self.rules, &mut allow), (&self.deny_rules, &mut deny)] {
+            if !rules.is_empty() {
+                let shown: Vec<_> = rules.iter().map(Rule::to_resource).collect();
+                out.insert("rules".to_owned(), shown.into());
+            }
         }
         serde_json::json!({
             "kind": "role",
@@ -194,6 +205,8 @@ struct Conditions {
     logins: Vec<String>,
     #[serde(default)]
     impersonate: Option<Impersonate>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,7 +264,15 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     "role {name}: deny.impersonate.users is not supported by the dev cluster; remove it"
                 );
             }
+            let rules = |raw: Vec<RawRule>, side: &str| {
+                raw.into_iter()
+                    .enumerate()
+                    .map(|(i, r)| Rule::from_raw(r, &format!("role {name}: {side}.rules[{i}]")))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            };
             Ok(Parsed::Role(Role {
+                rules: rules(spec.allow.rules, "allow")?,
+                deny_rules: rules(spec.deny.rules, "deny")?,
                 name,
                 logins: spec.allow.logins,
                 impersonate_roles: allow.roles,
@@ -344,6 +365,15 @@ mod tests {
         let mut role = role("r", &["access", "db-*"], &["admin"]);
         role.logins = names(&["root"]);
         role.impersonate_users = names(&["alice"]);
+        role.rules = vec![
+            Rule::new(
+                &["host_cert"],
+                &["create"],
+                r#"all_end_with(host_cert.principals, ".x")"#,
+            )
+            .unwrap(),
+        ];
+        role.deny_rules = vec![Rule::new(&["*"], &["read"], "").unwrap()];
         let shown = serde_yaml::to_value(role.to_resource()).unwrap();
         let Parsed::Role(back) = from_value(shown).unwrap() else {
             panic!("not a role")

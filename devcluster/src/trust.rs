@@ -1,5 +1,6 @@
-//! `teleport.trust.v1.TrustService`, the reading parts a bot's identity output calls: the
-//! cluster's CA records, never their keys (`lib/auth/trust/trustv1/service.go`).
+//! `teleport.trust.v1.TrustService`, the parts a bot's outputs call: the cluster's CA records,
+//! never their keys (`lib/auth/trust/trustv1/service.go`), and `GenerateHostCert`
+//! (`host_certs.rs`).
 
 use std::sync::Arc;
 
@@ -42,6 +43,15 @@ impl trust::trust_service_server::TrustService for TrustApi {
         Ok(Response::new(trust::GetCertAuthoritiesResponse {
             cert_authorities_v2: vec![ca_proto(&self.0, &req.r#type)?],
         }))
+    }
+
+    async fn generate_host_cert(
+        &self,
+        request: Request<trust::GenerateHostCertRequest>,
+    ) -> Result<Response<trust::GenerateHostCertResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        crate::host_certs::generate_host_cert(&self.0, &caller, request.get_ref())
+            .map(Response::new)
     }
 }
 

@@ -284,6 +284,14 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("teleport.trust.v1.GetCertAuthoritiesRequest", "type", 1, "string", TRUST),
     ("teleport.trust.v1.GetCertAuthoritiesRequest", "include_key", 2, "bool", TRUST),
     ("teleport.trust.v1.GetCertAuthoritiesResponse", "cert_authorities_v2", 1, "repeated .types.CertAuthorityV2", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "key", 1, "bytes", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "host_id", 2, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "node_name", 3, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "principals", 4, "repeated string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "cluster_name", 5, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "role", 6, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "ttl", 7, ".google.protobuf.Duration", TRUST),
+    ("teleport.trust.v1.GenerateHostCertResponse", "ssh_certificate", 1, "bytes", TRUST),
 ];
 
 /// (enum, value, number, source).
@@ -327,6 +335,13 @@ const METHODS: &[(&str, Kind, &str)] = &[
     ),
     (
         "/teleport.trust.v1.TrustService/GetCertAuthorities",
+        Kind::Unary,
+        TRUST,
+    ),
+    // Its GenerateHostCert, called by tbot's ssh_host output
+    // (lib/tbot/services/ssh/host_output.go at 01603da7).
+    (
+        "/teleport.trust.v1.TrustService/GenerateHostCert",
         Kind::Unary,
         TRUST,
     ),

@@ -17,6 +17,7 @@ pub mod identity;
 mod impersonate;
 mod kind;
 pub mod ssh;
+pub mod ssh_host;
 
 use std::time::Duration;
 
@@ -240,6 +241,9 @@ kinds! {
     /// `type: identity`: the bot's role-impersonated certificates in tbot's file layout, with
     /// `known_hosts` and `ssh_config` ([`identity`]).
     Identity(IdentityOutput) = "identity",
+    /// `type: ssh_host`: an SSH host key, its host certificate and the user CA keys, for an
+    /// OpenSSH server ([`ssh_host`]).
+    SshHost(ssh_host::SshHostOutput) = "ssh_host",
 }
 
 impl OutputConfig {
@@ -278,7 +282,6 @@ const TBOT_SERVICE_TYPES: &[&str] = &[
     "kubernetes",
     "kubernetes/v2",
     "kubernetes/argo-cd",
-    "ssh_host",
     "ssh-multiplexer",
     "spiffe-svid",
     "spiffe-workload-api",

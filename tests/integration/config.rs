@@ -65,6 +65,7 @@ fn every_supported_key_is_read() {
     );
     let identity = |i: usize| match &config.outputs[i] {
         OutputConfig::Identity(o) => o,
+        other => panic!("not an identity output: {other:?}"),
     };
     assert_eq!(config.outputs.len(), 2);
     assert!(identity(0).ssh_config);

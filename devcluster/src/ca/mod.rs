@@ -28,11 +28,13 @@
 //! * `authority`: the user, host and database CAs ([`ClusterCa`]) and their public parts;
 //! * `request`: what Auth asks for ([`UserCertRequest`], [`BotCertRequest`]) and gets
 //!   ([`BotCerts`]);
-//! * `ssh`: SSH user and host certificates; `user`: a user's (or bot's) X.509 and SSH pair;
+//! * `ssh`: SSH user and host certificates; `host_cert`: the host certificates of
+//!   `TrustService.GenerateHostCert`; `user`: a user's (or bot's) X.509 and SSH pair;
 //! * `server`: the Proxy's and Auth's TLS certificates; `export`: the public CA export.
 
 mod authority;
 mod export;
+mod host_cert;
 mod keys;
 mod request;
 mod server;
@@ -45,6 +47,7 @@ mod x509;
 mod tests;
 
 pub use authority::ClusterCa;
+pub use host_cert::{EXT_AUTHORITY, EXT_ROLE, HostCertRequest};
 pub use request::{BotCertRequest, BotCerts, BotFields, UserCertRequest, bot_resource_name};
 pub use server::CLUSTER_LOCAL_NAMES;
 pub use ssh::ssh_ext;
