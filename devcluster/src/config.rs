@@ -8,6 +8,7 @@ use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
 use crate::roles::{Bot, Role};
 use crate::tokens::Token;
+use crate::workload_identities::WorkloadIdentity;
 
 /// How to run a dev cluster.
 #[derive(Clone, Debug)]
@@ -34,6 +35,8 @@ pub struct DevClusterConfig {
     pub bots: Vec<Bot>,
     /// Locks in force from the start.
     pub locks: Vec<Lock>,
+    /// Workload identities (`kind: workload_identity`), for the SVID issuance RPCs.
+    pub workload_identities: Vec<WorkloadIdentity>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -54,6 +57,7 @@ impl Default for DevClusterConfig {
             roles: Vec::new(),
             bots: Vec::new(),
             locks: Vec::new(),
+            workload_identities: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
         }

@@ -85,6 +85,8 @@ mod run;
 mod subject_keys;
 pub mod tokens;
 mod trust;
+pub mod workload_identities;
+mod workload_identity;
 
 pub use cluster::{Cluster, GaveUp};
 pub use config::DevClusterConfig;

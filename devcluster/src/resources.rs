@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::locks::{self, Lock};
 use crate::roles::{self, Bot, Role};
 use crate::tokens::{self, Token};
+use crate::workload_identities::{self, WorkloadIdentity};
 
 /// A kind of resource, named as `tctl get` names it.
 #[derive(Clone, Copy, Debug, Eq, PartialEq, Hash)]
@@ -23,11 +24,19 @@ pub enum Kind {
     Bot,
     /// `kind: lock`.
     Lock,
+    /// `kind: workload_identity`.
+    WorkloadIdentity,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 4] = [Self::Token, Self::Bot, Self::Role, Self::Lock];
+    pub const ALL: [Self; 5] = [
+        Self::Token,
+        Self::Bot,
+        Self::Role,
+        Self::Lock,
+        Self::WorkloadIdentity,
+    ];
 
     /// The resource's `kind:` (`token`).
     pub fn name(self) -> &'static str {
@@ -36,6 +45,7 @@ impl Kind {
             Self::Role => "role",
             Self::Bot => "bot",
             Self::Lock => "lock",
+            Self::WorkloadIdentity => "workload_identity",
         }
     }
 
@@ -46,6 +56,7 @@ impl Kind {
             Self::Role => "roles",
             Self::Bot => "bots",
             Self::Lock => "locks",
+            Self::WorkloadIdentity => "workload_identities",
         }
     }
 
@@ -55,7 +66,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles and locks")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks and workload_identities")
             })
     }
 }
@@ -77,6 +88,8 @@ pub struct Resources {
     pub bots: Vec<Bot>,
     /// `kind: lock`.
     pub locks: Vec<Lock>,
+    /// `kind: workload_identity`.
+    pub workload_identities: Vec<WorkloadIdentity>,
 }
 
 impl Resources {
@@ -86,6 +99,7 @@ impl Resources {
         self.roles.extend(other.roles);
         self.bots.extend(other.bots);
         self.locks.extend(other.locks);
+        self.workload_identities.extend(other.workload_identities);
     }
 
     /// Whether there are none.
@@ -94,6 +108,7 @@ impl Resources {
             && self.roles.is_empty()
             && self.bots.is_empty()
             && self.locks.is_empty()
+            && self.workload_identities.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -102,7 +117,16 @@ impl Resources {
         let bots = self.bots.iter().map(|b| (Kind::Bot, b.name.as_str()));
         let roles = self.roles.iter().map(|r| (Kind::Role, r.name.as_str()));
         let locks = self.locks.iter().map(|l| (Kind::Lock, l.name.as_str()));
-        tokens.chain(bots).chain(roles).chain(locks).collect()
+        let workload_identities = self
+            .workload_identities
+            .iter()
+            .map(|w| (Kind::WorkloadIdentity, w.name.as_str()));
+        tokens
+            .chain(bots)
+            .chain(roles)
+            .chain(locks)
+            .chain(workload_identities)
+            .collect()
     }
 }
 
@@ -124,6 +148,9 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("lock") => out
                 .locks
                 .push(locks::from_value(value).with_context(|| origin.to_owned())?),
+            Some("workload_identity") => out
+                .workload_identities
+                .push(workload_identities::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
                 roles::Parsed::Role(role) => out.roles.push(role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),

@@ -5,6 +5,8 @@
 //! `deny.impersonate` rules, and its `allow.rules` / `deny.rules` ([`crate::rules`]). A `kind: bot` resource stands for what
 //! `tctl bots add` makes: the bot's role `bot-<name>`, which may impersonate `spec.roles`.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, bail};
 use keybound_proto::types;
 use serde::Deserialize;
@@ -29,6 +31,9 @@ pub struct Role {
     pub rules: Vec<Rule>,
     /// `spec.deny.rules`.
     pub deny_rules: Vec<Rule>,
+    /// `spec.allow.workload_identity_labels`: the workload identities the role may issue from
+    /// (a value of `*` matches any; `'*': '*'` every resource).
+    pub workload_identity_labels: BTreeMap<String, Vec<String>>,
 }
 
 /// A bot (`kind: bot`, `version: v1`).
@@ -105,6 +110,12 @@ impl Role {
         let denied = impersonate(&self.deny_impersonate_roles, &[]);
         if !denied.is_empty() {
             deny.insert("impersonate".to_owned(), denied.into());
+        }
+        if !self.workload_identity_labels.is_empty() {
+            allow.insert(
+                "workload_identity_labels".to_owned(),
+                serde_json::json!(self.workload_identity_labels),
+            );
         }
         for (rules, out) in [(&self.rules, &mut allow), (&self.deny_rules, &mut deny)] {
             if !rules.is_empty() {
@@ -207,6 +218,25 @@ struct Conditions {
     impersonate: Option<Impersonate>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    workload_identity_labels: BTreeMap<String, LabelValues>,
+}
+
+/// A label's values in a role: one value or a list (`types.Labels`, `utils.Strings`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LabelValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl LabelValues {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(v) => vec![v],
+            Self::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -273,6 +303,12 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
             Ok(Parsed::Role(Role {
                 rules: rules(spec.allow.rules, "allow")?,
                 deny_rules: rules(spec.deny.rules, "deny")?,
+                workload_identity_labels: spec
+                    .allow
+                    .workload_identity_labels
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_vec()))
+                    .collect(),
                 name,
                 logins: spec.allow.logins,
                 impersonate_roles: allow.roles,
@@ -374,6 +410,7 @@ mod tests {
             .unwrap(),
         ];
         role.deny_rules = vec![Rule::new(&["*"], &["read"], "").unwrap()];
+        role.workload_identity_labels = [("env".to_owned(), names(&["dev", "ci"]))].into();
         let shown = serde_yaml::to_value(role.to_resource()).unwrap();
         let Parsed::Role(back) = from_value(shown).unwrap() else {
             panic!("not a role")

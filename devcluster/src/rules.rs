@@ -120,6 +120,16 @@ pub fn may_create_host_cert(allow: &[&Rule], deny: &[&Rule], cx: &HostCertContex
     !deny.iter().any(|r| applies(&r)) && allow.iter().any(|r| applies(&r))
 }
 
+/// `CheckAccessToRules` for a kind whose rules the dev cluster reads without a `where`
+/// (`workload_identity`): every verb must be granted by an allow rule, none refused by a deny
+/// rule. A rule with a `where` (which reads `host_cert` only) never applies here.
+pub fn may(allow: &[&Rule], deny: &[&Rule], resource: &str, verbs: &[&str]) -> bool {
+    let applies = |r: &&Rule, verb: &str| r.condition.is_none() && r.covers(resource, verb);
+    verbs.iter().all(|verb| {
+        !deny.iter().any(|r| applies(r, verb)) && allow.iter().any(|r| applies(r, verb))
+    })
+}
+
 /// Reads one `where` of the forms the dev cluster supports.
 fn parse(text: &str) -> anyhow::Result<Condition> {
     let unsupported = || {

@@ -65,6 +65,20 @@ fn no_keys(include_key: bool) -> Result<(), Status> {
     Ok(())
 }
 
+/// The JWT keys of a CA's record: the SPIFFE CA's (which signs JWT SVIDs), none for others.
+fn jwt_keys(cluster: &Cluster, kind: &str) -> Result<Vec<types::JwtKeyPair>, Status> {
+    if kind != "spiffe" {
+        return Ok(Vec::new());
+    }
+    let pem = cluster
+        .ca()
+        .spiffe_jwt_public_pem()
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    Ok(vec![types::JwtKeyPair {
+        public_key: pem.into_bytes(),
+    }])
+}
+
 /// A CA's record (`types.CertAuthorityV2`) with its public parts only.
 fn ca_proto(cluster: &Cluster, kind: &str) -> Result<types::CertAuthorityV2, Status> {
     let (ssh, tls) = cluster.ca().authority_public(kind).ok_or_else(|| {
@@ -97,6 +111,7 @@ fn ca_proto(cluster: &Cluster, kind: &str) -> Result<types::CertAuthorityV2, Sta
                 tls: vec![types::TlsKeyPair {
                     cert: tls.into_bytes(),
                 }],
+                jwt: jwt_keys(cluster, kind)?,
             }),
             additional_trusted_keys: Some(types::CaKeySet::default()),
         }),

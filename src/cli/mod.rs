@@ -467,6 +467,7 @@ impl DevClusterArgs {
             roles: resources.roles,
             bots: resources.bots,
             locks: resources.locks,
+            workload_identities: resources.workload_identities,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })

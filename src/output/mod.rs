@@ -18,6 +18,9 @@ mod impersonate;
 mod kind;
 pub mod ssh;
 pub mod ssh_host;
+mod workload_identity;
+pub mod workload_identity_jwt;
+pub mod workload_identity_x509;
 
 use std::time::Duration;
 
@@ -244,6 +247,11 @@ kinds! {
     /// `type: ssh_host`: an SSH host key, its host certificate and the user CA keys, for an
     /// OpenSSH server ([`ssh_host`]).
     SshHost(ssh_host::SshHostOutput) = "ssh_host",
+    /// `type: workload-identity-x509`: an X.509 SVID, its key and the trust bundle
+    /// ([`workload_identity_x509`]).
+    WorkloadIdentityX509(workload_identity_x509::WorkloadIdentityX509Output) = "workload-identity-x509",
+    /// `type: workload-identity-jwt`: a JWT SVID ([`workload_identity_jwt`]).
+    WorkloadIdentityJwt(workload_identity_jwt::WorkloadIdentityJwtOutput) = "workload-identity-jwt",
 }
 
 impl OutputConfig {
@@ -285,8 +293,6 @@ const TBOT_SERVICE_TYPES: &[&str] = &[
     "ssh-multiplexer",
     "spiffe-svid",
     "spiffe-workload-api",
-    "workload-identity-x509",
-    "workload-identity-jwt",
     "workload-identity-api",
     "workload-identity-aws-roles-anywhere",
     "application-proxy",

@@ -36,3 +36,4 @@ mod start;
 mod support;
 #[cfg(feature = "tpm")]
 mod tpm;
+mod workload_identity;

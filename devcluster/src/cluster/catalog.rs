@@ -11,6 +11,7 @@ use crate::locks::{Lock, LockTarget};
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
 use crate::tokens::{Status as TokenStatus, Token};
+use crate::workload_identities::WorkloadIdentity;
 
 /// The label Teleport puts on the role and user `tctl bots add` makes (`types.BotLabel`).
 const BOT_LABEL: &str = "teleport.internal/bot";
@@ -61,6 +62,7 @@ pub(super) struct Catalog {
     roles: HashMap<String, Role>,
     bots: HashMap<String, Bot>,
     locks: BTreeMap<String, Lock>,
+    pub(super) workload_identities: BTreeMap<String, WorkloadIdentity>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -132,6 +134,7 @@ impl Catalog {
             Kind::Role => self.role_names().len(),
             Kind::Bot => self.bots.len(),
             Kind::Lock => self.locks.len(),
+            Kind::WorkloadIdentity => self.workload_identities.len(),
         }
     }
 
@@ -186,6 +189,9 @@ impl Catalog {
         for lock in resources.locks {
             self.put_lock(lock);
         }
+        for wi in resources.workload_identities {
+            self.workload_identities.insert(wi.name.clone(), wi);
+        }
         Ok(applied)
     }
 
@@ -195,6 +201,7 @@ impl Catalog {
             Kind::Role => self.roles.contains_key(name),
             Kind::Bot => self.bots.contains_key(name),
             Kind::Lock => self.locks.contains_key(name),
+            Kind::WorkloadIdentity => self.workload_identities.contains_key(name),
         }
     }
 
@@ -208,6 +215,10 @@ impl Catalog {
             Kind::Role => self.role_resource(name),
             Kind::Bot => self.bots.get(name).map(Bot::to_resource),
             Kind::Lock => self.locks.get(name).map(Lock::to_resource),
+            Kind::WorkloadIdentity => self
+                .workload_identities
+                .get(name)
+                .map(WorkloadIdentity::to_resource),
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -230,6 +241,7 @@ impl Catalog {
             Kind::Role => self.role_names(),
             Kind::Bot => self.bots.keys().cloned().collect(),
             Kind::Lock => self.locks.keys().cloned().collect(),
+            Kind::WorkloadIdentity => self.workload_identities.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -245,6 +257,7 @@ impl Catalog {
             Kind::Role => self.roles.remove(name).is_some(),
             Kind::Bot => self.bots.remove(name).is_some(),
             Kind::Lock => self.locks.remove(name).is_some(),
+            Kind::WorkloadIdentity => self.workload_identities.remove(name).is_some(),
         };
         if removed {
             return Ok(());
