@@ -230,11 +230,12 @@ pub(super) fn exactly_one(
     }
 }
 
-/// When a credential expires (`expires_at`); an answer without one is refused.
+/// When a credential expires (`expires_at`, to the second); an answer without one is refused.
 pub(super) fn expiry(credential: &wi::Credential) -> Result<SystemTime, Failure> {
     credential
         .expires_at
-        .and_then(|t| SystemTime::try_from(t).ok())
+        .and_then(|t| u64::try_from(t.seconds).ok())
+        .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
         .ok_or_else(|| {
             Failure::new(
                 ExitKind::Rejected,
