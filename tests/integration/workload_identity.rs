@@ -149,11 +149,17 @@ async fn openssl_verifies_the_x509_svid_and_pyjwt_the_jwt_svid() {
         let kid = ca.spiffe_jwt_kid().unwrap();
         let token = std::fs::read_to_string(env.path("jwt/jwt_svid")).unwrap();
         assert!(!token.ends_with('\n'));
+        // The kid is Teleport's jwt.KeyID, computed here by Python's cryptography from the PEM:
+        // base64url (no padding) of the SHA-256 of the PKCS#1 public key.
         let script = r#"
-import json, sys, jwt
+import base64, hashlib, json, sys, jwt
+from cryptography.hazmat.primitives import serialization
 token, key, kid, aud = sys.argv[1:5]
+pkcs1 = serialization.load_pem_public_key(key.encode()).public_bytes(
+    serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+want = base64.urlsafe_b64encode(hashlib.sha256(pkcs1).digest()).rstrip(b"=").decode()
 header = jwt.get_unverified_header(token)
-assert header["alg"] == "RS256" and header["kid"] == kid, header
+assert header["alg"] == "RS256" and header["kid"] == kid == want, (header, want)
 claims = jwt.decode(token, key, algorithms=["RS256"], audience=aud)
 print(json.dumps(claims))
 "#;
