@@ -340,7 +340,7 @@ impl HostCert {
         let line = cert.to_openssh()?.trim().to_owned();
         Ok(Self {
             line,
-            not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(cert.valid_before()),
+            not_after: unix_time(cert.valid_before()),
         })
     }
 }
@@ -370,6 +370,16 @@ fn user_ca_lines(cas: &[CertAuthorityV2], cluster: &ClusterName) -> anyhow::Resu
     Ok(out)
 }
 
+/// The last second of year 9999, where keybound's times end.
+const LATEST: u64 = 253_402_300_799;
+
+/// A certificate's time, in Unix seconds, as a `SystemTime`: a time past year 9999 (a
+/// certificate meant to have no end) counts as the end of year 9999, which every time keybound
+/// prints or compares can hold.
+pub(super) fn unix_time(seconds: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.min(LATEST))
+}
+
 /// A lifetime as `google.protobuf.Duration` (`durationpb.New`), saturating.
 fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -381,6 +391,31 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_certificate_without_an_end_is_read_without_overflow() {
+        use ssh_key::certificate::{Builder, CertType};
+        let key = HostKey::generate(Suite::BalancedV1).unwrap();
+        let public = ssh_key::PublicKey::from_openssh(&key.authorized).unwrap();
+        let ca = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::random(&mut OsRng));
+        let mut builder =
+            Builder::new(vec![0; 32], public.key_data().clone(), 0, i64::MAX as u64).unwrap();
+        builder.cert_type(CertType::Host).unwrap();
+        builder.key_id("").unwrap();
+        builder.valid_principal("node1.example.com").unwrap();
+        let cert = builder.sign(&ca).unwrap().to_openssh().unwrap();
+        let checked = HostCert::check(cert.as_bytes(), &key.authorized).unwrap();
+        assert_eq!(
+            keybound_teleport::time::format_time(checked.not_after),
+            "9999-12-31T23:59:59Z"
+        );
+        // A certificate for another key is refused.
+        let other = HostKey::generate(Suite::BalancedV1).unwrap();
+        let err = HostCert::check(cert.as_bytes(), &other.authorized)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("another key"), "{err}");
+    }
 
     #[test]
     fn host_keys_follow_the_suite() {

@@ -235,7 +235,7 @@ pub(super) fn expiry(credential: &wi::Credential) -> Result<SystemTime, Failure>
     credential
         .expires_at
         .and_then(|t| u64::try_from(t.seconds).ok())
-        .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .map(super::ssh_host::unix_time)
         .ok_or_else(|| {
             Failure::new(
                 ExitKind::Rejected,

@@ -27,7 +27,7 @@ pub struct HostCertRequest<'a> {
     pub cluster_name: &'a str,
     /// When it is issued.
     pub now: SystemTime,
-    /// How long it is valid; zero for no end, as Auth's keygen does.
+    /// How long it is valid; zero for no end (as Auth's keygen does; here 2^63 − 1 seconds).
     pub ttl: Duration,
 }
 
@@ -41,8 +41,10 @@ impl ClusterCa {
         let mut nonce = vec![0u8; 32];
         OsRng.fill_bytes(&mut nonce);
         let now = unix_seconds(req.now)?;
+        // Auth's keygen writes `ssh.CertTimeInfinity` (2^64 − 1) for no end; ssh-key holds
+        // times up to 2^63 − 1 only, which is as good as never.
         let valid_before = if req.ttl.is_zero() {
-            u64::MAX
+            i64::MAX as u64
         } else {
             now.saturating_add(req.ttl.as_secs())
         };
