@@ -2,9 +2,9 @@
 # The quickstart: a local dev cluster, a new static key, its bot and token created in the running
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
-# a lock, and the access outputs (an app with curl, a Kubernetes cluster with kubectl). The
-# cluster never restarts. Everything lives in a scratch directory that is removed
-# at the end (set KEEP=1 to keep it).
+# a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), and a host
+# certificate with SPIFFE SVIDs. The cluster never restarts. Everything lives in a scratch
+# directory that is removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --features tpm
@@ -223,3 +223,69 @@ YAML
   kubectl --kubeconfig "$dir/out-kube/kubeconfig.yaml" --cache-dir "$dir/kube-cache" get pods
 }
 access_outputs
+# A host certificate for an OpenSSH server and SPIFFE SVIDs for a workload, from the same bot
+# (issue 17): the role gains a host_cert rule and workload identity rights, a workload_identity
+# resource names the SPIFFE ID, and one run writes ssh_host, workload-identity-x509 and
+# workload-identity-jwt outputs.
+host_cert_and_svids() {
+  step "9. A host certificate and SVIDs: the role may create host certificates and issue from workload identities"
+  cat > "$dir/workload.yaml" <<YAML
+kind: role
+version: v7
+metadata:
+  name: access
+spec:
+  allow:
+    logins: [root, ci]
+    rules:
+      - resources: [host_cert]
+        verbs: [create]
+        where: all_end_with(host_cert.principals, ".demo.internal")
+      - resources: [workload_identity]
+        verbs: [read, list]
+    workload_identity_labels:
+      env: [demo]
+---
+kind: workload_identity
+version: v1
+metadata:
+  name: web
+  labels:
+    env: demo
+spec:
+  spiffe:
+    id: /svc/web/{{ user.bot_name }}
+YAML
+  cat "$dir/workload.yaml"
+  admin create -f "$dir/workload.yaml"
+  admin ls workload_identities
+  sed '/^services:/,$d' "$dir/tbot.yaml" > "$dir/tbot-workload.yaml"
+  cat >> "$dir/tbot-workload.yaml" <<YAML
+services:
+  - type: ssh_host
+    destination: {type: directory, path: $dir/host}
+    principals: [node1.demo.internal]
+  - type: workload-identity-x509
+    destination: {type: directory, path: $dir/svid}
+    selector: {name: web}
+  - type: workload-identity-jwt
+    destination: {type: directory, path: $dir/jwt}
+    selector: {labels: {env: [demo]}}
+    audiences: [https://api.demo.internal]
+YAML
+  sed -n '/^services:/,$p' "$dir/tbot-workload.yaml"
+  "$kb" start -c "$dir/tbot-workload.yaml" --oneshot
+  step "9a. The host certificate (ssh-keygen): principal node1.demo.internal, for sshd's HostCertificate"
+  ls -l "$dir/host"
+  ssh-keygen -L -f "$dir/host/ssh_host-cert.pub" | sed -n '1,12p'
+  cat "$dir/host/ssh_host-user-ca.pub"
+  step "9b. The X.509 SVID, verified by openssl against the trust bundle, and its SPIFFE ID"
+  openssl verify -CAfile "$dir/svid/svid_bundle.pem" "$dir/svid/svid.pem"
+  openssl x509 -in "$dir/svid/svid.pem" -noout -ext subjectAltName -dates
+  step "9c. The JWT SVID's claims (its signature is the SPIFFE CA's RS256 key)"
+  python3 -c 'import base64, json, sys; p = open(sys.argv[1]).read().split(".")[1]; print(json.dumps(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))), indent=2))' "$dir/jwt/jwt_svid"
+  step "9d. A principal the rule does not allow is refused (the other outputs still update)"
+  sed -i 's/node1.demo.internal/evil.example.com/' "$dir/tbot-workload.yaml"
+  if "$kb" start -c "$dir/tbot-workload.yaml" --oneshot; then echo "the host certificate was issued" >&2; exit 1; fi
+}
+host_cert_and_svids

@@ -27,7 +27,7 @@ use crate::subject_keys::{authorized_key_to_wire, pem_public_key_to_spki};
 const MAX_RENEWABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Go's `%q` of a `[]string`: `["a" "b"]`.
-fn go_quoted_list(items: &[String]) -> String {
+pub(crate) fn go_quoted_list(items: &[String]) -> String {
     let quoted: Vec<String> = items
         .iter()
         .map(|i| serde_json::to_string(i).unwrap_or_default())

@@ -11,6 +11,7 @@ use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
 use crate::roles::{Bot, Role};
 use crate::tokens::Token;
+use crate::workload_identities::WorkloadIdentity;
 
 /// How to run a dev cluster.
 #[derive(Clone, Debug)]
@@ -43,6 +44,8 @@ pub struct DevClusterConfig {
     pub databases: Vec<Database>,
     /// Kubernetes clusters (`kind: kube_cluster`), answered by the built-in Kubernetes API.
     pub kube_clusters: Vec<KubeCluster>,
+    /// Workload identities (`kind: workload_identity`), for the SVID issuance RPCs.
+    pub workload_identities: Vec<WorkloadIdentity>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -66,6 +69,7 @@ impl Default for DevClusterConfig {
             apps: Vec::new(),
             databases: Vec::new(),
             kube_clusters: Vec::new(),
+            workload_identities: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
         }

@@ -26,7 +26,8 @@
 //! Each module imports only modules listed before it:
 //!
 //! * `misbehave`: the test-only misbehaviours ([`Misbehaviour`]);
-//! * [`ca`]: the certificate authorities; [`roles`], [`tokens`], [`locks`]: resources from
+//! * [`ca`]: the certificate authorities; [`rules`]: a role's `rules` and their `where`;
+//!   [`roles`], [`tokens`], [`locks`]: resources from
 //!   YAML, and as `tctl get` shows them; [`resources`]: YAML files of them, and their kinds;
 //! * `config`: [`DevClusterConfig`];
 //! * `cluster`: the state every connection shares ([`Cluster`]): the resources (tokens and
@@ -35,7 +36,8 @@
 //! * `caller`: the identity in a verified client certificate; `subject_keys`: the keys a client
 //!   sends for its certificates;
 //! * the RPC services: `join/` (`JoinService` and the legacy `JoinService` over one
-//!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`);
+//!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`, with
+//!   `GenerateHostCert` in `host_certs.rs`);
 //! * `front/`: TLS, routing by ALPN, the web API, the listeners, and `front/services.rs`, where
 //!   every gRPC service is registered ([`DevCluster`]);
 //! * [`admin`]: the admin socket ([`AdminServer`](admin::AdminServer)) and its client
@@ -74,6 +76,7 @@ mod cluster;
 mod config;
 pub mod databases;
 mod front;
+mod host_certs;
 mod join;
 pub mod kube_clusters;
 pub mod labels;
@@ -83,10 +86,13 @@ mod misbehave;
 pub mod resources;
 pub mod roles;
 mod routes;
+pub mod rules;
 mod run;
 mod subject_keys;
 pub mod tokens;
 mod trust;
+pub mod workload_identities;
+mod workload_identity;
 
 pub use cluster::{Cluster, GaveUp};
 pub use config::DevClusterConfig;

@@ -14,6 +14,7 @@ use crate::kube_clusters::{self, KubeCluster};
 use crate::locks::{self, Lock};
 use crate::roles::{self, Bot, Role};
 use crate::tokens::{self, Token};
+use crate::workload_identities::{self, WorkloadIdentity};
 
 /// A kind of resource, named as `tctl get` names it.
 #[derive(Clone, Copy, Debug, Eq, PartialEq, Hash)]
@@ -32,11 +33,13 @@ pub enum Kind {
     Db,
     /// `kind: kube_cluster`.
     KubeCluster,
+    /// `kind: workload_identity`.
+    WorkloadIdentity,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Token,
         Self::Bot,
         Self::Role,
@@ -44,6 +47,7 @@ impl Kind {
         Self::App,
         Self::Db,
         Self::KubeCluster,
+        Self::WorkloadIdentity,
     ];
 
     /// The resource's `kind:` (`token`).
@@ -56,6 +60,7 @@ impl Kind {
             Self::App => "app",
             Self::Db => "db",
             Self::KubeCluster => "kube_cluster",
+            Self::WorkloadIdentity => "workload_identity",
         }
     }
 
@@ -69,6 +74,7 @@ impl Kind {
             Self::App => "apps",
             Self::Db => "dbs",
             Self::KubeCluster => "kube_clusters",
+            Self::WorkloadIdentity => "workload_identities",
         }
     }
 
@@ -78,7 +84,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs and kube_clusters")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters and workload_identities")
             })
     }
 }
@@ -106,6 +112,8 @@ pub struct Resources {
     pub databases: Vec<Database>,
     /// `kind: kube_cluster`.
     pub kube_clusters: Vec<KubeCluster>,
+    /// `kind: workload_identity`.
+    pub workload_identities: Vec<WorkloadIdentity>,
 }
 
 impl Resources {
@@ -118,6 +126,7 @@ impl Resources {
         self.apps.extend(other.apps);
         self.databases.extend(other.databases);
         self.kube_clusters.extend(other.kube_clusters);
+        self.workload_identities.extend(other.workload_identities);
     }
 
     /// Whether there are none.
@@ -129,6 +138,7 @@ impl Resources {
             && self.apps.is_empty()
             && self.databases.is_empty()
             && self.kube_clusters.is_empty()
+            && self.workload_identities.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -140,6 +150,10 @@ impl Resources {
         let apps = self.apps.iter().map(|a| (Kind::App, a.name.as_str()));
         let dbs = self.databases.iter().map(|d| (Kind::Db, d.name.as_str()));
         let kubes = (self.kube_clusters.iter()).map(|k| (Kind::KubeCluster, k.name.as_str()));
+        let workload_identities = self
+            .workload_identities
+            .iter()
+            .map(|w| (Kind::WorkloadIdentity, w.name.as_str()));
         tokens
             .chain(bots)
             .chain(roles)
@@ -147,6 +161,7 @@ impl Resources {
             .chain(apps)
             .chain(dbs)
             .chain(kubes)
+            .chain(workload_identities)
             .collect()
     }
 }
@@ -178,6 +193,9 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("kube_cluster") => out
                 .kube_clusters
                 .push(kube_clusters::from_value(value).with_context(|| origin.to_owned())?),
+            Some("workload_identity") => out
+                .workload_identities
+                .push(workload_identities::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
                 roles::Parsed::Role(role) => out.roles.push(*role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),

@@ -1,9 +1,11 @@
 //! Roles and bots in Teleport's resource YAML (the `tctl create` format), and the role
 //! impersonation rules Auth applies when a bot asks for certificates for its outputs.
 //!
-//! Only what a bot's identity output touches is kept: a role's `allow.logins`, and its
-//! `allow.impersonate` / `deny.impersonate` rules. A `kind: bot` resource stands for what
+//! Only what a bot's outputs touch is kept: a role's `allow.logins`, its `allow.impersonate` /
+//! `deny.impersonate` rules, and its `allow.rules` / `deny.rules` ([`crate::rules`]). A `kind: bot` resource stands for what
 //! `tctl bots add` makes: the bot's role `bot-<name>`, which may impersonate `spec.roles`.
+
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
 use keybound_proto::types;
@@ -11,6 +13,7 @@ use serde::Deserialize;
 
 use crate::ca::bot_resource_name;
 use crate::labels::{self, Selector, glob};
+use crate::rules::{RawRule, Rule};
 
 /// A role.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -39,6 +42,13 @@ pub struct Role {
     pub kubernetes_groups: Vec<String>,
     /// `spec.allow.kubernetes_users`: the Kubernetes users it grants.
     pub kubernetes_users: Vec<String>,
+    /// `spec.allow.rules` ([`crate::rules`]).
+    pub rules: Vec<Rule>,
+    /// `spec.deny.rules`.
+    pub deny_rules: Vec<Rule>,
+    /// `spec.allow.workload_identity_labels`: the workload identities the role may issue from
+    /// (a value of `*` matches any; `'*': '*'` every resource).
+    pub workload_identity_labels: BTreeMap<String, Vec<String>>,
 }
 
 /// A bot (`kind: bot`, `version: v1`).
@@ -135,6 +145,18 @@ impl Role {
         if !denied.is_empty() {
             deny.insert("impersonate".to_owned(), denied.into());
         }
+        if !self.workload_identity_labels.is_empty() {
+            allow.insert(
+                "workload_identity_labels".to_owned(),
+                serde_json::json!(self.workload_identity_labels),
+            );
+        }
+        for (rules, out) in [(&self.rules, &mut allow), (&self.deny_rules, &mut deny)] {
+            if !rules.is_empty() {
+                let shown: Vec<_> = rules.iter().map(Rule::to_resource).collect();
+                out.insert("rules".to_owned(), shown.into());
+            }
+        }
         serde_json::json!({
             "kind": "role",
             "version": "v7",
@@ -221,6 +243,27 @@ struct Conditions {
     kubernetes_groups: Vec<String>,
     #[serde(default)]
     kubernetes_users: Vec<String>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    workload_identity_labels: BTreeMap<String, LabelValues>,
+}
+
+/// A label's values in a role: one value or a list (`types.Labels`, `utils.Strings`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LabelValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl LabelValues {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(v) => vec![v],
+            Self::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -278,8 +321,22 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     "role {name}: deny.impersonate.users is not supported by the dev cluster; remove it"
                 );
             }
+            let rules = |raw: Vec<RawRule>, side: &str| {
+                raw.into_iter()
+                    .enumerate()
+                    .map(|(i, r)| Rule::from_raw(r, &format!("role {name}: {side}.rules[{i}]")))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            };
+            let deny_rules = rules(spec.deny.rules, "deny")?;
             let conditions = spec.allow;
             Ok(Parsed::Role(Box::new(Role {
+                rules: rules(conditions.rules, "allow")?,
+                deny_rules,
+                workload_identity_labels: conditions
+                    .workload_identity_labels
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_vec()))
+                    .collect(),
                 name,
                 logins: conditions.logins,
                 impersonate_roles: allow.roles,
@@ -383,6 +440,16 @@ mod tests {
         role.db_labels = [("*".to_owned(), names(&["*"]))].into();
         role.db_names = names(&["app"]);
         role.db_users = names(&["alice"]);
+        role.rules = vec![
+            Rule::new(
+                &["host_cert"],
+                &["create"],
+                r#"all_end_with(host_cert.principals, ".x")"#,
+            )
+            .unwrap(),
+        ];
+        role.deny_rules = vec![Rule::new(&["*"], &["read"], "").unwrap()];
+        role.workload_identity_labels = [("env".to_owned(), names(&["dev", "ci"]))].into();
         let shown = serde_yaml::to_value(role.to_resource()).unwrap();
         let Parsed::Role(back) = from_value(shown).unwrap() else {
             panic!("not a role")

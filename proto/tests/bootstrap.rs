@@ -25,6 +25,7 @@ const PROTOS: &[&str] = &[
     "teleport/legacy/client/proto/authservice.proto",
     "teleport/legacy/client/proto/joinservice.proto",
     "teleport/trust/v1/trust_service.proto",
+    "teleport/workloadidentity/v1/issuance_service.proto",
 ];
 
 /// Our own files, i.e. every file in the descriptor set but the well-known types.
@@ -35,6 +36,8 @@ const OUR_FILES: &[&str] = &[
     "teleport/legacy/client/proto/joinservice.proto",
     "teleport/legacy/types/types.proto",
     "teleport/trust/v1/trust_service.proto",
+    "teleport/workloadidentity/v1/attrs.proto",
+    "teleport/workloadidentity/v1/issuance_service.proto",
 ];
 
 const BLESS_VAR: &str = "KEYBOUND_PROTO_BLESS";
@@ -141,6 +144,10 @@ const SUITES: &str = "teleport types.proto comment + signaturealgorithmsuite tes
 const AUTH: &str = "teleport api/proto/teleport/legacy/client/proto/authservice.proto";
 /// `api/proto/teleport/trust/v1/trust_service.proto` at 19e80c00.
 const TRUST: &str = "teleport api/proto/teleport/trust/v1/trust_service.proto";
+/// `api/proto/teleport/workloadidentity/v1/issuance_service.proto` at 04297986.
+const WI: &str = "teleport api/proto/teleport/workloadidentity/v1/issuance_service.proto";
+/// `api/proto/teleport/workloadidentity/v1/attrs.proto` at 161eb5ff (read id 12879850539).
+const WI_ATTRS: &str = "teleport api/proto/teleport/workloadidentity/v1/attrs.proto";
 
 /// (message, field, number, type, source). The type reads
 /// `[repeated |optional |oneof <name> ]<scalar or .full.TypeName>`.
@@ -261,6 +268,8 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("types.CAKeySet", "TLS", 2, "repeated .types.TLSKeyPair", TYPES),
     ("types.SSHKeyPair", "PublicKey", 1, "bytes", TYPES),
     ("types.TLSKeyPair", "Cert", 1, "bytes", TYPES),
+    ("types.CAKeySet", "JWT", 3, "repeated .types.JWTKeyPair", TYPES),
+    ("types.JWTKeyPair", "PublicKey", 1, "bytes", TYPES),
     // proto (Auth API)
     ("proto.UserCertsRequest", "Username", 2, "string", AUTH),
     ("proto.UserCertsRequest", "Expires", 3, ".google.protobuf.Timestamp", AUTH),
@@ -353,6 +362,49 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("proto.ListResourcesResponse", "Resources", 1, "repeated .proto.PaginatedResource", AUTH),
     ("proto.ListResourcesResponse", "NextKey", 2, "string", AUTH),
     ("proto.ListResourcesResponse", "TotalCount", 3, "int32", AUTH),
+    ("teleport.trust.v1.GenerateHostCertRequest", "key", 1, "bytes", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "host_id", 2, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "node_name", 3, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "principals", 4, "repeated string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "cluster_name", 5, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "role", 6, "string", TRUST),
+    ("teleport.trust.v1.GenerateHostCertRequest", "ttl", 7, ".google.protobuf.Duration", TRUST),
+    ("teleport.trust.v1.GenerateHostCertResponse", "ssh_certificate", 1, "bytes", TRUST),
+    ("teleport.workloadidentity.v1.X509SVIDParams", "public_key", 1, "bytes", WI),
+    ("teleport.workloadidentity.v1.X509SVIDParams", "use_issuer_overrides", 2, "bool", WI),
+    ("teleport.workloadidentity.v1.JWTSVIDParams", "audiences", 1, "repeated string", WI),
+    ("teleport.workloadidentity.v1.X509SVIDCredential", "cert", 1, "bytes", WI),
+    ("teleport.workloadidentity.v1.X509SVIDCredential", "serial_number", 2, "string", WI),
+    ("teleport.workloadidentity.v1.X509SVIDCredential", "chain", 3, "repeated bytes", WI),
+    ("teleport.workloadidentity.v1.JWTSVIDCredential", "jwt", 1, "string", WI),
+    ("teleport.workloadidentity.v1.JWTSVIDCredential", "jti", 2, "string", WI),
+    ("teleport.workloadidentity.v1.Credential", "ttl", 1, ".google.protobuf.Duration", WI),
+    ("teleport.workloadidentity.v1.Credential", "expires_at", 2, ".google.protobuf.Timestamp", WI),
+    ("teleport.workloadidentity.v1.Credential", "hint", 3, "string", WI),
+    ("teleport.workloadidentity.v1.Credential", "workload_identity_name", 4, "string", WI),
+    ("teleport.workloadidentity.v1.Credential", "workload_identity_revision", 5, "string", WI),
+    ("teleport.workloadidentity.v1.Credential", "spiffe_id", 6, "string", WI),
+    ("teleport.workloadidentity.v1.Credential", "x509_svid", 7, "oneof credential .teleport.workloadidentity.v1.X509SVIDCredential", WI),
+    ("teleport.workloadidentity.v1.Credential", "jwt_svid", 8, "oneof credential .teleport.workloadidentity.v1.JWTSVIDCredential", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentityRequest", "name", 1, "string", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentityRequest", "x509_svid_params", 2, "oneof credential .teleport.workloadidentity.v1.X509SVIDParams", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentityRequest", "jwt_svid_params", 3, "oneof credential .teleport.workloadidentity.v1.JWTSVIDParams", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentityRequest", "workload_attrs", 4, ".teleport.workloadidentity.v1.WorkloadAttrs", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentityRequest", "requested_ttl", 5, ".google.protobuf.Duration", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentityResponse", "credential", 1, ".teleport.workloadidentity.v1.Credential", WI),
+    ("teleport.workloadidentity.v1.LabelSelector", "key", 1, "string", WI),
+    ("teleport.workloadidentity.v1.LabelSelector", "values", 2, "repeated string", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentitiesRequest", "label_selectors", 1, "repeated .teleport.workloadidentity.v1.LabelSelector", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentitiesRequest", "x509_svid_params", 2, "oneof credential .teleport.workloadidentity.v1.X509SVIDParams", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentitiesRequest", "jwt_svid_params", 3, "oneof credential .teleport.workloadidentity.v1.JWTSVIDParams", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentitiesRequest", "workload_attrs", 4, ".teleport.workloadidentity.v1.WorkloadAttrs", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentitiesRequest", "requested_ttl", 5, ".google.protobuf.Duration", WI),
+    ("teleport.workloadidentity.v1.IssueWorkloadIdentitiesResponse", "credentials", 1, "repeated .teleport.workloadidentity.v1.Credential", WI),
+    ("teleport.workloadidentity.v1.WorkloadAttrsUnix", "attested", 1, "bool", WI_ATTRS),
+    ("teleport.workloadidentity.v1.WorkloadAttrsUnix", "pid", 2, "int32", WI_ATTRS),
+    ("teleport.workloadidentity.v1.WorkloadAttrsUnix", "gid", 3, "uint32", WI_ATTRS),
+    ("teleport.workloadidentity.v1.WorkloadAttrsUnix", "uid", 4, "uint32", WI_ATTRS),
+    ("teleport.workloadidentity.v1.WorkloadAttrs", "unix", 1, ".teleport.workloadidentity.v1.WorkloadAttrsUnix", WI_ATTRS),
 ];
 
 /// (enum, value, number, source).
@@ -399,6 +451,24 @@ const METHODS: &[(&str, Kind, &str)] = &[
         "/teleport.trust.v1.TrustService/GetCertAuthorities",
         Kind::Unary,
         TRUST,
+    ),
+    // Its GenerateHostCert, called by tbot's ssh_host output
+    // (lib/tbot/services/ssh/host_output.go at 01603da7).
+    (
+        "/teleport.trust.v1.TrustService/GenerateHostCert",
+        Kind::Unary,
+        TRUST,
+    ),
+    // `service WorkloadIdentityIssuanceService` in issuance_service.proto at 04297986.
+    (
+        "/teleport.workloadidentity.v1.WorkloadIdentityIssuanceService/IssueWorkloadIdentity",
+        Kind::Unary,
+        WI,
+    ),
+    (
+        "/teleport.workloadidentity.v1.WorkloadIdentityIssuanceService/IssueWorkloadIdentities",
+        Kind::Unary,
+        WI,
     ),
 ];
 

@@ -491,6 +491,7 @@ impl DevClusterArgs {
             apps: resources.apps,
             databases: resources.databases,
             kube_clusters: resources.kube_clusters,
+            workload_identities: resources.workload_identities,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })

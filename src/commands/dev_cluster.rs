@@ -174,6 +174,7 @@ fn write_table(kind: Kind, found: &[Value], out: &mut dyn Write) -> anyhow::Resu
         Kind::App => &["NAME", "PUBLIC ADDRESS", "LABELS"],
         Kind::Db => &["NAME", "PROTOCOL", "LABELS"],
         Kind::KubeCluster => &["NAME", "LABELS"],
+        Kind::WorkloadIdentity => &["NAME", "SPIFFE ID", "LABELS"],
     };
     let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
     rows.extend(found.iter().map(|r| row(kind, r)));
@@ -272,6 +273,21 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
                 target,
                 text(&spec["message"]),
                 text(&spec["expires"]),
+            ]
+        }
+        Kind::WorkloadIdentity => {
+            let labels: Vec<String> = meta["labels"]
+                .as_object()
+                .map(|l| l.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+                .unwrap_or_default();
+            vec![
+                text(&meta["name"]),
+                text(&spec["spiffe"]["id"]),
+                if labels.is_empty() {
+                    "-".to_owned()
+                } else {
+                    labels.join(",")
+                },
             ]
         }
     }

@@ -24,6 +24,31 @@ pub(super) struct Impersonation<'a> {
     pub(super) allow_reissue: bool,
 }
 
+/// The roles an output impersonates: its `roles:`, else every role the bot may impersonate
+/// (tbot's default); none at all is a refusal naming the way out.
+pub(super) fn roles_for<'a>(
+    cx: &Issue<'a>,
+    configured: &'a [String],
+) -> Result<&'a [String], Failure> {
+    let roles = if configured.is_empty() {
+        &cx.shared.default_roles[..]
+    } else {
+        configured
+    };
+    if roles.is_empty() {
+        return Err(Failure::new(
+            ExitKind::Rejected,
+            anyhow!(
+                "the bot's role {} may impersonate no role; give the output `roles:`, or \
+                 give the bot roles (tctl bots update {} --add-roles ROLE)",
+                untrusted::name(&cx.bot.info.username),
+                untrusted::name(&cx.bot.info.bot_name)
+            ),
+        ));
+    }
+    Ok(roles)
+}
+
 /// Issues role-impersonated certificates for `what`, with a fresh subject key.
 pub(super) async fn impersonate(
     cx: &Issue<'_>,

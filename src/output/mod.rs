@@ -23,6 +23,10 @@ pub mod kubernetes;
 pub mod kubernetes_v2;
 mod routed;
 pub mod ssh;
+pub mod ssh_host;
+mod workload_identity;
+pub mod workload_identity_jwt;
+pub mod workload_identity_x509;
 
 use std::time::Duration;
 
@@ -279,6 +283,14 @@ kinds! {
     /// `type: kubernetes/v2`: a kubeconfig with a context per selected Kubernetes cluster
     /// ([`kubernetes_v2`]).
     KubernetesV2(kubernetes_v2::KubernetesV2Output) = "kubernetes/v2",
+    /// `type: ssh_host`: an SSH host key, its host certificate and the user CA keys, for an
+    /// OpenSSH server ([`ssh_host`]).
+    SshHost(ssh_host::SshHostOutput) = "ssh_host",
+    /// `type: workload-identity-x509`: an X.509 SVID, its key and the trust bundle
+    /// ([`workload_identity_x509`]).
+    WorkloadIdentityX509(workload_identity_x509::WorkloadIdentityX509Output) = "workload-identity-x509",
+    /// `type: workload-identity-jwt`: a JWT SVID ([`workload_identity_jwt`]).
+    WorkloadIdentityJwt(workload_identity_jwt::WorkloadIdentityJwtOutput) = "workload-identity-jwt",
 }
 
 impl OutputConfig {
@@ -313,12 +325,9 @@ const TBOT_SERVICE_TYPES: &[&str] = &[
     "application-tunnel",
     "database-tunnel",
     "kubernetes/argo-cd",
-    "ssh_host",
     "ssh-multiplexer",
     "spiffe-svid",
     "spiffe-workload-api",
-    "workload-identity-x509",
-    "workload-identity-jwt",
     "workload-identity-api",
     "workload-identity-aws-roles-anywhere",
     "application-proxy",

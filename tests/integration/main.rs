@@ -33,7 +33,9 @@ mod pkcs11;
 mod recipes;
 mod rejoin;
 mod secrets;
+mod ssh_host;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]
 mod tpm;
+mod workload_identity;

@@ -14,6 +14,7 @@ use crate::locks::{Lock, LockTarget};
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
 use crate::tokens::{Status as TokenStatus, Token};
+use crate::workload_identities::WorkloadIdentity;
 
 /// The label Teleport puts on the role and user `tctl bots add` makes (`types.BotLabel`).
 const BOT_LABEL: &str = "teleport.internal/bot";
@@ -67,6 +68,7 @@ pub(super) struct Catalog {
     pub(super) apps: BTreeMap<String, App>,
     pub(super) databases: BTreeMap<String, Database>,
     pub(super) kube_clusters: BTreeMap<String, KubeCluster>,
+    pub(super) workload_identities: BTreeMap<String, WorkloadIdentity>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -141,6 +143,7 @@ impl Catalog {
             Kind::App => self.apps.len(),
             Kind::Db => self.databases.len(),
             Kind::KubeCluster => self.kube_clusters.len(),
+            Kind::WorkloadIdentity => self.workload_identities.len(),
         }
     }
 
@@ -204,6 +207,9 @@ impl Catalog {
         for kube in resources.kube_clusters {
             self.kube_clusters.insert(kube.name.clone(), kube);
         }
+        for wi in resources.workload_identities {
+            self.workload_identities.insert(wi.name.clone(), wi);
+        }
         Ok(applied)
     }
 
@@ -216,6 +222,7 @@ impl Catalog {
             Kind::App => self.apps.contains_key(name),
             Kind::Db => self.databases.contains_key(name),
             Kind::KubeCluster => self.kube_clusters.contains_key(name),
+            Kind::WorkloadIdentity => self.workload_identities.contains_key(name),
         }
     }
 
@@ -232,6 +239,10 @@ impl Catalog {
             Kind::App => self.apps.get(name).map(App::to_resource),
             Kind::Db => self.databases.get(name).map(Database::to_resource),
             Kind::KubeCluster => self.kube_clusters.get(name).map(KubeCluster::to_resource),
+            Kind::WorkloadIdentity => self
+                .workload_identities
+                .get(name)
+                .map(WorkloadIdentity::to_resource),
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -257,6 +268,7 @@ impl Catalog {
             Kind::App => self.apps.keys().cloned().collect(),
             Kind::Db => self.databases.keys().cloned().collect(),
             Kind::KubeCluster => self.kube_clusters.keys().cloned().collect(),
+            Kind::WorkloadIdentity => self.workload_identities.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -275,6 +287,7 @@ impl Catalog {
             Kind::App => self.apps.remove(name).is_some(),
             Kind::Db => self.databases.remove(name).is_some(),
             Kind::KubeCluster => self.kube_clusters.remove(name).is_some(),
+            Kind::WorkloadIdentity => self.workload_identities.remove(name).is_some(),
         };
         if removed {
             return Ok(());

@@ -23,6 +23,7 @@ use crate::misbehave::Misbehaviour;
 use crate::resources::{Kind, Resources};
 use crate::roles::Role;
 use crate::tokens::{Status as TokenStatus, Token};
+use crate::workload_identities::WorkloadIdentity;
 use catalog::Catalog;
 pub(crate) use catalog::{Applied, Refusal};
 use instances::Instances;
@@ -41,6 +42,8 @@ pub struct Cluster {
     joins: AtomicUsize,
     user_certs: AtomicUsize,
     gave_up: Mutex<Vec<GaveUp>>,
+    /// The Proxy's public address (`host:port`), once it listens.
+    public_addr: std::sync::OnceLock<String>,
 }
 
 /// A client's `GivingUp` on a join: Teleport logs the reason and message and puts them in its
@@ -75,6 +78,11 @@ impl Cluster {
         catalog.kube_clusters = (config.kube_clusters.iter())
             .map(|k| (k.name.clone(), k.clone()))
             .collect();
+        catalog.workload_identities = config
+            .workload_identities
+            .iter()
+            .map(|w| (w.name.clone(), w.clone()))
+            .collect();
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
@@ -86,6 +94,7 @@ impl Cluster {
             joins: AtomicUsize::new(0),
             user_certs: AtomicUsize::new(0),
             gave_up: Mutex::new(Vec::new()),
+            public_addr: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -335,6 +344,30 @@ impl Cluster {
     /// bot`. A token's `bot_name` makes no role: a bot that does not exist has none.
     pub(crate) fn role(&self, name: &str) -> Option<Role> {
         self.catalog().role(name)
+    }
+
+    /// The workload identity named `name`.
+    pub(crate) fn workload_identity(&self, name: &str) -> Option<WorkloadIdentity> {
+        self.catalog().workload_identities.get(name).cloned()
+    }
+
+    /// Every workload identity, by name.
+    pub(crate) fn workload_identities(&self) -> Vec<WorkloadIdentity> {
+        self.catalog()
+            .workload_identities
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Records the Proxy's public address, once it listens.
+    pub(crate) fn set_public_addr(&self, addr: String) {
+        let _ = self.public_addr.set(addr);
+    }
+
+    /// The Proxy's public address, `host:port`.
+    pub(crate) fn public_addr(&self) -> &str {
+        self.public_addr.get().map_or("localhost", String::as_str)
     }
 
     /// Whether the bot `name` exists (`kind: bot`, what `tctl bots add` makes: its user

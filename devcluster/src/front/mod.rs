@@ -66,6 +66,7 @@ impl DevCluster {
         };
         let addr = listener.local_addr()?;
         let endpoints = Endpoints::new(cluster.ca(), addr)?;
+        cluster.set_public_addr(format!("localhost:{}", addr.port()));
         let services = Services::new(&cluster);
 
         let mut tasks = vec![tokio::spawn(serve_proxy_port(

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
 use keybound_proto::teleport::trust::v1 as trust;
+use keybound_proto::teleport::workloadidentity::v1 as wi;
 use tonic::Status;
 use tower::Service as _;
 
@@ -18,6 +19,7 @@ use crate::auth::AuthApi;
 use crate::cluster::Cluster;
 use crate::join::{JoinLegacy, JoinV1};
 use crate::trust::TrustApi;
+use crate::workload_identity::IssuanceApi;
 
 /// The gRPC services, made once and cloned per connection.
 #[derive(Clone)]
@@ -26,6 +28,9 @@ pub(super) struct Services {
     join_legacy: legacy::join_service_server::JoinServiceServer<JoinLegacy>,
     auth: legacy::auth_service_server::AuthServiceServer<AuthApi>,
     trust: trust::trust_service_server::TrustServiceServer<TrustApi>,
+    issuance: wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer<
+        IssuanceApi,
+    >,
 }
 
 impl Services {
@@ -37,6 +42,10 @@ impl Services {
             )),
             auth: legacy::auth_service_server::AuthServiceServer::new(AuthApi(cluster.clone())),
             trust: trust::trust_service_server::TrustServiceServer::new(TrustApi(cluster.clone())),
+            issuance:
+                wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer::new(
+                    IssuanceApi(cluster.clone()),
+                ),
         }
     }
 
@@ -56,6 +65,10 @@ impl Services {
             self.auth.clone().call(request).await
         } else if auth && path.starts_with("/teleport.trust.v1.TrustService/") {
             self.trust.clone().call(request).await
+        } else if auth
+            && path.starts_with("/teleport.workloadidentity.v1.WorkloadIdentityIssuanceService/")
+        {
+            self.issuance.clone().call(request).await
         } else {
             Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
         }

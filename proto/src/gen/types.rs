@@ -166,6 +166,9 @@ pub struct CaKeySet {
     /// X.509 keys.
     #[prost(message, repeated, tag = "2")]
     pub tls: ::prost::alloc::vec::Vec<TlsKeyPair>,
+    /// JWT keys (the SPIFFE CA's sign JWT-SVIDs).
+    #[prost(message, repeated, tag = "3")]
+    pub jwt: ::prost::alloc::vec::Vec<JwtKeyPair>,
 }
 /// An SSH CA key (its private half is never sent to a bot).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -359,6 +362,13 @@ pub struct KubernetesClusterV3 {
     /// The cluster's name and labels.
     #[prost(message, optional, tag = "4")]
     pub metadata: ::core::option::Option<Metadata>,
+}
+/// A JWT CA key (its private half is never sent to a bot).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JwtKeyPair {
+    /// The public key, PEM (PKIX).
+    #[prost(bytes = "vec", tag = "1")]
+    pub public_key: ::prost::alloc::vec::Vec<u8>,
 }
 /// Cluster-wide set of key types and signature algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
