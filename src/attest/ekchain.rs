@@ -82,9 +82,16 @@ pub fn verify(ek: &[u8], intermediates: &[Vec<u8>], roots: &[Vec<u8>]) -> Result
         )
         .map_err(|e| match e {
             webpki::Error::UnknownIssuer => {
-                "it does not chain to any --ek-ca root (UnknownIssuer): the TPM's manufacturer root, or an intermediate, is missing".to_owned()
+                "it does not chain to any --ek-ca root (UnknownIssuer): the TPM's \
+                manufacturer root, or an intermediate, is missing"
+                    .to_owned()
             }
-            other => format!("it does not verify: {other:?}"),
+            webpki::Error::InvalidSignatureForPublicKey => {
+                "it does not chain to any --ek-ca root: a CA of the \
+                right name did not sign it (InvalidSignatureForPublicKey)"
+                    .to_owned()
+            }
+            other => format!("it does not verify against the --ek-ca roots: {other:?}"),
         })?;
     Ok(subject_of(path.anchor().subject.as_ref()))
 }
