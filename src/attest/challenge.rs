@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 use x509_cert::der::{Decode as _, Encode as _};
 
 use super::credential;
-use super::evidence::{Evidence, decode, encode};
+use super::evidence::{Evidence, decode, encode, hex};
 use super::tpm2::PublicArea;
-use super::verify::hex;
 
 pub const CHALLENGE_FORMAT: &str = "keybound-tpm-credential-challenge/v1";
 pub const SECRET_FORMAT: &str = "keybound-tpm-credential-secret/v1";

@@ -80,6 +80,11 @@ pub fn decode(field: &str, value: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("field {field} is not base64: {e}"))
 }
 
+/// Lower-case hex, as names are shown.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Encodes bytes for a field.
 pub fn encode(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)

@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::challenge::{Response, Secret};
 use super::ekchain;
-use super::evidence::{Evidence, Statement, decode};
+use super::evidence::{Evidence, Statement, decode, hex};
 use super::tpm2::{
     self, ALG_ECDSA, ALG_SHA256, CertifyInfo, DECRYPT, FIXED_PARENT, FIXED_TPM, GENERATED,
     KeyParams, PublicArea, RESTRICTED, SENSITIVE_DATA_ORIGIN, SIGN, USER_WITH_AUTH,
@@ -332,9 +332,4 @@ fn check_credential(
     Ok(format!(
         "the TPM holding the EK recovered the credential made for AK {name}"
     ))
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
