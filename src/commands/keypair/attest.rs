@@ -10,11 +10,9 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::bail;
-use keybound_signer::config::SignerConfig;
+use keybound_signer::config::{SignerConfig, TpmConfig};
 
 use crate::cli::{AttestStatement, KeypairAttest};
-use crate::config::{Config, Onboarding};
-use crate::signer::SignerKind;
 
 /// Why a key of this configuration cannot be attested, or `None` for a TPM key.
 pub(super) fn refusal(config: &SignerConfig) -> Option<String> {
@@ -46,22 +44,23 @@ pub fn attestable(config: &SignerConfig) -> Result<String, String> {
 
 /// Runs `keypair attest`.
 pub fn attest(args: &KeypairAttest, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut onboarding = match &args.config {
-        Some(path) => Config::load(path)?.onboarding,
-        None => Onboarding::default(),
-    };
-    if let Some(path) = &args.static_key_path {
-        onboarding.static_private_key_path = Some(path.clone());
-        onboarding.signer.get_or_insert(SignerKind::File);
-    }
-    args.signer.apply(&mut onboarding);
-    let config = onboarding.signer_config().map_err(|e| anyhow::anyhow!(e))?;
-    if let Some(why) = refusal(&config) {
-        bail!("{why}");
-    }
+    let config = super::show::existing_key(
+        args.config.as_deref(),
+        args.static_key_path.as_deref(),
+        &args.signer,
+    )?;
+    let tpm = tpm_config(&config)?;
     match &args.respond {
-        Some(challenge) => respond(&config, challenge, &args.out, args.overwrite, out),
-        None => write_evidence(&config, &args.statement, &args.out, args.overwrite, out),
+        Some(challenge) => respond(tpm, challenge, &args.out, args.overwrite, out),
+        None => write_evidence(tpm, &args.statement, &args.out, args.overwrite, out),
+    }
+}
+
+/// The TPM key's configuration, or the refusal for a key that cannot be attested.
+pub(super) fn tpm_config(config: &SignerConfig) -> anyhow::Result<&TpmConfig> {
+    match config {
+        SignerConfig::Tpm(tpm) => Ok(tpm),
+        other => bail!("{}", refusal(other).unwrap_or_default()),
     }
 }
 
@@ -104,24 +103,24 @@ mod without_tpm {
 
     /// Without the TPM backend, there is no TPM to ask.
     pub(crate) fn write_evidence(
-        config: &SignerConfig,
+        _: &TpmConfig,
         _: &AttestStatement,
         _: &Path,
         _: bool,
         _: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        Err(crate::signer::not_built(config.backend()).into())
+        Err(crate::signer::not_built("tpm").into())
     }
 
     /// Without the TPM backend, there is no TPM to ask.
     pub(crate) fn respond(
-        config: &SignerConfig,
+        _: &TpmConfig,
         _: &Path,
         _: &Path,
         _: bool,
         _: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        Err(crate::signer::not_built(config.backend()).into())
+        Err(crate::signer::not_built("tpm").into())
     }
 }
 
@@ -145,15 +144,12 @@ mod with_tpm {
 
     /// Makes evidence for the TPM key `config` names and writes it to `path`.
     pub(crate) fn write_evidence(
-        config: &SignerConfig,
+        tpm: &TpmConfig,
         statement: &AttestStatement,
         path: &Path,
         overwrite: bool,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        let SignerConfig::Tpm(tpm) = config else {
-            bail!("{}", refusal(config).unwrap_or_default());
-        };
         let (Some(bot), Some(token)) = (&statement.bot_name, &statement.token_name) else {
             bail!(
                 "--bot-name and --token-name are required: the statement names the bot and the token the admin \
@@ -252,15 +248,12 @@ mod with_tpm {
 
     /// Answers a challenge with the TPM `config` names.
     pub(crate) fn respond(
-        config: &SignerConfig,
+        tpm: &TpmConfig,
         challenge_path: &Path,
         path: &Path,
         overwrite: bool,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        let SignerConfig::Tpm(tpm) = config else {
-            bail!("{}", refusal(config).unwrap_or_default());
-        };
         let challenge: Challenge = challenge::load(
             challenge_path,
             "challenge",

@@ -41,7 +41,7 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
         // The key exists now: evidence that fails says so, and the key stays.
         let mut said = Vec::new();
         attest::write_evidence(
-            &signer_config,
+            attest::tpm_config(&signer_config)?,
             &args.attest,
             path,
             args.overwrite,
