@@ -2,8 +2,9 @@
 # The quickstart: a local dev cluster, a new static key, its bot and token created in the running
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
-# a lock, and a key made in a TPM (swtpm) with the evidence the admin checks before binding it. The cluster never restarts. Everything lives in a scratch directory that is removed
-# at the end (set KEEP=1 to keep it).
+# a lock, and a key made in a TPM (swtpm) with the evidence the admin checks before binding it.
+# The cluster never restarts. Everything lives in a scratch directory that is removed at the end
+# (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --features tpm
