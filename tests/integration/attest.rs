@@ -749,3 +749,88 @@ fn keys_outside_a_tpm_are_refused_with_the_reason() {
     );
     assert!(!dir.path().join("e.json").exists());
 }
+
+/// A key with an authorization value is certified with it; a wrong value is refused once (the
+/// TPM counts one failure, no retry), no evidence is written, and the value is never printed.
+/// Evidence that is not evidence is a one-line error (exit 78), not a panic.
+#[test]
+fn a_key_with_an_authorization_value_is_attested_with_it_and_a_wrong_one_is_tried_once() {
+    const RIGHT: &str = "Attest-Auth-Right-51d0";
+    const WRONG: &str = "Attest-Auth-Wrong-8e27";
+    let host = Host::new();
+    let key = [
+        "--tpm-key-handle",
+        "0x81000103",
+        "--pin-source",
+        "env:TPM_AUTH",
+    ];
+    run_ok(
+        host.keybound(&["keypair", "create", "--static"], &key)
+            .env("TPM_AUTH", RIGHT),
+    );
+    let attest = |auth: &str, out: &Path| {
+        let mut cmd = host.keybound(&["keypair", "attest"], &key);
+        cmd.env("TPM_AUTH", auth)
+            .args(["--bot-name", "example", "--token-name", "example-token"])
+            .arg("--out")
+            .arg(out);
+        cmd.output().unwrap()
+    };
+    let counter = || {
+        let text = text(&run_ok(
+            tpm_tool(&host.tpm, "tpm2_getcap").arg("properties-variable"),
+        ));
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
+            .unwrap()
+            .trim()
+            .trim_start_matches("0x")
+            .to_owned();
+        u32::from_str_radix(&value, 16).unwrap()
+    };
+    let good = host.path("auth.json");
+    let output = attest(RIGHT, &good);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(counter(), 0);
+
+    let bad = host.path("wrong.json");
+    let output = attest(WRONG, &bad);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the TPM refused the authorization value of persistent handle 0x81000103"),
+        "{stderr}"
+    );
+    for secret in [RIGHT, WRONG] {
+        assert!(!stderr.contains(secret) && !text(&output).contains(secret));
+    }
+    assert_eq!(counter(), 1, "one try, no second");
+    assert!(!bad.exists());
+
+    let not_evidence = host.path("not-evidence.json");
+    std::fs::write(&not_evidence, "{\"format\": \"something else\"}").unwrap();
+    let output = keybound()
+        .args([
+            "attest",
+            "verify",
+            "--public-key",
+            "ssh-ed25519 AAAA",
+            "--ek-ca",
+        ])
+        .arg(host.made.root_ca())
+        .arg(&not_evidence)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("is not keybound attestation evidence"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
