@@ -107,16 +107,18 @@ impl TpmSigner {
         // their own sessions, and TPM2_StartAuthSession must go without one.
         let key = session.key;
         let made = ctx.execute_without_session(|ctx| {
-            let ek = rsa_ek(ctx).map_err(Err)?;
+            let ek = rsa_ek(ctx)?;
             let made = make_ak_and_certify(ctx, ek, key, qualifying_data);
             let _ = ctx.flush_context(ek.into());
-            made.map_err(Ok)
+            made
         });
-        let (ek_public, (ak_public, ak_private), (attest, signature)) =
-            made.map_err(|e| match e {
-                Ok(step) => self.attest_error(ctx, session.auth, step),
-                Err(e) => e,
-            })?;
+        let Certified {
+            ek_public,
+            ak_public,
+            ak_private,
+            attest,
+            signature,
+        } = made.map_err(|step| self.attest_error(ctx, session.auth, step))?;
         let (key_public, _, _) = ctx
             .execute_without_session(|c| c.read_public(session.key))
             .map_err(|e| tpm_error(&e, format!("reading the public part of {}", self.source)))?;
@@ -165,18 +167,23 @@ impl TpmSigner {
 /// A TPM step that failed, and what it was doing.
 type Step<T> = Result<T, (tss_esapi::Error, String)>;
 
+/// What one certification gives: the EK's public area, the AK (public and EK-wrapped private),
+/// and the attestation with its signature.
+struct Certified {
+    ek_public: Public,
+    ak_public: Public,
+    ak_private: Private,
+    attest: tss_esapi::structures::Attest,
+    signature: Signature,
+}
+
 /// Makes the AK under `ek`, loads it, has it certify `key`, and flushes it.
-#[allow(clippy::type_complexity)]
 fn make_ak_and_certify(
     ctx: &mut Context,
     ek: KeyHandle,
     key: KeyHandle,
     qualifying_data: &[u8],
-) -> Step<(
-    Public,
-    (Public, Private),
-    (tss_esapi::structures::Attest, Signature),
-)> {
+) -> Step<Certified> {
     let step = |doing: &str| {
         let doing = doing.to_owned();
         move |e| (e, doing)
@@ -226,11 +233,14 @@ fn make_ak_and_certify(
             "certifying the key with the attestation key (TPM2_Certify)",
         ));
     let _ = ctx.flush_context(ak_handle.into());
-    Ok((
+    let (attest, signature) = certified?;
+    Ok(Certified {
         ek_public,
-        (created.out_public, created.out_private),
-        certified?,
-    ))
+        ak_public: created.out_public,
+        ak_private: created.out_private,
+        attest,
+        signature,
+    })
 }
 
 /// Every EK certificate the TPM holds in the TCG indices.
@@ -282,15 +292,15 @@ fn read_nv(ctx: &mut Context, index: NvIndexHandle) -> Result<Vec<u8>, tss_esapi
 
 /// The RSA 2048 EK, made afresh from the TCG default template (the same seed gives the same
 /// key, the one its certificate names).
-fn rsa_ek(ctx: &mut Context) -> Result<KeyHandle, Error> {
+fn rsa_ek(ctx: &mut Context) -> Step<KeyHandle> {
     ek::create_ek_object_2(
         ctx,
         AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
         DefaultKey,
     )
     .map_err(|e| {
-        tpm_error(
-            &e,
+        (
+            e,
             "creating the RSA endorsement key from the TCG default template".to_owned(),
         )
     })
@@ -364,7 +374,7 @@ pub fn activate_credential(
     let secret =
         EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(|e| bad("secret", e))?;
     let (tcti, mut ctx) = connect(config)?;
-    let ek = rsa_ek(&mut ctx)?;
+    let ek = rsa_ek(&mut ctx).map_err(|(e, doing)| tpm_error(&e, doing))?;
     let result = activate_under(&mut ctx, ek, (public, private), blob, secret);
     let _ = ctx.flush_context(ek.into());
     result.map_err(|(e, doing)| match rc_kind(&e) {
