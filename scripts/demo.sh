@@ -2,9 +2,10 @@
 # The quickstart: a local dev cluster, a new static key, its bot and token created in the running
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
-# a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), and a host
-# certificate with SPIFFE SVIDs. The cluster never restarts. Everything lives in a scratch
-# directory that is removed at the end (set KEEP=1 to keep it).
+# a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), a host
+# certificate with SPIFFE SVIDs, and a key made in a TPM (swtpm) with the evidence the admin checks
+# before binding it. The cluster never restarts. Everything lives in a scratch directory that is
+# removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --features tpm
@@ -12,6 +13,7 @@ kb=$PWD/target/debug/keybound
 dir=$(mktemp -d)
 cluster_pid=
 cleanup() {
+  [[ -f $dir/swtpm/pid ]] && kill "$(cat "$dir/swtpm/pid")" 2>/dev/null
   [[ -n $cluster_pid ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
   if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
 }
@@ -289,3 +291,39 @@ YAML
   if "$kb" start -c "$dir/tbot-workload.yaml" --oneshot; then echo "the host certificate was issued" >&2; exit 1; fi
 }
 host_cert_and_svids
+# 8. Key attestation (docs/attestation.md): a virtual TPM manufactured with EK certificates by its
+# own local CA, a key made in it with evidence, checked with no TPM, and the one challenge.
+attestation_demo() {
+  step "10. A key made in a TPM (swtpm with EK certificates), and the evidence the admin checks before binding it"
+  mkdir -p "$dir/swtpm/state" "$dir/swtpm/ca"
+  printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
+    "$dir/swtpm/ca" "$dir/swtpm/ca" "$dir/swtpm/ca" "$dir/swtpm/ca" > "$dir/swtpm/localca.conf"
+  printf 'create_certs_tool = swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n' \
+    "$dir/swtpm/localca.conf" > "$dir/swtpm/setup.conf"
+  swtpm_setup --tpm2 --create-ek-cert --tpmstate "$dir/swtpm/state" --config "$dir/swtpm/setup.conf" > /dev/null
+  local port=$((20000 + 2 * (RANDOM % 6000)))
+  swtpm socket --tpm2 --flags not-need-init,startup-clear --tpmstate dir="$dir/swtpm/state" \
+    --server type=tcp,port=$port,bindaddr=127.0.0.1 --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
+    --pid file="$dir/swtpm/pid" --daemon
+  local tpm=(--signer tpm --tpm-tcti "swtpm:host=127.0.0.1,port=$port" --tpm-key-handle 0x81000100)
+  "$kb" keypair create --static --format json "${tpm[@]}" --bot-name demo-tpm --token-name tpm-token \
+    --ek-intermediates "$dir/swtpm/ca/issuercert.pem" --attest-out "$dir/evidence.json"
+  local tpm_public
+  tpm_public=$("$kb" keypair show "${tpm[@]}" | sed -n 's/^public key: *//p')
+  sed "s|name: demo-token|name: tpm-token|; s|initial_public_key: .*|initial_public_key: $tpm_public|; s|bot_name: demo|bot_name: demo-tpm|" \
+    "$dir/token.yaml" > "$dir/tpm-token.yaml"
+  # The admin's side, no TPM: the evidence, the challenge, the host's answer.
+  "$kb" attest verify "$dir/evidence.json" --ek-ca "$dir/swtpm/ca/swtpm-localca-rootca-cert.pem" --token "$dir/tpm-token.yaml"
+  "$kb" attest challenge "$dir/evidence.json" --out "$dir/challenge.json" --secret-out "$dir/secret.json"
+  "$kb" keypair attest "${tpm[@]}" --respond "$dir/challenge.json" --out "$dir/response.json"
+  "$kb" attest verify "$dir/evidence.json" --ek-ca "$dir/swtpm/ca/swtpm-localca-rootca-cert.pem" --token "$dir/tpm-token.yaml" \
+    --response "$dir/response.json" --secret "$dir/secret.json"
+  # Checked: only now are the bot and token created, and the bot joins with its key in the TPM.
+  printf 'kind: bot\nversion: v1\nmetadata:\n  name: demo-tpm\nspec:\n  roles: [access]\n' > "$dir/tpm-bot.yaml"
+  admin create -f "$dir/tpm-bot.yaml"
+  admin create -f "$dir/tpm-token.yaml"
+  "$kb" start --oneshot --proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem" --join-method bound_keypair \
+    --token tpm-token --storage memory:// --destination-dir "$dir/out-tpm" "${tpm[@]}" --require-hardware-key
+  swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s
+}
+attestation_demo

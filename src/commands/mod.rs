@@ -1,5 +1,6 @@
 //! The commands, one file each: what `keybound <command>` does with its parsed flags.
 
+pub mod attest;
 pub mod dev_cluster;
 pub mod doctor;
 pub mod generate;

@@ -8,6 +8,8 @@ mod agent_pins;
 mod agent_stalls;
 mod agent_start;
 mod agent_support;
+#[cfg(feature = "tpm")]
+mod attest;
 mod authapi;
 mod cli;
 mod cluster;
