@@ -29,6 +29,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bkp;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -16,7 +16,9 @@ use keybound_signer::config::SignerConfig;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthClient, AuthRoute, ConnectError};
+use crate::bkp::{ClientState, RegistrationSecret, Standard};
 use crate::config::Config;
+use crate::config::KeyMode;
 use crate::identity::Identity;
 use crate::join::{self, JoinError, JoinParams};
 use crate::output;
@@ -44,8 +46,11 @@ pub struct Prepared {
     pub trust: Trust,
     /// Where the key lives.
     pub signer_config: SignerConfig,
-    /// The open key.
-    pub signer: Arc<dyn keybound_signer::Signer>,
+    /// The open static key; `None` in standard mode.
+    pub signer: Option<Arc<dyn keybound_signer::Signer>>,
+    /// Standard mode: where the client state lives and the registration secret; `None` with a
+    /// static key.
+    pub standard: Option<StandardSetup>,
     /// The deadline of each RPC on the authenticated connection to Auth
     /// ([`crate::auth::RPC_TIMEOUT`], or `KEYBOUND_RPC_TIMEOUT`).
     pub rpc_timeout: Duration,
@@ -81,14 +86,25 @@ impl Prepared {
             .onboarding
             .signer_config()
             .map_err(|e| Failure::config(anyhow!(e)))?;
-        let signer = crate::signer::open_signer(&signer_config).map_err(|e| {
-            let kind = if e.kind() == ErrorKind::Unavailable {
-                ExitKind::Unreachable
-            } else {
-                ExitKind::Config
-            };
-            Failure::new(kind, anyhow::Error::new(e))
-        })?;
+        let (signer, standard) = match config.onboarding.key_mode() {
+            KeyMode::Static => {
+                let signer = crate::signer::open_signer(&signer_config).map_err(|e| {
+                    let kind = if e.kind() == ErrorKind::Unavailable {
+                        ExitKind::Unreachable
+                    } else {
+                        ExitKind::Config
+                    };
+                    Failure::new(kind, anyhow::Error::new(e))
+                })?;
+                (Some(signer), None)
+            }
+            KeyMode::Standard => {
+                info!(
+                    "no static key configured: standard bound keypair joining, with the keys in storage"
+                );
+                (None, Some(StandardSetup::new(&config)?))
+            }
+        };
         Ok(Self {
             config,
             proxy,
@@ -97,8 +113,66 @@ impl Prepared {
             trust,
             signer_config,
             signer,
+            standard,
             rpc_timeout,
         })
+    }
+}
+
+/// Standard bound-keypair joining's settings ([`crate::bkp`]).
+#[derive(Clone, Debug)]
+pub struct StandardSetup {
+    /// The storage directory, where the client state lives beside the identity.
+    pub dir: std::path::PathBuf,
+    /// Its symlinks policy.
+    pub symlinks: crate::fsutil::Symlinks,
+    /// The registration secret, if one is configured.
+    pub secret: Option<RegistrationSecret>,
+}
+
+impl StandardSetup {
+    /// The settings of `config`, checked: the storage must be a directory.
+    fn new(config: &Config) -> Result<Self, Failure> {
+        let secret = config
+            .onboarding
+            .registration_secret()
+            .map_err(|e| Failure::config(anyhow!(e)))?;
+        let Destination::Directory { path, symlinks } = &config.storage else {
+            return Err(Failure::config(anyhow!(
+                "no static key is configured, so keybound joins in standard mode, which keeps \
+                 its keys and join state in storage: set storage to a directory (memory storage \
+                 is lost at exit, and the registration secret works once), or configure a static \
+                 key (static_private_key_path, a signer)"
+            )));
+        };
+        Ok(Self {
+            dir: path.clone(),
+            symlinks: *symlinks,
+            secret,
+        })
+    }
+
+    /// The client state for one join, read afresh as tbot reads it at every join: the stored
+    /// one, or an empty one when a registration secret is configured.
+    pub fn load(&self) -> Result<Standard, Failure> {
+        let loaded = ClientState::load(&self.dir, self.symlinks)
+            .map_err(|e| Failure::config(e.context("loading bound keypair client state")))?;
+        let state = match (loaded, &self.secret) {
+            (Some(state), _) => state,
+            (None, Some(_)) => ClientState::empty(&self.dir, self.symlinks),
+            (None, None) => {
+                return Err(Failure::config(anyhow!(
+                    "loading bound keypair client state: {} holds no bound keypair and no \
+                     registration secret is configured: run keybound keypair create --storage {} \
+                     and register its public key on the token, or give the token's registration \
+                     secret (--registration-secret, registration_secret_path or {})",
+                    self.dir.display(),
+                    self.dir.display(),
+                    crate::bkp::REGISTRATION_SECRET_ENV
+                )));
+            }
+        };
+        Ok(Standard::new(state, self.secret.clone()))
     }
 }
 
@@ -352,6 +426,10 @@ async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Fail
         cluster: r.current.map(|i| i.info.cluster_name.as_str().to_owned()),
         credential_ttl: p.config.credential_ttl,
         signer: p.signer.clone(),
+        standard: match &p.standard {
+            Some(setup) => Some(setup.load().map_err(|f| (f, false))?),
+            None => None,
+        },
         timeout: join::JOIN_TIMEOUT,
     };
     let configured = &p.config.onboarding.token;

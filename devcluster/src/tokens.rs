@@ -100,6 +100,10 @@ pub struct Status {
     pub last_recovered_at: Option<SystemTime>,
     /// When the key was last rotated.
     pub last_rotated_at: Option<SystemTime>,
+    /// The registration secret a first join must show (`populateRegistrationSecret`,
+    /// `lib/auth/bound_keypair_tokens.go`): the spec's, or one generated when the token has
+    /// neither a secret nor a public key; cleared once a join used it.
+    pub registration_secret: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -160,10 +164,11 @@ struct RawStatus {
     bound_keypair: Option<RawBoundStatus>,
 }
 
-/// `status.bound_keypair`; Teleport's other fields (`registration_secret`) are left out.
+/// `status.bound_keypair`.
 #[derive(Deserialize)]
 struct RawBoundStatus {
     bound_public_key: Option<String>,
+    registration_secret: Option<String>,
     bound_bot_instance_id: Option<String>,
     #[serde(default)]
     recovery_count: u32,
@@ -189,6 +194,7 @@ impl RawBoundStatus {
             recovery_count: self.recovery_count,
             last_recovered_at: at("last_recovered_at", self.last_recovered_at)?,
             last_rotated_at: at("last_rotated_at", self.last_rotated_at)?,
+            registration_secret: self.registration_secret.filter(|s| !s.is_empty()),
         })
     }
 }
@@ -371,7 +377,25 @@ impl Status {
         put("bound_bot_instance_id", self.bound_bot_instance_id.clone());
         put("last_recovered_at", self.last_recovered_at.map(format_time));
         put("last_rotated_at", self.last_rotated_at.map(format_time));
+        put("registration_secret", self.registration_secret.clone());
         out
+    }
+
+    /// `populateRegistrationSecret` (`lib/auth/bound_keypair_tokens.go`), on create and upsert:
+    /// nothing when a key is bound or pre-registered (the key wins over any secret) or a
+    /// secret is already there; else the spec's secret, else 16 random bytes in hex.
+    pub fn populate_registration_secret(&mut self, spec: &BoundKeypairSpec) {
+        if self.bound_public_key.is_some()
+            || spec.initial_public_key.is_some()
+            || self.registration_secret.is_some()
+        {
+            return;
+        }
+        self.registration_secret = Some(spec.registration_secret.clone().unwrap_or_else(|| {
+            let mut bytes = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }));
     }
 }
 
@@ -398,7 +422,7 @@ mod tests {
 
     #[test]
     fn what_get_shows_reads_back_the_same() {
-        let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\n  expires: 2030-01-01T00:00:00Z\nspec:\n  bot_name: ci\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n      must_register_before: 2029-01-01T00:00:00Z\n    recovery: {limit: 2, mode: relaxed}\n    rotate_after: 2031-01-01T00:00:00Z\nstatus:\n  bound_keypair:\n    bound_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n    bound_bot_instance_id: 0b6b4a3e-4c1e-4f5e-9d7a-1c2b3d4e5f60\n    recovery_count: 1\n    last_recovered_at: 2026-01-02T03:04:05.5Z\n    registration_secret: ignored\n";
+        let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\n  expires: 2030-01-01T00:00:00Z\nspec:\n  bot_name: ci\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n      must_register_before: 2029-01-01T00:00:00Z\n    recovery: {limit: 2, mode: relaxed}\n    rotate_after: 2031-01-01T00:00:00Z\nstatus:\n  bound_keypair:\n    bound_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n    bound_bot_instance_id: 0b6b4a3e-4c1e-4f5e-9d7a-1c2b3d4e5f60\n    recovery_count: 1\n    last_recovered_at: 2026-01-02T03:04:05.5Z\n    registration_secret: kept\n";
         let token = parse(yaml, "t.yaml").unwrap().remove(0);
         assert_eq!(token.status.recovery_count, 1);
         assert!(token.status.last_recovered_at.is_some());

@@ -48,6 +48,14 @@ pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> anyhow::Result<
         }
         AdminCommand::Lock(args) => lock(args, out).await,
         AdminCommand::Status(args) => status(&client(args)?, out).await,
+        AdminCommand::RequestRotation(args) => {
+            let at = client(&args.admin)?.request_rotation(&args.token).await?;
+            Ok(writeln!(
+                out,
+                "token {:?}: rotate_after set to {at}; its bot rotates its key at its next join",
+                args.token
+            )?)
+        }
     }
 }
 

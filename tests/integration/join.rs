@@ -205,7 +205,7 @@ async fn rejections_carry_the_clusters_code_and_a_hint() {
         .await
         .unwrap_err();
     match &error {
-        JoinError::Rejected { code, message } => {
+        JoinError::Rejected { code, message, .. } => {
             assert_eq!(*code, Code::PermissionDenied);
             assert_eq!(message, "token expired or not found");
         }
@@ -528,7 +528,7 @@ async fn a_token_for_a_bot_that_does_not_exist_is_refused_as_teleport_refuses_it
             .await
             .unwrap_err();
         match &error {
-            JoinError::Rejected { code, message } => {
+            JoinError::Rejected { code, message, .. } => {
                 assert_eq!(*code, Code::PermissionDenied, "{error}");
                 assert_eq!(message, "access denied");
             }

@@ -84,7 +84,10 @@ impl Catalog {
     /// and a replaced token's revision moves on, so a join that read the old one cannot commit.
     pub(super) fn put_token(&mut self, token: Token) {
         let revision = self.tokens.get(&token.name).map_or(0, |e| e.revision + 1);
-        let status = token.status.clone();
+        let mut status = token.status.clone();
+        if token.join_method == "bound_keypair" {
+            status.populate_registration_secret(&token.bound_keypair);
+        }
         self.tokens.insert(
             token.name.clone(),
             Entry {
@@ -93,6 +96,23 @@ impl Catalog {
                 revision,
             },
         );
+    }
+
+    /// Sets a bound-keypair token's `rotate_after` to `now`, its status kept; its revision moves
+    /// on, as an upsert's does.
+    pub(super) fn request_rotation(&mut self, name: &str, now: SystemTime) -> Result<(), Refusal> {
+        let entry = self
+            .tokens
+            .get_mut(name)
+            .ok_or_else(|| not_found(Kind::Token, name))?;
+        if entry.token.join_method != "bound_keypair" {
+            return Err(Refusal::Invalid(format!(
+                "token {name:?} does not use the bound_keypair join method"
+            )));
+        }
+        entry.token.bound_keypair.rotate_after = Some(now);
+        entry.revision += 1;
+        Ok(())
     }
 
     /// The role named `name`: one from the resources, or the role of a `kind: bot`. Explicit
@@ -342,8 +362,61 @@ mod tests {
         catalog.create(resources(&yaml), true).unwrap();
         assert_eq!(catalog.tokens["t"].status.recovery_count, 3);
         assert_eq!(catalog.tokens["t"].revision, 1);
+        let secret = catalog.tokens["t"].status.registration_secret.clone();
         catalog.create(resources(TOKEN), true).unwrap();
-        assert_eq!(catalog.tokens["t"].status, TokenStatus::default());
+        // The plain file resets the status: a new registration secret, nothing else.
+        let status = &catalog.tokens["t"].status;
+        let fresh = status
+            .registration_secret
+            .clone()
+            .expect("a generated secret");
+        assert_eq!(fresh.len(), 32);
+        assert!(
+            fresh
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(Some(fresh), secret, "each reset generates its own");
+        let emptied = TokenStatus {
+            registration_secret: None,
+            ..status.clone()
+        };
+        assert_eq!(emptied, TokenStatus::default());
         assert_eq!(catalog.tokens["t"].revision, 2);
+    }
+
+    #[test]
+    fn a_registration_secret_is_the_specs_or_generated_and_never_beside_a_key() {
+        let mut catalog = Catalog::default();
+        let with_secret = TOKEN.replace(
+            "{recovery:",
+            "{onboarding: {registration_secret: s3cret}, recovery:",
+        );
+        catalog.create(resources(&with_secret), false).unwrap();
+        assert_eq!(
+            catalog.tokens["t"].status.registration_secret.as_deref(),
+            Some("s3cret")
+        );
+        let shown = catalog.get(Kind::Token, "t").unwrap();
+        assert_eq!(
+            shown["status"]["bound_keypair"]["registration_secret"],
+            "s3cret"
+        );
+        let with_key = TOKEN.replace("{recovery:", "{onboarding: {initial_public_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v'}, recovery:");
+        catalog.create(resources(&with_key), true).unwrap();
+        assert_eq!(catalog.tokens["t"].status.registration_secret, None);
+        // request-rotation keeps the status and moves the revision on.
+        catalog.tokens.get_mut("t").unwrap().status.recovery_count = 2;
+        let now = SystemTime::now();
+        catalog.request_rotation("t", now).unwrap();
+        assert_eq!(
+            catalog.tokens["t"].token.bound_keypair.rotate_after,
+            Some(now)
+        );
+        assert_eq!(catalog.tokens["t"].status.recovery_count, 2);
+        assert!(matches!(
+            catalog.request_rotation("nope", now),
+            Err(Refusal::NotFound(_))
+        ));
     }
 }

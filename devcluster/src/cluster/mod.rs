@@ -213,6 +213,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// `tctl bound-keypair request-rotation` (`tool/tctl/common/bound_keypair_command.go`): sets
+    /// the token's `spec.bound_keypair.rotate_after` to now and upserts it with its status, so
+    /// the bot's next join (of any kind) rotates its key. Returns the time set.
+    pub(crate) fn request_rotation(&self, name: &str) -> Result<SystemTime, Refusal> {
+        let now = self.now();
+        self.catalog().request_rotation(name, now)?;
+        info!(token = name, "rotation requested by the admin");
+        Ok(now)
+    }
+
     /// Records and logs a client's `GivingUp` on a join for `token`.
     pub(crate) fn record_giving_up(&self, token: &str, reason: String, message: &str) {
         // Client text: escaped and bounded before it reaches the log.
