@@ -78,6 +78,7 @@ mod misbehave;
 pub mod resources;
 pub mod roles;
 mod run;
+pub mod secret;
 mod subject_keys;
 pub mod tokens;
 mod trust;

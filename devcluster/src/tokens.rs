@@ -9,6 +9,8 @@ use keybound_signer::PublicKey;
 use keybound_teleport::time::format_time;
 use serde::Deserialize;
 use time::OffsetDateTime;
+
+use crate::secret::Secret;
 use time::format_description::well_known::Rfc3339;
 
 /// Recovery modes (`lib/boundkeypair`): what a join after the first may skip.
@@ -69,7 +71,7 @@ pub struct BoundKeypairSpec {
     /// `onboarding.initial_public_key`.
     pub initial_public_key: Option<PublicKey>,
     /// `onboarding.registration_secret`.
-    pub registration_secret: Option<String>,
+    pub registration_secret: Option<Secret>,
     /// `onboarding.must_register_before`.
     pub must_register_before: Option<SystemTime>,
     /// `recovery.limit`.
@@ -102,8 +104,9 @@ pub struct Status {
     pub last_rotated_at: Option<SystemTime>,
     /// The registration secret a first join must show (`populateRegistrationSecret`,
     /// `lib/auth/bound_keypair_tokens.go`): the spec's, or one generated when the token has
-    /// neither a secret nor a public key; cleared once a join used it.
-    pub registration_secret: Option<String>,
+    /// neither a secret nor a public key; cleared once a join used it. Never shown by
+    /// `tctl get` (`to_resource`).
+    pub registration_secret: Option<Secret>,
 }
 
 #[derive(Deserialize)]
@@ -194,7 +197,10 @@ impl RawBoundStatus {
             recovery_count: self.recovery_count,
             last_recovered_at: at("last_recovered_at", self.last_recovered_at)?,
             last_rotated_at: at("last_rotated_at", self.last_rotated_at)?,
-            registration_secret: self.registration_secret.filter(|s| !s.is_empty()),
+            registration_secret: self
+                .registration_secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
         })
     }
 }
@@ -273,7 +279,10 @@ impl Resource {
                                 .with_context(|| format!("token {name}: initial_public_key"))
                         })
                         .transpose()?,
-                    registration_secret: onboarding.registration_secret.filter(|s| !s.is_empty()),
+                    registration_secret: onboarding
+                        .registration_secret
+                        .filter(|s| !s.is_empty())
+                        .map(Secret::new),
                     must_register_before: onboarding
                         .must_register_before
                         .map(|t| rfc3339("must_register_before", &t))
@@ -314,7 +323,8 @@ impl Resource {
 }
 
 impl Token {
-    /// The token with `status` as `tctl get` shows it: Teleport's keys, the ones set.
+    /// The token with `status` as `tctl get` shows it: Teleport's keys, the ones set, but never
+    /// a registration secret (`crate::secret`).
     pub fn to_resource(&self, status: &Status) -> serde_json::Value {
         let mut metadata = serde_json::json!({ "name": self.name });
         if let Some(expires) = self.expires {
@@ -337,7 +347,6 @@ impl Token {
                 "initial_public_key",
                 bk.initial_public_key.as_ref().map(PublicKey::to_openssh),
             );
-            put("registration_secret", bk.registration_secret.clone());
             put(
                 "must_register_before",
                 bk.must_register_before.map(format_time),
@@ -377,7 +386,6 @@ impl Status {
         put("bound_bot_instance_id", self.bound_bot_instance_id.clone());
         put("last_recovered_at", self.last_recovered_at.map(format_time));
         put("last_rotated_at", self.last_rotated_at.map(format_time));
-        put("registration_secret", self.registration_secret.clone());
         out
     }
 
@@ -391,11 +399,11 @@ impl Status {
         {
             return;
         }
-        self.registration_secret = Some(spec.registration_secret.clone().unwrap_or_else(|| {
-            let mut bytes = [0u8; 16];
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        }));
+        self.registration_secret = Some(
+            spec.registration_secret
+                .clone()
+                .unwrap_or_else(Secret::generate),
+        );
     }
 }
 
@@ -429,7 +437,14 @@ mod tests {
         let shown = token.to_resource(&token.status);
         let back = from_value(serde_yaml::to_value(&shown).unwrap()).unwrap();
         assert_eq!(back.to_resource(&back.status), shown);
-        assert_eq!(back.status, token.status);
+        // All but the registration secret, which `get` never shows.
+        assert!(!serde_json::to_string(&shown).unwrap().contains("kept"));
+        assert!(token.status.registration_secret.is_some());
+        let without_secret = Status {
+            registration_secret: None,
+            ..token.status
+        };
+        assert_eq!(back.status, without_secret);
         assert_eq!(
             shown["spec"]["bound_keypair"]["recovery"]["mode"],
             "relaxed"

@@ -93,6 +93,13 @@ async fn create(args: &AdminCreate, out: &mut dyn Write) -> anyhow::Result<()> {
     for a in applied {
         let done = if a.replaced { "updated" } else { "created" };
         writeln!(out, "{} {:?} has been {done}", a.kind, a.name)?;
+        if let Some(secret) = a.registration_secret.map(zeroize::Zeroizing::new) {
+            writeln!(
+                out,
+                "Registration secret (shown only now; `get` does not show it): {}",
+                secret.as_str()
+            )?;
+        }
     }
     Ok(())
 }

@@ -249,6 +249,7 @@ async fn create(cluster: &Cluster, request: Request<Incoming>) -> Response<Full<
                     kind: a.kind.name().to_owned(),
                     name: a.name,
                     replaced: a.replaced,
+                    registration_secret: a.generated_secret.map(|s| s.expose().to_owned()),
                 })
                 .collect::<Vec<_>>(),
         ),

@@ -10,6 +10,7 @@ use crate::ca::bot_resource_name;
 use crate::locks::{Lock, LockTarget};
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
+use crate::secret::Secret;
 use crate::tokens::{Status as TokenStatus, Token};
 
 /// The label Teleport puts on the role and user `tctl bots add` makes (`types.BotLabel`).
@@ -52,6 +53,8 @@ pub(crate) struct Applied {
     pub(crate) name: String,
     /// Whether it replaced one of the same name.
     pub(crate) replaced: bool,
+    /// A registration secret the cluster generated for the token: shown in this answer only.
+    pub(crate) generated_secret: Option<Secret>,
 }
 
 /// Tokens, roles, bots and locks.
@@ -192,10 +195,22 @@ impl Catalog {
                 kind,
                 name: name.to_owned(),
                 replaced,
+                generated_secret: None,
             });
         }
         for token in resources.tokens {
+            let name = token.name.clone();
+            let given_secret = token.bound_keypair.registration_secret.is_some()
+                || token.status.registration_secret.is_some();
             self.put_token(token);
+            let status_secret = self.tokens[&name].status.registration_secret.clone();
+            if let Some(applied) = applied
+                .iter_mut()
+                .find(|a| a.kind == Kind::Token && a.name == name)
+                .filter(|_| !given_secret)
+            {
+                applied.generated_secret = status_secret;
+            }
         }
         for role in resources.roles {
             self.roles.insert(role.name.clone(), role);
@@ -303,7 +318,8 @@ mod tests {
             [Applied {
                 kind: Kind::Bot,
                 name: "ci".into(),
-                replaced: false
+                replaced: false,
+                generated_secret: None,
             }]
         );
         // The bot exists: nothing of the file is created, the token neither.
@@ -363,19 +379,16 @@ mod tests {
         assert_eq!(catalog.tokens["t"].status.recovery_count, 3);
         assert_eq!(catalog.tokens["t"].revision, 1);
         let secret = catalog.tokens["t"].status.registration_secret.clone();
-        catalog.create(resources(TOKEN), true).unwrap();
-        // The plain file resets the status: a new registration secret, nothing else.
+        let applied = catalog.create(resources(TOKEN), true).unwrap();
+        // The plain file resets the status: a new registration secret, nothing else; the
+        // answer to create is the one place it shows.
         let status = &catalog.tokens["t"].status;
         let fresh = status
             .registration_secret
             .clone()
             .expect("a generated secret");
-        assert_eq!(fresh.len(), 32);
-        assert!(
-            fresh
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        );
+        assert_eq!(fresh.expose().len(), 32);
+        assert_eq!(applied[0].generated_secret.as_ref(), Some(&fresh));
         assert_ne!(Some(fresh), secret, "each reset generates its own");
         let emptied = TokenStatus {
             registration_secret: None,
@@ -392,16 +405,19 @@ mod tests {
             "{recovery:",
             "{onboarding: {registration_secret: s3cret}, recovery:",
         );
-        catalog.create(resources(&with_secret), false).unwrap();
-        assert_eq!(
-            catalog.tokens["t"].status.registration_secret.as_deref(),
-            Some("s3cret")
+        let applied = catalog.create(resources(&with_secret), false).unwrap();
+        assert!(
+            catalog.tokens["t"]
+                .status
+                .registration_secret
+                .as_ref()
+                .is_some_and(|s| s.matches("s3cret"))
         );
-        let shown = catalog.get(Kind::Token, "t").unwrap();
-        assert_eq!(
-            shown["status"]["bound_keypair"]["registration_secret"],
-            "s3cret"
-        );
+        assert_eq!(applied[0].generated_secret, None, "the admin's own");
+        // `get` shows neither the spec's secret nor the status's.
+        let shown = serde_json::to_string(&catalog.get(Kind::Token, "t").unwrap()).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("registration_secret"), "{shown}");
         let with_key = TOKEN.replace("{recovery:", "{onboarding: {initial_public_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v'}, recovery:");
         catalog.create(resources(&with_key), true).unwrap();
         assert_eq!(catalog.tokens["t"].status.registration_secret, None);

@@ -8,7 +8,6 @@
 use std::time::{Duration, SystemTime};
 
 use keybound_signer::PublicKey;
-use subtle::ConstantTimeEq as _;
 use tonic::Status;
 
 use super::peer::{JoinInput, JoinOutput, Peer};
@@ -16,6 +15,7 @@ use crate::ca::{BotCertRequest, BotCerts, bot_resource_name};
 use crate::caller::Caller;
 use crate::cluster::Cluster;
 use crate::misbehave::Misbehaviour;
+use crate::secret::Secret;
 use crate::tokens::{RecoveryMode, Status as TokenStatus, Token};
 
 /// `defaults.DefaultRenewableCertTTL`: the TTL when a client sends no `expires`.
@@ -199,7 +199,7 @@ impl Cluster {
     async fn register_with_secret<P: Peer>(
         &self,
         attempt: &Attempt<'_>,
-        secret: &str,
+        secret: &Secret,
         peer: &mut P,
     ) -> Result<PublicKey, Status> {
         let given = &attempt.input.initial_join_secret;
@@ -208,7 +208,7 @@ impl Cluster {
             .bound_keypair
             .must_register_before
             .is_some_and(|deadline| self.now() > deadline);
-        let matches = bool::from(given.as_bytes().ct_eq(secret.as_bytes()));
+        let matches = secret.matches(given);
         let refused = || Status::permission_denied("a valid registration secret is required");
         // Teleport audits two of the three refusals, not the late one.
         if given.is_empty() {
