@@ -134,7 +134,8 @@ fn standard_hint(message: &str) -> Option<&'static str> {
         ),
         (
             "is in force",
-            "the token is locked: an admin finds out why (tctl get locks) before removing the lock",
+            "a lock is in force on the token or the bot's user (the text names it): an admin finds \
+             out why (tctl get locks) before removing the lock",
         ),
         (
             "failed to complete challenge",
