@@ -132,7 +132,7 @@ pub struct StandardSetup {
 
 impl StandardSetup {
     /// The settings of `config`, checked: the storage must be a directory.
-    fn new(config: &Config) -> Result<Self, Failure> {
+    pub fn new(config: &Config) -> Result<Self, Failure> {
         let secret = config
             .onboarding
             .registration_secret()
@@ -433,9 +433,10 @@ async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Fail
         timeout: join::JOIN_TIMEOUT,
     };
     let configured = &p.config.onboarding.token;
+    let with = key_phrase(p);
     let joined = match r.current {
         Some(_) if r.unknown => {
-            info!("the cluster does not know the bot identity; joining with the static key");
+            info!("the cluster does not know the bot identity; joining with {with}");
             r.fell_back = true;
             join_with_static_key(&params, configured).await?
         }
@@ -451,7 +452,7 @@ async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Fail
             join_with_static_key(&params, configured).await?
         }
         None => {
-            info!("no bot identity yet; joining with the static key");
+            info!("no bot identity yet; joining with {with}");
             join_with_static_key(&params, configured).await?
         }
     };
@@ -465,6 +466,16 @@ async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Fail
         "joined the cluster"
     );
     Ok(joined)
+}
+
+/// What a join proves possession of, for the log: the static key, or (standard mode) the bound
+/// keypair kept in storage.
+fn key_phrase(p: &Prepared) -> &'static str {
+    if p.standard.is_some() {
+        "the bound keypair in storage"
+    } else {
+        "the static key"
+    }
 }
 
 /// The soft rejoin with `identity`; when the cluster says it does not know the identity (see
@@ -486,9 +497,10 @@ async fn rejoin_or_fall_back(
     };
     warn!(
         reason = %one_line(&format!("{:#}", unknown.failure.error)),
-        "the cluster no longer knows the bot identity ({}); joining with the static key at \
-         once, which uses a recovery and starts a new bot instance",
-        unknown.why
+        "the cluster no longer knows the bot identity ({}); joining with {} at once, which \
+         uses a recovery and starts a new bot instance",
+        unknown.why,
+        key_phrase(p)
     );
     r.fell_back = true;
     // `params.cluster` is still the identity's: only that cluster may challenge the key, so a

@@ -57,6 +57,32 @@ fn oneshot(cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
+/// `keybound doctor` with `oneshot`'s settings: its report (stdout) and whether it passed.
+fn doctor(cluster: &ClusterProcess, dir: &Path) -> (String, bool) {
+    let mut cmd = keybound();
+    cmd.args(["doctor", "--join-method", "bound_keypair"])
+        .args(["--proxy-server", &cluster.proxy, "--token", "t"])
+        .arg("--ca-path")
+        .arg(&cluster.ca)
+        .arg("--data-dir")
+        .arg(dir.join("storage"))
+        .env_remove("TBOT_BOUND_KEYPAIR_STATIC_KEY")
+        .env_remove("TBOT_REGISTRATION_SECRET");
+    let output = cmd.output().unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        output.status.success(),
+    )
+}
+
+/// The line of a doctor report about `area`.
+fn doctor_line<'a>(report: &'a str, area: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(area))
+        .unwrap_or_else(|| panic!("no {area} line: {report}"))
+}
+
 fn joined(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the join failed: {stderr}");
@@ -81,6 +107,17 @@ fn forget_identity(storage: &Path) {
             std::fs::remove_file(entry.path()).unwrap();
         }
     }
+}
+
+/// `SHA256:...` of an `authorized_keys` file, as `ssh-keygen -l` prints it.
+fn ssh_keygen_fingerprint(path: &Path) -> String {
+    let out = run_ok(Command::new(tool("ssh-keygen")).arg("-lf").arg(path));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }
 
 fn read(path: &Path) -> String {
@@ -272,7 +309,32 @@ fn a_key_made_with_keypair_create_joins_until_the_recovery_limit() {
         &format!("{{initial_public_key: '{public}'}}"),
         "{mode: standard, limit: 1}",
     );
-    joined(&oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    // doctor knows standard mode: the key in storage, no static key opened.
+    let (report, passed) = doctor(&cluster, dir.path());
+    assert!(passed, "{report}");
+    let keys = doctor_line(&report, "keys");
+    assert!(keys.starts_with("ok"), "{keys}");
+    assert!(
+        keys.contains(&ssh_keygen_fingerprint(&storage.join("id_bkp.pub")))
+            && keys.contains("no join state yet"),
+        "{keys}"
+    );
+    assert!(!report.contains("signer"), "{report}");
+
+    let first = oneshot(&cluster, dir.path(), &[]).output().unwrap();
+    joined(&first);
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        log.contains("no bot identity yet; joining with the bound keypair in storage"),
+        "{log}"
+    );
+    assert!(!log.contains("joining with the static key"), "{log}");
+    let (report, _) = doctor(&cluster, dir.path());
+    let keys = doctor_line(&report, "keys");
+    assert!(
+        keys.contains("a join state (recovery 1, bot instance "),
+        "{keys}"
+    );
     let out_before = std::fs::read(dir.path().join("out/identity")).unwrap();
     forget_identity(&storage);
     let error = failed(&oneshot(&cluster, dir.path(), &[]).output().unwrap(), 77);
@@ -290,6 +352,13 @@ fn a_key_made_with_keypair_create_joins_until_the_recovery_limit() {
     assert!(
         error.contains("keybound keypair create --storage"),
         "{error}"
+    );
+    let (report, passed) = doctor(&cluster, &empty);
+    assert!(!passed);
+    let keys = doctor_line(&report, "keys");
+    assert!(
+        keys.starts_with("FAIL") && keys.contains("fix: run keybound keypair create --storage"),
+        "{keys}"
     );
 }
 
