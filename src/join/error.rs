@@ -119,8 +119,8 @@ fn standard_hint(message: &str) -> Option<&'static str> {
             "join state verification failed",
             "the join state in storage (bkp_state) is not the cluster's latest, and the cluster has \
              locked the token: if no copy of this bot's keys runs elsewhere, an admin removes the \
-             lock (tctl get locks; tctl rm lock/NAME) and sets recovery.mode relaxed or insecure \
-             for one join",
+             lock (tctl get locks; tctl rm lock/NAME) and sets recovery.mode insecure for one \
+             join (relaxed checks the join state too), then back",
         ),
         (
             "a valid registration secret is required",

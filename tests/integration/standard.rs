@@ -421,3 +421,66 @@ fn a_crash_after_the_new_key_or_after_the_result_does_not_lose_the_bound_key() {
         String::from_utf8_lossy(&run_ok(&mut cluster.admin(&["ls", "locks"])).stdout).into_owned();
     assert!(!locks.contains("join_token"), "no lock: {locks}");
 }
+
+/// Killed after a recovery's result arrived, before the client state was written: the cluster
+/// counted the recovery, so the join state in storage is one recovery behind. Teleport's
+/// protocol gives the client no way back; the next join is refused and the token locked, and
+/// the error names the admin's steps, which this test then takes.
+#[test]
+fn a_crash_after_a_recoverys_result_needs_the_admins_one_insecure_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start::<&str>(dir.path(), &[]);
+    create_bot_and_token(
+        &cluster,
+        dir.path(),
+        "{registration_secret: s3cret}",
+        "{mode: standard, limit: 10}",
+    );
+    let storage = dir.path().join("storage");
+    std::fs::create_dir(&storage).unwrap();
+    joined(
+        &oneshot(&cluster, dir.path(), &["--registration-secret", "s3cret"])
+            .output()
+            .unwrap(),
+    );
+    let state_before = read(&storage.join("bkp_state"));
+
+    forget_identity(&storage);
+    let crashed = oneshot(&cluster, dir.path(), &[])
+        .env("KEYBOUND_TEST_FAULT", "after-result")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    assert_eq!(token_status(&cluster)["recovery_count"], 2, "committed");
+    assert_eq!(read(&storage.join("bkp_state")), state_before, "not stored");
+
+    let error = failed(&oneshot(&cluster, dir.path(), &[]).output().unwrap(), 77);
+    assert!(error.contains("join state verification failed"), "{error}");
+    assert!(error.contains("tctl rm lock/NAME"), "{error}");
+    assert!(
+        error.contains("recovery.mode insecure for one join"),
+        "{error}"
+    );
+    assert_eq!(token_status(&cluster)["recovery_count"], 2);
+
+    // The admin's steps: remove the lock, one join in insecure mode (a get round trip keeps
+    // the status), then standard again; the bot joins at each step.
+    let locks = run_ok(&mut cluster.admin(&["get", "locks", "--format", "json"])).stdout;
+    let locks: serde_json::Value = serde_json::from_slice(&locks).unwrap();
+    let name = locks[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    run_ok(&mut cluster.admin(&["rm", &format!("locks/{name}")]));
+    let set_mode = |mode: &str| {
+        let shown = run_ok(&mut cluster.admin(&["get", "tokens/t", "--format", "json"])).stdout;
+        let mut token: serde_json::Value = serde_json::from_slice(&shown).unwrap();
+        token["spec"]["bound_keypair"]["recovery"]["mode"] = mode.into();
+        let file = write(dir.path(), "edited.json", &token.to_string());
+        let args: [&std::ffi::OsStr; 3] = ["create".as_ref(), "-f".as_ref(), file.as_os_str()];
+        run_ok(&mut cluster.admin(&args));
+    };
+    set_mode("insecure");
+    joined(&oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    set_mode("standard");
+    forget_identity(&storage);
+    joined(&oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    assert_eq!(token_status(&cluster)["recovery_count"], 4);
+}
