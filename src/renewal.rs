@@ -16,7 +16,9 @@ use keybound_signer::config::SignerConfig;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthClient, AuthRoute, ConnectError};
-use crate::bkp::{ClientState, RegistrationSecret, Standard};
+#[cfg(feature = "pkcs11")]
+use crate::bkp::device::DeviceState;
+use crate::bkp::{ClientState, Keys, RegistrationSecret, Standard};
 use crate::config::Config;
 use crate::config::KeyMode;
 use crate::identity::Identity;
@@ -128,6 +130,8 @@ pub struct StandardSetup {
     pub symlinks: crate::fsutil::Symlinks,
     /// The registration secret, if one is configured.
     pub secret: Option<RegistrationSecret>,
+    /// The PKCS#11 token keys are made in (`bkp::device`); `None`: key files in storage.
+    pub device: Option<keybound_signer::config::Pkcs11Config>,
 }
 
 impl StandardSetup {
@@ -145,21 +149,48 @@ impl StandardSetup {
                  key (static_private_key_path, a signer)"
             )));
         };
+        let device = config.onboarding.device_keys();
+        if device.is_some() && !cfg!(feature = "pkcs11") {
+            return Err(Failure::config(anyhow!(
+                "signer: pkcs11 with a URI naming only a token makes keys in the token, and this                  keybound was built without the pkcs11 feature"
+            )));
+        }
         Ok(Self {
             dir: path.clone(),
             symlinks: *symlinks,
             secret,
+            device,
         })
+    }
+
+    /// The stored client state: key files, or references to keys in the token.
+    pub fn load_keys(&self) -> anyhow::Result<Option<Keys>> {
+        #[cfg(feature = "pkcs11")]
+        if let Some(device) = &self.device {
+            return Ok(
+                DeviceState::load(&self.dir, self.symlinks, device.clone())?.map(Keys::Device)
+            );
+        }
+        Ok(ClientState::load(&self.dir, self.symlinks)?.map(Keys::Files))
+    }
+
+    fn empty_keys(&self) -> Keys {
+        #[cfg(feature = "pkcs11")]
+        if let Some(device) = &self.device {
+            return Keys::Device(DeviceState::empty(&self.dir, self.symlinks, device.clone()));
+        }
+        Keys::Files(ClientState::empty(&self.dir, self.symlinks))
     }
 
     /// The client state for one join, read afresh as tbot reads it at every join: the stored
     /// one, or an empty one when a registration secret is configured.
     pub fn load(&self) -> Result<Standard, Failure> {
-        let loaded = ClientState::load(&self.dir, self.symlinks)
+        let loaded = self
+            .load_keys()
             .map_err(|e| Failure::config(e.context("loading bound keypair client state")))?;
         let state = match (loaded, &self.secret) {
             (Some(state), _) => state,
-            (None, Some(_)) => ClientState::empty(&self.dir, self.symlinks),
+            (None, Some(_)) => self.empty_keys(),
             (None, None) => {
                 return Err(Failure::config(anyhow!(
                     "loading bound keypair client state: {} holds no bound keypair and no \

@@ -8,6 +8,8 @@
 //! state replaces the old one, on disk, before the identity is stored
 //! (`lib/join/joinclient/join_boundkeypair.go`, `lib/auth/join/boundkeypair/boundkeypair.go`).
 
+#[cfg(feature = "pkcs11")]
+pub mod device;
 pub mod secret;
 pub mod state;
 
@@ -43,19 +45,72 @@ pub struct Standard {
     secret: Option<RegistrationSecret>,
 }
 
+/// Where a standard client's keys are: files in storage (tbot's), or a PKCS#11 token with
+/// references in storage ([`device`]).
+#[derive(Debug)]
+pub enum Keys {
+    /// tbot's files.
+    Files(ClientState),
+    /// Keys made inside a PKCS#11 token.
+    #[cfg(feature = "pkcs11")]
+    Device(device::DeviceState),
+}
+
+impl From<ClientState> for Keys {
+    fn from(state: ClientState) -> Self {
+        Self::Files(state)
+    }
+}
+
+impl Keys {
+    fn join_state(&self) -> &[u8] {
+        match self {
+            Self::Files(s) => s.join_state(),
+            #[cfg(feature = "pkcs11")]
+            Self::Device(s) => s.join_state(),
+        }
+    }
+
+    fn signer_for(&self, wanted: &PublicKey) -> Option<Arc<dyn keybound_signer::Signer>> {
+        match self {
+            Self::Files(s) => s
+                .signer_for(wanted)
+                .map(|k| k as Arc<dyn keybound_signer::Signer>),
+            #[cfg(feature = "pkcs11")]
+            Self::Device(s) => s.signer_for(wanted),
+        }
+    }
+
+    fn add_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
+        match self {
+            Self::Files(s) => s.add_key(algorithm),
+            #[cfg(feature = "pkcs11")]
+            Self::Device(s) => s.add_key(algorithm),
+        }
+    }
+
+    fn apply_result(&mut self, bound: &PublicKey, join_state: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Self::Files(s) => s.apply_result(bound, join_state),
+            #[cfg(feature = "pkcs11")]
+            Self::Device(s) => s.apply_result(bound, join_state),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
-    state: ClientState,
+    state: Keys,
     /// The key made for a rotation in this join, whose challenge is still to come.
     pending: Option<PublicKey>,
 }
 
 impl Standard {
     /// A join's view of `state`, with the registration secret configured (if any).
-    pub fn new(state: ClientState, secret: Option<RegistrationSecret>) -> Self {
+    pub fn new(state: impl Into<Keys>, secret: Option<RegistrationSecret>) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                state,
+                state: state.into(),
                 pending: None,
             })),
             secret,
@@ -80,10 +135,7 @@ impl Standard {
 
     /// The key to sign a challenge for `wanted` with, if this client holds it.
     pub fn signer_for(&self, wanted: &PublicKey) -> Option<Arc<dyn keybound_signer::Signer>> {
-        self.lock()
-            .state
-            .signer_for(wanted)
-            .map(|k| k as Arc<dyn keybound_signer::Signer>)
+        self.lock().state.signer_for(wanted)
     }
 
     /// Whether `key` is the one made for a rotation in this join and not yet challenged; a

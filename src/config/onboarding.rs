@@ -59,8 +59,12 @@ impl Onboarding {
     /// when one is configured (a signer, a key path, a PKCS#11 URI or TPM key, or
     /// `TBOT_BOUND_KEYPAIR_STATIC_KEY` holding a value), else the client state in storage. Where
     /// tbot falls back to storage when a configured static key fails to load, keybound stops
-    /// with the key's error (`Prepared::new` opens it).
+    /// with the key's error (`Prepared::new` opens it). `signer: pkcs11` with a URI that names
+    /// no key is standard mode with keys made in that token ([`Self::device_keys`]).
     pub fn key_mode(&self) -> KeyMode {
+        if self.device_keys().is_some() {
+            return KeyMode::Standard;
+        }
         let configured = self.signer.is_some()
             || self.static_private_key_path.is_some()
             || self.pkcs11_uri.is_some()
@@ -72,6 +76,24 @@ impl Onboarding {
         } else {
             KeyMode::Standard
         }
+    }
+
+    /// Standard mode with keys made inside a PKCS#11 token: `signer: pkcs11` and a URI that
+    /// names a token but no key (no `object`, no `id`); the token, module and PIN to make keys
+    /// with. `None` for any other configuration.
+    pub fn device_keys(&self) -> Option<Pkcs11Config> {
+        if self.signer != Some(SignerKind::Pkcs11) {
+            return None;
+        }
+        let uri = self.pkcs11_uri.as_ref()?;
+        let path = uri.strip_prefix("pkcs11:")?.split('?').next()?;
+        let names_key = path
+            .split(';')
+            .any(|attribute| attribute.starts_with("object=") || attribute.starts_with("id="));
+        if names_key {
+            return None;
+        }
+        self.pkcs11_config().ok()
     }
 
     /// The registration secret, resolved as tbot resolves it ([`crate::bkp::secret::resolve`]).

@@ -32,6 +32,7 @@ mod recipes;
 mod rejoin;
 mod secrets;
 mod standard;
+mod standard_pkcs11;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

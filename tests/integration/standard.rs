@@ -12,7 +12,7 @@ use crate::support::{keybound, run_ok, tool};
 
 const CLIENT_STATE: [&str; 4] = ["id_bkp", "id_bkp.pub", "bkp_state", "bkp_key_history.json"];
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -20,7 +20,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// A bot `robot` and a standard-mode token `t` with `onboarding` and `recovery`; what `create`
 /// printed.
-fn create_bot_and_token(
+pub(crate) fn create_bot_and_token(
     cluster: &ClusterProcess,
     dir: &Path,
     onboarding: &str,
@@ -34,14 +34,14 @@ fn create_bot_and_token(
     String::from_utf8(run_ok(&mut cluster.admin(&args)).stdout).unwrap()
 }
 
-fn token_status(cluster: &ClusterProcess) -> serde_json::Value {
+pub(crate) fn token_status(cluster: &ClusterProcess) -> serde_json::Value {
     let output = run_ok(&mut cluster.admin(&["get", "tokens/t", "--format", "json"]));
     let token: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     token["status"]["bound_keypair"].clone()
 }
 
 /// `keybound start --oneshot` in standard mode (no static key), storage and outputs in `dir`.
-fn oneshot(cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
+pub(crate) fn oneshot(cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = keybound();
     cmd.args(["start", "--oneshot", "--join-method", "bound_keypair"])
         .args(["--proxy-server", &cluster.proxy, "--token", "t"])
@@ -83,14 +83,14 @@ fn doctor_line<'a>(report: &'a str, area: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {area} line: {report}"))
 }
 
-fn joined(output: &Output) -> String {
+pub(crate) fn joined(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the join failed: {stderr}");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The one `error:` line of a run that failed with `code`.
-fn failed(output: &Output, code: i32) -> String {
+pub(crate) fn failed(output: &Output, code: i32) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(code), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
@@ -99,7 +99,7 @@ fn failed(output: &Output, code: i32) -> String {
 }
 
 /// Removes the bot identity from storage (not the client state): the next join is a recovery.
-fn forget_identity(storage: &Path) {
+pub(crate) fn forget_identity(storage: &Path) {
     for entry in std::fs::read_dir(storage).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -120,7 +120,7 @@ fn ssh_keygen_fingerprint(path: &Path) -> String {
         .to_owned()
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 

@@ -5,7 +5,7 @@ use base64::Engine as _;
 
 use super::report::{Check, Report, Status};
 use crate::Failure;
-use crate::bkp::ClientState;
+use crate::bkp::{ClientState, Keys};
 use crate::config::Config;
 use crate::renewal::StandardSetup;
 
@@ -18,9 +18,11 @@ pub(super) fn checks(config: &Config, report: &mut Report<'_>) -> Result<(), Fai
         }
     };
     let dir = setup.dir.display();
-    let check = match ClientState::load(&setup.dir, setup.symlinks) {
+    let check = match setup.load_keys() {
         Err(e) => Check::new(Status::Fail, "keys", format!("standard mode: {e:#}")),
-        Ok(Some(state)) => Check::new(Status::Ok, "keys", describe(&state)),
+        Ok(Some(Keys::Files(state))) => Check::new(Status::Ok, "keys", describe(&state)),
+        #[cfg(feature = "pkcs11")]
+        Ok(Some(Keys::Device(state))) => Check::new(Status::Ok, "keys", describe_device(&state)),
         Ok(None) if setup.secret.is_some() => Check::new(
             Status::Ok,
             "keys",
@@ -54,20 +56,44 @@ fn describe(state: &ClientState) -> String {
         Some(key) => format!("active {} key {}", key.algorithm(), key.fingerprint()),
         None => "no active key (a registration's key waits in the history)".to_owned(),
     };
-    let join_state = match claims(state.join_state()) {
-        _ if state.join_state().is_empty() => "no join state yet".to_owned(),
+    format!(
+        "standard mode: {}: {active}, {} keys in the history, {}",
+        state.dir().display(),
+        state.history_len(),
+        join_state_text(state.join_state())
+    )
+}
+
+/// `standard mode, keys in the token: <dir>: active <type> key <fingerprint> (<uri>), N keys in
+/// the history, join state ...`.
+#[cfg(feature = "pkcs11")]
+fn describe_device(state: &crate::bkp::device::DeviceState) -> String {
+    let active = match state.active() {
+        Some((key, uri)) => format!(
+            "active {} key {} ({uri})",
+            key.algorithm(),
+            key.fingerprint()
+        ),
+        None => "no active key (a registration's key waits in the history)".to_owned(),
+    };
+    format!(
+        "standard mode, keys in the token: {}: {active}, {} keys in the history, {}",
+        state.dir().display(),
+        state.history_len(),
+        join_state_text(state.join_state())
+    )
+}
+
+fn join_state_text(join_state: &[u8]) -> String {
+    match claims(join_state) {
+        _ if join_state.is_empty() => "no join state yet".to_owned(),
         Some((sequence, instance)) => format!(
             "a join state (recovery {sequence}, bot instance {instance}; as stored, the cluster \
              verifies it)"
         ),
         None => "a join state that is not a JWT (the cluster will refuse it and lock the token)"
             .to_owned(),
-    };
-    format!(
-        "standard mode: {}: {active}, {} keys in the history, {join_state}",
-        state.dir().display(),
-        state.history_len()
-    )
+    }
 }
 
 /// A join state's `recovery_sequence` and `bot_instance_id`, read without verifying.
