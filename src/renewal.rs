@@ -101,9 +101,16 @@ impl Prepared {
                 (Some(signer), None)
             }
             KeyMode::Standard => {
-                info!(
-                    "no static key configured: standard bound keypair joining, with the keys in storage"
-                );
+                if config.onboarding.device_keys().is_some() {
+                    info!(
+                        "signer pkcs11 with a URI naming only the token: standard bound keypair \
+                         joining, every key made inside the token"
+                    );
+                } else {
+                    info!(
+                        "no static key configured: standard bound keypair joining, with the keys in storage"
+                    );
+                }
                 (None, Some(StandardSetup::new(&config)?))
             }
         };

@@ -84,9 +84,14 @@ fn write_summary(
                 .bound_public_key
                 .as_deref()
                 .and_then(|k| keybound_signer::PublicKey::from_openssh(k).ok());
+            let kept = if matches!(signer_config, SignerConfig::Pkcs11(_)) {
+                "made inside the PKCS#11 token, referenced in bot storage"
+            } else {
+                "the key in bot storage, id_bkp"
+            };
             writeln!(
                 out,
-                "  bound key:     {} (standard mode: the key in bot storage, id_bkp)",
+                "  bound key:     {} (standard mode: {kept})",
                 bound.map_or_else(
                     || "(not reported)".to_owned(),
                     |k| format!("{} ({})", k.fingerprint(), k.algorithm())

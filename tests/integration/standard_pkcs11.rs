@@ -118,14 +118,20 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
     std::fs::create_dir(&storage).unwrap();
 
     // Registration: the key is made in the token; storage holds only references.
-    ok(&device_oneshot(
+    let first_run = device_oneshot(
         &hsm,
         &cluster,
         dir.path(),
         &["--registration-secret", "s3cret"],
     )
     .output()
-    .unwrap());
+    .unwrap();
+    let summary = joined(&first_run);
+    assert!(
+        summary
+            .contains("(standard mode: made inside the PKCS#11 token, referenced in bot storage)"),
+        "{summary}"
+    );
     let keys = device_keys(&storage);
     let first_uri = keys["active"]["uri"].as_str().unwrap().to_owned();
     let first = label_of(&first_uri);
