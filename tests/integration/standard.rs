@@ -59,8 +59,18 @@ pub(crate) fn oneshot(cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> C
 
 /// `keybound doctor` with `oneshot`'s settings: its report (stdout) and whether it passed.
 fn doctor(cluster: &ClusterProcess, dir: &Path) -> (String, bool) {
-    let mut cmd = keybound();
+    doctor_with(keybound(), cluster, dir, &[])
+}
+
+/// `keybound doctor` run by `cmd` with `oneshot`'s settings and `extra`.
+pub(crate) fn doctor_with(
+    mut cmd: Command,
+    cluster: &ClusterProcess,
+    dir: &Path,
+    extra: &[&str],
+) -> (String, bool) {
     cmd.args(["doctor", "--join-method", "bound_keypair"])
+        .args(extra)
         .args(["--proxy-server", &cluster.proxy, "--token", "t"])
         .arg("--ca-path")
         .arg(&cluster.ca)
@@ -76,7 +86,7 @@ fn doctor(cluster: &ClusterProcess, dir: &Path) -> (String, bool) {
 }
 
 /// The line of a doctor report about `area`.
-fn doctor_line<'a>(report: &'a str, area: &str) -> &'a str {
+pub(crate) fn doctor_line<'a>(report: &'a str, area: &str) -> &'a str {
     report
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(area))

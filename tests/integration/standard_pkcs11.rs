@@ -8,22 +8,29 @@ use std::process::{Command, Output};
 
 use crate::cluster_process::ClusterProcess;
 use crate::pkcs11::{Hsm, MODULE, PIN};
-use crate::standard::{create_bot_and_token, joined, oneshot, read, token_status};
+use crate::standard::{
+    create_bot_and_token, doctor_line, doctor_with, joined, oneshot, read, token_status,
+};
 use crate::support::{run_ok, tool};
 
+/// Standard mode with keys made in the token `bkp-token`.
+const DEVICE: [&str; 8] = [
+    "--signer",
+    "pkcs11",
+    "--pkcs11-uri",
+    "pkcs11:token=bkp-token",
+    "--pkcs11-module",
+    MODULE,
+    "--pin-source",
+    "env:HSM_PIN",
+];
 const TOKEN: &str = "bkp-token";
 
 fn device_oneshot(hsm: &Hsm, cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = oneshot(cluster, dir, extra);
     cmd.env("SOFTHSM2_CONF", &hsm.conf)
         .env("HSM_PIN", PIN)
-        .args([
-            "--signer",
-            "pkcs11",
-            "--pkcs11-uri",
-            &format!("pkcs11:token={TOKEN}"),
-        ])
-        .args(["--pkcs11-module", MODULE, "--pin-source", "env:HSM_PIN"]);
+        .args(DEVICE);
     cmd
 }
 
@@ -131,6 +138,16 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
         summary
             .contains("(standard mode: made inside the PKCS#11 token, referenced in bot storage)"),
         "{summary}"
+    );
+    // doctor reads the references, and opens no key.
+    let (report, passed) = doctor_with(hsm.keybound(), &cluster, dir.path(), &DEVICE);
+    assert!(passed, "{report}");
+    let line = doctor_line(&report, "keys");
+    assert!(
+        line.contains("standard mode, keys in the token: ")
+            && line.contains("object=keybound-bkp-")
+            && line.contains("1 keys in the history, a join state (recovery 1,"),
+        "{line}"
     );
     let keys = device_keys(&storage);
     let first_uri = keys["active"]["uri"].as_str().unwrap().to_owned();
