@@ -245,3 +245,30 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
         token_status(&cluster)["bound_public_key"].as_str().unwrap()
     ));
 }
+
+/// `keypair create --storage` makes key files; with signer flags it would ignore them, so it
+/// refuses them and says how keys in the token are made.
+#[test]
+fn keypair_create_storage_refuses_signer_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = Hsm::new(TOKEN);
+    let output = hsm
+        .keybound()
+        .args(["keypair", "create", "--algorithm", "ed25519", "--storage"])
+        .arg(dir.path())
+        .args(DEVICE)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("takes no signer flags") && stderr.contains("registration secret"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing made"
+    );
+    assert!(key_labels(&hsm).is_empty());
+}

@@ -25,6 +25,7 @@ pub use show::show;
 /// Runs `keypair create`, writing its report to `out`.
 pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result<()> {
     if !args.static_key {
+        refuse_device_flags(args)?;
         // Standard mode: the key in bot storage; its type from --algorithm or the proxy's suite
         // (asked only when a key is to be made).
         let keep = args.storage.is_some() && !args.overwrite;
@@ -60,6 +61,25 @@ fn storage_holds_key(args: &KeypairCreate) -> bool {
     path.join(crate::bkp::state::PRIVATE_KEY)
         .metadata()
         .is_ok_and(|m| m.len() > 0)
+}
+
+/// `keypair create --storage` makes a key file (tbot's `id_bkp`); signer flags asked for a key
+/// somewhere else, and must not be ignored.
+fn refuse_device_flags(args: &KeypairCreate) -> anyhow::Result<()> {
+    let s = &args.signer;
+    if s.signer.is_some()
+        || s.pkcs11_uri.is_some()
+        || s.tpm_key_handle.is_some()
+        || s.tpm_key_path.is_some()
+    {
+        bail!(
+            "keypair create --storage makes a key file in bot storage and takes no signer flags; \
+             for standard mode with keys made in a PKCS#11 token, the first join makes the key \
+             (give the token's registration secret: docs/standard-mode.md), and for a static key \
+             in a device add --static"
+        );
+    }
+    Ok(())
 }
 
 /// A static key lives where its flags say, never in bot storage.
