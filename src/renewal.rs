@@ -16,8 +16,8 @@ use keybound_signer::config::SignerConfig;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthClient, AuthRoute, ConnectError};
-#[cfg(feature = "pkcs11")]
-use crate::bkp::device::DeviceState;
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+use crate::bkp::device::{Device, DeviceState};
 use crate::bkp::{ClientState, Keys, RegistrationSecret, Standard};
 use crate::config::Config;
 use crate::config::KeyMode;
@@ -101,7 +101,12 @@ impl Prepared {
                 (Some(signer), None)
             }
             KeyMode::Standard => {
-                if config.onboarding.device_keys().is_some() {
+                if config.onboarding.tpm_device_keys().is_some() {
+                    info!(
+                        "signer tpm without a key: standard bound keypair joining, every key made \
+                         inside the TPM (key files in storage)"
+                    );
+                } else if config.onboarding.device_keys().is_some() {
                     info!(
                         "signer pkcs11 with a URI naming only the token: standard bound keypair \
                          joining, every key made inside the token"
@@ -139,6 +144,8 @@ pub struct StandardSetup {
     pub secret: Option<RegistrationSecret>,
     /// The PKCS#11 token keys are made in (`bkp::device`); `None`: key files in storage.
     pub device: Option<keybound_signer::config::Pkcs11Config>,
+    /// The TPM keys are made in, as key files in storage (`bkp::device`).
+    pub tpm_device: Option<keybound_signer::config::TpmConfig>,
 }
 
 impl StandardSetup {
@@ -159,7 +166,15 @@ impl StandardSetup {
         let device = config.onboarding.device_keys();
         if device.is_some() && !cfg!(feature = "pkcs11") {
             return Err(Failure::config(anyhow!(
-                "signer: pkcs11 with a URI naming only a token makes keys in the token, and this                  keybound was built without the pkcs11 feature"
+                "signer: pkcs11 with a URI naming only a token makes keys in the token, and this \
+                 keybound was built without the pkcs11 feature"
+            )));
+        }
+        let tpm_device = config.onboarding.tpm_device_keys();
+        if tpm_device.is_some() && !cfg!(feature = "tpm") {
+            return Err(Failure::config(anyhow!(
+                "signer: tpm without a key makes keys in the TPM, and this keybound was built \
+                 without the tpm feature"
             )));
         }
         Ok(Self {
@@ -167,26 +182,39 @@ impl StandardSetup {
             symlinks: *symlinks,
             secret,
             device,
+            tpm_device,
         })
     }
 
     /// The stored client state: key files, or references to keys in the token.
     pub fn load_keys(&self) -> anyhow::Result<Option<Keys>> {
-        #[cfg(feature = "pkcs11")]
-        if let Some(device) = &self.device {
-            return Ok(
-                DeviceState::load(&self.dir, self.symlinks, device.clone())?.map(Keys::Device)
-            );
+        #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+        if let Some(device) = self.device_of_keys() {
+            return Ok(DeviceState::load(&self.dir, self.symlinks, device)?.map(Keys::Device));
         }
         Ok(ClientState::load(&self.dir, self.symlinks)?.map(Keys::Files))
     }
 
     fn empty_keys(&self) -> Keys {
-        #[cfg(feature = "pkcs11")]
-        if let Some(device) = &self.device {
-            return Keys::Device(DeviceState::empty(&self.dir, self.symlinks, device.clone()));
+        #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+        if let Some(device) = self.device_of_keys() {
+            return Keys::Device(DeviceState::empty(&self.dir, self.symlinks, device));
         }
         Keys::Files(ClientState::empty(&self.dir, self.symlinks))
+    }
+
+    /// The device keys are made in, if any.
+    #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+    fn device_of_keys(&self) -> Option<Device> {
+        #[cfg(feature = "pkcs11")]
+        if let Some(device) = &self.device {
+            return Some(Device::Pkcs11(device.clone()));
+        }
+        #[cfg(feature = "tpm")]
+        if let Some(tpm) = &self.tpm_device {
+            return Some(Device::Tpm(tpm.clone()));
+        }
+        None
     }
 
     /// The client state for one join, read afresh as tbot reads it at every join: the stored

@@ -1,10 +1,19 @@
-//! Standard bound-keypair joining with every key made inside a PKCS#11 token (`signer: pkcs11`
-//! and a `pkcs11_uri` that names only the token). The client state in storage holds references
-//! (URIs, public keys), never key material: `bkp_device_keys.json` beside tbot's `bkp_state`
-//! and `id_bkp.pub` (tbot's `id_bkp` and `bkp_key_history.json` hold private keys, so they are
-//! not written in this mode).
+//! Standard bound-keypair joining with every key made inside a device: a PKCS#11 token
+//! (`signer: pkcs11` and a `pkcs11_uri` that names only the token) or the TPM (`signer: tpm`
+//! and no `tpm_key_handle`/`tpm_key_path`). The client state in storage holds references (URIs,
+//! key file names, public keys), never key material: `bkp_device_keys.json` beside tbot's
+//! `bkp_state` and `id_bkp.pub` (tbot's `id_bkp` and `bkp_key_history.json` hold private keys,
+//! so they are not written in this mode).
 //!
-//! **Object names.** Each key is a pair generated in the token (private: token, private,
+//! **TPM keys** are ECC P-256 signing keys made under the storage primary (or `tpm_parent`),
+//! `fixedTPM|fixedParent|sensitiveDataOrigin`, kept as TSS2 key files in storage
+//! (`bkp_tpm_<16 random hex digits>.pem`, mode 0600): the TPM-wrapped blob, usable only by this
+//! TPM. A TPM makes no Ed25519 key; under a suite that asks for one the key is P-256, which
+//! Teleport accepts (its rotation only parses and challenges the new key,
+//! `lib/join/boundkeypair/boundkeypair.go`, `requestBoundKeypairRotation`). A retired key is
+//! destroyed by removing its file.
+//!
+//! **PKCS#11 object names.** Each key is a pair generated in the token (private: token, private,
 //! sensitive, never extractable, sign only; `keybound_signer_pkcs11::generate`) with the label
 //! `keybound-bkp-<16 random hex digits>` and a free two-byte `CKA_ID`. The token is searched for
 //! both before the pair is made, and an object already using either stops the rotation: a key
@@ -23,7 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
+#[cfg(feature = "pkcs11")]
 use keybound_signer::config::Pkcs11Config;
+#[cfg(feature = "tpm")]
+use keybound_signer::config::{TpmConfig, TpmKey};
 use keybound_signer::{Algorithm, PublicKey, Signer};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -36,13 +48,14 @@ pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
 /// The label prefix of every key keybound makes in a token.
 pub const LABEL_PREFIX: &str = "keybound-bkp-";
 
-/// One key in the token.
+/// One key in the device.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct KeyRef {
     /// When it was made (RFC 3339).
     time: String,
-    /// Its URI (token, serial, label, id; no PIN, no module).
-    uri: String,
+    /// Where it is: a PKCS#11 URI (token, serial, label, id; no PIN, no module), or the name of
+    /// a TPM key file in storage.
+    key: String,
     /// Its public key, an `authorized_keys` line.
     public_key: String,
 }
@@ -60,12 +73,22 @@ struct KeysFile {
     retired: Vec<KeyRef>,
 }
 
+/// The device keys are made in, with its settings.
+#[derive(Clone, Debug)]
+pub enum Device {
+    /// A PKCS#11 token: the URI naming it, the module and PIN source.
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(Pkcs11Config),
+    /// The TPM: its TCTI, parent and authorization settings.
+    #[cfg(feature = "tpm")]
+    Tpm(TpmConfig),
+}
+
 /// The client state of device keys.
 pub struct DeviceState {
     dir: PathBuf,
     symlinks: Symlinks,
-    /// The token, module and PIN source keys are made with and opened from.
-    device: Pkcs11Config,
+    device: Device,
     keys: KeysFile,
     join_state: Vec<u8>,
     active_changed: bool,
@@ -75,7 +98,7 @@ impl std::fmt::Debug for DeviceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceState")
             .field("dir", &self.dir)
-            .field("active", &self.keys.active.as_ref().map(|k| &k.uri))
+            .field("active", &self.keys.active.as_ref().map(|k| &k.key))
             .field("history", &self.keys.history.len())
             .field("join_state", &!self.join_state.is_empty())
             .finish()
@@ -90,7 +113,7 @@ fn now_text() -> String {
 
 impl DeviceState {
     /// An empty state (a first join with a registration secret).
-    pub fn empty(dir: &Path, symlinks: Symlinks, device: Pkcs11Config) -> Self {
+    pub fn empty(dir: &Path, symlinks: Symlinks, device: Device) -> Self {
         Self {
             dir: dir.to_owned(),
             symlinks,
@@ -102,11 +125,7 @@ impl DeviceState {
     }
 
     /// The stored state, `None` when it holds no key.
-    pub fn load(
-        dir: &Path,
-        symlinks: Symlinks,
-        device: Pkcs11Config,
-    ) -> anyhow::Result<Option<Self>> {
+    pub fn load(dir: &Path, symlinks: Symlinks, device: Device) -> anyhow::Result<Option<Self>> {
         let mut state = Self::empty(dir, symlinks, device);
         let path = dir.join(DEVICE_KEYS);
         match std::fs::read(&path) {
@@ -151,7 +170,7 @@ impl DeviceState {
     /// The active key's public half and URI.
     pub fn active(&self) -> Option<(PublicKey, &str)> {
         let key = self.keys.active.as_ref()?;
-        Some((PublicKey::from_openssh(&key.public_key).ok()?, &key.uri))
+        Some((PublicKey::from_openssh(&key.public_key).ok()?, &key.key))
     }
 
     /// How many keys the history holds.
@@ -167,64 +186,33 @@ impl DeviceState {
             .find(|k| PublicKey::from_openssh(&k.public_key).is_ok_and(|p| &p == wanted))
     }
 
-    /// The configuration that opens the key at `uri` (which names no module and no PIN): the
-    /// device's module and PIN source, from its settings or its URI's query.
-    fn config_for(&self, uri: &str) -> Pkcs11Config {
-        let mut config = self.device.clone();
-        if let Ok(device_uri) = keybound_signer_pkcs11::Pkcs11Uri::parse(&self.device.uri) {
-            config.module = config.module.or(device_uri.module_path);
-            config.pin = config.pin.or_else(|| {
-                device_uri
-                    .pin_source
-                    .and_then(|s| keybound_signer::PinSource::parse(&s).ok())
-            });
-        }
-        config.uri = uri.to_owned().into();
-        config
-    }
-
     /// The key whose public half is `wanted` (active first, then the history), opened in the
-    /// token; a key that no longer opens is reported and skipped.
+    /// device; a key that no longer opens is reported and skipped.
     pub fn signer_for(&self, wanted: &PublicKey) -> Option<Arc<dyn Signer>> {
         let key = self.find(wanted)?;
-        match keybound_signer_pkcs11::Pkcs11Signer::open(&self.config_for(&key.uri)) {
-            Ok(signer) if signer.public_key() == wanted => Some(Arc::new(signer)),
+        match self.device.open(&self.dir, &key.key) {
+            Ok(signer) if signer.public_key() == wanted => Some(signer),
             Ok(_) => {
-                warn!(key = %key.uri, "the token's key is not the one the client state records");
+                warn!(key = %key.key, "the device's key is not the one the client state records");
                 None
             }
             Err(e) => {
-                warn!(key = %key.uri, error = %e, "cannot open a bound key in the token");
+                warn!(key = %key.key, error = %e, "cannot open a bound key in the device");
                 None
             }
         }
     }
 
-    /// A new key of `algorithm`, made in the token, put at the head of the history and stored
-    /// before it is returned. Keys pushed out of the history are retired, not destroyed.
+    /// A new key for `algorithm`'s suite, made in the device, put at the head of the history and
+    /// stored before it is returned. Keys pushed out of the history are retired, not destroyed.
     pub fn add_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
-        let mut random = [0u8; 8];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
-        let label: String = std::iter::once(LABEL_PREFIX.to_owned())
-            .chain(random.iter().map(|b| format!("{b:02x}")))
-            .collect();
-        let mut config = self.device.clone();
-        let base: &str = &self.device.uri;
-        config.uri = match base.split_once('?') {
-            Some((path, query)) => format!("{path};object={label}?{query}"),
-            None => format!("{base};object={label}"),
-        }
-        .into();
-        let signer = keybound_signer_pkcs11::generate(&config, algorithm, false)
-            .map_err(anyhow::Error::new)
-            .context("making a new bound key in the token")?;
+        let (signer, key) = self.device.make(&self.dir, self.symlinks, algorithm)?;
         let public = signer.public_key().clone();
-        let uri = signer.uri().to_string();
         self.keys.history.insert(
             0,
             KeyRef {
                 time: now_text(),
-                uri: uri.clone(),
+                key: key.clone(),
                 public_key: public.to_openssh(),
             },
         );
@@ -234,7 +222,7 @@ impl DeviceState {
             }
         }
         self.store()?;
-        info!(key = %uri, fingerprint = %public.fingerprint(), protection = %signer.protection(), "Generated new keypair inside the token");
+        info!(key = %key, fingerprint = %public.fingerprint(), protection = %signer.protection(), "Generated new keypair inside the device");
         Ok(public)
     }
 
@@ -249,8 +237,8 @@ impl DeviceState {
                 self.dir.join(DEVICE_KEYS).display()
             )
         })?;
-        if self.keys.active.as_ref().map(|k| &k.uri) != Some(&key.uri) {
-            info!(key = %key.uri, "Set new active keypair");
+        if self.keys.active.as_ref().map(|k| &k.key) != Some(&key.key) {
+            info!(key = %key.key, "Set new active keypair");
             self.keys.active = Some(key);
             self.active_changed = true;
         }
@@ -265,18 +253,18 @@ impl DeviceState {
         if self.keys.retired.is_empty() {
             return Ok(());
         }
-        let active = self.keys.active.as_ref().map(|k| k.uri.clone());
+        let active = self.keys.active.as_ref().map(|k| k.key.clone());
         let mut kept = Vec::new();
         for key in std::mem::take(&mut self.keys.retired) {
-            if Some(&key.uri) == active.as_ref()
-                || self.keys.history.iter().any(|h| h.uri == key.uri)
+            if Some(&key.key) == active.as_ref()
+                || self.keys.history.iter().any(|h| h.key == key.key)
             {
                 continue;
             }
-            match keybound_signer_pkcs11::destroy(&self.config_for(&key.uri)) {
-                Ok(n) => info!(key = %key.uri, objects = n, "destroyed a key out of the history"),
+            match self.device.destroy(&self.dir, &key.key) {
+                Ok(()) => info!(key = %key.key, "destroyed a key out of the history"),
                 Err(e) => {
-                    warn!(key = %key.uri, error = %e, "cannot destroy a key out of the history; trying again after the next join");
+                    warn!(key = %key.key, error = %e, "cannot destroy a key out of the history; trying again after the next join");
                     kept.push(key);
                 }
             }
@@ -304,4 +292,130 @@ impl DeviceState {
         self.active_changed = false;
         Ok(())
     }
+}
+
+fn random_hex() -> String {
+    let mut random = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Device {
+    /// A new key in the device; the signer and its reference.
+    fn make(
+        &self,
+        dir: &Path,
+        symlinks: Symlinks,
+        algorithm: Algorithm,
+    ) -> anyhow::Result<(Arc<dyn Signer>, String)> {
+        let _ = (dir, symlinks, algorithm);
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => {
+                let label = format!("{LABEL_PREFIX}{}", random_hex());
+                let mut config = device.clone();
+                let base: &str = &device.uri;
+                config.uri = match base.split_once('?') {
+                    Some((path, query)) => format!("{path};object={label}?{query}"),
+                    None => format!("{base};object={label}"),
+                }
+                .into();
+                let signer = keybound_signer_pkcs11::generate(&config, algorithm, false)
+                    .map_err(anyhow::Error::new)
+                    .context("making a new bound key in the token")?;
+                let key = signer.uri().to_string();
+                Ok((Arc::new(signer), key))
+            }
+            #[cfg(feature = "tpm")]
+            Self::Tpm(tpm) => {
+                if algorithm != Algorithm::EcdsaP256Sha256 {
+                    info!(asked = %algorithm, "a TPM makes no such key; the new bound key is ECDSA P-256, which the cluster accepts");
+                }
+                let name = format!("{TPM_FILE_PREFIX}{}.pem", random_hex());
+                let mut config = tpm.clone();
+                config.key = TpmKey::File(dir.join(&name));
+                let generated =
+                    keybound_signer_tpm::generate(&config, Algorithm::EcdsaP256Sha256, false)
+                        .map_err(anyhow::Error::new)
+                        .context("making a new bound key in the TPM")?;
+                let pem = generated
+                    .pem
+                    .ok_or_else(|| anyhow!("the TPM returned no key file for a new key"))?;
+                // The wrapped key reaches storage before anything names it.
+                let storage = Dir::open(dir, symlinks, false)?;
+                storage
+                    .stage(std::ffi::OsStr::new(&name), pem.as_bytes(), 0o600)?
+                    .commit(fsutil::Replace::Never)?;
+                storage.sync()?;
+                Ok((Arc::new(generated.signer), name))
+            }
+        }
+    }
+
+    /// The key `key` refers to, opened.
+    fn open(&self, dir: &Path, key: &str) -> anyhow::Result<Arc<dyn Signer>> {
+        let _ = (dir, key);
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => Ok(Arc::new(keybound_signer_pkcs11::Pkcs11Signer::open(
+                &pkcs11_config_for(device, key),
+            )?)),
+            #[cfg(feature = "tpm")]
+            Self::Tpm(tpm) => {
+                let mut config = tpm.clone();
+                config.key = TpmKey::File(dir.join(tpm_file_name(key)?));
+                Ok(Arc::new(keybound_signer_tpm::TpmSigner::open(&config)?))
+            }
+        }
+    }
+
+    /// Destroys the key `key` refers to: `C_DestroyObject` on both halves in a token, the key
+    /// file of a TPM key (its only copy: the TPM keeps nothing).
+    fn destroy(&self, dir: &Path, key: &str) -> anyhow::Result<()> {
+        let _ = (dir, key);
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => {
+                keybound_signer_pkcs11::destroy(&pkcs11_config_for(device, key))?;
+                Ok(())
+            }
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => match std::fs::remove_file(dir.join(tpm_file_name(key)?)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// The prefix of every TPM key file keybound makes in storage.
+pub const TPM_FILE_PREFIX: &str = "bkp_tpm_";
+
+/// A TPM key reference: a file name of ours in storage, never a path elsewhere.
+#[cfg(feature = "tpm")]
+fn tpm_file_name(key: &str) -> anyhow::Result<&str> {
+    if key.starts_with(TPM_FILE_PREFIX) && !key.contains('/') && key.ends_with(".pem") {
+        Ok(key)
+    } else {
+        Err(anyhow!(
+            "{DEVICE_KEYS} names {key:?}, which is not a TPM key file keybound made"
+        ))
+    }
+}
+
+/// The configuration that opens the key at `uri` (which names no module and no PIN): the
+/// token's module and PIN source, from its settings or its URI's query.
+#[cfg(feature = "pkcs11")]
+fn pkcs11_config_for(device: &Pkcs11Config, uri: &str) -> Pkcs11Config {
+    let mut config = device.clone();
+    if let Ok(device_uri) = keybound_signer_pkcs11::Pkcs11Uri::parse(&device.uri) {
+        config.module = config.module.or(device_uri.module_path);
+        config.pin = config.pin.or_else(|| {
+            device_uri
+                .pin_source
+                .and_then(|s| keybound_signer::PinSource::parse(&s).ok())
+        });
+    }
+    config.uri = uri.to_owned().into();
+    config
 }

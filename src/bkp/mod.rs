@@ -8,7 +8,7 @@
 //! state replaces the old one, on disk, before the identity is stored
 //! (`lib/join/joinclient/join_boundkeypair.go`, `lib/auth/join/boundkeypair/boundkeypair.go`).
 
-#[cfg(feature = "pkcs11")]
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
 pub mod device;
 pub mod secret;
 pub mod state;
@@ -46,13 +46,13 @@ pub struct Standard {
 }
 
 /// Where a standard client's keys are: files in storage (tbot's), or a PKCS#11 token with
-/// references in storage ([`device`]).
+/// references in storage (`device`).
 #[derive(Debug)]
 pub enum Keys {
     /// tbot's files.
     Files(ClientState),
-    /// Keys made inside a PKCS#11 token.
-    #[cfg(feature = "pkcs11")]
+    /// Keys made inside a PKCS#11 token or the TPM.
+    #[cfg(any(feature = "pkcs11", feature = "tpm"))]
     Device(device::DeviceState),
 }
 
@@ -66,7 +66,7 @@ impl Keys {
     fn join_state(&self) -> &[u8] {
         match self {
             Self::Files(s) => s.join_state(),
-            #[cfg(feature = "pkcs11")]
+            #[cfg(any(feature = "pkcs11", feature = "tpm"))]
             Self::Device(s) => s.join_state(),
         }
     }
@@ -76,7 +76,7 @@ impl Keys {
             Self::Files(s) => s
                 .signer_for(wanted)
                 .map(|k| k as Arc<dyn keybound_signer::Signer>),
-            #[cfg(feature = "pkcs11")]
+            #[cfg(any(feature = "pkcs11", feature = "tpm"))]
             Self::Device(s) => s.signer_for(wanted),
         }
     }
@@ -84,7 +84,7 @@ impl Keys {
     fn add_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
         match self {
             Self::Files(s) => s.add_key(algorithm),
-            #[cfg(feature = "pkcs11")]
+            #[cfg(any(feature = "pkcs11", feature = "tpm"))]
             Self::Device(s) => s.add_key(algorithm),
         }
     }
@@ -92,7 +92,7 @@ impl Keys {
     fn apply_result(&mut self, bound: &PublicKey, join_state: &[u8]) -> anyhow::Result<()> {
         match self {
             Self::Files(s) => s.apply_result(bound, join_state),
-            #[cfg(feature = "pkcs11")]
+            #[cfg(any(feature = "pkcs11", feature = "tpm"))]
             Self::Device(s) => s.apply_result(bound, join_state),
         }
     }

@@ -84,10 +84,12 @@ fn write_summary(
                 .bound_public_key
                 .as_deref()
                 .and_then(|k| keybound_signer::PublicKey::from_openssh(k).ok());
-            let kept = if matches!(signer_config, SignerConfig::Pkcs11(_)) {
-                "made inside the PKCS#11 token, referenced in bot storage"
-            } else {
-                "the key in bot storage, id_bkp"
+            let kept = match signer_config {
+                SignerConfig::Pkcs11(_) => {
+                    "made inside the PKCS#11 token, referenced in bot storage"
+                }
+                SignerConfig::Tpm(_) => "made inside the TPM, its key file in bot storage",
+                _ => "the key in bot storage, id_bkp",
             };
             writeln!(
                 out,

@@ -62,7 +62,7 @@ impl Onboarding {
     /// with the key's error (`Prepared::new` opens it). `signer: pkcs11` with a URI that names
     /// no key is standard mode with keys made in that token ([`Self::device_keys`]).
     pub fn key_mode(&self) -> KeyMode {
-        if self.device_keys().is_some() {
+        if self.device_keys().is_some() || self.tpm_device_keys().is_some() {
             return KeyMode::Standard;
         }
         let configured = self.signer.is_some()
@@ -96,6 +96,24 @@ impl Onboarding {
         self.pkcs11_config().ok()
     }
 
+    /// Standard mode with keys made inside the TPM: `signer: tpm` and no key (no
+    /// `tpm_key_handle`, no `tpm_key_path`); the TPM settings keys are made with (the key field
+    /// is a placeholder each new key replaces with its own file). `None` otherwise.
+    pub fn tpm_device_keys(&self) -> Option<TpmConfig> {
+        if self.signer != Some(SignerKind::Tpm)
+            || self.tpm_key_handle.is_some()
+            || self.tpm_key_path.is_some()
+        {
+            return None;
+        }
+        let mut config = TpmConfig::new(TpmKey::File(PathBuf::new()));
+        config.tcti.clone_from(&self.tpm_tcti);
+        config.parent = self.tpm_parent;
+        config.auth.clone_from(&self.pin_source);
+        config.require_hardware_key = self.require_hardware_key;
+        Some(config)
+    }
+
     /// The registration secret, resolved as tbot resolves it ([`crate::bkp::secret::resolve`]).
     pub fn registration_secret(&self) -> Result<Option<RegistrationSecret>, String> {
         crate::bkp::secret::resolve(
@@ -118,7 +136,11 @@ impl Onboarding {
             }
             SignerKind::Env => Ok(SignerConfig::Env(EnvConfig::default())),
             SignerKind::Pkcs11 => self.pkcs11_config().map(SignerConfig::Pkcs11),
-            SignerKind::Tpm => self.tpm_config().map(SignerConfig::Tpm),
+            // Standard mode with keys made in the TPM names no key: the TPM's settings.
+            SignerKind::Tpm => match self.tpm_device_keys() {
+                Some(device) => Ok(SignerConfig::Tpm(device)),
+                None => self.tpm_config().map(SignerConfig::Tpm),
+            },
         }
     }
 

@@ -33,6 +33,8 @@ mod rejoin;
 mod secrets;
 mod standard;
 mod standard_pkcs11;
+#[cfg(feature = "tpm")]
+mod standard_tpm;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

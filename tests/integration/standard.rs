@@ -40,6 +40,16 @@ pub(crate) fn token_status(cluster: &ClusterProcess) -> serde_json::Value {
     token["status"]["bound_keypair"].clone()
 }
 
+/// A dev cluster process with the bot `robot` and its token `t` in `recovery` mode, onboarded by
+/// the registration secret `s3cret`; the storage directory, made and empty.
+pub(crate) fn with_secret_token(dir: &Path, recovery: &str) -> (ClusterProcess, PathBuf) {
+    let cluster = ClusterProcess::start::<&str>(dir, &[]);
+    create_bot_and_token(&cluster, dir, "{registration_secret: s3cret}", recovery);
+    let storage = dir.join("storage");
+    std::fs::create_dir(&storage).unwrap();
+    (cluster, storage)
+}
+
 /// `keybound start --oneshot` in standard mode (no static key), storage and outputs in `dir`.
 pub(crate) fn oneshot(cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = keybound();
@@ -439,15 +449,7 @@ fn a_crash_after_the_new_key_or_after_the_result_does_not_lose_the_bound_key() {
 #[test]
 fn a_crash_after_a_recoverys_result_needs_the_admins_one_insecure_join() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = ClusterProcess::start::<&str>(dir.path(), &[]);
-    create_bot_and_token(
-        &cluster,
-        dir.path(),
-        "{registration_secret: s3cret}",
-        "{mode: standard, limit: 10}",
-    );
-    let storage = dir.path().join("storage");
-    std::fs::create_dir(&storage).unwrap();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: standard, limit: 10}");
     joined(
         &oneshot(&cluster, dir.path(), &["--registration-secret", "s3cret"])
             .output()

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use crate::cluster_process::ClusterProcess;
 use crate::pkcs11::{Hsm, MODULE, PIN};
 use crate::standard::{
-    create_bot_and_token, doctor_line, doctor_with, joined, oneshot, read, token_status,
+    doctor_line, doctor_with, joined, oneshot, read, token_status, with_secret_token,
 };
 use crate::support::{run_ok, tool};
 
@@ -114,15 +114,7 @@ fn ok(output: &Output) {
 fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
     let dir = tempfile::tempdir().unwrap();
     let hsm = Hsm::new(TOKEN);
-    let cluster = ClusterProcess::start::<&str>(dir.path(), &[]);
-    create_bot_and_token(
-        &cluster,
-        dir.path(),
-        "{registration_secret: s3cret}",
-        "{mode: standard, limit: 5}",
-    );
-    let storage = dir.path().join("storage");
-    std::fs::create_dir(&storage).unwrap();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: standard, limit: 5}");
 
     // Registration: the key is made in the token; storage holds only references.
     let first_run = device_oneshot(
@@ -144,13 +136,13 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
     assert!(passed, "{report}");
     let line = doctor_line(&report, "keys");
     assert!(
-        line.contains("standard mode, keys in the token: ")
+        line.contains("standard mode, keys in the device: ")
             && line.contains("object=keybound-bkp-")
             && line.contains("1 keys in the history, a join state (recovery 1,"),
         "{line}"
     );
     let keys = device_keys(&storage);
-    let first_uri = keys["active"]["uri"].as_str().unwrap().to_owned();
+    let first_uri = keys["active"]["key"].as_str().unwrap().to_owned();
     let first = label_of(&first_uri);
     assert!(first.starts_with("keybound-bkp-"), "{first}");
     let bound = token_status(&cluster)["bound_public_key"]
@@ -188,7 +180,7 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
         .unwrap()
         .to_owned();
     assert_ne!(rotated, bound);
-    let second = label_of(device_keys(&storage)["active"]["uri"].as_str().unwrap());
+    let second = label_of(device_keys(&storage)["active"]["key"].as_str().unwrap());
     assert!(token_key_is(&hsm, dir.path(), &second, &rotated));
     assert_eq!(private_keys(&hsm).len(), 2);
 
@@ -221,7 +213,7 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
     assert_eq!(labels.len(), 11, "{labels:?}");
     assert!(labels.contains(&first), "not yet destroyed: {labels:?}");
     assert_eq!(
-        label_of(device_keys(&storage)["retired"][0]["uri"].as_str().unwrap()),
+        label_of(device_keys(&storage)["retired"][0]["key"].as_str().unwrap()),
         first
     );
     // The next run rotates again and the cluster commits: the first two are destroyed.
@@ -237,7 +229,7 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
     let keys = device_keys(&storage);
     assert_eq!(keys["history"].as_array().unwrap().len(), 10);
     assert_eq!(keys["retired"].as_array().map_or(0, Vec::len), 0);
-    let active = label_of(keys["active"]["uri"].as_str().unwrap());
+    let active = label_of(keys["active"]["key"].as_str().unwrap());
     assert!(token_key_is(
         &hsm,
         dir.path(),

@@ -21,7 +21,7 @@ pub(super) fn checks(config: &Config, report: &mut Report<'_>) -> Result<(), Fai
     let check = match setup.load_keys() {
         Err(e) => Check::new(Status::Fail, "keys", format!("standard mode: {e:#}")),
         Ok(Some(Keys::Files(state))) => Check::new(Status::Ok, "keys", describe(&state)),
-        #[cfg(feature = "pkcs11")]
+        #[cfg(any(feature = "pkcs11", feature = "tpm"))]
         Ok(Some(Keys::Device(state))) => Check::new(Status::Ok, "keys", describe_device(&state)),
         Ok(None) if setup.secret.is_some() => Check::new(
             Status::Ok,
@@ -64,9 +64,9 @@ fn describe(state: &ClientState) -> String {
     )
 }
 
-/// `standard mode, keys in the token: <dir>: active <type> key <fingerprint> (<uri>), N keys in
+/// `standard mode, keys in the device: <dir>: active <type> key <fingerprint> (<uri>), N keys in
 /// the history, join state ...`.
-#[cfg(feature = "pkcs11")]
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
 fn describe_device(state: &crate::bkp::device::DeviceState) -> String {
     let active = match state.active() {
         Some((key, uri)) => format!(
@@ -77,7 +77,7 @@ fn describe_device(state: &crate::bkp::device::DeviceState) -> String {
         None => "no active key (a registration's key waits in the history)".to_owned(),
     };
     format!(
-        "standard mode, keys in the token: {}: {active}, {} keys in the history, {}",
+        "standard mode, keys in the device: {}: {active}, {} keys in the history, {}",
         state.dir().display(),
         state.history_len(),
         join_state_text(state.join_state())
