@@ -30,7 +30,8 @@ docs:
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --workspace --no-deps --locked $(FEATURES)
 
 ## demo: install what is missing, then a dev cluster, a new static key (a file, then in SoftHSM),
-## keybound doctor, keybound start --oneshot, the certificates obtained
+## keybound doctor, keybound start --oneshot, the certificates obtained; standard mode with keys
+## made inside SoftHSM, registered, then rotated
 demo: deps
 	scripts/demo.sh
 

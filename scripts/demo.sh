@@ -3,8 +3,8 @@
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
 # a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), a host
-# certificate with SPIFFE SVIDs, and a key made in a TPM (swtpm) with the evidence the admin checks
-# before binding it. The cluster never restarts. Everything lives in a scratch directory that is
+# certificate with SPIFFE SVIDs, a key made in a TPM (swtpm) with the evidence the admin checks
+# before binding it, and standard mode with keys made and rotated inside SoftHSM. The cluster never restarts. Everything lives in a scratch directory that is
 # removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,61 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # The running dev cluster's admin side (tctl's create, get, ls, rm, lock), through its socket.
 admin() { printf '$ keybound dev-cluster' >&2; printf ' %q' "$@" >&2; echo >&2; "$kb" dev-cluster "$@" --admin-socket "$dir/admin.sock"; }
+
+# Standard mode with every key made inside SoftHSM (issue 23): a registration secret the cluster
+# shows once, a key generated in the token at registration, then another at the rotation the
+# admin requests; OpenSC's pkcs11-tool lists what the token holds.
+demo_standard_hsm() {
+  step "11. Standard mode, keys made inside SoftHSM: the token gets a registration secret (shown once)"
+  cat > "$dir/rotating.yaml" <<YAML
+kind: bot
+version: v1
+metadata:
+  name: rotating
+spec:
+  roles: [access]
+---
+kind: token
+version: v2
+metadata:
+  name: rotating-token
+spec:
+  bot_name: rotating
+  join_method: bound_keypair
+  roles: [Bot]
+  bound_keypair:
+    recovery:
+      limit: 3
+      mode: standard
+YAML
+  local created secret
+  created=$(admin create -f "$dir/rotating.yaml")
+  echo "$created"
+  secret=$(sed -n 's/^Registration secret (shown only now; `get` does not show it): //p' <<<"$created")
+  (umask 077; printf '%s\n' "$secret" > "$dir/rotating-secret")
+  mkdir -m 0700 "$dir/rotating-storage"
+  local dev=(--signer pkcs11 --pkcs11-module /usr/lib/softhsm/libsofthsm2.so
+             --pkcs11-uri 'pkcs11:token=demo-token' --pin-source env:HSM_PIN)
+  local run=("$kb" start --oneshot --proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem"
+             --join-method bound_keypair --token rotating-token --data-dir "$dir/rotating-storage"
+             --destination-dir "$dir/out-rotating" "${dev[@]}")
+  local tool=(pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label demo-token
+              --login --pin "$HSM_PIN" --list-objects --type privkey)
+
+  step "11a. Registration: the cluster asks for a key; keybound makes it inside the token"
+  "${run[@]}" --registration-secret-path "$dir/rotating-secret"
+  echo "storage keeps references only: $(ls "$dir/rotating-storage" | grep bkp | tr '\n' ' ')"
+  cat "$dir/rotating-storage/bkp_device_keys.json"; echo
+  "${tool[@]}"
+  admin get tokens/rotating-token
+
+  step "11b. The admin asks for a rotation (tctl bound-keypair request-rotation); the next join makes the new key in the token"
+  admin request-rotation rotating-token
+  "${run[@]}"
+  "${tool[@]}"
+  admin get tokens/rotating-token | grep -E 'bound_public_key|last_rotated_at'
+  echo "the new bound key: $(cat "$dir/rotating-storage/id_bkp.pub")"
+}
 
 step "0. A local dev cluster, empty (its admin socket in $dir, mode 0600)"
 "$kb" dev-cluster --listen 127.0.0.1:0 --ca-out "$dir/cluster-ca.pem" --admin-socket "$dir/admin.sock" \
@@ -327,3 +382,4 @@ attestation_demo() {
   swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s
 }
 attestation_demo
+demo_standard_hsm

@@ -31,6 +31,7 @@
 pub mod agent;
 pub mod attest;
 pub mod auth;
+pub mod bkp;
 pub mod cli;
 pub mod commands;
 pub mod config;

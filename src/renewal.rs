@@ -16,7 +16,11 @@ use keybound_signer::config::SignerConfig;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthClient, AuthRoute, ConnectError};
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+use crate::bkp::device::{Device, DeviceState};
+use crate::bkp::{ClientState, Keys, RegistrationSecret, Standard};
 use crate::config::Config;
+use crate::config::KeyMode;
 use crate::identity::Identity;
 use crate::join::{self, JoinError, JoinParams};
 use crate::output;
@@ -44,8 +48,11 @@ pub struct Prepared {
     pub trust: Trust,
     /// Where the key lives.
     pub signer_config: SignerConfig,
-    /// The open key.
-    pub signer: Arc<dyn keybound_signer::Signer>,
+    /// The open static key; `None` in standard mode.
+    pub signer: Option<Arc<dyn keybound_signer::Signer>>,
+    /// Standard mode: where the client state lives and the registration secret; `None` with a
+    /// static key.
+    pub standard: Option<StandardSetup>,
     /// The deadline of each RPC on the authenticated connection to Auth
     /// ([`crate::auth::RPC_TIMEOUT`], or `KEYBOUND_RPC_TIMEOUT`).
     pub rpc_timeout: Duration,
@@ -81,14 +88,37 @@ impl Prepared {
             .onboarding
             .signer_config()
             .map_err(|e| Failure::config(anyhow!(e)))?;
-        let signer = crate::signer::open_signer(&signer_config).map_err(|e| {
-            let kind = if e.kind() == ErrorKind::Unavailable {
-                ExitKind::Unreachable
-            } else {
-                ExitKind::Config
-            };
-            Failure::new(kind, anyhow::Error::new(e))
-        })?;
+        let (signer, standard) = match config.onboarding.key_mode() {
+            KeyMode::Static => {
+                let signer = crate::signer::open_signer(&signer_config).map_err(|e| {
+                    let kind = if e.kind() == ErrorKind::Unavailable {
+                        ExitKind::Unreachable
+                    } else {
+                        ExitKind::Config
+                    };
+                    Failure::new(kind, anyhow::Error::new(e))
+                })?;
+                (Some(signer), None)
+            }
+            KeyMode::Standard => {
+                if config.onboarding.tpm_device_keys().is_some() {
+                    info!(
+                        "signer tpm without a key: standard bound keypair joining, every key made \
+                         inside the TPM (key files in storage)"
+                    );
+                } else if config.onboarding.device_keys().is_some() {
+                    info!(
+                        "signer pkcs11 with a URI naming only the token: standard bound keypair \
+                         joining, every key made inside the token"
+                    );
+                } else {
+                    info!(
+                        "no static key configured: standard bound keypair joining, with the keys in storage"
+                    );
+                }
+                (None, Some(StandardSetup::new(&config)?))
+            }
+        };
         Ok(Self {
             config,
             proxy,
@@ -97,8 +127,118 @@ impl Prepared {
             trust,
             signer_config,
             signer,
+            standard,
             rpc_timeout,
         })
+    }
+}
+
+/// Standard bound-keypair joining's settings ([`crate::bkp`]).
+#[derive(Clone, Debug)]
+pub struct StandardSetup {
+    /// The storage directory, where the client state lives beside the identity.
+    pub dir: std::path::PathBuf,
+    /// Its symlinks policy.
+    pub symlinks: crate::fsutil::Symlinks,
+    /// The registration secret, if one is configured.
+    pub secret: Option<RegistrationSecret>,
+    /// The PKCS#11 token keys are made in (`bkp::device`); `None`: key files in storage.
+    pub device: Option<keybound_signer::config::Pkcs11Config>,
+    /// The TPM keys are made in, as key files in storage (`bkp::device`).
+    pub tpm_device: Option<keybound_signer::config::TpmConfig>,
+}
+
+impl StandardSetup {
+    /// The settings of `config`, checked: the storage must be a directory.
+    pub fn new(config: &Config) -> Result<Self, Failure> {
+        let secret = config
+            .onboarding
+            .registration_secret()
+            .map_err(|e| Failure::config(anyhow!(e)))?;
+        let Destination::Directory { path, symlinks } = &config.storage else {
+            return Err(Failure::config(anyhow!(
+                "no static key is configured, so keybound joins in standard mode, which keeps \
+                 its keys and join state in storage: set storage to a directory (memory storage \
+                 is lost at exit, and the registration secret works once), or configure a static \
+                 key (static_private_key_path, a signer)"
+            )));
+        };
+        let device = config.onboarding.device_keys();
+        if device.is_some() && !cfg!(feature = "pkcs11") {
+            return Err(Failure::config(anyhow!(
+                "signer: pkcs11 with a URI naming only a token makes keys in the token, and this \
+                 keybound was built without the pkcs11 feature"
+            )));
+        }
+        let tpm_device = config.onboarding.tpm_device_keys();
+        if tpm_device.is_some() && !cfg!(feature = "tpm") {
+            return Err(Failure::config(anyhow!(
+                "signer: tpm without a key makes keys in the TPM, and this keybound was built \
+                 without the tpm feature"
+            )));
+        }
+        Ok(Self {
+            dir: path.clone(),
+            symlinks: *symlinks,
+            secret,
+            device,
+            tpm_device,
+        })
+    }
+
+    /// The stored client state: key files, or references to keys in the token.
+    pub fn load_keys(&self) -> anyhow::Result<Option<Keys>> {
+        #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+        if let Some(device) = self.device_of_keys() {
+            return Ok(DeviceState::load(&self.dir, self.symlinks, device)?.map(Keys::Device));
+        }
+        Ok(ClientState::load(&self.dir, self.symlinks)?.map(Keys::Files))
+    }
+
+    fn empty_keys(&self) -> Keys {
+        #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+        if let Some(device) = self.device_of_keys() {
+            return Keys::Device(DeviceState::empty(&self.dir, self.symlinks, device));
+        }
+        Keys::Files(ClientState::empty(&self.dir, self.symlinks))
+    }
+
+    /// The device keys are made in, if any.
+    #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+    fn device_of_keys(&self) -> Option<Device> {
+        #[cfg(feature = "pkcs11")]
+        if let Some(device) = &self.device {
+            return Some(Device::Pkcs11(device.clone()));
+        }
+        #[cfg(feature = "tpm")]
+        if let Some(tpm) = &self.tpm_device {
+            return Some(Device::Tpm(tpm.clone()));
+        }
+        None
+    }
+
+    /// The client state for one join, read afresh as tbot reads it at every join: the stored
+    /// one, or an empty one when a registration secret is configured.
+    pub fn load(&self) -> Result<Standard, Failure> {
+        let loaded = self
+            .load_keys()
+            .map_err(|e| Failure::config(e.context("loading bound keypair client state")))?;
+        let state = match (loaded, &self.secret) {
+            (Some(state), _) => state,
+            (None, Some(_)) => self.empty_keys(),
+            (None, None) => {
+                return Err(Failure::config(anyhow!(
+                    "loading bound keypair client state: {} holds no bound keypair and no \
+                     registration secret is configured: run keybound keypair create --storage {} \
+                     and register its public key on the token, or give the token's registration \
+                     secret (--registration-secret, registration_secret_path or {})",
+                    self.dir.display(),
+                    self.dir.display(),
+                    crate::bkp::REGISTRATION_SECRET_ENV
+                )));
+            }
+        };
+        Ok(Standard::new(state, self.secret.clone()))
     }
 }
 
@@ -352,12 +492,17 @@ async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Fail
         cluster: r.current.map(|i| i.info.cluster_name.as_str().to_owned()),
         credential_ttl: p.config.credential_ttl,
         signer: p.signer.clone(),
+        standard: match &p.standard {
+            Some(setup) => Some(setup.load().map_err(|f| (f, false))?),
+            None => None,
+        },
         timeout: join::JOIN_TIMEOUT,
     };
     let configured = &p.config.onboarding.token;
+    let with = key_phrase(p);
     let joined = match r.current {
         Some(_) if r.unknown => {
-            info!("the cluster does not know the bot identity; joining with the static key");
+            info!("the cluster does not know the bot identity; joining with {with}");
             r.fell_back = true;
             join_with_static_key(&params, configured).await?
         }
@@ -373,7 +518,7 @@ async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Fail
             join_with_static_key(&params, configured).await?
         }
         None => {
-            info!("no bot identity yet; joining with the static key");
+            info!("no bot identity yet; joining with {with}");
             join_with_static_key(&params, configured).await?
         }
     };
@@ -387,6 +532,16 @@ async fn renew(p: &Prepared, r: &mut Renewing<'_>) -> Result<join::Joined, (Fail
         "joined the cluster"
     );
     Ok(joined)
+}
+
+/// What a join proves possession of, for the log: the static key, or (standard mode) the bound
+/// keypair kept in storage.
+fn key_phrase(p: &Prepared) -> &'static str {
+    if p.standard.is_some() {
+        "the bound keypair in storage"
+    } else {
+        "the static key"
+    }
 }
 
 /// The soft rejoin with `identity`; when the cluster says it does not know the identity (see
@@ -408,9 +563,10 @@ async fn rejoin_or_fall_back(
     };
     warn!(
         reason = %one_line(&format!("{:#}", unknown.failure.error)),
-        "the cluster no longer knows the bot identity ({}); joining with the static key at \
-         once, which uses a recovery and starts a new bot instance",
-        unknown.why
+        "the cluster no longer knows the bot identity ({}); joining with {} at once, which \
+         uses a recovery and starts a new bot instance",
+        unknown.why,
+        key_phrase(p)
     );
     r.fell_back = true;
     // `params.cluster` is still the identity's: only that cluster may challenge the key, so a

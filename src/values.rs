@@ -328,9 +328,8 @@ pub(crate) mod not_yet {
     pub(crate) fn registration_secret<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
         refuse(
             d,
-            "registration secrets are not supported: keybound joins with a static key \
-             (static_private_key_path or $TBOT_BOUND_KEYPAIR_STATIC_KEY) registered as the \
-             token's initial_public_key",
+            "tbot.yaml has no initial_join_secret key (that name is the join message's field); \
+             give the token's secret as registration_secret or registration_secret_path",
         )
     }
     pub(crate) fn acls<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {

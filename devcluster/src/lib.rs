@@ -88,6 +88,7 @@ pub mod roles;
 mod routes;
 pub mod rules;
 mod run;
+pub mod secret;
 mod subject_keys;
 pub mod tokens;
 mod trust;

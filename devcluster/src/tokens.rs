@@ -9,6 +9,8 @@ use keybound_signer::PublicKey;
 use keybound_teleport::time::format_time;
 use serde::Deserialize;
 use time::OffsetDateTime;
+
+use crate::secret::Secret;
 use time::format_description::well_known::Rfc3339;
 
 /// Recovery modes (`lib/boundkeypair`): what a join after the first may skip.
@@ -69,7 +71,7 @@ pub struct BoundKeypairSpec {
     /// `onboarding.initial_public_key`.
     pub initial_public_key: Option<PublicKey>,
     /// `onboarding.registration_secret`.
-    pub registration_secret: Option<String>,
+    pub registration_secret: Option<Secret>,
     /// `onboarding.must_register_before`.
     pub must_register_before: Option<SystemTime>,
     /// `recovery.limit`.
@@ -100,6 +102,11 @@ pub struct Status {
     pub last_recovered_at: Option<SystemTime>,
     /// When the key was last rotated.
     pub last_rotated_at: Option<SystemTime>,
+    /// The registration secret a first join must show (`populateRegistrationSecret`,
+    /// `lib/auth/bound_keypair_tokens.go`): the spec's, or one generated when the token has
+    /// neither a secret nor a public key; cleared once a join used it. Never shown by
+    /// `tctl get` (`to_resource`).
+    pub registration_secret: Option<Secret>,
 }
 
 #[derive(Deserialize)]
@@ -160,10 +167,11 @@ struct RawStatus {
     bound_keypair: Option<RawBoundStatus>,
 }
 
-/// `status.bound_keypair`; Teleport's other fields (`registration_secret`) are left out.
+/// `status.bound_keypair`.
 #[derive(Deserialize)]
 struct RawBoundStatus {
     bound_public_key: Option<String>,
+    registration_secret: Option<String>,
     bound_bot_instance_id: Option<String>,
     #[serde(default)]
     recovery_count: u32,
@@ -189,6 +197,10 @@ impl RawBoundStatus {
             recovery_count: self.recovery_count,
             last_recovered_at: at("last_recovered_at", self.last_recovered_at)?,
             last_rotated_at: at("last_rotated_at", self.last_rotated_at)?,
+            registration_secret: self
+                .registration_secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
         })
     }
 }
@@ -267,7 +279,10 @@ impl Resource {
                                 .with_context(|| format!("token {name}: initial_public_key"))
                         })
                         .transpose()?,
-                    registration_secret: onboarding.registration_secret.filter(|s| !s.is_empty()),
+                    registration_secret: onboarding
+                        .registration_secret
+                        .filter(|s| !s.is_empty())
+                        .map(Secret::new),
                     must_register_before: onboarding
                         .must_register_before
                         .map(|t| rfc3339("must_register_before", &t))
@@ -308,7 +323,8 @@ impl Resource {
 }
 
 impl Token {
-    /// The token with `status` as `tctl get` shows it: Teleport's keys, the ones set.
+    /// The token with `status` as `tctl get` shows it: Teleport's keys, the ones set, but never
+    /// a registration secret (`crate::secret`).
     pub fn to_resource(&self, status: &Status) -> serde_json::Value {
         let mut metadata = serde_json::json!({ "name": self.name });
         if let Some(expires) = self.expires {
@@ -331,7 +347,6 @@ impl Token {
                 "initial_public_key",
                 bk.initial_public_key.as_ref().map(PublicKey::to_openssh),
             );
-            put("registration_secret", bk.registration_secret.clone());
             put(
                 "must_register_before",
                 bk.must_register_before.map(format_time),
@@ -373,6 +388,23 @@ impl Status {
         put("last_rotated_at", self.last_rotated_at.map(format_time));
         out
     }
+
+    /// `populateRegistrationSecret` (`lib/auth/bound_keypair_tokens.go`), on create and upsert:
+    /// nothing when a key is bound or pre-registered (the key wins over any secret) or a
+    /// secret is already there; else the spec's secret, else 16 random bytes in hex.
+    pub fn populate_registration_secret(&mut self, spec: &BoundKeypairSpec) {
+        if self.bound_public_key.is_some()
+            || spec.initial_public_key.is_some()
+            || self.registration_secret.is_some()
+        {
+            return;
+        }
+        self.registration_secret = Some(
+            spec.registration_secret
+                .clone()
+                .unwrap_or_else(Secret::generate),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -398,14 +430,21 @@ mod tests {
 
     #[test]
     fn what_get_shows_reads_back_the_same() {
-        let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\n  expires: 2030-01-01T00:00:00Z\nspec:\n  bot_name: ci\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n      must_register_before: 2029-01-01T00:00:00Z\n    recovery: {limit: 2, mode: relaxed}\n    rotate_after: 2031-01-01T00:00:00Z\nstatus:\n  bound_keypair:\n    bound_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n    bound_bot_instance_id: 0b6b4a3e-4c1e-4f5e-9d7a-1c2b3d4e5f60\n    recovery_count: 1\n    last_recovered_at: 2026-01-02T03:04:05.5Z\n    registration_secret: ignored\n";
+        let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\n  expires: 2030-01-01T00:00:00Z\nspec:\n  bot_name: ci\n  join_method: bound_keypair\n  roles: [Bot]\n  bound_keypair:\n    onboarding:\n      initial_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n      must_register_before: 2029-01-01T00:00:00Z\n    recovery: {limit: 2, mode: relaxed}\n    rotate_after: 2031-01-01T00:00:00Z\nstatus:\n  bound_keypair:\n    bound_public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v\n    bound_bot_instance_id: 0b6b4a3e-4c1e-4f5e-9d7a-1c2b3d4e5f60\n    recovery_count: 1\n    last_recovered_at: 2026-01-02T03:04:05.5Z\n    registration_secret: kept\n";
         let token = parse(yaml, "t.yaml").unwrap().remove(0);
         assert_eq!(token.status.recovery_count, 1);
         assert!(token.status.last_recovered_at.is_some());
         let shown = token.to_resource(&token.status);
         let back = from_value(serde_yaml::to_value(&shown).unwrap()).unwrap();
         assert_eq!(back.to_resource(&back.status), shown);
-        assert_eq!(back.status, token.status);
+        // All but the registration secret, which `get` never shows.
+        assert!(!serde_json::to_string(&shown).unwrap().contains("kept"));
+        assert!(token.status.registration_secret.is_some());
+        let without_secret = Status {
+            registration_secret: None,
+            ..token.status
+        };
+        assert_eq!(back.status, without_secret);
         assert_eq!(
             shown["spec"]["bound_keypair"]["recovery"]["mode"],
             "relaxed"

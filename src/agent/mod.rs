@@ -125,11 +125,17 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     for output in crate::output::written(&prepared.config.outputs) {
         status.add_service(&output.service_name());
     }
-    let signer = Arc::new(crate::signer::Reopenable::new(
-        prepared.signer_config.clone(),
-        prepared.signer.clone(),
-    ));
-    prepared.signer = Arc::new(Metered::new(&status, signer.clone()));
+    // A static key is metered and reopened on SIGHUP; standard mode reads its keys from storage
+    // at each join.
+    let signer = prepared.signer.clone().map(|opened| {
+        Arc::new(crate::signer::Reopenable::new(
+            prepared.signer_config.clone(),
+            opened,
+        ))
+    });
+    if let Some(signer) = &signer {
+        prepared.signer = Some(Arc::new(Metered::new(&status, signer.clone())));
+    }
     if let Some(addr) = &prepared.config.diag_addr {
         diag::listen(addr, status.clone()).await?;
     }
@@ -218,10 +224,11 @@ async fn attempt(
     prepared: Arc<Prepared>,
     held: Arc<Held>,
     status: Arc<Status>,
-    signer: Arc<crate::signer::Reopenable>,
+    signer: Option<Arc<crate::signer::Reopenable>>,
     reopen: Arc<AtomicBool>,
 ) -> (Outcome, String, Option<Failure>) {
     if reopen.swap(false, Ordering::SeqCst)
+        && let Some(signer) = signer
         && let Err(failure) = reopen_signer(signer).await
     {
         // Tried again at the next cycle, unless it halts (a refused PIN).

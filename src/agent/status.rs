@@ -373,6 +373,7 @@ mod tests {
                     JoinError::Rejected {
                         code: tonic::Code::PermissionDenied,
                         message: "no".into(),
+                        standard: false,
                     },
                     ExitKind::Rejected,
                 ),

@@ -36,7 +36,12 @@ impl Start {
         if let Some(path) = &self.config {
             return Config::load(path).map_err(Failure::config);
         }
-        let token = self.token.clone().ok_or_else(|| {
+        let from_uri = self
+            .join_uri
+            .as_deref()
+            .and_then(|uri| super::join_uri::JoinUri::parse(uri).ok())
+            .map(|uri| uri.token);
+        let token = self.token.clone().or(from_uri).ok_or_else(|| {
             Failure::config(anyhow!(
                 "no configuration: pass -c tbot.yaml, or at least --proxy-server, --token and \
                  --join-method bound_keypair"
@@ -71,7 +76,7 @@ impl Start {
                     "--join-method {method}: keybound joins only with bound_keypair"
                 )));
             }
-        } else if self.config.is_none() {
+        } else if self.config.is_none() && self.join_uri.is_none() {
             return Err(Failure::config(anyhow!(
                 "--join-method bound_keypair is required without -c"
             )));
@@ -117,6 +122,19 @@ impl Start {
             }
         }
         self.signer.apply(&mut config.onboarding);
+        if let Some(secret) = &self.registration_secret {
+            config.onboarding.registration_secret = Some(secret.clone());
+            config.onboarding.registration_secret_path = None;
+        }
+        if let Some(path) = &self.registration_secret_path {
+            config.onboarding.registration_secret_path = Some(path.clone());
+            config.onboarding.registration_secret = None;
+        }
+        if let Some(uri) = &self.join_uri {
+            super::join_uri::JoinUri::parse(uri)
+                .and_then(|u| u.apply(config))
+                .map_err(Failure::config)?;
+        }
         if let Some(path) = &self.ca_path {
             config.onboarding.ca_path = Some(path.clone());
         }

@@ -1,6 +1,7 @@
 //! The command line, shaped after tbot's (`lib/tbot/cli`). These `///` comments are the `--help`
 //! text; flags are public API.
 
+mod join_uri;
 mod merge;
 
 use std::path::PathBuf;
@@ -324,6 +325,10 @@ pub enum ListedSigner {
     Pkcs11,
 }
 
+fn parse_secret(text: &str) -> Result<crate::bkp::RegistrationSecret, String> {
+    Ok(crate::bkp::RegistrationSecret::new(text))
+}
+
 /// `keybound start`, with tbot's flags. Flags override the config file.
 #[derive(Debug, Args)]
 pub struct Start {
@@ -359,6 +364,20 @@ pub struct Start {
     /// The static key's PEM file (onboarding.bound_keypair.static_private_key_path).
     #[arg(long, value_name = "PATH")]
     pub static_key_path: Option<PathBuf>,
+
+    /// The token's registration secret, for a first join in standard mode (visible to other
+    /// users in the process list: prefer --registration-secret-path or TBOT_REGISTRATION_SECRET).
+    #[arg(long, value_name = "SECRET", value_parser = parse_secret, conflicts_with = "registration_secret_path")]
+    pub registration_secret: Option<crate::bkp::RegistrationSecret>,
+
+    /// A file holding the token's registration secret (whitespace trimmed).
+    #[arg(long, value_name = "PATH")]
+    pub registration_secret_path: Option<PathBuf>,
+
+    /// tbot's joining URI: tbot+proxy+bound-keypair://TOKEN:SECRET@HOST:PORT (what tctl bots
+    /// add prints); sets the address, token, join method and registration secret.
+    #[arg(long, value_name = "URI")]
+    pub join_uri: Option<String>,
 
     /// Where the bound key lives, when not in a file or the environment.
     #[command(flatten)]
@@ -531,6 +550,21 @@ pub enum AdminCommand {
     Lock(AdminLock),
     /// Print the running cluster's name, version, addresses and resource counts (tctl status).
     Status(AdminArgs),
+    /// Ask a bound_keypair token's bot to rotate its key at its next join (tctl bound-keypair
+    /// request-rotation): sets spec.bound_keypair.rotate_after to now.
+    RequestRotation(AdminRequestRotation),
+}
+
+/// `keybound dev-cluster request-rotation`.
+#[derive(Debug, Args)]
+pub struct AdminRequestRotation {
+    /// The bound_keypair token's name.
+    #[arg(value_name = "TOKEN")]
+    pub token: String,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// How the admin commands reach the cluster.
@@ -807,8 +841,8 @@ pub struct KeypairShow {
 /// `keybound keypair create`, with tbot's flags.
 #[derive(Debug, Args)]
 pub struct KeypairCreate {
-    /// Create a static key: one you keep yourself (in a file or the environment), which never
-    /// rotates. keybound makes only static keys.
+    /// Create a static key: one you keep yourself (in a file, the environment or a device),
+    /// which never rotates. Without it, the key goes into --storage for standard joining.
     #[arg(long = "static")]
     pub static_key: bool,
 
@@ -857,8 +891,9 @@ pub struct KeypairCreate {
     #[command(flatten)]
     pub attest: AttestStatement,
 
-    /// tbot's bot storage for non-static keys; keybound makes static keys only, so this is refused.
-    #[arg(long, value_name = "URI", hide = true)]
+    /// Without --static: the bot's storage directory (file:///DIR or a path), where the key
+    /// is kept for standard joining, as tbot keeps it (id_bkp and its history).
+    #[arg(long, value_name = "URI")]
     pub storage: Option<String>,
 }
 

@@ -48,6 +48,14 @@ pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> anyhow::Result<
         }
         AdminCommand::Lock(args) => lock(args, out).await,
         AdminCommand::Status(args) => status(&client(args)?, out).await,
+        AdminCommand::RequestRotation(args) => {
+            let at = client(&args.admin)?.request_rotation(&args.token).await?;
+            Ok(writeln!(
+                out,
+                "token {:?}: rotate_after set to {at}; its bot rotates its key at its next join",
+                args.token
+            )?)
+        }
     }
 }
 
@@ -85,6 +93,13 @@ async fn create(args: &AdminCreate, out: &mut dyn Write) -> anyhow::Result<()> {
     for a in applied {
         let done = if a.replaced { "updated" } else { "created" };
         writeln!(out, "{} {:?} has been {done}", a.kind, a.name)?;
+        if let Some(secret) = a.registration_secret.map(zeroize::Zeroizing::new) {
+            writeln!(
+                out,
+                "Registration secret (shown only now; `get` does not show it): {}",
+                secret.as_str()
+            )?;
+        }
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     write_summary(
         out,
         &joined,
-        &*prepared.signer,
+        prepared.signer.as_deref(),
         &prepared.signer_config,
         &written,
     )
@@ -42,7 +42,7 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
 fn write_summary(
     out: &mut dyn Write,
     joined: &join::Joined,
-    signer: &dyn keybound_signer::Signer,
+    signer: Option<&dyn keybound_signer::Signer>,
     signer_config: &SignerConfig,
     written: &[String],
 ) -> anyhow::Result<()> {
@@ -51,7 +51,6 @@ fn write_summary(
         .not_after
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
-    let key_source = crate::signer::key_source(signer_config, signer.backend());
     writeln!(
         out,
         "Joined cluster {} as bot {}",
@@ -69,22 +68,48 @@ fn write_summary(
         keybound_teleport::time::format_time(info.not_after),
         humantime::format_duration(Duration::from_secs(left.as_secs()))
     )?;
-    writeln!(
-        out,
-        "  bound key:     {} ({}, signer {key_source})",
-        signer.public_key().fingerprint(),
-        signer.algorithm()
-    )?;
-    writeln!(out, "  key storage:   {}", signer.protection())?;
+    match signer {
+        Some(signer) => {
+            let key_source = crate::signer::key_source(signer_config, signer.backend());
+            writeln!(
+                out,
+                "  bound key:     {} ({}, signer {key_source})",
+                signer.public_key().fingerprint(),
+                signer.algorithm()
+            )?;
+            writeln!(out, "  key storage:   {}", signer.protection())?;
+        }
+        None => {
+            let bound = joined
+                .bound_public_key
+                .as_deref()
+                .and_then(|k| keybound_signer::PublicKey::from_openssh(k).ok());
+            let kept = match signer_config {
+                SignerConfig::Pkcs11(_) => {
+                    "made inside the PKCS#11 token, referenced in bot storage"
+                }
+                SignerConfig::Tpm(_) => "made inside the TPM, its key file in bot storage",
+                _ => "the key in bot storage, id_bkp",
+            };
+            writeln!(
+                out,
+                "  bound key:     {} (standard mode: {kept})",
+                bound.map_or_else(
+                    || "(not reported)".to_owned(),
+                    |k| format!("{} ({})", k.fingerprint(), k.algorithm())
+                )
+            )?;
+        }
+    }
     writeln!(
         out,
         "  join:          {} (suite {}, {})",
         joined.rpc,
         joined.suite,
-        if joined.authenticated {
-            "authenticated rejoin: same bot instance, no recovery used"
-        } else {
-            "with the static key"
+        match (joined.authenticated, signer.is_some()) {
+            (true, _) => "authenticated rejoin: same bot instance, no recovery used",
+            (false, true) => "with the static key",
+            (false, false) => "unauthenticated: a registration or a recovery",
         }
     )?;
     if let Some(generation) = info.generation {

@@ -25,7 +25,7 @@ use crate::fsutil::resolve;
 use crate::tls::Trust;
 pub use crate::values::{Destination, HostPort, parse_duration};
 pub use keys::keys;
-pub use onboarding::Onboarding;
+pub use onboarding::{KeyMode, Onboarding};
 pub use raw::parse_handle;
 
 /// tbot's default storage directory (`lib/tbot/config`, `defaultStoragePath`).

@@ -7,6 +7,7 @@ use keybound_signer::config::{
     EnvConfig, FileConfig, Pkcs11Config, Pkcs11UriText, SignerConfig, TpmConfig, TpmKey,
 };
 
+use crate::bkp::RegistrationSecret;
 use crate::signer::SignerKind;
 
 /// `onboarding:`.
@@ -37,9 +38,90 @@ pub struct Onboarding {
     pub tpm_key_path: Option<PathBuf>,
     /// `bound_keypair.tpm_parent` (keybound): a persistent parent for the key file.
     pub tpm_parent: Option<u32>,
+    /// `bound_keypair.registration_secret` (or `--registration-secret`).
+    pub registration_secret: Option<RegistrationSecret>,
+    /// `bound_keypair.registration_secret_path` (or `--registration-secret-path`).
+    pub registration_secret_path: Option<PathBuf>,
+}
+
+/// Static or standard bound-keypair joining.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum KeyMode {
+    /// A static key, the signer's (`static_private_key_path`, `TBOT_BOUND_KEYPAIR_STATIC_KEY`,
+    /// a PKCS#11 or TPM key).
+    Static,
+    /// Standard: keys and join state in bot storage, made and rotated by keybound.
+    Standard,
 }
 
 impl Onboarding {
+    /// Static or standard, decided as tbot does (`initBoundKeypairClientState`): a static key
+    /// when one is configured (a signer, a key path, a PKCS#11 URI or TPM key, or
+    /// `TBOT_BOUND_KEYPAIR_STATIC_KEY` holding a value), else the client state in storage. Where
+    /// tbot falls back to storage when a configured static key fails to load, keybound stops
+    /// with the key's error (`Prepared::new` opens it). `signer: pkcs11` with a URI that names
+    /// no key is standard mode with keys made in that token ([`Self::device_keys`]).
+    pub fn key_mode(&self) -> KeyMode {
+        if self.device_keys().is_some() || self.tpm_device_keys().is_some() {
+            return KeyMode::Standard;
+        }
+        let configured = self.signer.is_some()
+            || self.static_private_key_path.is_some()
+            || self.pkcs11_uri.is_some()
+            || self.tpm_key_handle.is_some()
+            || self.tpm_key_path.is_some()
+            || keybound_signer_soft::env_value_present(keybound_signer::config::STATIC_KEY_ENV);
+        if configured {
+            KeyMode::Static
+        } else {
+            KeyMode::Standard
+        }
+    }
+
+    /// Standard mode with keys made inside a PKCS#11 token: `signer: pkcs11` and a URI that
+    /// names a token but no key (no `object`, no `id`); the token, module and PIN to make keys
+    /// with. `None` for any other configuration.
+    pub fn device_keys(&self) -> Option<Pkcs11Config> {
+        if self.signer != Some(SignerKind::Pkcs11) {
+            return None;
+        }
+        let uri = self.pkcs11_uri.as_ref()?;
+        let path = uri.strip_prefix("pkcs11:")?.split('?').next()?;
+        let names_key = path
+            .split(';')
+            .any(|attribute| attribute.starts_with("object=") || attribute.starts_with("id="));
+        if names_key {
+            return None;
+        }
+        self.pkcs11_config().ok()
+    }
+
+    /// Standard mode with keys made inside the TPM: `signer: tpm` and no key (no
+    /// `tpm_key_handle`, no `tpm_key_path`); the TPM settings keys are made with (the key field
+    /// is a placeholder each new key replaces with its own file). `None` otherwise.
+    pub fn tpm_device_keys(&self) -> Option<TpmConfig> {
+        if self.signer != Some(SignerKind::Tpm)
+            || self.tpm_key_handle.is_some()
+            || self.tpm_key_path.is_some()
+        {
+            return None;
+        }
+        let mut config = TpmConfig::new(TpmKey::File(PathBuf::new()));
+        config.tcti.clone_from(&self.tpm_tcti);
+        config.parent = self.tpm_parent;
+        config.auth.clone_from(&self.pin_source);
+        config.require_hardware_key = self.require_hardware_key;
+        Some(config)
+    }
+
+    /// The registration secret, resolved as tbot resolves it ([`crate::bkp::secret::resolve`]).
+    pub fn registration_secret(&self) -> Result<Option<RegistrationSecret>, String> {
+        crate::bkp::secret::resolve(
+            self.registration_secret.as_ref(),
+            self.registration_secret_path.as_deref(),
+        )
+    }
+
     /// Where the key lives. Without an explicit `signer`, a PKCS#11 URI means pkcs11 and a TPM key
     /// means tpm; then, as in tbot, the configured path wins over `TBOT_BOUND_KEYPAIR_STATIC_KEY`.
     pub fn signer_config(&self) -> Result<SignerConfig, String> {
@@ -54,7 +136,11 @@ impl Onboarding {
             }
             SignerKind::Env => Ok(SignerConfig::Env(EnvConfig::default())),
             SignerKind::Pkcs11 => self.pkcs11_config().map(SignerConfig::Pkcs11),
-            SignerKind::Tpm => self.tpm_config().map(SignerConfig::Tpm),
+            // Standard mode with keys made in the TPM names no key: the TPM's settings.
+            SignerKind::Tpm => match self.tpm_device_keys() {
+                Some(device) => Ok(SignerConfig::Tpm(device)),
+                None => self.tpm_config().map(SignerConfig::Tpm),
+            },
         }
     }
 

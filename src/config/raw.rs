@@ -71,12 +71,8 @@ struct RawBoundKeypair {
     tpm_key_handle: Option<HandleValue>,
     tpm_key_path: Option<PathBuf>,
     tpm_parent: Option<HandleValue>,
-    #[serde(default, deserialize_with = "not_yet::registration_secret")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    registration_secret: (),
-    #[serde(default, deserialize_with = "not_yet::registration_secret")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    registration_secret_path: (),
+    registration_secret: Option<SecretValue>,
+    registration_secret_path: Option<PathBuf>,
     #[serde(default, deserialize_with = "not_yet::registration_secret")]
     #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
     initial_join_secret: (),
@@ -245,12 +241,24 @@ impl RawOnboarding {
                 tpm_key_handle: b.tpm_key_handle.map(|v| v.0),
                 tpm_key_path: b.tpm_key_path,
                 tpm_parent: b.tpm_parent.map(|v| v.0),
+                registration_secret: b.registration_secret.map(|v| v.0),
+                registration_secret_path: b.registration_secret_path,
             },
         }
     }
 }
 
 // === Scalar values with their own checks ===
+
+/// `bound_keypair.registration_secret`: verbatim, as tbot takes it (an empty one is none).
+struct SecretValue(crate::bkp::RegistrationSecret);
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = zeroize::Zeroizing::new(String::deserialize(d)?);
+        Ok(Self(crate::bkp::RegistrationSecret::new(text.as_str())))
+    }
+}
 
 /// `bound_keypair.signer`.
 struct SignerValue(SignerKind);

@@ -19,6 +19,9 @@ pub enum JoinError {
         code: Code,
         /// The cluster's message.
         message: String,
+        /// The join was a standard one (keys in storage), whose fixes differ from a static
+        /// key's.
+        standard: bool,
     },
     /// The cluster could not be reached, or the connection broke.
     Unreachable(String),
@@ -35,13 +38,22 @@ pub enum JoinError {
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Rejected { code, message } => {
+            Self::Rejected {
+                code,
+                message,
+                standard,
+            } => {
                 write!(
                     f,
                     "the cluster rejected the join ({}): {message}",
                     code_name(*code)
                 )?;
-                if let Some(hint) = hint(message) {
+                let hint = if *standard {
+                    standard_hint(message)
+                } else {
+                    hint(message)
+                };
+                if let Some(hint) = hint {
                     write!(f, "; {hint}")?;
                 }
                 Ok(())
@@ -62,6 +74,19 @@ impl fmt::Display for JoinError {
 impl std::error::Error for JoinError {}
 
 impl JoinError {
+    /// The error of a join made with `params`: a refusal of a standard join gets the fixes of
+    /// standard mode.
+    pub(super) fn in_mode(self, params: &super::types::JoinParams) -> Self {
+        match self {
+            Self::Rejected { code, message, .. } => Self::Rejected {
+                code,
+                message,
+                standard: params.standard.is_some(),
+            },
+            other => other,
+        }
+    }
+
     /// The cluster refused a rejoin because the token no longer binds the identity that made it:
     /// the token was made again, and its empty status takes the identity's credentials for a
     /// first join (`lib/join/boundkeypair/boundkeypair.go`, the case "!hasBoundPublicKey &&
@@ -69,10 +94,67 @@ impl JoinError {
     pub fn identity_unknown(&self) -> bool {
         matches!(
             self,
-            Self::Rejected { code: Code::InvalidArgument, message }
+            Self::Rejected { code: Code::InvalidArgument, message, .. }
                 if message.contains("cannot perform first bound keypair join with existing credentials")
         )
     }
+}
+
+/// What to tell an admin about a refusal of a standard join (keys and join state in storage);
+/// the messages are Teleport's (`lib/join/boundkeypair/boundkeypair.go`,
+/// `lib/boundkeypair/join_state.go`, `lib/services/lock.go`).
+fn standard_hint(message: &str) -> Option<&'static str> {
+    const HINTS: &[(&str, &str)] = &[
+        (
+            "no recovery attempts remaining",
+            "the token's recovery limit is used up: an admin raises spec.bound_keypair.recovery.limit \
+             (tctl edit token/NAME)",
+        ),
+        (
+            "no rejoins remaining",
+            "the token's recovery limit is used up: an admin raises spec.bound_keypair.recovery.limit \
+             (tctl edit token/NAME); the stored identity and outputs are kept",
+        ),
+        (
+            "join state verification failed",
+            "the join state in storage (bkp_state) is not the cluster's latest, and the cluster has \
+             locked the token: if no copy of this bot's keys runs elsewhere, an admin removes the \
+             lock (tctl get locks; tctl rm lock/NAME) and sets recovery.mode insecure for one \
+             join (relaxed checks the join state too), then back",
+        ),
+        (
+            "a valid registration secret is required",
+            "the registration secret is wrong, used already, or past must_register_before: give \
+             the one in the token's status (tctl get token/NAME), or an admin recreates the token",
+        ),
+        (
+            "bot instance mismatch",
+            "another copy of this bot holds the token's binding: an admin checks where the keys \
+             went (tctl bots instances ls) before recreating the token",
+        ),
+        (
+            "is in force",
+            "a lock is in force on the token or the bot's user (the text names it): an admin finds \
+             out why (tctl get locks) before removing the lock",
+        ),
+        (
+            "failed to complete challenge",
+            "the key in storage does not match the token's initial_public_key: compare id_bkp.pub \
+             in storage with the token",
+        ),
+        (
+            "either an initial public key or registration secret is required",
+            "the token has neither: an admin sets onboarding.initial_public_key or registration_secret",
+        ),
+        (
+            "token expired or not found",
+            "check that the token tried is an existing bound_keypair token (tctl get tokens)",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map(|(_, hint)| *hint)
 }
 
 /// What to tell an admin about a cluster's error message (messages from
@@ -183,7 +265,11 @@ pub(super) fn status_error(status: &Status) -> JoinError {
                 }
             ))
         }
-        code => JoinError::Rejected { code, message },
+        code => JoinError::Rejected {
+            code,
+            message,
+            standard: false,
+        },
     }
 }
 
@@ -212,6 +298,7 @@ mod tests {
         let e = JoinError::Rejected {
             code: Code::PermissionDenied,
             message: "token expired or not found".into(),
+            standard: false,
         };
         assert_eq!(
             e.to_string(),

@@ -2,10 +2,13 @@
 //! the bound-keypair exchange ([`decide`]), made once for `JoinService.Join` ([`super::v1`]) and
 //! the legacy RPC ([`super::legacy`]).
 //!
-//! keybound answers one challenge per join, for its own key, and only once it is a fresh
-//! Teleport challenge document ([`vet_challenge`]); it refuses a rotation (a static key cannot
-//! rotate), certificates before any challenge, and anything it does not know. Each refusal is a
-//! [`GiveUp`]: the user's error and the message the cluster is told.
+//! With a static key, keybound answers one challenge per join, for its own key, and only once it
+//! is a fresh Teleport challenge document ([`vet_challenge`]); it refuses a rotation (a static
+//! key cannot rotate), certificates before any challenge, and anything it does not know. In
+//! standard mode ([`crate::bkp`]) it signs with whichever of its keys the cluster names, makes a
+//! new key on a rotation request (at any point of the stream), answers one more challenge for
+//! each key it made in the join, and stores the result's key and join state before the identity
+//! is made. Each refusal is a [`GiveUp`]: the user's error and the message the cluster is told.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -63,16 +66,38 @@ pub(super) struct Issued {
     pub(super) identity: Option<Box<dyn FnOnce(SubjectKey) -> anyhow::Result<Identity> + Send>>,
     /// The public key now bound to the token, when the cluster says.
     pub(super) bound_public_key: Option<String>,
+    /// The join state the cluster issued.
+    pub(super) join_state: Vec<u8>,
 }
 
 impl Issued {
     /// The join's result: the identity for `subject`, through `rpc`, under `suite`.
     pub(super) fn joined(
         self,
+        params: &JoinParams,
         subject: SubjectKey,
         rpc: Rpc,
         suite: Suite,
     ) -> Result<Joined, JoinError> {
+        if let Some(standard) = &params.standard {
+            // tbot's `UpdateFromRegisterResult` and `Store`, before the identity is made.
+            let bound = self
+                .bound_public_key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| {
+                    JoinError::Refused(
+                        "register result is missing bound keypair parameters".to_owned(),
+                    )
+                })?;
+            standard
+                .apply_result(bound, &self.join_state)
+                .map_err(|e| {
+                    JoinError::Refused(format!(
+                        "the cluster accepted the join, but its result could not be stored: {e:#}"
+                    ))
+                })?;
+        }
         let make = self.identity.ok_or_else(|| {
             JoinError::Refused("the cluster's result carries no certificates".to_owned())
         })?;
@@ -85,6 +110,7 @@ impl Issued {
             suite,
             bound_public_key: self.bound_public_key.filter(|k| !k.is_empty()),
             authenticated: false,
+            join_state: self.join_state,
         })
     }
 }
@@ -95,6 +121,8 @@ pub(super) enum Step {
     Ignore,
     /// Send this challenge solution.
     Solution(String),
+    /// Send this rotation response: the new key's `authorized_keys` line.
+    RotationResponse(String),
     /// Stop the join, telling the cluster why.
     GiveUp(GiveUp),
     /// The join is done.
@@ -110,6 +138,12 @@ pub(super) async fn decide(params: &JoinParams, answered: &AtomicBool, message: 
             debug!(suite = %untrusted::name(&suite), "ignoring a repeated ServerInit");
             Step::Ignore
         }
+        Message::Challenge {
+            public_key,
+            document,
+        } if params.standard.is_some() => {
+            standard_challenge(params, answered, &public_key, &document).await
+        }
         Message::Challenge { .. } if already => Step::GiveUp(second_challenge()),
         Message::Challenge {
             public_key,
@@ -123,7 +157,10 @@ pub(super) async fn decide(params: &JoinParams, answered: &AtomicBool, message: 
         },
         Message::Rotation { suite } => {
             info!(suite = %untrusted::name(&suite), "Server has requested keypair rotation");
-            Step::GiveUp(rotation_refused(&suite))
+            match &params.standard {
+                Some(standard) => rotate(standard, &suite).await,
+                None => Step::GiveUp(rotation_refused(&suite)),
+            }
         }
         Message::Certificates(_) | Message::OtherResult(_) if !already => {
             Step::GiveUp(unchallenged_result())
@@ -172,9 +209,83 @@ pub fn vet_challenge(
     })
 }
 
-/// Decides whether to sign a challenge, and signs it. `Err` carries the reason to give up.
+/// A challenge in standard mode: signed with the key it names, if keybound holds it (compared as
+/// parsed keys: the active key, then the history, newest first; tbot's `SignerForPublicKey`).
+/// A join answers one challenge, and one more for each key it made on the cluster's request.
+async fn standard_challenge(
+    params: &JoinParams,
+    answered: &AtomicBool,
+    public_key: &str,
+    document: &str,
+) -> Step {
+    let Some(standard) = &params.standard else {
+        return Step::GiveUp(GiveUp::refused("no client state".to_owned()));
+    };
+    let Ok(named) = PublicKey::from_openssh(public_key) else {
+        return Step::GiveUp(GiveUp::refused(format!(
+            "could not lookup signer for public key {}: not an Ed25519 or P-256 key",
+            untrusted::quoted(public_key)
+        )));
+    };
+    let Some(signer) = standard.signer_for(&named) else {
+        return Step::GiveUp(GiveUp::refused(format!(
+            "could not lookup signer for public key {}: no matching key found in the client \
+             state; the token is bound to a key this bot does not hold: an admin must recreate \
+             the token (with a new registration secret, or this bot's public key from \
+             keybound keypair create --storage)",
+            named.fingerprint()
+        )));
+    };
+    let made_here = standard.take_pending(&named);
+    if answered.load(Ordering::SeqCst) && !made_here {
+        return Step::GiveUp(second_challenge());
+    }
+    match sign_with(&signer, params, public_key, document).await {
+        Ok(solution) => {
+            answered.store(true, Ordering::SeqCst);
+            Step::Solution(solution)
+        }
+        Err(why) => Step::GiveUp(why),
+    }
+}
+
+/// A rotation request in standard mode: a new key for the suite the cluster names, stored in the
+/// client state before the cluster hears of it (tbot's `RequestNewKeypair`).
+async fn rotate(standard: &crate::bkp::Standard, suite: &str) -> Step {
+    let Ok(suite) = Suite::parse(suite) else {
+        return Step::GiveUp(GiveUp::refused(format!(
+            "requesting new keypair: the cluster names an unknown signature algorithm suite {}",
+            untrusted::quoted(suite)
+        )));
+    };
+    let standard = standard.clone();
+    let made = tokio::task::spawn_blocking(move || standard.rotate(suite)).await;
+    match made {
+        Ok(Ok(public)) => Step::RotationResponse(public.to_openssh()),
+        Ok(Err(e)) => Step::GiveUp(GiveUp::refused(format!("requesting new keypair: {e:#}"))),
+        Err(e) => Step::GiveUp(GiveUp::refused(format!(
+            "requesting new keypair: the task failed: {e}"
+        ))),
+    }
+}
+
+/// Decides whether to sign a challenge with the static key, and signs it. `Err` carries the
+/// reason to give up.
 async fn answer(params: &JoinParams, public_key: &str, document: &str) -> Result<String, GiveUp> {
-    let signer = &params.signer;
+    let signer = params
+        .signer
+        .as_ref()
+        .ok_or_else(|| GiveUp::refused("no static key is configured".to_owned()))?;
+    sign_with(signer, params, public_key, document).await
+}
+
+/// Vets the challenge for `signer`'s key and signs it.
+async fn sign_with(
+    signer: &std::sync::Arc<dyn keybound_signer::Signer>,
+    params: &JoinParams,
+    public_key: &str,
+    document: &str,
+) -> Result<String, GiveUp> {
     vet_challenge(
         signer.public_key(),
         signer.backend(),

@@ -64,12 +64,20 @@ pub(super) async fn join_legacy(
                     return Err(closed_reason(&mut inbound).await);
                 }
             }
+            Step::RotationResponse(line) => {
+                let response = req::Payload::RotationResponse(
+                    legacy::RegisterUsingBoundKeypairRotationResponse { public_key: line },
+                );
+                if send(&tx, response).await.is_err() {
+                    return Err(closed_reason(&mut inbound).await);
+                }
+            }
             Step::GiveUp(why) => {
                 // The error returned says why, once (the legacy RPC has no GivingUp message).
                 debug!(reason = %why.message(), "giving up on the join");
                 return Err(why.error);
             }
-            Step::Done(issued) => return issued.joined(subject, Rpc::Legacy, suite),
+            Step::Done(issued) => return issued.joined(params, subject, Rpc::Legacy, suite),
         }
     }
 }
@@ -87,6 +95,11 @@ async fn send(
 
 /// The first message: the token, the subject key's public halves and the requested expiry.
 fn init(params: &JoinParams, subject: &SubjectKey) -> req::Payload {
+    let (secret, join_state) = params
+        .standard
+        .as_ref()
+        .map(crate::bkp::Standard::init_params)
+        .unwrap_or_default();
     req::Payload::Init(legacy::RegisterUsingBoundKeypairInitialRequest {
         join_request: Some(keybound_proto::types::RegisterUsingTokenRequest {
             token: params.token.clone(),
@@ -98,8 +111,8 @@ fn init(params: &JoinParams, subject: &SubjectKey) -> req::Payload {
             expires: Some(expires(params.credential_ttl)),
             ..Default::default()
         }),
-        initial_join_secret: String::new(),
-        previous_join_state: Vec::new(),
+        initial_join_secret: secret.as_str().to_owned(),
+        previous_join_state: join_state,
     })
 }
 
@@ -116,6 +129,7 @@ fn message_of(response: resp::Response) -> Message {
                 .unwrap_or_default(),
         },
         resp::Response::Certs(result) => Message::Certificates(Issued {
+            join_state: result.join_state,
             bound_public_key: Some(result.public_key),
             identity: result.certs.map(|certs| {
                 Box::new(move |subject: SubjectKey| {

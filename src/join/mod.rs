@@ -50,10 +50,11 @@ use keybound_teleport::suite::Suite;
 
 /// Joins the cluster once.
 pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
-    match tokio::time::timeout(params.timeout, join_inner(params)).await {
+    let result = match tokio::time::timeout(params.timeout, join_inner(params)).await {
         Ok(result) => result,
         Err(_) => Err(JoinError::TimedOut(params.timeout)),
-    }
+    };
+    result.map_err(|e| e.in_mode(params))
 }
 
 async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
@@ -150,7 +151,7 @@ pub async fn rejoin(
         Err(_) => Err(JoinError::TimedOut(params.timeout)),
     };
     result.map_err(|error| RejoinError {
-        error,
+        error: error.in_mode(params),
         in_doubt: answered.load(Ordering::SeqCst),
     })
 }

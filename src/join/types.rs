@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use keybound_signer::Signer;
 
+use crate::bkp::Standard;
 use crate::identity::Identity;
 use crate::tls::Trust;
 use crate::values::HostPort;
@@ -35,8 +36,11 @@ pub struct JoinParams {
     pub cluster: Option<String>,
     /// Requested certificate lifetime.
     pub credential_ttl: Duration,
-    /// The static key.
-    pub signer: Arc<dyn Signer>,
+    /// The static key; `None` in standard mode, where `standard` holds the keys.
+    pub signer: Option<Arc<dyn Signer>>,
+    /// Standard mode: the client state's keys and join state, and the registration secret
+    /// ([`crate::bkp`]); `None` with a static key.
+    pub standard: Option<Standard>,
     /// Upper bound for the whole join.
     pub timeout: Duration,
 }
@@ -72,6 +76,8 @@ pub struct Joined {
     pub bound_public_key: Option<String>,
     /// Whether the join ran over the bot's authenticated connection (a soft rejoin).
     pub authenticated: bool,
+    /// The join state the result carried (stored in standard mode; static keys keep none).
+    pub join_state: Vec<u8>,
 }
 
 pub(super) fn expires(ttl: Duration) -> prost_types::Timestamp {

@@ -71,9 +71,10 @@ pub(super) async fn join_new(
         match exchange::decide(params, answered, message).await {
             Step::Ignore => {}
             Step::Solution(solution) => stream.send_solution(solution).await?,
+            Step::RotationResponse(line) => stream.send_rotation_response(line).await?,
             Step::GiveUp(why) => return Err(stream.give_up(why).await),
             Step::Done(issued) => {
-                return Ok(issued.joined(stream.subject, Rpc::Join, stream.suite)?);
+                return Ok(issued.joined(params, stream.subject, Rpc::Join, stream.suite)?);
             }
         }
     }
@@ -184,6 +185,24 @@ impl Stream {
         }
     }
 
+    /// Sends a rotation response: the new key's `authorized_keys` line.
+    async fn send_rotation_response(&mut self, line: String) -> Result<(), Attempt> {
+        let sent = self
+            .outbound
+            .send(join_request::Payload::Solution(v1::ChallengeSolution {
+                payload: Some(sol::Payload::BoundKeypairRotationResponse(
+                    v1::BoundKeypairRotationResponse {
+                        public_key: line.into_bytes(),
+                    },
+                )),
+            }))
+            .await;
+        match sent {
+            Ok(()) => Ok(()),
+            Err(_) => Err(closed_reason(&mut self.inbound).await.into()),
+        }
+    }
+
     /// Tells the cluster why keybound stops this join: sends `GivingUp`, closes the request
     /// side, and waits (at most [`GIVE_UP_WAIT`]) for the cluster to end the stream, so that the
     /// message is delivered before the stream is dropped. Returns the error for the user.
@@ -232,8 +251,14 @@ impl Outbound {
 }
 
 /// `BoundKeypairInit` for `subject`: its PKIX DER and SSH wire public keys and the requested
-/// expiry; no registration secret, no join state (static keys keep none).
+/// expiry; in standard mode the last join state, and the registration secret while no join state
+/// is held (static keys send neither).
 fn bound_init(params: &JoinParams, subject: &SubjectKey) -> join_request::Payload {
+    let (secret, join_state) = params
+        .standard
+        .as_ref()
+        .map(crate::bkp::Standard::init_params)
+        .unwrap_or_default();
     join_request::Payload::BoundKeypairInit(v1::BoundKeypairInit {
         client_params: Some(v1::ClientParams {
             payload: Some(v1::client_params::Payload::BotParams(v1::BotParams {
@@ -244,8 +269,8 @@ fn bound_init(params: &JoinParams, subject: &SubjectKey) -> join_request::Payloa
                 expires: Some(expires(params.credential_ttl)),
             })),
         }),
-        initial_join_secret: String::new(),
-        previous_join_state: Vec::new(),
+        initial_join_secret: secret.as_str().to_owned(),
+        previous_join_state: join_state,
     })
 }
 
@@ -312,6 +337,11 @@ fn message_of(payload: join_response::Payload) -> Message {
         join_response::Payload::Result(v1::Result {
             payload: Some(res::Payload::BotResult(result)),
         }) => Message::Certificates(Issued {
+            join_state: result
+                .bound_keypair_result
+                .as_ref()
+                .map(|b| b.join_state.clone())
+                .unwrap_or_default(),
             bound_public_key: result
                 .bound_keypair_result
                 .map(|b| String::from_utf8_lossy(&b.public_key).into_owned()),

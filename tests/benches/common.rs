@@ -190,7 +190,8 @@ pub(crate) fn prepared(
         proxy,
         trust: Trust::Bundle(ca),
         signer_config: keybound_signer::config::SignerConfig::Env(Default::default()),
-        signer,
+        signer: Some(signer),
+        standard: None,
         config,
         rpc_timeout: keybound::auth::RPC_TIMEOUT,
     }

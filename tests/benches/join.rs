@@ -47,7 +47,8 @@ async fn measure(signer: Arc<dyn Signer>, suite: Suite, legacy_only: bool, runs:
         token: "bench".to_owned(),
         cluster: None,
         credential_ttl: Duration::from_secs(3600),
-        signer,
+        signer: Some(signer),
+        standard: None,
         timeout: JOIN_TIMEOUT,
     };
     let mut times = Vec::with_capacity(runs);
@@ -77,7 +78,8 @@ async fn round_trips(runs: usize) {
         token: "rtt".to_owned(),
         cluster: None,
         credential_ttl: Duration::from_secs(3600),
-        signer,
+        signer: Some(signer),
+        standard: None,
         timeout: JOIN_TIMEOUT,
     };
     let identity = join::join(&params).await.expect("join").identity;

@@ -104,7 +104,8 @@ fn main() {
                         token: format!("load-{i}"),
                         cluster: None,
                         credential_ttl: Duration::from_secs(3600),
-                        signer: signer.clone(),
+                        signer: Some(signer.clone()),
+                        standard: None,
                         timeout: JOIN_TIMEOUT,
                     };
                     let barrier = barrier.clone();

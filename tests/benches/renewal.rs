@@ -51,7 +51,8 @@ fn main() {
             token: "bench".to_owned(),
             cluster: None,
             credential_ttl: Duration::from_secs(3600),
-            signer: signer.clone(),
+            signer: Some(signer.clone()),
+            standard: None,
             timeout: JOIN_TIMEOUT,
         };
         let route = AuthRoute::Proxy(proxy.clone());

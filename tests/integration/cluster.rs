@@ -196,7 +196,8 @@ pub(crate) fn params(
         token: token.to_owned(),
         cluster: None,
         credential_ttl: std::time::Duration::from_secs(3600),
-        signer,
+        signer: Some(signer),
+        standard: None,
         timeout: JOIN_TIMEOUT,
     }
 }

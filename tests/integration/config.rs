@@ -144,8 +144,8 @@ fn tbot_features_keybound_lacks_are_refused_by_name() {
             "config tbot.yaml:6:12: onboarding.ca_pins: CA pins are not supported by keybound yet",
         ),
         (
-            format!("{HEAD}  bound_keypair:\n    registration_secret: s3cret\n"),
-            "config tbot.yaml:7:26: onboarding.bound_keypair.registration_secret: registration secrets are not supported",
+            format!("{HEAD}  bound_keypair:\n    initial_join_secret: s3cret\n"),
+            "config tbot.yaml:7:26: onboarding.bound_keypair.initial_join_secret: tbot.yaml has no initial_join_secret key",
         ),
         (
             format!("{HEAD}services:\n  - type: application-tunnel\n"),

@@ -233,7 +233,8 @@ impl Scripted {
             token: "t".to_owned(),
             cluster: None,
             credential_ttl: Duration::from_secs(3600),
-            signer,
+            signer: Some(signer),
+            standard: None,
             timeout: SHORT,
         }
     }

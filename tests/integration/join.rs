@@ -205,7 +205,7 @@ async fn rejections_carry_the_clusters_code_and_a_hint() {
         .await
         .unwrap_err();
     match &error {
-        JoinError::Rejected { code, message } => {
+        JoinError::Rejected { code, message, .. } => {
             assert_eq!(*code, Code::PermissionDenied);
             assert_eq!(message, "token expired or not found");
         }
@@ -297,6 +297,8 @@ mod server_checks {
         Expire,
         Replay(String),
         ForgedJoinState,
+        /// Answers a rotation request with the bound key itself.
+        ReuseKey,
         None,
     }
 
@@ -376,7 +378,7 @@ mod server_checks {
                         }
                         Twist::Expire => cluster.cluster.advance_clock(Duration::from_secs(180)),
                         Twist::Replay(old) => solution.clone_from(old),
-                        Twist::ForgedJoinState | Twist::None => {}
+                        Twist::ForgedJoinState | Twist::ReuseKey | Twist::None => {}
                     }
                     sent = solution.clone();
                     send(rq::Payload::Solution(v1::ChallengeSolution {
@@ -387,10 +389,55 @@ mod server_checks {
                         )),
                     }));
                 }
+                rs::Payload::Challenge(v1::Challenge {
+                    payload: Some(ch::Payload::BoundKeypairRotationRequest(_)),
+                }) if matches!(twist, Twist::ReuseKey) => {
+                    send(rq::Payload::Solution(v1::ChallengeSolution {
+                        payload: Some(sol::Payload::BoundKeypairRotationResponse(
+                            v1::BoundKeypairRotationResponse {
+                                public_key: signer.public_key().to_openssh().into_bytes(),
+                            },
+                        )),
+                    }));
+                }
                 rs::Payload::Result(_) => return (sent, Ok(())),
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    /// `rotation-same-key-not-allowed` (`lib/join/boundkeypair/boundkeypair.go`): the cluster
+    /// challenges the key a rotation brings, and only then refuses one equal to the bound key;
+    /// nothing is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_to_the_same_key_is_challenged_then_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+        let cluster = cluster_for(signer.public_key(), |config| {
+            config.tokens = vec![token(
+                "t",
+                signer.public_key(),
+                "insecure",
+                1,
+                "    rotate_after: 2020-01-01T00:00:00Z\n",
+            )];
+        })
+        .await;
+        let ca = ca_file(&cluster, dir.path());
+        let (_, result) = raw_join(&cluster, &ca, &signer, Twist::ReuseKey).await;
+        let status = result.unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::InvalidArgument,
+                "public key may not be reused after rotation"
+            )
+        );
+        // The bound key's challenge, then the same key's again as the rotation's new key.
+        assert_eq!(cluster.cluster.solutions_received(), 2);
+        let state = cluster.cluster.token_status_of("t").unwrap();
+        assert_eq!(state.recovery_count, 0, "nothing committed");
+        assert_eq!(state.last_rotated_at, None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,7 +575,7 @@ async fn a_token_for_a_bot_that_does_not_exist_is_refused_as_teleport_refuses_it
             .await
             .unwrap_err();
         match &error {
-            JoinError::Rejected { code, message } => {
+            JoinError::Rejected { code, message, .. } => {
                 assert_eq!(*code, Code::PermissionDenied, "{error}");
                 assert_eq!(message, "access denied");
             }

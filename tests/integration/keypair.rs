@@ -331,7 +331,10 @@ fn an_untrusted_proxy_is_refused_unless_insecure() {
 fn usage_errors_are_one_line_and_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--algorithm".into(), "ed25519".into()], "add --static"),
+        (
+            vec!["--algorithm".into(), "ed25519".into()],
+            "a storage path must be provided with --storage",
+        ),
         (vec!["--static".into()], "pass --proxy-server HOST:PORT"),
         (
             vec![
@@ -349,7 +352,7 @@ fn usage_errors_are_one_line_and_say_what_to_do() {
                 "--storage".into(),
                 "file:///tmp/x".into(),
             ],
-            "keybound makes static keys only",
+            "drop --storage, or drop --static",
         ),
         (
             vec![

@@ -36,6 +36,10 @@ mod recipes;
 mod rejoin;
 mod secrets;
 mod ssh_host;
+mod standard;
+mod standard_pkcs11;
+#[cfg(feature = "tpm")]
+mod standard_tpm;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

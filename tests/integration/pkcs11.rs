@@ -56,7 +56,7 @@ impl Hsm {
     }
 
     /// OpenSC's pkcs11-tool on this store and token, logged in.
-    fn pkcs11_tool(&self) -> Command {
+    pub(crate) fn pkcs11_tool(&self) -> Command {
         let mut cmd = Command::new(tool("pkcs11-tool"));
         cmd.env("SOFTHSM2_CONF", &self.conf).args([
             "--module",

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keybound_devcluster::DevCluster;
+use keybound_devcluster::locks::LockTarget;
 
 use crate::oneshot::{env, failed, ok, oneshot, subject, values};
 use crate::support::free_port;
@@ -120,7 +121,7 @@ async fn another_clusters_proxy_gets_nothing_signed_for_a_stored_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejoining_with_an_older_certificate_locks_the_token() {
+async fn rejoining_with_an_older_certificate_locks_the_bot_user() {
     let env = env(|_| {}).await;
     let cfg = env.proxy_config(&[("out", &[])]);
     ok(&oneshot(&cfg, &[]).await);
@@ -137,15 +138,29 @@ async fn rejoining_with_an_older_certificate_locks_the_token() {
         "{stderr}"
     );
     assert!(stderr.contains("stored=2, presented=1"), "{stderr}");
+    assert!(
+        stderr.contains("renewable cert generation mismatch"),
+        "{stderr}"
+    );
+    // Teleport 18 locks the bot's user (lib/auth/bot.go), not the token.
+    assert_eq!(env.cluster.cluster.lock_on("t"), None);
     let lock = env
         .cluster
         .cluster
-        .lock_on("t")
-        .expect("the token is locked");
-    assert!(lock.contains("certificate generation mismatch"), "{lock}");
-    // From now on every join with the token is refused, authenticated or not.
+        .lock_on_target(LockTarget::User("bot-robot".into()))
+        .expect("the bot user is locked");
+    assert!(
+        lock.starts_with(
+            "The bot user \"bot-robot\" has been locked due to a certificate generation mismatch"
+        ),
+        "{lock}"
+    );
+    // From now on every join of the bot is refused, authenticated or not.
     let stderr = failed(&oneshot(&cfg, &["--storage", "memory://"]).await, 77);
-    assert!(stderr.contains("is in force"), "{stderr}");
+    assert!(
+        stderr.contains("lock targeting User:\"bot-robot\" is in force"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("certificate generation mismatch"),
         "{stderr}"

@@ -39,20 +39,7 @@ pub fn generate(
         .get_mechanism_list(slot)
         .map_err(|e| err(kind_of(&e), "listing the token's mechanisms").with_source(e))?;
     keygen_support(&mechanisms, algorithm, &token)?;
-    let session = ctx.open_rw_session(slot).map_err(|e| {
-        err(
-            kind_of(&e),
-            format!("opening a read-write session on token {token:?}"),
-        )
-        .with_source(e)
-    })?;
-    log_in(
-        &ctx,
-        slot,
-        &session,
-        pin.as_ref(),
-        (&module, &token, &serial),
-    )?;
+    let session = rw_session(&ctx, slot, pin.as_ref(), (&module, &token, &serial))?;
 
     let id = match &uri.id {
         Some(id) => id.clone(),
@@ -62,6 +49,24 @@ pub fn generate(
     generate_pair(&session, algorithm, &label, &id, &token)?;
     drop(session);
     Pkcs11Signer::open(&config_of_new_key(config, uri, (label, id), module))
+}
+
+/// A read-write session on the token in `slot`, logged in with `pin`.
+pub(crate) fn rw_session(
+    ctx: &cryptoki::context::Pkcs11,
+    slot: cryptoki::slot::Slot,
+    pin: Option<&PinSource>,
+    (module, token, serial): (&std::path::Path, &str, &str),
+) -> Result<Session, Error> {
+    let session = ctx.open_rw_session(slot).map_err(|e| {
+        err(
+            kind_of(&e),
+            format!("opening a read-write session on token {token:?}"),
+        )
+        .with_source(e)
+    })?;
+    log_in(ctx, slot, &session, pin, (module, token, serial))?;
+    Ok(session)
 }
 
 /// Removes the objects that already use `label` or `id`, when `overwrite` allows it; otherwise

@@ -13,6 +13,7 @@
 // - `uri`: RFC 7512 URIs; `error`: what a PKCS#11 return value means;
 // - `testing` (feature `testing`): a SoftHSM harness.
 
+mod destroy;
 mod error;
 mod find;
 mod key;
@@ -27,6 +28,7 @@ pub mod testing;
 mod token;
 mod uri;
 
+pub use destroy::destroy;
 pub use keygen::{generate, keygen_support};
 pub use list::{KeyListing, TokenListing, list};
 pub use login::pin_policy;

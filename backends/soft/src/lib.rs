@@ -37,6 +37,12 @@ pub fn keep_env_value(name: &str, value: Zeroizing<String>) {
     taken.push((name.to_owned(), value));
 }
 
+/// Whether `name` holds a value (handed over by [`keep_env_value`], or still in the
+/// environment), without reading it out.
+pub fn env_value_present(name: &str) -> bool {
+    env_value(name).is_some()
+}
+
 /// The value of `name`: handed over by [`keep_env_value`], or still in the environment.
 fn env_value(name: &str) -> Option<Result<Zeroizing<String>, ()>> {
     let taken = TAKEN.lock().expect("environment value lock poisoned");

@@ -101,6 +101,17 @@ impl AdminClient {
         self.call(Method::DELETE, path, None).await.map(drop)
     }
 
+    /// `tctl bound-keypair request-rotation NAME`: the token's `rotate_after` becomes now, so
+    /// its bot's next join rotates its key. Returns the time set, as Teleport writes times.
+    pub async fn request_rotation(&self, token: &str) -> anyhow::Result<String> {
+        let path = format!("/v1/tokens/{}/request-rotation", wire::encode(token));
+        let answer = self.call(Method::POST, path, None).await?;
+        answer["rotate_after"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the dev cluster's answer to request-rotation is malformed")
+    }
+
     /// One request; a refusal becomes the cluster's one-line error.
     async fn call(
         &self,

@@ -185,6 +185,13 @@ async fn answer(
                 .get(kind, &name)
                 .map_or_else(refused, |resource| json(200, &resource))
         }),
+        (&Method::POST, ["tokens", name, "request-rotation"]) => named("tokens", name).map(
+            |(_, name)| {
+                cluster.request_rotation(&name).map_or_else(refused, |at| {
+                    json(200, &serde_json::json!({ "rotate_after": keybound_teleport::time::format_time(at) }))
+                })
+            },
+        ),
         (&Method::DELETE, [kind, name]) => named(kind, name).map(|(kind, name)| {
             cluster
                 .remove(kind, &name)
@@ -245,6 +252,7 @@ async fn create(cluster: &Cluster, request: Request<Incoming>) -> Response<Full<
                     kind: a.kind.name().to_owned(),
                     name: a.name,
                     replaced: a.replaced,
+                    registration_secret: a.generated_secret.map(|s| s.expose().to_owned()),
                 })
                 .collect::<Vec<_>>(),
         ),

@@ -17,7 +17,7 @@ pub(super) struct CreateRequest {
 }
 
 /// What `create` did to one resource.
-#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+#[derive(Clone, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Applied {
     /// Its kind (`token`).
     pub kind: String,
@@ -25,6 +25,24 @@ pub struct Applied {
     pub name: String,
     /// Whether it replaced one of the same name.
     pub replaced: bool,
+    /// The registration secret the cluster generated for a token, shown here once (`get` never
+    /// shows it: `crate::secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("replaced", &self.replaced)
+            .field(
+                "registration_secret",
+                &self.registration_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// A refusal's body.

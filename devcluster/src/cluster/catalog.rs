@@ -13,6 +13,7 @@ use crate::kube_clusters::KubeCluster;
 use crate::locks::{Lock, LockTarget};
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
+use crate::secret::Secret;
 use crate::tokens::{Status as TokenStatus, Token};
 use crate::workload_identities::WorkloadIdentity;
 
@@ -56,6 +57,8 @@ pub(crate) struct Applied {
     pub(crate) name: String,
     /// Whether it replaced one of the same name.
     pub(crate) replaced: bool,
+    /// A registration secret the cluster generated for the token: shown in this answer only.
+    pub(crate) generated_secret: Option<Secret>,
 }
 
 /// Tokens, roles, bots and locks.
@@ -92,7 +95,10 @@ impl Catalog {
     /// and a replaced token's revision moves on, so a join that read the old one cannot commit.
     pub(super) fn put_token(&mut self, token: Token) {
         let revision = self.tokens.get(&token.name).map_or(0, |e| e.revision + 1);
-        let status = token.status.clone();
+        let mut status = token.status.clone();
+        if token.join_method == "bound_keypair" {
+            status.populate_registration_secret(&token.bound_keypair);
+        }
         self.tokens.insert(
             token.name.clone(),
             Entry {
@@ -101,6 +107,23 @@ impl Catalog {
                 revision,
             },
         );
+    }
+
+    /// Sets a bound-keypair token's `rotate_after` to `now`, its status kept; its revision moves
+    /// on, as an upsert's does.
+    pub(super) fn request_rotation(&mut self, name: &str, now: SystemTime) -> Result<(), Refusal> {
+        let entry = self
+            .tokens
+            .get_mut(name)
+            .ok_or_else(|| not_found(Kind::Token, name))?;
+        if entry.token.join_method != "bound_keypair" {
+            return Err(Refusal::Invalid(format!(
+                "token {name:?} does not use the bound_keypair join method"
+            )));
+        }
+        entry.token.bound_keypair.rotate_after = Some(now);
+        entry.revision += 1;
+        Ok(())
     }
 
     /// The role named `name`: one from the resources, or the role of a `kind: bot`. Explicit
@@ -184,10 +207,22 @@ impl Catalog {
                 kind,
                 name: name.to_owned(),
                 replaced,
+                generated_secret: None,
             });
         }
         for token in resources.tokens {
+            let name = token.name.clone();
+            let given_secret = token.bound_keypair.registration_secret.is_some()
+                || token.status.registration_secret.is_some();
             self.put_token(token);
+            let status_secret = self.tokens[&name].status.registration_secret.clone();
+            if let Some(applied) = applied
+                .iter_mut()
+                .find(|a| a.kind == Kind::Token && a.name == name)
+                .filter(|_| !given_secret)
+            {
+                applied.generated_secret = status_secret;
+            }
         }
         for role in resources.roles {
             self.roles.insert(role.name.clone(), role);
@@ -326,7 +361,8 @@ mod tests {
             [Applied {
                 kind: Kind::Bot,
                 name: "ci".into(),
-                replaced: false
+                replaced: false,
+                generated_secret: None,
             }]
         );
         // The bot exists: nothing of the file is created, the token neither.
@@ -385,8 +421,61 @@ mod tests {
         catalog.create(resources(&yaml), true).unwrap();
         assert_eq!(catalog.tokens["t"].status.recovery_count, 3);
         assert_eq!(catalog.tokens["t"].revision, 1);
-        catalog.create(resources(TOKEN), true).unwrap();
-        assert_eq!(catalog.tokens["t"].status, TokenStatus::default());
+        let secret = catalog.tokens["t"].status.registration_secret.clone();
+        let applied = catalog.create(resources(TOKEN), true).unwrap();
+        // The plain file resets the status: a new registration secret, nothing else; the
+        // answer to create is the one place it shows.
+        let status = &catalog.tokens["t"].status;
+        let fresh = status
+            .registration_secret
+            .clone()
+            .expect("a generated secret");
+        assert_eq!(fresh.expose().len(), 32);
+        assert_eq!(applied[0].generated_secret.as_ref(), Some(&fresh));
+        assert_ne!(Some(fresh), secret, "each reset generates its own");
+        let emptied = TokenStatus {
+            registration_secret: None,
+            ..status.clone()
+        };
+        assert_eq!(emptied, TokenStatus::default());
         assert_eq!(catalog.tokens["t"].revision, 2);
+    }
+
+    #[test]
+    fn a_registration_secret_is_the_specs_or_generated_and_never_beside_a_key() {
+        let mut catalog = Catalog::default();
+        let with_secret = TOKEN.replace(
+            "{recovery:",
+            "{onboarding: {registration_secret: s3cret}, recovery:",
+        );
+        let applied = catalog.create(resources(&with_secret), false).unwrap();
+        assert!(
+            catalog.tokens["t"]
+                .status
+                .registration_secret
+                .as_ref()
+                .is_some_and(|s| s.matches("s3cret"))
+        );
+        assert_eq!(applied[0].generated_secret, None, "the admin's own");
+        // `get` shows neither the spec's secret nor the status's.
+        let shown = serde_json::to_string(&catalog.get(Kind::Token, "t").unwrap()).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("registration_secret"), "{shown}");
+        let with_key = TOKEN.replace("{recovery:", "{onboarding: {initial_public_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGzndE0n580QkgJflQRtlXfGYGNvpGGDwkgmvxQbAF9v'}, recovery:");
+        catalog.create(resources(&with_key), true).unwrap();
+        assert_eq!(catalog.tokens["t"].status.registration_secret, None);
+        // request-rotation keeps the status and moves the revision on.
+        catalog.tokens.get_mut("t").unwrap().status.recovery_count = 2;
+        let now = SystemTime::now();
+        catalog.request_rotation("t", now).unwrap();
+        assert_eq!(
+            catalog.tokens["t"].token.bound_keypair.rotate_after,
+            Some(now)
+        );
+        assert_eq!(catalog.tokens["t"].status.recovery_count, 2);
+        assert!(matches!(
+            catalog.request_rotation("nope", now),
+            Err(Refusal::NotFound(_))
+        ));
     }
 }

@@ -16,7 +16,7 @@ use keybound_teleport::suite::Suite;
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::ca::ClusterCa;
+use crate::ca::{ClusterCa, bot_resource_name};
 use crate::config::DevClusterConfig;
 use crate::locks::{Lock, LockTarget};
 use crate::misbehave::Misbehaviour;
@@ -148,7 +148,12 @@ impl Cluster {
 
     /// Whether a lock in force targets the join token, and its message.
     pub fn lock_on(&self, token: &str) -> Option<String> {
-        let target = [LockTarget::JoinToken(token.to_owned())];
+        self.lock_on_target(LockTarget::JoinToken(token.to_owned()))
+    }
+
+    /// The message of a lock in force on `target`, if any.
+    pub fn lock_on_target(&self, target: LockTarget) -> Option<String> {
+        let target = [target];
         let catalog = self.catalog();
         catalog
             .lock_in_force(&target, self.now())
@@ -246,6 +251,16 @@ impl Cluster {
         self.catalog().remove(kind, name)?;
         info!(%kind, name, "removed by the admin");
         Ok(())
+    }
+
+    /// `tctl bound-keypair request-rotation` (`tool/tctl/common/bound_keypair_command.go`): sets
+    /// the token's `spec.bound_keypair.rotate_after` to now and upserts it with its status, so
+    /// the bot's next join (of any kind) rotates its key. Returns the time set.
+    pub(crate) fn request_rotation(&self, name: &str) -> Result<SystemTime, Refusal> {
+        let now = self.now();
+        self.catalog().request_rotation(name, now)?;
+        info!(token = name, "rotation requested by the admin");
+        Ok(now)
     }
 
     /// Records and logs a client's `GivingUp` on a join for `token`.
@@ -412,16 +427,25 @@ impl Cluster {
             .map_err(|detail| self.generation_mismatch(token, instance_id, detail))
     }
 
+    /// Teleport 18's answer to a generation mismatch (`updateBotInstance` and
+    /// `tryLockBotDueToGenerationMismatch`, `lib/auth/bot.go` at `ff374ff7`): a lock on the
+    /// bot's user, so every certificate for the bot is refused, whatever token it joins with.
+    /// Newer code (scoped bots, v19) locks the join token instead, with "Bot joins via the token
+    /// ... have been locked"; docs/teleport-source-notes.md.
     fn generation_mismatch(&self, token: &Token, instance_id: &str, detail: String) -> Status {
-        self.lock(
-            &token.name,
-            format!(
-                "Bot joins via the token {:?} have been locked due to a certificate generation mismatch by {}/{instance_id}, possibly indicating a stolen certificate.",
-                token.name, token.bot_name
-            ),
+        let user = bot_resource_name(&token.bot_name);
+        let message = format!(
+            "The bot user {user:?} has been locked due to a certificate generation mismatch, possibly indicating a stolen certificate."
         );
+        warn!(user, %message, "locking the bot user");
+        self.catalog().put_lock(Lock {
+            name: uuid::Uuid::new_v4().to_string(),
+            target: LockTarget::User(user),
+            message,
+            expires: None,
+        });
         Status::permission_denied(format!(
-            "cert generation mismatch for bot {}/{instance_id}: {detail}",
+            "renewable cert generation mismatch for bot {}/{instance_id}: {detail}",
             token.bot_name
         ))
     }

@@ -8,7 +8,6 @@
 use std::time::{Duration, SystemTime};
 
 use keybound_signer::PublicKey;
-use subtle::ConstantTimeEq as _;
 use tonic::Status;
 
 use super::peer::{JoinInput, JoinOutput, Peer};
@@ -16,6 +15,7 @@ use crate::ca::{BotCertRequest, BotCerts, bot_resource_name};
 use crate::caller::Caller;
 use crate::cluster::Cluster;
 use crate::misbehave::Misbehaviour;
+use crate::secret::Secret;
 use crate::tokens::{RecoveryMode, Status as TokenStatus, Token};
 
 /// `defaults.DefaultRenewableCertTTL`: the TTL when a client sends no `expires`.
@@ -25,10 +25,10 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// One join attempt: the token, its bound-keypair status when the attempt began, and what the
 /// client sent.
-struct Attempt<'a> {
-    token: &'a Token,
-    status: &'a TokenStatus,
-    input: &'a JoinInput,
+pub(super) struct Attempt<'a> {
+    pub(super) token: &'a Token,
+    pub(super) status: &'a TokenStatus,
+    pub(super) input: &'a JoinInput,
 }
 
 impl Attempt<'_> {
@@ -77,11 +77,25 @@ impl Cluster {
         let mut new_status = status.clone();
         let instance_id = match &rejoin {
             Some(rejoin) => rejoin.instance_id.clone(),
-            None => consume_recovery(&mut new_status, now),
+            None => {
+                self.audit_recovery(&attempt, Some(&bound_key), Ok(status.recovery_count + 1));
+                consume_recovery(&mut new_status, now)
+            }
         };
-        if let Some(new_key) = self.rotate_if_due(&attempt, &bound_key, now, peer).await? {
-            bound_key = new_key;
-            new_status.last_rotated_at = Some(now);
+        // A registration used the secret: it is cleared (`last_rotated_at` is not set).
+        new_status.registration_secret = None;
+        let rotated = self.rotate_if_due(&attempt, &bound_key, now, peer).await;
+        match rotated {
+            Ok(Some(new_key)) => {
+                self.audit_rotation(&attempt, &bound_key, Ok(&new_key));
+                bound_key = new_key;
+                new_status.last_rotated_at = Some(now);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.audit_rotation(&attempt, &bound_key, Err(e.message()));
+                return Err(e);
+            }
         }
         new_status.bound_public_key = Some(bound_key.to_openssh());
 
@@ -166,9 +180,12 @@ impl Cluster {
         }
         let spec = &attempt.token.bound_keypair;
         if let Some(initial) = &spec.initial_public_key {
-            self.challenge(peer, initial, true).await?;
+            if let Err(e) = self.challenge(peer, initial, true).await {
+                self.audit_recovery(attempt, Some(initial), Err(e.message()));
+                return Err(e);
+            }
             Ok(initial.clone())
-        } else if let Some(secret) = &spec.registration_secret {
+        } else if let Some(secret) = &attempt.status.registration_secret {
             self.register_with_secret(attempt, secret, peer).await
         } else {
             Err(Status::invalid_argument(
@@ -182,7 +199,7 @@ impl Cluster {
     async fn register_with_secret<P: Peer>(
         &self,
         attempt: &Attempt<'_>,
-        secret: &str,
+        secret: &Secret,
         peer: &mut P,
     ) -> Result<PublicKey, Status> {
         let given = &attempt.input.initial_join_secret;
@@ -191,18 +208,42 @@ impl Cluster {
             .bound_keypair
             .must_register_before
             .is_some_and(|deadline| self.now() > deadline);
-        let matches = bool::from(given.as_bytes().ct_eq(secret.as_bytes()));
-        if given.is_empty() || late || !matches {
-            return Err(Status::permission_denied(
-                "a valid registration secret is required",
-            ));
+        let matches = secret.matches(given);
+        let refused = || Status::permission_denied("a valid registration secret is required");
+        // Teleport audits two of the three refusals, not the late one.
+        if given.is_empty() {
+            self.audit_recovery(attempt, None, Err("no registration secret was provided"));
+            return Err(refused());
         }
-        let line = peer.rotate(self.config().suite).await.map_err(|s| {
-            Status::new(s.code(), format!("requesting public key: {}", s.message()))
-        })?;
-        let key = parse_public_key(&line)?;
-        self.challenge(peer, &key, true).await?;
-        Ok(key)
+        if late {
+            return Err(refused());
+        }
+        if !matches {
+            self.audit_recovery(attempt, None, Err("registration secret comparison failed"));
+            return Err(refused());
+        }
+        let requested = async {
+            let line = peer.rotate(self.config().suite).await.map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("requesting a new public key: {}", s.message()),
+                )
+            })?;
+            let key = parse_public_key(&line)?;
+            self.challenge(peer, &key, false).await.map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("solving challenge for new public key: {}", s.message()),
+                )
+            })?;
+            Ok::<_, Status>(key)
+        }
+        .await
+        .map_err(|s| Status::new(s.code(), format!("requesting public key: {}", s.message())));
+        if let Err(e) = &requested {
+            self.audit_recovery(attempt, None, Err(e.message()));
+        }
+        requested
     }
 
     /// A soft rejoin by a bot presenting its current certificate: the bound key, then (after a
@@ -234,7 +275,10 @@ impl Cluster {
         peer: &mut P,
     ) -> Result<PublicKey, Status> {
         let key = bound_public_key(bound)?;
-        self.challenge(peer, &key, false).await?;
+        if let Err(e) = self.challenge(peer, &key, false).await {
+            self.audit_recovery(attempt, Some(&key), Err(e.message()));
+            return Err(e);
+        }
         if attempt.out_of_recoveries() {
             return Err(Status::permission_denied("no rejoins remaining"));
         }
@@ -277,17 +321,19 @@ impl Cluster {
         }
         let line = peer.rotate(self.config().suite).await?;
         let new_key = parse_public_key(&line)?;
-        if new_key == *current {
-            return Err(Status::invalid_argument(
-                "public key may not be reused after rotation",
-            ));
-        }
         self.challenge(peer, &new_key, false).await.map_err(|s| {
             Status::new(
                 s.code(),
                 format!("solving challenge for new public key: {}", s.message()),
             )
         })?;
+        // Only once the new key is proven (the client has signed for it already), a key equal
+        // to the bound one is refused (Teleport's test `rotation-same-key-not-allowed`).
+        if new_key == *current {
+            return Err(Status::invalid_argument(
+                "public key may not be reused after rotation",
+            ));
+        }
         Ok(Some(new_key))
     }
 

@@ -147,7 +147,7 @@ async fn register(
         tls_public_key: pem_public_key_to_spki(&request.public_tls_key)?,
         ssh_public_key: authorized_key_to_wire(&request.public_ssh_key)?,
         expires: request.expires.and_then(|t| SystemTime::try_from(t).ok()),
-        initial_join_secret: init.initial_join_secret,
+        initial_join_secret: zeroize::Zeroizing::new(init.initial_join_secret),
         previous_join_state: init.previous_join_state,
         caller,
     };

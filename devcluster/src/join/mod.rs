@@ -7,12 +7,14 @@
 //!   requests to the client), what the client sent and what a join returns;
 //! * `challenge`: the challenge document and the checks of the client's answer;
 //! * `join_state`: the signed join state a recovering client presents;
-//! * `bound_keypair`: `HandleBoundKeypairJoin`, step by step;
+//! * `bound_keypair`: `HandleBoundKeypairJoin`, step by step, and `audit`: its audit events
+//!   as log lines;
 //! * `server`: what both RPCs share (client version and token checks, the stream and its
 //!   timeout);
 //! * `v1` (`teleport.join.v1.JoinService/Join`) and `legacy`
 //!   (`proto.JoinService/RegisterUsingBoundKeypairMethod`): the RPCs, each a `Peer`.
 
+mod audit;
 mod bound_keypair;
 mod challenge;
 mod join_state;

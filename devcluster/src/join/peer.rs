@@ -55,7 +55,8 @@ pub(crate) struct JoinInput {
     /// SSH wire blob of the subject key.
     pub(crate) ssh_public_key: Vec<u8>,
     pub(crate) expires: Option<SystemTime>,
-    pub(crate) initial_join_secret: String,
+    /// Zeroized when the attempt ends.
+    pub(crate) initial_join_secret: zeroize::Zeroizing<String>,
     pub(crate) previous_join_state: Vec<u8>,
     /// The bot identity the stream authenticated with, on Auth's own endpoint (a soft rejoin);
     /// `None` through the Proxy, which drops any authentication (`forwarded_by_proxy`).

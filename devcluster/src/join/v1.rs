@@ -279,7 +279,7 @@ impl V1Peer {
             tls_public_key: keys.public_tls_key,
             ssh_public_key: keys.public_ssh_key,
             expires: bot.expires.and_then(|t| SystemTime::try_from(t).ok()),
-            initial_join_secret: bk.initial_join_secret,
+            initial_join_secret: zeroize::Zeroizing::new(bk.initial_join_secret),
             previous_join_state: bk.previous_join_state,
             caller,
         };

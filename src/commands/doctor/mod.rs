@@ -10,13 +10,14 @@
 //!
 //! The checks run in the order `start` meets what they check, one file a group: the configuration
 //! and its lifetimes (`config`), storage and directory outputs (`storage`), the signer
-//! (`signer`), the connection a join makes (`connection`: TCP, TLS, ALPN), and what the
+//! (`signer`) or, in standard mode, the keys and join state in storage (`standard`), the connection a join makes (`connection`: TCP, TLS, ALPN), and what the
 //! proxy's web API tells (`web`: `/webapi/find`, the suite, the clock).
 
 mod config;
 mod connection;
 mod report;
 mod signer;
+mod standard;
 mod storage;
 mod web;
 
@@ -26,7 +27,7 @@ use anyhow::anyhow;
 use keybound_signer::Algorithm;
 
 use crate::cli::Start;
-use crate::config::{Config, HostPort};
+use crate::config::{Config, HostPort, KeyMode};
 use crate::{ExitKind, Failure};
 
 use report::Report;
@@ -66,8 +67,16 @@ async fn checks(args: &Start, report: &mut Report<'_>) -> Result<(), Failure> {
         report.add(check)?;
     }
 
-    // The signer: opened as start opens it (one login, never a signature).
-    let algorithm = signer::checks(&config, report)?;
+    // The signer: opened as start opens it (one login, never a signature); in standard mode
+    // (no static key) the client state in storage instead, and no suite check (each new key
+    // follows the suite the cluster names).
+    let algorithm = match config.onboarding.key_mode() {
+        KeyMode::Static => signer::checks(&config, report)?,
+        KeyMode::Standard => {
+            standard::checks(&config, report)?;
+            None
+        }
+    };
 
     // The cluster.
     let (proxy, direct) = match route {

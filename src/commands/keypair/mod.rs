@@ -11,6 +11,7 @@ mod algorithm;
 mod attest;
 mod json;
 mod show;
+mod storage;
 mod text;
 
 use std::io::Write;
@@ -26,6 +27,20 @@ pub use show::show;
 
 /// Runs `keypair create`, writing its report to `out`.
 pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result<()> {
+    if !args.static_key {
+        refuse_device_flags(args)?;
+        // Standard mode: the key in bot storage; its type from --algorithm or the proxy's suite
+        // (asked only when a key is to be made).
+        let keep = args.storage.is_some() && !args.overwrite;
+        let algorithm = if keep && storage_holds_key(args) {
+            None
+        } else if args.storage.is_some() {
+            Some(algorithm::choose(args, &SignerConfig::Env(Default::default())).await?)
+        } else {
+            None
+        };
+        return storage::create(args, algorithm, out).await;
+    }
     refuse_non_static(args)?;
     let signer_config = signer_config(args)?;
     refuse_to_replace(args, &signer_config)?;
@@ -60,12 +75,42 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
     Ok(())
 }
 
-/// keybound makes static keys only; tbot's other keys live in its storage.
-fn refuse_non_static(args: &KeypairCreate) -> anyhow::Result<()> {
-    if args.storage.is_some() || !args.static_key {
+/// Whether `--storage` already holds an active key (kept without `--overwrite`).
+fn storage_holds_key(args: &KeypairCreate) -> bool {
+    let Some(uri) = &args.storage else {
+        return false;
+    };
+    let path = std::path::Path::new(uri.strip_prefix("file://").unwrap_or(uri));
+    path.join(crate::bkp::state::PRIVATE_KEY)
+        .metadata()
+        .is_ok_and(|m| m.len() > 0)
+}
+
+/// `keypair create --storage` makes a key file (tbot's `id_bkp`); signer flags asked for a key
+/// somewhere else, and must not be ignored.
+fn refuse_device_flags(args: &KeypairCreate) -> anyhow::Result<()> {
+    let s = &args.signer;
+    if s.signer.is_some()
+        || s.pkcs11_uri.is_some()
+        || s.tpm_key_handle.is_some()
+        || s.tpm_key_path.is_some()
+    {
         bail!(
-            "keybound makes static keys only: add --static (tbot's non-static keys, kept in \
-             --storage, are not supported)"
+            "keypair create --storage makes a key file in bot storage and takes no signer flags; \
+             for standard mode with keys made in a PKCS#11 token, the first join makes the key \
+             (give the token's registration secret: docs/standard-mode.md), and for a static key \
+             in a device add --static"
+        );
+    }
+    Ok(())
+}
+
+/// A static key lives where its flags say, never in bot storage.
+fn refuse_non_static(args: &KeypairCreate) -> anyhow::Result<()> {
+    if args.storage.is_some() {
+        bail!(
+            "--storage is for keys kept in bot storage (standard mode); a static key lives where \
+             --static-key-path or the signer flags say: drop --storage, or drop --static"
         );
     }
     Ok(())

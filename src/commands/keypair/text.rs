@@ -202,7 +202,7 @@ struct TokenSpec<'a> {
 #[derive(Serialize)]
 struct BoundKeypairSpec<'a> {
     onboarding: TokenOnboarding<'a>,
-    recovery: Recovery,
+    recovery: Recovery<'a>,
 }
 
 #[derive(Serialize)]
@@ -211,12 +211,17 @@ struct TokenOnboarding<'a> {
 }
 
 #[derive(Serialize)]
-struct Recovery {
+struct Recovery<'a> {
     limit: u32,
-    mode: &'static str,
+    mode: &'a str,
 }
 
 fn token_example(public_key: &str) -> anyhow::Result<String> {
+    token_example_in_mode(public_key, "insecure")
+}
+
+/// The token example with `mode` as its recovery mode.
+pub(super) fn token_example_in_mode(public_key: &str, mode: &str) -> anyhow::Result<String> {
     let token = TokenExample {
         kind: "token",
         metadata: TokenMetadata {
@@ -228,10 +233,7 @@ fn token_example(public_key: &str) -> anyhow::Result<String> {
                 onboarding: TokenOnboarding {
                     initial_public_key: public_key,
                 },
-                recovery: Recovery {
-                    limit: 1,
-                    mode: "insecure",
-                },
+                recovery: Recovery { limit: 1, mode },
             },
             join_method: "bound_keypair",
             roles: ["Bot"],

@@ -1,0 +1,421 @@
+//! Standard bound-keypair joining with every key made inside a device: a PKCS#11 token
+//! (`signer: pkcs11` and a `pkcs11_uri` that names only the token) or the TPM (`signer: tpm`
+//! and no `tpm_key_handle`/`tpm_key_path`). The client state in storage holds references (URIs,
+//! key file names, public keys), never key material: `bkp_device_keys.json` beside tbot's
+//! `bkp_state` and `id_bkp.pub` (tbot's `id_bkp` and `bkp_key_history.json` hold private keys,
+//! so they are not written in this mode).
+//!
+//! **TPM keys** are ECC P-256 signing keys made under the storage primary (or `tpm_parent`),
+//! `fixedTPM|fixedParent|sensitiveDataOrigin`, kept as TSS2 key files in storage
+//! (`bkp_tpm_<16 random hex digits>.pem`, mode 0600): the TPM-wrapped blob, usable only by this
+//! TPM. A TPM makes no Ed25519 key; under a suite that asks for one the key is P-256, which
+//! Teleport accepts (its rotation only parses and challenges the new key,
+//! `lib/join/boundkeypair/boundkeypair.go`, `requestBoundKeypairRotation`). A retired key is
+//! destroyed by removing its file.
+//!
+//! **PKCS#11 object names.** Each key is a pair generated in the token (private: token, private,
+//! sensitive, never extractable, sign only; `keybound_signer_pkcs11::generate`) with the label
+//! `keybound-bkp-<16 random hex digits>` and a free two-byte `CKA_ID`. The token is searched for
+//! both before the pair is made, and an object already using either stops the rotation: a key
+//! of someone else's is never replaced.
+//!
+//! **Order of steps.** A rotation makes the pair, then writes its reference at the head of the
+//! history, then answers the cluster; keys pushed out of the history (at most 10, as tbot's)
+//! move to `retired`, still in the token. Only when a result names a key (the cluster committed
+//! it) is the state written with that key active, and only then are the retired keys destroyed
+//! (`C_DestroyObject`), the bound key never. A crash after the pair is made and before its
+//! reference is written leaves an unused object in the token (named `keybound-bkp-...`, listed
+//! by `keybound signer list`); every other crash leaves the key the cluster holds bound both in
+//! the token and in the state.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+#[cfg(feature = "pkcs11")]
+use keybound_signer::config::Pkcs11Config;
+#[cfg(feature = "tpm")]
+use keybound_signer::config::{TpmConfig, TpmKey};
+use keybound_signer::{Algorithm, PublicKey, Signer};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::state::{HISTORY_LENGTH, JOIN_STATE, PUBLIC_KEY};
+use crate::fsutil::{self, Dir, Symlinks};
+
+/// The file of key references.
+pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
+/// The label prefix of every key keybound makes in a token.
+pub const LABEL_PREFIX: &str = "keybound-bkp-";
+
+/// One key in the device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct KeyRef {
+    /// When it was made (RFC 3339).
+    time: String,
+    /// Where it is: a PKCS#11 URI (token, serial, label, id; no PIN, no module), or the name of
+    /// a TPM key file in storage.
+    key: String,
+    /// Its public key, an `authorized_keys` line.
+    public_key: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct KeysFile {
+    /// The key the cluster binds, as far as this client knows.
+    #[serde(default)]
+    active: Option<KeyRef>,
+    /// Newest first, at most [`HISTORY_LENGTH`].
+    #[serde(default)]
+    history: Vec<KeyRef>,
+    /// Out of the history, still in the token: destroyed after the next result.
+    #[serde(default)]
+    retired: Vec<KeyRef>,
+}
+
+/// The device keys are made in, with its settings.
+#[derive(Clone, Debug)]
+pub enum Device {
+    /// A PKCS#11 token: the URI naming it, the module and PIN source.
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(Pkcs11Config),
+    /// The TPM: its TCTI, parent and authorization settings.
+    #[cfg(feature = "tpm")]
+    Tpm(TpmConfig),
+}
+
+/// The client state of device keys.
+pub struct DeviceState {
+    dir: PathBuf,
+    symlinks: Symlinks,
+    device: Device,
+    keys: KeysFile,
+    join_state: Vec<u8>,
+    active_changed: bool,
+}
+
+impl std::fmt::Debug for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceState")
+            .field("dir", &self.dir)
+            .field("active", &self.keys.active.as_ref().map(|k| &k.key))
+            .field("history", &self.keys.history.len())
+            .field("join_state", &!self.join_state.is_empty())
+            .finish()
+    }
+}
+
+fn now_text() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl DeviceState {
+    /// An empty state (a first join with a registration secret).
+    pub fn empty(dir: &Path, symlinks: Symlinks, device: Device) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            symlinks,
+            device,
+            keys: KeysFile::default(),
+            join_state: Vec::new(),
+            active_changed: false,
+        }
+    }
+
+    /// The stored state, `None` when it holds no key.
+    pub fn load(dir: &Path, symlinks: Symlinks, device: Device) -> anyhow::Result<Option<Self>> {
+        let mut state = Self::empty(dir, symlinks, device);
+        let path = dir.join(DEVICE_KEYS);
+        match std::fs::read(&path) {
+            Ok(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
+                state.keys = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "{} does not parse; restore it from a backup (the keys it names are in the token)",
+                        path.display()
+                    )
+                })?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow!("cannot read {}: {e}", path.display())),
+        }
+        state.join_state = match std::fs::read(dir.join(JOIN_STATE)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(anyhow!(
+                    "cannot read {}: {e}",
+                    dir.join(JOIN_STATE).display()
+                ));
+            }
+        };
+        if state.keys.active.is_none() && state.keys.history.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(state))
+    }
+
+    /// The last join state (empty before the first join).
+    pub fn join_state(&self) -> &[u8] {
+        &self.join_state
+    }
+
+    /// The storage directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The active key's public half and URI.
+    pub fn active(&self) -> Option<(PublicKey, &str)> {
+        let key = self.keys.active.as_ref()?;
+        Some((PublicKey::from_openssh(&key.public_key).ok()?, &key.key))
+    }
+
+    /// How many keys the history holds.
+    pub fn history_len(&self) -> usize {
+        self.keys.history.len()
+    }
+
+    fn find(&self, wanted: &PublicKey) -> Option<&KeyRef> {
+        self.keys
+            .active
+            .iter()
+            .chain(&self.keys.history)
+            .find(|k| PublicKey::from_openssh(&k.public_key).is_ok_and(|p| &p == wanted))
+    }
+
+    /// The key whose public half is `wanted` (active first, then the history), opened in the
+    /// device; a key that no longer opens is reported and skipped.
+    pub fn signer_for(&self, wanted: &PublicKey) -> Option<Arc<dyn Signer>> {
+        let key = self.find(wanted)?;
+        match self.device.open(&self.dir, &key.key) {
+            Ok(signer) if signer.public_key() == wanted => Some(signer),
+            Ok(_) => {
+                warn!(key = %key.key, "the device's key is not the one the client state records");
+                None
+            }
+            Err(e) => {
+                warn!(key = %key.key, error = %e, "cannot open a bound key in the device");
+                None
+            }
+        }
+    }
+
+    /// A new key for `algorithm`'s suite, made in the device, put at the head of the history and
+    /// stored before it is returned. Keys pushed out of the history are retired, not destroyed.
+    pub fn add_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
+        let (signer, key) = self.device.make(&self.dir, self.symlinks, algorithm)?;
+        let public = signer.public_key().clone();
+        self.keys.history.insert(
+            0,
+            KeyRef {
+                time: now_text(),
+                key: key.clone(),
+                public_key: public.to_openssh(),
+            },
+        );
+        while self.keys.history.len() > HISTORY_LENGTH {
+            if let Some(old) = self.keys.history.pop() {
+                self.keys.retired.push(old);
+            }
+        }
+        self.store()?;
+        info!(key = %key, fingerprint = %public.fingerprint(), protection = %signer.protection(), "Generated new keypair inside the device");
+        Ok(public)
+    }
+
+    /// The result: the key it names becomes active, the join state is replaced, both are
+    /// stored; then the retired keys are destroyed in the token (never the bound one).
+    pub fn apply_result(&mut self, bound: &PublicKey, join_state: &[u8]) -> anyhow::Result<()> {
+        let key = self.find(bound).cloned().ok_or_else(|| {
+            anyhow!(
+                "fetching key requested by auth: no matching key found (the cluster binds {}, \
+                 which is not in {}); an admin must register a key this bot holds on the token",
+                bound.fingerprint(),
+                self.dir.join(DEVICE_KEYS).display()
+            )
+        })?;
+        if self.keys.active.as_ref().map(|k| &k.key) != Some(&key.key) {
+            info!(key = %key.key, "Set new active keypair");
+            self.keys.active = Some(key);
+            self.active_changed = true;
+        }
+        join_state.clone_into(&mut self.join_state);
+        self.store()?;
+        self.destroy_retired()
+    }
+
+    /// Destroys the retired keys but the active one; a failure keeps the key listed, to be
+    /// tried again after the next result.
+    fn destroy_retired(&mut self) -> anyhow::Result<()> {
+        if self.keys.retired.is_empty() {
+            return Ok(());
+        }
+        let active = self.keys.active.as_ref().map(|k| k.key.clone());
+        let mut kept = Vec::new();
+        for key in std::mem::take(&mut self.keys.retired) {
+            if Some(&key.key) == active.as_ref()
+                || self.keys.history.iter().any(|h| h.key == key.key)
+            {
+                continue;
+            }
+            match self.device.destroy(&self.dir, &key.key) {
+                Ok(()) => info!(key = %key.key, "destroyed a key out of the history"),
+                Err(e) => {
+                    warn!(key = %key.key, error = %e, "cannot destroy a key out of the history; trying again after the next join");
+                    kept.push(key);
+                }
+            }
+        }
+        self.keys.retired = kept;
+        self.store()
+    }
+
+    /// Writes `bkp_device_keys.json`, `bkp_state` (when held) and `id_bkp.pub` (when the active
+    /// key changed), each staged and renamed into place.
+    pub fn store(&mut self) -> anyhow::Result<()> {
+        let dir = Dir::open(&self.dir, self.symlinks, false)?;
+        let mut files: Vec<(&str, Vec<u8>)> = vec![(DEVICE_KEYS, serde_json::to_vec(&self.keys)?)];
+        if !self.join_state.is_empty() {
+            files.push((JOIN_STATE, self.join_state.clone()));
+        }
+        if let (true, Some(active)) = (self.active_changed, &self.keys.active) {
+            files.push((PUBLIC_KEY, format!("{}\n", active.public_key).into_bytes()));
+        }
+        for (name, content) in &files {
+            dir.stage(std::ffi::OsStr::new(name), content, 0o600)?
+                .commit(fsutil::Replace::Allow)?;
+        }
+        dir.sync()?;
+        self.active_changed = false;
+        Ok(())
+    }
+}
+
+fn random_hex() -> String {
+    let mut random = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Device {
+    /// A new key in the device; the signer and its reference.
+    fn make(
+        &self,
+        dir: &Path,
+        symlinks: Symlinks,
+        algorithm: Algorithm,
+    ) -> anyhow::Result<(Arc<dyn Signer>, String)> {
+        let _ = (dir, symlinks, algorithm);
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => {
+                let label = format!("{LABEL_PREFIX}{}", random_hex());
+                let mut config = device.clone();
+                let base: &str = &device.uri;
+                config.uri = match base.split_once('?') {
+                    Some((path, query)) => format!("{path};object={label}?{query}"),
+                    None => format!("{base};object={label}"),
+                }
+                .into();
+                let signer = keybound_signer_pkcs11::generate(&config, algorithm, false)
+                    .map_err(anyhow::Error::new)
+                    .context("making a new bound key in the token")?;
+                let key = signer.uri().to_string();
+                Ok((Arc::new(signer), key))
+            }
+            #[cfg(feature = "tpm")]
+            Self::Tpm(tpm) => {
+                if algorithm != Algorithm::EcdsaP256Sha256 {
+                    info!(asked = %algorithm, "a TPM makes no such key; the new bound key is ECDSA P-256, which the cluster accepts");
+                }
+                let name = format!("{TPM_FILE_PREFIX}{}.pem", random_hex());
+                let mut config = tpm.clone();
+                config.key = TpmKey::File(dir.join(&name));
+                let generated =
+                    keybound_signer_tpm::generate(&config, Algorithm::EcdsaP256Sha256, false)
+                        .map_err(anyhow::Error::new)
+                        .context("making a new bound key in the TPM")?;
+                let pem = generated
+                    .pem
+                    .ok_or_else(|| anyhow!("the TPM returned no key file for a new key"))?;
+                // The wrapped key reaches storage before anything names it.
+                let storage = Dir::open(dir, symlinks, false)?;
+                storage
+                    .stage(std::ffi::OsStr::new(&name), pem.as_bytes(), 0o600)?
+                    .commit(fsutil::Replace::Never)?;
+                storage.sync()?;
+                Ok((Arc::new(generated.signer), name))
+            }
+        }
+    }
+
+    /// The key `key` refers to, opened.
+    fn open(&self, dir: &Path, key: &str) -> anyhow::Result<Arc<dyn Signer>> {
+        let _ = (dir, key);
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => Ok(Arc::new(keybound_signer_pkcs11::Pkcs11Signer::open(
+                &pkcs11_config_for(device, key),
+            )?)),
+            #[cfg(feature = "tpm")]
+            Self::Tpm(tpm) => {
+                let mut config = tpm.clone();
+                config.key = TpmKey::File(dir.join(tpm_file_name(key)?));
+                Ok(Arc::new(keybound_signer_tpm::TpmSigner::open(&config)?))
+            }
+        }
+    }
+
+    /// Destroys the key `key` refers to: `C_DestroyObject` on both halves in a token, the key
+    /// file of a TPM key (its only copy: the TPM keeps nothing).
+    fn destroy(&self, dir: &Path, key: &str) -> anyhow::Result<()> {
+        let _ = (dir, key);
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => {
+                keybound_signer_pkcs11::destroy(&pkcs11_config_for(device, key))?;
+                Ok(())
+            }
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => match std::fs::remove_file(dir.join(tpm_file_name(key)?)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// The prefix of every TPM key file keybound makes in storage.
+pub const TPM_FILE_PREFIX: &str = "bkp_tpm_";
+
+/// A TPM key reference: a file name of ours in storage, never a path elsewhere.
+#[cfg(feature = "tpm")]
+fn tpm_file_name(key: &str) -> anyhow::Result<&str> {
+    if key.starts_with(TPM_FILE_PREFIX) && !key.contains('/') && key.ends_with(".pem") {
+        Ok(key)
+    } else {
+        Err(anyhow!(
+            "{DEVICE_KEYS} names {key:?}, which is not a TPM key file keybound made"
+        ))
+    }
+}
+
+/// The configuration that opens the key at `uri` (which names no module and no PIN): the
+/// token's module and PIN source, from its settings or its URI's query.
+#[cfg(feature = "pkcs11")]
+fn pkcs11_config_for(device: &Pkcs11Config, uri: &str) -> Pkcs11Config {
+    let mut config = device.clone();
+    if let Ok(device_uri) = keybound_signer_pkcs11::Pkcs11Uri::parse(&device.uri) {
+        config.module = config.module.or(device_uri.module_path);
+        config.pin = config.pin.or_else(|| {
+            device_uri
+                .pin_source
+                .and_then(|s| keybound_signer::PinSource::parse(&s).ok())
+        });
+    }
+    config.uri = uri.to_owned().into();
+    config
+}
