@@ -22,6 +22,7 @@ use crate::join::{self, JoinError, JoinParams};
 use crate::output;
 use crate::storage::{self, Held, HeldState};
 use crate::tls::Trust;
+use crate::transport::Preconnect;
 use crate::untrusted;
 use crate::values::{Destination, HostPort};
 use crate::{ExitKind, Failure};
@@ -141,18 +142,24 @@ pub async fn cycle_reporting<R: Report + ?Sized>(
     let mut state = held.lock().await;
     if let Some((identity, suite)) = outputs_to_retry(p, &state) {
         info!("retrying the identity outputs with the identity renewed at the last attempt");
-        let written = write_outputs(p, &identity, suite, report, &mut state).await?;
+        let written = write_outputs(p, &identity, suite, report, &mut state, None).await?;
         state.outputs_written = true;
         return Ok(Cycle {
             joined: None,
             written,
         });
     }
+    // The outputs' connection to Auth can only present the new identity once the join has
+    // returned it, but its TCP handshake needs no identity: it goes now, and its round trip
+    // overlaps the join's.
+    let ahead = (!output::written(&p.config.outputs).is_empty())
+        .then(|| Preconnect::start(p.auth_route.addr()));
     let renewed = renew_identity(p, &mut state).await;
     report.identity(renewed.as_ref().map(|_| ()));
     let (joined, stored) = renewed?;
     let mut written: Vec<String> = stored.into_iter().collect();
-    written.extend(write_outputs(p, &joined.identity, joined.suite, report, &mut state).await?);
+    written
+        .extend(write_outputs(p, &joined.identity, joined.suite, report, &mut state, ahead).await?);
     state.outputs_written = true;
     Ok(Cycle {
         joined: Some(joined),
@@ -279,12 +286,13 @@ async fn write_outputs<R: Report + ?Sized>(
     suite: Suite,
     report: &R,
     state: &mut HeldState,
+    ahead: Option<Preconnect>,
 ) -> Result<Vec<String>, Failure> {
     let outputs = output::written(&p.config.outputs);
     if outputs.is_empty() {
         return Ok(Vec::new());
     }
-    let results = match connect_to_auth(p, bot).await {
+    let results = match connect_to_auth(p, bot, ahead).await {
         Ok(auth) => {
             state.after_fallback = false;
             output::write_outputs(
@@ -315,9 +323,14 @@ async fn write_outputs<R: Report + ?Sized>(
     }
 }
 
-/// The bot's authenticated connection to Auth, each RPC on it bounded by `p.rpc_timeout`.
-async fn connect_to_auth(p: &Prepared, identity: &Identity) -> Result<AuthClient, Failure> {
-    Ok(AuthClient::connect(&p.auth_route, identity)
+/// The bot's authenticated connection to Auth, each RPC on it bounded by `p.rpc_timeout`; over
+/// the TCP connection opened `ahead` when there is one.
+async fn connect_to_auth(
+    p: &Prepared,
+    identity: &Identity,
+    ahead: Option<Preconnect>,
+) -> Result<AuthClient, Failure> {
+    Ok(AuthClient::connect_over(&p.auth_route, identity, ahead)
         .await?
         .with_deadline(p.rpc_timeout))
 }

@@ -55,3 +55,52 @@ fn wait_for(mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// The TCP connection opened ahead for the outputs' connection to Auth may be closed by the
+/// server before keybound uses it (Teleport's ALPN router closes one whose ClientHello has not
+/// come within `HandshakeReadDeadline`): keybound then dials afresh and connects as it would
+/// have without it. The server here is a front that closes the first connection it accepts
+/// unread and passes the others through to the dev cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_ahead_and_closed_by_the_server_is_replaced() {
+    use keybound::auth::{AuthClient, AuthRoute};
+    use keybound::config::HostPort;
+    use keybound::transport::Preconnect;
+    use keybound_signer::{Algorithm, Signer as _};
+    use keybound_signer_soft::SoftSigner;
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let cluster = crate::cluster::cluster_for(signer.public_key(), |_| {}).await;
+    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let signer: std::sync::Arc<dyn keybound_signer::Signer> = std::sync::Arc::new(signer);
+    let joined = keybound::join::join(&crate::cluster::params(&cluster, &ca, "t", signer))
+        .await
+        .unwrap();
+
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let upstream = cluster.proxy_addr();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (first, _) = front.accept().await.unwrap();
+        drop(first);
+        closed_tx.send(()).unwrap();
+        while let Ok((mut conn, _)) = front.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+            });
+        }
+    });
+    let addr = HostPort::parse(&front_addr.to_string(), 443).unwrap();
+    let ahead = Preconnect::start(&addr);
+    closed_rx.await.unwrap();
+    let route = AuthRoute::Proxy(addr);
+    let auth = AuthClient::connect_over(&route, &joined.identity, Some(ahead))
+        .await
+        .expect("a fresh connection replaces the closed one");
+    let ping = auth.ping().await.unwrap();
+    assert_eq!(ping.cluster_name, "dev.keybound.test");
+}
