@@ -142,7 +142,15 @@ pub async fn cycle_reporting<R: Report + ?Sized>(
     let mut state = held.lock().await;
     if let Some((identity, suite)) = outputs_to_retry(p, &state) {
         info!("retrying the identity outputs with the identity renewed at the last attempt");
-        let written = write_outputs(p, &identity, suite, report, &mut state, None).await?;
+        let written = write_outputs(
+            p,
+            &identity,
+            suite,
+            report,
+            &mut state,
+            Connection::default(),
+        )
+        .await?;
         state.outputs_written = true;
         return Ok(Cycle {
             joined: None,
@@ -154,12 +162,23 @@ pub async fn cycle_reporting<R: Report + ?Sized>(
     // overlaps the join's.
     let ahead = (!output::written(&p.config.outputs).is_empty())
         .then(|| Preconnect::start(p.auth_route.addr()));
-    let renewed = renew_identity(p, &mut state).await;
+    let mut prefetched = None;
+    let renewed = renew_identity(p, &mut state, &mut prefetched).await;
     report.identity(renewed.as_ref().map(|_| ()));
     let (joined, stored) = renewed?;
     let mut written: Vec<String> = stored.into_iter().collect();
-    written
-        .extend(write_outputs(p, &joined.identity, joined.suite, report, &mut state, ahead).await?);
+    let connection = Connection { ahead, prefetched };
+    written.extend(
+        write_outputs(
+            p,
+            &joined.identity,
+            joined.suite,
+            report,
+            &mut state,
+            connection,
+        )
+        .await?,
+    );
     state.outputs_written = true;
     Ok(Cycle {
         joined: Some(joined),
@@ -188,9 +207,10 @@ fn outputs_to_retry(p: &Prepared, state: &HeldState) -> Option<(Identity, Suite)
 async fn renew_identity(
     p: &Prepared,
     state: &mut HeldState,
+    prefetched: &mut Option<Prefetch>,
 ) -> Result<(join::Joined, Option<String>), Failure> {
     let token = p.token()?;
-    let joined = join_or_rejoin(p, state, &token).await?;
+    let joined = join_or_rejoin(p, state, &token, prefetched).await?;
     let stored = store(p, &joined.identity, &token)?;
     Ok((joined, stored))
 }
@@ -210,8 +230,10 @@ async fn join_or_rejoin(
     p: &Prepared,
     state: &mut HeldState,
     token: &str,
+    prefetched: &mut Option<Prefetch>,
 ) -> Result<join::Joined, Failure> {
     let current = state.identity.clone();
+    let outputs = output::written(&p.config.outputs);
     let rejoining = current
         .as_ref()
         .is_some_and(|i| i.info.not_after > SystemTime::now());
@@ -228,9 +250,12 @@ async fn join_or_rejoin(
         unknown: state.unknown_to_cluster,
         fallback_allowed: !state.after_fallback,
         fell_back: false,
+        needs: (!outputs.is_empty()).then(|| output::needs(&outputs)),
+        prefetched: None,
     };
     let result = renew(p, &mut renewing).await;
     let fell_back = renewing.fell_back;
+    *prefetched = renewing.prefetched.take();
     match result {
         Ok(joined) => {
             state.identity = Some(joined.identity.clone());
@@ -286,24 +311,34 @@ async fn write_outputs<R: Report + ?Sized>(
     suite: Suite,
     report: &R,
     state: &mut HeldState,
-    ahead: Option<Preconnect>,
+    connection: Connection,
 ) -> Result<Vec<String>, Failure> {
     let outputs = output::written(&p.config.outputs);
     if outputs.is_empty() {
         return Ok(Vec::new());
     }
-    let results = match connect_to_auth(p, bot, ahead).await {
+    let results = match connect_to_auth(p, bot, connection.ahead).await {
         Ok(auth) => {
             state.after_fallback = false;
-            output::write_outputs(
-                &outputs,
-                &auth,
-                &p.auth_route,
-                bot,
-                suite,
-                p.config.credential_ttl,
-            )
-            .await
+            let shared = match connection.prefetched {
+                Some(prefetched) => prefetched.take().await,
+                None => Ok(None),
+            };
+            match shared {
+                Ok(shared) => {
+                    output::write_outputs_sharing(
+                        &outputs,
+                        &auth,
+                        &p.auth_route,
+                        bot,
+                        suite,
+                        p.config.credential_ttl,
+                        shared,
+                    )
+                    .await
+                }
+                Err(failure) => Err(failure),
+            }
         }
         Err(failure) => Err(failure),
     };
@@ -335,6 +370,52 @@ async fn connect_to_auth(
         .with_deadline(p.rpc_timeout))
 }
 
+/// How the outputs' connection to Auth starts: over a TCP connection opened ahead, with the
+/// shared facts already asked for on the rejoin's connection.
+#[derive(Default)]
+struct Connection {
+    ahead: Option<Preconnect>,
+    prefetched: Option<Prefetch>,
+}
+
+/// The shared facts of a renewal's outputs ([`output::Shared`]), asked for on the rejoin's
+/// connection while the rejoin runs: the identity being renewed reads them as the new one would
+/// (the same bot and role, the same cluster), and the outputs' own connection then has only
+/// their certificates to ask for. A lookup the cluster refused is asked again there, so that a
+/// refusal reads as it does without this; one that was not answered in time fails the outputs
+/// as it would have there.
+pub(crate) struct Prefetch(tokio::task::JoinHandle<Result<output::Shared, Failure>>);
+
+impl Prefetch {
+    fn start(auth: &AuthClient, route: &AuthRoute, bot: &Identity, needs: output::Needs) -> Self {
+        let (auth, route, bot) = (auth.clone(), route.clone(), bot.clone());
+        Self(tokio::spawn(async move {
+            output::Shared::fetch(&auth, &route, &bot, needs).await
+        }))
+    }
+
+    /// The shared facts; `None` to ask again with the new identity (after a refusal); the
+    /// failure itself when the cluster did not answer in time or could not be reached, which
+    /// asking again would only repeat, doubling the wait.
+    async fn take(mut self) -> Result<Option<output::Shared>, Failure> {
+        match (&mut self.0).await {
+            Ok(Ok(shared)) => Ok(Some(shared)),
+            Ok(Err(failure)) if failure.kind == ExitKind::Unreachable => Err(failure),
+            Ok(Err(failure)) => {
+                debug!(error = %one_line(&format!("{:#}", failure.error)), "the lookups made during the rejoin failed; asking again with the new identity");
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What one renewal works with, and what it did.
 struct Renewing<'a> {
     /// The join token's name.
@@ -349,6 +430,10 @@ struct Renewing<'a> {
     fallback_allowed: bool,
     /// Set when the cluster did not know `current` and the static key joined instead.
     fell_back: bool,
+    /// What the outputs share, when there are outputs: asked for during a rejoin.
+    needs: Option<output::Needs>,
+    /// Those lookups, in flight.
+    prefetched: Option<Prefetch>,
 }
 
 /// Renews the bot identity, as tbot's identity service does (`renewIdentity`,
@@ -413,7 +498,7 @@ async fn rejoin_or_fall_back(
 ) -> Result<join::Joined, (Failure, bool)> {
     let configured = &p.config.onboarding.token;
     debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
-    let unknown = match rejoin(p, identity, &params, configured).await {
+    let unknown = match rejoin(p, identity, &params, configured, r).await {
         Ok(joined) => return Ok(joined),
         Err(Rejoined::Unknown(unknown)) if r.fallback_allowed => unknown,
         Err(Rejoined::Unknown(unknown)) => return Err((unknown.failure, false)),
@@ -456,6 +541,7 @@ async fn rejoin(
     identity: &Identity,
     params: &JoinParams,
     configured: &str,
+    r: &mut Renewing<'_>,
 ) -> Result<join::Joined, Rejoined> {
     let auth = match AuthClient::connect(&p.auth_route, identity).await {
         Ok(auth) => auth.with_deadline(p.rpc_timeout),
@@ -468,7 +554,19 @@ async fn rejoin(
         }
         Err(e) => return Err(Rejoined::Failed(Failure::from(e), false)),
     };
-    let mut joined = match join::rejoin(params, &auth).await {
+    r.prefetched = r
+        .needs
+        .map(|needs| Prefetch::start(&auth, &p.auth_route, identity, needs));
+    rejoined(join::rejoin(params, &auth).await, identity, configured)
+}
+
+/// How a rejoin's result reads (see [`rejoin`]).
+fn rejoined(
+    result: Result<join::Joined, join::RejoinError>,
+    identity: &Identity,
+    configured: &str,
+) -> Result<join::Joined, Rejoined> {
+    let mut joined = match result {
         Ok(joined) => joined,
         Err(e) if e.error.identity_unknown() => {
             return Err(Rejoined::Unknown(Unknown {

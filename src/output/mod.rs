@@ -59,10 +59,31 @@ pub async fn write_outputs(
     suite: Suite,
     credential_ttl: Duration,
 ) -> Result<Vec<Result<String, Failure>>, Failure> {
-    let needs = outputs
+    write_outputs_sharing(outputs, auth, route, bot, suite, credential_ttl, None).await
+}
+
+/// What `outputs` use, together, of what outputs share.
+pub fn needs(outputs: &[&OutputConfig]) -> Needs {
+    outputs
         .iter()
-        .fold(Needs::default(), |n, o| n.union(o.needs()));
-    let shared = Shared::fetch(auth, route, bot, needs).await?;
+        .fold(Needs::default(), |n, o| n.union(o.needs()))
+}
+
+/// [`write_outputs`], with the shared facts already fetched (for [`needs`]`(outputs)`) when
+/// `shared` holds them.
+pub async fn write_outputs_sharing(
+    outputs: &[&OutputConfig],
+    auth: &AuthClient,
+    route: &AuthRoute,
+    bot: &Identity,
+    suite: Suite,
+    credential_ttl: Duration,
+    shared: Option<Shared>,
+) -> Result<Vec<Result<String, Failure>>, Failure> {
+    let shared = match shared {
+        Some(shared) => shared,
+        None => Shared::fetch(auth, route, bot, needs(outputs)).await?,
+    };
     let cx = Issue {
         auth,
         bot,

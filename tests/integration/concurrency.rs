@@ -104,3 +104,74 @@ async fn a_connection_opened_ahead_and_closed_by_the_server_is_replaced() {
     let ping = auth.ping().await.unwrap();
     assert_eq!(ping.cluster_name, "dev.keybound.test");
 }
+
+/// The outputs' lookups go out at once (and, on a rejoin, on the rejoin's connection while it
+/// runs, then again on the new identity's when they failed there): when the cluster refuses one
+/// (`--misbehave refuse-user-ca-lookup`) or never answers one (`stall-db-ca-lookup`), the run
+/// ends as it would with one lookup after another: one error naming that lookup and the
+/// cluster's answer or the deadline, the exit code of a refusal (77) or of a cluster out of
+/// reach (69), and the output's files as they were. For a first join and for a rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_or_stalled_lookup_fails_the_outputs_as_clearly_as_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) =
+        crate::cluster::with_stalling_outputs(dir.path(), "", &[("out", "[access]")]).await;
+    let start = |extra: &[&str]| {
+        let mut cmd = crate::support::keybound();
+        cmd.args(["start", "--oneshot", "-c"])
+            .arg(&cfg)
+            .args(extra)
+            .env(keybound::auth::RPC_TIMEOUT_ENV, "2s");
+        cmd
+    };
+    let run = |mut cmd: std::process::Command| {
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+    };
+    let first = run(start(&[])).await.unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let out = dir.path().join("out");
+    let before = crate::support::snapshot(&out);
+
+    let cases = [
+        (
+            Misbehaviour::RefuseUserCaLookup,
+            77,
+            [
+                "reading the user CAs for the identity outputs",
+                "access denied to perform action",
+            ],
+        ),
+        (
+            Misbehaviour::StallDbCaLookup,
+            69,
+            [
+                "reading the database CAs for the identity outputs",
+                "did not answer GetCertAuthorities within 2s",
+            ],
+        ),
+    ];
+    // The rejoins first: a first join starts a new bot instance, which the stored identity is not.
+    for (how, extra) in [
+        ("a rejoin", &[][..]),
+        ("a first join", &["--storage", "memory://"][..]),
+    ] {
+        for (misbehaviour, code, expected) in &cases {
+            cluster.cluster.set_misbehaviour(Some(*misbehaviour));
+            let output = run(start(extra)).await.unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let case = format!("{how}, {misbehaviour:?}");
+            assert_eq!(output.status.code(), Some(*code), "{case}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(errors.len(), 1, "{case}: {stderr}");
+            for text in expected {
+                assert!(errors[0].contains(text), "{case}: {text:?} not in {stderr}");
+            }
+            assert_eq!(crate::support::snapshot(&out), before, "{case}");
+        }
+    }
+}
