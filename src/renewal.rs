@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::join::{self, JoinError, JoinParams};
 use crate::output;
-use crate::storage::{self, Held, HeldState};
+use crate::storage::{self, Held, HeldState, KeptAuth};
 use crate::tls::Trust;
 use crate::transport::Preconnect;
 use crate::untrusted;
@@ -233,6 +233,12 @@ async fn join_or_rejoin(
     prefetched: &mut Option<Prefetch>,
 ) -> Result<join::Joined, Failure> {
     let current = state.identity.clone();
+    // The agent's connection with the current identity, kept from the last renewal.
+    let kept = state.auth.take().filter(|kept| {
+        current
+            .as_ref()
+            .is_some_and(|i| i.tls_cert_pem == kept.cert_pem)
+    });
     let outputs = output::written(&p.config.outputs);
     let rejoining = current
         .as_ref()
@@ -250,6 +256,7 @@ async fn join_or_rejoin(
         unknown: state.unknown_to_cluster,
         fallback_allowed: !state.after_fallback,
         fell_back: false,
+        kept: kept.map(|k| k.client),
         needs: (!outputs.is_empty()).then(|| output::needs(&outputs)),
         prefetched: None,
     };
@@ -320,6 +327,12 @@ async fn write_outputs<R: Report + ?Sized>(
     let results = match connect_to_auth(p, bot, connection.ahead).await {
         Ok(auth) => {
             state.after_fallback = false;
+            // The agent keeps the connection for the next renewal's rejoin, as tbot keeps its
+            // bot client until the identity is renewed (`lib/tbot/client/builder.go`).
+            state.auth = Some(KeptAuth {
+                cert_pem: bot.tls_cert_pem.clone(),
+                client: auth.clone(),
+            });
             let shared = match connection.prefetched {
                 Some(prefetched) => prefetched.take().await,
                 None => Ok(None),
@@ -430,6 +443,8 @@ struct Renewing<'a> {
     fallback_allowed: bool,
     /// Set when the cluster did not know `current` and the static key joined instead.
     fell_back: bool,
+    /// A connection with `current`, kept by the agent from the last renewal.
+    kept: Option<AuthClient>,
     /// What the outputs share, when there are outputs: asked for during a rejoin.
     needs: Option<output::Needs>,
     /// Those lookups, in flight.
@@ -543,6 +558,23 @@ async fn rejoin(
     configured: &str,
     r: &mut Renewing<'_>,
 ) -> Result<join::Joined, Rejoined> {
+    if let Some(kept) = r.kept.take() {
+        let prefetched = r
+            .needs
+            .map(|needs| Prefetch::start(&kept, &p.auth_route, identity, needs));
+        match join::rejoin(params, &kept).await {
+            // The kept connection closed (Auth restarted, or dropped it while idle) before the
+            // challenge was answered: once more on a new one, which also tells a cluster that
+            // no longer knows the identity from one that went away.
+            Err(e) if !e.in_doubt && matches!(e.error, JoinError::Unreachable(_)) => {
+                debug!(error = %e.error, "the kept connection to Auth failed; rejoining on a new one");
+            }
+            result => {
+                r.prefetched = prefetched;
+                return rejoined(result, identity, configured);
+            }
+        }
+    }
     let auth = match AuthClient::connect(&p.auth_route, identity).await {
         Ok(auth) => auth.with_deadline(p.rpc_timeout),
         Err(e @ ConnectError::UnknownAuthority(_)) => {

@@ -142,13 +142,23 @@ pub async fn connect_over(
     ahead: Option<Preconnect>,
 ) -> Result<Channel, tonic::transport::Error> {
     let addr = addr.clone();
-    // The channel calls its connector again if it must reconnect; only the first call takes
-    // the connection opened ahead.
-    let ahead = Arc::new(std::sync::Mutex::new(ahead));
+    // The channel calls its connector again when its connection has closed. It does not get
+    // another: a connection is one TLS session, and whoever holds it (the agent keeps its
+    // connection to Auth between renewals) opens a new one, with the identity and trust of the
+    // moment, when it fails.
+    let first = Arc::new(std::sync::Mutex::new(Some(ahead)));
     let connector = tower::service_fn(move |_: Uri| {
         let (addr, tls, dial) = (addr.clone(), tls.clone(), dial.clone());
-        let ahead = ahead.lock().unwrap_or_else(|e| e.into_inner()).take();
-        async move { tls_stream(&addr, tls, &dial, ahead).await.map(TokioIo::new) }
+        let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        async move {
+            let Some(ahead) = first else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("the connection to {addr} closed"),
+                ));
+            };
+            tls_stream(&addr, tls, &dial, ahead).await.map(TokioIo::new)
+        }
     });
     // The URI only feeds the :authority header; the connector above chooses where to dial.
     Endpoint::from_static("http://teleport.cluster.local")

@@ -175,3 +175,111 @@ async fn a_refused_or_stalled_lookup_fails_the_outputs_as_clearly_as_one_at_a_ti
         }
     }
 }
+
+/// A TCP front for the dev cluster that counts the connections it passes through and can
+/// close every open one, as a restart of Auth or an idle timeout would.
+struct Front {
+    addr: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Front {
+    async fn start(upstream: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("localhost:{}", listener.local_addr().unwrap().port());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (count, handles) = (accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                });
+                handles.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn close_all(&self) {
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The agent keeps its connection to Auth from one renewal to the next, as tbot keeps its bot
+/// client (`lib/tbot/client/builder.go`): a renewal opens one connection (the outputs', with
+/// the new identity), not two. When that kept connection has gone (closed here by the front
+/// between renewals), the renewal goes through on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rejoins_on_its_kept_connection_and_on_a_new_one_when_it_has_gone() {
+    use crate::agent_support::{Agent, blocking, metric, wait_for};
+    use keybound_signer::{Algorithm, Signer as _};
+    use keybound_signer_soft::SoftSigner;
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::EcdsaP256Sha256).unwrap();
+    let key = crate::cluster::key_file(dir.path(), &signer);
+    let cluster =
+        crate::agent_support::cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t")
+            .await;
+    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let upstream = cluster.proxy_addr().replace("localhost", "127.0.0.1");
+    let front = Front::start(upstream).await;
+    let key_yaml = format!(
+        "  bound_keypair:\n    static_private_key_path: {}\n",
+        key.display()
+    );
+    let cfg = crate::agent_support::config(dir.path(), &front.addr, &ca, &key_yaml, "1h", "2h");
+    let (c, d) = (cfg.clone(), dir.path().to_owned());
+    let agent = blocking(move || Agent::start(&c, &d, &[])).await;
+    let port = agent.diag;
+    let renewed = |after: f64| {
+        blocking(move || {
+            wait_for("a renewal", Duration::from_secs(30), || {
+                metric(port, "keybound_renewals_total") > after
+            })
+        })
+    };
+    renewed(0.0).await;
+
+    let before = front.accepted();
+    agent.signal("USR1");
+    renewed(1.0).await;
+    assert_eq!(
+        front.accepted() - before,
+        1,
+        "a renewal opened more than the outputs' connection"
+    );
+
+    front.close_all();
+    let before = front.accepted();
+    agent.signal("USR1");
+    renewed(2.0).await;
+    assert_eq!(
+        front.accepted() - before,
+        2,
+        "the rejoin and the outputs each on a new connection"
+    );
+    crate::support::assert_output_verifies(&dir.path().join("out"));
+    assert_eq!(
+        cluster.cluster.bot_instances("robot"),
+        1,
+        "no recovery was used"
+    );
+    drop(agent);
+}
