@@ -72,7 +72,7 @@ misbehaviours! {
     /// of sending them: a result lost on the way.
     DropResult = "drop-result",
     /// Send `ServerInit` only once `BoundKeypairInit` has arrived: only a client that sends
-    /// both before waiting (as keybound's authenticated rejoin does) gets through; any other
+    /// both before waiting (as keybound's joins and rejoins do) gets through; any other
     /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
     HoldServerInit = "hold-server-init",
     /// The certificates `GenerateUserCerts` issues (an identity output's) name the cluster

@@ -283,3 +283,40 @@ async fn the_agent_rejoins_on_its_kept_connection_and_on_a_new_one_when_it_has_g
     );
     drop(agent);
 }
+
+/// A first join sends `BoundKeypairInit` with `ClientInit`, for the P-256 subject key of every
+/// suite but `legacy`. Against a `legacy` cluster that guess is wrong: keybound drops the stream
+/// before answering anything and joins on a second one with an RSA key, as the suite asks, also
+/// when the cluster holds `ServerInit` back until `BoundKeypairInit` has come. One join
+/// completes, one bot instance, no recovery spent on the dropped stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_join_that_guessed_the_wrong_key_type_joins_again_with_the_suites() {
+    use keybound_signer::{Algorithm, Signer as _};
+    use keybound_signer_soft::SoftSigner;
+    use keybound_teleport::suite::Suite;
+
+    for misbehaviour in [None, Some(Misbehaviour::HoldServerInit)] {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+        let cluster =
+            crate::cluster::cluster_for(signer.public_key(), |c| c.suite = Suite::Legacy).await;
+        cluster.cluster.set_misbehaviour(misbehaviour);
+        let ca = crate::cluster::ca_file(&cluster, dir.path());
+        let signer: std::sync::Arc<dyn keybound_signer::Signer> = std::sync::Arc::new(signer);
+        let joined = keybound::join::join(&crate::cluster::params(&cluster, &ca, "t", signer))
+            .await
+            .unwrap_or_else(|e| panic!("{misbehaviour:?}: {e}"));
+        assert_eq!(joined.suite, Suite::Legacy);
+        assert!(
+            joined.identity.ssh_public_key.starts_with("ssh-rsa "),
+            "{misbehaviour:?}: {}",
+            joined.identity.ssh_public_key
+        );
+        assert_eq!(cluster.cluster.joins_completed(), 1, "{misbehaviour:?}");
+        assert_eq!(
+            cluster.cluster.bot_instances("robot"),
+            1,
+            "{misbehaviour:?}"
+        );
+    }
+}
