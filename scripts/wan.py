@@ -176,8 +176,14 @@ class DelayProxy:
                 alpn = client_hello_alpn(chunk)
                 entry[2] = ("TLS " + ",".join(alpn)) if alpn else ("TLS" if alpn == [] else "?")
             first = False
-            if entry[3] == self.generation:  # not a connection of an earlier run closing
-                self.events.append((now, cid, direction, len(chunk)))
+            if entry[3] != self.generation:
+                # A connection opened before this run (the agent's kept connection to Auth, or
+                # one of the run before closing): counted in this run's record from now on.
+                entry[0], entry[1], entry[2], entry[3] = (
+                    len(self.connections) + 1, now, entry[2] + ", opened before this run",
+                    self.generation)
+                self.connections.append(entry)
+            self.events.append((now, entry[0], direction, len(chunk)))
             await queue.put((due, chunk))
         await sender
         try:

@@ -526,6 +526,8 @@ async fn rejoin_or_fall_back(
         unknown.why
     );
     r.fell_back = true;
+    // What was looked up beside the rejoin was read with an identity the cluster disowns.
+    r.prefetched = None;
     // `params.cluster` is still the identity's: only that cluster may challenge the key, so a
     // cluster of another name cannot get it signed by posing as a rebuilt one.
     join_with_static_key(&params, configured).await
