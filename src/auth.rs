@@ -79,6 +79,15 @@ pub enum AuthRoute {
     Direct(HostPort),
 }
 
+impl AuthRoute {
+    /// The address keybound dials.
+    pub fn addr(&self) -> &HostPort {
+        match self {
+            Self::Proxy(a) | Self::Direct(a) => a,
+        }
+    }
+}
+
 impl fmt::Display for AuthRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -150,6 +159,16 @@ impl fmt::Debug for AuthClient {
 impl AuthClient {
     /// Opens mutual TLS to Auth over `route` with `identity`'s certificate.
     pub async fn connect(route: &AuthRoute, identity: &Identity) -> Result<Self, ConnectError> {
+        Self::connect_over(route, identity, None).await
+    }
+
+    /// [`AuthClient::connect`], over the TCP connection `ahead` opened to
+    /// [`AuthRoute::addr`] when it is usable (else a fresh one).
+    pub async fn connect_over(
+        route: &AuthRoute,
+        identity: &Identity,
+        ahead: Option<transport::Preconnect>,
+    ) -> Result<Self, ConnectError> {
         let encoded = encoded_cluster_name(identity.info.cluster_name.as_str());
         // A cluster name over 31 bytes makes a label longer than DNS allows, which rustls
         // will not send; Auth then trusts every CA it has, as for a bare API domain.
@@ -169,7 +188,7 @@ impl AuthClient {
         let tls = tls_config(identity, alpn).map_err(|e| {
             ConnectError::Identity(format!("the bot identity cannot be used for TLS: {e:#}"))
         })?;
-        let channel = transport::connect_with(
+        let channel = transport::connect_over(
             addr,
             tls,
             Dial {
@@ -177,6 +196,7 @@ impl AuthClient {
                 accept: &[b"h2"],
                 expected: "h2; is this a Teleport proxy or Auth Service?",
             },
+            ahead,
         )
         .await
         .map_err(|e| connect_error(route, &e))?;

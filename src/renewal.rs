@@ -24,8 +24,9 @@ use crate::config::KeyMode;
 use crate::identity::Identity;
 use crate::join::{self, JoinError, JoinParams};
 use crate::output;
-use crate::storage::{self, Held, HeldState};
+use crate::storage::{self, Held, HeldState, KeptAuth};
 use crate::tls::Trust;
+use crate::transport::Preconnect;
 use crate::untrusted;
 use crate::values::{Destination, HostPort};
 use crate::{ExitKind, Failure};
@@ -281,18 +282,43 @@ pub async fn cycle_reporting<R: Report + ?Sized>(
     let mut state = held.lock().await;
     if let Some((identity, suite)) = outputs_to_retry(p, &state) {
         info!("retrying the identity outputs with the identity renewed at the last attempt");
-        let written = write_outputs(p, &identity, suite, report, &mut state).await?;
+        let written = write_outputs(
+            p,
+            &identity,
+            suite,
+            report,
+            &mut state,
+            Connection::default(),
+        )
+        .await?;
         state.outputs_written = true;
         return Ok(Cycle {
             joined: None,
             written,
         });
     }
-    let renewed = renew_identity(p, &mut state).await;
+    // The outputs' connection to Auth can only present the new identity once the join has
+    // returned it, but its TCP handshake needs no identity: it goes now, and its round trip
+    // overlaps the join's.
+    let ahead = (!output::written(&p.config.outputs).is_empty())
+        .then(|| Preconnect::start(p.auth_route.addr()));
+    let mut prefetched = None;
+    let renewed = renew_identity(p, &mut state, &mut prefetched).await;
     report.identity(renewed.as_ref().map(|_| ()));
     let (joined, stored) = renewed?;
     let mut written: Vec<String> = stored.into_iter().collect();
-    written.extend(write_outputs(p, &joined.identity, joined.suite, report, &mut state).await?);
+    let connection = Connection { ahead, prefetched };
+    written.extend(
+        write_outputs(
+            p,
+            &joined.identity,
+            joined.suite,
+            report,
+            &mut state,
+            connection,
+        )
+        .await?,
+    );
     state.outputs_written = true;
     Ok(Cycle {
         joined: Some(joined),
@@ -321,9 +347,10 @@ fn outputs_to_retry(p: &Prepared, state: &HeldState) -> Option<(Identity, Suite)
 async fn renew_identity(
     p: &Prepared,
     state: &mut HeldState,
+    prefetched: &mut Option<Prefetch>,
 ) -> Result<(join::Joined, Option<String>), Failure> {
     let token = p.token()?;
-    let joined = join_or_rejoin(p, state, &token).await?;
+    let joined = join_or_rejoin(p, state, &token, prefetched).await?;
     let stored = store(p, &joined.identity, &token)?;
     Ok((joined, stored))
 }
@@ -343,8 +370,16 @@ async fn join_or_rejoin(
     p: &Prepared,
     state: &mut HeldState,
     token: &str,
+    prefetched: &mut Option<Prefetch>,
 ) -> Result<join::Joined, Failure> {
     let current = state.identity.clone();
+    // The agent's connection with the current identity, kept from the last renewal.
+    let kept = state.auth.take().filter(|kept| {
+        current
+            .as_ref()
+            .is_some_and(|i| i.tls_cert_pem == kept.cert_pem)
+    });
+    let outputs = output::written(&p.config.outputs);
     let rejoining = current
         .as_ref()
         .is_some_and(|i| i.info.not_after > SystemTime::now());
@@ -361,9 +396,13 @@ async fn join_or_rejoin(
         unknown: state.unknown_to_cluster,
         fallback_allowed: !state.after_fallback,
         fell_back: false,
+        kept: kept.map(|k| k.client),
+        needs: (!outputs.is_empty()).then(|| output::needs(&outputs)),
+        prefetched: None,
     };
     let result = renew(p, &mut renewing).await;
     let fell_back = renewing.fell_back;
+    *prefetched = renewing.prefetched.take();
     match result {
         Ok(joined) => {
             state.identity = Some(joined.identity.clone());
@@ -419,23 +458,40 @@ async fn write_outputs<R: Report + ?Sized>(
     suite: Suite,
     report: &R,
     state: &mut HeldState,
+    connection: Connection,
 ) -> Result<Vec<String>, Failure> {
     let outputs = output::written(&p.config.outputs);
     if outputs.is_empty() {
         return Ok(Vec::new());
     }
-    let results = match connect_to_auth(p, bot).await {
+    let results = match connect_to_auth(p, bot, connection.ahead).await {
         Ok(auth) => {
             state.after_fallback = false;
-            output::write_outputs(
-                &outputs,
-                &auth,
-                &p.auth_route,
-                bot,
-                suite,
-                p.config.credential_ttl,
-            )
-            .await
+            // The agent keeps the connection for the next renewal's rejoin, as tbot keeps its
+            // bot client until the identity is renewed (`lib/tbot/client/builder.go`).
+            state.auth = Some(KeptAuth {
+                cert_pem: bot.tls_cert_pem.clone(),
+                client: auth.clone(),
+            });
+            let shared = match connection.prefetched {
+                Some(prefetched) => prefetched.take().await,
+                None => Ok(None),
+            };
+            match shared {
+                Ok(shared) => {
+                    output::write_outputs_sharing(
+                        &outputs,
+                        &auth,
+                        &p.auth_route,
+                        bot,
+                        suite,
+                        p.config.credential_ttl,
+                        shared,
+                    )
+                    .await
+                }
+                Err(failure) => Err(failure),
+            }
         }
         Err(failure) => Err(failure),
     };
@@ -455,11 +511,62 @@ async fn write_outputs<R: Report + ?Sized>(
     }
 }
 
-/// The bot's authenticated connection to Auth, each RPC on it bounded by `p.rpc_timeout`.
-async fn connect_to_auth(p: &Prepared, identity: &Identity) -> Result<AuthClient, Failure> {
-    Ok(AuthClient::connect(&p.auth_route, identity)
+/// The bot's authenticated connection to Auth, each RPC on it bounded by `p.rpc_timeout`; over
+/// the TCP connection opened `ahead` when there is one.
+async fn connect_to_auth(
+    p: &Prepared,
+    identity: &Identity,
+    ahead: Option<Preconnect>,
+) -> Result<AuthClient, Failure> {
+    Ok(AuthClient::connect_over(&p.auth_route, identity, ahead)
         .await?
         .with_deadline(p.rpc_timeout))
+}
+
+/// How the outputs' connection to Auth starts: over a TCP connection opened ahead, with the
+/// shared facts already asked for on the rejoin's connection.
+#[derive(Default)]
+struct Connection {
+    ahead: Option<Preconnect>,
+    prefetched: Option<Prefetch>,
+}
+
+/// The shared facts of a renewal's outputs ([`output::Shared`]), asked for on the rejoin's
+/// connection while the rejoin runs: the identity being renewed reads them as the new one would
+/// (the same bot and role, the same cluster), and the outputs' own connection then has only
+/// their certificates to ask for. A lookup the cluster refused is asked again there, so that a
+/// refusal reads as it does without this; one that was not answered in time fails the outputs
+/// as it would have there.
+pub(crate) struct Prefetch(tokio::task::JoinHandle<Result<output::Shared, Failure>>);
+
+impl Prefetch {
+    fn start(auth: &AuthClient, route: &AuthRoute, bot: &Identity, needs: output::Needs) -> Self {
+        let (auth, route, bot) = (auth.clone(), route.clone(), bot.clone());
+        Self(tokio::spawn(async move {
+            output::Shared::fetch(&auth, &route, &bot, needs).await
+        }))
+    }
+
+    /// The shared facts; `None` to ask again with the new identity (after a refusal); the
+    /// failure itself when the cluster did not answer in time or could not be reached, which
+    /// asking again would only repeat, doubling the wait.
+    async fn take(mut self) -> Result<Option<output::Shared>, Failure> {
+        match (&mut self.0).await {
+            Ok(Ok(shared)) => Ok(Some(shared)),
+            Ok(Err(failure)) if failure.kind == ExitKind::Unreachable => Err(failure),
+            Ok(Err(failure)) => {
+                debug!(error = %one_line(&format!("{:#}", failure.error)), "the lookups made during the rejoin failed; asking again with the new identity");
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What one renewal works with, and what it did.
@@ -476,6 +583,12 @@ struct Renewing<'a> {
     fallback_allowed: bool,
     /// Set when the cluster did not know `current` and the static key joined instead.
     fell_back: bool,
+    /// A connection with `current`, kept by the agent from the last renewal.
+    kept: Option<AuthClient>,
+    /// What the outputs share, when there are outputs: asked for during a rejoin.
+    needs: Option<output::Needs>,
+    /// Those lookups, in flight.
+    prefetched: Option<Prefetch>,
 }
 
 /// Renews the bot identity, as tbot's identity service does (`renewIdentity`,
@@ -555,7 +668,7 @@ async fn rejoin_or_fall_back(
 ) -> Result<join::Joined, (Failure, bool)> {
     let configured = &p.config.onboarding.token;
     debug!(route = %p.auth_route, generation = identity.info.generation.unwrap_or(0), "rejoining with the current identity");
-    let unknown = match rejoin(p, identity, &params, configured).await {
+    let unknown = match rejoin(p, identity, &params, configured, r).await {
         Ok(joined) => return Ok(joined),
         Err(Rejoined::Unknown(unknown)) if r.fallback_allowed => unknown,
         Err(Rejoined::Unknown(unknown)) => return Err((unknown.failure, false)),
@@ -569,6 +682,8 @@ async fn rejoin_or_fall_back(
         key_phrase(p)
     );
     r.fell_back = true;
+    // What was looked up beside the rejoin was read with an identity the cluster disowns.
+    r.prefetched = None;
     // `params.cluster` is still the identity's: only that cluster may challenge the key, so a
     // cluster of another name cannot get it signed by posing as a rebuilt one.
     join_with_static_key(&params, configured).await
@@ -599,7 +714,25 @@ async fn rejoin(
     identity: &Identity,
     params: &JoinParams,
     configured: &str,
+    r: &mut Renewing<'_>,
 ) -> Result<join::Joined, Rejoined> {
+    if let Some(kept) = r.kept.take() {
+        let prefetched = r
+            .needs
+            .map(|needs| Prefetch::start(&kept, &p.auth_route, identity, needs));
+        match join::rejoin(params, &kept).await {
+            // The kept connection closed (Auth restarted, or dropped it while idle) before the
+            // challenge was answered: once more on a new one, which also tells a cluster that
+            // no longer knows the identity from one that went away.
+            Err(e) if !e.in_doubt && matches!(e.error, JoinError::Unreachable(_)) => {
+                debug!(error = %e.error, "the kept connection to Auth failed; rejoining on a new one");
+            }
+            result => {
+                r.prefetched = prefetched;
+                return rejoined(result, identity, configured);
+            }
+        }
+    }
     let auth = match AuthClient::connect(&p.auth_route, identity).await {
         Ok(auth) => auth.with_deadline(p.rpc_timeout),
         Err(e @ ConnectError::UnknownAuthority(_)) => {
@@ -611,7 +744,19 @@ async fn rejoin(
         }
         Err(e) => return Err(Rejoined::Failed(Failure::from(e), false)),
     };
-    let mut joined = match join::rejoin(params, &auth).await {
+    r.prefetched = r
+        .needs
+        .map(|needs| Prefetch::start(&auth, &p.auth_route, identity, needs));
+    rejoined(join::rejoin(params, &auth).await, identity, configured)
+}
+
+/// How a rejoin's result reads (see [`rejoin`]).
+fn rejoined(
+    result: Result<join::Joined, join::RejoinError>,
+    identity: &Identity,
+    configured: &str,
+) -> Result<join::Joined, Rejoined> {
+    let mut joined = match result {
         Ok(joined) => joined,
         Err(e) if e.error.identity_unknown() => {
             return Err(Rejoined::Unknown(Unknown {

@@ -44,6 +44,13 @@ pub struct Held {
     _lock: Option<std::fs::File>,
 }
 
+/// A connection to Auth with the held identity, kept between the agent's renewals.
+pub(crate) struct KeptAuth {
+    /// The certificate it presents.
+    pub(crate) cert_pem: String,
+    pub(crate) client: crate::auth::AuthClient,
+}
+
 #[derive(Default)]
 pub(crate) struct HeldState {
     pub(crate) identity: Option<Identity>,
@@ -55,6 +62,8 @@ pub(crate) struct HeldState {
     /// The identity came from a join with the static key made because the cluster did not know
     /// the one before, and has not reached Auth since (a rejoin, or the outputs' connection).
     pub(crate) after_fallback: bool,
+    /// The last connection to Auth made with `identity`, which the agent's next rejoin reuses.
+    pub(crate) auth: Option<KeptAuth>,
     /// The cluster said it does not know the identity, and the join with the static key that
     /// followed failed: it is no longer used to rejoin.
     pub(crate) unknown_to_cluster: bool,

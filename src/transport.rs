@@ -77,10 +77,88 @@ pub async fn connect_with(
     tls: Arc<ClientConfig>,
     dial: Dial,
 ) -> Result<Channel, tonic::transport::Error> {
+    connect_over(addr, tls, dial, None).await
+}
+
+/// How long a TCP connection opened ahead ([`Preconnect`]) may wait for its TLS handshake
+/// before keybound dials afresh instead: below the five seconds Teleport's ALPN router gave the
+/// ClientHello in older releases (`defaults.HandshakeReadDeadline`, `lib/defaults/defaults.go`,
+/// 15 s today; `readHelloMessageWithoutTLSTermination` in `lib/srv/alpnproxy/proxy.go` closes
+/// a connection whose hello comes later).
+pub const PRECONNECT_MAX_IDLE: Duration = Duration::from_secs(4);
+
+/// A TCP connection opened ahead of the TLS session that will use it, so that its handshake
+/// round trip overlaps other work (the join, while the outputs' connection to Auth waits for the
+/// identity it presents). Used at most once; a connection that failed, or waited longer than
+/// [`PRECONNECT_MAX_IDLE`], is dropped and a fresh one dialled, so opening ahead never fails
+/// where dialling then would not.
+pub struct Preconnect {
+    addr: HostPort,
+    opened: std::time::Instant,
+    task: tokio::task::JoinHandle<std::io::Result<TcpStream>>,
+}
+
+impl Preconnect {
+    /// Starts opening TCP to `addr`.
+    pub fn start(addr: &HostPort) -> Self {
+        let target = addr.clone();
+        Self {
+            addr: addr.clone(),
+            opened: std::time::Instant::now(),
+            task: tokio::spawn(async move {
+                tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    TcpStream::connect((target.host(), target.port())),
+                )
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            }),
+        }
+    }
+
+    /// The open connection to `addr`, if it is one, it opened, and it is fresh enough.
+    async fn take(mut self, addr: &HostPort) -> Option<TcpStream> {
+        if &self.addr != addr || self.opened.elapsed() > PRECONNECT_MAX_IDLE {
+            return None;
+        }
+        match (&mut self.task).await {
+            Ok(Ok(tcp)) if self.opened.elapsed() <= PRECONNECT_MAX_IDLE => Some(tcp),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Preconnect {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// [`connect_with`], over the TCP connection `ahead` opened when it is usable.
+pub async fn connect_over(
+    addr: &HostPort,
+    tls: Arc<ClientConfig>,
+    dial: Dial,
+    ahead: Option<Preconnect>,
+) -> Result<Channel, tonic::transport::Error> {
     let addr = addr.clone();
+    // The channel calls its connector again when its connection has closed. It does not get
+    // another: a connection is one TLS session, and whoever holds it (the agent keeps its
+    // connection to Auth between renewals) opens a new one, with the identity and trust of the
+    // moment, when it fails.
+    let first = Arc::new(std::sync::Mutex::new(Some(ahead)));
     let connector = tower::service_fn(move |_: Uri| {
         let (addr, tls, dial) = (addr.clone(), tls.clone(), dial.clone());
-        async move { tls_stream(&addr, tls, &dial).await.map(TokioIo::new) }
+        let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        async move {
+            let Some(ahead) = first else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("the connection to {addr} closed"),
+                ));
+            };
+            tls_stream(&addr, tls, &dial, ahead).await.map(TokioIo::new)
+        }
     });
     // The URI only feeds the :authority header; the connector above chooses where to dial.
     Endpoint::from_static("http://teleport.cluster.local")
@@ -93,9 +171,34 @@ async fn tls_stream(
     addr: &HostPort,
     tls: Arc<ClientConfig>,
     dial: &Dial,
+    ahead: Option<Preconnect>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use std::io::ErrorKind;
+    let ahead = match ahead {
+        Some(ahead) => ahead.take(addr).await,
+        None => None,
+    };
+    let Some(tcp) = ahead else {
+        return tls_handshake(addr, tls, dial, tcp_dial(addr).await?).await;
+    };
+    match tls_handshake(addr, tls.clone(), dial, tcp).await {
+        // The server closed the connection opened ahead before its hello came (it waited
+        // too long, or the server restarted): once more on a fresh one, as without it.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+            ) =>
+        {
+            tls_handshake(addr, tls, dial, tcp_dial(addr).await?).await
+        }
+        other => other,
+    }
+}
+
+async fn tcp_dial(addr: &HostPort) -> std::io::Result<TcpStream> {
     use std::io::{Error, ErrorKind};
-    let tcp = tokio::time::timeout(
+    tokio::time::timeout(
         CONNECT_TIMEOUT,
         TcpStream::connect((addr.host(), addr.port())),
     )
@@ -105,7 +208,16 @@ async fn tls_stream(
             ErrorKind::TimedOut,
             format!("connecting to {addr} timed out"),
         )
-    })??;
+    })?
+}
+
+async fn tls_handshake(
+    addr: &HostPort,
+    tls: Arc<ClientConfig>,
+    dial: &Dial,
+    tcp: TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use std::io::{Error, ErrorKind};
     tcp.set_nodelay(true)?;
     let name = match &dial.server_name {
         Some(name) => name.clone(),

@@ -72,7 +72,7 @@ misbehaviours! {
     /// of sending them: a result lost on the way.
     DropResult = "drop-result",
     /// Send `ServerInit` only once `BoundKeypairInit` has arrived: only a client that sends
-    /// both before waiting (as keybound's authenticated rejoin does) gets through; any other
+    /// both before waiting (as keybound's joins and rejoins do) gets through; any other
     /// waits until its timeout. Teleport does not do this; it shows that a client pipelines.
     HoldServerInit = "hold-server-init",
     /// The certificates `GenerateUserCerts` issues (an identity output's) name the cluster
@@ -94,6 +94,12 @@ misbehaviours! {
     /// accepted and left hanging until the client gives up); every other call is answered. An
     /// output impersonating that role stalls while the others go on.
     StallUserCerts = "stall-user-certs",
+    /// Refuse `GetCertAuthorities` for the user CA (PERMISSION_DENIED, as Teleport refuses a
+    /// caller whose role may not read CAs); every other call is answered.
+    RefuseUserCaLookup = "refuse-user-ca-lookup",
+    /// Never answer `GetCertAuthorities` for the database CA (the call is accepted and left
+    /// hanging until the client gives up); every other call is answered.
+    StallDbCaLookup = "stall-db-ca-lookup",
 }
 
 impl std::str::FromStr for Misbehaviour {
@@ -182,7 +188,9 @@ pub(crate) fn challenge_to_send(
         | Misbehaviour::HostileProxyAddr
         | Misbehaviour::HostileCertComment
         | Misbehaviour::HostileStatus
-        | Misbehaviour::StallUserCerts => return (public_key.to_owned(), document.to_owned()),
+        | Misbehaviour::StallUserCerts
+        | Misbehaviour::RefuseUserCaLookup
+        | Misbehaviour::StallDbCaLookup => return (public_key.to_owned(), document.to_owned()),
     }
     (
         public_key.to_owned(),

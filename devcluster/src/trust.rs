@@ -40,6 +40,18 @@ impl trust::trust_service_server::TrustService for TrustApi {
         self.0.caller(&request)?;
         let req = request.into_inner();
         no_keys(req.include_key)?;
+        match self.0.misbehaviour() {
+            Some(Misbehaviour::RefuseUserCaLookup) if req.r#type == "user" => {
+                return Err(Status::permission_denied(
+                    "access denied to perform action \"readnosecrets\" on \"cert_authority\"",
+                ));
+            }
+            Some(Misbehaviour::StallDbCaLookup) if req.r#type == "db" => {
+                tracing::warn!("misbehaving: GetCertAuthorities(db) will never answer");
+                return std::future::pending().await;
+            }
+            _ => {}
+        }
         Ok(Response::new(trust::GetCertAuthoritiesResponse {
             cert_authorities_v2: vec![ca_proto(&self.0, &req.r#type)?],
         }))

@@ -3,7 +3,9 @@
 //! 1. Open TLS to the Proxy with ALPN `teleport-proxy-grpc` ([`crate::transport`]) and start the
 //!    bidirectional stream `/teleport.join.v1.JoinService/Join`.
 //! 2. Send `ClientInit{join_method: "bound_keypair", token_name, system_role: "Bot"}`.
-//! 3. Receive `ServerInit`, which names the cluster's signature algorithm suite. If instead the
+//! 3. Receive `ServerInit`, which names the cluster's signature algorithm suite (keybound sends
+//!    step 4's message right behind `ClientInit`, for the key type it expects, and starts again
+//!    with the right one when the suite calls for another: `v1::join_new`). If instead the
 //!    call fails with UNIMPLEMENTED, or the first response fails for a connection-level reason
 //!    (any code but PERMISSION_DENIED or INVALID_ARGUMENT), fall back to the legacy RPC
 //!    `/proto.JoinService/RegisterUsingBoundKeypairMethod`, learning the suite from
@@ -48,6 +50,10 @@ use crate::tls::client_config;
 use crate::{transport, webapi};
 use keybound_teleport::suite::Suite;
 
+/// The suite a first join makes its subject key for before the cluster names its own: P-256,
+/// the key type of `balanced-v1` (Teleport's default), `fips-v1` and `hsm-v1`.
+const FIRST_GUESS: Suite = Suite::BalancedV1;
+
 /// Joins the cluster once.
 pub async fn join(params: &JoinParams) -> Result<Joined, JoinError> {
     let result = match tokio::time::timeout(params.timeout, join_inner(params)).await {
@@ -72,7 +78,9 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
     }
     .map_err(|e| unreachable_error(&params.proxy, &e))?;
     let answered = AtomicBool::new(false);
-    match join_new(channel.clone(), params, None, &answered).await {
+    // `BoundKeypairInit` goes with `ClientInit`, for the key type of every suite but `legacy`
+    // (P-256); a `legacy` cluster costs the round trip back (see `join_new`).
+    match join_new(channel.clone(), params, Some(FIRST_GUESS), &answered).await {
         Ok(joined) => Ok(joined),
         Err(Attempt::Final(error)) => Err(error),
         Err(Attempt::Fallback(reason)) => {

@@ -9,7 +9,7 @@ use keybound_proto::teleport::join::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::error::{JoinError, closed_reason, code_name, status_error};
 use super::exchange::generate_subject;
@@ -57,15 +57,32 @@ impl From<JoinError> for Attempt {
 
 /// `JoinService.Join`. With `pipelined`, the subject key is made for that suite before the
 /// stream opens and `BoundKeypairInit` goes out right behind `ClientInit`, saving a round trip:
-/// Teleport's server reads it after sending `ServerInit` whenever it arrives, and does not check
-/// the subject key against the suite (docs/teleport-source-notes.md, Q5 and Q10).
+/// Teleport's server reads it after sending `ServerInit` whenever it arrives
+/// (`lib/join/server.go`, docs/teleport-source-notes.md Q5). It would not refuse a key of
+/// another type either (Q10), but keybound makes the key the cluster's suite asks for, as tbot
+/// does: when `ServerInit` names a suite that calls for another key type, the stream is dropped
+/// before any challenge is answered and a second one sends the right key, still pipelined.
 pub(super) async fn join_new(
     channel: tonic::transport::Channel,
     params: &JoinParams,
     pipelined: Option<Suite>,
     answered: &AtomicBool,
 ) -> Result<Joined, Attempt> {
-    let mut stream = Stream::open(channel, params, pipelined).await?;
+    let mut stream = match Stream::open(channel.clone(), params, pipelined).await? {
+        Opened::Ready(stream) => stream,
+        Opened::OtherSuite(suite) => {
+            info!(%suite, subject_key = SubjectKey::kind_for(suite), "the cluster's suite calls for another subject key type; joining again with one");
+            match Stream::open(channel, params, Some(suite)).await? {
+                Opened::Ready(stream) => stream,
+                Opened::OtherSuite(again) => {
+                    return Err(JoinError::Refused(format!(
+                        "the cluster named the suite {suite}, then {again}, in two joins in a row"
+                    ))
+                    .into());
+                }
+            }
+        }
+    };
     loop {
         let message = stream.next().await?;
         match exchange::decide(params, answered, message).await {
@@ -78,6 +95,15 @@ pub(super) async fn join_new(
             }
         }
     }
+}
+
+/// What opening a stream gave.
+enum Opened {
+    /// The stream, past `ServerInit` and `BoundKeypairInit`.
+    Ready(Box<Stream>),
+    /// `BoundKeypairInit` went out with a key of another type than this suite's: the stream is
+    /// dropped, unanswered.
+    OtherSuite(Suite),
 }
 
 /// An open `JoinService.Join` stream, past `ServerInit` and `BoundKeypairInit`.
@@ -97,7 +123,7 @@ impl Stream {
         channel: tonic::transport::Channel,
         params: &JoinParams,
         pipelined: Option<Suite>,
-    ) -> Result<Self, Attempt> {
+    ) -> Result<Opened, Attempt> {
         let (tx, rx) = mpsc::channel::<v1::JoinRequest>(4);
         let outbound = Outbound(std::sync::Mutex::new(Some(tx)));
         let early = match pipelined {
@@ -124,10 +150,10 @@ impl Stream {
             .into_inner();
         let suite = server_init(&mut inbound).await?;
         let subject = match early {
+            Some(subject) if subject.kind != SubjectKey::kind_for(suite) => {
+                return Ok(Opened::OtherSuite(suite));
+            }
             Some(subject) => {
-                if subject.kind != SubjectKey::kind_for(suite) {
-                    warn!(%suite, subject_key = subject.kind, "the cluster's suite changed since the last join; this join keeps the old key type, the next one follows the suite");
-                }
                 info!(%suite, subject_key = subject.kind, "joining with JoinService.Join (BoundKeypairInit sent with ClientInit)");
                 subject
             }
@@ -140,12 +166,12 @@ impl Stream {
                 subject
             }
         };
-        Ok(Self {
+        Ok(Opened::Ready(Box::new(Self {
             outbound,
             inbound,
             subject,
             suite,
-        })
+        })))
     }
 
     /// The cluster's next message; the end of the stream or a status is an error.

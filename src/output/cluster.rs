@@ -127,53 +127,69 @@ impl Shared {
                 auth::status_failure(&format!("{what} for the identity outputs"), &s, "")
             }
         };
-        let host = auth
-            .cert_authorities("host")
-            .await
-            .map_err(rpc("reading the host CAs"))?;
-        let user = auth
-            .cert_authorities("user")
-            .await
-            .map_err(rpc("reading the user CAs"))?;
-        let db = auth
-            .cert_authorities("db")
-            .await
-            .map_err(rpc("reading the database CAs"))?;
+        // The lookups do not depend on each other: they go out together, as concurrent
+        // streams of the one HTTP/2 connection (Teleport's gRPC servers allow 1000 at once,
+        // `defaults.GRPCMaxConcurrentStreams`), so they cost one round trip rather than one
+        // each. The first to fail ends the others, and says which lookup failed.
+        let role = async {
+            if !needs.default_roles {
+                return Ok(Vec::new());
+            }
+            let role = auth
+                .get_role(&bot.info.username)
+                .await
+                .map_err(rpc("reading the bot's role"))?;
+            Ok(role
+                .spec
+                .and_then(|s| s.allow)
+                .and_then(|a| a.impersonate)
+                .map(|i| i.roles)
+                .unwrap_or_default())
+        };
+        let proxy = async {
+            match route {
+                AuthRoute::Proxy(proxy) => Ok(Some(proxy.clone())),
+                AuthRoute::Direct(_) => {
+                    let ping = auth
+                        .ping()
+                        .await
+                        .map_err(rpc("asking Auth for the proxy"))?;
+                    proxy_of_ping(&ping.proxy_public_addr)
+                }
+            }
+        };
+        let (host, user, db, cluster_ca, default_roles, proxy) = tokio::try_join!(
+            async {
+                auth.cert_authorities("host")
+                    .await
+                    .map_err(rpc("reading the host CAs"))
+            },
+            async {
+                auth.cert_authorities("user")
+                    .await
+                    .map_err(rpc("reading the user CAs"))
+            },
+            async {
+                auth.cert_authorities("db")
+                    .await
+                    .map_err(rpc("reading the database CAs"))
+            },
+            async {
+                auth.cluster_ca_cert()
+                    .await
+                    .map_err(rpc("reading the cluster's host CA"))
+            },
+            role,
+            proxy,
+        )?;
         let cas = ClusterCas::from_authorities(&host, &user, &db).map_err(|e| {
             Failure::new(
                 ExitKind::Rejected,
                 e.context("the cluster's CAs for the identity outputs are unusable"),
             )
         })?;
-        let cluster_ca = auth
-            .cluster_ca_cert()
-            .await
-            .map_err(rpc("reading the cluster's host CA"))?;
         let host_ca_pems = keybound_teleport::pem::split_pem_certs(&cluster_ca)
             .map_err(|e| Failure::new(ExitKind::Rejected, e))?;
-        let default_roles = if needs.default_roles {
-            let role = auth
-                .get_role(&bot.info.username)
-                .await
-                .map_err(rpc("reading the bot's role"))?;
-            role.spec
-                .and_then(|s| s.allow)
-                .and_then(|a| a.impersonate)
-                .map(|i| i.roles)
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let proxy = match route {
-            AuthRoute::Proxy(proxy) => Some(proxy.clone()),
-            AuthRoute::Direct(_) => {
-                let ping = auth
-                    .ping()
-                    .await
-                    .map_err(rpc("asking Auth for the proxy"))?;
-                proxy_of_ping(&ping.proxy_public_addr)?
-            }
-        };
         Ok(Self {
             cas,
             host_ca_pems,

@@ -8,8 +8,9 @@
 //! new file and one line in that table.
 //!
 //! [`write_outputs`] runs them for one renewal: what the outputs share from Auth is fetched once
-//! ([`Shared`]), then each output issues, renders and writes on its own, so that one failing
-//! output leaves the others written and its own previous files as they were. Every file of a
+//! ([`Shared`], its lookups at once), then every output issues, renders and writes on its own,
+//! all of them at once on the one connection, so that one failing output leaves the others
+//! written and its own previous files as they were. Every file of a
 //! destination is staged before any is renamed into place ([`fsutil::write_all`]).
 
 pub mod application;
@@ -56,8 +57,8 @@ pub fn written(outputs: &[OutputConfig]) -> Vec<&OutputConfig> {
         .collect()
 }
 
-/// Writes `outputs` (see [`written`]) for `bot`: the shared facts first, then each output on
-/// its own, so that one output's failure does not stop the others. Each output's result, in
+/// Writes `outputs` (see [`written`]) for `bot`: the shared facts first, then every output at
+/// once, each on its own, so that one output's failure does not stop the others. Each output's result, in
 /// order: its summary line, or why it failed ([`combine`] puts them together); `Err` when the
 /// shared facts could not be had, and no output was written.
 pub async fn write_outputs(
@@ -68,10 +69,31 @@ pub async fn write_outputs(
     suite: Suite,
     credential_ttl: Duration,
 ) -> Result<Vec<Result<String, Failure>>, Failure> {
-    let needs = outputs
+    write_outputs_sharing(outputs, auth, route, bot, suite, credential_ttl, None).await
+}
+
+/// What `outputs` use, together, of what outputs share.
+pub fn needs(outputs: &[&OutputConfig]) -> Needs {
+    outputs
         .iter()
-        .fold(Needs::default(), |n, o| n.union(o.needs()));
-    let shared = Shared::fetch(auth, route, bot, needs).await?;
+        .fold(Needs::default(), |n, o| n.union(o.needs()))
+}
+
+/// [`write_outputs`], with the shared facts already fetched (for [`needs`]`(outputs)`) when
+/// `shared` holds them.
+pub async fn write_outputs_sharing(
+    outputs: &[&OutputConfig],
+    auth: &AuthClient,
+    route: &AuthRoute,
+    bot: &Identity,
+    suite: Suite,
+    credential_ttl: Duration,
+    shared: Option<Shared>,
+) -> Result<Vec<Result<String, Failure>>, Failure> {
+    let shared = match shared {
+        Some(shared) => shared,
+        None => Shared::fetch(auth, route, bot, needs(outputs)).await?,
+    };
     let cx = Issue {
         auth,
         bot,
@@ -79,11 +101,10 @@ pub async fn write_outputs(
         credential_ttl,
         shared: &shared,
     };
-    let mut results = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        results.push(output.write(&cx).await);
-    }
-    Ok(results)
+    // Every output at once, on the one connection: their calls do not depend on each other, so
+    // N outputs cost the round trips of one. Each still fails alone, and the results keep the
+    // outputs' order.
+    Ok(futures_util::future::join_all(outputs.iter().map(|output| output.write(&cx))).await)
 }
 
 /// The results of [`write_outputs`] together: every summary line, or every failure reported

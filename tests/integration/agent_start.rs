@@ -180,9 +180,18 @@ async fn a_rebuilt_cluster_is_joined_with_the_static_key_at_once() {
     blocking(move || wait_for("readiness", Duration::from_secs(15), || ready(port))).await;
     let stored = std::fs::read(rig.dir.path().join("storage/tlscert")).unwrap();
 
+    let renewals = agent.renewals();
     rig.rebuild("t").await;
     agent.signal("USR1");
     joined_and_ready(&rig, port).await;
+    // The whole renewal, outputs included, before the cluster goes again (its connections go
+    // with it).
+    blocking(move || {
+        wait_for("the renewal", Duration::from_secs(15), || {
+            crate::agent_support::metric(port, "keybound_renewals_total") > renewals
+        })
+    })
+    .await;
     assert_eq!(rig.cluster().cluster.bot_instances("robot"), 1);
     let logs = agent.logs();
     assert!(

@@ -161,18 +161,20 @@ pub(crate) async fn with_a_stalling_output(
     dir: &Path,
     top: &str,
 ) -> (DevCluster, std::path::PathBuf) {
+    with_stalling_outputs(dir, top, &[("fine", "[access]"), ("slow", "[stalled]")]).await
+}
+
+/// [`with_a_stalling_output`] with the outputs `outputs` (see [`outputs_yaml`]).
+pub(crate) async fn with_stalling_outputs(
+    dir: &Path,
+    top: &str,
+    outputs: &[(&str, &str)],
+) -> (DevCluster, std::path::PathBuf) {
     let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
     let key = key_file(dir, &signer);
     let cluster = cluster_for(signer.public_key(), with_stalled_role).await;
     let ca = ca_file(&cluster, dir);
-    let cfg = outputs_yaml(
-        dir,
-        &cluster,
-        &ca,
-        &key,
-        top,
-        &[("fine", "[access]"), ("slow", "[stalled]")],
-    );
+    let cfg = outputs_yaml(dir, &cluster, &ca, &key, top, outputs);
     (cluster, cfg)
 }
 

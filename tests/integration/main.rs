@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod cluster_process;
 mod completions;
+mod concurrency;
 mod config;
 mod dev_cluster_admin;
 mod doctor;

@@ -49,10 +49,14 @@ pub(super) async fn serve_proxy_port(
     let local = listener
         .local_addr()
         .expect("a bound listener has an address");
+    // The connections end with the port's task: a stopped cluster serves nobody any more, as
+    // a Teleport process that is gone.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = accept(&listener).await;
+        while connections.try_join_next().is_some() {}
         let (endpoints, services, cluster) = (endpoints.clone(), services.clone(), cluster.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let routed =
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, route(tcp, &endpoints, &cluster)).await;
             let route = match routed {
@@ -154,10 +158,12 @@ pub(super) async fn serve_auth_port(
     services: Services,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = accept(&listener).await;
+        while connections.try_join_next().is_some() {}
         let (acceptor, services) = (acceptor.clone(), services.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
