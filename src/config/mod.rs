@@ -166,7 +166,9 @@ impl Config {
     /// outputs in one directory; and an output directory its `ssh_config` could not name
     /// ([`crate::output::check_ssh_config_dir`], through each output's `validate`). Paths are compared where they lead
     /// ([`resolve`]): `x/../storage` and a symbolic link to the storage directory are the storage
-    /// directory.
+    /// directory. Before those, an output's own lifetime against the run: outside `--oneshot`,
+    /// one shorter than its interval is refused, as tbot refuses it
+    /// ([`crate::output::lifetime::Lifetime::check`]).
     pub fn check_destinations(&self) -> Result<(), String> {
         let via = |path: &Path, resolved: &Path| {
             if path == resolved {
@@ -179,6 +181,11 @@ impl Config {
             Destination::Directory { path, .. } => Some((path, resolve(path))),
             Destination::Memory => None,
         };
+        for output in &self.outputs {
+            if let Some(lifetime) = output.lifetime() {
+                lifetime.check(self.oneshot)?;
+            }
+        }
         let mut seen: Vec<PathBuf> = Vec::new();
         for output in &self.outputs {
             let Destination::Directory { path, .. } = output.destination() else {
