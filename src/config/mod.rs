@@ -149,6 +149,16 @@ impl Config {
         warnings
     }
 
+    /// Checks each output's own lifetime against the run, once the flags are known (`--oneshot`):
+    /// outside `--oneshot`, one shorter than its interval is refused, as tbot refuses it
+    /// ([`crate::output::lifetime::Lifetime::check`]).
+    pub fn check_lifetimes(&self) -> Result<(), String> {
+        self.outputs
+            .iter()
+            .filter_map(|o| o.lifetime())
+            .try_for_each(|l| l.check(self.oneshot))
+    }
+
     /// How the cluster's TLS certificate is verified.
     pub fn trust(&self) -> Trust {
         if self.insecure {
@@ -166,9 +176,7 @@ impl Config {
     /// outputs in one directory; and an output directory its `ssh_config` could not name
     /// ([`crate::output::check_ssh_config_dir`], through each output's `validate`). Paths are compared where they lead
     /// ([`resolve`]): `x/../storage` and a symbolic link to the storage directory are the storage
-    /// directory. Before those, an output's own lifetime against the run: outside `--oneshot`,
-    /// one shorter than its interval is refused, as tbot refuses it
-    /// ([`crate::output::lifetime::Lifetime::check`]).
+    /// directory.
     pub fn check_destinations(&self) -> Result<(), String> {
         let via = |path: &Path, resolved: &Path| {
             if path == resolved {
@@ -181,11 +189,6 @@ impl Config {
             Destination::Directory { path, .. } => Some((path, resolve(path))),
             Destination::Memory => None,
         };
-        for output in &self.outputs {
-            if let Some(lifetime) = output.lifetime() {
-                lifetime.check(self.oneshot)?;
-            }
-        }
         let mut seen: Vec<PathBuf> = Vec::new();
         for output in &self.outputs {
             let Destination::Directory { path, .. } = output.destination() else {

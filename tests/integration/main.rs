@@ -25,6 +25,7 @@ mod hostile;
 mod hostile_server;
 mod hostile_text;
 mod interop;
+mod intervals;
 mod join;
 mod keypair;
 mod kube;
