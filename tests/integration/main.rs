@@ -2,6 +2,8 @@
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
 mod access;
+#[cfg(feature = "tpm")]
+mod access_tpm;
 mod agent;
 mod agent_health;
 mod agent_pins;
