@@ -395,6 +395,65 @@ mod tests {
         );
     }
 
+    /// Work due every `every` between renewals, recording when it ran.
+    struct Every {
+        every: Duration,
+        next: Mutex<tokio::time::Instant>,
+        ran: Mutex<Vec<f64>>,
+        start: tokio::time::Instant,
+    }
+
+    impl Between for Every {
+        fn next_due(&self) -> Option<tokio::time::Instant> {
+            Some(*self.next.lock().unwrap())
+        }
+        async fn run(&self) {
+            let now = tokio::time::Instant::now();
+            self.ran
+                .lock()
+                .unwrap()
+                .push((now - self.start).as_secs_f64());
+            *self.next.lock().unwrap() = now + self.every;
+        }
+        fn reload(&self) {
+            *self.next.lock().unwrap() = tokio::time::Instant::now();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outputs_due_between_renewals_run_between_them() {
+        let start = tokio::time::Instant::now();
+        let every = Every {
+            every: Duration::from_secs(500),
+            next: Mutex::new(start + Duration::from_secs(500)),
+            ran: Mutex::default(),
+            start,
+        };
+        let cycles = Arc::new(Mutex::new(Vec::new()));
+        let c = cycles.clone();
+        run_loop(
+            move || {
+                c.lock().unwrap().push(start.elapsed().as_secs_f64());
+                async {
+                    (
+                        Outcome::Renewed(SystemTime::now() + Duration::from_secs(3600)),
+                        String::new(),
+                    )
+                }
+            },
+            None,
+            Schedule::for_interval(Duration::from_secs(20 * 60)),
+            Status::new(),
+            Arc::new(Notify::new()),
+            &every,
+            tokio::time::sleep(Duration::from_secs(2500)),
+        )
+        .await;
+        // The renewals keep their interval; the work between runs on its own.
+        assert_eq!(*cycles.lock().unwrap(), [0.0, 1200.0, 2400.0]);
+        assert_eq!(*every.ran.lock().unwrap(), [500.0, 1000.0, 1500.0, 2000.0]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn transient_failures_back_off_then_recover() {
         let transient = || Outcome::Transient("unreachable".into());
