@@ -327,3 +327,29 @@ attestation_demo() {
   swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s
 }
 attestation_demo
+# Each output's own credential_ttl and renewal_interval (issue 16, item 6): the application
+# output asks for 10 minutes, the identity output keeps the bot's hour; openssl shows both ends.
+per_output_lifetimes() {
+  step "11. Per-output lifetimes: an application output with its own credential_ttl and renewal_interval"
+  sed '/^services:/,$d' "$dir/tbot.yaml" > "$dir/tbot-lifetimes.yaml"
+  cat >> "$dir/tbot-lifetimes.yaml" <<YAML
+services:
+  - type: application
+    app_name: echo
+    credential_ttl: 10m
+    renewal_interval: 5m
+    destination:
+      type: directory
+      path: $dir/out-app-10m
+  - type: identity
+    destination:
+      type: directory
+      path: $dir/out-identity-1h
+YAML
+  sed -n '/^services:/,$p' "$dir/tbot-lifetimes.yaml"
+  "$kb" start -c "$dir/tbot-lifetimes.yaml" --oneshot
+  date -u
+  openssl x509 -in "$dir/out-app-10m/tlscert" -noout -enddate
+  openssl x509 -in "$dir/out-identity-1h/tlscert" -noout -enddate
+}
+per_output_lifetimes

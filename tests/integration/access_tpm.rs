@@ -3,7 +3,6 @@
 //! identity is signed in the TPM, and the renewed certificate still reaches the app (`curl`). With
 //! the SoftHSM test in `access.rs`, every signer is shown with the access outputs.
 
-use std::process::Command;
 use std::time::Duration;
 
 use keybound_devcluster::apps::App;
@@ -12,7 +11,7 @@ use keybound_signer::PublicKey;
 use keybound_signer_tpm::testing::Swtpm;
 
 use crate::agent_support::{Agent, blocking, wait_for};
-use crate::support::{keybound, run_ok, tool};
+use crate::support::{keybound, run_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_renews_an_application_output_with_the_key_in_a_tpm() {
@@ -86,20 +85,7 @@ async fn the_agent_renews_an_application_output_with_the_key_in_a_tpm() {
         );
     })
     .await;
-    let port = cluster.addr.port();
-    let output = Command::new(tool("curl"))
-        .args(["-sS", "--max-time", "20", "--resolve"])
-        .arg(format!("echo.localhost:{port}:127.0.0.1"))
-        .arg("--cacert")
-        .arg(app_dir.join("teleport-host-ca.crt"))
-        .arg("--cert")
-        .arg(app_dir.join("tlscert"))
-        .arg("--key")
-        .arg(app_dir.join("key"))
-        .arg(format!("https://echo.localhost:{port}/"))
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&output.stdout);
+    let body = crate::access::curl_echo(cluster.addr.port(), &app_dir);
     assert!(body.contains("\"name\":\"echo\""), "{body}");
     let logs = agent.logs();
     assert!(logs.contains("wrote application output"), "{logs}");
