@@ -16,7 +16,7 @@ use super::cluster::Needs;
 use super::identity::{OutputContext, identity_files};
 use super::impersonate::{Impersonation, impersonate, impersonate_routed};
 use super::kind::{Described, Issue, Output};
-use super::lifetime::{Lifetime, MaxTtl};
+use super::lifetime::Lifetime;
 use super::routed::{Routed, connect_as, list_all, quoted};
 use crate::fsutil::Files;
 use crate::identity::Identity;
@@ -127,12 +127,7 @@ impl Output for ApplicationOutput {
         }
         check_roles(&raw.roles, at)?;
         Ok(Self {
-            lifetime: Lifetime::from_raw(
-                raw.credential_ttl,
-                raw.renewal_interval,
-                at,
-                MaxTtl::Teleport,
-            )?,
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             app_name,

@@ -12,7 +12,7 @@ use super::cluster::ClusterCas;
 use super::cluster::Needs;
 use super::impersonate::{Impersonation, impersonate, roles_for};
 use super::kind::{Described, Issue, Output};
-use super::lifetime::{Lifetime, MaxTtl};
+use super::lifetime::Lifetime;
 use super::ssh;
 use crate::Failure;
 use crate::fsutil::Files;
@@ -101,12 +101,7 @@ impl Output for IdentityOutput {
             ));
         }
         Ok(Self {
-            lifetime: Lifetime::from_raw(
-                raw.credential_ttl,
-                raw.renewal_interval,
-                at,
-                MaxTtl::Teleport,
-            )?,
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             ssh_config: raw.ssh_config.is_none_or(|v| v.0),
             name: raw.name,

@@ -16,7 +16,7 @@ use super::identity::{OutputContext, identity_files};
 use super::impersonate::{Impersonation, impersonate, impersonate_routed};
 use super::kind::{Described, Issue, Output};
 use super::kubeconfig::{Credentials, Entry, KUBECONFIG, kube_address, kubeconfig};
-use super::lifetime::{Lifetime, MaxTtl};
+use super::lifetime::Lifetime;
 use super::routed::{choose_one, connect_as, list_all, name_or_discovered, page};
 use crate::fsutil::Files;
 use crate::identity::Identity;
@@ -76,12 +76,7 @@ impl Output for KubernetesOutput {
         }
         check_roles(&raw.roles, at)?;
         Ok(Self {
-            lifetime: Lifetime::from_raw(
-                raw.credential_ttl,
-                raw.renewal_interval,
-                at,
-                MaxTtl::Teleport,
-            )?,
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             kubernetes_cluster,

@@ -20,7 +20,7 @@ use super::kubeconfig::{
     ContextTemplate, Credentials, Entry, KUBECONFIG, kube_address, kubeconfig,
 };
 use super::kubernetes::{find_kube, kube_names};
-use super::lifetime::{Lifetime, MaxTtl};
+use super::lifetime::Lifetime;
 use super::routed::{connect_as, list_all, page};
 use crate::fsutil::Files;
 use crate::identity::Identity;
@@ -130,12 +130,7 @@ impl Output for KubernetesV2Output {
             })?,
         };
         Ok(Self {
-            lifetime: Lifetime::from_raw(
-                raw.credential_ttl,
-                raw.renewal_interval,
-                at,
-                MaxTtl::Teleport,
-            )?,
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             selectors,

@@ -31,7 +31,7 @@ pub struct Lifetime {
 
 /// Whether an output kind holds its lifetime to Teleport's 24 h.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub enum MaxTtl {
+pub(crate) enum MaxTtl {
     /// Certificates from Auth: at most 24 h.
     Teleport,
     /// SVIDs: no limit here (the cluster's own applies).
@@ -39,6 +39,24 @@ pub enum MaxTtl {
 }
 
 impl Lifetime {
+    /// An output's two keys, for certificates from Auth ([`MaxTtl::Teleport`]).
+    pub(crate) fn of(
+        ttl: Option<GoDuration>,
+        interval: Option<GoDuration>,
+        at: &str,
+    ) -> Result<Option<Self>, String> {
+        Self::from_raw(ttl, interval, at, MaxTtl::Teleport)
+    }
+
+    /// An output's two keys, for SVIDs ([`MaxTtl::Unchecked`]).
+    pub(crate) fn of_svid(
+        ttl: Option<GoDuration>,
+        interval: Option<GoDuration>,
+        at: &str,
+    ) -> Result<Option<Self>, String> {
+        Self::from_raw(ttl, interval, at, MaxTtl::Unchecked)
+    }
+
     /// Checks an output's two keys: both or neither (`None`), and a lifetime within `max`.
     pub(crate) fn from_raw(
         ttl: Option<GoDuration>,

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use super::cluster::Needs;
 use super::impersonate::{Impersonation, impersonate, role_list, roles_for};
 use super::kind::{Described, Issue, Output};
-use super::lifetime::{Lifetime, MaxTtl};
+use super::lifetime::Lifetime;
 use crate::auth::{self, AuthClient};
 use crate::fsutil::Files;
 use crate::subject_key::SubjectKey;
@@ -129,12 +129,7 @@ impl Output for SshHostOutput {
             }
         };
         Ok(Self {
-            lifetime: Lifetime::from_raw(
-                raw.credential_ttl,
-                raw.renewal_interval,
-                at,
-                MaxTtl::Teleport,
-            )?,
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             principals: raw.principals,

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::cluster::Needs;
 use super::kind::{Described, Issue, Output};
-use super::lifetime::{Lifetime, MaxTtl};
+use super::lifetime::Lifetime;
 use super::workload_identity::{
     Params, RawSelector, Selector, SvidKind, checked_spiffe_id, exactly_one, expiry, issue,
 };
@@ -75,12 +75,7 @@ impl Output for WorkloadIdentityJwtOutput {
             return Err(format!("{at}.audiences[{i}]: empty; name the audience"));
         }
         Ok(Self {
-            lifetime: Lifetime::from_raw(
-                raw.credential_ttl,
-                raw.renewal_interval,
-                at,
-                MaxTtl::Unchecked,
-            )?,
+            lifetime: Lifetime::of_svid(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             selector,

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::cluster::Needs;
 use super::kind::{Described, Issue, Output};
-use super::lifetime::{Lifetime, MaxTtl};
+use super::lifetime::Lifetime;
 use super::workload_identity::{
     Params, RawSelector, Selector, SvidKind, checked_spiffe_id, exactly_one, expiry, issue,
 };
@@ -72,12 +72,7 @@ impl Output for WorkloadIdentityX509Output {
             .ok_or_else(|| format!("{at}.destination: missing"))?
             .check(&format!("{at}.destination"))?;
         Ok(Self {
-            lifetime: Lifetime::from_raw(
-                raw.credential_ttl,
-                raw.renewal_interval,
-                at,
-                MaxTtl::Unchecked,
-            )?,
+            lifetime: Lifetime::of_svid(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             selector: Selector::from_raw(raw.selector, at)?,
