@@ -137,6 +137,18 @@ impl Config {
                       shorter",
             });
         }
+        if !self.oneshot {
+            for problem in self
+                .outputs
+                .iter()
+                .filter_map(|o| o.lifetime()?.lapses(self.credential_ttl))
+            {
+                warnings.push(LifetimeWarning {
+                    problem,
+                    fix: "make the output's renewal_interval at most the bot's credential_ttl",
+                });
+            }
+        }
         if self.credential_ttl > MAX_CREDENTIAL_TTL {
             warnings.push(LifetimeWarning {
                 problem: format!(

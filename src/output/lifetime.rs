@@ -84,6 +84,22 @@ impl Lifetime {
         }))
     }
 
+    /// Outside `--oneshot`, why an interval longer than the bot's `credential_ttl` leaves the
+    /// output without valid certificates for a while: keybound never issues an output's
+    /// certificates past the bot identity's own expiry (`impersonate::output_expiry`).
+    pub fn lapses(&self, bot_ttl: Duration) -> Option<String> {
+        (self.renewal_interval > bot_ttl).then(|| {
+            format!(
+                "{}.renewal_interval {} is longer than the bot's credential_ttl {}: the output's \
+                 certificates end with the bot identity's and will lapse before it is written \
+                 again",
+                self.at,
+                humantime::format_duration(self.renewal_interval),
+                humantime::format_duration(bot_ttl)
+            )
+        })
+    }
+
     /// Checks it against the run: outside `--oneshot`, certificates that would expire before
     /// the output is written again are refused.
     pub fn check(&self, oneshot: bool) -> Result<(), String> {
@@ -140,6 +156,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(short.check(true).is_ok());
+        assert_eq!(short.lapses(Duration::from_secs(300)), None);
+        assert!(short.lapses(Duration::from_secs(60)).unwrap().starts_with(
+            "outputs[0].renewal_interval 5m is longer than the bot's credential_ttl 1m"
+        ));
         let error = short.check(false).unwrap_err();
         assert!(
             error.starts_with(

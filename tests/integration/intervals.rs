@@ -121,6 +121,11 @@ async fn each_output_is_written_on_its_own_interval() {
     .await;
     let logs = agent.logs();
     assert!(logs.contains("wrote identity output"), "{logs}");
+    // The slow output's certificates end with the bot identity's (1m): a warning says so.
+    assert!(
+        logs.contains("services[1].renewal_interval 1h is longer than the bot's credential_ttl 1m"),
+        "{logs}"
+    );
     assert!(blocking(move || agent.stop()).await.success());
 }
 
