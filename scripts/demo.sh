@@ -26,7 +26,7 @@ admin() { printf '$ keybound dev-cluster' >&2; printf ' %q' "$@" >&2; echo >&2; 
 # shows once, a key generated in the token at registration, then another at the rotation the
 # admin requests; OpenSC's pkcs11-tool lists what the token holds.
 demo_standard_hsm() {
-  step "11. Standard mode, keys made inside SoftHSM: the token gets a registration secret (shown once)"
+  step "12. Standard mode, keys made inside SoftHSM: the token gets a registration secret (shown once)"
   cat > "$dir/rotating.yaml" <<YAML
 kind: bot
 version: v1
@@ -62,14 +62,14 @@ YAML
   local tool=(pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label demo-token
               --login --pin "$HSM_PIN" --list-objects --type privkey)
 
-  step "11a. Registration: the cluster asks for a key; keybound makes it inside the token"
+  step "12a. Registration: the cluster asks for a key; keybound makes it inside the token"
   "${run[@]}" --registration-secret-path "$dir/rotating-secret"
   echo "storage keeps references only: $(ls "$dir/rotating-storage" | grep bkp | tr '\n' ' ')"
   cat "$dir/rotating-storage/bkp_device_keys.json"; echo
   "${tool[@]}"
   admin get tokens/rotating-token
 
-  step "11b. The admin asks for a rotation (tctl bound-keypair request-rotation); the next join makes the new key in the token"
+  step "12b. The admin asks for a rotation (tctl bound-keypair request-rotation); the next join makes the new key in the token"
   admin request-rotation rotating-token
   "${run[@]}"
   "${tool[@]}"
@@ -382,4 +382,30 @@ attestation_demo() {
   swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s
 }
 attestation_demo
+# Each output's own credential_ttl and renewal_interval (issue 16, item 6): the application
+# output asks for 10 minutes, the identity output keeps the bot's hour; openssl shows both ends.
+per_output_lifetimes() {
+  step "11. Per-output lifetimes: an application output with its own credential_ttl and renewal_interval"
+  sed '/^services:/,$d' "$dir/tbot.yaml" > "$dir/tbot-lifetimes.yaml"
+  cat >> "$dir/tbot-lifetimes.yaml" <<YAML
+services:
+  - type: application
+    app_name: echo
+    credential_ttl: 10m
+    renewal_interval: 5m
+    destination:
+      type: directory
+      path: $dir/out-app-10m
+  - type: identity
+    destination:
+      type: directory
+      path: $dir/out-identity-1h
+YAML
+  sed -n '/^services:/,$p' "$dir/tbot-lifetimes.yaml"
+  "$kb" start -c "$dir/tbot-lifetimes.yaml" --oneshot
+  date -u
+  openssl x509 -in "$dir/out-app-10m/tlscert" -noout -enddate
+  openssl x509 -in "$dir/out-identity-1h/tlscert" -noout -enddate
+}
+per_output_lifetimes
 demo_standard_hsm

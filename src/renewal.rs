@@ -326,6 +326,37 @@ pub async fn cycle_reporting<R: Report + ?Sized>(
     })
 }
 
+/// Writes `p`'s outputs with the bot identity held, without renewing it: the long-running
+/// agent's outputs that fall due between renewals of the bot identity, each output on its own
+/// `renewal_interval` (`crate::agent`). Fails, writing nothing, when no valid identity is held.
+pub async fn outputs_only<R: Report + ?Sized>(
+    p: &Prepared,
+    held: &Held,
+    report: &R,
+) -> Result<Vec<String>, Failure> {
+    let mut state = held.lock().await;
+    let held_now = state
+        .identity
+        .clone()
+        .filter(|i| i.info.not_after > SystemTime::now())
+        .zip(state.suite);
+    let Some((identity, suite)) = held_now else {
+        return Err(Failure::new(
+            ExitKind::Unreachable,
+            anyhow!("no valid bot identity is held to write the outputs with; renewing it first"),
+        ));
+    };
+    write_outputs(
+        p,
+        &identity,
+        suite,
+        report,
+        &mut state,
+        Connection::default(),
+    )
+    .await
+}
+
 /// The identity whose outputs the last cycle failed to write, while it is still fresh (renewed
 /// within the interval, not expired).
 fn outputs_to_retry(p: &Prepared, state: &HeldState) -> Option<(Identity, Suite)> {

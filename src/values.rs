@@ -351,13 +351,6 @@ pub(crate) mod not_yet {
              keybound yet; remove it or set it to false",
         )
     }
-    pub(crate) fn service_lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        refuse(
-            d,
-            "per-output credential_ttl and renewal_interval are not supported by keybound yet; \
-             set them at the top level",
-        )
-    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 mod diag;
+mod due;
 mod readyz;
 mod schedule;
 mod status;
@@ -40,6 +41,7 @@ mod status;
 pub use diag::{
     DIAG_CONNECTION_LIFETIME, DIAG_HEADER_TIMEOUT, DIAG_MAX_CONNECTIONS, diag, diag_connection_cap,
 };
+pub use due::Between;
 pub use readyz::IDENTITY;
 pub use schedule::{Outcome, Schedule, classify};
 use status::Metered;
@@ -51,14 +53,17 @@ use crate::{ExitKind, Failure};
 
 // === The loop ===
 
-/// Runs `cycle` on `schedule` until `shutdown` completes. `renew_now` cuts a wait short (and lifts
-/// a halt). Returns when shut down.
+/// Runs `cycle` on `schedule` until `shutdown` completes, and `between` whenever it is due in
+/// the waits (the outputs due before the next renewal of the bot identity; when both are due,
+/// the cycle goes first). `renew_now` cuts a wait short (lifts a halt, and makes everything of
+/// `between` due). Returns when shut down.
 pub async fn run_loop<C, F>(
     mut cycle: C,
     first: Option<(Outcome, String)>,
     schedule: Schedule,
     status: Arc<Status>,
     renew_now: Arc<Notify>,
+    between: &impl Between,
     shutdown: impl Future<Output = ()>,
 ) where
     C: FnMut() -> F,
@@ -100,20 +105,35 @@ pub async fn run_loop<C, F>(
                 None
             }
         };
-        let wait = async {
-            match delay {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
+        let renewal_at = delay.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let between_at = between.next_due();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                () = renew_now.notified() => {
+                    info!("renewing now, as asked");
+                    status.resume();
+                    between.reload();
+                    break;
+                }
+                () = sleep_until(renewal_at) => break,
+                () = sleep_until(between_at) => {
+                    tokio::select! {
+                        () = between.run() => {}
+                        () = &mut shutdown => return,
+                    }
+                }
             }
-        };
-        tokio::select! {
-            () = wait => {}
-            () = renew_now.notified() => {
-                info!("renewing now, as asked");
-                status.resume();
-            }
-            () = &mut shutdown => return,
         }
+    }
+}
+
+/// Sleeps until `at`; forever for `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -150,14 +170,24 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     ));
     let schedule = Schedule::for_interval(prepared.config.renewal_interval);
     info!(renewal_interval = %humantime::format_duration(schedule.renewal_interval), credential_ttl = %humantime::format_duration(prepared.config.credential_ttl), "keybound agent started");
+    let clock = Arc::new(std::sync::Mutex::new(due::OutputClock::new(
+        &prepared.config.outputs,
+        prepared.config.renewal_interval,
+    )));
     let prepared = Arc::new(prepared);
     let held = Arc::new(held);
+    let outputs = due::Outputs {
+        clock: clock.clone(),
+        prepared: prepared.clone(),
+        held: held.clone(),
+        status: status.clone(),
+    };
     let attempt = {
         let (status, held) = (status.clone(), held.clone());
         move || {
             let (prepared, held, status) = (prepared.clone(), held.clone(), status.clone());
-            let (signer, reopen) = (signer.clone(), reopen.clone());
-            attempt(prepared, held, status, signer, reopen)
+            let (signer, reopen, clock) = (signer.clone(), reopen.clone(), clock.clone());
+            attempt(prepared, held, status, signer, reopen, clock)
         }
     };
     let result = match first_join(&held, &attempt, &stop).await {
@@ -169,7 +199,16 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
                     (outcome, reason)
                 }
             };
-            run_loop(cycle, first, schedule, status, renew_now, stop.notified()).await;
+            run_loop(
+                cycle,
+                first,
+                schedule,
+                status,
+                renew_now,
+                &outputs,
+                stop.notified(),
+            )
+            .await;
             Ok(())
         }
         Ok(Started::Stopped) => Ok(()),
@@ -218,14 +257,15 @@ where
 }
 
 /// One attempt of the loop: reopen the signer first when SIGHUP asked for it, then one renewal
-/// cycle, its parts reported to `status`; the outcome, its reason for the metrics
-/// (`status::failure_reason`), and the failure.
+/// cycle writing the outputs due now (`clock`), its parts reported to `status`; the outcome,
+/// its reason for the metrics (`status::failure_reason`), and the failure.
 async fn attempt(
     prepared: Arc<Prepared>,
     held: Arc<Held>,
     status: Arc<Status>,
     signer: Option<Arc<crate::signer::Reopenable>>,
     reopen: Arc<AtomicBool>,
+    clock: Arc<std::sync::Mutex<due::OutputClock>>,
 ) -> (Outcome, String, Option<Failure>) {
     if reopen.swap(false, Ordering::SeqCst)
         && let Some(signer) = signer
@@ -237,7 +277,13 @@ async fn attempt(
         let reason = status::failure_reason(&failure);
         return (classify(&failure), reason, Some(failure));
     }
-    let result = cycle_reporting(&prepared, &held, &*status).await;
+    let due = clock
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .due(tokio::time::Instant::now());
+    let recording = due::Recording::new(&status);
+    let result = cycle_reporting(&due::with_outputs(&prepared, &due), &held, &recording).await;
+    recording.apply(&due, &clock);
     let expiry = held.valid_until().await;
     status.follow(expiry);
     match result {
@@ -335,6 +381,7 @@ mod tests {
             Schedule::for_interval(Duration::from_secs(20 * 60)),
             status.clone(),
             renew_now,
+            &(),
             tokio::time::sleep(run_for),
         )
         .await;
@@ -353,6 +400,65 @@ mod tests {
                 .encode()
                 .contains("keybound_renewals_total 4")
         );
+    }
+
+    /// Work due every `every` between renewals, recording when it ran.
+    struct Every {
+        every: Duration,
+        next: Mutex<tokio::time::Instant>,
+        ran: Mutex<Vec<f64>>,
+        start: tokio::time::Instant,
+    }
+
+    impl Between for Every {
+        fn next_due(&self) -> Option<tokio::time::Instant> {
+            Some(*self.next.lock().unwrap())
+        }
+        async fn run(&self) {
+            let now = tokio::time::Instant::now();
+            self.ran
+                .lock()
+                .unwrap()
+                .push((now - self.start).as_secs_f64());
+            *self.next.lock().unwrap() = now + self.every;
+        }
+        fn reload(&self) {
+            *self.next.lock().unwrap() = tokio::time::Instant::now();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outputs_due_between_renewals_run_between_them() {
+        let start = tokio::time::Instant::now();
+        let every = Every {
+            every: Duration::from_secs(500),
+            next: Mutex::new(start + Duration::from_secs(500)),
+            ran: Mutex::default(),
+            start,
+        };
+        let cycles = Arc::new(Mutex::new(Vec::new()));
+        let c = cycles.clone();
+        run_loop(
+            move || {
+                c.lock().unwrap().push(start.elapsed().as_secs_f64());
+                async {
+                    (
+                        Outcome::Renewed(SystemTime::now() + Duration::from_secs(3600)),
+                        String::new(),
+                    )
+                }
+            },
+            None,
+            Schedule::for_interval(Duration::from_secs(20 * 60)),
+            Status::new(),
+            Arc::new(Notify::new()),
+            &every,
+            tokio::time::sleep(Duration::from_secs(2500)),
+        )
+        .await;
+        // The renewals keep their interval; the work between runs on its own.
+        assert_eq!(*cycles.lock().unwrap(), [0.0, 1200.0, 2400.0]);
+        assert_eq!(*every.ran.lock().unwrap(), [500.0, 1000.0, 1500.0, 2000.0]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,6 +26,7 @@ impl Start {
         self.apply_run(&mut config);
         config
             .check_destinations()
+            .and_then(|()| config.check_lifetimes())
             .map_err(|e| Failure::config(anyhow!(e)))?;
         Ok(config)
     }

@@ -137,6 +137,18 @@ impl Config {
                       shorter",
             });
         }
+        if !self.oneshot {
+            for problem in self
+                .outputs
+                .iter()
+                .filter_map(|o| o.lifetime()?.lapses(self.credential_ttl))
+            {
+                warnings.push(LifetimeWarning {
+                    problem,
+                    fix: "make the output's renewal_interval at most the bot's credential_ttl",
+                });
+            }
+        }
         if self.credential_ttl > MAX_CREDENTIAL_TTL {
             warnings.push(LifetimeWarning {
                 problem: format!(
@@ -147,6 +159,16 @@ impl Config {
             });
         }
         warnings
+    }
+
+    /// Checks each output's own lifetime against the run, once the flags are known (`--oneshot`):
+    /// outside `--oneshot`, one shorter than its interval is refused, as tbot refuses it
+    /// ([`crate::output::lifetime::Lifetime::check`]).
+    pub fn check_lifetimes(&self) -> Result<(), String> {
+        self.outputs
+            .iter()
+            .filter_map(|o| o.lifetime())
+            .try_for_each(|l| l.check(self.oneshot))
     }
 
     /// How the cluster's TLS certificate is verified.

@@ -16,10 +16,11 @@ use super::cluster::Needs;
 use super::identity::{OutputContext, identity_files};
 use super::impersonate::{Impersonation, impersonate, impersonate_routed};
 use super::kind::{Described, Issue, Output};
+use super::lifetime::Lifetime;
 use super::routed::{Routed, connect_as, list_all, quoted};
 use crate::fsutil::Files;
 use crate::identity::Identity;
-use crate::values::{Destination, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination};
 use crate::{ExitKind, Failure, untrusted};
 
 /// `tls.crt`, `tls.key`, `tls.cas`: the certificate, key and host CAs under the names many
@@ -33,6 +34,8 @@ pub const TLS_CAS: &str = "tls.cas";
 /// A `type: application` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ApplicationOutput {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// An optional name for logs.
@@ -60,12 +63,8 @@ pub struct RawApplicationOutput {
     specific_tls_naming: bool,
     #[serde(default)]
     roles: Vec<String>,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 /// `roles:` as the access outputs check it: no empty name.
@@ -128,12 +127,17 @@ impl Output for ApplicationOutput {
         }
         check_roles(&raw.roles, at)?;
         Ok(Self {
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             app_name,
             specific_tls_naming: raw.specific_tls_naming,
             roles: raw.roles,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

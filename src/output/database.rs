@@ -19,10 +19,11 @@ use super::cluster::Needs;
 use super::identity::{OutputContext, identity_files};
 use super::impersonate::{Impersonation, impersonate, impersonate_routed};
 use super::kind::{Described, Issue, Output};
+use super::lifetime::Lifetime;
 use super::routed::{Routed, choose_one, connect_as, list_all, name_or_discovered, page};
 use crate::fsutil::Files;
 use crate::identity::Identity;
-use crate::values::{Destination, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination};
 use crate::{Failure, untrusted};
 use keybound_teleport::suite::Suite;
 
@@ -58,6 +59,8 @@ pub enum Format {
 /// A `type: database` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct DatabaseOutput {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// An optional name for logs.
@@ -93,12 +96,8 @@ pub struct RawDatabaseOutput {
     format: String,
     #[serde(default)]
     roles: Vec<String>,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 impl Output for DatabaseOutput {
@@ -127,6 +126,7 @@ impl Output for DatabaseOutput {
         };
         check_roles(&raw.roles, at)?;
         Ok(Self {
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             service,
@@ -135,6 +135,10 @@ impl Output for DatabaseOutput {
             format,
             roles: raw.roles,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

@@ -12,11 +12,12 @@ use super::cluster::ClusterCas;
 use super::cluster::Needs;
 use super::impersonate::{Impersonation, impersonate, roles_for};
 use super::kind::{Described, Issue, Output};
+use super::lifetime::Lifetime;
 use super::ssh;
 use crate::Failure;
 use crate::fsutil::Files;
 use crate::identity::{Identity, files};
-use crate::values::{Destination, HostPort, OnOff, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, HostPort, OnOff, RawDestination, not_yet};
 
 /// Host CA TLS certificates.
 pub const HOST_CA: &str = "teleport-host-ca.crt";
@@ -30,6 +31,8 @@ pub const IDENTITY: &str = "identity";
 /// A `type: identity` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct IdentityOutput {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// Whether to write `known_hosts` and `ssh_config` (tbot's `ssh_config: on`, the default).
@@ -55,6 +58,7 @@ impl IdentityOutput {
             name: None,
             roles: Vec::new(),
             allow_reissue: false,
+            lifetime: None,
         }
     }
 }
@@ -77,12 +81,8 @@ pub struct RawIdentityOutput {
     cluster: (),
     #[serde(default)]
     allow_reissue: bool,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 impl Output for IdentityOutput {
@@ -101,12 +101,17 @@ impl Output for IdentityOutput {
             ));
         }
         Ok(Self {
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             ssh_config: raw.ssh_config.is_none_or(|v| v.0),
             name: raw.name,
             roles: raw.roles,
             allow_reissue: raw.allow_reissue,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 
 use super::cluster::{Needs, Shared};
+use super::lifetime::Lifetime;
 use crate::Failure;
 use crate::auth::AuthClient;
 use crate::fsutil::Files;
@@ -25,6 +26,11 @@ pub trait Output: Sized + Sync {
     fn from_raw(raw: Self::Raw, at: &str) -> Result<Self, String>;
     /// Where its files go.
     fn destination(&self) -> &Destination;
+    /// Its own `credential_ttl` and `renewal_interval`, when its YAML sets them
+    /// ([`Lifetime`]); the bot's apply otherwise.
+    fn lifetime(&self) -> Option<&Lifetime> {
+        None
+    }
     /// Its `name:`, for logs and errors.
     fn name(&self) -> Option<&str>;
     /// What it uses of what the outputs share ([`Shared`]).
@@ -55,7 +61,8 @@ pub struct Issue<'a> {
     pub bot: &'a Identity,
     /// The cluster's signature algorithm suite (the outputs' key types).
     pub suite: Suite,
-    /// The lifetime the configuration asks of certificates.
+    /// The lifetime the configuration asks of certificates: the bot's `credential_ttl`, or,
+    /// for an output that sets its own, that one (`OutputConfig::write`).
     pub credential_ttl: Duration,
     /// What the outputs share, fetched once.
     pub shared: &'a Shared,

@@ -16,16 +16,19 @@ use super::identity::{OutputContext, identity_files};
 use super::impersonate::{Impersonation, impersonate, impersonate_routed};
 use super::kind::{Described, Issue, Output};
 use super::kubeconfig::{Credentials, Entry, KUBECONFIG, kube_address, kubeconfig};
+use super::lifetime::Lifetime;
 use super::routed::{choose_one, connect_as, list_all, name_or_discovered, page};
 use crate::fsutil::Files;
 use crate::identity::Identity;
 use crate::untrusted::{self, KubeName};
-use crate::values::{Destination, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination};
 use crate::{ExitKind, Failure};
 
 /// A `type: kubernetes` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct KubernetesOutput {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// An optional name for logs.
@@ -54,12 +57,8 @@ pub struct RawKubernetesOutput {
     disable_exec_plugin: bool,
     #[serde(default)]
     roles: Vec<String>,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 impl Output for KubernetesOutput {
@@ -77,12 +76,17 @@ impl Output for KubernetesOutput {
         }
         check_roles(&raw.roles, at)?;
         Ok(Self {
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             kubernetes_cluster,
             disable_exec_plugin: raw.disable_exec_plugin,
             roles: raw.roles,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

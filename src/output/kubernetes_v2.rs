@@ -20,11 +20,12 @@ use super::kubeconfig::{
     ContextTemplate, Credentials, Entry, KUBECONFIG, kube_address, kubeconfig,
 };
 use super::kubernetes::{find_kube, kube_names};
+use super::lifetime::Lifetime;
 use super::routed::{connect_as, list_all, page};
 use crate::fsutil::Files;
 use crate::identity::Identity;
 use crate::untrusted::{self, KubeName};
-use crate::values::{Destination, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination};
 use crate::{ExitKind, Failure};
 
 /// One selector: a cluster by name, or every cluster with the labels.
@@ -48,6 +49,8 @@ pub struct Selected {
 /// A `type: kubernetes/v2` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct KubernetesV2Output {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// An optional name for logs.
@@ -75,12 +78,8 @@ pub struct RawKubernetesV2Output {
     #[serde(default)]
     disable_exec_plugin: bool,
     context_name_template: Option<String>,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 /// One selector's YAML.
@@ -131,12 +130,17 @@ impl Output for KubernetesV2Output {
             })?,
         };
         Ok(Self {
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             selectors,
             disable_exec_plugin: raw.disable_exec_plugin,
             context_name_template,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

@@ -22,6 +22,7 @@ mod kind;
 pub mod kubeconfig;
 pub mod kubernetes;
 pub mod kubernetes_v2;
+pub mod lifetime;
 mod routed;
 pub mod ssh;
 pub mod ssh_host;
@@ -238,6 +239,13 @@ macro_rules! kinds {
                 }
             }
 
+            /// Its own `credential_ttl` and `renewal_interval`, when set.
+            pub fn lifetime(&self) -> Option<&lifetime::Lifetime> {
+                match self {
+                    $(Self::$variant(o) => o.lifetime(),)+
+                }
+            }
+
             /// What it uses of what the outputs share.
             pub fn needs(&self) -> Needs {
                 match self {
@@ -252,7 +260,14 @@ macro_rules! kinds {
                 }
             }
 
+            /// Issues, renders and writes it; an output with its own `credential_ttl` asks
+            /// for that lifetime instead of the bot's (tbot's `cmp.Or(cfg.CredentialLifetime,
+            /// defaultCredentialLifetime)`, `lib/tbot/services/*/output_service.go`).
             async fn write(&self, cx: &Issue<'_>) -> Result<String, Failure> {
+                let cx = &Issue {
+                    credential_ttl: self.lifetime().map_or(cx.credential_ttl, |l| l.ttl),
+                    ..*cx
+                };
                 match self {
                     $(Self::$variant(o) => write_one(o, $name, &self.label(), cx).await,)+
                 }

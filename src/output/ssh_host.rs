@@ -19,11 +19,12 @@ use zeroize::Zeroizing;
 use super::cluster::Needs;
 use super::impersonate::{Impersonation, impersonate, role_list, roles_for};
 use super::kind::{Described, Issue, Output};
+use super::lifetime::Lifetime;
 use crate::auth::{self, AuthClient};
 use crate::fsutil::Files;
 use crate::subject_key::SubjectKey;
 use crate::untrusted::ClusterName;
-use crate::values::{Destination, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination};
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
 
@@ -60,6 +61,8 @@ impl CaType {
 /// A `type: ssh_host` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct SshHostOutput {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// An optional name for logs.
@@ -87,12 +90,8 @@ pub struct RawSshHostOutput {
     ca_type: Option<String>,
     #[serde(default)]
     roles: Vec<String>,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 impl Output for SshHostOutput {
@@ -130,12 +129,17 @@ impl Output for SshHostOutput {
             }
         };
         Ok(Self {
+            lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             principals: raw.principals,
             ca_type,
             roles: raw.roles,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

@@ -12,11 +12,12 @@ use zeroize::Zeroizing;
 
 use super::cluster::Needs;
 use super::kind::{Described, Issue, Output};
+use super::lifetime::Lifetime;
 use super::workload_identity::{
     Params, RawSelector, Selector, SvidKind, checked_spiffe_id, exactly_one, expiry, issue,
 };
 use crate::fsutil::Files;
-use crate::values::{Destination, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination};
 use crate::{ExitKind, Failure};
 
 /// The JWT SVID.
@@ -25,6 +26,8 @@ pub const JWT_SVID: &str = "jwt_svid";
 /// A `type: workload-identity-jwt` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct WorkloadIdentityJwtOutput {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// An optional name for logs.
@@ -48,12 +51,8 @@ pub struct RawWorkloadIdentityJwtOutput {
     selector: Option<RawSelector>,
     #[serde(default)]
     audiences: Vec<String>,
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 impl Output for WorkloadIdentityJwtOutput {
@@ -76,11 +75,16 @@ impl Output for WorkloadIdentityJwtOutput {
             return Err(format!("{at}.audiences[{i}]: empty; name the audience"));
         }
         Ok(Self {
+            lifetime: Lifetime::of_svid(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             selector,
             audiences: raw.audiences,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

@@ -13,13 +13,14 @@ use zeroize::Zeroizing;
 
 use super::cluster::Needs;
 use super::kind::{Described, Issue, Output};
+use super::lifetime::Lifetime;
 use super::workload_identity::{
     Params, RawSelector, Selector, SvidKind, checked_spiffe_id, exactly_one, expiry, issue,
 };
 use crate::auth;
 use crate::fsutil::Files;
 use crate::subject_key::SubjectKey;
-use crate::values::{Destination, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination, not_yet};
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
 
@@ -33,6 +34,8 @@ pub const SVID_BUNDLE: &str = "svid_bundle.pem";
 /// A `type: workload-identity-x509` output.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct WorkloadIdentityX509Output {
+    /// Its own `credential_ttl` and `renewal_interval`, when set (else the bot's).
+    pub lifetime: Option<Lifetime>,
     /// Where to write.
     pub destination: Destination,
     /// An optional name for logs.
@@ -55,12 +58,8 @@ pub struct RawWorkloadIdentityX509Output {
     #[serde(default, deserialize_with = "not_yet::federated_trust_bundles")]
     #[allow(dead_code, reason = "its deserializer refuses any value but false")]
     include_federated_trust_bundles: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    credential_ttl: (),
-    #[serde(default, deserialize_with = "not_yet::service_lifetime")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but empty")]
-    renewal_interval: (),
+    credential_ttl: Option<GoDuration>,
+    renewal_interval: Option<GoDuration>,
 }
 
 impl Output for WorkloadIdentityX509Output {
@@ -73,10 +72,15 @@ impl Output for WorkloadIdentityX509Output {
             .ok_or_else(|| format!("{at}.destination: missing"))?
             .check(&format!("{at}.destination"))?;
         Ok(Self {
+            lifetime: Lifetime::of_svid(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
             name: raw.name,
             selector: Selector::from_raw(raw.selector, at)?,
         })
+    }
+
+    fn lifetime(&self) -> Option<&Lifetime> {
+        self.lifetime.as_ref()
     }
 
     fn destination(&self) -> &Destination {

@@ -70,6 +70,7 @@ fn main() {
             schedule,
             Status::new(),
             Arc::new(Notify::new()),
+            &(),
             done.notified(),
         )
         .await;

@@ -89,6 +89,24 @@ fn directory(env: &Env, name: &str) -> String {
 
 /// `curl` to `host` (resolved to the dev cluster) with the client certificate `cert` and key
 /// `key`, trusting `cas`: (HTTP status, body), or curl's error when the TLS handshake fails.
+/// The echo app's answer, over the proxy on `port`, to the application output in `dir`
+/// (`tlscert`, `key`, the host CA).
+pub(crate) fn curl_echo(port: u16, dir: &Path) -> String {
+    let output = Command::new(tool("curl"))
+        .args(["-sS", "--max-time", "20", "--resolve"])
+        .arg(format!("echo.localhost:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(dir.join("teleport-host-ca.crt"))
+        .arg("--cert")
+        .arg(dir.join("tlscert"))
+        .arg("--key")
+        .arg(dir.join("key"))
+        .arg(format!("https://echo.localhost:{port}/"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn curl(env: &Env, host: &str, dir: &Path, cert: &str, key: &str, cas: &str) -> (u16, String) {
     let port = env.cluster.addr.port();
     let output = Command::new(tool("curl"))
@@ -525,20 +543,7 @@ async fn the_agent_renews_access_outputs_with_the_key_in_softhsm() {
     let attrs = subject(&db_dir.join("tlscert"));
     assert_eq!(values(&attrs, "1.3.9999.2.1"), ["pg"]);
     // The renewed certificate reaches the app.
-    let port = cluster.addr.port();
-    let output = Command::new(tool("curl"))
-        .args(["-sS", "--max-time", "20", "--resolve"])
-        .arg(format!("echo.localhost:{port}:127.0.0.1"))
-        .arg("--cacert")
-        .arg(app_dir.join("teleport-host-ca.crt"))
-        .arg("--cert")
-        .arg(app_dir.join("tlscert"))
-        .arg("--key")
-        .arg(app_dir.join("key"))
-        .arg(format!("https://echo.localhost:{port}/"))
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&output.stdout);
+    let body = curl_echo(cluster.addr.port(), &app_dir);
     assert!(body.contains("\"name\":\"echo\""), "{body}");
     let logs = agent.logs();
     assert!(logs.contains("wrote application output"), "{logs}");

@@ -2,6 +2,8 @@
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
 mod access;
+#[cfg(feature = "tpm")]
+mod access_tpm;
 mod agent;
 mod agent_health;
 mod agent_pins;
@@ -26,6 +28,7 @@ mod hostile;
 mod hostile_server;
 mod hostile_text;
 mod interop;
+mod intervals;
 mod join;
 mod keypair;
 mod kube;

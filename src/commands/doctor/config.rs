@@ -101,6 +101,7 @@ mod tests {
             app_name: "echo".into(),
             specific_tls_naming: false,
             roles: Vec::new(),
+            lifetime: None,
         });
         assert_eq!(outputs_by_kind(&[identity()]), "1 identity output");
         assert_eq!(outputs_by_kind(&[]), "0 identity outputs");
