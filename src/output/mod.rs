@@ -24,7 +24,7 @@ pub mod kubernetes_v2;
 mod routed;
 pub mod ssh;
 pub mod ssh_host;
-mod workload_identity;
+pub(crate) mod workload_identity;
 pub mod workload_identity_jwt;
 pub mod workload_identity_x509;
 
@@ -252,7 +252,9 @@ macro_rules! kinds {
             }
         }
 
-        fn deserialize_kind<'de, D: Deserializer<'de>>(
+        /// An output of kind `kind` from the rest of its YAML (also for `services:` items,
+        /// `service::RawEntry`).
+        pub(crate) fn deserialize_kind<'de, D: Deserializer<'de>>(
             kind: &str,
             d: D,
         ) -> Result<RawOutput, D::Error> {
@@ -328,7 +330,6 @@ const TBOT_SERVICE_TYPES: &[&str] = &[
     "ssh-multiplexer",
     "spiffe-svid",
     "spiffe-workload-api",
-    "workload-identity-api",
     "workload-identity-aws-roles-anywhere",
     "application-proxy",
     "example",
@@ -341,7 +342,9 @@ fn unsupported(kind: &str) -> String {
         .map(|k| format!("`type: {k}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    if TBOT_SERVICE_TYPES.contains(&kind) {
+    if kind == "workload-identity-api" {
+        format!("{kind:?} is a service: list it under services:, not outputs:")
+    } else if TBOT_SERVICE_TYPES.contains(&kind) {
         format!(
             "tbot service type {kind:?} is not supported by keybound yet; keybound writes {ours} outputs"
         )
