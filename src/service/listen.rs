@@ -166,7 +166,21 @@ impl Bound {
                     uid: c.uid(),
                     gid: c.gid(),
                 });
-                Ok((TokioIo::new(Box::new(stream)), peer))
+                // The client's bytes through the `:authority` fix (`authority.rs`).
+                let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                let (client_read, mut client_write) = stream.into_split();
+                let (server_read, server_write) = tokio::io::split(ours);
+                tokio::spawn(async move {
+                    let mut server_write = server_write;
+                    let _ = super::authority::relay(client_read, &mut server_write).await;
+                    // The client is gone: hyper sees the end of its stream.
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut server_write).await;
+                });
+                tokio::spawn(async move {
+                    let mut server_read = server_read;
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                Ok((TokioIo::new(Box::new(theirs)), peer))
             }
         }
     }

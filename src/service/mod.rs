@@ -10,6 +10,7 @@
 //! mode every service without a one-shot form (`lib/tbot/tbot.go`, "Service does not support
 //! oneshot mode, ignoring"), and the Workload API has none.
 
+mod authority;
 pub mod bundle;
 mod listen;
 pub mod workload_api;

@@ -40,4 +40,5 @@ mod start;
 mod support;
 #[cfg(feature = "tpm")]
 mod tpm;
+mod workload_api;
 mod workload_identity;
