@@ -304,3 +304,61 @@ async fn read_bundle(auth: &AuthClient, session: &Session) -> Result<bundle::Bun
         .map_err(|s| auth::status_failure("reading the SPIFFE CA for the Workload API", &s, ""))?;
     bundle::Bundle::from_ca(&ca, domain).map_err(|e| Failure::new(ExitKind::Rejected, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const HEAD: &str = "version: v2\nproxy_server: example.teleport.sh:443\nonboarding:\n  join_method: bound_keypair\n  token: example-token\n";
+
+    fn parse(tail: &str) -> Result<Config, String> {
+        Config::parse(&format!("{HEAD}{tail}"), "tbot.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn services_hold_outputs_and_the_workload_api_in_any_key_order() {
+        let config = parse(
+            "services:\n  - type: identity\n    destination: {type: directory, path: /tmp/kb-out}\n  \
+             - type: workload-identity-api\n    listen: unix:///run/kb/w.sock\n    selector: {name: a}\n  \
+             - listen: tcp://127.0.0.1:9000\n    selector: {labels: {env: [dev]}}\n    type: workload-identity-api\n",
+        )
+        .unwrap();
+        assert_eq!(config.outputs.len(), 1);
+        let labels: Vec<String> = config.services.iter().map(ServiceConfig::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "workload-identity-api (unix:///run/kb/w.sock)",
+                "workload-identity-api (tcp://127.0.0.1:9000)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_service_is_one_line_naming_it_and_outputs_do_not_take_services() {
+        let err = parse(
+            "services:\n  - type: identity\n    destination: {type: memory}\n  - type: workload-identity-api\n    listen: http://x:1\n    selector: {name: a}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("services[1].listen: unsupported scheme in \"http://x:1\""),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let err = parse("services:\n  - type: workload-identity-api\n    selector: {name: a}\n")
+            .unwrap_err();
+        assert!(
+            err.contains("services[0].listen: should not be empty"),
+            "{err}"
+        );
+        let err = parse(
+            "outputs:\n  - type: workload-identity-api\n    listen: unix:///run/w.sock\n    selector: {name: a}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("\"workload-identity-api\" is a service: list it under services:"),
+            "{err}"
+        );
+    }
+}
