@@ -336,7 +336,7 @@ const TBOT_SERVICE_TYPES: &[&str] = &[
 ];
 
 /// Why `kind` is refused: a tbot kind keybound lacks, or no kind at all.
-fn unsupported(kind: &str) -> String {
+pub(crate) fn unsupported(kind: &str) -> String {
     let ours = KINDS
         .iter()
         .map(|k| format!("`type: {k}`"))

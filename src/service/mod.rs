@@ -1,11 +1,11 @@
 //! Long-running services: what the agent serves between renewals, beside the outputs it
 //! writes. One kind so far, tbot's `workload-identity-api` ([`workload_api`]).
 //!
-//! A service sits in `services:` with the outputs ([`RawEntry`] tells them apart by `type:`).
+//! A service sits in `services:` with the outputs (`RawEntry` tells them apart by `type:`).
 //! The agent starts the services before its first renewal ([`Services::start`]: the listeners are
 //! bound then, so a bad socket path ends the agent at once) and hands them the bot identity after
 //! each renewal ([`Services::follow`]); from it they make their own role-impersonated connection
-//! and read the trust bundle ([`Live`]). They stop, and remove their sockets, when the agent
+//! and read the trust bundle (`workload_api::Live`). They stop, and remove their sockets, when the agent
 //! stops (SIGTERM, SIGINT). `start --oneshot` runs no service: as tbot, which skips in one-shot
 //! mode every service without a one-shot form (`lib/tbot/tbot.go`, "Service does not support
 //! oneshot mode, ignoring"), and the Workload API has none.
@@ -68,8 +68,8 @@ impl<'de> Deserialize<'de> for RawEntry {
                     return Err(de::Error::missing_field("type"));
                 };
                 if first == "type" {
-                    let kind: String = map.next_value()?;
-                    return entry(&kind, MapAccessDeserializer::new(map));
+                    let EntryKind(kind) = map.next_value()?;
+                    return entry(kind, MapAccessDeserializer::new(map));
                 }
                 let mut whole = serde_yaml::Mapping::new();
                 whole.insert(first.into(), map.next_value()?);
@@ -85,6 +85,23 @@ impl<'de> Deserialize<'de> for RawEntry {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// A `type:` value: a service's or an output's kind, checked as it is read, so that the error
+/// carries the value's line and column.
+struct EntryKind(&'static str);
+
+impl<'de> Deserialize<'de> for EntryKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::values::checked_str(d, |v| {
+            SERVICE_KINDS
+                .iter()
+                .chain(crate::output::KINDS)
+                .find(|k| **k == v)
+                .map(|k| Self(k))
+                .ok_or_else(|| crate::output::unsupported(v))
+        })
     }
 }
 
