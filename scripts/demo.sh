@@ -3,8 +3,10 @@
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
 # a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), a host
-# certificate with SPIFFE SVIDs, a key made in a TPM (swtpm) with the evidence the admin checks
-# before binding it, and standard mode with keys made and rotated inside SoftHSM. The cluster never restarts. Everything lives in a scratch directory that is
+# certificate with SPIFFE SVIDs, the SPIFFE Workload API asked by the spiffe Python client, a key
+# made in a TPM (swtpm) with the evidence the admin checks before binding it, per-output
+# lifetimes, and standard mode with keys made and rotated inside SoftHSM. The cluster never
+# restarts. Everything lives in a scratch directory that is
 # removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -346,6 +348,52 @@ YAML
   if "$kb" start -c "$dir/tbot-workload.yaml" --oneshot; then echo "the host certificate was issued" >&2; exit 1; fi
 }
 host_cert_and_svids
+# 9e. The SPIFFE Workload API: the agent serves SVIDs on a unix socket, each caller its own (its
+# uid in the SPIFFE ID); the spiffe Python client (PyPI) fetches them. SIGTERM removes the socket.
+workload_api_demo() {
+  step "9e. The SPIFFE Workload API on a unix socket, asked by the spiffe Python client"
+  cat > "$dir/uid-identity.yaml" <<'YAML'
+kind: workload_identity
+version: v1
+metadata:
+  name: by-uid
+  labels:
+    env: demo
+spec:
+  spiffe:
+    id: /uid/{{ workload.unix.uid }}
+YAML
+  admin create -f "$dir/uid-identity.yaml"
+  sed '/^services:/,$d' "$dir/tbot.yaml" > "$dir/tbot-api.yaml"
+  cat >> "$dir/tbot-api.yaml" <<YAML
+services:
+  - type: workload-identity-api
+    listen: unix://$dir/workload.sock
+    selector: {name: by-uid}
+YAML
+  sed -n '/^services:/,$p' "$dir/tbot-api.yaml"
+  "$kb" start -c "$dir/tbot-api.yaml" > "$dir/agent-api.log" 2>&1 &
+  local agent=$!
+  for _ in $(seq 100); do [ -S "$dir/workload.sock" ] && break; sleep 0.1; done
+  ls -l "$dir/workload.sock"
+  python3 -m venv "$dir/spiffe-venv"
+  "$dir/spiffe-venv/bin/pip" install --quiet spiffe==0.3.2
+  "$dir/spiffe-venv/bin/python" - "$dir/workload.sock" <<'PY'
+import sys
+from spiffe import WorkloadApiClient
+with WorkloadApiClient(socket_path="unix://" + sys.argv[1]) as c:
+    svid = c.fetch_x509_svid()
+    print("X.509 SVID:", svid.spiffe_id, "until", svid.leaf.not_valid_after_utc)
+    jwt = c.fetch_jwt_svid(audience={"https://api.demo.internal"})
+    print("JWT SVID:  ", jwt.spiffe_id, "validated by the agent as",
+          c.validate_jwt_svid(jwt.token, "https://api.demo.internal").spiffe_id)
+PY
+  kill -TERM "$agent"
+  wait "$agent" || true
+  if [ -e "$dir/workload.sock" ]; then echo "the socket outlived the agent" >&2; exit 1; fi
+  echo "SIGTERM: the agent stopped and removed its socket"
+}
+workload_api_demo
 # 8. Key attestation (docs/attestation.md): a virtual TPM manufactured with EK certificates by its
 # own local CA, a key made in it with evidence, checked with no TPM, and the one challenge.
 attestation_demo() {

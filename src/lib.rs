@@ -16,7 +16,8 @@
 //!   (`/webapi/find`), [`auth`] (the bot's authenticated Auth client), [`join`] (the
 //!   bound-keypair join and rejoin);
 //! - what a bot writes: [`output`] (one file per output kind), [`storage`] (the bot's own
-//!   identity between runs);
+//!   identity between runs), [`service`] (what it serves between renewals: the SPIFFE
+//!   Workload API);
 //! - [`config`]: tbot's v2 YAML, checked strictly;
 //! - running: [`renewal`] (one cycle: join or rejoin, persist, outputs), [`agent`] (cycles on a
 //!   schedule, signals, health);
@@ -43,6 +44,7 @@ pub mod logging;
 pub mod output;
 pub mod renewal;
 pub mod servertime;
+pub mod service;
 pub mod signer;
 pub mod storage;
 pub mod subject_key;

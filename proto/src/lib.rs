@@ -113,6 +113,16 @@ generated!(
 );
 
 generated!(
+    /// The SPIFFE Workload API (upstream `workload.proto`, no package): the
+    /// `SpiffeWorkloadAPI` service keybound's `workload-identity-api` serves,
+    /// with its three server-streaming RPCs.
+    ///
+    /// Full method paths: `/SpiffeWorkloadAPI/<method>`.
+    spiffe_workload,
+    "_.rs"
+);
+
+generated!(
     /// Package `types`: `RegisterUsingTokenRequest` and
     /// `SignatureAlgorithmSuite` for the legacy RPC in [`proto`], and the parts
     /// of roles (`RoleV6`) and certificate authorities (`CertAuthorityV2`) a

@@ -21,6 +21,7 @@ use prost_types::{DescriptorProto, FileDescriptorSet};
 
 /// The files to compile; `certs.proto` and `types.proto` come in as imports.
 const PROTOS: &[&str] = &[
+    "spiffe/workload/workload.proto",
     "teleport/join/v1/joinservice.proto",
     "teleport/legacy/client/proto/authservice.proto",
     "teleport/legacy/client/proto/joinservice.proto",
@@ -30,6 +31,7 @@ const PROTOS: &[&str] = &[
 
 /// Our own files, i.e. every file in the descriptor set but the well-known types.
 const OUR_FILES: &[&str] = &[
+    "spiffe/workload/workload.proto",
     "teleport/join/v1/joinservice.proto",
     "teleport/legacy/client/proto/authservice.proto",
     "teleport/legacy/client/proto/certs.proto",
@@ -147,6 +149,10 @@ const TRUST: &str = "teleport api/proto/teleport/trust/v1/trust_service.proto";
 /// `api/proto/teleport/workloadidentity/v1/issuance_service.proto` at 04297986.
 const WI: &str = "teleport api/proto/teleport/workloadidentity/v1/issuance_service.proto";
 /// `api/proto/teleport/workloadidentity/v1/attrs.proto` at 161eb5ff (read id 12879850539).
+/// The SPIFFE Workload API: `standards/workloadapi.proto` of spiffe/spiffe (read id
+/// 54313075881), the numbers as in go-spiffe's `v2/proto/spiffe/workload/workload.proto` (at
+/// 9c2d9a87, read id 13747132993) where that older copy has the field. No package.
+const SPIFFE: &str = "spiffe standards/workloadapi.proto";
 const WI_ATTRS: &str = "teleport api/proto/teleport/workloadidentity/v1/attrs.proto";
 
 /// (message, field, number, type, source). The type reads
@@ -405,6 +411,33 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("teleport.workloadidentity.v1.WorkloadAttrsUnix", "gid", 3, "uint32", WI_ATTRS),
     ("teleport.workloadidentity.v1.WorkloadAttrsUnix", "uid", 4, "uint32", WI_ATTRS),
     ("teleport.workloadidentity.v1.WorkloadAttrs", "unix", 1, ".teleport.workloadidentity.v1.WorkloadAttrsUnix", WI_ATTRS),
+    ("X509SVIDResponse", "svids", 1, "repeated .X509SVID", SPIFFE),
+    ("X509SVIDResponse", "crl", 2, "repeated bytes", SPIFFE),
+    ("X509SVIDResponse", "federated_bundles", 3, "repeated .X509SVIDResponse.FederatedBundlesEntry", SPIFFE),
+    ("X509SVIDResponse.FederatedBundlesEntry", "key", 1, "string", SPIFFE),
+    ("X509SVIDResponse.FederatedBundlesEntry", "value", 2, "bytes", SPIFFE),
+    ("X509SVID", "spiffe_id", 1, "string", SPIFFE),
+    ("X509SVID", "x509_svid", 2, "bytes", SPIFFE),
+    ("X509SVID", "x509_svid_key", 3, "bytes", SPIFFE),
+    ("X509SVID", "bundle", 4, "bytes", SPIFFE),
+    ("X509SVID", "hint", 5, "string", SPIFFE),
+    ("X509BundlesResponse", "crl", 1, "repeated bytes", SPIFFE),
+    ("X509BundlesResponse", "bundles", 2, "repeated .X509BundlesResponse.BundlesEntry", SPIFFE),
+    ("X509BundlesResponse.BundlesEntry", "key", 1, "string", SPIFFE),
+    ("X509BundlesResponse.BundlesEntry", "value", 2, "bytes", SPIFFE),
+    ("JWTSVID", "spiffe_id", 1, "string", SPIFFE),
+    ("JWTSVID", "svid", 2, "string", SPIFFE),
+    ("JWTSVID", "hint", 3, "string", SPIFFE),
+    ("JWTSVIDRequest", "audience", 1, "repeated string", SPIFFE),
+    ("JWTSVIDRequest", "spiffe_id", 2, "string", SPIFFE),
+    ("JWTSVIDResponse", "svids", 1, "repeated .JWTSVID", SPIFFE),
+    ("JWTBundlesResponse", "bundles", 1, "repeated .JWTBundlesResponse.BundlesEntry", SPIFFE),
+    ("JWTBundlesResponse.BundlesEntry", "key", 1, "string", SPIFFE),
+    ("JWTBundlesResponse.BundlesEntry", "value", 2, "bytes", SPIFFE),
+    ("ValidateJWTSVIDRequest", "audience", 1, "string", SPIFFE),
+    ("ValidateJWTSVIDRequest", "svid", 2, "string", SPIFFE),
+    ("ValidateJWTSVIDResponse", "spiffe_id", 1, "string", SPIFFE),
+    ("ValidateJWTSVIDResponse", "claims", 2, ".google.protobuf.Struct", SPIFFE),
 ];
 
 /// (enum, value, number, source).
@@ -421,8 +454,25 @@ const ENUM_VALUES: &[(&str, &str, i32, &str)] = &[
     ("types.SignatureAlgorithmSuite", "SIGNATURE_ALGORITHM_SUITE_HSM_V1", 4, SUITES),
 ];
 
-/// Full gRPC method paths, whether they stream (both ways) or are unary, and where they were read.
+/// Full gRPC method paths, how they stream, and where they were read.
 const METHODS: &[(&str, Kind, &str)] = &[
+    ("/SpiffeWorkloadAPI/FetchJWTSVID", Kind::Unary, SPIFFE),
+    (
+        "/SpiffeWorkloadAPI/FetchJWTBundles",
+        Kind::ServerStream,
+        SPIFFE,
+    ),
+    ("/SpiffeWorkloadAPI/ValidateJWTSVID", Kind::Unary, SPIFFE),
+    (
+        "/SpiffeWorkloadAPI/FetchX509SVID",
+        Kind::ServerStream,
+        SPIFFE,
+    ),
+    (
+        "/SpiffeWorkloadAPI/FetchX509Bundles",
+        Kind::ServerStream,
+        SPIFFE,
+    ),
     // api/gen/proto/go/teleport/join/v1/joinservice_protoopaque.pb.go at 4a816d99:
     // service JoinService { rpc Join(stream JoinRequest) returns (stream JoinResponse) }.
     ("/teleport.join.v1.JoinService/Join", Kind::Bidi, JOIN_V1),
@@ -479,6 +529,8 @@ enum Kind {
     Bidi,
     /// One request, one response.
     Unary,
+    /// One request, a stream of responses.
+    ServerStream,
 }
 
 fn describe_type(field: &prost_types::FieldDescriptorProto, msg: &DescriptorProto) -> String {
@@ -498,6 +550,15 @@ fn describe_type(field: &prost_types::FieldDescriptorProto, msg: &DescriptorProt
     out
 }
 
+/// `name` in `package`; a file without a package (the SPIFFE Workload API's) names it alone.
+fn qualified(package: &str, name: &str) -> String {
+    if package.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{package}.{name}")
+    }
+}
+
 /// Every (message, field) and (enum, value) of our files, rendered as in the tables.
 #[allow(clippy::type_complexity)]
 fn collect(
@@ -513,7 +574,7 @@ fn collect(
         fields: &mut BTreeMap<(String, String), (i32, String)>,
         enums: &mut BTreeMap<(String, String), i32>,
     ) {
-        let name = format!("{prefix}.{}", msg.name());
+        let name = qualified(prefix, msg.name());
         for f in &msg.field {
             fields.insert(
                 (name.clone(), f.name().to_owned()),
@@ -534,7 +595,7 @@ fn collect(
     ) {
         for v in &e.value {
             enums.insert(
-                (format!("{prefix}.{}", e.name()), v.name().to_owned()),
+                (qualified(prefix, e.name()), v.name().to_owned()),
                 v.number(),
             );
         }
@@ -560,13 +621,17 @@ fn collect(
                 let kind = match (m.client_streaming(), m.server_streaming()) {
                     (true, true) => Kind::Bidi,
                     (false, false) => Kind::Unary,
-                    _ => panic!(
-                        "{package}.{}/{}: keybound declares no half-streaming RPC",
-                        service.name(),
+                    (false, true) => Kind::ServerStream,
+                    (true, false) => panic!(
+                        "{}/{}: keybound declares no client-streaming RPC",
+                        qualified(package, service.name()),
                         m.name()
                     ),
                 };
-                methods.push((format!("/{package}.{}/{}", service.name(), m.name()), kind));
+                methods.push((
+                    format!("/{}/{}", qualified(package, service.name()), m.name()),
+                    kind,
+                ));
             }
         }
     }

@@ -160,6 +160,21 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
         diag::listen(addr, status.clone()).await?;
     }
 
+    // The services (the Workload API) listen from now on, and serve once an identity is held.
+    let services = Arc::new(
+        crate::service::Services::start(
+            &prepared.config.services,
+            crate::service::Context {
+                route: prepared.auth_route.clone(),
+                rpc_timeout: prepared.rpc_timeout,
+                credential_ttl: prepared.config.credential_ttl,
+                renewal_interval: prepared.config.renewal_interval,
+            },
+        )
+        .await?,
+    );
+    services.follow(&held).await;
+
     let renew_now = Arc::new(Notify::new());
     let reopen = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(Notify::new());
@@ -183,11 +198,16 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
         status: status.clone(),
     };
     let attempt = {
-        let (status, held) = (status.clone(), held.clone());
+        let (status, held, services) = (status.clone(), held.clone(), services.clone());
         move || {
             let (prepared, held, status) = (prepared.clone(), held.clone(), status.clone());
             let (signer, reopen, clock) = (signer.clone(), reopen.clone(), clock.clone());
-            attempt(prepared, held, status, signer, reopen, clock)
+            let services = services.clone();
+            async move {
+                let done = attempt(prepared, held.clone(), status, signer, reopen, clock).await;
+                services.follow(&held).await;
+                done
+            }
         }
     };
     let result = match first_join(&held, &attempt, &stop).await {
@@ -215,6 +235,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
         Err(failure) => Err(failure),
     };
     signals.abort();
+    services.stop().await;
     info!("keybound agent stopped");
     result
 }

@@ -65,6 +65,7 @@ impl Start {
             insecure: false,
             diag_addr: None,
             outputs: Vec::new(),
+            services: Vec::new(),
         })
     }
 

@@ -21,6 +21,10 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     if !prepared.config.oneshot {
         return crate::agent::run(prepared, held).await;
     }
+    for service in &prepared.config.services {
+        // As tbot, which skips the services with no one-shot form (`lib/tbot/tbot.go`).
+        tracing::info!(service = %service.label(), "services do not run with --oneshot; start the agent without it to serve");
+    }
     let Cycle { joined, written } = cycle(&prepared, &held).await?;
     let joined = joined.ok_or_else(|| {
         Failure::new(

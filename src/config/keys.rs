@@ -27,12 +27,18 @@ pub fn keys() -> Vec<String> {
 /// (`services.*`, `outputs.*`) has the keys of every kind, each once.
 fn fields_at(path: &[&'static str]) -> Vec<&'static str> {
     match path.split_first() {
-        Some((&("services" | "outputs"), rest)) => {
+        Some((&list @ ("services" | "outputs"), rest)) => {
             let mut kinds = KindFields {
                 path: rest,
                 fields: Vec::new(),
             };
             crate::output::visit_kinds(&mut kinds);
+            if list == "services" {
+                // The services, which only `services:` holds.
+                use crate::output::KindVisitor as _;
+                kinds
+                    .visit::<crate::service::workload_api::RawWorkloadApi>("workload-identity-api");
+            }
             kinds.fields
         }
         _ => probe_fields::<RawConfig>(path),

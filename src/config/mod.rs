@@ -58,6 +58,8 @@ pub struct Config {
     pub diag_addr: Option<String>,
     /// The outputs (`outputs:` and `services:` together, in that order).
     pub outputs: Vec<OutputConfig>,
+    /// The services of `services:` (the Workload API), run by the agent, not by `--oneshot`.
+    pub services: Vec<crate::service::ServiceConfig>,
 }
 
 /// The cluster address: through a Proxy (`proxy_server`) or straight to Auth (`auth_server`).

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::fsutil::Symlinks;
 use crate::output::RawOutput;
+use crate::service::{RawEntry, ServiceConfig};
 use crate::signer::SignerKind;
 use crate::values::{Destination, GoDuration, HostPort, RawDestination, checked_str, not_yet};
 
@@ -26,7 +27,7 @@ pub(super) struct RawConfig {
     onboarding: Option<RawOnboarding>,
     storage: Option<RawDestination>,
     outputs: Option<Vec<RawOutput>>,
-    services: Option<Vec<RawOutput>>,
+    services: Option<Vec<RawEntry>>,
     #[serde(default)]
     debug: bool,
     auth_server: Option<String>,
@@ -136,9 +137,17 @@ impl RawConfig {
             self.renewal_interval,
         )?;
         let mut outputs = Vec::new();
-        for (list, raw) in [("outputs", self.outputs), ("services", self.services)] {
-            for (i, output) in raw.unwrap_or_default().into_iter().enumerate() {
-                outputs.push(output.check(&format!("{list}[{i}]"))?);
+        for (i, output) in self.outputs.unwrap_or_default().into_iter().enumerate() {
+            outputs.push(output.check(&format!("outputs[{i}]"))?);
+        }
+        let mut services = Vec::new();
+        for (i, entry) in self.services.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("services[{i}]");
+            match entry {
+                RawEntry::Output(output) => outputs.push(output.check(&at)?),
+                RawEntry::WorkloadApi(raw) => {
+                    services.push(ServiceConfig::WorkloadApi(raw.check(&at)?))
+                }
             }
         }
         let onboarding = onboarding.into_onboarding(token);
@@ -156,6 +165,7 @@ impl RawConfig {
             insecure: self.insecure,
             diag_addr: self.diag_addr.filter(|a| !a.is_empty()),
             outputs,
+            services,
         };
         config.check_destinations()?;
         Ok(config)

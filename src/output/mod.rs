@@ -26,7 +26,7 @@ pub mod lifetime;
 mod routed;
 pub mod ssh;
 pub mod ssh_host;
-mod workload_identity;
+pub(crate) mod workload_identity;
 pub mod workload_identity_jwt;
 pub mod workload_identity_x509;
 
@@ -288,7 +288,9 @@ macro_rules! kinds {
             }
         }
 
-        fn deserialize_kind<'de, D: Deserializer<'de>>(
+        /// An output of kind `kind` from the rest of its YAML (also for `services:` items,
+        /// `service::RawEntry`).
+        pub(crate) fn deserialize_kind<'de, D: Deserializer<'de>>(
             kind: &str,
             d: D,
         ) -> Result<RawOutput, D::Error> {
@@ -364,20 +366,21 @@ const TBOT_SERVICE_TYPES: &[&str] = &[
     "ssh-multiplexer",
     "spiffe-svid",
     "spiffe-workload-api",
-    "workload-identity-api",
     "workload-identity-aws-roles-anywhere",
     "application-proxy",
     "example",
 ];
 
 /// Why `kind` is refused: a tbot kind keybound lacks, or no kind at all.
-fn unsupported(kind: &str) -> String {
+pub(crate) fn unsupported(kind: &str) -> String {
     let ours = KINDS
         .iter()
         .map(|k| format!("`type: {k}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    if TBOT_SERVICE_TYPES.contains(&kind) {
+    if kind == "workload-identity-api" {
+        format!("{kind:?} is a service: list it under services:, not outputs:")
+    } else if TBOT_SERVICE_TYPES.contains(&kind) {
         format!(
             "tbot service type {kind:?} is not supported by keybound yet; keybound writes {ours} outputs"
         )

@@ -63,7 +63,7 @@ impl Selector {
     }
 
     /// The selector for logs and errors.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Self::Name(name) => format!("name {}", untrusted::quoted(name)),
             Self::Labels(labels) => {
@@ -78,7 +78,7 @@ impl Selector {
 }
 
 /// What to issue.
-pub(super) enum Params {
+pub(crate) enum Params {
     /// X.509 SVIDs for this public key (PKIX DER).
     X509(Vec<u8>),
     /// JWT SVIDs for these audiences.
@@ -100,97 +100,140 @@ pub(super) async fn issue(
     selector: &Selector,
     params: Params,
 ) -> Result<Issued, Failure> {
-    let roles = roles_for(cx, &[])?;
-    let identity = impersonate(
-        cx,
-        &Impersonation {
-            roles,
-            allow_reissue: false,
-        },
-    )
-    .await?;
-    let as_roles = AuthClient::connect(cx.auth.route(), &identity)
-        .await?
-        .with_deadline(cx.auth.deadline());
-    let ttl = prost_types::Duration {
-        seconds: i64::try_from(cx.credential_ttl.as_secs()).unwrap_or(i64::MAX),
-        nanos: 0,
-    };
-    let refused = |s: tonic::Status| {
-        let hint = if s.code() == tonic::Code::PermissionDenied {
-            format!(
-                "; the roles [{}] need a rule allowing read (and list, for labels) on \
-                 workload_identity, and workload_identity_labels matching the resource",
-                role_list(roles, ", ")
-            )
-        } else {
-            String::new()
-        };
-        auth::status_failure(
-            &format!(
-                "the cluster refused workload identities for {}",
-                selector.describe()
-            ),
-            &s,
-            &hint,
-        )
-    };
-    let credentials = match selector {
-        Selector::Name(name) => {
-            use wi::issue_workload_identity_request::Credential as C;
-            let credential = match params {
-                Params::X509(public_key) => C::X509SvidParams(wi::X509svidParams {
-                    public_key,
-                    use_issuer_overrides: true,
-                }),
-                Params::Jwt(audiences) => C::JwtSvidParams(wi::JwtsvidParams { audiences }),
-            };
-            let answer = as_roles
-                .issue_workload_identity(wi::IssueWorkloadIdentityRequest {
-                    name: name.clone(),
-                    credential: Some(credential),
-                    workload_attrs: None,
-                    requested_ttl: Some(ttl),
-                })
-                .await
-                .map_err(refused)?;
-            answer.credential.into_iter().collect()
-        }
-        Selector::Labels(labels) => {
-            use wi::issue_workload_identities_request::Credential as C;
-            let credential = match params {
-                Params::X509(public_key) => C::X509SvidParams(wi::X509svidParams {
-                    public_key,
-                    use_issuer_overrides: true,
-                }),
-                Params::Jwt(audiences) => C::JwtSvidParams(wi::JwtsvidParams { audiences }),
-            };
-            let answer = as_roles
-                .issue_workload_identities(wi::IssueWorkloadIdentitiesRequest {
-                    label_selectors: labels
-                        .iter()
-                        .map(|(key, values)| wi::LabelSelector {
-                            key: key.clone(),
-                            values: values.clone(),
-                        })
-                        .collect(),
-                    credential: Some(credential),
-                    workload_attrs: None,
-                    requested_ttl: Some(ttl),
-                })
-                .await
-                .map_err(refused)?;
-            answer.credentials
-        }
-    };
+    let session = Session::open(cx).await?;
+    let credentials = session
+        .issue(selector, params, None, cx.credential_ttl)
+        .await?;
     Ok(Issued {
         credentials,
-        roles: roles
-            .iter()
-            .map(|r| untrusted::name(r).to_string())
-            .collect(),
-        cluster: identity.info.cluster_name.clone(),
+        roles: session.roles,
+        cluster: session.cluster,
     })
+}
+
+/// A connection presenting every role the bot may impersonate, on which workload identities are
+/// issued: once per output, or once per renewal for the Workload API's many requests.
+pub(crate) struct Session {
+    as_roles: AuthClient,
+    /// The roles impersonated, as given (for the refusal's hint).
+    impersonated: Vec<String>,
+    /// The roles impersonated, sanitized for the log.
+    pub(crate) roles: Vec<String>,
+    /// The cluster's name: the SPIFFE trust domain.
+    pub(crate) cluster: untrusted::ClusterName,
+}
+
+impl Session {
+    /// Impersonates every role the bot may (tbot's default), and connects as them.
+    pub(crate) async fn open(cx: &Issue<'_>) -> Result<Self, Failure> {
+        let roles = roles_for(cx, &[])?;
+        let identity = impersonate(
+            cx,
+            &Impersonation {
+                roles,
+                allow_reissue: false,
+            },
+        )
+        .await?;
+        let as_roles = AuthClient::connect(cx.auth.route(), &identity)
+            .await?
+            .with_deadline(cx.auth.deadline());
+        Ok(Self {
+            as_roles,
+            impersonated: roles.to_vec(),
+            roles: roles
+                .iter()
+                .map(|r| untrusted::name(r).to_string())
+                .collect(),
+            cluster: identity.info.cluster_name.clone(),
+        })
+    }
+
+    /// The issuance RPC for `selector` (`IssueWorkloadIdentity` by name,
+    /// `IssueWorkloadIdentities` by labels), with the workload's attributes when known, asking
+    /// for `ttl`.
+    pub(crate) async fn issue(
+        &self,
+        selector: &Selector,
+        params: Params,
+        workload_attrs: Option<wi::WorkloadAttrs>,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<wi::Credential>, Failure> {
+        let ttl = prost_types::Duration {
+            seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        };
+        let refused = |s: tonic::Status| {
+            let hint = if s.code() == tonic::Code::PermissionDenied {
+                format!(
+                    "; the roles [{}] need a rule allowing read (and list, for labels) on \
+                     workload_identity, and workload_identity_labels matching the resource",
+                    role_list(&self.impersonated, ", ")
+                )
+            } else {
+                String::new()
+            };
+            auth::status_failure(
+                &format!(
+                    "the cluster refused workload identities for {}",
+                    selector.describe()
+                ),
+                &s,
+                &hint,
+            )
+        };
+        let credentials = match selector {
+            Selector::Name(name) => {
+                use wi::issue_workload_identity_request::Credential as C;
+                let credential = match params {
+                    Params::X509(public_key) => C::X509SvidParams(wi::X509svidParams {
+                        public_key,
+                        use_issuer_overrides: true,
+                    }),
+                    Params::Jwt(audiences) => C::JwtSvidParams(wi::JwtsvidParams { audiences }),
+                };
+                let answer = self
+                    .as_roles
+                    .issue_workload_identity(wi::IssueWorkloadIdentityRequest {
+                        name: name.clone(),
+                        credential: Some(credential),
+                        workload_attrs,
+                        requested_ttl: Some(ttl),
+                    })
+                    .await
+                    .map_err(refused)?;
+                answer.credential.into_iter().collect()
+            }
+            Selector::Labels(labels) => {
+                use wi::issue_workload_identities_request::Credential as C;
+                let credential = match params {
+                    Params::X509(public_key) => C::X509SvidParams(wi::X509svidParams {
+                        public_key,
+                        use_issuer_overrides: true,
+                    }),
+                    Params::Jwt(audiences) => C::JwtSvidParams(wi::JwtsvidParams { audiences }),
+                };
+                let answer = self
+                    .as_roles
+                    .issue_workload_identities(wi::IssueWorkloadIdentitiesRequest {
+                        label_selectors: labels
+                            .iter()
+                            .map(|(key, values)| wi::LabelSelector {
+                                key: key.clone(),
+                                values: values.clone(),
+                            })
+                            .collect(),
+                        credential: Some(credential),
+                        workload_attrs,
+                        requested_ttl: Some(ttl),
+                    })
+                    .await
+                    .map_err(refused)?;
+                answer.credentials
+            }
+        };
+        Ok(credentials)
+    }
 }
 
 /// Which kind of SVID an output writes.
@@ -231,7 +274,7 @@ pub(super) fn exactly_one(
 }
 
 /// When a credential expires (`expires_at`, to the second); an answer without one is refused.
-pub(super) fn expiry(credential: &wi::Credential) -> Result<SystemTime, Failure> {
+pub(crate) fn expiry(credential: &wi::Credential) -> Result<SystemTime, Failure> {
     credential
         .expires_at
         .and_then(|t| u64::try_from(t.seconds).ok())
@@ -246,7 +289,7 @@ pub(super) fn expiry(credential: &wi::Credential) -> Result<SystemTime, Failure>
 
 /// The SPIFFE ID the cluster names, checked: `spiffe://<trust domain>/<path>` in the cluster's
 /// trust domain, printable, so that it may reach a log line.
-pub(super) fn checked_spiffe_id(
+pub(crate) fn checked_spiffe_id(
     credential: &wi::Credential,
     cluster: &untrusted::ClusterName,
 ) -> Result<String, Failure> {

@@ -161,13 +161,13 @@ pub struct Issued {
 
 /// The SVID's key (purpose `BotSVID`, `lib/cryptosuites/suites.go` at 02cdf32d: RSA-2048 on
 /// `legacy`, ECDSA P-256 on every other suite), its private half as PKCS#8 `PRIVATE KEY`.
-struct SvidKey {
-    private_pem: Zeroizing<String>,
-    spki_der: Vec<u8>,
+pub(crate) struct SvidKey {
+    pub(crate) private_pem: Zeroizing<String>,
+    pub(crate) spki_der: Vec<u8>,
 }
 
 impl SvidKey {
-    fn generate(suite: Suite) -> anyhow::Result<Self> {
+    pub(crate) fn generate(suite: Suite) -> anyhow::Result<Self> {
         match suite {
             Suite::Unspecified | Suite::Legacy => {
                 use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};

@@ -48,4 +48,5 @@ mod start;
 mod support;
 #[cfg(feature = "tpm")]
 mod tpm;
+mod workload_api;
 mod workload_identity;

@@ -14,7 +14,7 @@ use keybound_teleport::suite::Suite;
 use crate::oneshot::{Env, env, failed, ok, oneshot};
 use crate::support::{stdout, tool};
 
-fn resource(name: &str, labels: &str, id: &str) -> WorkloadIdentity {
+pub(crate) fn resource(name: &str, labels: &str, id: &str) -> WorkloadIdentity {
     workload_identities::from_value(
         serde_yaml::from_str(&format!(
             "kind: workload_identity\nversion: v1\nmetadata: {{name: {name}, labels: {labels}}}\nspec: {{spiffe: {{id: '{id}', hint: for tests}}}}\n"
@@ -27,7 +27,7 @@ fn resource(name: &str, labels: &str, id: &str) -> WorkloadIdentity {
 /// A dev cluster whose role `access` may issue from resources labelled `env: dev` (when
 /// `labels`), with `svc` and `svc2` (both `env: dev`), `prod` (`env: prod`) and `uid` (a
 /// template only the Workload API's attestation fills).
-async fn cluster(suite: Suite, labels: bool) -> Env {
+pub(crate) async fn cluster(suite: Suite, labels: bool) -> Env {
     env(move |c| {
         c.suite = suite;
         let access = &mut c.roles[0];
