@@ -74,6 +74,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
         }
+        Command::Configure(args) => {
+            commands::configure::configure(&args, &mut std::io::stdout().lock())
+        }
         Command::Keypair(KeypairCommand::Create(args)) => Ok(runtime()?.block_on(
             commands::keypair::create(&args, &mut std::io::stdout().lock()),
         )?),

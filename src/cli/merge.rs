@@ -24,6 +24,13 @@ impl Start {
         self.apply_destinations(&mut config)
             .map_err(Failure::config)?;
         self.apply_run(&mut config);
+        if let Some(service) = &self.service {
+            let yaml = service.to_yaml().map_err(|e| Failure::config(anyhow!(e)))?;
+            let at = format!("keybound start {}", service.name());
+            let output = crate::config::generate::service(&yaml, &at)
+                .map_err(|e| Failure::config(anyhow!(e)))?;
+            config.outputs.push(output);
+        }
         config
             .check_destinations()
             .map_err(|e| Failure::config(anyhow!(e)))?;
@@ -137,7 +144,7 @@ impl Start {
             };
         }
         if let Some(uri) = &self.storage {
-            config.storage = storage_uri(uri)?;
+            config.storage = destination_uri("--storage", uri).map_err(|e| anyhow!(e))?;
         }
         if let Some(dir) = &self.destination_dir {
             config.outputs = vec![OutputConfig::Identity(IdentityOutput::in_directory(
@@ -173,14 +180,17 @@ fn token_flag(value: &str) -> &'static str {
     }
 }
 
-/// tbot's storage URIs: `file:///dir`, a bare path, or `memory://`.
-fn storage_uri(uri: &str) -> anyhow::Result<Destination> {
+/// tbot's destination URIs (`--storage`, `--destination`): `file:///dir`, a bare path, or
+/// `memory://`.
+pub(super) fn destination_uri(flag: &str, uri: &str) -> Result<Destination, String> {
     if uri == "memory://" {
         return Ok(Destination::Memory);
     }
     let path = uri.strip_prefix("file://").unwrap_or(uri);
     if path.is_empty() || path.contains("://") {
-        anyhow::bail!("--storage {uri:?}: use file:///DIR, a directory path, or memory://");
+        return Err(format!(
+            "{flag} {uri:?}: use file:///DIR, a directory path, or memory://"
+        ));
     }
     Ok(Destination::Directory {
         path: PathBuf::from(path),

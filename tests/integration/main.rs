@@ -19,6 +19,7 @@ mod config;
 mod dev_cluster_admin;
 mod doctor;
 mod faults;
+mod flags;
 mod fuzz_regressions;
 mod giving_up;
 mod hostile;
