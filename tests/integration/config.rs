@@ -148,8 +148,8 @@ fn tbot_features_keybound_lacks_are_refused_by_name() {
             "config tbot.yaml:7:26: onboarding.bound_keypair.registration_secret: registration secrets are not supported",
         ),
         (
-            format!("{HEAD}services:\n  - type: ssh_host\n"),
-            "config tbot.yaml:7:11: services[0].type: tbot service type \"ssh_host\" is not supported by keybound yet",
+            format!("{HEAD}services:\n  - type: ssh-multiplexer\n"),
+            "config tbot.yaml:7:11: services[0].type: tbot service type \"ssh-multiplexer\" is not supported by keybound yet",
         ),
         (
             format!("{HEAD}services:\n  - type: identity\n    cluster: leaf\n"),
