@@ -36,6 +36,7 @@ pub mod commands;
 pub mod config;
 mod failure;
 pub mod fsutil;
+pub mod heartbeat;
 pub mod identity;
 pub mod join;
 pub mod logging;

@@ -76,6 +76,7 @@ mod cluster;
 mod config;
 pub mod databases;
 mod front;
+pub mod heartbeats;
 mod host_certs;
 mod join;
 pub mod kube_clusters;

@@ -146,6 +146,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     info!(renewal_interval = %humantime::format_duration(schedule.renewal_interval), credential_ttl = %humantime::format_duration(prepared.config.credential_ttl), "keybound agent started");
     let prepared = Arc::new(prepared);
     let held = Arc::new(held);
+    let heartbeats = crate::heartbeat::Heartbeats::new(false).run(prepared.clone(), held.clone());
     let attempt = {
         let (status, held) = (status.clone(), held.clone());
         move || {
@@ -156,6 +157,8 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     };
     let result = match first_join(&held, &attempt, &stop).await {
         Ok(Started::Loop(first)) => {
+            // The start-up heartbeat once the first join is done, then every 30 minutes.
+            let heartbeats = tokio::spawn(heartbeats);
             let cycle = || {
                 let attempt = attempt();
                 async move {
@@ -164,6 +167,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
                 }
             };
             run_loop(cycle, first, schedule, status, renew_now, stop.notified()).await;
+            heartbeats.abort();
             Ok(())
         }
         Ok(Started::Stopped) => Ok(()),

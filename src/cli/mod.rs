@@ -568,6 +568,9 @@ pub enum AdminCommand {
     Lock(AdminLock),
     /// Print the running cluster's name, version, addresses and resource counts (tctl status).
     Status(AdminArgs),
+    /// List the heartbeats bot instances have sent, oldest first, one line each (tctl bots
+    /// instances): instance, bot, when, start-up or one-shot, version, host, uptime.
+    Heartbeats(AdminArgs),
 }
 
 /// How the admin commands reach the cluster.

@@ -21,6 +21,7 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     if !prepared.config.oneshot {
         return crate::agent::run(prepared, held).await;
     }
+    let heartbeats = crate::heartbeat::Heartbeats::new(true);
     let Cycle { joined, written } = cycle(&prepared, &held).await?;
     let joined = joined.ok_or_else(|| {
         Failure::new(
@@ -28,6 +29,8 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
             anyhow!("a oneshot run always renews the bot identity"),
         )
     })?;
+    // tbot's one-shot heartbeat, after the outputs; it never fails the run.
+    heartbeats.send(&prepared, &joined.identity, true).await;
     write_summary(
         out,
         &joined,

@@ -22,6 +22,7 @@ mod faults;
 mod flags;
 mod fuzz_regressions;
 mod giving_up;
+mod heartbeats;
 mod hostile;
 mod hostile_server;
 mod hostile_text;
