@@ -4,7 +4,8 @@
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
 # a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), a host
 # certificate with SPIFFE SVIDs, and a key made in a TPM (swtpm) with the evidence the admin checks
-# before binding it. The cluster never restarts. Everything lives in a scratch directory that is
+# before binding it, then tbot's config-less `start identity`/`configure` and the heartbeats the cluster
+# recorded. The cluster never restarts. Everything lives in a scratch directory that is
 # removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -327,3 +328,23 @@ attestation_demo() {
   swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s
 }
 attestation_demo
+
+cli_and_heartbeats() {
+  step "11. tbot's command line without a config file: start identity by flags, and configure printing the same as YAML"
+  "$kb" keypair create --static --algorithm ed25519 --static-key-path "$dir/cli-key.pem" --format json > /dev/null
+  local cli_public
+  cli_public=$("$kb" keypair show --static-key-path "$dir/cli-key.pem" | sed -n 's/^public key: *//p')
+  sed "s|name: demo-token|name: cli-token|; s|initial_public_key: .*|initial_public_key: $cli_public|; s|limit: 1|limit: 2|" \
+    "$dir/token.yaml" > "$dir/cli-token.yaml"
+  admin create -f "$dir/cli-token.yaml"
+  local flags=(--proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem" --join-method bound_keypair --token cli-token
+    --static-key-path "$dir/cli-key.pem" --storage memory:// --destination "file://$dir/out-cli")
+  "$kb" start identity --oneshot "${flags[@]}"
+  "$kb" configure identity --oneshot "${flags[@]}" -o "$dir/cli.yaml"
+  cat "$dir/cli.yaml"
+  "$kb" start -c "$dir/cli.yaml"
+
+  step "11b. Each run reported its bot instance to the cluster (tctl bots instances)"
+  admin heartbeats
+}
+cli_and_heartbeats

@@ -58,11 +58,12 @@ async fn heartbeats(client: &AdminClient, out: &mut dyn Write) -> anyhow::Result
     let found = client.heartbeats().await?;
     writeln!(
         out,
-        "{:<36}  {:<16}  {:<20}  {:<8}  {:<10}  {:<16}  Uptime",
+        "{:<36}  {:<16}  {:<30}  {:<8}  {:<10}  {:<16}  Uptime",
         "Instance", "Bot", "Recorded", "Mode", "Version", "Host"
     )?;
     for beat in &found {
-        let text = |key: &str| beat[key].as_str().unwrap_or("-").to_owned();
+        // Padding applies to plain strings, so each name is sanitized into one first.
+        let text = |key: &str| untrusted::name(beat[key].as_str().unwrap_or("-")).to_string();
         let mode = match (beat["is_startup"].as_bool(), beat["one_shot"].as_bool()) {
             (_, Some(true)) => "oneshot",
             (Some(true), _) => "startup",
@@ -71,12 +72,12 @@ async fn heartbeats(client: &AdminClient, out: &mut dyn Write) -> anyhow::Result
         let uptime = beat["uptime"]["secs"].as_u64().unwrap_or(0);
         writeln!(
             out,
-            "{:<36}  {:<16}  {:<20}  {mode:<8}  {:<10}  {:<16}  {}",
-            untrusted::name(&text("instance_id")),
-            untrusted::name(&text("bot_name")),
+            "{:<36}  {:<16}  {:<30}  {mode:<8}  {:<10}  {:<16}  {}",
+            text("instance_id"),
+            text("bot_name"),
             text("recorded_at"),
-            untrusted::name(&text("version")),
-            untrusted::name(&text("hostname")),
+            text("version"),
+            text("hostname"),
             humantime::format_duration(std::time::Duration::from_secs(uptime))
         )?;
     }
