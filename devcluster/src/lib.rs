@@ -70,6 +70,7 @@
 pub mod admin;
 pub mod apps;
 mod auth;
+mod bot_instances;
 pub mod ca;
 mod caller;
 mod cluster;

@@ -1,11 +1,10 @@
 //! `keybound start`'s flags over `tbot.yaml`: the effective configuration, as tbot's
 //! `LoadConfigWithMutators` builds it (the file, if any, then each flag that is set).
 
-use std::path::PathBuf;
-
 use anyhow::anyhow;
 
 use super::Start;
+use super::services::destination_uri;
 use crate::Failure;
 use crate::config::{ClusterAddr, Config, Onboarding, OutputConfig};
 use crate::fsutil::Symlinks;
@@ -178,22 +177,4 @@ fn token_flag(value: &str) -> &'static str {
     } else {
         "--token"
     }
-}
-
-/// tbot's destination URIs (`--storage`, `--destination`): `file:///dir`, a bare path, or
-/// `memory://`.
-pub(super) fn destination_uri(flag: &str, uri: &str) -> Result<Destination, String> {
-    if uri == "memory://" {
-        return Ok(Destination::Memory);
-    }
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
-    if path.is_empty() || path.contains("://") {
-        return Err(format!(
-            "{flag} {uri:?}: use file:///DIR, a directory path, or memory://"
-        ));
-    }
-    Ok(Destination::Directory {
-        path: PathBuf::from(path),
-        symlinks: Symlinks::default(),
-    })
 }

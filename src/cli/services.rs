@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
 
-use super::merge::destination_uri;
 use crate::config::generate::Yaml;
+use crate::fsutil::Symlinks;
+use crate::values::Destination;
 
 /// The output kinds a command line can ask for, with tbot's names and aliases.
 /// (`workload-identity-api` is a listener, not an output: it is left to the configuration file.)
@@ -317,6 +318,24 @@ fn kubernetes_v2(f: &KubernetesV2Flags) -> Result<Yaml, String> {
         .service("kubernetes/v2")?
         .maps("selectors", selectors)
         .flag("disable_exec_plugin", f.disable_exec_plugin))
+}
+
+/// tbot's destination URIs (`--storage`, `--destination`): `file:///dir`, a bare path, or
+/// `memory://`.
+pub(super) fn destination_uri(flag: &str, uri: &str) -> Result<Destination, String> {
+    if uri == "memory://" {
+        return Ok(Destination::Memory);
+    }
+    let path = uri.strip_prefix("file://").unwrap_or(uri);
+    if path.is_empty() || path.contains("://") {
+        return Err(format!(
+            "{flag} {uri:?}: use file:///DIR, a directory path, or memory://"
+        ));
+    }
+    Ok(Destination::Directory {
+        path: std::path::PathBuf::from(path),
+        symlinks: Symlinks::default(),
+    })
 }
 
 /// A value that must not be empty.

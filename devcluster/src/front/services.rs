@@ -17,8 +17,8 @@ use tonic::Status;
 use tower::Service as _;
 
 use crate::auth::AuthApi;
+use crate::bot_instances::BotInstanceApi;
 use crate::cluster::Cluster;
-use crate::heartbeats::BotInstanceApi;
 use crate::join::{JoinLegacy, JoinV1};
 use crate::trust::TrustApi;
 use crate::workload_identity::IssuanceApi;
