@@ -5,9 +5,10 @@
 # a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), a host
 # certificate with SPIFFE SVIDs, the SPIFFE Workload API asked by the spiffe Python client, a key
 # made in a TPM (swtpm) with the evidence the admin checks before binding it, per-output
-# lifetimes, and standard mode with keys made and rotated inside SoftHSM. The cluster never
-# restarts. Everything lives in a scratch directory that is
-# removed at the end (set KEEP=1 to keep it).
+# lifetimes, tbot's config-less `start identity`/`configure` and the heartbeats the cluster
+# recorded, and standard mode with keys made and rotated inside SoftHSM. The cluster never
+# restarts. Everything lives in a scratch directory that is removed at the end (set KEEP=1 to
+# keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --features tpm
@@ -28,7 +29,7 @@ admin() { printf '$ keybound dev-cluster' >&2; printf ' %q' "$@" >&2; echo >&2; 
 # shows once, a key generated in the token at registration, then another at the rotation the
 # admin requests; OpenSC's pkcs11-tool lists what the token holds.
 demo_standard_hsm() {
-  step "12. Standard mode, keys made inside SoftHSM: the token gets a registration secret (shown once)"
+  step "13. Standard mode, keys made inside SoftHSM: the token gets a registration secret (shown once)"
   cat > "$dir/rotating.yaml" <<YAML
 kind: bot
 version: v1
@@ -64,14 +65,14 @@ YAML
   local tool=(pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label demo-token
               --login --pin "$HSM_PIN" --list-objects --type privkey)
 
-  step "12a. Registration: the cluster asks for a key; keybound makes it inside the token"
+  step "13a. Registration: the cluster asks for a key; keybound makes it inside the token"
   "${run[@]}" --registration-secret-path "$dir/rotating-secret"
   echo "storage keeps references only: $(ls "$dir/rotating-storage" | grep bkp | tr '\n' ' ')"
   cat "$dir/rotating-storage/bkp_device_keys.json"; echo
   "${tool[@]}"
   admin get tokens/rotating-token
 
-  step "12b. The admin asks for a rotation (tctl bound-keypair request-rotation); the next join makes the new key in the token"
+  step "13b. The admin asks for a rotation (tctl bound-keypair request-rotation); the next join makes the new key in the token"
   admin request-rotation rotating-token
   "${run[@]}"
   "${tool[@]}"
@@ -456,4 +457,24 @@ YAML
   openssl x509 -in "$dir/out-identity-1h/tlscert" -noout -enddate
 }
 per_output_lifetimes
+
+cli_and_heartbeats() {
+  step "12. tbot's command line without a config file: start identity by flags, and configure printing the same as YAML"
+  "$kb" keypair create --static --algorithm ed25519 --static-key-path "$dir/cli-key.pem" --format json > /dev/null
+  local cli_public
+  cli_public=$("$kb" keypair show --static-key-path "$dir/cli-key.pem" | sed -n 's/^public key: *//p')
+  sed "s|name: demo-token|name: cli-token|; s|initial_public_key: .*|initial_public_key: $cli_public|; s|limit: 1|limit: 2|" \
+    "$dir/token.yaml" > "$dir/cli-token.yaml"
+  admin create -f "$dir/cli-token.yaml"
+  local flags=(--proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem" --join-method bound_keypair --token cli-token
+    --static-key-path "$dir/cli-key.pem" --storage memory:// --destination "file://$dir/out-cli")
+  "$kb" start identity --oneshot "${flags[@]}"
+  "$kb" configure identity --oneshot "${flags[@]}" -o "$dir/cli.yaml"
+  cat "$dir/cli.yaml"
+  "$kb" start -c "$dir/cli.yaml"
+
+  step "12b. Each run reported its bot instance to the cluster (tctl bots instances)"
+  admin heartbeats
+}
+cli_and_heartbeats
 demo_standard_hsm

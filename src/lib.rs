@@ -38,6 +38,7 @@ pub mod commands;
 pub mod config;
 mod failure;
 pub mod fsutil;
+pub mod heartbeat;
 pub mod identity;
 pub mod join;
 pub mod logging;
@@ -76,6 +77,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             // A signing thread stuck on a device must not hold up exit.
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
+        }
+        Command::Configure(args) => {
+            commands::configure::configure(&args, &mut std::io::stdout().lock())
         }
         Command::Keypair(KeypairCommand::Create(args)) => Ok(runtime()?.block_on(
             commands::keypair::create(&args, &mut std::io::stdout().lock()),

@@ -50,6 +50,8 @@ pub struct DevClusterConfig {
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
     pub hostile_text: String,
+    /// How bot instance heartbeats are answered (recorded, by default).
+    pub heartbeats: crate::heartbeats::HeartbeatService,
 }
 
 impl Default for DevClusterConfig {
@@ -72,6 +74,7 @@ impl Default for DevClusterConfig {
             workload_identities: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
+            heartbeats: crate::heartbeats::HeartbeatService::default(),
         }
     }
 }

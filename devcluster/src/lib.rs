@@ -70,12 +70,14 @@
 pub mod admin;
 pub mod apps;
 mod auth;
+mod bot_instances;
 pub mod ca;
 mod caller;
 mod cluster;
 mod config;
 pub mod databases;
 mod front;
+pub mod heartbeats;
 mod host_certs;
 mod join;
 pub mod kube_clusters;

@@ -99,6 +99,15 @@ pub mod teleport {
             "teleport.workloadidentity.v1.rs"
         );
     }
+    /// Machine ID (`teleport.machineid.*`).
+    pub mod machineid {
+        generated!(
+            /// Package `teleport.machineid.v1`: a bot instance's heartbeat
+            /// (`BotInstanceService.SubmitHeartbeat`).
+            v1,
+            "teleport.machineid.v1.rs"
+        );
+    }
 }
 
 generated!(

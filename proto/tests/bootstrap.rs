@@ -27,6 +27,7 @@ const PROTOS: &[&str] = &[
     "teleport/legacy/client/proto/joinservice.proto",
     "teleport/trust/v1/trust_service.proto",
     "teleport/workloadidentity/v1/issuance_service.proto",
+    "teleport/machineid/v1/bot_instance_service.proto",
 ];
 
 /// Our own files, i.e. every file in the descriptor set but the well-known types.
@@ -37,6 +38,8 @@ const OUR_FILES: &[&str] = &[
     "teleport/legacy/client/proto/certs.proto",
     "teleport/legacy/client/proto/joinservice.proto",
     "teleport/legacy/types/types.proto",
+    "teleport/machineid/v1/bot_instance.proto",
+    "teleport/machineid/v1/bot_instance_service.proto",
     "teleport/trust/v1/trust_service.proto",
     "teleport/workloadidentity/v1/attrs.proto",
     "teleport/workloadidentity/v1/issuance_service.proto",
@@ -154,6 +157,13 @@ const WI: &str = "teleport api/proto/teleport/workloadidentity/v1/issuance_servi
 /// 9c2d9a87, read id 13747132993) where that older copy has the field. No package.
 const SPIFFE: &str = "spiffe standards/workloadapi.proto";
 const WI_ATTRS: &str = "teleport api/proto/teleport/workloadidentity/v1/attrs.proto";
+/// `api/proto/teleport/machineid/v1/bot_instance.proto` at aaf80fd3 (read id 397340065).
+const BI: &str = "teleport api/proto/teleport/machineid/v1/bot_instance.proto";
+/// `kind = 12` and `BotKind`: the RFD's copy of the newer bot_instance.proto (read ids
+/// 13071855123, 17012489631) and the web UI's heartbeat fixture (read id 13051299227).
+const BI_KIND: &str = "teleport RFD bot_instance.proto + web UI heartbeat fixture";
+/// `api/proto/teleport/machineid/v1/bot_instance_service.proto` at 04d30a49 (read id 6387459114).
+const BIS: &str = "teleport api/proto/teleport/machineid/v1/bot_instance_service.proto";
 
 /// (message, field, number, type, source). The type reads
 /// `[repeated |optional |oneof <name> ]<scalar or .full.TypeName>`.
@@ -438,6 +448,17 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("ValidateJWTSVIDRequest", "svid", 2, "string", SPIFFE),
     ("ValidateJWTSVIDResponse", "spiffe_id", 1, "string", SPIFFE),
     ("ValidateJWTSVIDResponse", "claims", 2, ".google.protobuf.Struct", SPIFFE),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "recorded_at", 1, ".google.protobuf.Timestamp", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "is_startup", 2, "bool", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "version", 3, "string", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "hostname", 4, "string", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "uptime", 5, ".google.protobuf.Duration", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "join_method", 6, "string", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "one_shot", 7, "bool", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "architecture", 8, "string", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "os", 9, "string", BI),
+    ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "kind", 12, ".teleport.machineid.v1.BotKind", BI_KIND),
+    ("teleport.machineid.v1.SubmitHeartbeatRequest", "heartbeat", 1, ".teleport.machineid.v1.BotInstanceStatusHeartbeat", BIS),
 ];
 
 /// (enum, value, number, source).
@@ -452,6 +473,10 @@ const ENUM_VALUES: &[(&str, &str, i32, &str)] = &[
     ("types.SignatureAlgorithmSuite", "SIGNATURE_ALGORITHM_SUITE_BALANCED_V1", 2, SUITES),
     ("types.SignatureAlgorithmSuite", "SIGNATURE_ALGORITHM_SUITE_FIPS_V1", 3, SUITES),
     ("types.SignatureAlgorithmSuite", "SIGNATURE_ALGORITHM_SUITE_HSM_V1", 4, SUITES),
+    ("teleport.machineid.v1.BotKind", "BOT_KIND_UNSET", 0, BI_KIND),
+    ("teleport.machineid.v1.BotKind", "BOT_KIND_TBOT_BINARY", 1, BI_KIND),
+    ("teleport.machineid.v1.BotKind", "BOT_KIND_TERRAFORM_PROVIDER", 2, BI_KIND),
+    ("teleport.machineid.v1.BotKind", "BOT_KIND_KUBERNETES_OPERATOR", 3, BI_KIND),
 ];
 
 /// Full gRPC method paths, how they stream, and where they were read.
@@ -519,6 +544,12 @@ const METHODS: &[(&str, Kind, &str)] = &[
         "/teleport.workloadidentity.v1.WorkloadIdentityIssuanceService/IssueWorkloadIdentities",
         Kind::Unary,
         WI,
+    ),
+    // `service BotInstanceService` in bot_instance_service.proto at 04d30a49.
+    (
+        "/teleport.machineid.v1.BotInstanceService/SubmitHeartbeat",
+        Kind::Unary,
+        BIS,
     ),
 ];
 

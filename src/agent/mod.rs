@@ -197,6 +197,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
         held: held.clone(),
         status: status.clone(),
     };
+    let heartbeats = crate::heartbeat::Heartbeats::new(false).run(prepared.clone(), held.clone());
     let attempt = {
         let (status, held, services) = (status.clone(), held.clone(), services.clone());
         move || {
@@ -212,6 +213,8 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
     };
     let result = match first_join(&held, &attempt, &stop).await {
         Ok(Started::Loop(first)) => {
+            // The start-up heartbeat once the first join is done, then every 30 minutes.
+            let heartbeats = tokio::spawn(heartbeats);
             let cycle = || {
                 let attempt = attempt();
                 async move {
@@ -229,6 +232,7 @@ pub async fn run(mut prepared: Prepared, held: Held) -> Result<(), Failure> {
                 stop.notified(),
             )
             .await;
+            heartbeats.abort();
             Ok(())
         }
         Ok(Started::Stopped) => Ok(()),

@@ -1,11 +1,10 @@
 //! `keybound start`'s flags over `tbot.yaml`: the effective configuration, as tbot's
 //! `LoadConfigWithMutators` builds it (the file, if any, then each flag that is set).
 
-use std::path::PathBuf;
-
 use anyhow::anyhow;
 
 use super::Start;
+use super::services::destination_uri;
 use crate::Failure;
 use crate::config::{ClusterAddr, Config, Onboarding, OutputConfig};
 use crate::fsutil::Symlinks;
@@ -24,6 +23,13 @@ impl Start {
         self.apply_destinations(&mut config)
             .map_err(Failure::config)?;
         self.apply_run(&mut config);
+        if let Some(service) = &self.service {
+            let yaml = service.to_yaml().map_err(|e| Failure::config(anyhow!(e)))?;
+            let at = format!("keybound start {}", service.name());
+            let output = crate::config::generate::service(&yaml, &at)
+                .map_err(|e| Failure::config(anyhow!(e)))?;
+            config.outputs.push(output);
+        }
         config
             .check_destinations()
             .and_then(|()| config.check_lifetimes())
@@ -157,7 +163,7 @@ impl Start {
             };
         }
         if let Some(uri) = &self.storage {
-            config.storage = storage_uri(uri)?;
+            config.storage = destination_uri("--storage", uri).map_err(|e| anyhow!(e))?;
         }
         if let Some(dir) = &self.destination_dir {
             config.outputs = vec![OutputConfig::Identity(IdentityOutput::in_directory(
@@ -191,19 +197,4 @@ fn token_flag(value: &str) -> &'static str {
     } else {
         "--token"
     }
-}
-
-/// tbot's storage URIs: `file:///dir`, a bare path, or `memory://`.
-fn storage_uri(uri: &str) -> anyhow::Result<Destination> {
-    if uri == "memory://" {
-        return Ok(Destination::Memory);
-    }
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
-    if path.is_empty() || path.contains("://") {
-        anyhow::bail!("--storage {uri:?}: use file:///DIR, a directory path, or memory://");
-    }
-    Ok(Destination::Directory {
-        path: PathBuf::from(path),
-        symlinks: Symlinks::default(),
-    })
 }

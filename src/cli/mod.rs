@@ -3,6 +3,7 @@
 
 mod join_uri;
 mod merge;
+pub mod services;
 
 use std::path::PathBuf;
 
@@ -115,10 +116,16 @@ impl Cli {
             );
         }
         match &self.command {
-            Command::Start(args) | Command::Doctor(args) if !args.ca_pin.is_empty() => refused(
-                "--ca-pin",
-                "give the cluster's CA bundle with --ca-path (onboarding.ca_path)",
-            ),
+            Command::Start(args)
+            | Command::Doctor(args)
+            | Command::Configure(Configure { start: args, .. })
+                if !args.ca_pin.is_empty() =>
+            {
+                refused(
+                    "--ca-pin",
+                    "give the cluster's CA bundle with --ca-path (onboarding.ca_path)",
+                )
+            }
             _ => None,
         }
     }
@@ -129,39 +136,39 @@ impl Cli {
 #[derive(Clone, Debug, Default, Args)]
 pub struct SignerArgs {
     /// Which backend holds the key: file, env, pkcs11 or tpm.
-    #[arg(long, value_enum)]
+    #[arg(global = true, long, value_enum)]
     pub signer: Option<SignerKind>,
 
     /// The key in a PKCS#11 token, as an RFC 7512 URI: 'pkcs11:token=LABEL;object=LABEL'.
-    #[arg(long, value_name = "URI")]
+    #[arg(global = true, long, value_name = "URI")]
     pub pkcs11_uri: Option<String>,
 
     /// The PKCS#11 module (shared library) to load.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub pkcs11_module: Option<PathBuf>,
 
     /// Where the token PIN comes from: env:VAR or file:PATH (never the PIN itself).
-    #[arg(long, value_name = "env:VAR|file:PATH", value_parser = parse_pin_source)]
+    #[arg(global = true, long, value_name = "env:VAR|file:PATH", value_parser = parse_pin_source)]
     pub pin_source: Option<keybound_signer::PinSource>,
 
     /// Refuse a key that its device could export or did not generate (an imported key).
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub require_hardware_key: bool,
 
     /// How to reach the TPM (default: $TPM2TOOLS_TCTI, $TCTI, device:/dev/tpmrm0).
-    #[arg(long, value_name = "TCTI")]
+    #[arg(global = true, long, value_name = "TCTI")]
     pub tpm_tcti: Option<String>,
 
     /// The TPM key at a persistent handle (0x81xxxxxx).
-    #[arg(long, value_name = "HANDLE", value_parser = crate::config::parse_handle)]
+    #[arg(global = true, long, value_name = "HANDLE", value_parser = crate::config::parse_handle)]
     pub tpm_key_handle: Option<u32>,
 
     /// The TPM key in a TSS2 PRIVATE KEY PEM file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub tpm_key_path: Option<PathBuf>,
 
     /// A persistent parent for --tpm-key-path (default: the standard ECC P-256 storage primary).
-    #[arg(long, value_name = "HANDLE", value_parser = crate::config::parse_handle)]
+    #[arg(global = true, long, value_name = "HANDLE", value_parser = crate::config::parse_handle)]
     pub tpm_parent: Option<u32>,
 }
 
@@ -209,6 +216,10 @@ fn parse_pin_source(text: &str) -> Result<keybound_signer::PinSource, String> {
 pub enum Command {
     /// Join the cluster and write the bot's certificates (tbot's `start`).
     Start(Start),
+    /// Print the tbot.yaml that `start <kind>` with the same flags runs (tbot's `configure`);
+    /// no config file is read.
+    #[command(mut_arg("config", |arg| arg.hide(true)))]
+    Configure(Configure),
     /// Create and inspect bound keypairs.
     #[command(subcommand)]
     Keypair(KeypairCommand),
@@ -244,6 +255,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Start(_) => "start",
+            Self::Configure(_) => "configure",
             Self::Keypair(_) => "keypair",
             Self::Signer(_) => "signer",
             Self::Attest(_) => "attest",
@@ -330,22 +342,34 @@ fn parse_secret(text: &str) -> Result<crate::bkp::RegistrationSecret, String> {
 }
 
 /// `keybound start`, with tbot's flags. Flags override the config file.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct Start {
+    /// With a kind: one output of that kind from flags, without a config file (tbot's `start
+    /// identity`, `start app`, ...); its flags and start's go after the kind.
+    #[command(subcommand)]
+    pub service: Option<services::ServiceCommand>,
+
     /// tbot.yaml to read.
-    #[arg(short, long, value_name = "PATH", env = "TBOT_CONFIG_PATH")]
+    #[arg(
+        global = true,
+        short,
+        long,
+        value_name = "PATH",
+        env = "TBOT_CONFIG_PATH"
+    )]
     pub config: Option<PathBuf>,
 
     /// Join once, write the outputs, and exit.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub oneshot: bool,
 
     /// The Teleport Proxy, host:port.
-    #[arg(long, value_name = "HOST:PORT", env = "TELEPORT_PROXY")]
+    #[arg(global = true, long, value_name = "HOST:PORT", env = "TELEPORT_PROXY")]
     pub proxy_server: Option<String>,
 
     /// A Teleport Auth Service (or a Proxy on 443/3080), host:port.
     #[arg(
+        global = true,
         short = 'a',
         long,
         value_name = "HOST:PORT",
@@ -354,29 +378,29 @@ pub struct Start {
     pub auth_server: Option<String>,
 
     /// The bound_keypair join token's name, or an absolute path to a file holding it.
-    #[arg(long, env = "TELEPORT_BOT_TOKEN")]
+    #[arg(global = true, long, env = "TELEPORT_BOT_TOKEN")]
     pub token: Option<String>,
 
     /// The join method; keybound joins only with bound_keypair.
-    #[arg(long, value_name = "METHOD")]
+    #[arg(global = true, long, value_name = "METHOD")]
     pub join_method: Option<String>,
 
     /// The static key's PEM file (onboarding.bound_keypair.static_private_key_path).
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub static_key_path: Option<PathBuf>,
 
     /// The token's registration secret, for a first join in standard mode (visible to other
     /// users in the process list: prefer --registration-secret-path or TBOT_REGISTRATION_SECRET).
-    #[arg(long, value_name = "SECRET", value_parser = parse_secret, conflicts_with = "registration_secret_path")]
+    #[arg(global = true, long, value_name = "SECRET", value_parser = parse_secret, conflicts_with = "registration_secret_path")]
     pub registration_secret: Option<crate::bkp::RegistrationSecret>,
 
     /// A file holding the token's registration secret (whitespace trimmed).
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     pub registration_secret_path: Option<PathBuf>,
 
     /// tbot's joining URI: tbot+proxy+bound-keypair://TOKEN:SECRET@HOST:PORT (what tctl bots
     /// add prints); sets the address, token, join method and registration secret.
-    #[arg(long, value_name = "URI")]
+    #[arg(global = true, long, value_name = "URI")]
     pub join_uri: Option<String>,
 
     /// Where the bound key lives, when not in a file or the environment.
@@ -384,40 +408,53 @@ pub struct Start {
     pub signer: SignerArgs,
 
     /// Keep the bot's own identity in this directory (storage type directory).
-    #[arg(long, value_name = "DIR", conflicts_with = "storage")]
+    #[arg(global = true, long, value_name = "DIR", conflicts_with = "storage")]
     pub data_dir: Option<PathBuf>,
 
     /// Where to keep the bot's own identity: file:///DIR (or a bare path) or memory://.
-    #[arg(long, value_name = "URI")]
+    #[arg(global = true, long, value_name = "URI")]
     pub storage: Option<String>,
 
     /// Write one identity output to this directory, replacing the configured outputs.
-    #[arg(long, value_name = "DIR")]
+    #[arg(global = true, long, value_name = "DIR")]
     pub destination_dir: Option<PathBuf>,
 
     /// Requested certificate lifetime (tbot's flag name; the config key is credential_ttl).
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub certificate_ttl: Option<std::time::Duration>,
 
     /// How often to renew.
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub renewal_interval: Option<std::time::Duration>,
 
     /// Diagnostics listener address.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(global = true, long, value_name = "HOST:PORT")]
     pub diag_addr: Option<String>,
 
     /// Do not verify the proxy's TLS certificate (development only).
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub insecure: bool,
 
     /// Verify the proxy with this PEM CA bundle instead of the system roots.
-    #[arg(long, value_name = "PATH", conflicts_with = "insecure")]
+    #[arg(global = true, long, value_name = "PATH", conflicts_with = "insecure")]
     pub ca_path: Option<PathBuf>,
 
     /// tbot's CA pins; not supported by keybound yet.
-    #[arg(long, value_name = "PIN", hide = true)]
+    #[arg(global = true, long, value_name = "PIN", hide = true)]
     pub ca_pin: Vec<String>,
+}
+
+/// `keybound configure`: start's flags, and where the YAML goes.
+#[derive(Debug, Args)]
+pub struct Configure {
+    /// The configuration, as `start` takes it.
+    #[command(flatten)]
+    pub start: Start,
+
+    /// Write the YAML to this new file (mode 0600) instead of standard output; an existing file
+    /// is never replaced.
+    #[arg(short, long, value_name = "PATH", global = true)]
+    pub output: Option<PathBuf>,
 }
 
 /// `keybound dev-cluster`: serve (with flags, or none), or, with a subcommand, administer the
@@ -553,6 +590,9 @@ pub enum AdminCommand {
     /// Ask a bound_keypair token's bot to rotate its key at its next join (tctl bound-keypair
     /// request-rotation): sets spec.bound_keypair.rotate_after to now.
     RequestRotation(AdminRequestRotation),
+    /// List the heartbeats bot instances have sent, oldest first, one line each (tctl bots
+    /// instances): instance, bot, when, start-up or one-shot, version, host, uptime.
+    Heartbeats(AdminArgs),
 }
 
 /// `keybound dev-cluster request-rotation`.

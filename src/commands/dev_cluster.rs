@@ -12,6 +12,7 @@ use keybound_devcluster::resources::Kind;
 use serde_json::Value;
 
 use crate::cli::{AdminArgs, AdminCommand, AdminCreate, AdminLock, ResourceFormat};
+use crate::untrusted;
 
 /// Runs one admin command, printing what it did to `out`.
 pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -56,7 +57,39 @@ pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> anyhow::Result<
                 args.token
             )?)
         }
+        AdminCommand::Heartbeats(args) => heartbeats(&client(args)?, out).await,
     }
+}
+
+/// One line per heartbeat, as `tctl bots instances ls` shows the latest of each instance.
+async fn heartbeats(client: &AdminClient, out: &mut dyn Write) -> anyhow::Result<()> {
+    let found = client.heartbeats().await?;
+    writeln!(
+        out,
+        "{:<36}  {:<16}  {:<30}  {:<8}  {:<10}  {:<16}  Uptime",
+        "Instance", "Bot", "Recorded", "Mode", "Version", "Host"
+    )?;
+    for beat in &found {
+        // Padding applies to plain strings, so each name is sanitized into one first.
+        let text = |key: &str| untrusted::name(beat[key].as_str().unwrap_or("-")).to_string();
+        let mode = match (beat["is_startup"].as_bool(), beat["one_shot"].as_bool()) {
+            (_, Some(true)) => "oneshot",
+            (Some(true), _) => "startup",
+            _ => "periodic",
+        };
+        let uptime = beat["uptime"]["secs"].as_u64().unwrap_or(0);
+        writeln!(
+            out,
+            "{:<36}  {:<16}  {:<30}  {mode:<8}  {:<10}  {:<16}  {}",
+            text("instance_id"),
+            text("bot_name"),
+            text("recorded_at"),
+            text("version"),
+            text("hostname"),
+            humantime::format_duration(std::time::Duration::from_secs(uptime))
+        )?;
+    }
+    Ok(())
 }
 
 fn client(args: &AdminArgs) -> anyhow::Result<AdminClient> {

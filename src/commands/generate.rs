@@ -40,10 +40,44 @@ pub fn man_page(out: &mut dyn Write) -> anyhow::Result<()> {
 /// ...) into `dir`, and returns the files written.
 pub fn man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     fn write(command: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> io::Result<()> {
+        // `start kubernetes/v2`: a file name cannot hold the slash, so that page is
+        // keybound-start-kubernetes-v2, and the parent page points to it by that name.
+        let slashed: Vec<String> = command
+            .get_subcommands()
+            .map(|s| s.get_name().replace('-', "\\-"))
+            .filter(|n| n.contains('/'))
+            .collect();
+        let mut command = command;
+        let names: Vec<String> = command
+            .get_subcommands()
+            .filter(|s| s.get_name().contains('/'))
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in names {
+            let display = command
+                .get_subcommands()
+                .find(|s| s.get_name() == name)
+                .and_then(|s| s.get_display_name())
+                .map(|d| d.replace('/', "-"));
+            if let Some(display) = display {
+                command = command.mut_subcommand(name, |s| s.display_name(display));
+            }
+        }
         for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
             write(sub.clone(), dir, written)?;
         }
-        written.push(clap_mangen::Man::new(command).generate_to(dir)?);
+        let page = clap_mangen::Man::new(command).generate_to(dir)?;
+        if !slashed.is_empty() {
+            let mut roff = std::fs::read_to_string(&page)?;
+            for name in slashed {
+                roff = roff.replace(
+                    &format!("{name}(1)"),
+                    &format!("{}(1)", name.replace('/', "\\-")),
+                );
+            }
+            std::fs::write(&page, roff)?;
+        }
+        written.push(page);
         Ok(())
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

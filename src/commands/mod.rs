@@ -1,6 +1,7 @@
 //! The commands, one file each: what `keybound <command>` does with its parsed flags.
 
 pub mod attest;
+pub mod configure;
 pub mod dev_cluster;
 pub mod doctor;
 pub mod generate;

@@ -25,6 +25,7 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
         // As tbot, which skips the services with no one-shot form (`lib/tbot/tbot.go`).
         tracing::info!(service = %service.label(), "services do not run with --oneshot; start the agent without it to serve");
     }
+    let heartbeats = crate::heartbeat::Heartbeats::new(true);
     let Cycle { joined, written } = cycle(&prepared, &held).await?;
     let joined = joined.ok_or_else(|| {
         Failure::new(
@@ -32,6 +33,8 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
             anyhow!("a oneshot run always renews the bot identity"),
         )
     })?;
+    // tbot's one-shot heartbeat, after the outputs; it never fails the run.
+    heartbeats.send(&prepared, &joined.identity, true).await;
     write_summary(
         out,
         &joined,

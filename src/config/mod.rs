@@ -6,6 +6,7 @@
 //! not implement are errors that say so, never silently ignored; setting them to their "off"
 //! value (`false`, empty) is accepted.
 
+pub mod generate;
 mod keys;
 mod onboarding;
 mod raw;

@@ -43,6 +43,15 @@ impl AdminClient {
         self.call(Method::GET, "/v1/status".to_owned(), None).await
     }
 
+    /// `GET /v1/heartbeats`: every bot instance heartbeat received, oldest first (`tctl bots
+    /// instances`).
+    pub async fn heartbeats(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let answer = self
+            .call(Method::GET, "/v1/heartbeats".to_owned(), None)
+            .await?;
+        serde_json::from_value(answer).context("the dev cluster's heartbeats are malformed")
+    }
+
     /// `tctl create [-f]`: every resource of `yaml` (`origin` names it in errors), or none.
     pub async fn create(
         &self,

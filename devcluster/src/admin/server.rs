@@ -178,6 +178,7 @@ async fn answer(
     };
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => Ok(json(200, &status(cluster, addresses))),
+        (&Method::GET, ["heartbeats"]) => Ok(json(200, &cluster.heartbeats())),
         (&Method::POST, ["resources"]) => Ok(create(cluster, request).await),
         (&Method::GET, [kind]) => kind_of(kind).map(|kind| json(200, &cluster.list(kind))),
         (&Method::GET, [kind, name]) => named(kind, name).map(|(kind, name)| {

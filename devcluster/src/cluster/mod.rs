@@ -42,6 +42,8 @@ pub struct Cluster {
     joins: AtomicUsize,
     user_certs: AtomicUsize,
     gave_up: Mutex<Vec<GaveUp>>,
+    /// Bot instance heartbeats (`crate::heartbeats`).
+    pub(crate) heartbeats: crate::heartbeats::Heartbeats,
     /// The Proxy's public address (`host:port`), once it listens.
     public_addr: std::sync::OnceLock<String>,
 }
@@ -94,6 +96,7 @@ impl Cluster {
             joins: AtomicUsize::new(0),
             user_certs: AtomicUsize::new(0),
             gave_up: Mutex::new(Vec::new()),
+            heartbeats: crate::heartbeats::Heartbeats::default(),
             public_addr: std::sync::OnceLock::new(),
             config,
         })

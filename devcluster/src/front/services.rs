@@ -10,12 +10,14 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
+use keybound_proto::teleport::machineid::v1 as machineid;
 use keybound_proto::teleport::trust::v1 as trust;
 use keybound_proto::teleport::workloadidentity::v1 as wi;
 use tonic::Status;
 use tower::Service as _;
 
 use crate::auth::AuthApi;
+use crate::bot_instances::BotInstanceApi;
 use crate::cluster::Cluster;
 use crate::join::{JoinLegacy, JoinV1};
 use crate::trust::TrustApi;
@@ -31,6 +33,7 @@ pub(super) struct Services {
     issuance: wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer<
         IssuanceApi,
     >,
+    bot_instances: machineid::bot_instance_service_server::BotInstanceServiceServer<BotInstanceApi>,
 }
 
 impl Services {
@@ -46,6 +49,9 @@ impl Services {
                 wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer::new(
                     IssuanceApi(cluster.clone()),
                 ),
+            bot_instances: machineid::bot_instance_service_server::BotInstanceServiceServer::new(
+                BotInstanceApi(cluster.clone()),
+            ),
         }
     }
 
@@ -69,6 +75,8 @@ impl Services {
             && path.starts_with("/teleport.workloadidentity.v1.WorkloadIdentityIssuanceService/")
         {
             self.issuance.clone().call(request).await
+        } else if auth && path.starts_with("/teleport.machineid.v1.BotInstanceService/") {
+            self.bot_instances.clone().call(request).await
         } else {
             Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
         }
