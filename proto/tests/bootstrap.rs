@@ -25,6 +25,7 @@ const PROTOS: &[&str] = &[
     "teleport/legacy/client/proto/authservice.proto",
     "teleport/legacy/client/proto/joinservice.proto",
     "teleport/trust/v1/trust_service.proto",
+    "teleport/transport/v1/transport_service.proto",
 ];
 
 /// Our own files, i.e. every file in the descriptor set but the well-known types.
@@ -34,6 +35,7 @@ const OUR_FILES: &[&str] = &[
     "teleport/legacy/client/proto/certs.proto",
     "teleport/legacy/client/proto/joinservice.proto",
     "teleport/legacy/types/types.proto",
+    "teleport/transport/v1/transport_service.proto",
     "teleport/trust/v1/trust_service.proto",
 ];
 
@@ -141,6 +143,8 @@ const SUITES: &str = "teleport types.proto comment + signaturealgorithmsuite tes
 const AUTH: &str = "teleport api/proto/teleport/legacy/client/proto/authservice.proto";
 /// `api/proto/teleport/trust/v1/trust_service.proto` at 19e80c00.
 const TRUST: &str = "teleport api/proto/teleport/trust/v1/trust_service.proto";
+/// `api/proto/teleport/transport/v1/transport_service.proto` at 4ac8e8e4 (read id 521828405).
+const TRANSPORT: &str = "teleport api/proto/teleport/transport/v1/transport_service.proto";
 
 /// (message, field, number, type, source). The type reads
 /// `[repeated |optional |oneof <name> ]<scalar or .full.TypeName>`.
@@ -284,6 +288,18 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("teleport.trust.v1.GetCertAuthoritiesRequest", "type", 1, "string", TRUST),
     ("teleport.trust.v1.GetCertAuthoritiesRequest", "include_key", 2, "bool", TRUST),
     ("teleport.trust.v1.GetCertAuthoritiesResponse", "cert_authorities_v2", 1, "repeated .types.CertAuthorityV2", TRUST),
+    // teleport.transport.v1
+    ("teleport.transport.v1.ProxySSHRequest", "dial_target", 1, ".teleport.transport.v1.TargetHost", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHRequest", "ssh", 2, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHRequest", "agent", 3, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHResponse", "details", 1, ".teleport.transport.v1.ClusterDetails", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHResponse", "ssh", 2, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHResponse", "agent", 3, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.Frame", "payload", 1, "bytes", TRANSPORT),
+    ("teleport.transport.v1.TargetHost", "host_port", 1, "string", TRANSPORT),
+    ("teleport.transport.v1.TargetHost", "cluster", 2, "string", TRANSPORT),
+    ("teleport.transport.v1.TargetHost", "login_name", 3, "string", TRANSPORT),
+    ("teleport.transport.v1.ClusterDetails", "fips_enabled", 1, "bool", TRANSPORT),
 ];
 
 /// (enum, value, number, source).
@@ -329,6 +345,12 @@ const METHODS: &[(&str, Kind, &str)] = &[
         "/teleport.trust.v1.TrustService/GetCertAuthorities",
         Kind::Unary,
         TRUST,
+    ),
+    // `service TransportService` in transport_service.proto at 4ac8e8e4.
+    (
+        "/teleport.transport.v1.TransportService/ProxySSH",
+        Kind::Bidi,
+        TRANSPORT,
     ),
 ];
 
