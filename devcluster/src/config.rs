@@ -6,6 +6,7 @@ use keybound_teleport::suite::Suite;
 
 use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
+use crate::nodes::Node;
 use crate::roles::{Bot, Role};
 use crate::tokens::Token;
 
@@ -34,6 +35,8 @@ pub struct DevClusterConfig {
     pub bots: Vec<Bot>,
     /// Locks in force from the start.
     pub locks: Vec<Lock>,
+    /// SSH nodes (OpenSSH servers the Proxy dials for `TransportService.ProxySSH`).
+    pub nodes: Vec<Node>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -54,6 +57,7 @@ impl Default for DevClusterConfig {
             roles: Vec::new(),
             bots: Vec::new(),
             locks: Vec::new(),
+            nodes: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
         }

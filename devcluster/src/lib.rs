@@ -75,11 +75,13 @@ mod front;
 mod join;
 pub mod locks;
 mod misbehave;
+pub mod nodes;
 pub mod resources;
 pub mod roles;
 mod run;
 mod subject_keys;
 pub mod tokens;
+mod transport;
 mod trust;
 
 pub use cluster::{Cluster, GaveUp};

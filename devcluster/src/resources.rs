@@ -1,5 +1,5 @@
 //! The resources the dev cluster keeps, in Teleport's YAML (the `tctl create` format): tokens,
-//! roles, bots and locks, read from files (`--resources`) or handed to a running cluster (its
+//! roles, bots, locks and nodes, read from files (`--resources`) or handed to a running cluster (its
 //! admin socket), and the names `tctl` gives their kinds.
 
 use std::fmt;
@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::locks::{self, Lock};
+use crate::nodes::{self, Node};
 use crate::roles::{self, Bot, Role};
 use crate::tokens::{self, Token};
 
@@ -23,11 +24,13 @@ pub enum Kind {
     Bot,
     /// `kind: lock`.
     Lock,
+    /// `kind: node`.
+    Node,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 4] = [Self::Token, Self::Bot, Self::Role, Self::Lock];
+    pub const ALL: [Self; 5] = [Self::Token, Self::Bot, Self::Role, Self::Lock, Self::Node];
 
     /// The resource's `kind:` (`token`).
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Kind {
             Self::Role => "role",
             Self::Bot => "bot",
             Self::Lock => "lock",
+            Self::Node => "node",
         }
     }
 
@@ -46,6 +50,7 @@ impl Kind {
             Self::Role => "roles",
             Self::Bot => "bots",
             Self::Lock => "locks",
+            Self::Node => "nodes",
         }
     }
 
@@ -55,7 +60,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles and locks")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks and nodes")
             })
     }
 }
@@ -77,6 +82,8 @@ pub struct Resources {
     pub bots: Vec<Bot>,
     /// `kind: lock`.
     pub locks: Vec<Lock>,
+    /// `kind: node`.
+    pub nodes: Vec<Node>,
 }
 
 impl Resources {
@@ -86,6 +93,7 @@ impl Resources {
         self.roles.extend(other.roles);
         self.bots.extend(other.bots);
         self.locks.extend(other.locks);
+        self.nodes.extend(other.nodes);
     }
 
     /// Whether there are none.
@@ -94,6 +102,7 @@ impl Resources {
             && self.roles.is_empty()
             && self.bots.is_empty()
             && self.locks.is_empty()
+            && self.nodes.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -102,7 +111,13 @@ impl Resources {
         let bots = self.bots.iter().map(|b| (Kind::Bot, b.name.as_str()));
         let roles = self.roles.iter().map(|r| (Kind::Role, r.name.as_str()));
         let locks = self.locks.iter().map(|l| (Kind::Lock, l.name.as_str()));
-        tokens.chain(bots).chain(roles).chain(locks).collect()
+        let nodes = self.nodes.iter().map(|n| (Kind::Node, n.name.as_str()));
+        tokens
+            .chain(bots)
+            .chain(roles)
+            .chain(locks)
+            .chain(nodes)
+            .collect()
     }
 }
 
@@ -124,6 +139,9 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("lock") => out
                 .locks
                 .push(locks::from_value(value).with_context(|| origin.to_owned())?),
+            Some("node") => out
+                .nodes
+                .push(nodes::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
                 roles::Parsed::Role(role) => out.roles.push(role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),
@@ -131,7 +149,7 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
         }
     }
     if out.is_empty() {
-        bail!("{origin}: holds no token, role, bot or lock");
+        bail!("{origin}: holds no token, role, bot, lock or node");
     }
     Ok(out)
 }
@@ -164,7 +182,7 @@ mod tests {
         let err = parse("---\n", "empty.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "empty.yaml: holds no token, role, bot or lock"
+            "empty.yaml: holds no token, role, bot, lock or node"
         );
         let err = parse("kind: user\nversion: v2\nmetadata: {name: u}\n", "u.yaml").unwrap_err();
         assert!(format!("{err:#}").starts_with("u.yaml: "), "{err:#}");

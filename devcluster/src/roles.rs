@@ -5,6 +5,8 @@
 //! `allow.impersonate` / `deny.impersonate` rules. A `kind: bot` resource stands for what
 //! `tctl bots add` makes: the bot's role `bot-<name>`, which may impersonate `spec.roles`.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, bail};
 use keybound_proto::types;
 use serde::Deserialize;
@@ -24,6 +26,8 @@ pub struct Role {
     pub impersonate_users: Vec<String>,
     /// `spec.deny.impersonate.roles`.
     pub deny_impersonate_roles: Vec<String>,
+    /// `spec.allow.node_labels`: each label's allowed values (`*` for any).
+    pub node_labels: BTreeMap<String, Vec<String>>,
 }
 
 /// A bot (`kind: bot`, `version: v1`).
@@ -96,6 +100,12 @@ impl Role {
         if !allowed.is_empty() {
             allow.insert("impersonate".to_owned(), allowed.into());
         }
+        if !self.node_labels.is_empty() {
+            allow.insert(
+                "node_labels".to_owned(),
+                serde_json::json!(self.node_labels),
+            );
+        }
         let mut deny = serde_json::Map::new();
         let denied = impersonate(&self.deny_impersonate_roles, &[]);
         if !denied.is_empty() {
@@ -120,6 +130,59 @@ impl Bot {
             "spec": { "roles": self.roles },
         })
     }
+}
+
+/// `RoleSet.CheckAccess` for a node (`lib/services/role.go` `checkAccess`, allow rules only):
+/// one role whose `node_labels` match the node's labels and, when the login is known, whose
+/// `logins` hold it. A role without `node_labels` matches no node (`CheckLabelsMatch`: no
+/// matchers is no match).
+pub fn may_access_node(
+    holder: &[&Role],
+    labels: &BTreeMap<String, String>,
+    login: Option<&str>,
+) -> bool {
+    holder.iter().any(|role| {
+        !role.node_labels.is_empty()
+            && labels_match(&role.node_labels, labels)
+            && login.is_none_or(|l| role.logins.iter().any(|have| have == l))
+    })
+}
+
+/// `MatchLabels` (`lib/services/role.go`): every selector key must be present with a matching
+/// value, `'*': '*'` matching any node. Values are exact or globs with `*` (regular expressions,
+/// `^...$`, are not supported by the dev cluster).
+fn labels_match(
+    selector: &BTreeMap<String, Vec<String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(key, values)| {
+        if key == "*" {
+            return values.len() == 1 && values[0] == "*";
+        }
+        labels
+            .get(key)
+            .is_some_and(|value| values.iter().any(|pattern| glob_match(pattern, value)))
+    })
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
 }
 
 /// `RoleSet.CheckImpersonateRoles` (`lib/services/role.go`) for role requests: a deny rule
@@ -193,6 +256,8 @@ struct Conditions {
     #[serde(default)]
     logins: Vec<String>,
     #[serde(default)]
+    node_labels: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
     impersonate: Option<Impersonate>,
 }
 
@@ -205,6 +270,23 @@ struct Impersonate {
     roles: Vec<String>,
     #[serde(default, rename = "where")]
     predicate: String,
+}
+
+/// A label's value in a role: one string or a list (`types.Labels`, `utils.Strings`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -246,6 +328,11 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     "role {name}: impersonate.where is not supported by the dev cluster; remove it"
                 );
             }
+            if !spec.deny.node_labels.is_empty() {
+                bail!(
+                    "role {name}: deny.node_labels is not supported by the dev cluster; remove it"
+                );
+            }
             if !deny.users.is_empty() {
                 bail!(
                     "role {name}: deny.impersonate.users is not supported by the dev cluster; remove it"
@@ -257,6 +344,12 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                 impersonate_roles: allow.roles,
                 impersonate_users: allow.users,
                 deny_impersonate_roles: deny.roles,
+                node_labels: spec
+                    .allow
+                    .node_labels
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_vec()))
+                    .collect(),
             }))
         }
         "bot" => {
@@ -289,6 +382,39 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn node_access_follows_labels_and_logins() {
+        let yaml = "kind: role\nversion: v7\nmetadata: {name: dev}\nspec:\n  allow:\n    logins: [ci]\n    node_labels: {env: [dev, 'stage-*'], team: infra}\n";
+        let Parsed::Role(dev) = from_value(serde_yaml::from_str(yaml).unwrap()).unwrap() else {
+            panic!("not a role")
+        };
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let node = labels(&[("env", "stage-2"), ("team", "infra")]);
+        assert!(may_access_node(&[&dev], &node, Some("ci")));
+        assert!(may_access_node(&[&dev], &node, None));
+        assert!(!may_access_node(&[&dev], &node, Some("root")));
+        assert!(!may_access_node(
+            &[&dev],
+            &labels(&[("env", "prod"), ("team", "infra")]),
+            None
+        ));
+        assert!(!may_access_node(&[&dev], &labels(&[("env", "dev")]), None));
+        let mut any = dev.clone();
+        any.node_labels = [("*".to_owned(), vec!["*".to_owned()])].into();
+        assert!(may_access_node(&[&any], &labels(&[]), Some("ci")));
+        let mut none = dev.clone();
+        none.node_labels.clear();
+        assert!(!may_access_node(&[&none], &node, Some("ci")));
+        assert!(glob_match("a*c*e", "abcde") && !glob_match("a*c", "abd") && glob_match("*", ""));
+        let back = from_value(serde_yaml::to_value(dev.to_resource()).unwrap()).unwrap();
+        assert!(matches!(back, Parsed::Role(r) if r == dev));
     }
 
     #[test]

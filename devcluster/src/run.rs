@@ -41,11 +41,12 @@ pub async fn run(config: DevClusterConfig, serve: &Serve) -> anyhow::Result<()> 
     println!("admin socket: {}", admin.path().display());
     let count = |kind| cluster.cluster.count(kind);
     println!(
-        "tokens: {}, bots: {}, roles: {}, locks: {}",
+        "tokens: {}, bots: {}, roles: {}, locks: {}, nodes: {}",
         count(Kind::Token),
         count(Kind::Bot),
         count(Kind::Role),
-        count(Kind::Lock)
+        count(Kind::Lock),
+        count(Kind::Node)
     );
     use std::io::Write as _;
     std::io::stdout().flush()?;

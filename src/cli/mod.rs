@@ -467,6 +467,7 @@ impl DevClusterArgs {
             roles: resources.roles,
             bots: resources.bots,
             locks: resources.locks,
+            nodes: resources.nodes,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })
@@ -501,6 +502,26 @@ pub enum AdminCommand {
     Lock(AdminLock),
     /// Print the running cluster's name, version, addresses and resource counts (tctl status).
     Status(AdminArgs),
+    /// Sign an SSH host key with the cluster's host CA, for an OpenSSH node's HostCertificate
+    /// (tctl auth sign --format=openssh --host=...): prints the certificate line.
+    SignHost(AdminSignHost),
+}
+
+/// `keybound dev-cluster sign-host`.
+#[derive(Debug, Args)]
+pub struct AdminSignHost {
+    /// The host's public key file (e.g. /etc/ssh/ssh_host_ed25519_key.pub).
+    #[arg(long, value_name = "FILE")]
+    pub public_key: PathBuf,
+
+    /// A name the certificate is valid for (the names clients dial: the node's hostname,
+    /// hostname.CLUSTER, its address); repeatable.
+    #[arg(long = "principal", value_name = "NAME", required = true)]
+    pub principals: Vec<String>,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// How the admin commands reach the cluster.

@@ -11,7 +11,7 @@ use keybound_devcluster::locks::LockTarget;
 use keybound_devcluster::resources::Kind;
 use serde_json::Value;
 
-use crate::cli::{AdminArgs, AdminCommand, AdminCreate, AdminLock, ResourceFormat};
+use crate::cli::{AdminArgs, AdminCommand, AdminCreate, AdminLock, AdminSignHost, ResourceFormat};
 
 /// Runs one admin command, printing what it did to `out`.
 pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -48,7 +48,21 @@ pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> anyhow::Result<
         }
         AdminCommand::Lock(args) => lock(args, out).await,
         AdminCommand::Status(args) => status(&client(args)?, out).await,
+        AdminCommand::SignHost(args) => sign_host(args, out).await,
     }
+}
+
+async fn sign_host(args: &AdminSignHost, out: &mut dyn Write) -> anyhow::Result<()> {
+    let key = std::fs::read_to_string(&args.public_key).with_context(|| {
+        format!(
+            "cannot read the host's public key {}",
+            args.public_key.display()
+        )
+    })?;
+    let cert = client(&args.admin)?
+        .sign_host(&key, &args.principals)
+        .await?;
+    Ok(writeln!(out, "{}", cert.trim_end())?)
 }
 
 fn client(args: &AdminArgs) -> anyhow::Result<AdminClient> {
@@ -171,6 +185,7 @@ fn write_table(kind: Kind, found: &[Value], out: &mut dyn Write) -> anyhow::Resu
         Kind::Bot => &["NAME", "ROLES"],
         Kind::Role => &["NAME", "LOGINS", "MAY IMPERSONATE"],
         Kind::Lock => &["NAME", "TARGET", "MESSAGE", "EXPIRES"],
+        Kind::Node => &["NAME", "HOSTNAME", "ADDRESS", "LABELS"],
     };
     let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
     rows.extend(found.iter().map(|r| row(kind, r)));
@@ -247,6 +262,22 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
                 target,
                 text(&spec["message"]),
                 text(&spec["expires"]),
+            ]
+        }
+        Kind::Node => {
+            let labels: Vec<String> = meta["labels"]
+                .as_object()
+                .map(|l| l.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+                .unwrap_or_default();
+            vec![
+                text(&meta["name"]),
+                text(&spec["hostname"]),
+                text(&spec["addr"]),
+                if labels.is_empty() {
+                    "-".to_owned()
+                } else {
+                    labels.join(",")
+                },
             ]
         }
     }

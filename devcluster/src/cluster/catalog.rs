@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::ca::bot_resource_name;
 use crate::locks::{Lock, LockTarget};
+use crate::nodes::Node;
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
 use crate::tokens::{Status as TokenStatus, Token};
@@ -61,6 +62,7 @@ pub(super) struct Catalog {
     roles: HashMap<String, Role>,
     bots: HashMap<String, Bot>,
     locks: BTreeMap<String, Lock>,
+    pub(super) nodes: BTreeMap<String, Node>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -132,6 +134,7 @@ impl Catalog {
             Kind::Role => self.role_names().len(),
             Kind::Bot => self.bots.len(),
             Kind::Lock => self.locks.len(),
+            Kind::Node => self.nodes.len(),
         }
     }
 
@@ -186,6 +189,9 @@ impl Catalog {
         for lock in resources.locks {
             self.put_lock(lock);
         }
+        for node in resources.nodes {
+            self.nodes.insert(node.name.clone(), node);
+        }
         Ok(applied)
     }
 
@@ -195,6 +201,7 @@ impl Catalog {
             Kind::Role => self.roles.contains_key(name),
             Kind::Bot => self.bots.contains_key(name),
             Kind::Lock => self.locks.contains_key(name),
+            Kind::Node => self.nodes.contains_key(name),
         }
     }
 
@@ -208,6 +215,7 @@ impl Catalog {
             Kind::Role => self.role_resource(name),
             Kind::Bot => self.bots.get(name).map(Bot::to_resource),
             Kind::Lock => self.locks.get(name).map(Lock::to_resource),
+            Kind::Node => self.nodes.get(name).map(Node::to_resource),
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -230,6 +238,7 @@ impl Catalog {
             Kind::Role => self.role_names(),
             Kind::Bot => self.bots.keys().cloned().collect(),
             Kind::Lock => self.locks.keys().cloned().collect(),
+            Kind::Node => self.nodes.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -245,6 +254,7 @@ impl Catalog {
             Kind::Role => self.roles.remove(name).is_some(),
             Kind::Bot => self.bots.remove(name).is_some(),
             Kind::Lock => self.locks.remove(name).is_some(),
+            Kind::Node => self.nodes.remove(name).is_some(),
         };
         if removed {
             return Ok(());

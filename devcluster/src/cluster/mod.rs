@@ -63,7 +63,10 @@ impl Cluster {
             Suite::BalancedV1 => Algorithm::Ed25519,
             _ => Algorithm::EcdsaP256Sha256,
         };
-        let catalog = Catalog::new(&config.tokens, &config.roles, &config.bots, &config.locks);
+        let mut catalog = Catalog::new(&config.tokens, &config.roles, &config.bots, &config.locks);
+        for node in &config.nodes {
+            catalog.nodes.insert(node.name.clone(), node.clone());
+        }
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
@@ -98,6 +101,11 @@ impl Cluster {
     /// The CAs.
     pub fn ca(&self) -> &ClusterCa {
         &self.ca
+    }
+
+    /// The SSH nodes, by name.
+    pub(crate) fn nodes(&self) -> Vec<crate::nodes::Node> {
+        self.catalog().nodes.values().cloned().collect()
     }
 
     /// The resources, locked.

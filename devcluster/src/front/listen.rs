@@ -9,9 +9,9 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::connection::{Tls, serve_auth_connection, serve_proxy_connection};
+use super::connection::{Tls, serve_auth_connection, serve_proxy_connection, serve_ssh_connection};
 use super::services::Services;
-use super::tls::Endpoints;
+use super::tls::{ALPN_SSH_GRPC, Endpoints};
 use crate::cluster::Cluster;
 
 /// The ALPN prefix of the Proxy's pass-through route to Auth (`ProtocolAuth`,
@@ -63,6 +63,7 @@ pub(super) async fn serve_proxy_port(
             };
             let result = match route {
                 Route::Auth(tls) => serve_auth_connection(tls, peer, services).await,
+                Route::ProxySsh(tls) => serve_ssh_connection(tls, peer, services).await,
                 Route::Proxy(tls) => {
                     serve_proxy_connection(tls, peer, local, services, cluster).await
                 }
@@ -77,10 +78,12 @@ pub(super) async fn serve_proxy_port(
 enum Route {
     Auth(Tls),
     Proxy(Tls),
+    ProxySsh(Tls),
 }
 
 /// Reads the ClientHello and finishes the handshake as the endpoint its first ALPN value picks:
-/// `teleport-auth@<hex cluster_name>.teleport.cluster.local` passes through to Auth, anything
+/// `teleport-auth@<hex cluster_name>.teleport.cluster.local` passes through to Auth,
+/// `teleport-proxy-ssh-grpc` goes to the Proxy's SSH route (with client certificates), anything
 /// else stays with the Proxy.
 async fn route(
     tcp: TcpStream,
@@ -110,6 +113,9 @@ async fn route(
                 start.into_stream(endpoints.auth.clone()).await?,
             ))
         }
+        None if first.as_deref() == Some(ALPN_SSH_GRPC) => Ok(Route::ProxySsh(
+            start.into_stream(endpoints.proxy_ssh.clone()).await?,
+        )),
         None => Ok(Route::Proxy(
             start.into_stream(endpoints.proxy.clone()).await?,
         )),

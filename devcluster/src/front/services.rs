@@ -2,7 +2,8 @@
 //!
 //! The Proxy's `teleport-proxy-grpc` route serves the join services, which need no identity;
 //! Auth's endpoint serves those and the Auth API (`proto.AuthService`,
-//! `teleport.trust.v1.TrustService`), whose callers show a client certificate.
+//! `teleport.trust.v1.TrustService`), whose callers show a client certificate. The Proxy's
+//! `teleport-proxy-ssh-grpc` route serves `teleport.transport.v1.TransportService` alone.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
+use keybound_proto::teleport::transport::v1 as transport;
 use keybound_proto::teleport::trust::v1 as trust;
 use tonic::Status;
 use tower::Service as _;
@@ -17,6 +19,7 @@ use tower::Service as _;
 use crate::auth::AuthApi;
 use crate::cluster::Cluster;
 use crate::join::{JoinLegacy, JoinV1};
+use crate::transport::TransportApi;
 use crate::trust::TrustApi;
 
 /// The gRPC services, made once and cloned per connection.
@@ -26,6 +29,7 @@ pub(super) struct Services {
     join_legacy: legacy::join_service_server::JoinServiceServer<JoinLegacy>,
     auth: legacy::auth_service_server::AuthServiceServer<AuthApi>,
     trust: trust::trust_service_server::TrustServiceServer<TrustApi>,
+    transport: transport::transport_service_server::TransportServiceServer<TransportApi>,
 }
 
 impl Services {
@@ -37,6 +41,9 @@ impl Services {
             )),
             auth: legacy::auth_service_server::AuthServiceServer::new(AuthApi(cluster.clone())),
             trust: trust::trust_service_server::TrustServiceServer::new(TrustApi(cluster.clone())),
+            transport: transport::transport_service_server::TransportServiceServer::new(
+                TransportApi(cluster.clone()),
+            ),
         }
     }
 
@@ -56,6 +63,20 @@ impl Services {
             self.auth.clone().call(request).await
         } else if auth && path.starts_with("/teleport.trust.v1.TrustService/") {
             self.trust.clone().call(request).await
+        } else {
+            Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
+        }
+    }
+
+    /// Sends a gRPC request on the Proxy's SSH route (`teleport-proxy-ssh-grpc`) to its one
+    /// service.
+    pub(super) async fn route_ssh(
+        self,
+        request: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<tonic::body::Body>, Infallible> {
+        let path = request.uri().path();
+        if path.starts_with("/teleport.transport.v1.TransportService/") {
+            self.transport.clone().call(request).await
         } else {
             Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
         }
