@@ -170,10 +170,11 @@ pub(crate) fn resolve<'a>(nodes: &'a [Node], target: &Target<'_>) -> Result<&'a 
         .filter(|(_, s)| *s == best)
         .map(|(n, _)| *n)
         .collect();
-    if target.by_id() && matches.len() > 1 {
-        if let Some(exact) = matches.iter().find(|n| n.name == target.host) {
-            matches = vec![*exact];
-        }
+    if target.by_id()
+        && matches.len() > 1
+        && let Some(exact) = matches.iter().find(|n| n.name == target.host)
+    {
+        matches = vec![*exact];
     }
     match matches.as_slice() {
         [one] => Ok(one),
