@@ -228,6 +228,9 @@ pub enum Command {
     /// Print the man page (roff): `keybound man > keybound.1`, or one page per command with
     /// --out-dir.
     Man(ManArgs),
+    /// Carry one SSH connection through the Teleport proxy to a node: the ProxyCommand of an
+    /// identity output's ssh_config (tbot's ssh-proxy-command), run by OpenSSH.
+    SshProxyCommand(SshProxyArgs),
 }
 
 impl Command {
@@ -241,8 +244,71 @@ impl Command {
             Self::Doctor(_) => "doctor",
             Self::Completions(_) => "completions",
             Self::Man(_) => "man",
+            Self::SshProxyCommand(_) => "ssh-proxy-command",
         }
     }
+}
+
+/// `keybound ssh-proxy-command`, with tbot's flags (`lib/tbot/cli/ssh_proxy.go`).
+#[derive(Debug, Args)]
+pub struct SshProxyArgs {
+    /// The identity output's directory (it reads its `identity` file).
+    #[arg(long, value_name = "DIR")]
+    pub destination_dir: PathBuf,
+
+    /// The proxy, host:port (what the output's ssh_config names).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub proxy_server: String,
+
+    /// The cluster the node is in; by default the identity's.
+    #[arg(long)]
+    pub cluster: Option<String>,
+
+    /// The login on the node (ssh's %r).
+    #[arg(long)]
+    pub user: String,
+
+    /// The node (ssh's %h): its hostname, address or UUID, `.<cluster>` or `.<proxy host>`
+    /// suffixes removed.
+    #[arg(long)]
+    pub host: String,
+
+    /// The node's port (ssh's %p); none or 0 matches any.
+    #[arg(long)]
+    pub port: Option<String>,
+
+    /// Whether the proxy routes TLS by ALPN (accepted; keybound dials --proxy-server the same
+    /// way either way, as Teleport serves the same gRPC server behind both ports).
+    #[arg(long, overrides_with = "no_tls_routing")]
+    pub tls_routing: bool,
+    /// The opposite of --tls-routing.
+    #[arg(long, overrides_with = "tls_routing")]
+    pub no_tls_routing: bool,
+
+    /// Go through an L7 load balancer's connection upgrade (accepted; not supported yet:
+    /// keybound dials the proxy directly, and says so when that fails).
+    #[arg(long, overrides_with = "no_connection_upgrade")]
+    pub connection_upgrade: bool,
+    /// The opposite of --connection-upgrade.
+    #[arg(long, overrides_with = "connection_upgrade")]
+    pub no_connection_upgrade: bool,
+
+    /// Offer connection resumption (accepted; keybound carries plain SSH, which every node
+    /// takes).
+    #[arg(long)]
+    pub resume: bool,
+
+    /// tsh proxy templates (not supported by keybound: refused).
+    #[arg(long, value_name = "FILE")]
+    pub proxy_templates: Option<PathBuf>,
+
+    /// Do not verify the proxy's certificate (development only).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// FIPS mode (not supported by keybound: refused).
+    #[arg(long)]
+    pub fips: bool,
 }
 
 /// `keybound completions`.

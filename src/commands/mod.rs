@@ -5,4 +5,5 @@ pub mod doctor;
 pub mod generate;
 pub mod keypair;
 pub mod signer_list;
+pub mod ssh_proxy;
 pub mod start;

@@ -31,6 +31,7 @@ mod pkcs11;
 mod recipes;
 mod rejoin;
 mod secrets;
+mod ssh_proxy;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]
