@@ -355,3 +355,51 @@ async fn the_command_ends_cleanly_when_the_node_dies_or_ssh_closes_its_input() {
     // The sshd is still there for the next connection.
     assert!(s.sshd.child.try_wait().unwrap().is_none(), "sshd ended");
 }
+
+/// Before any node: a proxy that is not there, a proxy of another cluster (its certificate is
+/// not from the identity's CAs), an expired identity, a directory that is no identity output:
+/// one line each, naming the fix, and a failing exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_own_errors_are_one_line_naming_the_fix() {
+    let env = env(|_| {}).await;
+    let cfg = env.proxy_config(&[("out", &[])]);
+    ok(&oneshot(&cfg, &[]).await);
+    let out = env.path("out");
+    let run = |dir: &std::path::Path, proxy: &str| {
+        let mut cmd = keybound();
+        cmd.arg("ssh-proxy-command")
+            .arg(format!("--destination-dir={}", dir.display()))
+            .arg(format!("--proxy-server={proxy}"))
+            .args(["--user=ci", "--host=node1", "--port=22"])
+            .stdin(Stdio::null());
+        let output = cmd.output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        stderr
+    };
+    let other = keybound_devcluster::DevCluster::start(Default::default())
+        .await
+        .unwrap();
+    let error = run(&out, &other.proxy_addr());
+    assert!(
+        error.contains("not issued by the cluster CAs in the identity file"),
+        "{error}"
+    );
+    let error = run(&out, &format!("localhost:{}", free_port()));
+    assert!(
+        error.contains("cannot reach the proxy localhost:"),
+        "{error}"
+    );
+    assert!(error.contains("check --proxy-server"), "{error}");
+    let error = run(&env.path("storage"), &env.cluster.proxy_addr());
+    assert!(error.contains("cannot read the identity file"), "{error}");
+    assert!(error.contains("an identity output's directory"), "{error}");
+    // Certificates that live a second have expired two seconds later.
+    ok(&oneshot(&cfg, &["--certificate-ttl", "1s"]).await);
+    std::thread::sleep(Duration::from_secs(2));
+    let error = run(&out, &env.cluster.proxy_addr());
+    assert!(error.contains("expired at"), "{error}");
+    assert!(error.contains("keybound start must be running"), "{error}");
+}
