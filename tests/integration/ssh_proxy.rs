@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Read as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use keybound_devcluster::nodes::Node;
+use keybound_devcluster::{DevCluster, DevClusterConfig};
 
 use crate::oneshot::{Env, env, ok, oneshot};
 use crate::outputs::Sshd;
@@ -47,9 +48,24 @@ struct Setup {
 async fn setup() -> Setup {
     let user = whoami();
     let port = free_port();
-    let login = user.clone();
-    let env = env(move |c| {
-        c.roles[0].logins.push(login);
+    let env = env(with_nodes(port, user.clone())).await;
+    let cfg = env.proxy_config(&[("out", &[])]);
+    ok(&oneshot(&cfg, &[]).await);
+    let out = env.path("out");
+    let sshd = start_node(&env.cluster, &env.path("sshd"), port);
+    Setup {
+        env,
+        sshd,
+        out,
+        user,
+    }
+}
+
+/// The role `access` grants `user`'s login on nodes labelled `env: dev`; the nodes `node1`
+/// (dev), `node2` (prod) and two named `twin` are all the sshd on `port`.
+fn with_nodes(port: u16, user: String) -> impl FnOnce(&mut DevClusterConfig) {
+    move |c| {
+        c.roles[0].logins.push(user);
         c.roles[0].node_labels = BTreeMap::from([("env".to_owned(), vec!["dev".to_owned()])]);
         c.nodes = vec![
             node("5b4b1a4e-96c3-4b44-9a57-0d0b1e6ff6a1", "node1", port, "dev"),
@@ -62,46 +78,57 @@ async fn setup() -> Setup {
             node("c0ffee00-0000-4000-8000-000000000001", "twin", port, "dev"),
             node("c0ffee00-0000-4000-8000-000000000002", "twin", port, "dev"),
         ];
-    })
-    .await;
-    let cfg = env.proxy_config(&[("out", &[])]);
-    ok(&oneshot(&cfg, &[]).await);
-    let out = env.path("out");
-    let sshd_dir = env.path("sshd");
-    std::fs::create_dir(&sshd_dir).unwrap();
-    let host_key = sshd_dir.join("host_key");
+    }
+}
+
+/// A real sshd on `port` in `dir`: a host certificate from the cluster's host CA for the
+/// nodes' names, the cluster's user CA trusted.
+fn start_node(cluster: &DevCluster, dir: &Path, port: u16) -> Sshd {
+    std::fs::create_dir(dir).unwrap();
+    let host_key = dir.join("host_key");
     let keygen = Command::new(tool("ssh-keygen"))
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&host_key)
         .output()
         .unwrap();
     assert!(keygen.status.success());
-    let public = ssh_key::PublicKey::from_openssh(
-        std::fs::read_to_string(host_key.with_extension("pub"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
-    let ca = env.cluster.cluster.ca();
+    let public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
+    let public = ssh_key::PublicKey::from_openssh(public.trim()).unwrap();
+    let ca = cluster.cluster.ca();
     let principals = [
         "node1",
         "node1.dev.keybound.test",
         "node2.dev.keybound.test",
     ];
     std::fs::write(
-        sshd_dir.join("host_key-cert.pub"),
+        dir.join("host_key-cert.pub"),
         ca.issue_host_ssh(&public, &principals).unwrap(),
     )
     .unwrap();
     let (user_ca, _) = ca.authority_public("user").unwrap();
-    std::fs::write(sshd_dir.join("user_ca.pub"), format!("{}\n", user_ca[0])).unwrap();
-    let sshd = Sshd::start_on(&sshd_dir, port);
-    Setup {
-        env,
-        sshd,
-        out,
-        user,
-    }
+    std::fs::write(dir.join("user_ca.pub"), format!("{}\n", user_ca[0])).unwrap();
+    Sshd::start_on(dir, port)
+}
+
+/// `ssh -F <out>/ssh_config <user>@node1.<cluster> echo <word>` succeeds with the word.
+fn assert_ssh_echoes(out: &Path, port: u16, user: &str, sshd: &Sshd) {
+    let output = Command::new(tool("ssh"))
+        .arg("-F")
+        .arg(out.join("ssh_config"))
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .args(["-p", &port.to_string()])
+        .arg(format!("{user}@node1.{CLUSTER}"))
+        .args(["echo", "through-keybound"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        sshd.log()
+    );
+    assert_eq!(stdout(&output), "through-keybound\n");
 }
 
 impl Setup {
@@ -154,14 +181,7 @@ async fn ssh_reaches_a_node_through_keybound_and_the_proxy_refuses_what_the_role
     assert!(s.out.join("dev.keybound.test.known_hosts").exists());
 
     let host = format!("node1.{CLUSTER}");
-    let output = s.run_ssh(&s.user, &host, "echo through-keybound; hostname");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        s.sshd.log()
-    );
-    assert!(stdout(&output).starts_with("through-keybound\n"));
+    assert_ssh_echoes(&s.out, s.sshd.port, &s.user, &s.sshd);
 
     // A login the role does not grant, and a node outside its node_labels: the Proxy refuses
     // with Teleport's text.
@@ -365,7 +385,7 @@ async fn the_commands_own_errors_are_one_line_naming_the_fix() {
     let cfg = env.proxy_config(&[("out", &[])]);
     ok(&oneshot(&cfg, &[]).await);
     let out = env.path("out");
-    let run = |dir: &std::path::Path, proxy: &str| {
+    let run = |dir: &Path, proxy: &str| {
         let mut cmd = keybound();
         cmd.arg("ssh-proxy-command")
             .arg(format!("--destination-dir={}", dir.display()))
@@ -379,9 +399,7 @@ async fn the_commands_own_errors_are_one_line_naming_the_fix() {
         assert!(stderr.starts_with("error: "), "{stderr}");
         stderr
     };
-    let other = keybound_devcluster::DevCluster::start(Default::default())
-        .await
-        .unwrap();
+    let other = DevCluster::start(Default::default()).await.unwrap();
     let error = run(&out, &other.proxy_addr());
     assert!(
         error.contains("not issued by the cluster CAs in the identity file"),
@@ -402,4 +420,78 @@ async fn the_commands_own_errors_are_one_line_naming_the_fix() {
     let error = run(&out, &env.cluster.proxy_addr());
     assert!(error.contains("expired at"), "{error}");
     assert!(error.contains("keybound start must be running"), "{error}");
+}
+
+/// Only the output's certificate reaches the node, so an identity joined with a key in SoftHSM
+/// or in a TPM (swtpm) serves ssh as a file key's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_works_with_identities_joined_from_softhsm_and_a_tpm() {
+    let hsm = crate::pkcs11::Hsm::new("ssh-token");
+    let key = hsm.create_key("bound", "ecdsa-p256");
+    #[cfg_attr(not(feature = "tpm"), allow(unused_mut))]
+    let mut signers = vec![(
+        "softhsm",
+        key,
+        hsm.signer_args("bound"),
+        Some(hsm.conf.clone()),
+    )];
+    #[cfg(feature = "tpm")]
+    let tpm = keybound_signer_tpm::testing::Swtpm::start();
+    #[cfg(feature = "tpm")]
+    {
+        let args = vec![
+            "--signer".to_owned(),
+            "tpm".to_owned(),
+            "--tpm-tcti".to_owned(),
+            tpm.tcti(),
+            "--tpm-key-handle".to_owned(),
+            "0x81000110".to_owned(),
+        ];
+        let created = crate::support::run_ok(
+            keybound()
+                .args(["keypair", "create", "--static", "--format", "json"])
+                .args(&args),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+        let key =
+            keybound_signer::PublicKey::from_openssh(doc["public_key"].as_str().unwrap()).unwrap();
+        signers.push(("swtpm", key, args, None));
+    }
+    let user = whoami();
+    for (name, key, args, softhsm_conf) in signers {
+        let port = free_port();
+        let cluster = crate::cluster::cluster_for(&key, with_nodes(port, user.clone())).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::cluster::ca_file(&cluster, dir.path());
+        let out = dir.path().join("out");
+        let mut cmd = keybound();
+        if let Some(conf) = &softhsm_conf {
+            cmd.env("SOFTHSM2_CONF", conf)
+                .env("HSM_PIN", crate::pkcs11::PIN);
+        }
+        cmd.args([
+            "start",
+            "--oneshot",
+            "--join-method",
+            "bound_keypair",
+            "--token",
+            "t",
+        ])
+        .arg(format!("--proxy-server={}", cluster.proxy_addr()))
+        .arg("--ca-path")
+        .arg(&ca)
+        .args(&args)
+        .args(["--storage", "memory://", "--destination-dir"])
+        .arg(&out);
+        let joined = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            joined.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&joined.stderr)
+        );
+        let sshd = start_node(&cluster, &dir.path().join("sshd"), port);
+        assert_ssh_echoes(&out, port, &user, &sshd);
+    }
 }
