@@ -2,7 +2,7 @@
 # The quickstart: a local dev cluster, a new static key, its bot and token created in the running
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
-# and a lock. The cluster never restarts. Everything lives in a scratch directory that is removed
+# a lock, and SSH to a real sshd node through `keybound ssh-proxy-command`. The cluster never restarts. Everything lives in a scratch directory that is removed
 # at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,9 @@ cargo build --quiet --locked --features tpm
 kb=$PWD/target/debug/keybound
 dir=$(mktemp -d)
 cluster_pid=
+sshd_pid=
 cleanup() {
+  [[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null && wait "$sshd_pid" 2>/dev/null
   [[ -n $cluster_pid ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
   if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
 }
@@ -144,3 +146,83 @@ admin ls locks
 if "$kb" start -c "$dir/tbot.yaml" --oneshot; then echo "the locked bot joined" >&2; exit 1; fi
 admin rm "locks/$lock"
 "$kb" start -c "$dir/tbot.yaml" --oneshot
+
+# SSH to a node with nothing but keybound: a real OpenSSH sshd (host certificate from the cluster's
+# host CA, the user CA trusted) registered as a node, reached through the output's ssh_config,
+# whose ProxyCommand is `keybound ssh-proxy-command`.
+ssh_demo() {
+  local me port sshd_bin
+  me=$(id -un)
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  sshd_bin=$(command -v sshd || echo /usr/sbin/sshd)
+  step "8. A node: OpenSSH's sshd on 127.0.0.1:$port, its host key signed by the cluster's host CA"
+  mkdir -p "$dir/node" && ssh-keygen -q -t ed25519 -N '' -f "$dir/node/host_key"
+  admin sign-host --public-key "$dir/node/host_key.pub" --principal node1 --principal node1.dev.keybound.test \
+    > "$dir/node/host_key-cert.pub"
+  ssh-keygen -L -f "$dir/node/host_key-cert.pub" | sed -n '1,12p'
+  # The user CA, for TrustedUserCAKeys (tctl auth export --type=user, without its cert-authority prefix).
+  curl -fsS --cacert "$dir/cluster-ca.pem" "https://$proxy/webapi/auth/export?type=user" \
+    | sed 's/^cert-authority //' > "$dir/node/user_ca.pub"
+  cat > "$dir/node/sshd_config" <<CONF
+ListenAddress 127.0.0.1
+Port $port
+HostKey $dir/node/host_key
+HostCertificate $dir/node/host_key-cert.pub
+TrustedUserCAKeys $dir/node/user_ca.pub
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PidFile $dir/node/sshd.pid
+Subsystem sftp internal-sftp
+CONF
+  mkdir -p /run/sshd 2>/dev/null || true
+  "$sshd_bin" -D -e -f "$dir/node/sshd_config" 2> "$dir/node/sshd.log" &
+  sshd_pid=$!
+  step "8a. Registered as nodes (kind: node), and the role grants $me on nodes labelled env: dev"
+  cat > "$dir/nodes.yaml" <<YAML
+kind: node
+version: v2
+sub_kind: openssh
+metadata:
+  name: 5b4b1a4e-96c3-4b44-9a57-0d0b1e6ff6a1
+  labels: {env: dev}
+spec:
+  hostname: node1
+  addr: 127.0.0.1:$port
+---
+kind: node
+version: v2
+sub_kind: openssh
+metadata:
+  name: 8d7f3c52-1d35-4c6b-a0cc-6f1d3a3a5d10
+  labels: {env: prod}
+spec:
+  hostname: node2
+  addr: 127.0.0.1:$port
+---
+kind: role
+version: v7
+metadata:
+  name: access
+spec:
+  allow:
+    logins: [root, ci, $me]
+    node_labels: {env: dev}
+YAML
+  cat "$dir/nodes.yaml"
+  admin create -f "$dir/nodes.yaml"
+  admin ls nodes
+  step "8b. The output again (the certificate now carries the login $me); its ssh_config runs keybound"
+  "$kb" start -c "$dir/tbot.yaml" --oneshot
+  grep -n 'ProxyCommand' "$dir/out/ssh_config"
+  step "8c. ssh -F out/ssh_config $me@node1.dev.keybound.test hostname (StrictHostKeyChecking yes)"
+  ssh -F "$dir/out/ssh_config" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=yes \
+    "$me@node1.dev.keybound.test" 'echo "logged in to $(hostname) as $(id -un) through keybound"'
+  step "8d. node2 is labelled env: prod, which the role does not grant: the proxy refuses"
+  if ssh -F "$dir/out/ssh_config" -p "$port" -o BatchMode=yes "$me@node2.dev.keybound.test" true; then
+    echo "node2 let the bot in" >&2; exit 1
+  fi
+}
+ssh_demo

@@ -26,8 +26,9 @@
 //! Each module imports only modules listed before it:
 //!
 //! * `misbehave`: the test-only misbehaviours ([`Misbehaviour`]);
-//! * [`ca`]: the certificate authorities; [`roles`], [`tokens`], [`locks`]: resources from
-//!   YAML, and as `tctl get` shows them; [`resources`]: YAML files of them, and their kinds;
+//! * [`ca`]: the certificate authorities; [`roles`], [`tokens`], [`locks`], [`nodes`]:
+//!   resources from YAML, and as `tctl get` shows them (and how the Proxy finds a node);
+//!   [`resources`]: YAML files of them, and their kinds;
 //! * `config`: [`DevClusterConfig`];
 //! * `cluster`: the state every connection shares ([`Cluster`]): the resources (tokens and
 //!   their status, roles, bots, locks: `cluster/catalog.rs`), bot instances and generations,
@@ -35,7 +36,9 @@
 //! * `caller`: the identity in a verified client certificate; `subject_keys`: the keys a client
 //!   sends for its certificates;
 //! * the RPC services: `join/` (`JoinService` and the legacy `JoinService` over one
-//!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`);
+//!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`),
+//!   `transport.rs` (`TransportService.ProxySSH`, on the Proxy's `teleport-proxy-ssh-grpc`
+//!   route: SSH bytes to a node);
 //! * `front/`: TLS, routing by ALPN, the web API, the listeners, and `front/services.rs`, where
 //!   every gRPC service is registered ([`DevCluster`]);
 //! * [`admin`]: the admin socket ([`AdminServer`](admin::AdminServer)) and its client

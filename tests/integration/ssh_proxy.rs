@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use keybound_devcluster::admin::{AdminClient, AdminServer};
+use keybound_devcluster::locks::LockTarget;
 use keybound_devcluster::nodes::Node;
+use keybound_devcluster::resources::Kind;
 use keybound_devcluster::{DevCluster, DevClusterConfig};
 
 use crate::oneshot::{Env, env, ok, oneshot};
@@ -223,6 +226,25 @@ async fn ssh_reaches_a_node_through_keybound_and_the_proxy_refuses_what_the_role
         error.contains("node1:3022: target host node1 is offline"),
         "{error}"
     );
+    // A lock on the role refuses the stream (Teleport's lock-aware authorizer: a bare
+    // "access denied"); its removal lets the bot back.
+    let socket = s.env.path("admin.sock");
+    let _admin = AdminServer::start(&s.env.cluster, Some(&socket)).unwrap();
+    let admin = AdminClient::new(Some(&socket)).unwrap();
+    let lock = admin
+        .lock(LockTarget::Role("access".into()), "test".into(), None)
+        .await
+        .unwrap();
+    let error = keybound_error(&s.run_ssh(&s.user, &host, "true"));
+    assert!(
+        error.contains(&format!(
+            "failed connecting to host node1:{}: access denied",
+            s.sshd.port
+        )),
+        "{error}"
+    );
+    admin.remove(Kind::Lock, &lock).await.unwrap();
+    assert_ssh_echoes(&s.out, s.sshd.port, &s.user, &s.sshd);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
