@@ -43,6 +43,9 @@ pub(crate) const MAX_CHUNK: usize = 16 * 1024;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a target's name may take to resolve (the weaker, address match).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a connection's caller is checked against the locks (Teleport's connection monitor
+/// watches lock events; polling is the dev cluster's way).
+const LOCK_CHECK: Duration = Duration::from_millis(500);
 /// What an SSH client's first bytes must be (`lib/proxy/router.go`, `newCheckedPrefixWriter`).
 const SSH_PREFIX: &[u8] = b"SSH-2.0";
 
@@ -92,9 +95,17 @@ impl transport::transport_service_server::TransportService for TransportApi {
             .await
             .map_err(|_| Status::cancelled("the client went away"))?;
         let to_node = tokio::spawn(client_to_node(inbound, write, tx.clone()));
+        let cluster = cluster.clone();
         tokio::spawn(async move {
-            node_to_client(read, tx).await;
-            // The node closed: the client's side has nothing left to go to.
+            tokio::select! {
+                () = node_to_client(read, tx.clone()) => {}
+                refusal = locked(&cluster, &caller) => {
+                    info!(user = %caller.username, "ProxySSH: a lock ends the connection");
+                    let _ = tx.send(Err(refusal)).await;
+                }
+            }
+            // The node closed, or a lock ended the connection: the client's side has nothing
+            // left to go to.
             to_node.abort();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -215,6 +226,18 @@ async fn client_to_node(
         }
     }
     let _ = write.shutdown().await;
+}
+
+/// Returns once a lock targets the caller (`lib/srv/monitor.go`: a lock in force ends the
+/// connections of the identity it targets).
+async fn locked(cluster: &Cluster, caller: &Caller) -> Status {
+    let mut tick = tokio::time::interval(LOCK_CHECK);
+    loop {
+        tick.tick().await;
+        if let Err(refusal) = cluster.lock_on_caller(caller) {
+            return refusal;
+        }
+    }
 }
 
 /// The node's bytes to the client, at most [`MAX_CHUNK`] a frame, until the node closes.

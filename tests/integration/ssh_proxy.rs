@@ -231,10 +231,35 @@ async fn ssh_reaches_a_node_through_keybound_and_the_proxy_refuses_what_the_role
     let socket = s.env.path("admin.sock");
     let _admin = AdminServer::start(&s.env.cluster, Some(&socket)).unwrap();
     let admin = AdminClient::new(Some(&socket)).unwrap();
+    let mut session = s
+        .ssh("ssh")
+        .arg(format!("{}@{host}", s.user))
+        .arg("echo ready; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(session.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
     let lock = admin
         .lock(LockTarget::Role("access".into()), "test".into(), None)
         .await
         .unwrap();
+    // The session in progress ends (Teleport's connection monitor), with the lock's message.
+    let ended = tokio::task::spawn_blocking(move || session.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let error = keybound_error(&ended);
+    assert!(
+        error.contains(
+            "the connection through the proxy failed: lock targeting Role:\"access\" is in force: test"
+        ),
+        "{error}"
+    );
     let error = keybound_error(&s.run_ssh(&s.user, &host, "true"));
     assert!(
         error.contains(&format!(
