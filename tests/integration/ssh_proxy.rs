@@ -399,15 +399,18 @@ async fn the_command_ends_cleanly_when_the_node_dies_or_ssh_closes_its_input() {
     // The node dies: every sshd process serving the connection is killed.
     let mut child = command(&s);
     let mut out = banner(&mut child);
+    // sshd serves each connection in a child that starts a session of its own (`setsid`) and
+    // forks its privilege-separated child later: killing the child's process group takes
+    // that one too, even if it is forked after the processes were listed.
     let serving = descendants(s.sshd.child.id());
     assert!(!serving.is_empty(), "sshd serves the connection in a child");
     for pid in serving {
         let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
+            .args(["-KILL", "--", &format!("-{pid}"), &pid.to_string()])
             .status();
     }
-    let mut rest = Vec::new();
-    let _ = out.read_to_end(&mut rest);
+    // Drained aside, so that a command that does not end fails the bounded wait below.
+    std::thread::spawn(move || out.read_to_end(&mut Vec::new()));
     let (status, stderr) = ends(&mut child);
     assert!(status.success(), "{status}: {stderr}");
     assert_eq!(stderr, "");

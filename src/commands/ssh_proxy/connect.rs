@@ -150,6 +150,12 @@ fn refused(target: &str, status: &Status) -> Refused {
         ),
         _ => ("", crate::ExitKind::Unreachable),
     };
+    // Teleport's sentences end with a full stop; the hint follows after a semicolon.
+    let said = if hint.is_empty() {
+        said.as_str()
+    } else {
+        said.trim_end_matches('.')
+    };
     Refused(
         format!("failed connecting to host {target}: {said}{hint}"),
         kind,
