@@ -474,7 +474,8 @@ pub struct DevClusterArgs {
     #[arg(long = "token", value_name = "FILE")]
     pub tokens: Vec<PathBuf>,
 
-    /// A Teleport resource file: tokens, roles, bots and locks (YAML, the tctl create format);
+    /// A Teleport resource file: tokens, roles, bots, locks and nodes (YAML, the tctl create
+    /// format);
     /// repeatable. A `kind: bot` gives the bot the role bot-NAME, which may impersonate its
     /// spec.roles. While it runs, `keybound dev-cluster create` adds more.
     #[arg(long = "resources", value_name = "FILE")]
@@ -555,7 +556,7 @@ pub enum AdminCommand {
     /// the file, or none of it.
     Create(AdminCreate),
     /// Print resources as YAML (tctl get): KIND for all of a kind (tokens, bots, roles,
-    /// locks), KIND/NAME for one.
+    /// locks, nodes), KIND/NAME for one.
     Get(AdminGet),
     /// List the resources of a kind, one line each (tctl tokens ls, tctl bots ls).
     #[command(visible_alias = "list")]
@@ -620,7 +621,8 @@ pub struct AdminCreate {
 /// `keybound dev-cluster get`.
 #[derive(Debug, Args)]
 pub struct AdminGet {
-    /// KIND or KIND/NAME: tokens, bots, roles or locks (token, bot, role, lock too).
+    /// KIND or KIND/NAME: tokens, bots, roles, locks or nodes (token, bot, role, lock, node
+    /// too).
     #[arg(value_name = "KIND[/NAME]")]
     pub resource: String,
 
@@ -645,7 +647,7 @@ pub enum ResourceFormat {
 /// `keybound dev-cluster ls`.
 #[derive(Debug, Args)]
 pub struct AdminLs {
-    /// tokens, bots, roles or locks.
+    /// tokens, bots, roles, locks or nodes.
     #[arg(value_name = "KIND")]
     pub kind: String,
 
@@ -657,7 +659,7 @@ pub struct AdminLs {
 /// `keybound dev-cluster rm`.
 #[derive(Debug, Args)]
 pub struct AdminRm {
-    /// KIND/NAME: tokens/NAME, bots/NAME, roles/NAME or locks/NAME.
+    /// KIND/NAME: tokens/NAME, bots/NAME, roles/NAME, locks/NAME or nodes/NAME.
     #[arg(value_name = "KIND/NAME")]
     pub resource: String,
 
