@@ -153,6 +153,13 @@ fn is_ec2_node_id(host: &str) -> bool {
         && instance.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Whether a node matches `target` directly (by ID, hostname or address). Then the target's DNS
+/// addresses cannot change the outcome (indirect matches lose to a direct one), and the lookup
+/// Teleport makes anyway (`newSSHRouteMatcher`) can be skipped.
+pub(crate) fn any_direct_match(nodes: &[Node], target: &Target<'_>) -> bool {
+    nodes.iter().any(|n| target.score(n) == DIRECT)
+}
+
 /// `getServerWithResolver` (`lib/proxy/router.go`) under the default routing strategy
 /// (`UNAMBIGUOUS_MATCH`): the best-scored node, an exact name winning among ID matches; two
 /// equally good ones are ambiguous (NotFound, `teleport.NodeIsAmbiguous`); none is

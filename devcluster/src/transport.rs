@@ -129,9 +129,16 @@ async fn authorize(
             target.cluster
         )));
     }
-    let ips = lookup(host).await;
     let nodes = cluster.nodes();
-    let node = nodes::resolve(&nodes, &Target { host, port, ips })?.clone();
+    let mut wanted = Target {
+        host,
+        port,
+        ips: Vec::new(),
+    };
+    if !nodes::any_direct_match(&nodes, &wanted) {
+        wanted.ips = lookup(host).await;
+    }
+    let node = nodes::resolve(&nodes, &wanted)?.clone();
     let held: Vec<_> = caller
         .roles
         .iter()
