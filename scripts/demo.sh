@@ -2,8 +2,11 @@
 # The quickstart: a local dev cluster, a new static key, its bot and token created in the running
 # cluster (`keybound dev-cluster create`, as `tctl create`), `keybound start --oneshot` (a join,
 # then an authenticated rejoin), the role-impersonated certificates it obtained, a key in SoftHSM,
-# a lock, and SSH to a real sshd node through `keybound ssh-proxy-command`. The cluster never restarts. Everything lives in a scratch directory that is removed
-# at the end (set KEEP=1 to keep it).
+# a lock, the access outputs (an app with curl, a Kubernetes cluster with kubectl), a host
+# certificate with SPIFFE SVIDs, and a key made in a TPM (swtpm) with the evidence the admin checks
+# before binding it, and SSH to a real sshd node through `keybound ssh-proxy-command`. The
+# cluster never restarts. Everything lives in a scratch directory that is
+# removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --features tpm
@@ -13,6 +16,7 @@ cluster_pid=
 sshd_pid=
 cleanup() {
   [[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null && wait "$sshd_pid" 2>/dev/null
+  [[ -f $dir/swtpm/pid ]] && kill "$(cat "$dir/swtpm/pid")" 2>/dev/null
   [[ -n $cluster_pid ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
   if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
 }
@@ -147,6 +151,185 @@ if "$kb" start -c "$dir/tbot.yaml" --oneshot; then echo "the locked bot joined" 
 admin rm "locks/$lock"
 "$kb" start -c "$dir/tbot.yaml" --oneshot
 
+# The access outputs: an app and a Kubernetes cluster in the running cluster, a role granting
+# them, and one keybound run writing an application and a kubernetes output for the bot, used
+# with curl and kubectl.
+access_outputs() {
+  step "8. Access outputs: an app and a Kubernetes cluster (tctl create), a role granting both"
+  cat > "$dir/access.yaml" <<YAML
+kind: app
+version: v3
+metadata:
+  name: echo
+  labels: {env: demo}
+spec:
+  uri: http://localhost:8080
+  public_addr: echo.localhost
+---
+kind: kube_cluster
+version: v3
+metadata:
+  name: demo-kube
+  labels: {env: demo}
+spec: {}
+---
+kind: role
+version: v7
+metadata:
+  name: web
+spec:
+  allow:
+    app_labels: {env: demo}
+    kubernetes_labels: {env: demo}
+    kubernetes_groups: [viewers]
+---
+kind: bot
+version: v1
+metadata:
+  name: demo
+spec:
+  roles: [access, web]
+YAML
+  cat "$dir/access.yaml"
+  admin create -f "$dir/access.yaml"
+  admin ls apps
+  admin ls kube_clusters
+
+  step "8a. keybound start --oneshot with an application and a kubernetes output (an authenticated rejoin)"
+  sed '/^services:/,$d' "$dir/tbot.yaml" > "$dir/tbot-access.yaml"
+  cat >> "$dir/tbot-access.yaml" <<YAML
+services:
+  - type: application
+    app_name: echo
+    specific_tls_naming: true
+    destination:
+      type: directory
+      path: $dir/out-app
+  - type: kubernetes
+    kubernetes_cluster: demo-kube
+    destination:
+      type: directory
+      path: $dir/out-kube
+YAML
+  sed -n '/^services:/,$p' "$dir/tbot-access.yaml"
+  "$kb" start -c "$dir/tbot-access.yaml" --oneshot
+
+  step "8b. curl reaches the app with the application output's certificate (the dev cluster's echo app)"
+  port=${proxy##*:}
+  curl -sS --resolve "echo.localhost:$port:127.0.0.1" --cacert "$dir/out-app/tls.cas" \
+    --cert "$dir/out-app/tls.crt" --key "$dir/out-app/tls.key" "https://echo.localhost:$port/"
+  echo
+  openssl x509 -in "$dir/out-app/tlscert" -noout -subject -nameopt oneline
+
+  step "8c. kubectl uses the kubernetes output's kubeconfig (its exec plugin runs keybound kube credentials)"
+  sed -n '/^users:/,$p' "$dir/out-kube/kubeconfig.yaml"
+  kubectl --kubeconfig "$dir/out-kube/kubeconfig.yaml" --cache-dir "$dir/kube-cache" version
+  kubectl --kubeconfig "$dir/out-kube/kubeconfig.yaml" --cache-dir "$dir/kube-cache" get namespaces
+  kubectl --kubeconfig "$dir/out-kube/kubeconfig.yaml" --cache-dir "$dir/kube-cache" get pods
+}
+access_outputs
+# A host certificate for an OpenSSH server and SPIFFE SVIDs for a workload, from the same bot
+# (issue 17): the role gains a host_cert rule and workload identity rights, a workload_identity
+# resource names the SPIFFE ID, and one run writes ssh_host, workload-identity-x509 and
+# workload-identity-jwt outputs.
+host_cert_and_svids() {
+  step "9. A host certificate and SVIDs: the role may create host certificates and issue from workload identities"
+  cat > "$dir/workload.yaml" <<YAML
+kind: role
+version: v7
+metadata:
+  name: access
+spec:
+  allow:
+    logins: [root, ci]
+    rules:
+      - resources: [host_cert]
+        verbs: [create]
+        where: all_end_with(host_cert.principals, ".demo.internal")
+      - resources: [workload_identity]
+        verbs: [read, list]
+    workload_identity_labels:
+      env: [demo]
+---
+kind: workload_identity
+version: v1
+metadata:
+  name: web
+  labels:
+    env: demo
+spec:
+  spiffe:
+    id: /svc/web/{{ user.bot_name }}
+YAML
+  cat "$dir/workload.yaml"
+  admin create -f "$dir/workload.yaml"
+  admin ls workload_identities
+  sed '/^services:/,$d' "$dir/tbot.yaml" > "$dir/tbot-workload.yaml"
+  cat >> "$dir/tbot-workload.yaml" <<YAML
+services:
+  - type: ssh_host
+    destination: {type: directory, path: $dir/host}
+    principals: [node1.demo.internal]
+  - type: workload-identity-x509
+    destination: {type: directory, path: $dir/svid}
+    selector: {name: web}
+  - type: workload-identity-jwt
+    destination: {type: directory, path: $dir/jwt}
+    selector: {labels: {env: [demo]}}
+    audiences: [https://api.demo.internal]
+YAML
+  sed -n '/^services:/,$p' "$dir/tbot-workload.yaml"
+  "$kb" start -c "$dir/tbot-workload.yaml" --oneshot
+  step "9a. The host certificate (ssh-keygen): principal node1.demo.internal, for sshd's HostCertificate"
+  ls -l "$dir/host"
+  ssh-keygen -L -f "$dir/host/ssh_host-cert.pub" | sed -n '1,12p'
+  cat "$dir/host/ssh_host-user-ca.pub"
+  step "9b. The X.509 SVID, verified by openssl against the trust bundle, and its SPIFFE ID"
+  openssl verify -CAfile "$dir/svid/svid_bundle.pem" "$dir/svid/svid.pem"
+  openssl x509 -in "$dir/svid/svid.pem" -noout -ext subjectAltName -dates
+  step "9c. The JWT SVID's claims (its signature is the SPIFFE CA's RS256 key)"
+  python3 -c 'import base64, json, sys; p = open(sys.argv[1]).read().split(".")[1]; print(json.dumps(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))), indent=2))' "$dir/jwt/jwt_svid"
+  step "9d. A principal the rule does not allow is refused (the other outputs still update)"
+  sed -i 's/node1.demo.internal/evil.example.com/' "$dir/tbot-workload.yaml"
+  if "$kb" start -c "$dir/tbot-workload.yaml" --oneshot; then echo "the host certificate was issued" >&2; exit 1; fi
+}
+host_cert_and_svids
+# 8. Key attestation (docs/attestation.md): a virtual TPM manufactured with EK certificates by its
+# own local CA, a key made in it with evidence, checked with no TPM, and the one challenge.
+attestation_demo() {
+  step "10. A key made in a TPM (swtpm with EK certificates), and the evidence the admin checks before binding it"
+  mkdir -p "$dir/swtpm/state" "$dir/swtpm/ca"
+  printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
+    "$dir/swtpm/ca" "$dir/swtpm/ca" "$dir/swtpm/ca" "$dir/swtpm/ca" > "$dir/swtpm/localca.conf"
+  printf 'create_certs_tool = swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n' \
+    "$dir/swtpm/localca.conf" > "$dir/swtpm/setup.conf"
+  swtpm_setup --tpm2 --create-ek-cert --tpmstate "$dir/swtpm/state" --config "$dir/swtpm/setup.conf" > /dev/null
+  local port=$((20000 + 2 * (RANDOM % 6000)))
+  swtpm socket --tpm2 --flags not-need-init,startup-clear --tpmstate dir="$dir/swtpm/state" \
+    --server type=tcp,port=$port,bindaddr=127.0.0.1 --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
+    --pid file="$dir/swtpm/pid" --daemon
+  local tpm=(--signer tpm --tpm-tcti "swtpm:host=127.0.0.1,port=$port" --tpm-key-handle 0x81000100)
+  "$kb" keypair create --static --format json "${tpm[@]}" --bot-name demo-tpm --token-name tpm-token \
+    --ek-intermediates "$dir/swtpm/ca/issuercert.pem" --attest-out "$dir/evidence.json"
+  local tpm_public
+  tpm_public=$("$kb" keypair show "${tpm[@]}" | sed -n 's/^public key: *//p')
+  sed "s|name: demo-token|name: tpm-token|; s|initial_public_key: .*|initial_public_key: $tpm_public|; s|bot_name: demo|bot_name: demo-tpm|" \
+    "$dir/token.yaml" > "$dir/tpm-token.yaml"
+  # The admin's side, no TPM: the evidence, the challenge, the host's answer.
+  "$kb" attest verify "$dir/evidence.json" --ek-ca "$dir/swtpm/ca/swtpm-localca-rootca-cert.pem" --token "$dir/tpm-token.yaml"
+  "$kb" attest challenge "$dir/evidence.json" --out "$dir/challenge.json" --secret-out "$dir/secret.json"
+  "$kb" keypair attest "${tpm[@]}" --respond "$dir/challenge.json" --out "$dir/response.json"
+  "$kb" attest verify "$dir/evidence.json" --ek-ca "$dir/swtpm/ca/swtpm-localca-rootca-cert.pem" --token "$dir/tpm-token.yaml" \
+    --response "$dir/response.json" --secret "$dir/secret.json"
+  # Checked: only now are the bot and token created, and the bot joins with its key in the TPM.
+  printf 'kind: bot\nversion: v1\nmetadata:\n  name: demo-tpm\nspec:\n  roles: [access]\n' > "$dir/tpm-bot.yaml"
+  admin create -f "$dir/tpm-bot.yaml"
+  admin create -f "$dir/tpm-token.yaml"
+  "$kb" start --oneshot --proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem" --join-method bound_keypair \
+    --token tpm-token --storage memory:// --destination-dir "$dir/out-tpm" "${tpm[@]}" --require-hardware-key
+  swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s
+}
+attestation_demo
 # SSH to a node with nothing but keybound: a real OpenSSH sshd (host certificate from the cluster's
 # host CA, the user CA trusted) registered as a node, reached through the output's ssh_config,
 # whose ProxyCommand is `keybound ssh-proxy-command`.
@@ -157,7 +340,7 @@ ssh_demo() {
   [[ $me == root || $me == ci ]] || logins="$logins, $me"
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   sshd_bin=$(command -v sshd || echo /usr/sbin/sshd)
-  step "8. A node: OpenSSH's sshd on 127.0.0.1:$port, its host key signed by the cluster's host CA"
+  step "11. A node: OpenSSH's sshd on 127.0.0.1:$port, its host key signed by the cluster's host CA"
   mkdir -p "$dir/node" && ssh-keygen -q -t ed25519 -N '' -f "$dir/node/host_key"
   admin sign-host --public-key "$dir/node/host_key.pub" --principal node1 --principal node1.dev.keybound.test \
     > "$dir/node/host_key-cert.pub"
@@ -182,7 +365,8 @@ CONF
   mkdir -p /run/sshd 2>/dev/null || true
   "$sshd_bin" -D -e -f "$dir/node/sshd_config" 2> "$dir/node/sshd.log" &
   sshd_pid=$!
-  step "8a. Registered as nodes (kind: node), and the role grants $me on nodes labelled env: dev"
+  # The role is replaced by one that grants SSH only (the sections above are done with it).
+  step "11a. Registered as nodes (kind: node), and the role grants $me on nodes labelled env: dev"
   cat > "$dir/nodes.yaml" <<YAML
 kind: node
 version: v2
@@ -216,13 +400,13 @@ YAML
   cat "$dir/nodes.yaml"
   admin create -f "$dir/nodes.yaml"
   admin ls nodes
-  step "8b. The output again (the certificate now carries the login $me); its ssh_config runs keybound"
+  step "11b. The output again (the certificate now carries the login $me); its ssh_config runs keybound"
   "$kb" start -c "$dir/tbot.yaml" --oneshot
   grep -n 'ProxyCommand' "$dir/out/ssh_config"
-  step "8c. ssh -F out/ssh_config $me@node1.dev.keybound.test hostname (StrictHostKeyChecking yes)"
+  step "11c. ssh -F out/ssh_config $me@node1.dev.keybound.test hostname (StrictHostKeyChecking yes)"
   ssh -F "$dir/out/ssh_config" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=yes \
     "$me@node1.dev.keybound.test" 'echo "logged in to $(hostname) as $(id -un) through keybound"'
-  step "8d. node2 is labelled env: prod, which the role does not grant: the proxy refuses"
+  step "11d. node2 is labelled env: prod, which the role does not grant: the proxy refuses"
   if ssh -F "$dir/out/ssh_config" -p "$port" -o BatchMode=yes "$me@node2.dev.keybound.test" true; then
     echo "node2 let the bot in" >&2; exit 1
   fi

@@ -32,6 +32,12 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# kubectl, for the Kubernetes outputs' tests (Debian's kubernetes-client); any kubectl on PATH
+# will do.
+if ! command -v kubectl >/dev/null; then
+  missing+=(kubernetes-client)
+fi
+
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}" >&2
   sudo=()

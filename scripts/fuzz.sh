@@ -10,7 +10,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(config_yaml private_key_pem private_key_env pkcs11_uri tss2_key_file challenge_document server_messages)
+    targets=(config_yaml private_key_pem private_key_env pkcs11_uri tss2_key_file challenge_document server_messages attest_evidence)
 fi
 if ! command -v cargo-fuzz >/dev/null; then
     echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2
@@ -38,6 +38,7 @@ seed() {
             # sub is the key ID of the target's fixed key (CHALLENGE_KEY_ID in fuzz/src/lib.rs).
             printf '{"iss":"c","sub":"BuP9j9opu2CrWVV95h7bCuzbIxE0vjDnW0Vfjht5L6k","aud":"c","exp":1760000060,"nbf":1759999990,"iat":1760000000,"nonce":"0123456789abcdef0123456789abcdef"}' > "$dir/doc1" ;;
         server_messages) ;;
+        attest_evidence) ;;
     esac
     cp tests/data/fuzz-regressions/"$target"/* "$dir/" 2>/dev/null || true
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::trust::v1 as trust;
+use keybound_proto::teleport::workloadidentity::v1 as wi;
 use keybound_proto::types;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -298,6 +299,16 @@ impl AuthClient {
         .await
     }
 
+    /// `AuthService.ListResources`: one page.
+    pub async fn list_resources(
+        &self,
+        request: legacy::ListResourcesRequest,
+    ) -> Result<legacy::ListResourcesResponse, Status> {
+        let request = self.request(request);
+        self.call("ListResources", self.auth_service().list_resources(request))
+            .await
+    }
+
     /// `TrustService.GetCertAuthorities(type, include_key = false)`.
     pub async fn cert_authorities(
         &self,
@@ -312,6 +323,68 @@ impl AuthClient {
             .call("GetCertAuthorities", client.get_cert_authorities(request))
             .await?;
         Ok(answer.cert_authorities_v2)
+    }
+
+    /// `TrustService.GenerateHostCert`: an SSH host certificate, for the `ssh_host` output.
+    pub async fn generate_host_cert(
+        &self,
+        request: trust::GenerateHostCertRequest,
+    ) -> Result<trust::GenerateHostCertResponse, Status> {
+        let request = self.request(request);
+        let mut client = trust::trust_service_client::TrustServiceClient::new(self.channel());
+        self.call("GenerateHostCert", client.generate_host_cert(request))
+            .await
+    }
+
+    /// `TrustService.GetCertAuthority(type, domain, include_key = false)`.
+    pub async fn cert_authority(
+        &self,
+        kind: &str,
+        domain: &str,
+    ) -> Result<types::CertAuthorityV2, Status> {
+        let request = self.request(trust::GetCertAuthorityRequest {
+            r#type: kind.to_owned(),
+            domain: domain.to_owned(),
+            include_key: false,
+        });
+        let mut client = trust::trust_service_client::TrustServiceClient::new(self.channel());
+        self.call("GetCertAuthority", client.get_cert_authority(request))
+            .await
+    }
+
+    fn issuance(
+        &self,
+    ) -> wi::workload_identity_issuance_service_client::WorkloadIdentityIssuanceServiceClient<Channel>
+    {
+        wi::workload_identity_issuance_service_client::WorkloadIdentityIssuanceServiceClient::new(
+            self.channel(),
+        )
+    }
+
+    /// `WorkloadIdentityIssuanceService.IssueWorkloadIdentity`: one SVID, by resource name.
+    pub async fn issue_workload_identity(
+        &self,
+        request: wi::IssueWorkloadIdentityRequest,
+    ) -> Result<wi::IssueWorkloadIdentityResponse, Status> {
+        let request = self.request(request);
+        self.call(
+            "IssueWorkloadIdentity",
+            self.issuance().issue_workload_identity(request),
+        )
+        .await
+    }
+
+    /// `WorkloadIdentityIssuanceService.IssueWorkloadIdentities`: SVIDs, by resource labels.
+    pub async fn issue_workload_identities(
+        &self,
+        request: wi::IssueWorkloadIdentitiesRequest,
+    ) -> Result<wi::IssueWorkloadIdentitiesResponse, Status> {
+        let request = self.request(request);
+        self.call(
+            "IssueWorkloadIdentities",
+            self.issuance().issue_workload_identities(request),
+        )
+        .await
     }
 }
 

@@ -10,7 +10,8 @@
 //!   [`subject_key`] (the bot's short-lived keys), [`logging`];
 //! - values and the key: [`values`] (what tbot.yaml, flags and the cluster give, checked),
 //!   [`signer`] (opens the [`Signer`](keybound_signer::Signer) backend; the backends are crates
-//!   under `backends/`), [`identity`] (a bot identity and what its certificates say);
+//!   under `backends/`), [`identity`] (a bot identity and what its certificates say),
+//!   [`attest`] (evidence that a key is in a TPM, checked offline);
 //! - talking to the cluster: [`transport`] (TLS and gRPC to the Proxy or Auth), [`webapi`]
 //!   (`/webapi/find`), [`auth`] (the bot's authenticated Auth client), [`join`] (the
 //!   bound-keypair join and rejoin);
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod attest;
 pub mod auth;
 pub mod cli;
 pub mod commands;
@@ -50,7 +52,7 @@ pub mod values;
 pub mod webapi;
 
 use anyhow::Context as _;
-use cli::{Cli, Command, KeypairCommand, SignerCommand};
+use cli::{AttestCommand, Cli, Command, KeypairCommand, KubeCommand, SignerCommand};
 
 pub use failure::{ExitKind, Failure};
 
@@ -79,6 +81,16 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             &args,
             &mut std::io::stdout().lock(),
         )?),
+        Command::Keypair(KeypairCommand::Attest(args)) => Ok(commands::keypair::attest(
+            &args,
+            &mut std::io::stdout().lock(),
+        )?),
+        Command::Attest(AttestCommand::Verify(args)) => {
+            commands::attest::verify(&args, &mut std::io::stdout().lock())
+        }
+        Command::Attest(AttestCommand::Challenge(args)) => {
+            commands::attest::challenge(&args, &mut std::io::stdout().lock())
+        }
         Command::Signer(SignerCommand::List(args)) => Ok(commands::signer_list::list(
             &args,
             &mut std::io::stdout().lock(),
@@ -106,6 +118,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
         }
+        Command::Kube(KubeCommand::Credentials(args)) => Ok(commands::kube::credentials(
+            &args.destination_dir,
+            &mut std::io::stdout().lock(),
+        )
+        .map_err(|e| Failure::new(ExitKind::Config, e))?),
         Command::Completions(args) => Ok(commands::generate::completions(
             args.shell,
             &mut std::io::stdout().lock(),

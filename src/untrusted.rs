@@ -80,6 +80,32 @@ pub fn check_host(host: &str) -> Result<(), String> {
     }
 }
 
+/// A Kubernetes cluster's name from the cluster (`ListResources`), checked: only
+/// [`KubeName::parse`] makes one. It reaches `kubeconfig.yaml` (cluster, context and user names,
+/// the v2 server path); keybound takes DNS-style names only, as for [`ClusterName`].
+#[derive(Clone, Debug, Eq, Hash, PartialEq)]
+pub struct KubeName(String);
+
+impl KubeName {
+    /// Checks `text`, a Kubernetes cluster's name as the cluster listed it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match dns_name_problem(text) {
+            None => Ok(Self(text.to_owned())),
+            Some(problem) => Err(format!(
+                "the cluster lists a Kubernetes cluster named {}, which keybound refuses: \
+                 {problem}; keybound writes these names into kubeconfig.yaml and accepts \
+                 DNS-style names only (letters, digits, '-', '_' and '.')",
+                quoted(text)
+            )),
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A cluster's name, checked: only [`ClusterName::parse`] makes one, where a name enters
 /// keybound (the certificates' `TeleportCluster` attribute, a CA record's `cluster_name`).
 ///

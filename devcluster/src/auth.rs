@@ -20,13 +20,14 @@ use crate::caller::Caller;
 use crate::cluster::Cluster;
 use crate::misbehave::{Misbehaviour, STALLED_ROLE};
 use crate::roles::{Role, may_impersonate};
+use crate::routes::route_attributes;
 use crate::subject_keys::{authorized_key_to_wire, pem_public_key_to_spki};
 
 /// `defaults.MaxRenewableCertTTL`: the cap on role-impersonated certificates.
 const MAX_RENEWABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Go's `%q` of a `[]string`: `["a" "b"]`.
-fn go_quoted_list(items: &[String]) -> String {
+pub(crate) fn go_quoted_list(items: &[String]) -> String {
     let quoted: Vec<String> = items
         .iter()
         .map(|i| serde_json::to_string(i).unwrap_or_default())
@@ -117,16 +118,31 @@ impl legacy::auth_service_server::AuthService for AuthApi {
         }
         let grant = grant(cluster, &caller, &req)?;
         let (tls_der, ssh_wire) = subject_keys(&req)?;
+        let held: Vec<Role> = grant.roles.iter().filter_map(|r| cluster.role(r)).collect();
+        let kubes: Vec<String> = cluster
+            .kube_clusters()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        let routes = route_attributes(&req, &held, cluster.ca().cluster_name(), &kubes)?;
         let certs = issue(
             cluster,
             &caller,
             &grant,
             login_ip.as_deref(),
-            &tls_der,
-            &ssh_wire,
+            (&tls_der, &ssh_wire),
+            &routes,
         )?;
         cluster.record_user_certs();
         Ok(Response::new(certs_response(cluster, &certs)?))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Request<legacy::ListResourcesRequest>,
+    ) -> Result<Response<legacy::ListResourcesResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        crate::listing::list_resources(&self.0, &caller, request.get_ref()).map(Response::new)
     }
 }
 
@@ -257,8 +273,8 @@ fn issue(
     caller: &Caller,
     grant: &Grant,
     login_ip: Option<&str>,
-    tls_der: &[u8],
-    ssh_wire: &[u8],
+    (tls_der, ssh_wire): (&[u8], &[u8]),
+    routes: &[(x509_cert::der::asn1::ObjectIdentifier, String)],
 ) -> Result<BotCerts, Status> {
     let bot = caller.bot_name.as_deref().map(|bot_name| BotFields {
         bot_name,
@@ -289,6 +305,7 @@ fn issue(
             not_after: grant.expires,
             cluster_name: (cluster.misbehaviour() == Some(Misbehaviour::HostileClusterName))
                 .then_some(cluster.config().hostile_text.as_str()),
+            extra: routes,
         })
         .map_err(|e| Status::invalid_argument(format!("{e:#}")))
 }

@@ -4,11 +4,15 @@ use std::net::SocketAddr;
 
 use keybound_teleport::suite::Suite;
 
+use crate::apps::App;
+use crate::databases::Database;
+use crate::kube_clusters::KubeCluster;
 use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
 use crate::nodes::Node;
 use crate::roles::{Bot, Role};
 use crate::tokens::Token;
+use crate::workload_identities::WorkloadIdentity;
 
 /// How to run a dev cluster.
 #[derive(Clone, Debug)]
@@ -35,6 +39,14 @@ pub struct DevClusterConfig {
     pub bots: Vec<Bot>,
     /// Locks in force from the start.
     pub locks: Vec<Lock>,
+    /// Applications (`kind: app`), answered by the built-in echo app.
+    pub apps: Vec<App>,
+    /// Databases (`kind: db`).
+    pub databases: Vec<Database>,
+    /// Kubernetes clusters (`kind: kube_cluster`), answered by the built-in Kubernetes API.
+    pub kube_clusters: Vec<KubeCluster>,
+    /// Workload identities (`kind: workload_identity`), for the SVID issuance RPCs.
+    pub workload_identities: Vec<WorkloadIdentity>,
     /// SSH nodes (OpenSSH servers the Proxy dials for `TransportService.ProxySSH`).
     pub nodes: Vec<Node>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
@@ -57,6 +69,10 @@ impl Default for DevClusterConfig {
             roles: Vec::new(),
             bots: Vec::new(),
             locks: Vec::new(),
+            apps: Vec::new(),
+            databases: Vec::new(),
+            kube_clusters: Vec::new(),
+            workload_identities: Vec::new(),
             nodes: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),

@@ -26,9 +26,9 @@
 //! Each module imports only modules listed before it:
 //!
 //! * `misbehave`: the test-only misbehaviours ([`Misbehaviour`]);
-//! * [`ca`]: the certificate authorities; [`roles`], [`tokens`], [`locks`], [`nodes`]:
-//!   resources from YAML, and as `tctl get` shows them (and how the Proxy finds a node);
-//!   [`resources`]: YAML files of them, and their kinds;
+//! * [`ca`]: the certificate authorities; [`rules`]: a role's `rules` and their `where`;
+//!   [`roles`], [`tokens`], [`locks`], [`nodes`]: resources from YAML, and as `tctl get` shows
+//!   them (and how the Proxy finds a node); [`resources`]: YAML files of them, and their kinds;
 //! * `config`: [`DevClusterConfig`];
 //! * `cluster`: the state every connection shares ([`Cluster`]): the resources (tokens and
 //!   their status, roles, bots, locks: `cluster/catalog.rs`), bot instances and generations,
@@ -36,9 +36,9 @@
 //! * `caller`: the identity in a verified client certificate; `subject_keys`: the keys a client
 //!   sends for its certificates;
 //! * the RPC services: `join/` (`JoinService` and the legacy `JoinService` over one
-//!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`),
-//!   `transport.rs` (`TransportService.ProxySSH`, on the Proxy's `teleport-proxy-ssh-grpc`
-//!   route: SSH bytes to a node);
+//!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`, with
+//!   `GenerateHostCert` in `host_certs.rs`), `transport.rs` (`TransportService.ProxySSH`, on the
+//!   Proxy's `teleport-proxy-ssh-grpc` route: SSH bytes to a node);
 //! * `front/`: TLS, routing by ALPN, the web API, the listeners, and `front/services.rs`, where
 //!   every gRPC service is registered ([`DevCluster`]);
 //! * [`admin`]: the admin socket ([`AdminServer`](admin::AdminServer)) and its client
@@ -69,23 +69,33 @@
 //!    (`tests/integration/`) that calls the RPC on a [`DevCluster`] the way a client does.
 
 pub mod admin;
+pub mod apps;
 mod auth;
 pub mod ca;
 mod caller;
 mod cluster;
 mod config;
+pub mod databases;
 mod front;
+mod host_certs;
 mod join;
+pub mod kube_clusters;
+pub mod labels;
+mod listing;
 pub mod locks;
 mod misbehave;
 pub mod nodes;
 pub mod resources;
 pub mod roles;
+mod routes;
+pub mod rules;
 mod run;
 mod subject_keys;
 pub mod tokens;
 mod transport;
 mod trust;
+pub mod workload_identities;
+mod workload_identity;
 
 pub use cluster::{Cluster, GaveUp};
 pub use config::DevClusterConfig;

@@ -8,10 +8,14 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use crate::apps::{self, App};
+use crate::databases::{self, Database};
+use crate::kube_clusters::{self, KubeCluster};
 use crate::locks::{self, Lock};
 use crate::nodes::{self, Node};
 use crate::roles::{self, Bot, Role};
 use crate::tokens::{self, Token};
+use crate::workload_identities::{self, WorkloadIdentity};
 
 /// A kind of resource, named as `tctl get` names it.
 #[derive(Clone, Copy, Debug, Eq, PartialEq, Hash)]
@@ -24,13 +28,31 @@ pub enum Kind {
     Bot,
     /// `kind: lock`.
     Lock,
+    /// `kind: app`.
+    App,
+    /// `kind: db`.
+    Db,
+    /// `kind: kube_cluster`.
+    KubeCluster,
+    /// `kind: workload_identity`.
+    WorkloadIdentity,
     /// `kind: node`.
     Node,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 5] = [Self::Token, Self::Bot, Self::Role, Self::Lock, Self::Node];
+    pub const ALL: [Self; 9] = [
+        Self::Token,
+        Self::Bot,
+        Self::Role,
+        Self::Lock,
+        Self::App,
+        Self::Db,
+        Self::KubeCluster,
+        Self::WorkloadIdentity,
+        Self::Node,
+    ];
 
     /// The resource's `kind:` (`token`).
     pub fn name(self) -> &'static str {
@@ -39,6 +61,10 @@ impl Kind {
             Self::Role => "role",
             Self::Bot => "bot",
             Self::Lock => "lock",
+            Self::App => "app",
+            Self::Db => "db",
+            Self::KubeCluster => "kube_cluster",
+            Self::WorkloadIdentity => "workload_identity",
             Self::Node => "node",
         }
     }
@@ -50,6 +76,10 @@ impl Kind {
             Self::Role => "roles",
             Self::Bot => "bots",
             Self::Lock => "locks",
+            Self::App => "apps",
+            Self::Db => "dbs",
+            Self::KubeCluster => "kube_clusters",
+            Self::WorkloadIdentity => "workload_identities",
             Self::Node => "nodes",
         }
     }
@@ -60,7 +90,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks and nodes")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters, workload_identities and nodes")
             })
     }
 }
@@ -82,6 +112,14 @@ pub struct Resources {
     pub bots: Vec<Bot>,
     /// `kind: lock`.
     pub locks: Vec<Lock>,
+    /// `kind: app`.
+    pub apps: Vec<App>,
+    /// `kind: db`.
+    pub databases: Vec<Database>,
+    /// `kind: kube_cluster`.
+    pub kube_clusters: Vec<KubeCluster>,
+    /// `kind: workload_identity`.
+    pub workload_identities: Vec<WorkloadIdentity>,
     /// `kind: node`.
     pub nodes: Vec<Node>,
 }
@@ -93,6 +131,10 @@ impl Resources {
         self.roles.extend(other.roles);
         self.bots.extend(other.bots);
         self.locks.extend(other.locks);
+        self.apps.extend(other.apps);
+        self.databases.extend(other.databases);
+        self.kube_clusters.extend(other.kube_clusters);
+        self.workload_identities.extend(other.workload_identities);
         self.nodes.extend(other.nodes);
     }
 
@@ -102,6 +144,10 @@ impl Resources {
             && self.roles.is_empty()
             && self.bots.is_empty()
             && self.locks.is_empty()
+            && self.apps.is_empty()
+            && self.databases.is_empty()
+            && self.kube_clusters.is_empty()
+            && self.workload_identities.is_empty()
             && self.nodes.is_empty()
     }
 
@@ -111,11 +157,22 @@ impl Resources {
         let bots = self.bots.iter().map(|b| (Kind::Bot, b.name.as_str()));
         let roles = self.roles.iter().map(|r| (Kind::Role, r.name.as_str()));
         let locks = self.locks.iter().map(|l| (Kind::Lock, l.name.as_str()));
+        let apps = self.apps.iter().map(|a| (Kind::App, a.name.as_str()));
+        let dbs = self.databases.iter().map(|d| (Kind::Db, d.name.as_str()));
+        let kubes = (self.kube_clusters.iter()).map(|k| (Kind::KubeCluster, k.name.as_str()));
+        let workload_identities = self
+            .workload_identities
+            .iter()
+            .map(|w| (Kind::WorkloadIdentity, w.name.as_str()));
         let nodes = self.nodes.iter().map(|n| (Kind::Node, n.name.as_str()));
         tokens
             .chain(bots)
             .chain(roles)
             .chain(locks)
+            .chain(apps)
+            .chain(dbs)
+            .chain(kubes)
+            .chain(workload_identities)
             .chain(nodes)
             .collect()
     }
@@ -139,17 +196,29 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("lock") => out
                 .locks
                 .push(locks::from_value(value).with_context(|| origin.to_owned())?),
+            Some("app") => out
+                .apps
+                .push(apps::from_value(value).with_context(|| origin.to_owned())?),
+            Some("db") => out
+                .databases
+                .push(databases::from_value(value).with_context(|| origin.to_owned())?),
+            Some("kube_cluster") => out
+                .kube_clusters
+                .push(kube_clusters::from_value(value).with_context(|| origin.to_owned())?),
+            Some("workload_identity") => out
+                .workload_identities
+                .push(workload_identities::from_value(value).with_context(|| origin.to_owned())?),
             Some("node") => out
                 .nodes
                 .push(nodes::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
-                roles::Parsed::Role(role) => out.roles.push(role),
+                roles::Parsed::Role(role) => out.roles.push(*role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),
             },
         }
     }
     if out.is_empty() {
-        bail!("{origin}: holds no token, role, bot, lock or node");
+        bail!("{origin}: holds no token, role, bot, lock, app, db, kube_cluster or node");
     }
     Ok(out)
 }
@@ -182,7 +251,7 @@ mod tests {
         let err = parse("---\n", "empty.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "empty.yaml: holds no token, role, bot, lock or node"
+            "empty.yaml: holds no token, role, bot, lock, app, db, kube_cluster or node"
         );
         let err = parse("kind: user\nversion: v2\nmetadata: {name: u}\n", "u.yaml").unwrap_err();
         assert!(format!("{err:#}").starts_with("u.yaml: "), "{err:#}");

@@ -1,8 +1,8 @@
 //! Roles and bots in Teleport's resource YAML (the `tctl create` format), and the role
 //! impersonation rules Auth applies when a bot asks for certificates for its outputs.
 //!
-//! Only what a bot's identity output touches is kept: a role's `allow.logins`, and its
-//! `allow.impersonate` / `deny.impersonate` rules. A `kind: bot` resource stands for what
+//! Only what a bot's outputs touch is kept: a role's `allow.logins`, its `allow.impersonate` /
+//! `deny.impersonate` rules, and its `allow.rules` / `deny.rules` ([`crate::rules`]). A `kind: bot` resource stands for what
 //! `tctl bots add` makes: the bot's role `bot-<name>`, which may impersonate `spec.roles`.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,8 @@ use keybound_proto::types;
 use serde::Deserialize;
 
 use crate::ca::bot_resource_name;
+use crate::labels::{self, Selector, glob};
+use crate::rules::{RawRule, Rule};
 
 /// A role.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -26,8 +28,29 @@ pub struct Role {
     pub impersonate_users: Vec<String>,
     /// `spec.deny.impersonate.roles`.
     pub deny_impersonate_roles: Vec<String>,
-    /// `spec.allow.node_labels`: each label's allowed values (`*` for any).
-    pub node_labels: BTreeMap<String, Vec<String>>,
+    /// `spec.allow.app_labels`: the apps the role grants.
+    pub app_labels: Selector,
+    /// `spec.allow.db_labels`: the databases the role grants.
+    pub db_labels: Selector,
+    /// `spec.allow.db_names`: the database names it allows.
+    pub db_names: Vec<String>,
+    /// `spec.allow.db_users`: the database users it allows.
+    pub db_users: Vec<String>,
+    /// `spec.allow.kubernetes_labels`: the Kubernetes clusters the role grants.
+    pub kubernetes_labels: Selector,
+    /// `spec.allow.node_labels`: the SSH nodes the role grants.
+    pub node_labels: Selector,
+    /// `spec.allow.kubernetes_groups`: the Kubernetes groups it grants.
+    pub kubernetes_groups: Vec<String>,
+    /// `spec.allow.kubernetes_users`: the Kubernetes users it grants.
+    pub kubernetes_users: Vec<String>,
+    /// `spec.allow.rules` ([`crate::rules`]).
+    pub rules: Vec<Rule>,
+    /// `spec.deny.rules`.
+    pub deny_rules: Vec<Rule>,
+    /// `spec.allow.workload_identity_labels`: the workload identities the role may issue from
+    /// (a value of `*` matches any; `'*': '*'` every resource).
+    pub workload_identity_labels: BTreeMap<String, Vec<String>>,
 }
 
 /// A bot (`kind: bot`, `version: v1`).
@@ -100,16 +123,42 @@ impl Role {
         if !allowed.is_empty() {
             allow.insert("impersonate".to_owned(), allowed.into());
         }
-        if !self.node_labels.is_empty() {
-            allow.insert(
-                "node_labels".to_owned(),
-                serde_json::json!(self.node_labels),
-            );
+        for (key, selector) in [
+            ("app_labels", &self.app_labels),
+            ("db_labels", &self.db_labels),
+            ("kubernetes_labels", &self.kubernetes_labels),
+            ("node_labels", &self.node_labels),
+        ] {
+            if !selector.is_empty() {
+                allow.insert(key.to_owned(), labels::to_json(selector));
+            }
+        }
+        for (key, list) in [
+            ("db_names", &self.db_names),
+            ("db_users", &self.db_users),
+            ("kubernetes_groups", &self.kubernetes_groups),
+            ("kubernetes_users", &self.kubernetes_users),
+        ] {
+            if !list.is_empty() {
+                allow.insert(key.to_owned(), list.clone().into());
+            }
         }
         let mut deny = serde_json::Map::new();
         let denied = impersonate(&self.deny_impersonate_roles, &[]);
         if !denied.is_empty() {
             deny.insert("impersonate".to_owned(), denied.into());
+        }
+        if !self.workload_identity_labels.is_empty() {
+            allow.insert(
+                "workload_identity_labels".to_owned(),
+                serde_json::json!(self.workload_identity_labels),
+            );
+        }
+        for (rules, out) in [(&self.rules, &mut allow), (&self.deny_rules, &mut deny)] {
+            if !rules.is_empty() {
+                let shown: Vec<_> = rules.iter().map(Rule::to_resource).collect();
+                out.insert("rules".to_owned(), shown.into());
+            }
         }
         serde_json::json!({
             "kind": "role",
@@ -130,59 +179,6 @@ impl Bot {
             "spec": { "roles": self.roles },
         })
     }
-}
-
-/// `RoleSet.CheckAccess` for a node (`lib/services/role.go` `checkAccess`, allow rules only):
-/// one role whose `node_labels` match the node's labels and, when the login is known, whose
-/// `logins` hold it. A role without `node_labels` matches no node (`CheckLabelsMatch`: no
-/// matchers is no match).
-pub fn may_access_node(
-    holder: &[&Role],
-    labels: &BTreeMap<String, String>,
-    login: Option<&str>,
-) -> bool {
-    holder.iter().any(|role| {
-        !role.node_labels.is_empty()
-            && labels_match(&role.node_labels, labels)
-            && login.is_none_or(|l| role.logins.iter().any(|have| have == l))
-    })
-}
-
-/// `MatchLabels` (`lib/services/role.go`): every selector key must be present with a matching
-/// value, `'*': '*'` matching any node. Values are exact or globs with `*` (regular expressions,
-/// `^...$`, are not supported by the dev cluster).
-fn labels_match(
-    selector: &BTreeMap<String, Vec<String>>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selector.iter().all(|(key, values)| {
-        if key == "*" {
-            return values.len() == 1 && values[0] == "*";
-        }
-        labels
-            .get(key)
-            .is_some_and(|value| values.iter().any(|pattern| glob_match(pattern, value)))
-    })
-}
-
-/// `*` matches any run of characters; everything else itself.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.ends_with(last)
 }
 
 /// `RoleSet.CheckImpersonateRoles` (`lib/services/role.go`) for role requests: a deny rule
@@ -206,27 +202,6 @@ pub fn may_impersonate(holder: &[&Role], requested: &[String]) -> bool {
             && !r.impersonate_roles.is_empty()
             && requested.iter().all(|q| matches(&r.impersonate_roles, q))
     })
-}
-
-/// Teleport's `utils.MatchString` globs: `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else {
-        return pattern == text;
-    };
-    let Some(mut remaining) = text.strip_prefix(head) else {
-        return false;
-    };
-    let parts: Vec<&str> = rest.split('*').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if i == parts.len() - 1 {
-            return remaining.ends_with(part);
-        }
-        match remaining.find(part) {
-            Some(at) => remaining = &remaining[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 #[derive(Deserialize)]
@@ -256,9 +231,44 @@ struct Conditions {
     #[serde(default)]
     logins: Vec<String>,
     #[serde(default)]
-    node_labels: BTreeMap<String, OneOrMany>,
-    #[serde(default)]
     impersonate: Option<Impersonate>,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    app_labels: Selector,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    db_labels: Selector,
+    #[serde(default)]
+    db_names: Vec<String>,
+    #[serde(default)]
+    db_users: Vec<String>,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    kubernetes_labels: Selector,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    node_labels: Selector,
+    #[serde(default)]
+    kubernetes_groups: Vec<String>,
+    #[serde(default)]
+    kubernetes_users: Vec<String>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    workload_identity_labels: BTreeMap<String, LabelValues>,
+}
+
+/// A label's values in a role: one value or a list (`types.Labels`, `utils.Strings`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LabelValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl LabelValues {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(v) => vec![v],
+            Self::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -272,23 +282,6 @@ struct Impersonate {
     predicate: String,
 }
 
-/// A label's value in a role: one string or a list (`types.Labels`, `utils.Strings`).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Self::One(one) => vec![one],
-            Self::Many(many) => many,
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct BotSpec {
     #[serde(default)]
@@ -298,7 +291,7 @@ struct BotSpec {
 /// A role or bot read from a resource document.
 pub enum Parsed {
     /// `kind: role`.
-    Role(Role),
+    Role(Box<Role>),
     /// `kind: bot`.
     Bot(Bot),
 }
@@ -316,12 +309,12 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     resource.version
                 );
             }
-            let spec: RoleSpec = if resource.spec.is_null() {
+            let mut spec: RoleSpec = if resource.spec.is_null() {
                 RoleSpec::default()
             } else {
                 serde_yaml::from_value(resource.spec).with_context(|| format!("role {name}"))?
             };
-            let allow = spec.allow.impersonate.unwrap_or_default();
+            let allow = spec.allow.impersonate.take().unwrap_or_default();
             let deny = spec.deny.impersonate.unwrap_or_default();
             if !allow.predicate.is_empty() || !deny.predicate.is_empty() {
                 bail!(
@@ -338,19 +331,36 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     "role {name}: deny.impersonate.users is not supported by the dev cluster; remove it"
                 );
             }
-            Ok(Parsed::Role(Role {
-                name,
-                logins: spec.allow.logins,
-                impersonate_roles: allow.roles,
-                impersonate_users: allow.users,
-                deny_impersonate_roles: deny.roles,
-                node_labels: spec
-                    .allow
-                    .node_labels
+            let rules = |raw: Vec<RawRule>, side: &str| {
+                raw.into_iter()
+                    .enumerate()
+                    .map(|(i, r)| Rule::from_raw(r, &format!("role {name}: {side}.rules[{i}]")))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            };
+            let deny_rules = rules(spec.deny.rules, "deny")?;
+            let conditions = spec.allow;
+            Ok(Parsed::Role(Box::new(Role {
+                rules: rules(conditions.rules, "allow")?,
+                deny_rules,
+                workload_identity_labels: conditions
+                    .workload_identity_labels
                     .into_iter()
                     .map(|(k, v)| (k, v.into_vec()))
                     .collect(),
-            }))
+                name,
+                logins: conditions.logins,
+                impersonate_roles: allow.roles,
+                impersonate_users: allow.users,
+                deny_impersonate_roles: deny.roles,
+                app_labels: conditions.app_labels,
+                db_labels: conditions.db_labels,
+                db_names: conditions.db_names,
+                db_users: conditions.db_users,
+                kubernetes_labels: conditions.kubernetes_labels,
+                node_labels: conditions.node_labels,
+                kubernetes_groups: conditions.kubernetes_groups,
+                kubernetes_users: conditions.kubernetes_users,
+            })))
         }
         "bot" => {
             if resource.version != "v1" {
@@ -365,6 +375,20 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
         }
         other => bail!("kind {other:?} is not role or bot"),
     }
+}
+
+/// `RoleSet.CheckAccess` for a node (`lib/services/role.go` `checkAccess`, allow rules only):
+/// one role whose `node_labels` match the node's labels (`labels::matches`: none matches no
+/// node) and, when the login is known, whose `logins` hold it.
+pub fn may_access_node(
+    holder: &[&Role],
+    node_labels: &BTreeMap<String, String>,
+    login: Option<&str>,
+) -> bool {
+    holder.iter().any(|role| {
+        labels::matches(&role.node_labels, node_labels)
+            && login.is_none_or(|l| role.logins.iter().any(|have| have == l))
+    })
 }
 
 #[cfg(test)]
@@ -390,6 +414,7 @@ mod tests {
         let Parsed::Role(dev) = from_value(serde_yaml::from_str(yaml).unwrap()).unwrap() else {
             panic!("not a role")
         };
+        let dev = *dev;
         let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs
                 .iter()
@@ -400,11 +425,8 @@ mod tests {
         assert!(may_access_node(&[&dev], &node, Some("ci")));
         assert!(may_access_node(&[&dev], &node, None));
         assert!(!may_access_node(&[&dev], &node, Some("root")));
-        assert!(!may_access_node(
-            &[&dev],
-            &labels(&[("env", "prod"), ("team", "infra")]),
-            None
-        ));
+        let prod = labels(&[("env", "prod"), ("team", "infra")]);
+        assert!(!may_access_node(&[&dev], &prod, None));
         assert!(!may_access_node(&[&dev], &labels(&[("env", "dev")]), None));
         let mut any = dev.clone();
         any.node_labels = [("*".to_owned(), vec!["*".to_owned()])].into();
@@ -412,9 +434,8 @@ mod tests {
         let mut none = dev.clone();
         none.node_labels.clear();
         assert!(!may_access_node(&[&none], &node, Some("ci")));
-        assert!(glob_match("a*c*e", "abcde") && !glob_match("a*c", "abd") && glob_match("*", ""));
         let back = from_value(serde_yaml::to_value(dev.to_resource()).unwrap()).unwrap();
-        assert!(matches!(back, Parsed::Role(r) if r == dev));
+        assert!(matches!(back, Parsed::Role(r) if *r == dev));
     }
 
     #[test]
@@ -470,11 +491,25 @@ mod tests {
         let mut role = role("r", &["access", "db-*"], &["admin"]);
         role.logins = names(&["root"]);
         role.impersonate_users = names(&["alice"]);
+        role.app_labels = [("env".to_owned(), names(&["dev", "qa"]))].into();
+        role.db_labels = [("*".to_owned(), names(&["*"]))].into();
+        role.db_names = names(&["app"]);
+        role.db_users = names(&["alice"]);
+        role.rules = vec![
+            Rule::new(
+                &["host_cert"],
+                &["create"],
+                r#"all_end_with(host_cert.principals, ".x")"#,
+            )
+            .unwrap(),
+        ];
+        role.deny_rules = vec![Rule::new(&["*"], &["read"], "").unwrap()];
+        role.workload_identity_labels = [("env".to_owned(), names(&["dev", "ci"]))].into();
         let shown = serde_yaml::to_value(role.to_resource()).unwrap();
         let Parsed::Role(back) = from_value(shown).unwrap() else {
             panic!("not a role")
         };
-        assert_eq!(back, role);
+        assert_eq!(*back, role);
         let bare = Role {
             name: "empty".into(),
             ..Role::default()
@@ -484,7 +519,7 @@ mod tests {
         else {
             panic!("not a role")
         };
-        assert_eq!(back, bare);
+        assert_eq!(*back, bare);
         let bot = Bot {
             name: "ci".into(),
             roles: names(&["access"]),

@@ -1,5 +1,6 @@
-//! `teleport.trust.v1.TrustService`, the reading parts a bot's identity output calls: the
-//! cluster's CA records, never their keys (`lib/auth/trust/trustv1/service.go`).
+//! `teleport.trust.v1.TrustService`, the parts a bot's outputs call: the cluster's CA records,
+//! never their keys (`lib/auth/trust/trustv1/service.go`), and `GenerateHostCert`
+//! (`host_certs.rs`).
 
 use std::sync::Arc;
 
@@ -43,6 +44,15 @@ impl trust::trust_service_server::TrustService for TrustApi {
             cert_authorities_v2: vec![ca_proto(&self.0, &req.r#type)?],
         }))
     }
+
+    async fn generate_host_cert(
+        &self,
+        request: Request<trust::GenerateHostCertRequest>,
+    ) -> Result<Response<trust::GenerateHostCertResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        crate::host_certs::generate_host_cert(&self.0, &caller, request.get_ref())
+            .map(Response::new)
+    }
 }
 
 /// A bot may read CAs, never their keys.
@@ -53,6 +63,20 @@ fn no_keys(include_key: bool) -> Result<(), Status> {
         ));
     }
     Ok(())
+}
+
+/// The JWT keys of a CA's record: the SPIFFE CA's (which signs JWT SVIDs), none for others.
+fn jwt_keys(cluster: &Cluster, kind: &str) -> Result<Vec<types::JwtKeyPair>, Status> {
+    if kind != "spiffe" {
+        return Ok(Vec::new());
+    }
+    let pem = cluster
+        .ca()
+        .spiffe_jwt_public_pem()
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    Ok(vec![types::JwtKeyPair {
+        public_key: pem.into_bytes(),
+    }])
 }
 
 /// A CA's record (`types.CertAuthorityV2`) with its public parts only.
@@ -87,6 +111,7 @@ fn ca_proto(cluster: &Cluster, kind: &str) -> Result<types::CertAuthorityV2, Sta
                 tls: vec![types::TlsKeyPair {
                     cert: tls.into_bytes(),
                 }],
+                jwt: jwt_keys(cluster, kind)?,
             }),
             additional_trusted_keys: Some(types::CaKeySet::default()),
         }),

@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tss2_key_file", tss2_key_file),
     ("challenge_document", challenge_document),
     ("server_messages", server_messages),
+    ("attest_evidence", attest_evidence),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -85,6 +86,32 @@ pub fn tss2_key_file(data: &[u8]) {
             "a key file keybound writes must read back the same"
         );
     }
+}
+
+/// Attestation evidence, from the host being judged: read as `attest verify` reads it, every
+/// check run (without roots, so the chains fail: a panic is the finding), the challenge made
+/// from it, and each TPM structure and the statement parsed from the raw bytes too.
+pub fn attest_evidence(data: &[u8]) {
+    use keybound::attest::{challenge, evidence, tpm2, verify};
+    let _ = tpm2::PublicArea::from_tpm2b(data, "fuzzed public area");
+    let _ = tpm2::CertifyInfo::parse(data);
+    let Some(text) = text(data) else { return };
+    let _ = evidence::Statement::parse(text);
+    let Ok(evidence) = serde_json::from_str::<evidence::Evidence>(text) else {
+        return;
+    };
+    let against = verify::Against {
+        roots: Vec::new(),
+        expected: verify::Expected::PublicKey(fixtures().ours.clone()),
+        nonce: Some("n".to_owned()),
+        response: None,
+    };
+    let checks = verify::verify(&evidence, &against);
+    assert!(
+        checks.iter().any(|c| !c.ok),
+        "with no EK root, some check must fail"
+    );
+    let _ = challenge::make(&evidence);
 }
 
 /// The clock the challenge checks run at, fixed so that inputs reproduce.

@@ -89,6 +89,16 @@ pub mod teleport {
             "teleport.trust.v1.rs"
         );
     }
+    /// Workload identity (`teleport.workloadidentity.*`).
+    pub mod workloadidentity {
+        generated!(
+            /// Package `teleport.workloadidentity.v1`: X.509 and JWT SVIDs
+            /// (`WorkloadIdentityIssuanceService.IssueWorkloadIdentity`,
+            /// `IssueWorkloadIdentities`) and the workload attributes they take.
+            v1,
+            "teleport.workloadidentity.v1.rs"
+        );
+    }
     /// Proxied connections (`teleport.transport.*`).
     pub mod transport {
         generated!(

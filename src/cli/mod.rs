@@ -214,6 +214,10 @@ pub enum Command {
     /// Inspect signer backends.
     #[command(subcommand)]
     Signer(SignerCommand),
+    /// Check evidence that a bound key lives in a TPM (made by `keypair attest`), with no
+    /// TPM; and challenge the host once to prove its attestation key sits in the EK's TPM.
+    #[command(subcommand)]
+    Attest(AttestCommand),
     /// Run a local reference Teleport cluster for tests, demos and rehearsals; its subcommands
     /// manage a running one's tokens, bots, roles and locks, as tctl does.
     DevCluster(DevClusterCommand),
@@ -223,6 +227,10 @@ pub enum Command {
     // not listed.
     #[command(mut_arg("oneshot", |arg| arg.hide(true)))]
     Doctor(Start),
+    /// Kubernetes helpers: `kube credentials`, the exec plugin of the kubeconfig a Kubernetes
+    /// output writes.
+    #[command(subcommand)]
+    Kube(KubeCommand),
     /// Print a shell completion script: `keybound completions bash > /etc/bash_completion.d/keybound`.
     Completions(CompletionsArgs),
     /// Print the man page (roff): `keybound man > keybound.1`, or one page per command with
@@ -240,8 +248,10 @@ impl Command {
             Self::Start(_) => "start",
             Self::Keypair(_) => "keypair",
             Self::Signer(_) => "signer",
+            Self::Attest(_) => "attest",
             Self::DevCluster(_) => "dev-cluster",
             Self::Doctor(_) => "doctor",
+            Self::Kube(_) => "kube",
             Self::Completions(_) => "completions",
             Self::Man(_) => "man",
             Self::SshProxyCommand(_) => "ssh-proxy-command",
@@ -309,6 +319,22 @@ pub struct SshProxyArgs {
     /// FIPS mode (not supported by keybound: refused).
     #[arg(long)]
     pub fips: bool,
+}
+
+/// `keybound kube ...`.
+#[derive(Debug, Subcommand)]
+pub enum KubeCommand {
+    /// Print a client.authentication.k8s.io/v1beta1 ExecCredential from a Kubernetes output's
+    /// identity (what kubectl runs for the kubeconfig's user).
+    Credentials(KubeCredentialsArgs),
+}
+
+/// `keybound kube credentials`.
+#[derive(Debug, Args)]
+pub struct KubeCredentialsArgs {
+    /// The Kubernetes output's directory (its `identity` file is read).
+    #[arg(long, value_name = "DIR")]
+    pub destination_dir: PathBuf,
 }
 
 /// `keybound completions`.
@@ -534,6 +560,10 @@ impl DevClusterArgs {
             roles: resources.roles,
             bots: resources.bots,
             locks: resources.locks,
+            apps: resources.apps,
+            databases: resources.databases,
+            kube_clusters: resources.kube_clusters,
+            workload_identities: resources.workload_identities,
             nodes: resources.nodes,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
@@ -715,6 +745,131 @@ pub enum KeypairCommand {
     /// Print the public key of an existing static key: the one --static-key-path names, the one
     /// a config names, or the one in TBOT_BOUND_KEYPAIR_STATIC_KEY.
     Show(KeypairShow),
+    /// Make evidence that the key lives in the TPM (docs/attestation.md), for the admin to
+    /// check with `keybound attest verify`; or, with --respond, answer the admin's challenge.
+    /// PKCS#11 and file keys cannot be attested.
+    Attest(KeypairAttest),
+}
+
+/// What a key's attestation statement names: the bot and token the admin will bind it to.
+#[derive(Clone, Debug, Default, Args)]
+pub struct AttestStatement {
+    /// The bot the key is for (the token's spec.bot_name).
+    #[arg(long, value_name = "NAME")]
+    pub bot_name: Option<String>,
+
+    /// The join token the key will be bound to (its metadata.name).
+    #[arg(long = "token-name", value_name = "NAME")]
+    pub token_name: Option<String>,
+
+    /// A nonce from the admin, carried in the statement (checked by attest verify --nonce).
+    #[arg(long, value_name = "TEXT")]
+    pub nonce: Option<String>,
+
+    /// PEM CA certificates between the TPM's EK certificates and the manufacturer root, to
+    /// carry in the evidence (some TPMs' EK certificates name them only by an AIA URL).
+    #[arg(long, value_name = "PEM")]
+    pub ek_intermediates: Option<PathBuf>,
+}
+
+/// `keybound keypair attest`.
+#[derive(Debug, Args)]
+pub struct KeypairAttest {
+    /// Read the key location from this tbot.yaml.
+    #[arg(short, long, value_name = "PATH", env = "TBOT_CONFIG_PATH")]
+    pub config: Option<PathBuf>,
+
+    /// A PEM key file (refused: a file key is not hardware-bound).
+    #[arg(long, value_name = "PATH")]
+    pub static_key_path: Option<PathBuf>,
+
+    /// The signer: --signer tpm with --tpm-key-handle or --tpm-key-path.
+    #[command(flatten)]
+    pub signer: SignerArgs,
+
+    /// What the statement names.
+    #[command(flatten)]
+    pub statement: AttestStatement,
+
+    /// Answer this challenge (from `keybound attest challenge`) instead of making evidence:
+    /// the TPM recovers the admin's credential, written to --out.
+    #[arg(long, value_name = "CHALLENGE")]
+    pub respond: Option<PathBuf>,
+
+    /// Write the evidence (or, with --respond, the response) here.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `keybound attest ...`: the admin's side, no TPM needed.
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Check evidence, one line per check; exit 0 only when every check passes.
+    Verify(AttestVerify),
+    /// Make the credential challenge for evidence: a secret only the TPM holding the EK can
+    /// recover, through the evidence's attestation key. Send --out to the host (keybound
+    /// keypair attest --respond), keep --secret-out.
+    Challenge(AttestChallenge),
+}
+
+/// `keybound attest verify`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("bound").required(true).args(["public_key", "token"])))]
+pub struct AttestVerify {
+    /// The evidence file (from keybound keypair attest).
+    #[arg(value_name = "FILE")]
+    pub evidence: PathBuf,
+
+    /// The TPM manufacturers' root CA certificates (PEM) the EK certificates must chain to;
+    /// repeatable.
+    #[arg(long = "ek-ca", value_name = "PEM", required = true)]
+    pub ek_ca: Vec<PathBuf>,
+
+    /// The bound key the evidence must be for, one authorized_keys line.
+    #[arg(long, value_name = "'ecdsa-sha2-nistp256 AAAA...'")]
+    pub public_key: Option<String>,
+
+    /// The token resource (tctl's YAML) the evidence must be for: its name, bot and bound key
+    /// (status.bound_keypair.bound_public_key, else spec.bound_keypair.onboarding.initial_public_key).
+    #[arg(long, value_name = "token.yaml")]
+    pub token: Option<PathBuf>,
+
+    /// The nonce the statement must carry.
+    #[arg(long, value_name = "TEXT")]
+    pub nonce: Option<String>,
+
+    /// The host's response to `attest challenge` (keybound keypair attest --respond).
+    #[arg(long, value_name = "FILE", requires = "secret")]
+    pub response: Option<PathBuf>,
+
+    /// The secret `attest challenge` kept (--secret-out), to compare with --response.
+    #[arg(long, value_name = "FILE", requires = "response")]
+    pub secret: Option<PathBuf>,
+
+    /// Output format. json: one object with ok (true only when every check passed) and checks,
+    /// an array of objects with check, ok and detail.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+/// `keybound attest challenge`.
+#[derive(Debug, Args)]
+pub struct AttestChallenge {
+    /// The evidence file.
+    #[arg(value_name = "FILE")]
+    pub evidence: PathBuf,
+
+    /// Write the challenge, for the host, here.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Write the secret to keep here (mode 0600); attest verify --secret reads it.
+    #[arg(long, value_name = "FILE")]
+    pub secret_out: PathBuf,
 }
 
 /// `keybound keypair show`.
@@ -781,6 +936,15 @@ pub struct KeypairCreate {
     /// Verify the proxy's TLS certificate with this PEM CA bundle instead of the system roots.
     #[arg(long, value_name = "PATH", conflicts_with = "insecure")]
     pub ca_path: Option<PathBuf>,
+
+    /// With --signer tpm: also write evidence that the new key lives in the TPM to this file
+    /// (as keybound keypair attest does); needs --bot-name and --token-name.
+    #[arg(long, value_name = "FILE", requires_all = ["bot_name", "token_name"])]
+    pub attest_out: Option<PathBuf>,
+
+    /// What the evidence's statement names (with --attest-out).
+    #[command(flatten)]
+    pub attest: AttestStatement,
 
     /// tbot's bot storage for non-static keys; keybound makes static keys only, so this is refused.
     #[arg(long, value_name = "URI", hide = true)]

@@ -185,6 +185,10 @@ fn write_table(kind: Kind, found: &[Value], out: &mut dyn Write) -> anyhow::Resu
         Kind::Bot => &["NAME", "ROLES"],
         Kind::Role => &["NAME", "LOGINS", "MAY IMPERSONATE"],
         Kind::Lock => &["NAME", "TARGET", "MESSAGE", "EXPIRES"],
+        Kind::App => &["NAME", "PUBLIC ADDRESS", "LABELS"],
+        Kind::Db => &["NAME", "PROTOCOL", "LABELS"],
+        Kind::KubeCluster => &["NAME", "LABELS"],
+        Kind::WorkloadIdentity => &["NAME", "SPIFFE ID", "LABELS"],
         Kind::Node => &["NAME", "HOSTNAME", "ADDRESS", "LABELS"],
     };
     let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
@@ -222,8 +226,30 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
             items.join(",")
         }
     };
+    let labels = |v: &Value| {
+        let pairs: Vec<String> = v
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+            .unwrap_or_default();
+        if pairs.is_empty() {
+            "-".to_owned()
+        } else {
+            pairs.join(",")
+        }
+    };
     let (meta, spec) = (&r["metadata"], &r["spec"]);
     match kind {
+        Kind::App => vec![
+            text(&meta["name"]),
+            text(&spec["public_addr"]),
+            labels(&meta["labels"]),
+        ],
+        Kind::Db => vec![
+            text(&meta["name"]),
+            text(&spec["protocol"]),
+            labels(&meta["labels"]),
+        ],
+        Kind::KubeCluster => vec![text(&meta["name"]), labels(&meta["labels"])],
         Kind::Token => {
             let recovery = &spec["bound_keypair"]["recovery"];
             let status = &r["status"]["bound_keypair"];
@@ -262,6 +288,21 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
                 target,
                 text(&spec["message"]),
                 text(&spec["expires"]),
+            ]
+        }
+        Kind::WorkloadIdentity => {
+            let labels: Vec<String> = meta["labels"]
+                .as_object()
+                .map(|l| l.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+                .unwrap_or_default();
+            vec![
+                text(&meta["name"]),
+                text(&spec["spiffe"]["id"]),
+                if labels.is_empty() {
+                    "-".to_owned()
+                } else {
+                    labels.join(",")
+                },
             ]
         }
         Kind::Node => {

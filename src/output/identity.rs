@@ -10,10 +10,9 @@ use zeroize::Zeroizing;
 
 use super::cluster::ClusterCas;
 use super::cluster::Needs;
-use super::impersonate::{Impersonation, impersonate};
+use super::impersonate::{Impersonation, impersonate, roles_for};
 use super::kind::{Described, Issue, Output};
 use super::ssh;
-use crate::ExitKind;
 use crate::Failure;
 use crate::fsutil::Files;
 use crate::identity::{Identity, files};
@@ -143,22 +142,7 @@ impl Output for IdentityOutput {
     }
 
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
-        let roles = if self.roles.is_empty() {
-            &cx.shared.default_roles
-        } else {
-            &self.roles
-        };
-        if roles.is_empty() {
-            return Err(Failure::new(
-                ExitKind::Rejected,
-                anyhow::anyhow!(
-                    "the bot's role {} may impersonate no role; give the output `roles:`, or \
-                     give the bot roles (tctl bots update {} --add-roles ROLE)",
-                    crate::untrusted::name(&cx.bot.info.username),
-                    crate::untrusted::name(&cx.bot.info.bot_name)
-                ),
-            ));
-        }
+        let roles = roles_for(cx, &self.roles)?;
         let what = Impersonation {
             roles,
             allow_reissue: self.allow_reissue,

@@ -14,6 +14,7 @@ use crate::identity::Identity;
 use crate::subject_key::SubjectKey;
 use crate::untrusted;
 use crate::{ExitKind, Failure};
+use keybound_teleport::suite::Suite;
 
 /// What an output asks to impersonate.
 pub(super) struct Impersonation<'a> {
@@ -23,18 +24,53 @@ pub(super) struct Impersonation<'a> {
     pub(super) allow_reissue: bool,
 }
 
+/// The roles an output impersonates: its `roles:`, else every role the bot may impersonate
+/// (tbot's default); none at all is a refusal naming the way out.
+pub(super) fn roles_for<'a>(
+    cx: &Issue<'a>,
+    configured: &'a [String],
+) -> Result<&'a [String], Failure> {
+    let roles = if configured.is_empty() {
+        &cx.shared.default_roles[..]
+    } else {
+        configured
+    };
+    if roles.is_empty() {
+        return Err(Failure::new(
+            ExitKind::Rejected,
+            anyhow!(
+                "the bot's role {} may impersonate no role; give the output `roles:`, or \
+                 give the bot roles (tctl bots update {} --add-roles ROLE)",
+                untrusted::name(&cx.bot.info.username),
+                untrusted::name(&cx.bot.info.bot_name)
+            ),
+        ));
+    }
+    Ok(roles)
+}
+
 /// Issues role-impersonated certificates for `what`, with a fresh subject key.
 pub(super) async fn impersonate(
     cx: &Issue<'_>,
     what: &Impersonation<'_>,
 ) -> Result<Identity, Failure> {
+    impersonate_routed(cx, what, cx.suite, |_| {}).await
+}
+
+/// Issues role-impersonated certificates for `what` with a fresh key of `suite`'s type, the
+/// request given its route by `route` (an app, a database, a Kubernetes cluster).
+pub(super) async fn impersonate_routed(
+    cx: &Issue<'_>,
+    what: &Impersonation<'_>,
+    suite: Suite,
+    route: impl FnOnce(&mut UserCertsRequest),
+) -> Result<Identity, Failure> {
     let bot = cx.bot;
-    let suite = cx.suite;
     let key = tokio::task::spawn_blocking(move || SubjectKey::generate(suite))
         .await
         .map_err(|e| Failure::new(ExitKind::Software, anyhow!("key generation failed: {e}")))?
         .map_err(|e| Failure::new(ExitKind::Software, e.context("key generation failed")))?;
-    let request = UserCertsRequest {
+    let mut request = UserCertsRequest {
         username: bot.info.username.clone(),
         expires: Some(prost_types::Timestamp::from(output_expiry(
             cx.credential_ttl,
@@ -47,7 +83,9 @@ pub(super) async fn impersonate(
         ssh_public_key: format!("{}\n", key.ssh_authorized).into_bytes(),
         tls_public_key: key.public_pem.clone().into_bytes(),
         reissuable_role_impersonation: what.allow_reissue,
+        ..UserCertsRequest::default()
     };
+    route(&mut request);
     let certs = cx
         .auth
         .generate_user_certs(request)

@@ -12,11 +12,21 @@
 //! output leaves the others written and its own previous files as they were. Every file of a
 //! destination is staged before any is renamed into place ([`fsutil::write_all`]).
 
+pub mod application;
 mod cluster;
+pub mod database;
 pub mod identity;
 mod impersonate;
 mod kind;
+pub mod kubeconfig;
+pub mod kubernetes;
+pub mod kubernetes_v2;
+mod routed;
 pub mod ssh;
+pub mod ssh_host;
+mod workload_identity;
+pub mod workload_identity_jwt;
+pub mod workload_identity_x509;
 
 use std::time::Duration;
 
@@ -128,10 +138,7 @@ async fn write_one<O: Output>(
     let issued = output.issue(cx).await?;
     output
         .render(&issued, cx, path)
-        .and_then(|files| {
-            let dir = fsutil::Dir::open(path, *symlinks, true)?;
-            fsutil::write_all(&dir, &files)
-        })
+        .and_then(|files| write_files(path, *symlinks, files))
         .map_err(|e| Failure::new(ExitKind::Config, e))?;
     let described = output.describe(&issued);
     info!(
@@ -145,6 +152,32 @@ async fn write_one<O: Output>(
         path.display(),
         described.roles.join(", ")
     ))
+}
+
+/// Writes `files` into the destination `path`; a name `sub/name` goes into the subdirectory
+/// `sub` (made if missing, under the same symlinks policy), written before the top directory.
+fn write_files(
+    path: &std::path::Path,
+    symlinks: fsutil::Symlinks,
+    files: fsutil::Files,
+) -> anyhow::Result<()> {
+    let (nested, top): (fsutil::Files, fsutil::Files) =
+        files.into_iter().partition(|(name, _)| name.contains('/'));
+    let dir = fsutil::Dir::open(path, symlinks, true)?;
+    let mut subdirectories: Vec<(&'static str, fsutil::Files)> = Vec::new();
+    for (name, content) in nested {
+        let (sub, file) = name.split_once('/').expect("partitioned on '/'");
+        match subdirectories.iter_mut().find(|(s, _)| *s == sub) {
+            Some((_, files)) => files.push((file, content)),
+            None => subdirectories.push((sub, vec![(file, content)])),
+        }
+    }
+    for (sub, files) in subdirectories {
+        let subdirectory = fsutil::Dir::open(&path.join(sub), symlinks, true)?;
+        fsutil::write_all(&subdirectory, &files)?;
+    }
+    fsutil::write_all(&dir, &top)?;
+    Ok(())
 }
 
 // === The kinds ===
@@ -240,6 +273,24 @@ kinds! {
     /// `type: identity`: the bot's role-impersonated certificates in tbot's file layout, with
     /// `known_hosts` and `ssh_config` ([`identity`]).
     Identity(IdentityOutput) = "identity",
+    /// `type: application`: certificates routed to one app ([`application`]).
+    Application(application::ApplicationOutput) = "application",
+    /// `type: database`: certificates routed to one database ([`database`]).
+    Database(database::DatabaseOutput) = "database",
+    /// `type: kubernetes`: certificates routed to one Kubernetes cluster and a kubeconfig
+    /// ([`kubernetes`]).
+    Kubernetes(kubernetes::KubernetesOutput) = "kubernetes",
+    /// `type: kubernetes/v2`: a kubeconfig with a context per selected Kubernetes cluster
+    /// ([`kubernetes_v2`]).
+    KubernetesV2(kubernetes_v2::KubernetesV2Output) = "kubernetes/v2",
+    /// `type: ssh_host`: an SSH host key, its host certificate and the user CA keys, for an
+    /// OpenSSH server ([`ssh_host`]).
+    SshHost(ssh_host::SshHostOutput) = "ssh_host",
+    /// `type: workload-identity-x509`: an X.509 SVID, its key and the trust bundle
+    /// ([`workload_identity_x509`]).
+    WorkloadIdentityX509(workload_identity_x509::WorkloadIdentityX509Output) = "workload-identity-x509",
+    /// `type: workload-identity-jwt`: a JWT SVID ([`workload_identity_jwt`]).
+    WorkloadIdentityJwt(workload_identity_jwt::WorkloadIdentityJwtOutput) = "workload-identity-jwt",
 }
 
 impl OutputConfig {
@@ -271,19 +322,12 @@ impl OutputConfig {
 
 /// tbot's service types (`lib/tbot/config`) that keybound does not write yet.
 const TBOT_SERVICE_TYPES: &[&str] = &[
-    "application",
     "application-tunnel",
-    "database",
     "database-tunnel",
-    "kubernetes",
-    "kubernetes/v2",
     "kubernetes/argo-cd",
-    "ssh_host",
     "ssh-multiplexer",
     "spiffe-svid",
     "spiffe-workload-api",
-    "workload-identity-x509",
-    "workload-identity-jwt",
     "workload-identity-api",
     "workload-identity-aws-roles-anywhere",
     "application-proxy",

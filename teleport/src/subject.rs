@@ -39,6 +39,35 @@ pub mod oid {
     pub const BOT_INSTANCE_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.20");
     /// `JoinAttributesASN1ExtensionOID`: protojson of `workloadidentityv1.JoinAttrs`.
     pub const JOIN_ATTRIBUTES: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.21");
+
+    // Routes (`lib/tlsca/ca.go`, `Identity.Subject()`; ../shared/spec/more-outputs.md §11).
+
+    /// `KubeUsersASN1ExtensionOID`: the Kubernetes users the roles grant.
+    pub const KUBE_USERS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.1");
+    /// `KubeGroupsASN1ExtensionOID`: the Kubernetes groups the roles grant.
+    pub const KUBE_GROUPS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.2");
+    /// `KubeClusterASN1ExtensionOID`: the Kubernetes cluster the certificate is routed to.
+    pub const KUBE_CLUSTER: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.3");
+    /// `AppSessionIDASN1ExtensionOID`: the app session the certificate belongs to.
+    pub const APP_SESSION_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.4");
+    /// `AppClusterNameASN1ExtensionOID`: the cluster of the app it is routed to.
+    pub const APP_CLUSTER_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.5");
+    /// `AppPublicAddrASN1ExtensionOID`: the public address of the app it is routed to.
+    pub const APP_PUBLIC_ADDR: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.6");
+    /// `AppNameASN1ExtensionOID`: the name of the app it is routed to.
+    pub const APP_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.1.10");
+    /// `DatabaseServiceNameASN1ExtensionOID`: the database it is routed to.
+    pub const DB_SERVICE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.1");
+    /// `DatabaseProtocolASN1ExtensionOID`: that database's protocol.
+    pub const DB_PROTOCOL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.2");
+    /// `DatabaseUsernameASN1ExtensionOID`: the database user to connect as.
+    pub const DB_USERNAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.3");
+    /// `DatabaseNameASN1ExtensionOID`: the database to connect to.
+    pub const DB_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.4");
+    /// `DatabaseNamesASN1ExtensionOID`: the database names the roles allow.
+    pub const DB_NAMES: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.5");
+    /// `DatabaseUsersASN1ExtensionOID`: the database users the roles allow.
+    pub const DB_USERS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.9999.2.6");
 }
 
 /// Every string attribute of a name, in order (attributes of other types are left out).

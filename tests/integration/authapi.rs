@@ -31,6 +31,7 @@ fn request(username: &str, roles: &[&str], ttl: Duration) -> (SubjectKey, UserCe
         ssh_public_key: format!("{}\n", key.ssh_authorized).into_bytes(),
         tls_public_key: key.public_pem.clone().into_bytes(),
         reissuable_role_impersonation: false,
+        ..UserCertsRequest::default()
     };
     (key, request)
 }

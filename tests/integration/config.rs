@@ -65,6 +65,7 @@ fn every_supported_key_is_read() {
     );
     let identity = |i: usize| match &config.outputs[i] {
         OutputConfig::Identity(o) => o,
+        other => panic!("not an identity output: {other:?}"),
     };
     assert_eq!(config.outputs.len(), 2);
     assert!(identity(0).ssh_config);
@@ -147,8 +148,8 @@ fn tbot_features_keybound_lacks_are_refused_by_name() {
             "config tbot.yaml:7:26: onboarding.bound_keypair.registration_secret: registration secrets are not supported",
         ),
         (
-            format!("{HEAD}services:\n  - type: application\n"),
-            "config tbot.yaml:7:11: services[0].type: tbot service type \"application\" is not supported by keybound yet",
+            format!("{HEAD}services:\n  - type: application-tunnel\n"),
+            "config tbot.yaml:7:11: services[0].type: tbot service type \"application-tunnel\" is not supported by keybound yet",
         ),
         (
             format!("{HEAD}services:\n  - type: identity\n    cluster: leaf\n"),

@@ -120,6 +120,7 @@ async fn a_good_setup_passes_every_check_without_signing_joining_or_writing() {
         "ok   storage ",
         "ok   output  ",
         "ok   signer  file ",
+        "ok   signer  not attestable: a file or environment key cannot be attested",
         "ok   cluster TLS: certificate verified by CA bundle ",
         "ok   cluster ALPN teleport-proxy-grpc",
         "ok   cluster /webapi/find: Teleport 18.2.10, signature algorithm suite balanced-v1",

@@ -1,12 +1,15 @@
 //! End-to-end tests of the `keybound` binary and library against tools keybound did not write
 //! (openssl, ssh-keygen, Python's cryptography and PyJWT). One binary, so it links once.
 
+mod access;
 mod agent;
 mod agent_health;
 mod agent_pins;
 mod agent_stalls;
 mod agent_start;
 mod agent_support;
+#[cfg(feature = "tpm")]
+mod attest;
 mod authapi;
 mod cli;
 mod cluster;
@@ -24,6 +27,7 @@ mod hostile_text;
 mod interop;
 mod join;
 mod keypair;
+mod kube;
 mod logs;
 mod oneshot;
 mod outputs;
@@ -31,8 +35,10 @@ mod pkcs11;
 mod recipes;
 mod rejoin;
 mod secrets;
+mod ssh_host;
 mod ssh_proxy;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]
 mod tpm;
+mod workload_identity;

@@ -204,6 +204,11 @@ async fn doctor_checks_a_tpm_key_and_an_unreachable_tpm() {
     );
     // A P-256 key under balanced-v1: a warning, not a failure.
     assert!(text.contains("warn cluster suite balanced-v1"), "{text}");
+    // doctor says the key can be attested.
+    assert!(
+        text.contains("ok   signer  attestable: a TPM key: keybound keypair attest makes evidence"),
+        "{text}"
+    );
 
     let port = crate::support::free_port();
     let output = doctor(format!("swtpm:host=127.0.0.1,port={port}")).await;

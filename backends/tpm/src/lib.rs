@@ -9,9 +9,12 @@
 // - `auth`: the authorization value, the refused-value memory, lockout;
 // - `signer`: `TpmSigner`, opened once, reconnected when the TPM restarted;
 // - `sign`: the signature itself, with bounded retries;
+// - `attest`: evidence that the key is in the TPM (EK certificates, an AK, TPM2_Certify) and
+//   the answer to the admin's credential challenge;
 // - `generate`: making a key in the TPM; `error`: what a TPM response code means;
 // - `testing` (feature `testing`): an swtpm harness.
 
+pub mod attest;
 mod attributes;
 mod auth;
 mod connect;

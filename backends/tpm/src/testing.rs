@@ -71,7 +71,11 @@ fn ready(child: &mut Child, port: u16) -> bool {
 impl Swtpm {
     /// Starts a fresh TPM.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// Starts a TPM on the state directory `dir`.
+    fn start_in(dir: tempfile::TempDir) -> Self {
         for _ in 0..20 {
             let port = random_even_port();
             let mut child = spawn(dir.path(), port);
@@ -172,6 +176,94 @@ impl Swtpm {
 impl Drop for Swtpm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A TPM as a manufacturer ships it: `swtpm_setup --create-ek-cert` made its RSA and ECC
+/// endorsement keys and had `swtpm_localca` certify them (NV indices 0x01c00002 and
+/// 0x01c00016), under a local root and intermediate of its own. Each [`Manufactured`] is
+/// another TPM, with its own EKs and its own CA; [`start`](Self::start) runs a copy of it.
+pub struct Manufactured {
+    dir: tempfile::TempDir,
+}
+
+impl Manufactured {
+    /// Manufactures a TPM (about 1.4 s: swtpm_setup runs a TPM and creates the keys). Its CA
+    /// lives in its own directory: nothing under /var/lib/swtpm-localca is touched.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("ca");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&ca).expect("ca dir");
+        std::fs::create_dir_all(&state).expect("state dir");
+        let localca = dir.path().join("swtpm-localca.conf");
+        std::fs::write(
+            &localca,
+            format!(
+                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+                ca.display()
+            ),
+        )
+        .expect("localca config");
+        let options = dir.path().join("swtpm-localca.options");
+        std::fs::write(
+            &options,
+            "--platform-manufacturer keybound\n--platform-version 2.1\n--platform-model test\n",
+        )
+        .expect("localca options");
+        let setup = dir.path().join("swtpm_setup.conf");
+        std::fs::write(
+            &setup,
+            format!(
+                "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+                localca.display(),
+                options.display()
+            ),
+        )
+        .expect("swtpm_setup config");
+        let output = Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(&state)
+            .arg("--config")
+            .arg(&setup)
+            .stdin(Stdio::null())
+            .output()
+            .expect("swtpm_setup is missing: apt-get install swtpm-tools (make deps does)");
+        assert!(
+            output.status.success(),
+            "swtpm_setup failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self { dir }
+    }
+
+    /// The local root CA that (through [`intermediate`](Self::intermediate)) signed the EK
+    /// certificates, PEM.
+    pub fn root_ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca/swtpm-localca-rootca-cert.pem")
+    }
+
+    /// The intermediate CA that signed the EK certificates, PEM.
+    pub fn intermediate(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca/issuercert.pem")
+    }
+
+    /// Starts this TPM: a copy of its state, so each start begins where manufacturing left it.
+    pub fn start(&self) -> Swtpm {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(
+            self.dir.path().join("state/tpm2-00.permall"),
+            dir.path().join("tpm2-00.permall"),
+        )
+        .expect("copy the TPM state");
+        Swtpm::start_in(dir)
+    }
+}
+
+impl Default for Manufactured {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

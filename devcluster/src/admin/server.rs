@@ -210,6 +210,9 @@ fn status(cluster: &Cluster, addresses: &Addresses) -> serde_json::Value {
         "bots": cluster.count(Kind::Bot),
         "roles": cluster.count(Kind::Role),
         "locks": cluster.count(Kind::Lock),
+        "apps": cluster.count(Kind::App),
+        "dbs": cluster.count(Kind::Db),
+        "kube_clusters": cluster.count(Kind::KubeCluster),
         "nodes": cluster.count(Kind::Node),
     })
 }

@@ -18,13 +18,26 @@ const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
 /// Teleport's `defaults.CATTL` is ten years.
 const CA_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
-/// The user, host and database CAs of one dev cluster (no OpenSSH, JWT or SPIFFE CAs).
+/// The user, host, database and SPIFFE CAs of one dev cluster (no OpenSSH or JWT CAs).
 pub struct ClusterCa {
     pub(super) cluster_name: String,
     pub(super) user: Authority,
     pub(super) host: Authority,
     /// The database CA: only its TLS half is used (`types.DatabaseCA`).
     pub(super) database: Authority,
+    /// The SPIFFE CA's X.509 half (`types.SPIFFECA`; `spiffe.rs`).
+    pub(super) spiffe: Authority,
+    /// The SPIFFE CA's JWT key, made when first needed.
+    pub(super) spiffe_jwt: std::sync::OnceLock<JwtKey>,
+}
+
+/// The SPIFFE CA's JWT key, RSA-2048, as ring signs with it (made in `spiffe.rs`).
+pub(super) struct JwtKey {
+    pub(super) pair: ring::signature::RsaKeyPair,
+    /// PKIX PEM of the public key.
+    pub(super) public_pem: String,
+    /// `jwt.KeyID`: base64url (no padding) of the SHA-256 of the PKCS#1 public key.
+    pub(super) kid: String,
 }
 
 /// One Teleport certificate authority: a TLS CA certificate with its key, and an SSH key.
@@ -54,6 +67,8 @@ impl ClusterCa {
             user: Authority::generate(cluster_name).context("generating the user CA")?,
             host: Authority::generate(cluster_name).context("generating the host CA")?,
             database: Authority::generate(cluster_name).context("generating the database CA")?,
+            spiffe: Authority::generate(cluster_name).context("generating the SPIFFE CA")?,
+            spiffe_jwt: std::sync::OnceLock::new(),
         })
     }
 

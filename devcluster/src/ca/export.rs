@@ -36,6 +36,7 @@ impl ClusterCa {
             "host" => Some((vec![line(&self.host)], self.host.tls.pem())),
             "user" => Some((vec![line(&self.user)], self.user.tls.pem())),
             "db" => Some((Vec::new(), self.database.tls.pem())),
+            "spiffe" => Some((Vec::new(), self.spiffe.tls.pem())),
             _ => None,
         }
     }

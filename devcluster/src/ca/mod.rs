@@ -28,14 +28,18 @@
 //! * `authority`: the user, host and database CAs ([`ClusterCa`]) and their public parts;
 //! * `request`: what Auth asks for ([`UserCertRequest`], [`BotCertRequest`]) and gets
 //!   ([`BotCerts`]);
-//! * `ssh`: SSH user and host certificates; `user`: a user's (or bot's) X.509 and SSH pair;
-//! * `server`: the Proxy's and Auth's TLS certificates; `export`: the public CA export.
+//! * `ssh`: SSH user and host certificates; `host_cert`: the host certificates of
+//!   `TrustService.GenerateHostCert`; `user`: a user's (or bot's) X.509 and SSH pair;
+//! * `server`: the Proxy's and Auth's TLS certificates; `export`: the public CA export;
+//! * `spiffe`: the SPIFFE CA, X.509 and JWT SVIDs.
 
 mod authority;
 mod export;
+mod host_cert;
 mod keys;
 mod request;
 mod server;
+mod spiffe;
 mod ssh;
 mod template;
 mod user;
@@ -45,8 +49,10 @@ mod x509;
 mod tests;
 
 pub use authority::ClusterCa;
+pub use host_cert::{EXT_AUTHORITY, EXT_ROLE, HostCertRequest};
 pub use request::{BotCertRequest, BotCerts, BotFields, UserCertRequest, bot_resource_name};
 pub use server::CLUSTER_LOCAL_NAMES;
+pub use spiffe::X509SvidRequest;
 pub use ssh::ssh_ext;
 pub use user::{JOIN_METHOD_BOUND_KEYPAIR, JOIN_PRINCIPAL};
 

@@ -53,6 +53,9 @@ pub struct UserCertRequest<'a> {
     /// The cluster the certificates name (`TeleportCluster`), when not this CA's: a hostile
     /// cluster's certificates (`--misbehave hostile-cluster-name`).
     pub cluster_name: Option<&'a str>,
+    /// More subject attributes, each its own RDN, after the others: the routes of an access
+    /// output's certificate (an app, a database, a Kubernetes cluster).
+    pub extra: &'a [(x509_cert::der::asn1::ObjectIdentifier, String)],
 }
 
 /// The bot facts a bot's certificates carry (and role-impersonated ones copy).

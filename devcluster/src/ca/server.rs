@@ -97,7 +97,7 @@ impl ClusterCa {
 /// Parameters shared by leaf certificates (`GenerateCertificate`): random serial below 2^128,
 /// the validity window, `BasicConstraintsValid` with `IsCA=false`, and an authority key
 /// identifier (Go copies the issuer's subject key identifier).
-fn leaf_params(
+pub(super) fn leaf_params(
     dn: DistinguishedName,
     not_before: u64,
     not_after: u64,

@@ -50,6 +50,7 @@ impl ClusterCa {
             ssh_public_key_wire: req.ssh_public_key_wire,
             not_after: req.not_after,
             cluster_name: None,
+            extra: &[],
         })
     }
 
@@ -154,6 +155,9 @@ impl ClusterCa {
                 oid::JOIN_ATTRIBUTES,
                 &join_attributes_json(bot.join_token_name)?,
             )?;
+        }
+        for (attribute, value) in req.extra {
+            dn.push_one(*attribute, value)?;
         }
         x509::Leaf {
             issuer_der: self.user.tls.der(),

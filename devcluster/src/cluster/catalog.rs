@@ -6,12 +6,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::SystemTime;
 
+use crate::apps::App;
 use crate::ca::bot_resource_name;
+use crate::databases::Database;
+use crate::kube_clusters::KubeCluster;
 use crate::locks::{Lock, LockTarget};
 use crate::nodes::Node;
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
 use crate::tokens::{Status as TokenStatus, Token};
+use crate::workload_identities::WorkloadIdentity;
 
 /// The label Teleport puts on the role and user `tctl bots add` makes (`types.BotLabel`).
 const BOT_LABEL: &str = "teleport.internal/bot";
@@ -62,6 +66,10 @@ pub(super) struct Catalog {
     roles: HashMap<String, Role>,
     bots: HashMap<String, Bot>,
     locks: BTreeMap<String, Lock>,
+    pub(super) apps: BTreeMap<String, App>,
+    pub(super) databases: BTreeMap<String, Database>,
+    pub(super) kube_clusters: BTreeMap<String, KubeCluster>,
+    pub(super) workload_identities: BTreeMap<String, WorkloadIdentity>,
     pub(super) nodes: BTreeMap<String, Node>,
 }
 
@@ -134,6 +142,10 @@ impl Catalog {
             Kind::Role => self.role_names().len(),
             Kind::Bot => self.bots.len(),
             Kind::Lock => self.locks.len(),
+            Kind::App => self.apps.len(),
+            Kind::Db => self.databases.len(),
+            Kind::KubeCluster => self.kube_clusters.len(),
+            Kind::WorkloadIdentity => self.workload_identities.len(),
             Kind::Node => self.nodes.len(),
         }
     }
@@ -189,6 +201,18 @@ impl Catalog {
         for lock in resources.locks {
             self.put_lock(lock);
         }
+        for app in resources.apps {
+            self.apps.insert(app.name.clone(), app);
+        }
+        for db in resources.databases {
+            self.databases.insert(db.name.clone(), db);
+        }
+        for kube in resources.kube_clusters {
+            self.kube_clusters.insert(kube.name.clone(), kube);
+        }
+        for wi in resources.workload_identities {
+            self.workload_identities.insert(wi.name.clone(), wi);
+        }
         for node in resources.nodes {
             self.nodes.insert(node.name.clone(), node);
         }
@@ -201,6 +225,10 @@ impl Catalog {
             Kind::Role => self.roles.contains_key(name),
             Kind::Bot => self.bots.contains_key(name),
             Kind::Lock => self.locks.contains_key(name),
+            Kind::App => self.apps.contains_key(name),
+            Kind::Db => self.databases.contains_key(name),
+            Kind::KubeCluster => self.kube_clusters.contains_key(name),
+            Kind::WorkloadIdentity => self.workload_identities.contains_key(name),
             Kind::Node => self.nodes.contains_key(name),
         }
     }
@@ -215,6 +243,13 @@ impl Catalog {
             Kind::Role => self.role_resource(name),
             Kind::Bot => self.bots.get(name).map(Bot::to_resource),
             Kind::Lock => self.locks.get(name).map(Lock::to_resource),
+            Kind::App => self.apps.get(name).map(App::to_resource),
+            Kind::Db => self.databases.get(name).map(Database::to_resource),
+            Kind::KubeCluster => self.kube_clusters.get(name).map(KubeCluster::to_resource),
+            Kind::WorkloadIdentity => self
+                .workload_identities
+                .get(name)
+                .map(WorkloadIdentity::to_resource),
             Kind::Node => self.nodes.get(name).map(Node::to_resource),
         };
         found.ok_or_else(|| not_found(kind, name))
@@ -238,6 +273,10 @@ impl Catalog {
             Kind::Role => self.role_names(),
             Kind::Bot => self.bots.keys().cloned().collect(),
             Kind::Lock => self.locks.keys().cloned().collect(),
+            Kind::App => self.apps.keys().cloned().collect(),
+            Kind::Db => self.databases.keys().cloned().collect(),
+            Kind::KubeCluster => self.kube_clusters.keys().cloned().collect(),
+            Kind::WorkloadIdentity => self.workload_identities.keys().cloned().collect(),
             Kind::Node => self.nodes.keys().cloned().collect(),
         };
         names.sort();
@@ -254,6 +293,10 @@ impl Catalog {
             Kind::Role => self.roles.remove(name).is_some(),
             Kind::Bot => self.bots.remove(name).is_some(),
             Kind::Lock => self.locks.remove(name).is_some(),
+            Kind::App => self.apps.remove(name).is_some(),
+            Kind::Db => self.databases.remove(name).is_some(),
+            Kind::KubeCluster => self.kube_clusters.remove(name).is_some(),
+            Kind::WorkloadIdentity => self.workload_identities.remove(name).is_some(),
             Kind::Node => self.nodes.remove(name).is_some(),
         };
         if removed {

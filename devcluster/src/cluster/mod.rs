@@ -23,6 +23,7 @@ use crate::misbehave::Misbehaviour;
 use crate::resources::{Kind, Resources};
 use crate::roles::Role;
 use crate::tokens::{Status as TokenStatus, Token};
+use crate::workload_identities::WorkloadIdentity;
 use catalog::Catalog;
 pub(crate) use catalog::{Applied, Refusal};
 use instances::Instances;
@@ -41,6 +42,8 @@ pub struct Cluster {
     joins: AtomicUsize,
     user_certs: AtomicUsize,
     gave_up: Mutex<Vec<GaveUp>>,
+    /// The Proxy's public address (`host:port`), once it listens.
+    public_addr: std::sync::OnceLock<String>,
 }
 
 /// A client's `GivingUp` on a join: Teleport logs the reason and message and puts them in its
@@ -64,6 +67,22 @@ impl Cluster {
             _ => Algorithm::EcdsaP256Sha256,
         };
         let mut catalog = Catalog::new(&config.tokens, &config.roles, &config.bots, &config.locks);
+        catalog.apps = config
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), a.clone()))
+            .collect();
+        catalog.databases = (config.databases.iter())
+            .map(|d| (d.name.clone(), d.clone()))
+            .collect();
+        catalog.kube_clusters = (config.kube_clusters.iter())
+            .map(|k| (k.name.clone(), k.clone()))
+            .collect();
+        catalog.workload_identities = config
+            .workload_identities
+            .iter()
+            .map(|w| (w.name.clone(), w.clone()))
+            .collect();
         for node in &config.nodes {
             catalog.nodes.insert(node.name.clone(), node.clone());
         }
@@ -78,6 +97,7 @@ impl Cluster {
             joins: AtomicUsize::new(0),
             user_certs: AtomicUsize::new(0),
             gave_up: Mutex::new(Vec::new()),
+            public_addr: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -181,6 +201,21 @@ impl Cluster {
     /// The bound-keypair CA's JWT key, which signs join state documents.
     pub(crate) fn join_state_key(&self) -> &SoftSigner {
         &self.join_state_key
+    }
+
+    /// Every app, by name.
+    pub(crate) fn apps(&self) -> Vec<crate::apps::App> {
+        self.catalog().apps.values().cloned().collect()
+    }
+
+    /// Every database, by name.
+    pub(crate) fn databases(&self) -> Vec<crate::databases::Database> {
+        self.catalog().databases.values().cloned().collect()
+    }
+
+    /// Every Kubernetes cluster, by name.
+    pub(crate) fn kube_clusters(&self) -> Vec<crate::kube_clusters::KubeCluster> {
+        self.catalog().kube_clusters.values().cloned().collect()
     }
 
     /// How many resources of a kind it has (roles: from the resources and implied by bots).
@@ -317,6 +352,30 @@ impl Cluster {
     /// bot`. A token's `bot_name` makes no role: a bot that does not exist has none.
     pub(crate) fn role(&self, name: &str) -> Option<Role> {
         self.catalog().role(name)
+    }
+
+    /// The workload identity named `name`.
+    pub(crate) fn workload_identity(&self, name: &str) -> Option<WorkloadIdentity> {
+        self.catalog().workload_identities.get(name).cloned()
+    }
+
+    /// Every workload identity, by name.
+    pub(crate) fn workload_identities(&self) -> Vec<WorkloadIdentity> {
+        self.catalog()
+            .workload_identities
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Records the Proxy's public address, once it listens.
+    pub(crate) fn set_public_addr(&self, addr: String) {
+        let _ = self.public_addr.set(addr);
+    }
+
+    /// The Proxy's public address, `host:port`.
+    pub(crate) fn public_addr(&self) -> &str {
+        self.public_addr.get().map_or("localhost", String::as_str)
     }
 
     /// Whether the bot `name` exists (`kind: bot`, what `tctl bots add` makes: its user

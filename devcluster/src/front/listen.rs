@@ -9,7 +9,9 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use super::app::{app_named, app_tls, serve_app_connection};
 use super::connection::{Tls, serve_auth_connection, serve_proxy_connection, serve_ssh_connection};
+use super::kube::{KUBE_SNI_PREFIX, kube_tls, serve_kube_connection};
 use super::services::Services;
 use super::tls::{ALPN_SSH_GRPC, Endpoints};
 use crate::cluster::Cluster;
@@ -51,11 +53,8 @@ pub(super) async fn serve_proxy_port(
         let (tcp, peer) = accept(&listener).await;
         let (endpoints, services, cluster) = (endpoints.clone(), services.clone(), cluster.clone());
         tokio::spawn(async move {
-            let routed = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                route(tcp, &endpoints, cluster.ca().cluster_name()),
-            )
-            .await;
+            let routed =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, route(tcp, &endpoints, &cluster)).await;
             let route = match routed {
                 Ok(Ok(route)) => route,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
@@ -67,6 +66,8 @@ pub(super) async fn serve_proxy_port(
                 Route::Proxy(tls) => {
                     serve_proxy_connection(tls, peer, local, services, cluster).await
                 }
+                Route::App(tls, app) => serve_app_connection(tls, app, cluster).await,
+                Route::Kube(tls) => serve_kube_connection(tls, cluster).await,
             };
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
@@ -78,20 +79,36 @@ pub(super) async fn serve_proxy_port(
 enum Route {
     Auth(Tls),
     Proxy(Tls),
+    /// An app, by the server name (its public address).
+    App(Tls, crate::apps::App),
+    /// The Kubernetes API, by the server name's prefix.
+    Kube(Tls),
+    /// The Proxy's SSH route (`teleport-proxy-ssh-grpc`).
     ProxySsh(Tls),
 }
 
 /// Reads the ClientHello and finishes the handshake as the endpoint its first ALPN value picks:
 /// `teleport-auth@<hex cluster_name>.teleport.cluster.local` passes through to Auth,
 /// `teleport-proxy-ssh-grpc` goes to the Proxy's SSH route (with client certificates), anything
-/// else stays with the Proxy.
-async fn route(
-    tcp: TcpStream,
-    endpoints: &Endpoints,
-    cluster_name: &str,
-) -> std::io::Result<Route> {
+/// else stays with the Proxy; but a server name that is an app's public address goes to the
+/// echo app, and one starting `kube-teleport-proxy-alpn.` to the Kubernetes API.
+async fn route(tcp: TcpStream, endpoints: &Endpoints, cluster: &Cluster) -> std::io::Result<Route> {
+    let cluster_name = cluster.ca().cluster_name();
     let start =
         tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let server_name = start.client_hello().server_name().map(str::to_owned);
+    if let Some(name) = server_name
+        .as_deref()
+        .filter(|n| n.starts_with(KUBE_SNI_PREFIX))
+    {
+        let tls = kube_tls(cluster, name).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        return Ok(Route::Kube(start.into_stream(tls).await?));
+    }
+    let app = server_name.and_then(|name| app_named(cluster, &name));
+    if let Some(app) = app {
+        let tls = app_tls(cluster, &app).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        return Ok(Route::App(start.into_stream(tls).await?, app));
+    }
     let first = start
         .client_hello()
         .alpn()

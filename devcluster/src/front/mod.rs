@@ -6,9 +6,14 @@
 //!   service is registered);
 //! * `web`: the web API subset;
 //! * `connection`: one routed connection (gRPC to Auth or the Proxy, or the web API);
-//! * `listen`: the listeners, and routing by ALPN.
+//! * `app`: the built-in echo app, which answers for every app (`kind: app`) at its public
+//!   address;
+//! * `kube`: the built-in Kubernetes API, at `kube-teleport-proxy-alpn.*`;
+//! * `listen`: the listeners, and routing by ALPN (and by server name, for apps and Kubernetes).
 
+mod app;
 mod connection;
+mod kube;
 mod listen;
 mod services;
 mod tls;
@@ -61,6 +66,7 @@ impl DevCluster {
         };
         let addr = listener.local_addr()?;
         let endpoints = Endpoints::new(cluster.ca(), addr)?;
+        cluster.set_public_addr(format!("localhost:{}", addr.port()));
         let services = Services::new(&cluster);
 
         let mut tasks = vec![tokio::spawn(serve_proxy_port(

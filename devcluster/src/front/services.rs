@@ -13,6 +13,7 @@ use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
 use keybound_proto::teleport::transport::v1 as transport;
 use keybound_proto::teleport::trust::v1 as trust;
+use keybound_proto::teleport::workloadidentity::v1 as wi;
 use tonic::Status;
 use tower::Service as _;
 
@@ -21,6 +22,7 @@ use crate::cluster::Cluster;
 use crate::join::{JoinLegacy, JoinV1};
 use crate::transport::TransportApi;
 use crate::trust::TrustApi;
+use crate::workload_identity::IssuanceApi;
 
 /// The gRPC services, made once and cloned per connection.
 #[derive(Clone)]
@@ -29,6 +31,9 @@ pub(super) struct Services {
     join_legacy: legacy::join_service_server::JoinServiceServer<JoinLegacy>,
     auth: legacy::auth_service_server::AuthServiceServer<AuthApi>,
     trust: trust::trust_service_server::TrustServiceServer<TrustApi>,
+    issuance: wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer<
+        IssuanceApi,
+    >,
     transport: transport::transport_service_server::TransportServiceServer<TransportApi>,
 }
 
@@ -41,6 +46,10 @@ impl Services {
             )),
             auth: legacy::auth_service_server::AuthServiceServer::new(AuthApi(cluster.clone())),
             trust: trust::trust_service_server::TrustServiceServer::new(TrustApi(cluster.clone())),
+            issuance:
+                wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer::new(
+                    IssuanceApi(cluster.clone()),
+                ),
             transport: transport::transport_service_server::TransportServiceServer::new(
                 TransportApi(cluster.clone()),
             ),
@@ -63,6 +72,10 @@ impl Services {
             self.auth.clone().call(request).await
         } else if auth && path.starts_with("/teleport.trust.v1.TrustService/") {
             self.trust.clone().call(request).await
+        } else if auth
+            && path.starts_with("/teleport.workloadidentity.v1.WorkloadIdentityIssuanceService/")
+        {
+            self.issuance.clone().call(request).await
         } else {
             Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
         }

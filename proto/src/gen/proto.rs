@@ -27,6 +27,15 @@ pub struct UserCertsRequest {
     /// The cluster the certificates are routed to.
     #[prost(string, tag = "5")]
     pub route_to_cluster: ::prost::alloc::string::String,
+    /// The Kubernetes cluster the certificates are routed to (Kubernetes outputs).
+    #[prost(string, tag = "7")]
+    pub kubernetes_cluster: ::prost::alloc::string::String,
+    /// The database the certificates are routed to (database outputs).
+    #[prost(message, optional, tag = "8")]
+    pub route_to_database: ::core::option::Option<RouteToDatabase>,
+    /// The app the certificates are routed to (application outputs).
+    #[prost(message, optional, tag = "11")]
+    pub route_to_app: ::core::option::Option<RouteToApp>,
     /// Roles to impersonate (with UseRoleRequests).
     #[prost(string, repeated, tag = "12")]
     pub role_requests: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
@@ -42,6 +51,97 @@ pub struct UserCertsRequest {
     /// Let the impersonated certificates request further certificates.
     #[prost(bool, tag = "27")]
     pub reissuable_role_impersonation: bool,
+}
+/// Where database certificates lead (Roles, 5, left out: tbot never sets it).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RouteToDatabase {
+    /// The database's name.
+    #[prost(string, tag = "1")]
+    pub service_name: ::prost::alloc::string::String,
+    /// Its protocol (postgres, mysql, mongodb, ...).
+    #[prost(string, tag = "2")]
+    pub protocol: ::prost::alloc::string::String,
+    /// The database user to connect as.
+    #[prost(string, tag = "3")]
+    pub username: ::prost::alloc::string::String,
+    /// The database to connect to.
+    #[prost(string, tag = "4")]
+    pub database: ::prost::alloc::string::String,
+}
+/// Where app certificates lead (2 is reserved, the old session ID; the cloud
+/// identities, URI and target port are left out: tbot sets none of them).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RouteToApp {
+    /// The app's name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The app's public address.
+    #[prost(string, tag = "3")]
+    pub public_addr: ::prost::alloc::string::String,
+    /// The cluster the app is in.
+    #[prost(string, tag = "4")]
+    pub cluster_name: ::prost::alloc::string::String,
+}
+/// A page of resources of one kind (the rest of Teleport's filters left out).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListResourcesRequest {
+    /// "app_server", "db_server", "kube_server", ...
+    #[prost(string, tag = "1")]
+    pub resource_type: ::prost::alloc::string::String,
+    /// Always "default".
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    /// The most resources to return.
+    #[prost(int32, tag = "3")]
+    pub limit: i32,
+    /// Where the page starts: a NextKey from the previous page.
+    #[prost(string, tag = "4")]
+    pub start_key: ::prost::alloc::string::String,
+    /// Labels every resource returned must carry.
+    #[prost(map = "string, string", tag = "5")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// A predicate language expression the resources must satisfy.
+    #[prost(string, tag = "6")]
+    pub predicate_expression: ::prost::alloc::string::String,
+}
+/// One resource of a ListResources page.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PaginatedResource {
+    /// The resource, by kind (4 is reserved; the other kinds are left out).
+    #[prost(oneof = "paginated_resource::Resource", tags = "1, 2, 7")]
+    pub resource: ::core::option::Option<paginated_resource::Resource>,
+}
+/// Nested message and enum types in `PaginatedResource`.
+pub mod paginated_resource {
+    /// The resource, by kind (4 is reserved; the other kinds are left out).
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Resource {
+        /// A database server.
+        #[prost(message, tag = "1")]
+        DatabaseServer(super::super::types::DatabaseServerV3),
+        /// An app server.
+        #[prost(message, tag = "2")]
+        AppServer(super::super::types::AppServerV3),
+        /// A Kubernetes server.
+        #[prost(message, tag = "7")]
+        KubernetesServer(super::super::types::KubernetesServerV3),
+    }
+}
+/// A page of resources.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListResourcesResponse {
+    /// The resources.
+    #[prost(message, repeated, tag = "1")]
+    pub resources: ::prost::alloc::vec::Vec<PaginatedResource>,
+    /// Where the next page starts; empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_key: ::prost::alloc::string::String,
+    /// The number of resources in all pages, when asked for.
+    #[prost(int32, tag = "3")]
+    pub total_count: i32,
 }
 /// Ping's request: no fields.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -261,6 +361,31 @@ pub mod auth_service_client {
                 .insert(GrpcMethod::new("proto.AuthService", "GenerateUserCerts"));
             self.inner.unary(req, path, codec).await
         }
+        /// A page of the resources of one kind the caller may see.
+        pub async fn list_resources(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListResourcesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListResourcesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/proto.AuthService/ListResources",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("proto.AuthService", "ListResources"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -302,6 +427,14 @@ pub mod auth_service_server {
             &self,
             request: tonic::Request<super::UserCertsRequest>,
         ) -> std::result::Result<tonic::Response<super::Certs>, tonic::Status>;
+        /// A page of the resources of one kind the caller may see.
+        async fn list_resources(
+            &self,
+            request: tonic::Request<super::ListResourcesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListResourcesResponse>,
+            tonic::Status,
+        >;
     }
     /// Teleport's Auth API, the parts a bot's identity output calls.
     #[derive(Debug)]
@@ -540,6 +673,51 @@ pub mod auth_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GenerateUserCertsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/proto.AuthService/ListResources" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListResourcesSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::ListResourcesRequest>
+                    for ListResourcesSvc<T> {
+                        type Response = super::ListResourcesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListResourcesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::list_resources(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListResourcesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -31,6 +31,38 @@ pub struct GetCertAuthoritiesResponse {
         super::super::super::types::CertAuthorityV2,
     >,
 }
+/// Asks for an SSH host certificate (trust_service.proto at 19e80c00).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GenerateHostCertRequest {
+    /// The host's public key, an authorized_keys line.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: ::prost::alloc::vec::Vec<u8>,
+    /// The host's ID (tbot sends "").
+    #[prost(string, tag = "2")]
+    pub host_id: ::prost::alloc::string::String,
+    /// The host's node name (tbot sends "").
+    #[prost(string, tag = "3")]
+    pub node_name: ::prost::alloc::string::String,
+    /// The names the certificate is valid for.
+    #[prost(string, repeated, tag = "4")]
+    pub principals: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The cluster's name.
+    #[prost(string, tag = "5")]
+    pub cluster_name: ::prost::alloc::string::String,
+    /// The system role, e.g. "Node".
+    #[prost(string, tag = "6")]
+    pub role: ::prost::alloc::string::String,
+    /// How long the certificate is valid.
+    #[prost(message, optional, tag = "7")]
+    pub ttl: ::core::option::Option<::prost_types::Duration>,
+}
+/// The host certificate.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GenerateHostCertResponse {
+    /// The certificate, an authorized_keys-format line.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ssh_certificate: ::prost::alloc::vec::Vec<u8>,
+}
 /// Generated client implementations.
 pub mod trust_service_client {
     #![allow(
@@ -180,6 +212,36 @@ pub mod trust_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// An SSH host certificate signed by the host CA, for the ssh_host output
+        /// (lib/tbot/services/ssh/host_output.go at 01603da7 calls it on the
+        /// role-impersonated connection; lib/auth/trust/trustv1/service.go checks
+        /// the `host_cert` `create` rule, with host_cert.\* in its `where`).
+        pub async fn generate_host_cert(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GenerateHostCertRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GenerateHostCertResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/teleport.trust.v1.TrustService/GenerateHostCert",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("teleport.trust.v1.TrustService", "GenerateHostCert"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -209,6 +271,17 @@ pub mod trust_service_server {
             request: tonic::Request<super::GetCertAuthoritiesRequest>,
         ) -> std::result::Result<
             tonic::Response<super::GetCertAuthoritiesResponse>,
+            tonic::Status,
+        >;
+        /// An SSH host certificate signed by the host CA, for the ssh_host output
+        /// (lib/tbot/services/ssh/host_output.go at 01603da7 calls it on the
+        /// role-impersonated connection; lib/auth/trust/trustv1/service.go checks
+        /// the `host_cert` `create` rule, with host_cert.\* in its `where`).
+        async fn generate_host_cert(
+            &self,
+            request: tonic::Request<super::GenerateHostCertRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GenerateHostCertResponse>,
             tonic::Status,
         >;
     }
@@ -366,6 +439,52 @@ pub mod trust_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetCertAuthoritiesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/teleport.trust.v1.TrustService/GenerateHostCert" => {
+                    #[allow(non_camel_case_types)]
+                    struct GenerateHostCertSvc<T: TrustService>(pub Arc<T>);
+                    impl<
+                        T: TrustService,
+                    > tonic::server::UnaryService<super::GenerateHostCertRequest>
+                    for GenerateHostCertSvc<T> {
+                        type Response = super::GenerateHostCertResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GenerateHostCertRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TrustService>::generate_host_cert(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GenerateHostCertSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -166,6 +166,9 @@ pub struct CaKeySet {
     /// X.509 keys.
     #[prost(message, repeated, tag = "2")]
     pub tls: ::prost::alloc::vec::Vec<TlsKeyPair>,
+    /// JWT keys (the SPIFFE CA's sign JWT-SVIDs).
+    #[prost(message, repeated, tag = "3")]
+    pub jwt: ::prost::alloc::vec::Vec<JwtKeyPair>,
 }
 /// An SSH CA key (its private half is never sent to a bot).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -180,6 +183,192 @@ pub struct TlsKeyPair {
     /// The CA certificate, PEM.
     #[prost(bytes = "vec", tag = "1")]
     pub cert: ::prost::alloc::vec::Vec<u8>,
+}
+/// An app served by an App Service (kind "app_server", version v3).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AppServerV3 {
+    /// "app_server".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v3".
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// The server's name (the app's name) and labels.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+    /// What the server serves.
+    #[prost(message, optional, tag = "5")]
+    pub spec: ::core::option::Option<AppServerSpecV3>,
+}
+/// An app server's host and app (its CA rotation and proxy IDs left out).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AppServerSpecV3 {
+    /// The agent's Teleport version.
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    /// The agent's host name.
+    #[prost(string, tag = "2")]
+    pub hostname: ::prost::alloc::string::String,
+    /// The agent's host UUID.
+    #[prost(string, tag = "3")]
+    pub host_id: ::prost::alloc::string::String,
+    /// The app.
+    #[prost(message, optional, tag = "5")]
+    pub app: ::core::option::Option<AppV3>,
+}
+/// An application (kind "app", version v3).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AppV3 {
+    /// "app".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v3".
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// The app's name and labels.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+    /// Where the app is.
+    #[prost(message, optional, tag = "5")]
+    pub spec: ::core::option::Option<AppSpecV3>,
+}
+/// An app's address (rewrites, cloud settings and the rest left out).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AppSpecV3 {
+    /// The app's own endpoint, behind the App Service.
+    #[prost(string, tag = "1")]
+    pub uri: ::prost::alloc::string::String,
+    /// The address clients reach it at through the Proxy.
+    #[prost(string, tag = "2")]
+    pub public_addr: ::prost::alloc::string::String,
+}
+/// A database served by a Database Service (kind "db_server", version v3).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DatabaseServerV3 {
+    /// "db_server".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v3".
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// The server's name (the database's name) and labels.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+    /// What the server serves.
+    #[prost(message, optional, tag = "5")]
+    pub spec: ::core::option::Option<DatabaseServerSpecV3>,
+}
+/// A database server's host and database.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DatabaseServerSpecV3 {
+    /// The agent's Teleport version.
+    #[prost(string, tag = "6")]
+    pub version: ::prost::alloc::string::String,
+    /// The agent's host name.
+    #[prost(string, tag = "7")]
+    pub hostname: ::prost::alloc::string::String,
+    /// The agent's host UUID.
+    #[prost(string, tag = "8")]
+    pub host_id: ::prost::alloc::string::String,
+    /// The database.
+    #[prost(message, optional, tag = "12")]
+    pub database: ::core::option::Option<DatabaseV3>,
+}
+/// A database (kind "db", version v3).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DatabaseV3 {
+    /// "db".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v3".
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// The database's name and labels.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+    /// Its protocol and address.
+    #[prost(message, optional, tag = "5")]
+    pub spec: ::core::option::Option<DatabaseSpecV3>,
+}
+/// A database's protocol and address (cloud and TLS settings left out).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DatabaseSpecV3 {
+    /// postgres, mysql, mongodb, cockroachdb, redis, ...
+    #[prost(string, tag = "1")]
+    pub protocol: ::prost::alloc::string::String,
+    /// The database's own endpoint, behind the Database Service.
+    #[prost(string, tag = "2")]
+    pub uri: ::prost::alloc::string::String,
+}
+/// A Kubernetes cluster served by a Kubernetes Service (kind "kube_server", version v3).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct KubernetesServerV3 {
+    /// "kube_server".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v3".
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// The server's name (the cluster's name) and labels.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+    /// What the server serves.
+    #[prost(message, optional, tag = "5")]
+    pub spec: ::core::option::Option<KubernetesServerSpecV3>,
+}
+/// A Kubernetes server's host and cluster.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct KubernetesServerSpecV3 {
+    /// The agent's Teleport version.
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    /// The agent's host name.
+    #[prost(string, tag = "2")]
+    pub hostname: ::prost::alloc::string::String,
+    /// The agent's host UUID.
+    #[prost(string, tag = "3")]
+    pub host_id: ::prost::alloc::string::String,
+    /// The Kubernetes cluster.
+    #[prost(message, optional, tag = "5")]
+    pub cluster: ::core::option::Option<KubernetesClusterV3>,
+}
+/// A Kubernetes cluster (kind "kube_cluster", version v3); its spec left out.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct KubernetesClusterV3 {
+    /// "kube_cluster".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// Unused.
+    #[prost(string, tag = "2")]
+    pub sub_kind: ::prost::alloc::string::String,
+    /// "v3".
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// The cluster's name and labels.
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<Metadata>,
+}
+/// A JWT CA key (its private half is never sent to a bot).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JwtKeyPair {
+    /// The public key, PEM (PKIX).
+    #[prost(bytes = "vec", tag = "1")]
+    pub public_key: ::prost::alloc::vec::Vec<u8>,
 }
 /// Cluster-wide set of key types and signature algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -48,16 +48,33 @@ pub(super) fn checks(
     Ok(())
 }
 
+/// The outputs, counted by kind in the order they first appear: `1 identity output`,
+/// `2 identity outputs, 1 kubernetes output`; `0 identity outputs` for none.
+fn outputs_by_kind(outputs: &[crate::output::OutputConfig]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for output in outputs {
+        match counts.iter_mut().find(|(k, _)| *k == output.kind()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((output.kind(), 1)),
+        }
+    }
+    if counts.is_empty() {
+        counts.push(("identity", 0));
+    }
+    counts
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind} output{}", if *n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn config_check(source: &str, config: &Config, route: Option<&(HostPort, bool)>) -> Check {
     let cluster = match route {
         Some((addr, false)) => format!("proxy {addr}"),
         Some((addr, true)) => format!("auth {addr}"),
         None => "no cluster address".to_owned(),
     };
-    let outputs = match config.outputs.len() {
-        1 => "1 identity output".to_owned(),
-        n => format!("{n} identity outputs"),
-    };
+    let outputs = outputs_by_kind(&config.outputs);
     Check::new(
         Status::Ok,
         "config",
@@ -68,4 +85,28 @@ fn config_check(source: &str, config: &Config, route: Option<&(HostPort, bool)>)
             humantime::format_duration(config.renewal_interval)
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{IdentityOutput, OutputConfig, application::ApplicationOutput};
+
+    #[test]
+    fn outputs_are_counted_by_kind() {
+        let identity = || OutputConfig::Identity(IdentityOutput::in_directory("/o".into()));
+        let app = OutputConfig::Application(ApplicationOutput {
+            destination: crate::values::Destination::Memory,
+            name: None,
+            app_name: "echo".into(),
+            specific_tls_naming: false,
+            roles: Vec::new(),
+        });
+        assert_eq!(outputs_by_kind(&[identity()]), "1 identity output");
+        assert_eq!(outputs_by_kind(&[]), "0 identity outputs");
+        assert_eq!(
+            outputs_by_kind(&[identity(), app, identity()]),
+            "2 identity outputs, 1 application output"
+        );
+    }
 }

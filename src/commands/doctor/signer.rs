@@ -26,6 +26,9 @@ pub(super) fn checks(
     if signer.backend() == "tpm" {
         report.add(tpm_auth_check(&*signer))?;
     }
+    if let Ok(signer_config) = config.onboarding.signer_config() {
+        report.add(attestation_check(&signer_config))?;
+    }
     Ok(Some(signer.algorithm()))
 }
 
@@ -75,6 +78,16 @@ fn signer_check(config: &Config, signer: &dyn Signer) -> Check {
             signer.protection()
         ),
     )
+}
+
+/// Whether `keybound keypair attest` can make evidence for the key: information, never a
+/// failure (a key that cannot be attested still joins).
+fn attestation_check(signer_config: &keybound_signer::config::SignerConfig) -> Check {
+    let text = match crate::commands::keypair::attestable(signer_config) {
+        Ok(yes) => format!("attestable: {yes}"),
+        Err(no) => format!("not attestable: {no}"),
+    };
+    Check::new(Status::Ok, "signer", text)
 }
 
 /// What doctor signs with a TPM key. Not a JWS signing input (no `.`), so its signature answers

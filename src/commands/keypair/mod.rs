@@ -4,9 +4,11 @@
 //!
 //! `create` runs in this order: refuse what keybound does not make (non-static keys, a key file
 //! that exists without `--overwrite`), choose the key type (`algorithm`), make the key where it
-//! is kept (`make`), then write the report as text (`text`) or JSON (`json`).
+//! is kept (`make`), then write the report as text (`text`) or JSON (`json`), and with
+//! `--attest-out` the key's attestation evidence (`attest`, which is also `keypair attest`).
 
 mod algorithm;
+mod attest;
 mod json;
 mod show;
 mod text;
@@ -19,6 +21,7 @@ use keybound_signer::config::{SignerConfig, TpmConfig, TpmKey};
 use crate::cli::{KeypairCreate, OutputFormat};
 use crate::config::Onboarding;
 
+pub use attest::{attest, attestable};
 pub use show::show;
 
 /// Runs `keypair create`, writing its report to `out`.
@@ -26,12 +29,32 @@ pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result
     refuse_non_static(args)?;
     let signer_config = signer_config(args)?;
     refuse_to_replace(args, &signer_config)?;
+    attest::check_create(&signer_config, args.attest_out.as_deref(), &args.attest)?;
     let algorithm = algorithm::choose(args, &signer_config).await?;
     let (public_key, handoff) =
         crate::signer::make_key(&signer_config, algorithm, args.overwrite).await?;
     match args.format {
         OutputFormat::Json => json::write(out, &public_key, &handoff)?,
         OutputFormat::Text => text::write(out, &public_key, &handoff)?,
+    }
+    if let Some(path) = &args.attest_out {
+        // The key exists now: evidence that fails says so, and the key stays.
+        let mut said = Vec::new();
+        attest::write_evidence(
+            attest::tpm_config(&signer_config)?,
+            &args.attest,
+            path,
+            args.overwrite,
+            &mut said,
+        )
+        .map_err(|e| {
+            e.context(
+                "the key was made, but its evidence was not: run keybound keypair attest for it",
+            )
+        })?;
+        if args.format == OutputFormat::Text {
+            out.write_all(&said)?;
+        }
     }
     out.flush()?;
     Ok(())

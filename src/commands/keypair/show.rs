@@ -2,22 +2,40 @@
 
 use std::io::Write;
 
-use crate::cli::{KeypairShow, OutputFormat};
+use std::path::Path;
+
+use keybound_signer::config::SignerConfig;
+
+use crate::cli::{KeypairShow, OutputFormat, SignerArgs};
 use crate::config::{Config, Onboarding};
 use crate::signer::SignerKind;
 
-/// Runs `keypair show`: opens the key and prints its public half.
-pub fn show(args: &KeypairShow, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut onboarding = match &args.config {
+/// Where an existing key is: the config's, then `--static-key-path`, then the signer flags over
+/// both (what `keypair show` and `keypair attest` open).
+pub(super) fn existing_key(
+    config: Option<&Path>,
+    static_key_path: Option<&Path>,
+    signer: &SignerArgs,
+) -> anyhow::Result<SignerConfig> {
+    let mut onboarding = match config {
         Some(path) => Config::load(path)?.onboarding,
         None => Onboarding::default(),
     };
-    if let Some(path) = &args.static_key_path {
-        onboarding.static_private_key_path = Some(path.clone());
+    if let Some(path) = static_key_path {
+        onboarding.static_private_key_path = Some(path.to_owned());
         onboarding.signer.get_or_insert(SignerKind::File);
     }
-    args.signer.apply(&mut onboarding);
-    let config = onboarding.signer_config().map_err(|e| anyhow::anyhow!(e))?;
+    signer.apply(&mut onboarding);
+    onboarding.signer_config().map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Runs `keypair show`: opens the key and prints its public half.
+pub fn show(args: &KeypairShow, out: &mut dyn Write) -> anyhow::Result<()> {
+    let config = existing_key(
+        args.config.as_deref(),
+        args.static_key_path.as_deref(),
+        &args.signer,
+    )?;
     let signer = crate::signer::open_signer(&config)?;
     let key = signer.public_key();
     match args.format {
