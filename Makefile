@@ -39,7 +39,7 @@ demo: deps
 ## (authenticated rejoin + an identity output) (median, p99); 500 bots joining at once; a soak
 ## run of thousands of renewals (memory and file descriptors must stay flat)
 bench:
-	$(CARGO) bench --locked $(FEATURES) --bench join --bench sign --bench renewal --bench load --bench soak
+	$(CARGO) bench --locked $(FEATURES) --bench join --bench sign --bench renewal --bench load --bench soak --bench ssh_proxy
 
 ## perf: every benchmark, plus start --oneshot as a process, the binary size and 500 concurrent
 ## joins; rewrites the tables of docs/PERFORMANCE.md

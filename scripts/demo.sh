@@ -6,16 +6,18 @@
 # certificate with SPIFFE SVIDs, the SPIFFE Workload API asked by the spiffe Python client, a key
 # made in a TPM (swtpm) with the evidence the admin checks before binding it, per-output
 # lifetimes, tbot's config-less `start identity`/`configure` and the heartbeats the cluster
-# recorded, and standard mode with keys made and rotated inside SoftHSM. The cluster never
-# restarts. Everything lives in a scratch directory that is removed at the end (set KEEP=1 to
-# keep it).
+# recorded, SSH to a real sshd node through `keybound ssh-proxy-command`, and standard mode with
+# keys made and rotated inside SoftHSM. The cluster never restarts. Everything lives in a scratch
+# directory that is removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked --features tpm
 kb=$PWD/target/debug/keybound
 dir=$(mktemp -d)
 cluster_pid=
+sshd_pid=
 cleanup() {
+  [[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null && wait "$sshd_pid" 2>/dev/null
   [[ -f $dir/swtpm/pid ]] && kill "$(cat "$dir/swtpm/pid")" 2>/dev/null
   [[ -n $cluster_pid ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
   if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
@@ -29,7 +31,7 @@ admin() { printf '$ keybound dev-cluster' >&2; printf ' %q' "$@" >&2; echo >&2; 
 # shows once, a key generated in the token at registration, then another at the rotation the
 # admin requests; OpenSC's pkcs11-tool lists what the token holds.
 demo_standard_hsm() {
-  step "13. Standard mode, keys made inside SoftHSM: the token gets a registration secret (shown once)"
+  step "14. Standard mode, keys made inside SoftHSM: the token gets a registration secret (shown once)"
   cat > "$dir/rotating.yaml" <<YAML
 kind: bot
 version: v1
@@ -65,14 +67,14 @@ YAML
   local tool=(pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label demo-token
               --login --pin "$HSM_PIN" --list-objects --type privkey)
 
-  step "13a. Registration: the cluster asks for a key; keybound makes it inside the token"
+  step "14a. Registration: the cluster asks for a key; keybound makes it inside the token"
   "${run[@]}" --registration-secret-path "$dir/rotating-secret"
   echo "storage keeps references only: $(ls "$dir/rotating-storage" | grep bkp | tr '\n' ' ')"
   cat "$dir/rotating-storage/bkp_device_keys.json"; echo
   "${tool[@]}"
   admin get tokens/rotating-token
 
-  step "13b. The admin asks for a rotation (tctl bound-keypair request-rotation); the next join makes the new key in the token"
+  step "14b. The admin asks for a rotation (tctl bound-keypair request-rotation); the next join makes the new key in the token"
   admin request-rotation rotating-token
   "${run[@]}"
   "${tool[@]}"
@@ -477,4 +479,86 @@ cli_and_heartbeats() {
   admin heartbeats
 }
 cli_and_heartbeats
+# SSH to a node with nothing but keybound: a real OpenSSH sshd (host certificate from the cluster's
+# host CA, the user CA trusted) registered as a node, reached through the output's ssh_config,
+# whose ProxyCommand is `keybound ssh-proxy-command`.
+ssh_demo() {
+  local me port sshd_bin
+  me=$(id -un)
+  local logins="root, ci"
+  [[ $me == root || $me == ci ]] || logins="$logins, $me"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  sshd_bin=$(command -v sshd || echo /usr/sbin/sshd)
+  step "13. A node: OpenSSH's sshd on 127.0.0.1:$port, its host key signed by the cluster's host CA"
+  mkdir -p "$dir/node" && ssh-keygen -q -t ed25519 -N '' -f "$dir/node/host_key"
+  admin sign-host --public-key "$dir/node/host_key.pub" --principal node1 --principal node1.dev.keybound.test \
+    > "$dir/node/host_key-cert.pub"
+  ssh-keygen -L -f "$dir/node/host_key-cert.pub" | sed -n '1,12p'
+  # The user CA, for TrustedUserCAKeys (tctl auth export --type=user, without its cert-authority prefix).
+  curl -fsS --cacert "$dir/cluster-ca.pem" "https://$proxy/webapi/auth/export?type=user" \
+    | sed 's/^cert-authority //' > "$dir/node/user_ca.pub"
+  cat > "$dir/node/sshd_config" <<CONF
+ListenAddress 127.0.0.1
+Port $port
+HostKey $dir/node/host_key
+HostCertificate $dir/node/host_key-cert.pub
+TrustedUserCAKeys $dir/node/user_ca.pub
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PidFile $dir/node/sshd.pid
+Subsystem sftp internal-sftp
+CONF
+  mkdir -p /run/sshd 2>/dev/null || true
+  "$sshd_bin" -D -e -f "$dir/node/sshd_config" 2> "$dir/node/sshd.log" &
+  sshd_pid=$!
+  # The role is replaced by one that grants SSH only (the sections above are done with it).
+  step "13a. Registered as nodes (kind: node), and the role grants $me on nodes labelled env: dev"
+  cat > "$dir/nodes.yaml" <<YAML
+kind: node
+version: v2
+sub_kind: openssh
+metadata:
+  name: 5b4b1a4e-96c3-4b44-9a57-0d0b1e6ff6a1
+  labels: {env: dev}
+spec:
+  hostname: node1
+  addr: 127.0.0.1:$port
+---
+kind: node
+version: v2
+sub_kind: openssh
+metadata:
+  name: 8d7f3c52-1d35-4c6b-a0cc-6f1d3a3a5d10
+  labels: {env: prod}
+spec:
+  hostname: node2
+  addr: 127.0.0.1:$port
+---
+kind: role
+version: v7
+metadata:
+  name: access
+spec:
+  allow:
+    logins: [$logins]
+    node_labels: {env: dev}
+YAML
+  cat "$dir/nodes.yaml"
+  admin create -f "$dir/nodes.yaml"
+  admin ls nodes
+  step "13b. The output again (the certificate now carries the login $me); its ssh_config runs keybound"
+  "$kb" start -c "$dir/tbot.yaml" --oneshot
+  grep -n 'ProxyCommand' "$dir/out/ssh_config"
+  step "13c. ssh -F out/ssh_config $me@node1.dev.keybound.test hostname (StrictHostKeyChecking yes)"
+  ssh -F "$dir/out/ssh_config" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=yes \
+    "$me@node1.dev.keybound.test" 'echo "logged in to $(hostname) as $(id -un) through keybound"'
+  step "13d. node2 is labelled env: prod, which the role does not grant: the proxy refuses"
+  if ssh -F "$dir/out/ssh_config" -p "$port" -o BatchMode=yes "$me@node2.dev.keybound.test" true; then
+    echo "node2 let the bot in" >&2; exit 1
+  fi
+}
+ssh_demo
 demo_standard_hsm

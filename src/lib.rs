@@ -134,6 +134,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             args.shell,
             &mut std::io::stdout().lock(),
         )?),
+        Command::SshProxyCommand(args) => {
+            let runtime = runtime()?;
+            let result = runtime.block_on(commands::ssh_proxy::run(&args));
+            // Standard input is read on a blocking thread that may sit in read(2): do not wait.
+            runtime.shutdown_background();
+            result
+        }
         Command::Man(args) => match &args.out_dir {
             None => Ok(commands::generate::man_page(&mut std::io::stdout().lock())?),
             Some(dir) => {

@@ -91,6 +91,12 @@ fn bundle_roots(path: &Path) -> anyhow::Result<RootCertStore> {
     Ok(roots)
 }
 
+/// The verifier of [`Trust::Insecure`], for a configuration built elsewhere (one that presents
+/// a client certificate).
+pub fn no_verification() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(NoVerification(provider().signature_verification_algorithms))
+}
+
 /// Accepts any certificate but still checks the handshake signatures, so the session is at least
 /// bound to the key the server showed.
 #[derive(Debug)]

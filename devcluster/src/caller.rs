@@ -83,6 +83,12 @@ impl Cluster {
         Ok(caller)
     }
 
+    /// The refusal of a lock now in force on `caller` (`services.LockInForceAccessDenied`), for a
+    /// connection that outlives the check at its start (Teleport's connection monitor).
+    pub(crate) fn lock_on_caller(&self, caller: &Caller) -> Result<(), Status> {
+        self.check_locks(&caller.lock_targets())
+    }
+
     /// Whether a caller may use its identity to rejoin: not when a lock targets it (Teleport's
     /// authorizer fails, and the join server treats the stream as unauthenticated).
     pub(crate) fn authenticated_bot(&self, caller: Option<&Caller>) -> Option<Caller> {

@@ -9,6 +9,7 @@ use crate::databases::Database;
 use crate::kube_clusters::KubeCluster;
 use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
+use crate::nodes::Node;
 use crate::roles::{Bot, Role};
 use crate::tokens::Token;
 use crate::workload_identities::WorkloadIdentity;
@@ -46,6 +47,8 @@ pub struct DevClusterConfig {
     pub kube_clusters: Vec<KubeCluster>,
     /// Workload identities (`kind: workload_identity`), for the SVID issuance RPCs.
     pub workload_identities: Vec<WorkloadIdentity>,
+    /// SSH nodes (OpenSSH servers the Proxy dials for `TransportService.ProxySSH`).
+    pub nodes: Vec<Node>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -72,6 +75,7 @@ impl Default for DevClusterConfig {
             databases: Vec::new(),
             kube_clusters: Vec::new(),
             workload_identities: Vec::new(),
+            nodes: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
             heartbeats: crate::heartbeats::HeartbeatService::default(),

@@ -27,8 +27,8 @@
 //!
 //! * `misbehave`: the test-only misbehaviours ([`Misbehaviour`]);
 //! * [`ca`]: the certificate authorities; [`rules`]: a role's `rules` and their `where`;
-//!   [`roles`], [`tokens`], [`locks`]: resources from
-//!   YAML, and as `tctl get` shows them; [`resources`]: YAML files of them, and their kinds;
+//!   [`roles`], [`tokens`], [`locks`], [`nodes`]: resources from YAML, and as `tctl get` shows
+//!   them (and how the Proxy finds a node); [`resources`]: YAML files of them, and their kinds;
 //! * `config`: [`DevClusterConfig`];
 //! * `cluster`: the state every connection shares ([`Cluster`]): the resources (tokens and
 //!   their status, roles, bots, locks: `cluster/catalog.rs`), bot instances and generations,
@@ -37,7 +37,8 @@
 //!   sends for its certificates;
 //! * the RPC services: `join/` (`JoinService` and the legacy `JoinService` over one
 //!   bound-keypair handler), `auth.rs` (`AuthService`), `trust.rs` (`TrustService`, with
-//!   `GenerateHostCert` in `host_certs.rs`);
+//!   `GenerateHostCert` in `host_certs.rs`), `transport.rs` (`TransportService.ProxySSH`, on the
+//!   Proxy's `teleport-proxy-ssh-grpc` route: SSH bytes to a node);
 //! * `front/`: TLS, routing by ALPN, the web API, the listeners, and `front/services.rs`, where
 //!   every gRPC service is registered ([`DevCluster`]);
 //! * [`admin`]: the admin socket ([`AdminServer`](admin::AdminServer)) and its client
@@ -85,6 +86,7 @@ pub mod labels;
 mod listing;
 pub mod locks;
 mod misbehave;
+pub mod nodes;
 pub mod resources;
 pub mod roles;
 mod routes;
@@ -93,6 +95,7 @@ mod run;
 pub mod secret;
 mod subject_keys;
 pub mod tokens;
+mod transport;
 mod trust;
 pub mod workload_identities;
 mod workload_identity;

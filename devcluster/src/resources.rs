@@ -1,5 +1,5 @@
 //! The resources the dev cluster keeps, in Teleport's YAML (the `tctl create` format): tokens,
-//! roles, bots and locks, read from files (`--resources`) or handed to a running cluster (its
+//! roles, bots, locks and nodes, read from files (`--resources`) or handed to a running cluster (its
 //! admin socket), and the names `tctl` gives their kinds.
 
 use std::fmt;
@@ -12,6 +12,7 @@ use crate::apps::{self, App};
 use crate::databases::{self, Database};
 use crate::kube_clusters::{self, KubeCluster};
 use crate::locks::{self, Lock};
+use crate::nodes::{self, Node};
 use crate::roles::{self, Bot, Role};
 use crate::tokens::{self, Token};
 use crate::workload_identities::{self, WorkloadIdentity};
@@ -35,11 +36,13 @@ pub enum Kind {
     KubeCluster,
     /// `kind: workload_identity`.
     WorkloadIdentity,
+    /// `kind: node`.
+    Node,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Token,
         Self::Bot,
         Self::Role,
@@ -48,6 +51,7 @@ impl Kind {
         Self::Db,
         Self::KubeCluster,
         Self::WorkloadIdentity,
+        Self::Node,
     ];
 
     /// The resource's `kind:` (`token`).
@@ -61,6 +65,7 @@ impl Kind {
             Self::Db => "db",
             Self::KubeCluster => "kube_cluster",
             Self::WorkloadIdentity => "workload_identity",
+            Self::Node => "node",
         }
     }
 
@@ -75,6 +80,7 @@ impl Kind {
             Self::Db => "dbs",
             Self::KubeCluster => "kube_clusters",
             Self::WorkloadIdentity => "workload_identities",
+            Self::Node => "nodes",
         }
     }
 
@@ -84,7 +90,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters and workload_identities")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters, workload_identities and nodes")
             })
     }
 }
@@ -114,6 +120,8 @@ pub struct Resources {
     pub kube_clusters: Vec<KubeCluster>,
     /// `kind: workload_identity`.
     pub workload_identities: Vec<WorkloadIdentity>,
+    /// `kind: node`.
+    pub nodes: Vec<Node>,
 }
 
 impl Resources {
@@ -127,6 +135,7 @@ impl Resources {
         self.databases.extend(other.databases);
         self.kube_clusters.extend(other.kube_clusters);
         self.workload_identities.extend(other.workload_identities);
+        self.nodes.extend(other.nodes);
     }
 
     /// Whether there are none.
@@ -139,6 +148,7 @@ impl Resources {
             && self.databases.is_empty()
             && self.kube_clusters.is_empty()
             && self.workload_identities.is_empty()
+            && self.nodes.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -154,6 +164,7 @@ impl Resources {
             .workload_identities
             .iter()
             .map(|w| (Kind::WorkloadIdentity, w.name.as_str()));
+        let nodes = self.nodes.iter().map(|n| (Kind::Node, n.name.as_str()));
         tokens
             .chain(bots)
             .chain(roles)
@@ -162,6 +173,7 @@ impl Resources {
             .chain(dbs)
             .chain(kubes)
             .chain(workload_identities)
+            .chain(nodes)
             .collect()
     }
 }
@@ -196,6 +208,9 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("workload_identity") => out
                 .workload_identities
                 .push(workload_identities::from_value(value).with_context(|| origin.to_owned())?),
+            Some("node") => out
+                .nodes
+                .push(nodes::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
                 roles::Parsed::Role(role) => out.roles.push(*role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),
@@ -203,7 +218,7 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
         }
     }
     if out.is_empty() {
-        bail!("{origin}: holds no token, role, bot, lock, app, db or kube_cluster");
+        bail!("{origin}: holds no token, role, bot, lock, app, db, kube_cluster or node");
     }
     Ok(out)
 }
@@ -236,7 +251,7 @@ mod tests {
         let err = parse("---\n", "empty.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "empty.yaml: holds no token, role, bot, lock, app, db or kube_cluster"
+            "empty.yaml: holds no token, role, bot, lock, app, db, kube_cluster or node"
         );
         let err = parse("kind: user\nversion: v2\nmetadata: {name: u}\n", "u.yaml").unwrap_err();
         assert!(format!("{err:#}").starts_with("u.yaml: "), "{err:#}");

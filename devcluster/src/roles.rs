@@ -38,6 +38,8 @@ pub struct Role {
     pub db_users: Vec<String>,
     /// `spec.allow.kubernetes_labels`: the Kubernetes clusters the role grants.
     pub kubernetes_labels: Selector,
+    /// `spec.allow.node_labels`: the SSH nodes the role grants.
+    pub node_labels: Selector,
     /// `spec.allow.kubernetes_groups`: the Kubernetes groups it grants.
     pub kubernetes_groups: Vec<String>,
     /// `spec.allow.kubernetes_users`: the Kubernetes users it grants.
@@ -125,6 +127,7 @@ impl Role {
             ("app_labels", &self.app_labels),
             ("db_labels", &self.db_labels),
             ("kubernetes_labels", &self.kubernetes_labels),
+            ("node_labels", &self.node_labels),
         ] {
             if !selector.is_empty() {
                 allow.insert(key.to_owned(), labels::to_json(selector));
@@ -239,6 +242,8 @@ struct Conditions {
     db_users: Vec<String>,
     #[serde(default, deserialize_with = "labels::deserialize_selector")]
     kubernetes_labels: Selector,
+    #[serde(default, deserialize_with = "labels::deserialize_selector")]
+    node_labels: Selector,
     #[serde(default)]
     kubernetes_groups: Vec<String>,
     #[serde(default)]
@@ -316,6 +321,11 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                     "role {name}: impersonate.where is not supported by the dev cluster; remove it"
                 );
             }
+            if !spec.deny.node_labels.is_empty() {
+                bail!(
+                    "role {name}: deny.node_labels is not supported by the dev cluster; remove it"
+                );
+            }
             if !deny.users.is_empty() {
                 bail!(
                     "role {name}: deny.impersonate.users is not supported by the dev cluster; remove it"
@@ -347,6 +357,7 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
                 db_names: conditions.db_names,
                 db_users: conditions.db_users,
                 kubernetes_labels: conditions.kubernetes_labels,
+                node_labels: conditions.node_labels,
                 kubernetes_groups: conditions.kubernetes_groups,
                 kubernetes_users: conditions.kubernetes_users,
             })))
@@ -366,6 +377,20 @@ pub fn from_value(value: serde_yaml::Value) -> anyhow::Result<Parsed> {
     }
 }
 
+/// `RoleSet.CheckAccess` for a node (`lib/services/role.go` `checkAccess`, allow rules only):
+/// one role whose `node_labels` match the node's labels (`labels::matches`: none matches no
+/// node) and, when the login is known, whose `logins` hold it.
+pub fn may_access_node(
+    holder: &[&Role],
+    node_labels: &BTreeMap<String, String>,
+    login: Option<&str>,
+) -> bool {
+    holder.iter().any(|role| {
+        labels::matches(&role.node_labels, node_labels)
+            && login.is_none_or(|l| role.logins.iter().any(|have| have == l))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +406,36 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn node_access_follows_labels_and_logins() {
+        let yaml = "kind: role\nversion: v7\nmetadata: {name: dev}\nspec:\n  allow:\n    logins: [ci]\n    node_labels: {env: [dev, 'stage-*'], team: infra}\n";
+        let Parsed::Role(dev) = from_value(serde_yaml::from_str(yaml).unwrap()).unwrap() else {
+            panic!("not a role")
+        };
+        let dev = *dev;
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let node = labels(&[("env", "stage-2"), ("team", "infra")]);
+        assert!(may_access_node(&[&dev], &node, Some("ci")));
+        assert!(may_access_node(&[&dev], &node, None));
+        assert!(!may_access_node(&[&dev], &node, Some("root")));
+        let prod = labels(&[("env", "prod"), ("team", "infra")]);
+        assert!(!may_access_node(&[&dev], &prod, None));
+        assert!(!may_access_node(&[&dev], &labels(&[("env", "dev")]), None));
+        let mut any = dev.clone();
+        any.node_labels = [("*".to_owned(), vec!["*".to_owned()])].into();
+        assert!(may_access_node(&[&any], &labels(&[]), Some("ci")));
+        let mut none = dev.clone();
+        none.node_labels.clear();
+        assert!(!may_access_node(&[&none], &node, Some("ci")));
+        let back = from_value(serde_yaml::to_value(dev.to_resource()).unwrap()).unwrap();
+        assert!(matches!(back, Parsed::Role(r) if *r == dev));
     }
 
     #[test]

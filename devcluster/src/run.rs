@@ -41,14 +41,15 @@ pub async fn run(config: DevClusterConfig, serve: &Serve) -> anyhow::Result<()> 
     println!("admin socket: {}", admin.path().display());
     let count = |kind| cluster.cluster.count(kind);
     println!(
-        "tokens: {}, bots: {}, roles: {}, locks: {}, apps: {}, dbs: {}, kube_clusters: {}",
+        "tokens: {}, bots: {}, roles: {}, locks: {}, apps: {}, dbs: {}, kube_clusters: {}, nodes: {}",
         count(Kind::Token),
         count(Kind::Bot),
         count(Kind::Role),
         count(Kind::Lock),
         count(Kind::App),
         count(Kind::Db),
-        count(Kind::KubeCluster)
+        count(Kind::KubeCluster),
+        count(Kind::Node)
     );
     use std::io::Write as _;
     std::io::stdout().flush()?;

@@ -108,6 +108,17 @@ pub mod teleport {
             "teleport.machineid.v1.rs"
         );
     }
+    /// Proxied connections (`teleport.transport.*`).
+    pub mod transport {
+        generated!(
+            /// Package `teleport.transport.v1`: an SSH connection's bytes
+            /// through the Proxy to a node (`TransportService.ProxySSH`).
+            ///
+            /// Full method path: `/teleport.transport.v1.TransportService/ProxySSH`.
+            v1,
+            "teleport.transport.v1.rs"
+        );
+    }
 }
 
 generated!(

@@ -28,6 +28,7 @@ const PROTOS: &[&str] = &[
     "teleport/trust/v1/trust_service.proto",
     "teleport/workloadidentity/v1/issuance_service.proto",
     "teleport/machineid/v1/bot_instance_service.proto",
+    "teleport/transport/v1/transport_service.proto",
 ];
 
 /// Our own files, i.e. every file in the descriptor set but the well-known types.
@@ -40,6 +41,7 @@ const OUR_FILES: &[&str] = &[
     "teleport/legacy/types/types.proto",
     "teleport/machineid/v1/bot_instance.proto",
     "teleport/machineid/v1/bot_instance_service.proto",
+    "teleport/transport/v1/transport_service.proto",
     "teleport/trust/v1/trust_service.proto",
     "teleport/workloadidentity/v1/attrs.proto",
     "teleport/workloadidentity/v1/issuance_service.proto",
@@ -164,6 +166,8 @@ const BI: &str = "teleport api/proto/teleport/machineid/v1/bot_instance.proto";
 const BI_KIND: &str = "teleport RFD bot_instance.proto + web UI heartbeat fixture";
 /// `api/proto/teleport/machineid/v1/bot_instance_service.proto` at 04d30a49 (read id 6387459114).
 const BIS: &str = "teleport api/proto/teleport/machineid/v1/bot_instance_service.proto";
+/// `api/proto/teleport/transport/v1/transport_service.proto` at 4ac8e8e4 (read id 521828405).
+const TRANSPORT: &str = "teleport api/proto/teleport/transport/v1/transport_service.proto";
 
 /// (message, field, number, type, source). The type reads
 /// `[repeated |optional |oneof <name> ]<scalar or .full.TypeName>`.
@@ -459,6 +463,18 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "os", 9, "string", BI),
     ("teleport.machineid.v1.BotInstanceStatusHeartbeat", "kind", 12, ".teleport.machineid.v1.BotKind", BI_KIND),
     ("teleport.machineid.v1.SubmitHeartbeatRequest", "heartbeat", 1, ".teleport.machineid.v1.BotInstanceStatusHeartbeat", BIS),
+    // teleport.transport.v1
+    ("teleport.transport.v1.ProxySSHRequest", "dial_target", 1, ".teleport.transport.v1.TargetHost", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHRequest", "ssh", 2, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHRequest", "agent", 3, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHResponse", "details", 1, ".teleport.transport.v1.ClusterDetails", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHResponse", "ssh", 2, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.ProxySSHResponse", "agent", 3, "oneof frame .teleport.transport.v1.Frame", TRANSPORT),
+    ("teleport.transport.v1.Frame", "payload", 1, "bytes", TRANSPORT),
+    ("teleport.transport.v1.TargetHost", "host_port", 1, "string", TRANSPORT),
+    ("teleport.transport.v1.TargetHost", "cluster", 2, "string", TRANSPORT),
+    ("teleport.transport.v1.TargetHost", "login_name", 3, "string", TRANSPORT),
+    ("teleport.transport.v1.ClusterDetails", "fips_enabled", 1, "bool", TRANSPORT),
 ];
 
 /// (enum, value, number, source).
@@ -550,6 +566,12 @@ const METHODS: &[(&str, Kind, &str)] = &[
         "/teleport.machineid.v1.BotInstanceService/SubmitHeartbeat",
         Kind::Unary,
         BIS,
+    ),
+    // `service TransportService` in transport_service.proto at 4ac8e8e4.
+    (
+        "/teleport.transport.v1.TransportService/ProxySSH",
+        Kind::Bidi,
+        TRANSPORT,
     ),
 ];
 

@@ -248,6 +248,9 @@ pub enum Command {
     /// Print the man page (roff): `keybound man > keybound.1`, or one page per command with
     /// --out-dir.
     Man(ManArgs),
+    /// Carry one SSH connection through the Teleport proxy to a node: the ProxyCommand of an
+    /// identity output's ssh_config (tbot's ssh-proxy-command), run by OpenSSH.
+    SshProxyCommand(SshProxyArgs),
 }
 
 impl Command {
@@ -264,8 +267,71 @@ impl Command {
             Self::Kube(_) => "kube",
             Self::Completions(_) => "completions",
             Self::Man(_) => "man",
+            Self::SshProxyCommand(_) => "ssh-proxy-command",
         }
     }
+}
+
+/// `keybound ssh-proxy-command`, with tbot's flags (`lib/tbot/cli/ssh_proxy.go`).
+#[derive(Debug, Args)]
+pub struct SshProxyArgs {
+    /// The identity output's directory (it reads its `identity` file).
+    #[arg(long, value_name = "DIR")]
+    pub destination_dir: PathBuf,
+
+    /// The proxy, host:port (what the output's ssh_config names).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub proxy_server: String,
+
+    /// The cluster the node is in; by default the identity's.
+    #[arg(long)]
+    pub cluster: Option<String>,
+
+    /// The login on the node (ssh's %r).
+    #[arg(long)]
+    pub user: String,
+
+    /// The node (ssh's %h): its hostname, address or UUID, `.<cluster>` or `.<proxy host>`
+    /// suffixes removed.
+    #[arg(long)]
+    pub host: String,
+
+    /// The node's port (ssh's %p); none or 0 matches any.
+    #[arg(long)]
+    pub port: Option<String>,
+
+    /// Whether the proxy routes TLS by ALPN (accepted; keybound dials --proxy-server the same
+    /// way either way, as Teleport serves the same gRPC server behind both ports).
+    #[arg(long, overrides_with = "no_tls_routing")]
+    pub tls_routing: bool,
+    /// The opposite of --tls-routing.
+    #[arg(long, overrides_with = "tls_routing")]
+    pub no_tls_routing: bool,
+
+    /// Go through an L7 load balancer's connection upgrade (accepted; not supported yet:
+    /// keybound dials the proxy directly, and says so when that fails).
+    #[arg(long, overrides_with = "no_connection_upgrade")]
+    pub connection_upgrade: bool,
+    /// The opposite of --connection-upgrade.
+    #[arg(long, overrides_with = "connection_upgrade")]
+    pub no_connection_upgrade: bool,
+
+    /// Offer connection resumption (accepted; keybound carries plain SSH, which every node
+    /// takes).
+    #[arg(long)]
+    pub resume: bool,
+
+    /// tsh proxy templates (not supported by keybound: refused).
+    #[arg(long, value_name = "FILE")]
+    pub proxy_templates: Option<PathBuf>,
+
+    /// Do not verify the proxy's certificate (development only).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// FIPS mode (not supported by keybound: refused).
+    #[arg(long)]
+    pub fips: bool,
 }
 
 /// `keybound kube ...`.
@@ -490,7 +556,8 @@ pub struct DevClusterArgs {
     #[arg(long = "token", value_name = "FILE")]
     pub tokens: Vec<PathBuf>,
 
-    /// A Teleport resource file: tokens, roles, bots and locks (YAML, the tctl create format);
+    /// A Teleport resource file: tokens, roles, bots, locks and nodes (YAML, the tctl create
+    /// format);
     /// repeatable. A `kind: bot` gives the bot the role bot-NAME, which may impersonate its
     /// spec.roles. While it runs, `keybound dev-cluster create` adds more.
     #[arg(long = "resources", value_name = "FILE")]
@@ -553,6 +620,7 @@ impl DevClusterArgs {
             databases: resources.databases,
             kube_clusters: resources.kube_clusters,
             workload_identities: resources.workload_identities,
+            nodes: resources.nodes,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })
@@ -574,7 +642,7 @@ pub enum AdminCommand {
     /// the file, or none of it.
     Create(AdminCreate),
     /// Print resources as YAML (tctl get): KIND for all of a kind (tokens, bots, roles,
-    /// locks), KIND/NAME for one.
+    /// locks, nodes), KIND/NAME for one.
     Get(AdminGet),
     /// List the resources of a kind, one line each (tctl tokens ls, tctl bots ls).
     #[command(visible_alias = "list")]
@@ -593,6 +661,9 @@ pub enum AdminCommand {
     /// List the heartbeats bot instances have sent, oldest first, one line each (tctl bots
     /// instances): instance, bot, when, start-up or one-shot, version, host, uptime.
     Heartbeats(AdminArgs),
+    /// Sign an SSH host key with the cluster's host CA, for an OpenSSH node's HostCertificate
+    /// (tctl auth sign --format=openssh --host=...): prints the certificate line.
+    SignHost(AdminSignHost),
 }
 
 /// `keybound dev-cluster request-rotation`.
@@ -601,6 +672,23 @@ pub struct AdminRequestRotation {
     /// The bound_keypair token's name.
     #[arg(value_name = "TOKEN")]
     pub token: String,
+
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `keybound dev-cluster sign-host`.
+#[derive(Debug, Args)]
+pub struct AdminSignHost {
+    /// The host's public key file (e.g. /etc/ssh/ssh_host_ed25519_key.pub).
+    #[arg(long, value_name = "FILE")]
+    pub public_key: PathBuf,
+
+    /// A name the certificate is valid for (the names clients dial: the node's hostname,
+    /// hostname.CLUSTER, its address); repeatable.
+    #[arg(long = "principal", value_name = "NAME", required = true)]
+    pub principals: Vec<String>,
 
     /// Where the cluster is.
     #[command(flatten)]
@@ -637,7 +725,8 @@ pub struct AdminCreate {
 /// `keybound dev-cluster get`.
 #[derive(Debug, Args)]
 pub struct AdminGet {
-    /// KIND or KIND/NAME: tokens, bots, roles or locks (token, bot, role, lock too).
+    /// KIND or KIND/NAME: tokens, bots, roles, locks or nodes (token, bot, role, lock, node
+    /// too).
     #[arg(value_name = "KIND[/NAME]")]
     pub resource: String,
 
@@ -662,7 +751,7 @@ pub enum ResourceFormat {
 /// `keybound dev-cluster ls`.
 #[derive(Debug, Args)]
 pub struct AdminLs {
-    /// tokens, bots, roles or locks.
+    /// tokens, bots, roles, locks or nodes.
     #[arg(value_name = "KIND")]
     pub kind: String,
 
@@ -674,7 +763,7 @@ pub struct AdminLs {
 /// `keybound dev-cluster rm`.
 #[derive(Debug, Args)]
 pub struct AdminRm {
-    /// KIND/NAME: tokens/NAME, bots/NAME, roles/NAME or locks/NAME.
+    /// KIND/NAME: tokens/NAME, bots/NAME, roles/NAME, locks/NAME or nodes/NAME.
     #[arg(value_name = "KIND/NAME")]
     pub resource: String,
 

@@ -11,7 +11,7 @@ use keybound_devcluster::locks::LockTarget;
 use keybound_devcluster::resources::Kind;
 use serde_json::Value;
 
-use crate::cli::{AdminArgs, AdminCommand, AdminCreate, AdminLock, ResourceFormat};
+use crate::cli::{AdminArgs, AdminCommand, AdminCreate, AdminLock, AdminSignHost, ResourceFormat};
 use crate::untrusted;
 
 /// Runs one admin command, printing what it did to `out`.
@@ -58,6 +58,7 @@ pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> anyhow::Result<
             )?)
         }
         AdminCommand::Heartbeats(args) => heartbeats(&client(args)?, out).await,
+        AdminCommand::SignHost(args) => sign_host(args, out).await,
     }
 }
 
@@ -90,6 +91,19 @@ async fn heartbeats(client: &AdminClient, out: &mut dyn Write) -> anyhow::Result
         )?;
     }
     Ok(())
+}
+
+async fn sign_host(args: &AdminSignHost, out: &mut dyn Write) -> anyhow::Result<()> {
+    let key = std::fs::read_to_string(&args.public_key).with_context(|| {
+        format!(
+            "cannot read the host's public key {}",
+            args.public_key.display()
+        )
+    })?;
+    let cert = client(&args.admin)?
+        .sign_host(&key, &args.principals)
+        .await?;
+    Ok(writeln!(out, "{}", cert.trim_end())?)
 }
 
 fn client(args: &AdminArgs) -> anyhow::Result<AdminClient> {
@@ -223,6 +237,7 @@ fn write_table(kind: Kind, found: &[Value], out: &mut dyn Write) -> anyhow::Resu
         Kind::Db => &["NAME", "PROTOCOL", "LABELS"],
         Kind::KubeCluster => &["NAME", "LABELS"],
         Kind::WorkloadIdentity => &["NAME", "SPIFFE ID", "LABELS"],
+        Kind::Node => &["NAME", "HOSTNAME", "ADDRESS", "LABELS"],
     };
     let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
     rows.extend(found.iter().map(|r| row(kind, r)));
@@ -331,6 +346,22 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
             vec![
                 text(&meta["name"]),
                 text(&spec["spiffe"]["id"]),
+                if labels.is_empty() {
+                    "-".to_owned()
+                } else {
+                    labels.join(",")
+                },
+            ]
+        }
+        Kind::Node => {
+            let labels: Vec<String> = meta["labels"]
+                .as_object()
+                .map(|l| l.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+                .unwrap_or_default();
+            vec![
+                text(&meta["name"]),
+                text(&spec["hostname"]),
+                text(&spec["addr"]),
                 if labels.is_empty() {
                     "-".to_owned()
                 } else {

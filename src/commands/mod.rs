@@ -8,4 +8,5 @@ pub mod generate;
 pub mod keypair;
 pub mod kube;
 pub mod signer_list;
+pub mod ssh_proxy;
 pub mod start;

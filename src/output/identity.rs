@@ -44,6 +44,9 @@ pub struct IdentityOutput {
     pub roles: Vec<String>,
     /// Whether the output's certificates may request further certificates (`allow_reissue`).
     pub allow_reissue: bool,
+    /// The program `ssh_config`'s `ProxyCommand` runs (`ssh_proxy_command_binary`, absolute);
+    /// `None`: this keybound.
+    pub ssh_proxy_command_binary: Option<String>,
 }
 
 impl IdentityOutput {
@@ -59,6 +62,7 @@ impl IdentityOutput {
             roles: Vec::new(),
             allow_reissue: false,
             lifetime: None,
+            ssh_proxy_command_binary: None,
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct RawIdentityOutput {
     allow_reissue: bool,
     credential_ttl: Option<GoDuration>,
     renewal_interval: Option<GoDuration>,
+    ssh_proxy_command_binary: Option<String>,
 }
 
 impl Output for IdentityOutput {
@@ -100,6 +105,9 @@ impl Output for IdentityOutput {
                  role the bot may"
             ));
         }
+        if let Some(program) = &raw.ssh_proxy_command_binary {
+            ssh::check_program(program).map_err(|e| format!("{at}.{e}"))?;
+        }
         Ok(Self {
             lifetime: Lifetime::of(raw.credential_ttl, raw.renewal_interval, at)?,
             destination,
@@ -107,6 +115,7 @@ impl Output for IdentityOutput {
             name: raw.name,
             roles: raw.roles,
             allow_reissue: raw.allow_reissue,
+            ssh_proxy_command_binary: raw.ssh_proxy_command_binary,
         })
     }
 
@@ -158,7 +167,12 @@ impl Output for IdentityOutput {
             proxy: cx.shared.proxy.as_ref(),
             cas: &cx.shared.cas,
         };
-        identity_files(&issued.identity, &ctx, dir, self.ssh_config)
+        let program = match (&self.ssh_proxy_command_binary, self.ssh_config) {
+            (_, false) => None,
+            (Some(program), true) => Some(program.clone()),
+            (None, true) => Some(ssh::this_program()?),
+        };
+        identity_files_with(&issued.identity, &ctx, dir, program.as_deref())
     }
 
     fn describe(&self, issued: &Issued) -> Described {
@@ -198,6 +212,22 @@ pub fn identity_files(
     dir: &Path,
     ssh_config: bool,
 ) -> anyhow::Result<Files> {
+    let program = if ssh_config {
+        Some(ssh::this_program()?)
+    } else {
+        None
+    };
+    identity_files_with(identity, ctx, dir, program.as_deref())
+}
+
+/// [`identity_files`], the OpenSSH files written when `program` (what `ProxyCommand` runs) is
+/// given.
+pub fn identity_files_with(
+    identity: &Identity,
+    ctx: &OutputContext<'_>,
+    dir: &Path,
+    program: Option<&str>,
+) -> anyhow::Result<Files> {
     let mut files = vec![
         (HOST_CA, ctx.cas.host_tls_pem.clone().into()),
         (USER_CA, ctx.cas.user_tls_pem.clone().into()),
@@ -211,17 +241,27 @@ pub fn identity_files(
         (files::SSH_CERT, format!("{}\n", identity.ssh_cert).into()),
         (files::TLS_CERT, identity.tls_cert_pem.clone().into()),
     ];
-    if ssh_config {
+    let Some(program) = program else {
+        return Ok(files);
+    };
+    let cluster = &identity.info.cluster_name;
+    files.push((
+        ssh::KNOWN_HOSTS,
+        ssh::known_hosts(ctx.cas, ctx.proxy).into(),
+    ));
+    files.push((
+        ssh::cluster_known_hosts_name(cluster),
+        ssh::cluster_known_hosts(ctx.cas, ctx.proxy, cluster).into(),
+    ));
+    if let Some(proxy) = ctx.proxy {
         files.push((
-            ssh::KNOWN_HOSTS,
-            ssh::known_hosts(ctx.cas, ctx.proxy).into(),
+            ssh::SSH_CONFIG,
+            ssh::ssh_config_file(cluster, proxy, dir, program)?.into(),
         ));
-        if let Some(proxy) = ctx.proxy {
-            files.push((
-                ssh::SSH_CONFIG,
-                ssh::ssh_config_file(&identity.info.cluster_name, proxy, dir)?.into(),
-            ));
-        }
+        files.push((
+            ssh::cluster_ssh_config_name(cluster),
+            ssh::cluster_ssh_config_file(cluster, proxy, dir, program)?.into(),
+        ));
     }
     Ok(files)
 }

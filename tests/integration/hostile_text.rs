@@ -283,7 +283,19 @@ async fn ssh_config_quotes_the_output_directory_for_openssh_and_the_shell() {
     let env = env(None).await;
     // Spaces, a single quote, a shell variable, an ssh `%` token, a comment sign.
     let out = env.path("out dir 'q' $HOME %h #x");
-    let cfg = env.proxy_config(&out);
+    // The ProxyCommand's program (`ssh_proxy_command_binary`), as tricky: a stand-in `tbot`
+    // that records the words it receives (keybound's own path is the default).
+    let bin = env.path("bin it's %p $PATH");
+    std::fs::create_dir(&bin).unwrap();
+    let script = bin.join("tbot");
+    let cfg = env.config(
+        &format!("proxy_server: {}", env.cluster.proxy_addr()),
+        &out,
+        &format!(
+            "    ssh_proxy_command_binary: {}\n",
+            yaml(&script.display().to_string())
+        ),
+    );
     ok(&oneshot(&cfg).await);
     let dir = out.display().to_string();
 
@@ -313,12 +325,8 @@ async fn ssh_config_quotes_the_output_directory_for_openssh_and_the_shell() {
     );
     assert_eq!(ssh_option(&read, "port"), "3022");
 
-    // The ProxyCommand as ssh runs it (through `exec` under the shell): a stand-in `tbot`
-    // records the words it receives.
-    let bin = env.path("bin");
-    std::fs::create_dir(&bin).unwrap();
+    // The ProxyCommand as ssh runs it (through `exec` under the shell).
     let words = env.path("tbot-words");
-    let script = bin.join("tbot");
     std::fs::write(
         &script,
         format!(
@@ -329,17 +337,11 @@ async fn ssh_config_quotes_the_output_directory_for_openssh_and_the_shell() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let connect = Command::new(tool("ssh"))
         .arg("-F")
         .arg(out.join("ssh_config"))
         .args(["-v", "-o", "BatchMode=yes", "-l", "someone"])
         .args(["node.dev.keybound.test", "true"])
-        .env("PATH", path)
         .current_dir(&ssh_dir)
         .output()
         .unwrap();

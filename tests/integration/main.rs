@@ -42,6 +42,7 @@ mod recipes;
 mod rejoin;
 mod secrets;
 mod ssh_host;
+mod ssh_proxy;
 mod standard;
 mod standard_pkcs11;
 #[cfg(feature = "tpm")]

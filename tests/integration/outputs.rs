@@ -227,21 +227,25 @@ async fn ssh_logs_into_an_sshd_of_the_cluster_with_an_outputs_files() {
 }
 
 /// OpenSSH's sshd on a free loopback port, as the current user, with its own configuration.
-struct Sshd {
-    child: std::process::Child,
-    port: u16,
+pub(crate) struct Sshd {
+    pub(crate) child: std::process::Child,
+    pub(crate) port: u16,
     log: PathBuf,
 }
 
 impl Sshd {
     fn start(dir: &Path) -> Self {
-        let port = free_port();
+        Self::start_on(dir, free_port())
+    }
+
+    /// sshd on `port`, with `host_key`, `host_key-cert.pub` and `user_ca.pub` from `dir`.
+    pub(crate) fn start_on(dir: &Path, port: u16) -> Self {
         let log = dir.join(format!("sshd-{port}.log"));
         let config = dir.join(format!("sshd-{port}.conf"));
         std::fs::write(
             &config,
             format!(
-                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\nTrustedUserCAKeys {d}/user_ca.pub\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPidFile {d}/sshd-{port}.pid\nLogLevel VERBOSE\n",
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\nTrustedUserCAKeys {d}/user_ca.pub\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPidFile {d}/sshd-{port}.pid\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
                 d = dir.display()
             ),
         )
@@ -266,7 +270,7 @@ impl Sshd {
         Self { child, port, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

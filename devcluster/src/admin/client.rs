@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 use super::socket::{euid, find};
-use super::wire::{self, Applied, CreateRequest, ErrorBody};
+use super::wire::{self, Applied, CreateRequest, ErrorBody, SignHostAnswer, SignHostRequest};
 use crate::locks::{Lock, LockTarget};
 use crate::resources::Kind;
 
@@ -88,6 +88,29 @@ impl AdminClient {
         let yaml = serde_yaml::to_string(&lock.to_resource())?;
         self.create("the lock", &yaml, false).await?;
         Ok(lock.name)
+    }
+
+    /// An SSH host certificate for `public_key` (`authorized_keys` form) valid for
+    /// `principals`, from the host CA: one OpenSSH line, for sshd's `HostCertificate`.
+    pub async fn sign_host(
+        &self,
+        public_key: &str,
+        principals: &[String],
+    ) -> anyhow::Result<String> {
+        let request = SignHostRequest {
+            public_key: public_key.to_owned(),
+            principals: principals.to_vec(),
+        };
+        let answer = self
+            .call(
+                Method::POST,
+                "/v1/sign-host".to_owned(),
+                Some(serde_json::to_vec(&request)?),
+            )
+            .await?;
+        let answer: SignHostAnswer = serde_json::from_value(answer)
+            .context("the dev cluster's answer to sign-host is malformed")?;
+        Ok(answer.certificate)
     }
 
     /// `tctl get KIND/NAME`.

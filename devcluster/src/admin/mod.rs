@@ -16,6 +16,7 @@
 //! | `GET /v1/<kind>/<name>` | `tctl get tokens/NAME` |
 //! | `DELETE /v1/<kind>/<name>` | `tctl rm tokens/NAME` |
 //! | `POST /v1/tokens/<name>/request-rotation` | `tctl bound-keypair request-rotation NAME`: the token's `rotate_after` set to now |
+//! | `POST /v1/sign-host`, `{"public_key", "principals"}` | `{"certificate"}`: an SSH host certificate from the host CA (`tctl auth sign --format=openssh`) |
 //!
 //! Answers are JSON; a refusal has a 4xx status and `{"error": "<one line>"}`.
 //!

@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::socket::{clear_stale, default_socket, euid};
-use super::wire::{self, Applied, CreateRequest, ErrorBody, MAX_BODY};
+use super::wire::{
+    self, Applied, CreateRequest, ErrorBody, MAX_BODY, SignHostAnswer, SignHostRequest,
+};
 use crate::cluster::{Cluster, Refusal};
 use crate::front::DevCluster;
 use crate::resources::{self, Kind};
@@ -180,6 +182,7 @@ async fn answer(
         (&Method::GET, ["status"]) => Ok(json(200, &status(cluster, addresses))),
         (&Method::GET, ["heartbeats"]) => Ok(json(200, &cluster.heartbeats())),
         (&Method::POST, ["resources"]) => Ok(create(cluster, request).await),
+        (&Method::POST, ["sign-host"]) => Ok(sign_host(cluster, request).await),
         (&Method::GET, [kind]) => kind_of(kind).map(|kind| json(200, &cluster.list(kind))),
         (&Method::GET, [kind, name]) => named(kind, name).map(|(kind, name)| {
             cluster
@@ -218,7 +221,40 @@ fn status(cluster: &Cluster, addresses: &Addresses) -> serde_json::Value {
         "apps": cluster.count(Kind::App),
         "dbs": cluster.count(Kind::Db),
         "kube_clusters": cluster.count(Kind::KubeCluster),
+        "nodes": cluster.count(Kind::Node),
     })
+}
+
+/// `POST /v1/sign-host`: an SSH host certificate for the key, from the host CA.
+async fn sign_host(cluster: &Cluster, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return refusal(413, "the request is too large".to_owned()),
+    };
+    let request: SignHostRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return refusal(400, format!("not a sign-host request: {e}")),
+    };
+    let key = match ssh_key::PublicKey::from_openssh(request.public_key.trim()) {
+        Ok(key) => key,
+        Err(e) => {
+            return refusal(
+                400,
+                format!("the host key is not an OpenSSH public key ({e}); give its .pub file"),
+            );
+        }
+    };
+    if request.principals.is_empty() {
+        return refusal(
+            400,
+            "name at least one principal (the host names clients dial)".to_owned(),
+        );
+    }
+    let principals: Vec<&str> = request.principals.iter().map(String::as_str).collect();
+    match cluster.ca().issue_host_ssh(&key, &principals) {
+        Ok(certificate) => json(200, &SignHostAnswer { certificate }),
+        Err(e) => refusal(400, format!("cannot sign the host key: {e:#}")),
+    }
 }
 
 /// `POST /v1/resources`: reads the YAML as `--resources` files are read, then creates all of it

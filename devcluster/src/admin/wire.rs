@@ -16,6 +16,23 @@ pub(super) struct CreateRequest {
     pub(super) force: bool,
 }
 
+/// `POST /v1/sign-host`: an SSH host certificate from the host CA (what `tctl auth sign
+/// --format=openssh --host=...` gives an OpenSSH node).
+#[derive(Debug, Deserialize, Serialize)]
+pub(super) struct SignHostRequest {
+    /// The host's public key, in `authorized_keys` form.
+    pub(super) public_key: String,
+    /// The names the certificate is valid for.
+    pub(super) principals: Vec<String>,
+}
+
+/// The answer to `sign-host`.
+#[derive(Debug, Deserialize, Serialize)]
+pub(super) struct SignHostAnswer {
+    /// The certificate, one OpenSSH line.
+    pub(super) certificate: String,
+}
+
 /// What `create` did to one resource.
 #[derive(Clone, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Applied {

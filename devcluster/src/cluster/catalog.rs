@@ -11,6 +11,7 @@ use crate::ca::bot_resource_name;
 use crate::databases::Database;
 use crate::kube_clusters::KubeCluster;
 use crate::locks::{Lock, LockTarget};
+use crate::nodes::Node;
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
 use crate::secret::Secret;
@@ -72,6 +73,7 @@ pub(super) struct Catalog {
     pub(super) databases: BTreeMap<String, Database>,
     pub(super) kube_clusters: BTreeMap<String, KubeCluster>,
     pub(super) workload_identities: BTreeMap<String, WorkloadIdentity>,
+    pub(super) nodes: BTreeMap<String, Node>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -167,6 +169,7 @@ impl Catalog {
             Kind::Db => self.databases.len(),
             Kind::KubeCluster => self.kube_clusters.len(),
             Kind::WorkloadIdentity => self.workload_identities.len(),
+            Kind::Node => self.nodes.len(),
         }
     }
 
@@ -245,6 +248,9 @@ impl Catalog {
         for wi in resources.workload_identities {
             self.workload_identities.insert(wi.name.clone(), wi);
         }
+        for node in resources.nodes {
+            self.nodes.insert(node.name.clone(), node);
+        }
         Ok(applied)
     }
 
@@ -258,6 +264,7 @@ impl Catalog {
             Kind::Db => self.databases.contains_key(name),
             Kind::KubeCluster => self.kube_clusters.contains_key(name),
             Kind::WorkloadIdentity => self.workload_identities.contains_key(name),
+            Kind::Node => self.nodes.contains_key(name),
         }
     }
 
@@ -278,6 +285,7 @@ impl Catalog {
                 .workload_identities
                 .get(name)
                 .map(WorkloadIdentity::to_resource),
+            Kind::Node => self.nodes.get(name).map(Node::to_resource),
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -304,6 +312,7 @@ impl Catalog {
             Kind::Db => self.databases.keys().cloned().collect(),
             Kind::KubeCluster => self.kube_clusters.keys().cloned().collect(),
             Kind::WorkloadIdentity => self.workload_identities.keys().cloned().collect(),
+            Kind::Node => self.nodes.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -323,6 +332,7 @@ impl Catalog {
             Kind::Db => self.databases.remove(name).is_some(),
             Kind::KubeCluster => self.kube_clusters.remove(name).is_some(),
             Kind::WorkloadIdentity => self.workload_identities.remove(name).is_some(),
+            Kind::Node => self.nodes.remove(name).is_some(),
         };
         if removed {
             return Ok(());

@@ -85,6 +85,9 @@ impl Cluster {
             .iter()
             .map(|w| (w.name.clone(), w.clone()))
             .collect();
+        for node in &config.nodes {
+            catalog.nodes.insert(node.name.clone(), node.clone());
+        }
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
@@ -121,6 +124,11 @@ impl Cluster {
     /// The CAs.
     pub fn ca(&self) -> &ClusterCa {
         &self.ca
+    }
+
+    /// The SSH nodes, by name.
+    pub(crate) fn nodes(&self) -> Vec<crate::nodes::Node> {
+        self.catalog().nodes.values().cloned().collect()
     }
 
     /// The resources, locked.

@@ -1,5 +1,5 @@
-//! One TLS connection, once routed: gRPC to Auth (with the caller's identity), or the Proxy's
-//! gRPC join route or web API.
+//! One TLS connection, once routed: gRPC to Auth (with the caller's identity), the Proxy's
+//! SSH route (with the caller's identity), or the Proxy's gRPC join route or web API.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +25,25 @@ pub(super) async fn serve_auth_connection(
     peer: SocketAddr,
     services: Services,
 ) -> Result<(), String> {
+    serve_with_caller(tls, peer, services, false).await
+}
+
+/// One connection to the Proxy's SSH route: `TransportService` with the caller's identity (if
+/// it showed a certificate) in every request's extensions.
+pub(super) async fn serve_ssh_connection(
+    tls: Tls,
+    peer: SocketAddr,
+    services: Services,
+) -> Result<(), String> {
+    serve_with_caller(tls, peer, services, true).await
+}
+
+async fn serve_with_caller(
+    tls: Tls,
+    peer: SocketAddr,
+    services: Services,
+    ssh: bool,
+) -> Result<(), String> {
     let caller = tls
         .get_ref()
         .1
@@ -42,7 +61,14 @@ pub(super) async fn serve_auth_connection(
         if let Some(caller) = &caller {
             request.extensions_mut().insert(caller.clone());
         }
-        services.clone().route(request, true)
+        let services = services.clone();
+        async move {
+            if ssh {
+                services.route_ssh(request).await
+            } else {
+                services.route(request, true).await
+            }
+        }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(tls), service)

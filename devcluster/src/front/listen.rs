@@ -10,10 +10,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::app::{app_named, app_tls, serve_app_connection};
-use super::connection::{Tls, serve_auth_connection, serve_proxy_connection};
+use super::connection::{Tls, serve_auth_connection, serve_proxy_connection, serve_ssh_connection};
 use super::kube::{KUBE_SNI_PREFIX, kube_tls, serve_kube_connection};
 use super::services::Services;
-use super::tls::Endpoints;
+use super::tls::{ALPN_SSH_GRPC, Endpoints};
 use crate::cluster::Cluster;
 
 /// The ALPN prefix of the Proxy's pass-through route to Auth (`ProtocolAuth`,
@@ -66,6 +66,7 @@ pub(super) async fn serve_proxy_port(
             };
             let result = match route {
                 Route::Auth(tls) => serve_auth_connection(tls, peer, services).await,
+                Route::ProxySsh(tls) => serve_ssh_connection(tls, peer, services).await,
                 Route::Proxy(tls) => {
                     serve_proxy_connection(tls, peer, local, services, cluster).await
                 }
@@ -86,10 +87,13 @@ enum Route {
     App(Tls, crate::apps::App),
     /// The Kubernetes API, by the server name's prefix.
     Kube(Tls),
+    /// The Proxy's SSH route (`teleport-proxy-ssh-grpc`).
+    ProxySsh(Tls),
 }
 
 /// Reads the ClientHello and finishes the handshake as the endpoint its first ALPN value picks:
-/// `teleport-auth@<hex cluster_name>.teleport.cluster.local` passes through to Auth, anything
+/// `teleport-auth@<hex cluster_name>.teleport.cluster.local` passes through to Auth,
+/// `teleport-proxy-ssh-grpc` goes to the Proxy's SSH route (with client certificates), anything
 /// else stays with the Proxy; but a server name that is an app's public address goes to the
 /// echo app, and one starting `kube-teleport-proxy-alpn.` to the Kubernetes API.
 async fn route(tcp: TcpStream, endpoints: &Endpoints, cluster: &Cluster) -> std::io::Result<Route> {
@@ -130,6 +134,9 @@ async fn route(tcp: TcpStream, endpoints: &Endpoints, cluster: &Cluster) -> std:
                 start.into_stream(endpoints.auth.clone()).await?,
             ))
         }
+        None if first.as_deref() == Some(ALPN_SSH_GRPC) => Ok(Route::ProxySsh(
+            start.into_stream(endpoints.proxy_ssh.clone()).await?,
+        )),
         None => Ok(Route::Proxy(
             start.into_stream(endpoints.proxy.clone()).await?,
         )),

@@ -2,7 +2,8 @@
 //!
 //! The Proxy's `teleport-proxy-grpc` route serves the join services, which need no identity;
 //! Auth's endpoint serves those and the Auth API (`proto.AuthService`,
-//! `teleport.trust.v1.TrustService`), whose callers show a client certificate.
+//! `teleport.trust.v1.TrustService`), whose callers show a client certificate. The Proxy's
+//! `teleport-proxy-ssh-grpc` route serves `teleport.transport.v1.TransportService` alone.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use hyper::body::Incoming;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
 use keybound_proto::teleport::machineid::v1 as machineid;
+use keybound_proto::teleport::transport::v1 as transport;
 use keybound_proto::teleport::trust::v1 as trust;
 use keybound_proto::teleport::workloadidentity::v1 as wi;
 use tonic::Status;
@@ -20,6 +22,7 @@ use crate::auth::AuthApi;
 use crate::bot_instances::BotInstanceApi;
 use crate::cluster::Cluster;
 use crate::join::{JoinLegacy, JoinV1};
+use crate::transport::TransportApi;
 use crate::trust::TrustApi;
 use crate::workload_identity::IssuanceApi;
 
@@ -34,6 +37,7 @@ pub(super) struct Services {
         IssuanceApi,
     >,
     bot_instances: machineid::bot_instance_service_server::BotInstanceServiceServer<BotInstanceApi>,
+    transport: transport::transport_service_server::TransportServiceServer<TransportApi>,
 }
 
 impl Services {
@@ -51,6 +55,9 @@ impl Services {
                 ),
             bot_instances: machineid::bot_instance_service_server::BotInstanceServiceServer::new(
                 BotInstanceApi(cluster.clone()),
+            ),
+            transport: transport::transport_service_server::TransportServiceServer::new(
+                TransportApi(cluster.clone()),
             ),
         }
     }
@@ -77,6 +84,20 @@ impl Services {
             self.issuance.clone().call(request).await
         } else if auth && path.starts_with("/teleport.machineid.v1.BotInstanceService/") {
             self.bot_instances.clone().call(request).await
+        } else {
+            Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
+        }
+    }
+
+    /// Sends a gRPC request on the Proxy's SSH route (`teleport-proxy-ssh-grpc`) to its one
+    /// service.
+    pub(super) async fn route_ssh(
+        self,
+        request: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<tonic::body::Body>, Infallible> {
+        let path = request.uri().path();
+        if path.starts_with("/teleport.transport.v1.TransportService/") {
+            self.transport.clone().call(request).await
         } else {
             Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
         }
