@@ -89,6 +89,24 @@ pub mod teleport {
             "teleport.trust.v1.rs"
         );
     }
+    /// Resource headers (`teleport.header.*`).
+    pub mod header {
+        generated!(
+            /// Package `teleport.header.v1`: the metadata of newer resources.
+            v1,
+            "teleport.header.v1.rs"
+        );
+    }
+    /// Machine ID (`teleport.machineid.*`).
+    pub mod machineid {
+        generated!(
+            /// Package `teleport.machineid.v1`: SPIFFE federations
+            /// (`SPIFFEFederationService.ListSPIFFEFederations`), whose bundles
+            /// a `workload-identity-x509` output may add to its own.
+            v1,
+            "teleport.machineid.v1.rs"
+        );
+    }
     /// Workload identity (`teleport.workloadidentity.*`).
     pub mod workloadidentity {
         generated!(
