@@ -10,6 +10,7 @@ use crate::kube_clusters::KubeCluster;
 use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
 use crate::roles::{Bot, Role};
+use crate::spiffe_federations::SpiffeFederation;
 use crate::tokens::Token;
 use crate::workload_identities::WorkloadIdentity;
 
@@ -46,6 +47,8 @@ pub struct DevClusterConfig {
     pub kube_clusters: Vec<KubeCluster>,
     /// Workload identities (`kind: workload_identity`), for the SVID issuance RPCs.
     pub workload_identities: Vec<WorkloadIdentity>,
+    /// SPIFFE federations (`kind: spiffe_federation`), for `ListSPIFFEFederations`.
+    pub spiffe_federations: Vec<SpiffeFederation>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -70,6 +73,7 @@ impl Default for DevClusterConfig {
             databases: Vec::new(),
             kube_clusters: Vec::new(),
             workload_identities: Vec::new(),
+            spiffe_federations: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
         }

@@ -13,6 +13,7 @@ use crate::databases::{self, Database};
 use crate::kube_clusters::{self, KubeCluster};
 use crate::locks::{self, Lock};
 use crate::roles::{self, Bot, Role};
+use crate::spiffe_federations::{self, SpiffeFederation};
 use crate::tokens::{self, Token};
 use crate::workload_identities::{self, WorkloadIdentity};
 
@@ -35,11 +36,13 @@ pub enum Kind {
     KubeCluster,
     /// `kind: workload_identity`.
     WorkloadIdentity,
+    /// `kind: spiffe_federation`.
+    SpiffeFederation,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Token,
         Self::Bot,
         Self::Role,
@@ -48,6 +51,7 @@ impl Kind {
         Self::Db,
         Self::KubeCluster,
         Self::WorkloadIdentity,
+        Self::SpiffeFederation,
     ];
 
     /// The resource's `kind:` (`token`).
@@ -61,6 +65,7 @@ impl Kind {
             Self::Db => "db",
             Self::KubeCluster => "kube_cluster",
             Self::WorkloadIdentity => "workload_identity",
+            Self::SpiffeFederation => "spiffe_federation",
         }
     }
 
@@ -75,6 +80,7 @@ impl Kind {
             Self::Db => "dbs",
             Self::KubeCluster => "kube_clusters",
             Self::WorkloadIdentity => "workload_identities",
+            Self::SpiffeFederation => "spiffe_federations",
         }
     }
 
@@ -84,7 +90,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters and workload_identities")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters, workload_identities and spiffe_federations")
             })
     }
 }
@@ -114,6 +120,8 @@ pub struct Resources {
     pub kube_clusters: Vec<KubeCluster>,
     /// `kind: workload_identity`.
     pub workload_identities: Vec<WorkloadIdentity>,
+    /// `kind: spiffe_federation`.
+    pub spiffe_federations: Vec<SpiffeFederation>,
 }
 
 impl Resources {
@@ -127,6 +135,7 @@ impl Resources {
         self.databases.extend(other.databases);
         self.kube_clusters.extend(other.kube_clusters);
         self.workload_identities.extend(other.workload_identities);
+        self.spiffe_federations.extend(other.spiffe_federations);
     }
 
     /// Whether there are none.
@@ -139,6 +148,7 @@ impl Resources {
             && self.databases.is_empty()
             && self.kube_clusters.is_empty()
             && self.workload_identities.is_empty()
+            && self.spiffe_federations.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -154,6 +164,8 @@ impl Resources {
             .workload_identities
             .iter()
             .map(|w| (Kind::WorkloadIdentity, w.name.as_str()));
+        let federations =
+            (self.spiffe_federations.iter()).map(|f| (Kind::SpiffeFederation, f.name.as_str()));
         tokens
             .chain(bots)
             .chain(roles)
@@ -162,6 +174,7 @@ impl Resources {
             .chain(dbs)
             .chain(kubes)
             .chain(workload_identities)
+            .chain(federations)
             .collect()
     }
 }
@@ -196,6 +209,9 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("workload_identity") => out
                 .workload_identities
                 .push(workload_identities::from_value(value).with_context(|| origin.to_owned())?),
+            Some("spiffe_federation") => out
+                .spiffe_federations
+                .push(spiffe_federations::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
                 roles::Parsed::Role(role) => out.roles.push(*role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),

@@ -516,6 +516,7 @@ impl DevClusterArgs {
             databases: resources.databases,
             kube_clusters: resources.kube_clusters,
             workload_identities: resources.workload_identities,
+            spiffe_federations: resources.spiffe_federations,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })

@@ -14,6 +14,7 @@ use crate::locks::{Lock, LockTarget};
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
 use crate::secret::Secret;
+use crate::spiffe_federations::SpiffeFederation;
 use crate::tokens::{Status as TokenStatus, Token};
 use crate::workload_identities::WorkloadIdentity;
 
@@ -72,6 +73,7 @@ pub(super) struct Catalog {
     pub(super) databases: BTreeMap<String, Database>,
     pub(super) kube_clusters: BTreeMap<String, KubeCluster>,
     pub(super) workload_identities: BTreeMap<String, WorkloadIdentity>,
+    pub(super) spiffe_federations: BTreeMap<String, SpiffeFederation>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -167,6 +169,7 @@ impl Catalog {
             Kind::Db => self.databases.len(),
             Kind::KubeCluster => self.kube_clusters.len(),
             Kind::WorkloadIdentity => self.workload_identities.len(),
+            Kind::SpiffeFederation => self.spiffe_federations.len(),
         }
     }
 
@@ -245,6 +248,9 @@ impl Catalog {
         for wi in resources.workload_identities {
             self.workload_identities.insert(wi.name.clone(), wi);
         }
+        for federation in resources.spiffe_federations {
+            (self.spiffe_federations).insert(federation.name.clone(), federation);
+        }
         Ok(applied)
     }
 
@@ -258,6 +264,7 @@ impl Catalog {
             Kind::Db => self.databases.contains_key(name),
             Kind::KubeCluster => self.kube_clusters.contains_key(name),
             Kind::WorkloadIdentity => self.workload_identities.contains_key(name),
+            Kind::SpiffeFederation => self.spiffe_federations.contains_key(name),
         }
     }
 
@@ -278,6 +285,9 @@ impl Catalog {
                 .workload_identities
                 .get(name)
                 .map(WorkloadIdentity::to_resource),
+            Kind::SpiffeFederation => {
+                (self.spiffe_federations.get(name)).map(SpiffeFederation::to_resource)
+            }
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -304,6 +314,7 @@ impl Catalog {
             Kind::Db => self.databases.keys().cloned().collect(),
             Kind::KubeCluster => self.kube_clusters.keys().cloned().collect(),
             Kind::WorkloadIdentity => self.workload_identities.keys().cloned().collect(),
+            Kind::SpiffeFederation => self.spiffe_federations.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -323,6 +334,7 @@ impl Catalog {
             Kind::Db => self.databases.remove(name).is_some(),
             Kind::KubeCluster => self.kube_clusters.remove(name).is_some(),
             Kind::WorkloadIdentity => self.workload_identities.remove(name).is_some(),
+            Kind::SpiffeFederation => self.spiffe_federations.remove(name).is_some(),
         };
         if removed {
             return Ok(());

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use keybound_proto::proto as legacy;
 use keybound_proto::teleport::join::v1;
+use keybound_proto::teleport::machineid::v1 as machineid;
 use keybound_proto::teleport::trust::v1 as trust;
 use keybound_proto::teleport::workloadidentity::v1 as wi;
 use tonic::Status;
@@ -17,6 +18,7 @@ use tower::Service as _;
 
 use crate::auth::AuthApi;
 use crate::cluster::Cluster;
+use crate::federation::FederationApi;
 use crate::join::{JoinLegacy, JoinV1};
 use crate::trust::TrustApi;
 use crate::workload_identity::IssuanceApi;
@@ -31,6 +33,8 @@ pub(super) struct Services {
     issuance: wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer<
         IssuanceApi,
     >,
+    federation:
+        machineid::spiffe_federation_service_server::SpiffeFederationServiceServer<FederationApi>,
 }
 
 impl Services {
@@ -46,6 +50,9 @@ impl Services {
                 wi::workload_identity_issuance_service_server::WorkloadIdentityIssuanceServiceServer::new(
                     IssuanceApi(cluster.clone()),
                 ),
+            federation: machineid::spiffe_federation_service_server::SpiffeFederationServiceServer::new(
+                FederationApi(cluster.clone()),
+            ),
         }
     }
 
@@ -69,6 +76,8 @@ impl Services {
             && path.starts_with("/teleport.workloadidentity.v1.WorkloadIdentityIssuanceService/")
         {
             self.issuance.clone().call(request).await
+        } else if auth && path.starts_with("/teleport.machineid.v1.SPIFFEFederationService/") {
+            self.federation.clone().call(request).await
         } else {
             Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
         }
