@@ -372,6 +372,38 @@ impl AuthClient {
             .await
     }
 
+    /// Every SPIFFE federation, `SPIFFEFederationService.ListSPIFFEFederations` page by page
+    /// (100 a page, as tbot's `listAllSPIFFEFederations` in
+    /// `lib/tbot/workloadidentity/trust_bundle_cache.go`).
+    pub async fn spiffe_federations(
+        &self,
+    ) -> Result<Vec<keybound_proto::teleport::machineid::v1::SpiffeFederation>, Status> {
+        use keybound_proto::teleport::machineid::v1 as machineid;
+        let mut client =
+            machineid::spiffe_federation_service_client::SpiffeFederationServiceClient::new(
+                self.channel(),
+            );
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = self.request(machineid::ListSpiffeFederationsRequest {
+                page_size: 100,
+                page_token: page_token.clone(),
+            });
+            let page = self
+                .call(
+                    "ListSPIFFEFederations",
+                    client.list_spiffe_federations(request),
+                )
+                .await?;
+            out.extend(page.spiffe_federations);
+            if page.next_page_token.is_empty() || page.next_page_token == page_token {
+                return Ok(out);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     fn issuance(
         &self,
     ) -> wi::workload_identity_issuance_service_client::WorkloadIdentityIssuanceServiceClient<Channel>

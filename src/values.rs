@@ -344,13 +344,6 @@ pub(crate) mod not_yet {
             "routing an output to another cluster is not supported by keybound yet",
         )
     }
-    pub(crate) fn federated_trust_bundles<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-        refuse(
-            d,
-            "include_federated_trust_bundles: federated trust bundles are not supported by \
-             keybound yet; remove it or set it to false",
-        )
-    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::locks::Lock;
 use crate::misbehave::{Misbehaviour, default_hostile_text};
 use crate::nodes::Node;
 use crate::roles::{Bot, Role};
+use crate::spiffe_federations::SpiffeFederation;
 use crate::tokens::Token;
 use crate::workload_identities::WorkloadIdentity;
 
@@ -49,6 +50,8 @@ pub struct DevClusterConfig {
     pub workload_identities: Vec<WorkloadIdentity>,
     /// SSH nodes (OpenSSH servers the Proxy dials for `TransportService.ProxySSH`).
     pub nodes: Vec<Node>,
+    /// SPIFFE federations (`kind: spiffe_federation`), for `ListSPIFFEFederations`.
+    pub spiffe_federations: Vec<SpiffeFederation>,
     /// A separate port for Auth's endpoint (as Auth's `:3025`), besides the Proxy's route.
     pub auth_listen: Option<SocketAddr>,
     /// What the `hostile-*` misbehaviours present ([`default_hostile_text`] by default).
@@ -76,6 +79,7 @@ impl Default for DevClusterConfig {
             kube_clusters: Vec::new(),
             workload_identities: Vec::new(),
             nodes: Vec::new(),
+            spiffe_federations: Vec::new(),
             auth_listen: None,
             hostile_text: default_hostile_text(),
             heartbeats: crate::heartbeats::HeartbeatService::default(),

@@ -14,6 +14,7 @@ use crate::kube_clusters::{self, KubeCluster};
 use crate::locks::{self, Lock};
 use crate::nodes::{self, Node};
 use crate::roles::{self, Bot, Role};
+use crate::spiffe_federations::{self, SpiffeFederation};
 use crate::tokens::{self, Token};
 use crate::workload_identities::{self, WorkloadIdentity};
 
@@ -38,11 +39,13 @@ pub enum Kind {
     WorkloadIdentity,
     /// `kind: node`.
     Node,
+    /// `kind: spiffe_federation`.
+    SpiffeFederation,
 }
 
 impl Kind {
     /// Every kind, in the order listings show them.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Token,
         Self::Bot,
         Self::Role,
@@ -52,6 +55,7 @@ impl Kind {
         Self::KubeCluster,
         Self::WorkloadIdentity,
         Self::Node,
+        Self::SpiffeFederation,
     ];
 
     /// The resource's `kind:` (`token`).
@@ -66,6 +70,7 @@ impl Kind {
             Self::KubeCluster => "kube_cluster",
             Self::WorkloadIdentity => "workload_identity",
             Self::Node => "node",
+            Self::SpiffeFederation => "spiffe_federation",
         }
     }
 
@@ -81,6 +86,7 @@ impl Kind {
             Self::KubeCluster => "kube_clusters",
             Self::WorkloadIdentity => "workload_identities",
             Self::Node => "nodes",
+            Self::SpiffeFederation => "spiffe_federations",
         }
     }
 
@@ -90,7 +96,7 @@ impl Kind {
             .into_iter()
             .find(|k| text == k.name() || text == k.plural())
             .with_context(|| {
-                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters, workload_identities and nodes")
+                format!("unknown resource kind {text:?}; the dev cluster keeps tokens, bots, roles, locks, apps, dbs, kube_clusters, workload_identities, nodes and spiffe_federations")
             })
     }
 }
@@ -122,6 +128,8 @@ pub struct Resources {
     pub workload_identities: Vec<WorkloadIdentity>,
     /// `kind: node`.
     pub nodes: Vec<Node>,
+    /// `kind: spiffe_federation`.
+    pub spiffe_federations: Vec<SpiffeFederation>,
 }
 
 impl Resources {
@@ -136,6 +144,7 @@ impl Resources {
         self.kube_clusters.extend(other.kube_clusters);
         self.workload_identities.extend(other.workload_identities);
         self.nodes.extend(other.nodes);
+        self.spiffe_federations.extend(other.spiffe_federations);
     }
 
     /// Whether there are none.
@@ -149,6 +158,7 @@ impl Resources {
             && self.kube_clusters.is_empty()
             && self.workload_identities.is_empty()
             && self.nodes.is_empty()
+            && self.spiffe_federations.is_empty()
     }
 
     /// Each resource's kind and name, in the order they were read per kind.
@@ -165,6 +175,8 @@ impl Resources {
             .iter()
             .map(|w| (Kind::WorkloadIdentity, w.name.as_str()));
         let nodes = self.nodes.iter().map(|n| (Kind::Node, n.name.as_str()));
+        let federations =
+            (self.spiffe_federations.iter()).map(|f| (Kind::SpiffeFederation, f.name.as_str()));
         tokens
             .chain(bots)
             .chain(roles)
@@ -174,6 +186,7 @@ impl Resources {
             .chain(kubes)
             .chain(workload_identities)
             .chain(nodes)
+            .chain(federations)
             .collect()
     }
 }
@@ -211,6 +224,9 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Resources> {
             Some("node") => out
                 .nodes
                 .push(nodes::from_value(value).with_context(|| origin.to_owned())?),
+            Some("spiffe_federation") => out
+                .spiffe_federations
+                .push(spiffe_federations::from_value(value).with_context(|| origin.to_owned())?),
             _ => match roles::from_value(value).with_context(|| origin.to_owned())? {
                 roles::Parsed::Role(role) => out.roles.push(*role),
                 roles::Parsed::Bot(bot) => out.bots.push(bot),

@@ -89,6 +89,25 @@ pub mod teleport {
             "teleport.trust.v1.rs"
         );
     }
+    /// Resource headers (`teleport.header.*`).
+    pub mod header {
+        generated!(
+            /// Package `teleport.header.v1`: the metadata of newer resources.
+            v1,
+            "teleport.header.v1.rs"
+        );
+    }
+    /// Machine ID (`teleport.machineid.*`).
+    pub mod machineid {
+        generated!(
+            /// Package `teleport.machineid.v1`: a bot instance's heartbeat
+            /// (`BotInstanceService.SubmitHeartbeat`), and SPIFFE federations
+            /// (`SPIFFEFederationService.ListSPIFFEFederations`), whose bundles
+            /// a `workload-identity-x509` output may add to its own.
+            v1,
+            "teleport.machineid.v1.rs"
+        );
+    }
     /// Workload identity (`teleport.workloadidentity.*`).
     pub mod workloadidentity {
         generated!(
@@ -97,15 +116,6 @@ pub mod teleport {
             /// `IssueWorkloadIdentities`) and the workload attributes they take.
             v1,
             "teleport.workloadidentity.v1.rs"
-        );
-    }
-    /// Machine ID (`teleport.machineid.*`).
-    pub mod machineid {
-        generated!(
-            /// Package `teleport.machineid.v1`: a bot instance's heartbeat
-            /// (`BotInstanceService.SubmitHeartbeat`).
-            v1,
-            "teleport.machineid.v1.rs"
         );
     }
     /// Proxied connections (`teleport.transport.*`).

@@ -29,11 +29,13 @@ const PROTOS: &[&str] = &[
     "teleport/workloadidentity/v1/issuance_service.proto",
     "teleport/machineid/v1/bot_instance_service.proto",
     "teleport/transport/v1/transport_service.proto",
+    "teleport/machineid/v1/federation_service.proto",
 ];
 
 /// Our own files, i.e. every file in the descriptor set but the well-known types.
 const OUR_FILES: &[&str] = &[
     "spiffe/workload/workload.proto",
+    "teleport/header/v1/metadata.proto",
     "teleport/join/v1/joinservice.proto",
     "teleport/legacy/client/proto/authservice.proto",
     "teleport/legacy/client/proto/certs.proto",
@@ -41,6 +43,8 @@ const OUR_FILES: &[&str] = &[
     "teleport/legacy/types/types.proto",
     "teleport/machineid/v1/bot_instance.proto",
     "teleport/machineid/v1/bot_instance_service.proto",
+    "teleport/machineid/v1/federation.proto",
+    "teleport/machineid/v1/federation_service.proto",
     "teleport/transport/v1/transport_service.proto",
     "teleport/trust/v1/trust_service.proto",
     "teleport/workloadidentity/v1/attrs.proto",
@@ -168,6 +172,12 @@ const BI_KIND: &str = "teleport RFD bot_instance.proto + web UI heartbeat fixtur
 const BIS: &str = "teleport api/proto/teleport/machineid/v1/bot_instance_service.proto";
 /// `api/proto/teleport/transport/v1/transport_service.proto` at 4ac8e8e4 (read id 521828405).
 const TRANSPORT: &str = "teleport api/proto/teleport/transport/v1/transport_service.proto";
+/// `api/proto/teleport/header/v1/metadata.proto` at 5bc69e06 (read id 895003805).
+const HEADER: &str = "teleport api/proto/teleport/header/v1/metadata.proto";
+/// `api/proto/teleport/machineid/v1/federation.proto` at 2b313e09 (read id 2183510134).
+const FED: &str = "teleport api/proto/teleport/machineid/v1/federation.proto";
+/// `api/proto/teleport/machineid/v1/federation_service.proto` at 6a88c3bd (read id 1377581753).
+const FED_SVC: &str = "teleport api/proto/teleport/machineid/v1/federation_service.proto";
 
 /// (message, field, number, type, source). The type reads
 /// `[repeated |optional |oneof <name> ]<scalar or .full.TypeName>`.
@@ -412,6 +422,18 @@ const FIELDS: &[(&str, &str, i32, &str, &str)] = &[
     ("teleport.workloadidentity.v1.IssueWorkloadIdentityRequest", "workload_attrs", 4, ".teleport.workloadidentity.v1.WorkloadAttrs", WI),
     ("teleport.workloadidentity.v1.IssueWorkloadIdentityRequest", "requested_ttl", 5, ".google.protobuf.Duration", WI),
     ("teleport.workloadidentity.v1.IssueWorkloadIdentityResponse", "credential", 1, ".teleport.workloadidentity.v1.Credential", WI),
+    // teleport.header.v1, teleport.machineid.v1
+    ("teleport.header.v1.Metadata", "name", 1, "string", HEADER),
+    ("teleport.machineid.v1.SPIFFEFederation", "kind", 1, "string", FED),
+    ("teleport.machineid.v1.SPIFFEFederation", "sub_kind", 2, "string", FED),
+    ("teleport.machineid.v1.SPIFFEFederation", "version", 3, "string", FED),
+    ("teleport.machineid.v1.SPIFFEFederation", "metadata", 4, ".teleport.header.v1.Metadata", FED),
+    ("teleport.machineid.v1.SPIFFEFederation", "status", 6, ".teleport.machineid.v1.SPIFFEFederationStatus", FED),
+    ("teleport.machineid.v1.SPIFFEFederationStatus", "current_bundle", 1, "string", FED),
+    ("teleport.machineid.v1.ListSPIFFEFederationsRequest", "page_size", 1, "int32", FED_SVC),
+    ("teleport.machineid.v1.ListSPIFFEFederationsRequest", "page_token", 2, "string", FED_SVC),
+    ("teleport.machineid.v1.ListSPIFFEFederationsResponse", "spiffe_federations", 1, "repeated .teleport.machineid.v1.SPIFFEFederation", FED_SVC),
+    ("teleport.machineid.v1.ListSPIFFEFederationsResponse", "next_page_token", 2, "string", FED_SVC),
     ("teleport.workloadidentity.v1.LabelSelector", "key", 1, "string", WI),
     ("teleport.workloadidentity.v1.LabelSelector", "values", 2, "repeated string", WI),
     ("teleport.workloadidentity.v1.IssueWorkloadIdentitiesRequest", "label_selectors", 1, "repeated .teleport.workloadidentity.v1.LabelSelector", WI),
@@ -572,6 +594,12 @@ const METHODS: &[(&str, Kind, &str)] = &[
         "/teleport.transport.v1.TransportService/ProxySSH",
         Kind::Bidi,
         TRANSPORT,
+    ),
+    // `service SPIFFEFederationService` in federation_service.proto at 6a88c3bd.
+    (
+        "/teleport.machineid.v1.SPIFFEFederationService/ListSPIFFEFederations",
+        Kind::Unary,
+        FED_SVC,
     ),
 ];
 

@@ -621,6 +621,7 @@ impl DevClusterArgs {
             kube_clusters: resources.kube_clusters,
             workload_identities: resources.workload_identities,
             nodes: resources.nodes,
+            spiffe_federations: resources.spiffe_federations,
             auth_listen: self.auth_listen,
             ..DevClusterConfig::default()
         })

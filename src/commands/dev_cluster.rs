@@ -238,6 +238,7 @@ fn write_table(kind: Kind, found: &[Value], out: &mut dyn Write) -> anyhow::Resu
         Kind::KubeCluster => &["NAME", "LABELS"],
         Kind::WorkloadIdentity => &["NAME", "SPIFFE ID", "LABELS"],
         Kind::Node => &["NAME", "HOSTNAME", "ADDRESS", "LABELS"],
+        Kind::SpiffeFederation => &["NAME", "X.509 AUTHORITIES"],
     };
     let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
     rows.extend(found.iter().map(|r| row(kind, r)));
@@ -368,6 +369,14 @@ fn row(kind: Kind, r: &Value) -> Vec<String> {
                     labels.join(",")
                 },
             ]
+        }
+        Kind::SpiffeFederation => {
+            let bundle: Value =
+                serde_json::from_str(&text(&r["status"]["current_bundle"])).unwrap_or_default();
+            let x509 = (bundle["keys"].as_array().into_iter().flatten())
+                .filter(|k| k["use"] == "x509-svid")
+                .count();
+            vec![text(&meta["name"]), x509.to_string()]
         }
     }
 }

@@ -362,12 +362,10 @@ mod tests {
             assert!(err.starts_with(starts), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
-        let err = x509("selector: {name: a}\ninclude_federated_trust_bundles: true\n").unwrap_err();
-        assert!(
-            err.contains("federated trust bundles are not supported"),
-            "{err}"
-        );
-        assert!(x509("selector: {name: a}\ninclude_federated_trust_bundles: false\n").is_ok());
+        let on = x509("selector: {name: a}\ninclude_federated_trust_bundles: true\n").unwrap();
+        assert!(on.include_federated_trust_bundles);
+        let off = x509("selector: {name: a}\ninclude_federated_trust_bundles: false\n").unwrap();
+        assert!(!off.include_federated_trust_bundles);
         let ok = jwt("selector: {labels: {env: [dev, ci]}}\naudiences: [a]\n").unwrap();
         assert_eq!(ok.audiences, ["a"]);
     }

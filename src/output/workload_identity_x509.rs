@@ -20,7 +20,7 @@ use super::workload_identity::{
 use crate::auth;
 use crate::fsutil::Files;
 use crate::subject_key::SubjectKey;
-use crate::values::{Destination, GoDuration, RawDestination, not_yet};
+use crate::values::{Destination, GoDuration, RawDestination};
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
 
@@ -42,6 +42,9 @@ pub struct WorkloadIdentityX509Output {
     pub name: Option<String>,
     /// Which workload identity to issue from.
     pub selector: Selector,
+    /// `include_federated_trust_bundles`: add the X.509 authorities of every federated trust
+    /// domain to `svid_bundle.pem`.
+    pub include_federated_trust_bundles: bool,
 }
 
 /// Its YAML.
@@ -55,9 +58,8 @@ pub struct RawWorkloadIdentityX509Output {
     destination: Option<RawDestination>,
     name: Option<String>,
     selector: Option<RawSelector>,
-    #[serde(default, deserialize_with = "not_yet::federated_trust_bundles")]
-    #[allow(dead_code, reason = "its deserializer refuses any value but false")]
-    include_federated_trust_bundles: (),
+    #[serde(default)]
+    include_federated_trust_bundles: bool,
     credential_ttl: Option<GoDuration>,
     renewal_interval: Option<GoDuration>,
 }
@@ -76,6 +78,7 @@ impl Output for WorkloadIdentityX509Output {
             destination,
             name: raw.name,
             selector: Selector::from_raw(raw.selector, at)?,
+            include_federated_trust_bundles: raw.include_federated_trust_bundles,
         })
     }
 
@@ -121,7 +124,22 @@ impl Output for WorkloadIdentityX509Output {
             .map_err(|s| {
                 auth::status_failure("reading the SPIFFE CA for the X.509 SVID bundle", &s, "")
             })?;
-        let bundle = bundle_pem(&ca).map_err(|e| Failure::new(ExitKind::Rejected, e))?;
+        let mut bundle = bundle_pem(&ca).map_err(|e| Failure::new(ExitKind::Rejected, e))?;
+        if self.include_federated_trust_bundles {
+            // tbot appends each federated bundle's X.509 authorities after the local ones
+            // (`lib/tbot/services/workloadidentity/x509_output.go`); the bundles come from
+            // `ListSPIFFEFederations` (`FetchInitialBundleSet`,
+            // `lib/tbot/workloadidentity/trust_bundle_cache.go`).
+            let federations = cx
+                .auth
+                .spiffe_federations()
+                .await
+                .map_err(|s| auth::status_failure("listing the SPIFFE federations", &s, ""))?;
+            bundle.push_str(
+                &federated_pem(&federations, issued.cluster.as_str())
+                    .map_err(|e| Failure::new(ExitKind::Rejected, e))?,
+            );
+        }
         Ok(Issued {
             key: key.private_pem,
             svid_pem,
@@ -207,6 +225,60 @@ fn bundle_pem(ca: &keybound_proto::types::CertAuthorityV2) -> anyhow::Result<Str
         return Err(anyhow!(
             "the cluster's SPIFFE CA holds no X.509 certificate"
         ));
+    }
+    Ok(out)
+}
+
+/// The X.509 authorities of each federation's `status.current_bundle` (a SPIFFE bundle: a
+/// JWKS whose `x509-svid` keys carry the certificate in `x5c`), PEM, by trust domain name. A
+/// federation without a bundle is skipped, as tbot skips one it cannot convert
+/// (`convertSPIFFEFederationToBundle`), and so is one named as the local trust domain (the
+/// local bundle takes precedence, `FederatedAndInternalTrustDomains`).
+fn federated_pem(
+    federations: &[keybound_proto::teleport::machineid::v1::SpiffeFederation],
+    local: &str,
+) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let mut sorted: Vec<_> = federations
+        .iter()
+        .map(|f| {
+            let name = f.metadata.as_ref().map_or("", |m| m.name.as_str());
+            let bundle = f.status.as_ref().map_or("", |s| s.current_bundle.as_str());
+            (name, bundle)
+        })
+        .filter(|(name, bundle)| !name.is_empty() && *name != local && !bundle.is_empty())
+        .collect();
+    sorted.sort();
+    let mut out = String::new();
+    for (name, bundle) in sorted {
+        let json: serde_json::Value = serde_json::from_str(bundle).map_err(|e| {
+            anyhow!("the SPIFFE federation {name:?} has a bundle that is not JSON: {e}")
+        })?;
+        let keys = json.get("keys").and_then(serde_json::Value::as_array);
+        for key in keys.into_iter().flatten() {
+            if key.get("use").and_then(serde_json::Value::as_str) != Some("x509-svid") {
+                continue;
+            }
+            let x5c = key.get("x5c").and_then(serde_json::Value::as_array);
+            let Some([cert]) = x5c.map(Vec::as_slice) else {
+                return Err(anyhow!(
+                    "the SPIFFE federation {name:?} has an x509-svid key without exactly one \
+                     x5c certificate"
+                ));
+            };
+            let der = cert
+                .as_str()
+                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                .ok_or_else(|| {
+                    anyhow!("the SPIFFE federation {name:?} has an x5c entry that is not base64")
+                })?;
+            x509_cert::Certificate::from_der(&der).map_err(|e| {
+                anyhow!(
+                    "the SPIFFE federation {name:?} has an x5c entry that is not a certificate: {e}"
+                )
+            })?;
+            out.push_str(&keybound_teleport::pem::der_to_pem(&der));
+        }
     }
     Ok(out)
 }

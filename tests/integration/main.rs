@@ -22,6 +22,7 @@ mod config;
 mod dev_cluster_admin;
 mod doctor;
 mod faults;
+mod federation;
 mod flags;
 mod fuzz_regressions;
 mod giving_up;

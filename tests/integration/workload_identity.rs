@@ -28,6 +28,15 @@ pub(crate) fn resource(name: &str, labels: &str, id: &str) -> WorkloadIdentity {
 /// `labels`), with `svc` and `svc2` (both `env: dev`), `prod` (`env: prod`) and `uid` (a
 /// template only the Workload API's attestation fills).
 pub(crate) async fn cluster(suite: Suite, labels: bool) -> Env {
+    cluster_with(suite, labels, |_| {}).await
+}
+
+/// [`cluster`] with labels, then `more` applied to its configuration.
+pub(crate) async fn cluster_with(
+    suite: Suite,
+    labels: bool,
+    more: impl FnOnce(&mut keybound_devcluster::DevClusterConfig),
+) -> Env {
     env(move |c| {
         c.suite = suite;
         let access = &mut c.roles[0];
@@ -43,6 +52,7 @@ pub(crate) async fn cluster(suite: Suite, labels: bool) -> Env {
             resource("prod", "{env: prod}", "/prod"),
             resource("uid", "{env: dev}", "/uid/{{ workload.unix.uid }}"),
         ];
+        more(c);
     })
     .await
 }

@@ -15,6 +15,7 @@ use crate::nodes::Node;
 use crate::resources::{Kind, Resources};
 use crate::roles::{Bot, Role};
 use crate::secret::Secret;
+use crate::spiffe_federations::SpiffeFederation;
 use crate::tokens::{Status as TokenStatus, Token};
 use crate::workload_identities::WorkloadIdentity;
 
@@ -74,6 +75,7 @@ pub(super) struct Catalog {
     pub(super) kube_clusters: BTreeMap<String, KubeCluster>,
     pub(super) workload_identities: BTreeMap<String, WorkloadIdentity>,
     pub(super) nodes: BTreeMap<String, Node>,
+    pub(super) spiffe_federations: BTreeMap<String, SpiffeFederation>,
 }
 
 fn not_found(kind: Kind, name: &str) -> Refusal {
@@ -170,6 +172,7 @@ impl Catalog {
             Kind::KubeCluster => self.kube_clusters.len(),
             Kind::WorkloadIdentity => self.workload_identities.len(),
             Kind::Node => self.nodes.len(),
+            Kind::SpiffeFederation => self.spiffe_federations.len(),
         }
     }
 
@@ -251,6 +254,9 @@ impl Catalog {
         for node in resources.nodes {
             self.nodes.insert(node.name.clone(), node);
         }
+        for federation in resources.spiffe_federations {
+            (self.spiffe_federations).insert(federation.name.clone(), federation);
+        }
         Ok(applied)
     }
 
@@ -265,6 +271,7 @@ impl Catalog {
             Kind::KubeCluster => self.kube_clusters.contains_key(name),
             Kind::WorkloadIdentity => self.workload_identities.contains_key(name),
             Kind::Node => self.nodes.contains_key(name),
+            Kind::SpiffeFederation => self.spiffe_federations.contains_key(name),
         }
     }
 
@@ -286,6 +293,9 @@ impl Catalog {
                 .get(name)
                 .map(WorkloadIdentity::to_resource),
             Kind::Node => self.nodes.get(name).map(Node::to_resource),
+            Kind::SpiffeFederation => {
+                (self.spiffe_federations.get(name)).map(SpiffeFederation::to_resource)
+            }
         };
         found.ok_or_else(|| not_found(kind, name))
     }
@@ -313,6 +323,7 @@ impl Catalog {
             Kind::KubeCluster => self.kube_clusters.keys().cloned().collect(),
             Kind::WorkloadIdentity => self.workload_identities.keys().cloned().collect(),
             Kind::Node => self.nodes.keys().cloned().collect(),
+            Kind::SpiffeFederation => self.spiffe_federations.keys().cloned().collect(),
         };
         names.sort();
         names
@@ -333,6 +344,7 @@ impl Catalog {
             Kind::KubeCluster => self.kube_clusters.remove(name).is_some(),
             Kind::WorkloadIdentity => self.workload_identities.remove(name).is_some(),
             Kind::Node => self.nodes.remove(name).is_some(),
+            Kind::SpiffeFederation => self.spiffe_federations.remove(name).is_some(),
         };
         if removed {
             return Ok(());

@@ -88,6 +88,9 @@ impl Cluster {
         for node in &config.nodes {
             catalog.nodes.insert(node.name.clone(), node.clone());
         }
+        catalog.spiffe_federations = (config.spiffe_federations.iter())
+            .map(|f| (f.name.clone(), f.clone()))
+            .collect();
         Ok(Self {
             ca,
             join_state_key: SoftSigner::generate(jwt_algorithm)?,
@@ -381,6 +384,15 @@ impl Cluster {
     pub(crate) fn workload_identities(&self) -> Vec<WorkloadIdentity> {
         self.catalog()
             .workload_identities
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Every SPIFFE federation, by name.
+    pub(crate) fn spiffe_federations(&self) -> Vec<crate::spiffe_federations::SpiffeFederation> {
+        self.catalog()
+            .spiffe_federations
             .values()
             .cloned()
             .collect()

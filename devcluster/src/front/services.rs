@@ -21,6 +21,7 @@ use tower::Service as _;
 use crate::auth::AuthApi;
 use crate::bot_instances::BotInstanceApi;
 use crate::cluster::Cluster;
+use crate::federation::FederationApi;
 use crate::join::{JoinLegacy, JoinV1};
 use crate::transport::TransportApi;
 use crate::trust::TrustApi;
@@ -38,6 +39,8 @@ pub(super) struct Services {
     >,
     bot_instances: machineid::bot_instance_service_server::BotInstanceServiceServer<BotInstanceApi>,
     transport: transport::transport_service_server::TransportServiceServer<TransportApi>,
+    federation:
+        machineid::spiffe_federation_service_server::SpiffeFederationServiceServer<FederationApi>,
 }
 
 impl Services {
@@ -58,6 +61,9 @@ impl Services {
             ),
             transport: transport::transport_service_server::TransportServiceServer::new(
                 TransportApi(cluster.clone()),
+            ),
+            federation: machineid::spiffe_federation_service_server::SpiffeFederationServiceServer::new(
+                FederationApi(cluster.clone()),
             ),
         }
     }
@@ -84,6 +90,8 @@ impl Services {
             self.issuance.clone().call(request).await
         } else if auth && path.starts_with("/teleport.machineid.v1.BotInstanceService/") {
             self.bot_instances.clone().call(request).await
+        } else if auth && path.starts_with("/teleport.machineid.v1.SPIFFEFederationService/") {
+            self.federation.clone().call(request).await
         } else {
             Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
         }
