@@ -9,7 +9,8 @@ packages=(
   # Emulators and the tools the tests check keybound against
   softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
   openssl openssh-client openssh-server ca-certificates
-  python3 python3-jwt python3-cryptography
+  # python3-venv: the spiffe client (PyPI) is installed into a venv by the tests and the demo
+  python3 python3-venv python3-jwt python3-cryptography
   # libseccomp's Python binding: a test hides openat2 from keybound (symlinks: try-secure)
   python3-seccomp
   # The shells and formatter that check `keybound completions` and `keybound man`; libfaketime
