@@ -186,13 +186,20 @@ async fn tls_stream(
     if !dial.proxy {
         return direct_tls_stream(addr, tls, dial, ahead).await;
     }
-    if crate::upgrade::required(addr).await {
-        let upgraded = crate::upgrade::dial(addr).await?;
-        return tls_handshake(addr, tls, dial, Box::new(upgraded)).await;
+    let result = if crate::upgrade::required(addr).await {
+        match crate::upgrade::dial(addr).await {
+            Ok(upgraded) => tls_handshake(addr, tls, dial, Box::new(upgraded)).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        direct_tls_stream(addr, tls, dial, ahead)
+            .await
+            .map_err(|e| crate::upgrade::explain(addr, e))
+    };
+    if result.is_err() {
+        crate::upgrade::forget(addr);
     }
-    direct_tls_stream(addr, tls, dial, ahead)
-        .await
-        .map_err(|e| crate::upgrade::explain(addr, e))
+    result
 }
 
 async fn direct_tls_stream(

@@ -69,12 +69,37 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 /// Whether dialling `addr` needs the upgrade: the environment's answer, else the test
-/// handshake's (`IsALPNConnUpgradeRequired`).
+/// handshake's (`IsALPNConnUpgradeRequired`). Teleport's client probes on every dial; keybound
+/// keeps the answer per address until a dial there fails ([`forget`]), so that a renewal opens
+/// one connection, not two.
 pub async fn required(addr: &HostPort) -> bool {
-    match forced(addr) {
-        Some(answer) => answer,
-        None => probe(addr).await,
+    if let Some(answer) = forced(addr) {
+        return answer;
     }
+    let key = addr.to_string();
+    if let Some(&answer) = known().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return answer;
+    }
+    let answer = probe(addr).await;
+    known()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, answer);
+    answer
+}
+
+/// Drops the kept answer for `addr`: the next dial tests again.
+pub fn forget(addr: &HostPort) {
+    known()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&addr.to_string());
+}
+
+fn known() -> &'static std::sync::Mutex<std::collections::HashMap<String, bool>> {
+    static KNOWN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, bool>>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(Default::default)
 }
 
 /// One TLS handshake offering only `teleport-reversetunnel`: no protocol chosen, a
@@ -107,7 +132,7 @@ async fn probe(addr: &HostPort) -> bool {
                     )
                 });
             if !needed {
-                tracing::info!(%addr, error = %e, "ALPN connection upgrade test failed");
+                tracing::debug!(%addr, error = %e, "ALPN connection upgrade test failed");
             }
             needed
         }
