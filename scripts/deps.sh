@@ -13,6 +13,8 @@ packages=(
   python3 python3-venv python3-jwt python3-cryptography
   # libseccomp's Python binding: a test hides openat2 from keybound (symlinks: try-secure)
   python3-seccomp
+  # The TLS-terminating L7 load balancer of the connection-upgrade tests
+  nginx
   # The shells and formatter that check `keybound completions` and `keybound man`; libfaketime
   # for `keybound doctor`'s clock-skew test
   bash zsh fish groff-base man-db faketime

@@ -195,6 +195,7 @@ impl AuthClient {
                 server_name: Some(server_name),
                 accept: &[b"h2"],
                 expected: "h2; is this a Teleport proxy or Auth Service?",
+                proxy: matches!(route, AuthRoute::Proxy(_)),
             },
             ahead,
         )

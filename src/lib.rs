@@ -52,6 +52,7 @@ pub mod subject_key;
 pub mod tls;
 pub mod transport;
 pub mod untrusted;
+pub mod upgrade;
 pub mod values;
 pub mod webapi;
 

@@ -41,6 +41,7 @@ pub async fn connect(
             server_name: None,
             accept: &[ALPN_PROXY_GRPC, ALPN_H2],
             expected: "teleport-proxy-grpc; is it a Teleport proxy?",
+            proxy: true,
         },
     )
     .await
@@ -55,6 +56,9 @@ pub struct Dial {
     pub accept: &'static [&'static [u8]],
     /// What to say the server should have picked, when it picked something else.
     pub expected: &'static str,
+    /// Whether `addr` is a Proxy's, which may sit behind an L7 load balancer and then needs
+    /// the ALPN connection upgrade ([`crate::upgrade`]).
+    pub proxy: bool,
 }
 
 impl Dial {
@@ -67,6 +71,7 @@ impl Dial {
             ),
             accept: &[ALPN_H2],
             expected: "h2; is it Teleport's Auth Service?",
+            proxy: false,
         }
     }
 }
@@ -167,21 +172,52 @@ pub async fn connect_over(
         .await
 }
 
+/// What the inner TLS runs over: TCP, or the upgraded connection through a load balancer.
+trait Carrier: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Carrier for T {}
+type TlsStream = tokio_rustls::client::TlsStream<Box<dyn Carrier>>;
+
 async fn tls_stream(
     addr: &HostPort,
     tls: Arc<ClientConfig>,
     dial: &Dial,
     ahead: Option<Preconnect>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> std::io::Result<TlsStream> {
+    if !dial.proxy {
+        return direct_tls_stream(addr, tls, dial, ahead).await;
+    }
+    let result = if crate::upgrade::required(addr).await {
+        match crate::upgrade::dial(addr).await {
+            Ok(upgraded) => tls_handshake(addr, tls, dial, Box::new(upgraded)).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        direct_tls_stream(addr, tls, dial, ahead)
+            .await
+            .map_err(|e| crate::upgrade::explain(addr, e))
+    };
+    if result.is_err() {
+        crate::upgrade::forget(addr);
+    }
+    result
+}
+
+async fn direct_tls_stream(
+    addr: &HostPort,
+    tls: Arc<ClientConfig>,
+    dial: &Dial,
+    ahead: Option<Preconnect>,
+) -> std::io::Result<TlsStream> {
     use std::io::ErrorKind;
     let ahead = match ahead {
         Some(ahead) => ahead.take(addr).await,
         None => None,
     };
     let Some(tcp) = ahead else {
-        return tls_handshake(addr, tls, dial, tcp_dial(addr).await?).await;
+        return tls_handshake(addr, tls, dial, Box::new(tcp_dial(addr).await?)).await;
     };
-    match tls_handshake(addr, tls.clone(), dial, tcp).await {
+    tcp.set_nodelay(true)?;
+    match tls_handshake(addr, tls.clone(), dial, Box::new(tcp)).await {
         // The server closed the connection opened ahead before its hello came (it waited
         // too long, or the server restarted): once more on a fresh one, as without it.
         Err(e)
@@ -190,7 +226,7 @@ async fn tls_stream(
                 ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
             ) =>
         {
-            tls_handshake(addr, tls, dial, tcp_dial(addr).await?).await
+            tls_handshake(addr, tls, dial, Box::new(tcp_dial(addr).await?)).await
         }
         other => other,
     }
@@ -198,7 +234,7 @@ async fn tls_stream(
 
 async fn tcp_dial(addr: &HostPort) -> std::io::Result<TcpStream> {
     use std::io::{Error, ErrorKind};
-    tokio::time::timeout(
+    let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
         TcpStream::connect((addr.host(), addr.port())),
     )
@@ -208,30 +244,34 @@ async fn tcp_dial(addr: &HostPort) -> std::io::Result<TcpStream> {
             ErrorKind::TimedOut,
             format!("connecting to {addr} timed out"),
         )
-    })?
+    })??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 async fn tls_handshake(
     addr: &HostPort,
     tls: Arc<ClientConfig>,
     dial: &Dial,
-    tcp: TcpStream,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    carrier: Box<dyn Carrier>,
+) -> std::io::Result<TlsStream> {
     use std::io::{Error, ErrorKind};
-    tcp.set_nodelay(true)?;
     let name = match &dial.server_name {
         Some(name) => name.clone(),
         None => ServerName::try_from(addr.host().to_owned())
             .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{:?}: {e}", addr.host())))?,
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, tcp))
-        .await
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::TimedOut,
-                format!("TLS handshake with {addr} timed out"),
-            )
-        })??;
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(tls).connect(name, carrier),
+    )
+    .await
+    .map_err(|_| {
+        Error::new(
+            ErrorKind::TimedOut,
+            format!("TLS handshake with {addr} timed out"),
+        )
+    })??;
     match stream.get_ref().1.alpn_protocol() {
         Some(p) if dial.accept.contains(&p) => Ok(stream),
         other => Err(Error::new(

@@ -308,8 +308,8 @@ pub struct SshProxyArgs {
     #[arg(long, overrides_with = "tls_routing")]
     pub no_tls_routing: bool,
 
-    /// Go through an L7 load balancer's connection upgrade (accepted; not supported yet:
-    /// keybound dials the proxy directly, and says so when that fails).
+    /// Go through an L7 load balancer's connection upgrade (accepted: keybound decides on every
+    /// dial, as tbot's client does, and TELEPORT_TLS_ROUTING_CONN_UPGRADE overrides it).
     #[arg(long, overrides_with = "no_connection_upgrade")]
     pub connection_upgrade: bool,
     /// The opposite of --connection-upgrade.

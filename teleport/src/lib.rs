@@ -13,3 +13,4 @@ pub mod subject;
 pub mod suite;
 pub mod text;
 pub mod time;
+pub mod wsframe;

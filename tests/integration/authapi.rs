@@ -214,6 +214,7 @@ async fn auth_wants_a_certificate_and_the_route_wants_this_cluster() {
                     ),
                     accept: &[b"h2"],
                     expected: "h2",
+                    proxy: true,
                 },
             )
             .await

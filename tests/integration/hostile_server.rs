@@ -155,7 +155,13 @@ impl Scripted {
         config.alpn_protocols = match tls {
             Tls::NoAlpn => Vec::new(),
             Tls::WrongAlpn => vec![b"http/1.1".to_vec()],
-            _ => vec![b"teleport-proxy-grpc".to_vec(), b"h2".to_vec()],
+            // A Teleport proxy also takes `teleport-reversetunnel`, the only protocol of the
+            // connection-upgrade test handshake.
+            _ => vec![
+                b"teleport-proxy-grpc".to_vec(),
+                b"h2".to_vec(),
+                b"teleport-reversetunnel".to_vec(),
+            ],
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -52,5 +52,6 @@ mod start;
 mod support;
 #[cfg(feature = "tpm")]
 mod tpm;
+mod upgrade;
 mod workload_api;
 mod workload_identity;

@@ -184,66 +184,71 @@ pub(crate) struct FindServer {
     _dir: tempfile::TempDir,
 }
 
+/// A CA and a leaf certificate for `localhost` signed by it, made with openssl in `dir`, as a
+/// real deployment has: returns the CA, the certificate and its key (PEM files).
+pub(crate) fn localhost_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let path = |name: &str| dir.join(name);
+    let openssl = || {
+        let mut cmd = Command::new(tool("openssl"));
+        cmd.current_dir(dir).stderr(Stdio::null());
+        cmd
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run_ok(openssl().args(["req", "-x509"]).args(ec).args([
+        "-days",
+        "1",
+        "-subj",
+        "/CN=keybound test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]));
+    run_ok(openssl().args(["req"]).args(ec).args([
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]));
+    std::fs::write(
+        path("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run_ok(openssl().args([
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]));
+    (path("ca.pem"), path("cert.pem"), path("key.pem"))
+}
+
 impl FindServer {
     pub(crate) fn start(find_json: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("webapi")).unwrap();
         std::fs::write(dir.path().join("webapi/find"), find_json).unwrap();
-        // A CA and a leaf for localhost signed by it, as a real deployment has.
-        let path = |name: &str| dir.path().join(name);
-        let openssl = || {
-            let mut cmd = Command::new(tool("openssl"));
-            cmd.current_dir(dir.path()).stderr(Stdio::null());
-            cmd
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        run_ok(openssl().args(["req", "-x509"]).args(ec).args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=keybound test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]));
-        run_ok(openssl().args(["req"]).args(ec).args([
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-        ]));
-        std::fs::write(
-            path("leaf.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        run_ok(openssl().args([
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ]));
-        let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
+        let (ca, cert, key) = localhost_tls(dir.path());
         for _ in 0..10 {
             let port = free_port();
             let mut child = Command::new(tool("openssl"))

@@ -98,10 +98,18 @@ pub(super) async fn serve_proxy_connection(
     } else {
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let cluster = cluster.clone();
-            async move { Ok::<_, std::convert::Infallible>(web::web(&cluster, local, &request)) }
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    if request.uri().path() == "/webapi/connectionupgrade" {
+                        super::upgrade::connection_upgrade(request, local)
+                    } else {
+                        web::web(&cluster, local, &request)
+                    },
+                )
+            }
         });
         auto::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service)
+            .serve_connection_with_upgrades(io, service)
             .await
             .map_err(|e| e.to_string())
     }

@@ -17,6 +17,7 @@ mod kube;
 mod listen;
 mod services;
 mod tls;
+mod upgrade;
 mod web;
 
 use std::net::SocketAddr;

@@ -54,7 +54,15 @@ fn proxy(ca: &ClusterCa, addr: SocketAddr) -> anyhow::Result<ServerConfig> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    proxy.alpn_protocols = vec![ALPN_GRPC.to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `teleport-reversetunnel` is chosen when it is all a client offers, as Teleport's router
+    // does: that is the test handshake by which clients decide whether they need the
+    // connection upgrade (`IsALPNConnUpgradeRequired`, `api/client/alpn_conn_upgrade.go`).
+    proxy.alpn_protocols = vec![
+        ALPN_GRPC.to_vec(),
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        b"teleport-reversetunnel".to_vec(),
+    ];
     Ok(proxy)
 }
 

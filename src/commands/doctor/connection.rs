@@ -24,6 +24,19 @@ pub(super) async fn checks(
             .fix("remove insecure / --insecure and give the cluster's CA with --ca-path"),
         )?;
     }
+    if !direct && crate::upgrade::required(addr).await {
+        let why = match crate::upgrade::forced(addr) {
+            Some(_) => format!("{} says so", crate::upgrade::ENV),
+            None => "ALPN does not reach the proxy: a TLS-terminating load balancer is in \
+                     front of it"
+                .to_owned(),
+        };
+        report.add(Check::new(
+            Status::Ok,
+            "cluster",
+            format!("connection upgrade needed ({why}); keybound tunnels through /webapi/connectionupgrade"),
+        ))?;
+    }
     let result = dial(addr, direct, trust).await;
     let trusted_by = trusted_by(trust);
     let alpn = if direct {

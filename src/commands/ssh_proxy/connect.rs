@@ -71,9 +71,8 @@ pub(super) async fn open(
     let dial = Dial {
         server_name: None,
         accept: &[ALPN_PROXY_SSH_GRPC, ALPN_H2],
-        expected: "teleport-proxy-ssh-grpc; is --proxy-server a Teleport proxy? Behind an L7 \
-                   load balancer the proxy needs the connection upgrade, which keybound does \
-                   not support yet",
+        expected: "teleport-proxy-ssh-grpc; is --proxy-server a Teleport proxy?",
+        proxy: true,
     };
     let channel = transport::connect_with(proxy, tls, dial)
         .await
