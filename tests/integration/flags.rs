@@ -11,7 +11,7 @@ use keybound_devcluster::roles::Role;
 
 use crate::cluster::{ca_file, cluster_for};
 use crate::oneshot::{Env, env, failed, ok, subject, values};
-use crate::support::{assert_output_verifies, keybound, run_ok};
+use crate::support::{assert_output_verifies, keybound};
 
 async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
@@ -194,6 +194,7 @@ async fn identity_flags_with_the_key_in_softhsm() {
 #[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_flags_with_the_key_in_swtpm() {
+    use crate::support::run_ok;
     use keybound_signer::PublicKey;
     let tpm = keybound_signer_tpm::testing::Swtpm::start();
     let tpm_flags = [
