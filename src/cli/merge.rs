@@ -26,9 +26,12 @@ impl Start {
         if let Some(service) = &self.service {
             let yaml = service.to_yaml().map_err(|e| Failure::config(anyhow!(e)))?;
             let at = format!("keybound start {}", service.name());
-            let output = crate::config::generate::service(&yaml, &at)
-                .map_err(|e| Failure::config(anyhow!(e)))?;
-            config.outputs.push(output);
+            match crate::config::generate::service(&yaml, &at)
+                .map_err(|e| Failure::config(anyhow!(e)))?
+            {
+                crate::config::generate::Entry::Output(output) => config.outputs.push(output),
+                crate::config::generate::Entry::Service(service) => config.services.push(service),
+            }
         }
         config
             .check_destinations()

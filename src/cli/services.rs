@@ -11,8 +11,8 @@ use crate::config::generate::Yaml;
 use crate::fsutil::Symlinks;
 use crate::values::Destination;
 
-/// The output kinds a command line can ask for, with tbot's names and aliases.
-/// (`workload-identity-api` is a listener, not an output: it is left to the configuration file.)
+/// The output kinds (and the Workload API service) a command line can ask for, with tbot's names
+/// and aliases.
 #[derive(Clone, Debug, Subcommand)]
 pub enum ServiceCommand {
     /// An identity output: the bot's role certificates in tbot's file layout (tbot's `start
@@ -37,6 +37,10 @@ pub enum ServiceCommand {
     /// A workload-identity-jwt output: a JWT SVID.
     #[command(name = "workload-identity-jwt")]
     WorkloadIdentityJwt(WorkloadIdentityJwtFlags),
+    /// The workload-identity-api service: the SPIFFE Workload API on a socket (the agent serves
+    /// it; `--oneshot` skips it, as tbot does).
+    #[command(name = "workload-identity-api")]
+    WorkloadIdentityApi(WorkloadIdentityApiFlags),
 }
 
 /// tbot's destination flags (`newSharedDestinationArgs`).
@@ -166,8 +170,8 @@ pub struct WorkloadIdentityX509Flags {
     #[command(flatten)]
     pub selector: WorkloadSelectorFlags,
 
-    /// tbot's federated trust bundles; refused (keybound writes the cluster's own bundle).
-    #[arg(long, hide = true)]
+    /// Also write the federated trust domains' CAs into svid_bundle.pem.
+    #[arg(long)]
     pub include_federated_trust_bundles: bool,
 }
 
@@ -187,6 +191,18 @@ pub struct WorkloadIdentityJwtFlags {
     pub audience: Vec<String>,
 }
 
+/// `start workload-identity-api` (`lib/tbot/cli/start_workload_identity_api.go`).
+#[derive(Clone, Debug, Args)]
+pub struct WorkloadIdentityApiFlags {
+    /// Where to serve: unix:///PATH or tcp://HOST:PORT.
+    #[arg(long, value_name = "URI", required = true)]
+    pub listen: String,
+
+    /// Which workload identity.
+    #[command(flatten)]
+    pub selector: WorkloadSelectorFlags,
+}
+
 impl ServiceCommand {
     /// The subcommand's name, for errors (`keybound start <name>`).
     pub fn name(&self) -> &'static str {
@@ -198,6 +214,7 @@ impl ServiceCommand {
             Self::KubernetesV2(_) => "kubernetes/v2",
             Self::WorkloadIdentityX509(_) => "workload-identity-x509",
             Self::WorkloadIdentityJwt(_) => "workload-identity-jwt",
+            Self::WorkloadIdentityApi(_) => "workload-identity-api",
         }
     }
 
@@ -238,16 +255,14 @@ impl ServiceCommand {
                 )
                 .flag("disable_exec_plugin", f.disable_exec_plugin),
             Self::KubernetesV2(f) => kubernetes_v2(f)?,
-            Self::WorkloadIdentityX509(f) => {
-                if f.include_federated_trust_bundles {
-                    return Err("--include-federated-trust-bundles: keybound writes the \
-                                cluster's own trust bundle only; leave the flag out"
-                        .to_owned());
-                }
-                f.destination
-                    .service("workload-identity-x509")?
-                    .map("selector", f.selector.to_yaml()?)
-            }
+            Self::WorkloadIdentityX509(f) => f
+                .destination
+                .service("workload-identity-x509")?
+                .map("selector", f.selector.to_yaml()?)
+                .flag(
+                    "include_federated_trust_bundles",
+                    f.include_federated_trust_bundles,
+                ),
             Self::WorkloadIdentityJwt(f) => {
                 for audience in &f.audience {
                     required("--audience", audience)?;
@@ -257,6 +272,9 @@ impl ServiceCommand {
                     .map("selector", f.selector.to_yaml()?)
                     .strs("audiences", &f.audience)
             }
+            Self::WorkloadIdentityApi(f) => Yaml::service("workload-identity-api")
+                .str("listen", required("--listen", &f.listen)?)
+                .map("selector", f.selector.to_yaml()?),
         })
     }
 }

@@ -82,11 +82,24 @@ impl Yaml {
     }
 }
 
+/// One `services:` entry from flags: an output, or a service such as the Workload API.
+pub enum Entry {
+    /// An output, written at each renewal.
+    Output(OutputConfig),
+    /// A service, run by the agent.
+    Service(crate::service::ServiceConfig),
+}
+
 /// Checks one service's YAML as a file's `services:` entry is checked; `at` names it in errors.
-pub fn service(yaml: &Yaml, at: &str) -> Result<OutputConfig, String> {
-    let raw: crate::output::RawOutput =
+pub fn service(yaml: &Yaml, at: &str) -> Result<Entry, String> {
+    let raw: crate::service::RawEntry =
         serde_yaml::from_value(Value::Mapping(yaml.0.clone())).map_err(|e| format!("{at}: {e}"))?;
-    raw.check(at)
+    Ok(match raw {
+        crate::service::RawEntry::Output(output) => Entry::Output(output.check(at)?),
+        crate::service::RawEntry::WorkloadApi(api) => {
+            Entry::Service(crate::service::ServiceConfig::WorkloadApi(api.check(at)?))
+        }
+    })
 }
 
 /// The whole configuration as `tbot.yaml` text, its outputs given as `services` (the YAML they

@@ -342,3 +342,68 @@ fn flag_errors_name_the_flag_and_the_fix() {
     );
     assert!(e.contains("--join-method bound_keypair is required"), "{e}");
 }
+
+/// `configure workload-identity-api` (a service, not an output) and the x509 output's
+/// `--include-federated-trust-bundles` print YAML that `Config::load` reads back with the same
+/// service; a `--listen` of another scheme is refused naming the key and the fix.
+#[test]
+fn workload_api_and_federated_bundle_flags_configure_what_start_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "--proxy-server",
+        "127.0.0.1:9",
+        "--token",
+        "t",
+        "--join-method",
+        "bound_keypair",
+        "--static-key-path",
+        "/nonexistent/key.pem",
+    ];
+    let socket = format!("unix://{}/workload.sock", dir.path().display());
+    let api = dir.path().join("api.yaml");
+    let output = keybound()
+        .args(["configure", "workload-identity-api", "--listen", &socket])
+        .args(["--name-selector", "web", "-o"])
+        .arg(&api)
+        .args(base)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let config = keybound::config::Config::load(&api).unwrap();
+    assert_eq!(config.services.len(), 1, "{config:?}");
+    assert!(config.outputs.is_empty(), "{config:?}");
+    let text = std::fs::read_to_string(&api).unwrap();
+    assert!(text.contains("type: workload-identity-api"), "{text}");
+    assert!(text.contains(&format!("listen: {socket}")), "{text}");
+
+    let x509 = dir.path().join("x509.yaml");
+    let output = keybound()
+        .args(["configure", "workload-identity-x509", "--destination"])
+        .arg(dir.path().join("svid"))
+        .args([
+            "--label-selector",
+            "env=dev",
+            "--include-federated-trust-bundles",
+        ])
+        .arg("-o")
+        .arg(&x509)
+        .args(base)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = std::fs::read_to_string(&x509).unwrap();
+    assert!(
+        text.contains("include_federated_trust_bundles: true"),
+        "{text}"
+    );
+    keybound::config::Config::load(&x509).unwrap();
+
+    let mut args = vec!["start", "workload-identity-api", "--listen", "http://x:1"];
+    args.extend(["--name-selector", "web"]);
+    args.extend(base);
+    let e = refused(&args, 78);
+    assert!(
+        e.contains("workload-identity-api.listen: unsupported scheme in \"http://x:1\""),
+        "{e}"
+    );
+}
