@@ -37,8 +37,8 @@ pub enum ServiceCommand {
     /// A workload-identity-jwt output: a JWT SVID.
     #[command(name = "workload-identity-jwt")]
     WorkloadIdentityJwt(WorkloadIdentityJwtFlags),
-    /// The workload-identity-api service: the SPIFFE Workload API on a socket (the agent serves
-    /// it; `--oneshot` skips it, as tbot does).
+    /// The workload-identity-api service: the SPIFFE Workload API on a socket, which the
+    /// long-running agent serves (a one-shot run skips it, as tbot does).
     #[command(name = "workload-identity-api")]
     WorkloadIdentityApi(WorkloadIdentityApiFlags),
 }
