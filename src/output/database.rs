@@ -155,10 +155,6 @@ impl Output for DatabaseOutput {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     async fn issue(&self, cx: &Issue<'_>) -> Result<Routed, Failure> {
         let roles = roles_for(&self.roles, cx)?;
         let what = Impersonation {

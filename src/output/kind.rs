@@ -35,8 +35,11 @@ pub trait Output: Sized + Sync {
     fn name(&self) -> Option<&str>;
     /// What it uses of what the outputs share ([`Shared`]).
     fn needs(&self) -> Needs;
-    /// Checks it against the effective configuration (flags included), before any join.
-    fn validate(&self) -> Result<(), String>;
+    /// Checks it against the effective configuration (flags included), before any join; most
+    /// kinds have nothing to check there.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Asks Auth for what the output holds.
     fn issue(&self, cx: &Issue<'_>) -> impl Future<Output = Result<Self::Issued, Failure>> + Send;
     /// The files for what was issued, to be written into `dir`.

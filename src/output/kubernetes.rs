@@ -103,10 +103,6 @@ impl Output for KubernetesOutput {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
         let roles = roles_for(&self.roles, cx)?;
         let what = Impersonation {

@@ -157,10 +157,6 @@ impl Output for KubernetesV2Output {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
         let roles = roles_for(&[], cx)?;
         let what = Impersonation {

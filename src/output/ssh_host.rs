@@ -156,10 +156,6 @@ impl Output for SshHostOutput {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
         let roles = roles_for(cx, &self.roles)?;
         let identity = impersonate(

@@ -101,10 +101,6 @@ impl Output for WorkloadIdentityJwtOutput {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
         let issued = issue(cx, &self.selector, Params::Jwt(self.audiences.clone())).await?;
         let credential = exactly_one(issued.credentials, SvidKind::Jwt)?;

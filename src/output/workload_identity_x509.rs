@@ -100,10 +100,6 @@ impl Output for WorkloadIdentityX509Output {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
         let suite = cx.suite;
         let key = tokio::task::spawn_blocking(move || SvidKey::generate(suite))
