@@ -45,6 +45,7 @@ mod secrets;
 mod ssh_host;
 mod ssh_proxy;
 mod standard;
+mod standard_devices;
 mod standard_pkcs11;
 #[cfg(feature = "tpm")]
 mod standard_tpm;

@@ -118,12 +118,17 @@ pub(crate) fn failed(output: &Output, code: i32) -> String {
     errors[0].to_owned()
 }
 
-/// Removes the bot identity from storage (not the client state): the next join is a recovery.
+/// Removes the bot identity from storage (not the client state, nor device keys' references
+/// and TPM key files): the next join is a recovery.
 pub(crate) fn forget_identity(storage: &Path) {
     for entry in std::fs::read_dir(storage).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !CLIENT_STATE.contains(&name.as_str()) && !name.starts_with(".keybound.lock") {
+        if !CLIENT_STATE.contains(&name.as_str())
+            && name != "bkp_device_keys.json"
+            && !name.starts_with("bkp_tpm_")
+            && !name.starts_with(".keybound.lock")
+        {
             std::fs::remove_file(entry.path()).unwrap();
         }
     }
@@ -278,27 +283,36 @@ fn a_registration_secret_bot_rejoins_recovers_rotates_and_a_forged_state_locks_t
     joined(&oneshot(&cluster, dir.path(), &[]).output().unwrap());
 
     // A tampered join state: refused, the token locked, the identity and outputs untouched.
+    forged_state_locks_the_token(&cluster, dir.path(), || oneshot(&cluster, dir.path(), &[]));
+    assert!(read(&cluster.log).contains("TBK003W"));
+}
+
+/// With the identity gone, a tampered `bkp_state` in `dir`'s storage: the join `run` starts is
+/// refused with the admin's fix, the token locked, the outputs untouched; then even the real
+/// state is refused by the lock (and put back).
+pub(crate) fn forged_state_locks_the_token(
+    cluster: &ClusterProcess,
+    dir: &Path,
+    run: impl Fn() -> Command,
+) {
+    let storage = dir.join("storage");
     forget_identity(&storage);
     let good_state = read(&storage.join("bkp_state"));
     let mut forged = good_state.clone().into_bytes();
     let last = forged.len() - 2;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     std::fs::write(storage.join("bkp_state"), &forged).unwrap();
-    let out_before = std::fs::read(dir.path().join("out/identity")).unwrap();
-    let error = failed(&oneshot(&cluster, dir.path(), &[]).output().unwrap(), 77);
+    let out_before = std::fs::read(dir.join("out/identity")).unwrap();
+    let error = failed(&run().output().unwrap(), 77);
     assert!(error.contains("join state verification failed"), "{error}");
     assert!(error.contains("tctl rm lock/NAME"), "{error}");
-    assert_eq!(
-        std::fs::read(dir.path().join("out/identity")).unwrap(),
-        out_before
-    );
+    assert_eq!(std::fs::read(dir.join("out/identity")).unwrap(), out_before);
     let locks =
         String::from_utf8_lossy(&run_ok(&mut cluster.admin(&["ls", "locks"])).stdout).into_owned();
     assert!(locks.contains("failed to verify its join state"), "{locks}");
-    assert!(read(&cluster.log).contains("TBK003W"));
     // Even the real state is now refused by the lock.
     std::fs::write(storage.join("bkp_state"), &good_state).unwrap();
-    let error = failed(&oneshot(&cluster, dir.path(), &[]).output().unwrap(), 77);
+    let error = failed(&run().output().unwrap(), 77);
     assert!(error.contains("is in force"), "{error}");
 }
 

@@ -14,7 +14,7 @@ use crate::standard::{
 use crate::support::{run_ok, tool};
 
 /// Standard mode with keys made in the token `bkp-token`.
-const DEVICE: [&str; 8] = [
+pub(crate) const DEVICE: [&str; 8] = [
     "--signer",
     "pkcs11",
     "--pkcs11-uri",
@@ -24,9 +24,14 @@ const DEVICE: [&str; 8] = [
     "--pin-source",
     "env:HSM_PIN",
 ];
-const TOKEN: &str = "bkp-token";
+pub(crate) const TOKEN: &str = "bkp-token";
 
-fn device_oneshot(hsm: &Hsm, cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
+pub(crate) fn device_oneshot(
+    hsm: &Hsm,
+    cluster: &ClusterProcess,
+    dir: &Path,
+    extra: &[&str],
+) -> Command {
     let mut cmd = oneshot(cluster, dir, extra);
     cmd.env("SOFTHSM2_CONF", &hsm.conf)
         .env("HSM_PIN", PIN)
@@ -36,7 +41,7 @@ fn device_oneshot(hsm: &Hsm, cluster: &ClusterProcess, dir: &Path, extra: &[&str
 
 /// The labels of the private keys in the token, as pkcs11-tool lists them, with the access
 /// flags it prints for each.
-fn private_keys(hsm: &Hsm) -> Vec<(String, String)> {
+pub(crate) fn private_keys(hsm: &Hsm) -> Vec<(String, String)> {
     let out = run_ok(
         hsm.pkcs11_tool()
             .args(["--list-objects", "--type", "privkey"]),
@@ -59,7 +64,7 @@ fn private_keys(hsm: &Hsm) -> Vec<(String, String)> {
 
 /// Whether the token's public key labelled `label` is the `ssh-ed25519` key `line`: the key
 /// pkcs11-tool reads out, through openssl, against the end of the line's blob.
-fn token_key_is(hsm: &Hsm, dir: &Path, label: &str, line: &str) -> bool {
+pub(crate) fn token_key_is(hsm: &Hsm, dir: &Path, label: &str, line: &str) -> bool {
     use base64::Engine as _;
     let der = dir.join("pub.pem");
     run_ok(
@@ -81,7 +86,7 @@ fn token_key_is(hsm: &Hsm, dir: &Path, label: &str, line: &str) -> bool {
     line.starts_with("ssh-ed25519 ") && spki.len() == 44 && spki.ends_with(&blob[blob.len() - 32..])
 }
 
-fn key_labels(hsm: &Hsm) -> Vec<String> {
+pub(crate) fn key_labels(hsm: &Hsm) -> Vec<String> {
     private_keys(hsm).into_iter().map(|(l, _)| l).collect()
 }
 
@@ -89,7 +94,7 @@ fn device_keys(storage: &Path) -> serde_json::Value {
     serde_json::from_str(&read(&storage.join("bkp_device_keys.json"))).unwrap()
 }
 
-fn label_of(uri: &str) -> String {
+pub(crate) fn label_of(uri: &str) -> String {
     uri.split(';')
         .find_map(|a| a.strip_prefix("object="))
         .unwrap()

@@ -14,7 +14,12 @@ use crate::cluster_process::ClusterProcess;
 use crate::standard::{joined, oneshot, read, token_status, with_secret_token};
 use crate::support::{run_ok, tool};
 
-fn tpm_oneshot(tpm: &Swtpm, cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
+pub(crate) fn tpm_oneshot(
+    tpm: &Swtpm,
+    cluster: &ClusterProcess,
+    dir: &Path,
+    extra: &[&str],
+) -> Command {
     let mut cmd = oneshot(cluster, dir, extra);
     cmd.args(["--signer", "tpm", "--tpm-tcti", &tpm.tcti()]);
     cmd
@@ -23,7 +28,7 @@ fn tpm_oneshot(tpm: &Swtpm, cluster: &ClusterProcess, dir: &Path, extra: &[&str]
 /// Whether the TSS2 key file `file` holds the `ecdsa-sha2-nistp256` key `line`: openssl's tpm2
 /// provider loads it in the TPM and writes its SubjectPublicKeyInfo, whose last 65 bytes are the
 /// point the line's blob ends with.
-fn tpm_key_is(tpm: &Swtpm, file: &Path, line: &str) -> bool {
+pub(crate) fn tpm_key_is(tpm: &Swtpm, file: &Path, line: &str) -> bool {
     use base64::Engine as _;
     let spki = run_ok(
         Command::new(tool("openssl"))
@@ -43,7 +48,7 @@ fn device_keys(storage: &Path) -> serde_json::Value {
     serde_json::from_str(&read(&storage.join("bkp_device_keys.json"))).unwrap()
 }
 
-fn key_files(storage: &Path) -> Vec<String> {
+pub(crate) fn key_files(storage: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(storage)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

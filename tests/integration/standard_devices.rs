@@ -1,0 +1,289 @@
+//! Standard bound-keypair joining with keys made inside SoftHSM and the TPM (swtpm), beyond
+//! registration and rotation (`standard_pkcs11.rs`, `standard_tpm.rs`): the authenticated
+//! rejoin, a recovery, an old key refused after a rotation, a forged join state, the recovery
+//! limit, and a crash after a rotation's result. The same steps as the file-key tests of
+//! `standard.rs`, against `keybound dev-cluster` as its own process; every key is checked in the
+//! device with pkcs11-tool and openssl (SoftHSM) or openssl's tpm2 provider (TPM), not keybound.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::cluster_process::ClusterProcess;
+use crate::pkcs11::Hsm;
+use crate::standard::{
+    failed, forged_state_locks_the_token, forget_identity, joined, read, token_status,
+    with_secret_token, write,
+};
+use crate::standard_pkcs11::{TOKEN, device_oneshot, label_of, private_keys, token_key_is};
+use crate::support::run_ok;
+
+/// A device standard mode makes its keys in, as these tests drive and read it.
+enum Device {
+    Hsm(Hsm),
+    #[cfg(feature = "tpm")]
+    Tpm(keybound_signer_tpm::testing::Swtpm),
+}
+
+impl Device {
+    /// `keybound start --oneshot` in standard mode with keys in this device.
+    fn oneshot(&self, cluster: &ClusterProcess, dir: &Path, extra: &[&str]) -> Command {
+        match self {
+            Self::Hsm(hsm) => device_oneshot(hsm, cluster, dir, extra),
+            #[cfg(feature = "tpm")]
+            Self::Tpm(tpm) => crate::standard_tpm::tpm_oneshot(tpm, cluster, dir, extra),
+        }
+    }
+
+    /// Whether the device holds the key `reference` (as `bkp_device_keys.json` in `storage`
+    /// names it) and its public half is the `authorized_keys` line `line`.
+    fn holds(&self, storage: &Path, reference: &str, line: &str) -> bool {
+        match self {
+            // pkcs11-tool writes the public key it reads beside storage, not in it.
+            Self::Hsm(hsm) => token_key_is(hsm, scratch(storage), &label_of(reference), line),
+            #[cfg(feature = "tpm")]
+            Self::Tpm(tpm) => crate::standard_tpm::tpm_key_is(tpm, &storage.join(reference), line),
+        }
+    }
+
+    /// How many keys the device holds: private keys in the token (pkcs11-tool), TPM key files
+    /// in storage.
+    fn keys(&self, storage: &Path) -> usize {
+        match self {
+            Self::Hsm(hsm) => {
+                let _ = storage;
+                private_keys(hsm).len()
+            }
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => crate::standard_tpm::key_files(storage).len(),
+        }
+    }
+}
+
+/// The test's directory, which holds `storage`.
+fn scratch(storage: &Path) -> &Path {
+    storage.parent().unwrap()
+}
+
+fn device_keys(storage: &Path) -> serde_json::Value {
+    serde_json::from_str(&read(&storage.join("bkp_device_keys.json"))).unwrap()
+}
+
+fn active_ref(storage: &Path) -> String {
+    device_keys(storage)["active"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn bound(cluster: &ClusterProcess) -> String {
+    token_status(cluster)["bound_public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The bot instance a join's summary names.
+fn instance(summary: &str) -> String {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bot instance:"))
+        .unwrap_or_else(|| panic!("no bot instance: {summary}"))
+        .trim()
+        .to_owned()
+}
+
+/// Every file in `storage` (the lock aside), by name.
+fn snapshot(storage: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(storage)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            !e.file_name()
+                .to_string_lossy()
+                .starts_with(".keybound.lock")
+        })
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Registration, an authenticated rejoin, a recovery, a rotation, the rotated-out key refused,
+/// and a forged join state that locks the token: with every key in `device`.
+fn rejoin_recover_rotate_and_forge(device: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: standard, limit: 5}");
+
+    let first = joined(
+        &device
+            .oneshot(&cluster, dir.path(), &["--registration-secret", "s3cret"])
+            .output()
+            .unwrap(),
+    );
+    assert!(first.contains("unauthenticated"), "{first}");
+    let first_instance = instance(&first);
+    let first_key = bound(&cluster);
+    let first_ref = active_ref(&storage);
+    assert!(device.holds(&storage, &first_ref, &first_key));
+    assert_eq!(token_status(&cluster)["recovery_count"], 1);
+
+    // An authenticated rejoin: same instance, generation 2, no recovery used. The cluster
+    // refuses a standard-mode rejoin without the join state, so the join state went with it.
+    let second = joined(&device.oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    assert!(second.contains("authenticated rejoin"), "{second}");
+    assert!(second.contains("generation:    2"), "{second}");
+    assert_eq!(instance(&second), first_instance);
+    let status = token_status(&cluster);
+    assert_eq!(status["recovery_count"], 1);
+    assert_eq!(status["bound_bot_instance_id"], first_instance.as_str());
+    assert_eq!(active_ref(&storage), first_ref, "no new key");
+    assert_eq!(device.keys(&storage), 1);
+
+    // A recovery: the identity files gone, the references kept; a new instance, one more
+    // recovery, the same key in the device.
+    forget_identity(&storage);
+    let third = joined(&device.oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    assert!(third.contains("unauthenticated"), "{third}");
+    let third_instance = instance(&third);
+    assert_ne!(
+        third_instance, first_instance,
+        "a recovery makes a new instance"
+    );
+    let status = token_status(&cluster);
+    assert_eq!(status["recovery_count"], 2);
+    assert_eq!(status["bound_bot_instance_id"], third_instance.as_str());
+    assert_eq!(bound(&cluster), first_key);
+    assert!(device.holds(&storage, &first_ref, &first_key));
+    assert_eq!(device.keys(&storage), 1);
+
+    // A rotation, then the rotated-out key (still in the device: it is in the history) and the
+    // current join state, without the new key: the cluster challenges the new key, which this
+    // client does not hold.
+    run_ok(&mut cluster.admin(&["request-rotation", "t"]));
+    joined(&device.oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    let new_key = bound(&cluster);
+    assert_ne!(new_key, first_key);
+    let new_ref = active_ref(&storage);
+    assert!(device.holds(&storage, &new_ref, &new_key));
+    assert!(device.holds(&storage, &first_ref, &first_key), "kept");
+    assert_eq!(device.keys(&storage), 2);
+    let thief = dir.path().join("thief");
+    let thief_storage = thief.join("storage");
+    std::fs::create_dir_all(&thief_storage).unwrap();
+    let old = device_keys(&storage)["history"][1].clone();
+    assert_eq!(old["key"], first_ref.as_str());
+    write(
+        &thief_storage,
+        "bkp_device_keys.json",
+        &serde_json::json!({"active": old, "history": [old]}).to_string(),
+    );
+    std::fs::copy(storage.join("bkp_state"), thief_storage.join("bkp_state")).unwrap();
+    if storage.join(&first_ref).is_file() {
+        // A TPM key file: the thief has the old key's blob (it loads in this TPM).
+        std::fs::copy(storage.join(&first_ref), thief_storage.join(&first_ref)).unwrap();
+    }
+    let error = failed(&device.oneshot(&cluster, &thief, &[]).output().unwrap(), 77);
+    assert!(error.contains("no matching key found"), "{error}");
+    assert_eq!(bound(&cluster), new_key, "still bound");
+    joined(&device.oneshot(&cluster, dir.path(), &[]).output().unwrap());
+
+    // A forged join state: refused, the token locked, the outputs and the keys untouched.
+    forged_state_locks_the_token(&cluster, dir.path(), || {
+        device.oneshot(&cluster, dir.path(), &[])
+    });
+    assert_eq!(device.keys(&storage), 2);
+    assert!(device.holds(&storage, &new_ref, &new_key));
+}
+
+/// A crash after a rotation's result (before the client state is written), the recovery that
+/// follows without an admin, then the recovery limit: a clear error, and the last identity,
+/// the client state and the device's keys as they were.
+fn crash_after_the_result_then_the_limit(device: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: standard, limit: 2}");
+    joined(
+        &device
+            .oneshot(&cluster, dir.path(), &["--registration-secret", "s3cret"])
+            .output()
+            .unwrap(),
+    );
+    let first_ref = active_ref(&storage);
+    let public_before = read(&storage.join("id_bkp.pub"));
+
+    run_ok(&mut cluster.admin(&["request-rotation", "t"]));
+    let crashed = device
+        .oneshot(&cluster, dir.path(), &[])
+        .env("KEYBOUND_TEST_FAULT", "after-result")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    let committed = bound(&cluster);
+    assert_ne!(committed, public_before.trim(), "the cluster committed");
+    assert_eq!(
+        read(&storage.join("id_bkp.pub")),
+        public_before,
+        "not stored"
+    );
+    assert_eq!(active_ref(&storage), first_ref);
+    // The committed key is in the device and at the head of the history.
+    let new_ref = device_keys(&storage)["history"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_ref, first_ref);
+    assert!(device.holds(&storage, &new_ref, &committed));
+
+    let after = joined(&device.oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    assert!(after.contains("unauthenticated"), "a recovery: {after}");
+    assert_eq!(token_status(&cluster)["recovery_count"], 2);
+    assert_eq!(read(&storage.join("id_bkp.pub")).trim(), committed);
+    assert_eq!(active_ref(&storage), new_ref);
+
+    // The limit: two recoveries used of two.
+    forget_identity(&storage);
+    let before = snapshot(&storage);
+    let out_before = std::fs::read(dir.path().join("out/identity")).unwrap();
+    let keys_before = device.keys(&storage);
+    let error = failed(
+        &device.oneshot(&cluster, dir.path(), &[]).output().unwrap(),
+        77,
+    );
+    assert!(error.contains("no rejoins remaining"), "{error}");
+    assert!(error.contains("recovery.limit"), "{error}");
+    assert_eq!(snapshot(&storage), before, "the client state is untouched");
+    assert_eq!(
+        std::fs::read(dir.path().join("out/identity")).unwrap(),
+        out_before
+    );
+    assert_eq!(device.keys(&storage), keys_before);
+    assert!(device.holds(&storage, &new_ref, &committed));
+    assert_eq!(bound(&cluster), committed);
+}
+
+#[test]
+fn keys_in_the_token_rejoin_recover_refuse_the_old_key_and_lock_on_a_forged_state() {
+    rejoin_recover_rotate_and_forge(&Device::Hsm(Hsm::new(TOKEN)));
+}
+
+#[test]
+fn keys_in_the_token_survive_a_crash_after_the_result_and_stop_at_the_limit() {
+    crash_after_the_result_then_the_limit(&Device::Hsm(Hsm::new(TOKEN)));
+}
+
+#[cfg(feature = "tpm")]
+#[test]
+fn keys_in_the_tpm_rejoin_recover_refuse_the_old_key_and_lock_on_a_forged_state() {
+    let tpm = keybound_signer_tpm::testing::Swtpm::start();
+    rejoin_recover_rotate_and_forge(&Device::Tpm(tpm));
+}
+
+#[cfg(feature = "tpm")]
+#[test]
+fn keys_in_the_tpm_survive_a_crash_after_the_result_and_stop_at_the_limit() {
+    let tpm = keybound_signer_tpm::testing::Swtpm::start();
+    crash_after_the_result_then_the_limit(&Device::Tpm(tpm));
+}
