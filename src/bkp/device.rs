@@ -226,6 +226,39 @@ impl DeviceState {
         Ok(public)
     }
 
+    /// A key made outside a join (`keypair create --storage` with a device, before the key is
+    /// registered on the token): made in the device as a registration makes it, it becomes the
+    /// only key, active. The keys this state recorded before are retired, and destroyed in the
+    /// device only once the state naming the new key is written; no other object is touched.
+    /// The join state is left as it is, as with file keys.
+    pub fn reset_to_new_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
+        let (signer, key) = self.device.make(&self.dir, self.symlinks, algorithm)?;
+        let public = signer.public_key().clone();
+        let new = KeyRef {
+            time: now_text(),
+            key: key.clone(),
+            public_key: public.to_openssh(),
+        };
+        let old = self
+            .keys
+            .active
+            .take()
+            .into_iter()
+            .chain(self.keys.history.drain(..));
+        for old in old.collect::<Vec<_>>() {
+            if !self.keys.retired.iter().any(|r| r.key == old.key) {
+                self.keys.retired.push(old);
+            }
+        }
+        self.keys.active = Some(new.clone());
+        self.keys.history = vec![new];
+        self.active_changed = true;
+        self.store()?;
+        info!(key = %key, fingerprint = %public.fingerprint(), protection = %signer.protection(), "Generated new keypair inside the device");
+        self.destroy_retired()?;
+        Ok(public)
+    }
+
     /// The result: the key it names becomes active, the join state is replaced, both are
     /// stored; then the retired keys are destroyed in the token (never the bound one).
     pub fn apply_result(&mut self, bound: &PublicKey, join_state: &[u8]) -> anyhow::Result<()> {

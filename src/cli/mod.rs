@@ -1000,7 +1000,8 @@ pub struct KeypairCreate {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 
-    /// Replace an existing key file.
+    /// Replace an existing key file (with --storage: the stored bound keypair; keys it made in a
+    /// device are destroyed there).
     #[arg(long)]
     pub overwrite: bool,
 
@@ -1022,7 +1023,9 @@ pub struct KeypairCreate {
     pub attest: AttestStatement,
 
     /// Without --static: the bot's storage directory (file:///DIR or a path), where the key
-    /// is kept for standard joining, as tbot keeps it (id_bkp and its history).
+    /// is kept for standard joining, as tbot keeps it (id_bkp and its history); with --signer
+    /// pkcs11 and a --pkcs11-uri naming only the token, or --signer tpm and no key, the key is
+    /// made inside the device and storage keeps its reference (bkp_device_keys.json).
     #[arg(long, value_name = "URI")]
     pub storage: Option<String>,
 }

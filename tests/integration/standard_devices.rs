@@ -12,10 +12,10 @@ use std::process::Command;
 use crate::cluster_process::ClusterProcess;
 use crate::pkcs11::Hsm;
 use crate::standard::{
-    failed, forged_state_locks_the_token, forget_identity, joined, read, token_status,
-    with_secret_token, write,
+    create_bot_and_token, failed, forged_state_locks_the_token, forget_identity, joined, read,
+    token_status, with_secret_token, write,
 };
-use crate::standard_pkcs11::{TOKEN, device_oneshot, label_of, private_keys, token_key_is};
+use crate::standard_pkcs11::{DEVICE, TOKEN, device_oneshot, label_of, private_keys, token_key_is};
 use crate::support::run_ok;
 
 /// A device standard mode makes its keys in, as these tests drive and read it.
@@ -43,6 +43,29 @@ impl Device {
             Self::Hsm(hsm) => token_key_is(hsm, scratch(storage), &label_of(reference), line),
             #[cfg(feature = "tpm")]
             Self::Tpm(tpm) => crate::standard_tpm::tpm_key_is(tpm, &storage.join(reference), line),
+        }
+    }
+
+    /// `keybound` with what this device needs in its environment.
+    fn keybound(&self) -> Command {
+        match self {
+            Self::Hsm(hsm) => hsm.keybound(),
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => crate::support::keybound(),
+        }
+    }
+
+    /// The signer flags that make keys in this device (no key named).
+    fn signer_args(&self) -> Vec<String> {
+        match self {
+            Self::Hsm(_) => DEVICE.iter().map(|&a| a.to_owned()).collect(),
+            #[cfg(feature = "tpm")]
+            Self::Tpm(tpm) => vec![
+                "--signer".into(),
+                "tpm".into(),
+                "--tpm-tcti".into(),
+                tpm.tcti(),
+            ],
         }
     }
 
@@ -264,6 +287,126 @@ fn crash_after_the_result_then_the_limit(device: &Device) {
     assert_eq!(bound(&cluster), committed);
 }
 
+/// `keypair create --storage` with the device's signer flags: the key made in the device as a
+/// registration makes it, kept without `--overwrite`, replaced with it (only keybound's own key
+/// destroyed), then registered as the token's `initial_public_key` in `mode: standard`: the
+/// first join is with that key.
+fn pre_registered(device: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start::<&str>(dir.path(), &[]);
+    let storage = dir.path().join("storage");
+    std::fs::create_dir(&storage).unwrap();
+    let create = |format: &str, extra: &[&str]| {
+        let mut cmd = device.keybound();
+        cmd.args(["keypair", "create", "--format", format, "--storage"])
+            .arg(&storage)
+            .args(device.signer_args())
+            .args(extra);
+        if matches!(device, Device::Hsm(_)) {
+            cmd.args(["--algorithm", "ed25519"]);
+        }
+        String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
+    };
+    let made: serde_json::Value = serde_json::from_str(&create("json", &[])).unwrap();
+    let first = made["public_key"].as_str().unwrap().to_owned();
+    let first_ref = active_ref(&storage);
+    match device {
+        Device::Hsm(_) => assert_eq!(made["pkcs11_uri"], first_ref.as_str()),
+        #[cfg(feature = "tpm")]
+        Device::Tpm(_) => assert_eq!(made["tpm_key"], storage.join(&first_ref).to_str().unwrap()),
+    }
+    assert_eq!(read(&storage.join("id_bkp.pub")).trim(), first);
+    assert!(!storage.join("id_bkp").exists());
+    assert!(device.holds(&storage, &first_ref, &first));
+    assert_eq!(device.keys(&storage), 1);
+    match device {
+        Device::Hsm(hsm) => {
+            let label = label_of(&first_ref);
+            assert!(label.starts_with("keybound-bkp-"), "{label}");
+            let listed = private_keys(hsm);
+            assert!(
+                listed[0].1.contains("sensitive") && listed[0].1.contains("never extractable"),
+                "{listed:?}"
+            );
+            // Someone else's key in the token, which no --overwrite may touch.
+            run_ok(hsm.pkcs11_tool().args([
+                "--keypairgen",
+                "--key-type",
+                "EC:prime256v1",
+                "--label",
+                "theirs",
+                "--usage-sign",
+            ]));
+        }
+        #[cfg(feature = "tpm")]
+        Device::Tpm(_) => {}
+    }
+
+    // Again without --overwrite: the key is kept and shown, with the token example.
+    let text = create("text", &[]);
+    assert!(
+        text.contains("The existing bound keypair is kept"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("\t{first}\n")), "{text}");
+    assert!(text.contains("mode: standard"), "{text}");
+    assert!(text.contains("bkp_device_keys.json"), "{text}");
+    assert_eq!(active_ref(&storage), first_ref);
+
+    // --overwrite: a new key in the device, the one keybound recorded destroyed, no other.
+    let replaced: serde_json::Value =
+        serde_json::from_str(&create("json", &["--overwrite"])).unwrap();
+    let public = replaced["public_key"].as_str().unwrap().to_owned();
+    assert_ne!(public, first);
+    let key_ref = active_ref(&storage);
+    assert_ne!(key_ref, first_ref);
+    assert!(device.holds(&storage, &key_ref, &public));
+    let keys = device_keys(&storage);
+    assert_eq!(keys["history"].as_array().unwrap().len(), 1);
+    assert_eq!(keys["retired"].as_array().map_or(0, Vec::len), 0);
+    match device {
+        Device::Hsm(hsm) => {
+            let mut labels: Vec<String> = private_keys(hsm).into_iter().map(|(l, _)| l).collect();
+            labels.sort();
+            assert_eq!(labels, [label_of(&key_ref), "theirs".to_owned()]);
+        }
+        #[cfg(feature = "tpm")]
+        Device::Tpm(_) => {
+            assert_eq!(
+                crate::standard_tpm::key_files(&storage),
+                std::slice::from_ref(&key_ref)
+            );
+        }
+    }
+
+    // Registered on a standard-mode token: the first join is with that key.
+    create_bot_and_token(
+        &cluster,
+        dir.path(),
+        &format!("{{initial_public_key: '{public}'}}"),
+        "{mode: standard, limit: 2}",
+    );
+    let first_join = joined(&device.oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    assert!(first_join.contains("unauthenticated"), "{first_join}");
+    assert_eq!(bound(&cluster), public);
+    assert_eq!(token_status(&cluster)["recovery_count"], 1);
+    assert_eq!(active_ref(&storage), key_ref);
+    assert!(device.holds(&storage, &key_ref, &public));
+    let rejoin = joined(&device.oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    assert!(rejoin.contains("authenticated rejoin"), "{rejoin}");
+}
+
+#[test]
+fn a_key_made_in_the_token_by_keypair_create_is_registered_and_joins() {
+    pre_registered(&Device::Hsm(Hsm::new(TOKEN)));
+}
+
+#[cfg(feature = "tpm")]
+#[test]
+fn a_key_made_in_the_tpm_by_keypair_create_is_registered_and_joins() {
+    pre_registered(&Device::Tpm(keybound_signer_tpm::testing::Swtpm::start()));
+}
+
 #[test]
 fn keys_in_the_token_rejoin_recover_refuse_the_old_key_and_lock_on_a_forged_state() {
     rejoin_recover_rotate_and_forge(&Device::Hsm(Hsm::new(TOKEN)));
@@ -286,4 +429,51 @@ fn keys_in_the_tpm_rejoin_recover_refuse_the_old_key_and_lock_on_a_forged_state(
 fn keys_in_the_tpm_survive_a_crash_after_the_result_and_stop_at_the_limit() {
     let tpm = keybound_signer_tpm::testing::Swtpm::start();
     crash_after_the_result_then_the_limit(&Device::Tpm(tpm));
+}
+
+/// A registration killed after its key is made and recorded, before the cluster heard of it:
+/// no key is active yet, and `keypair create --storage` without `--overwrite` refuses to replace
+/// the recorded one (had the crash come after the result, the cluster would bind it); the next
+/// join registers (with a key of its own, as the cluster asks) and the recorded key stays.
+#[test]
+fn keypair_create_leaves_the_key_of_an_unfinished_registration_in_the_token() {
+    let device = Device::Hsm(Hsm::new(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: standard, limit: 2}");
+    let crashed = device
+        .oneshot(&cluster, dir.path(), &["--registration-secret", "s3cret"])
+        .env("KEYBOUND_TEST_FAULT", "after-new-key")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    let made = device_keys(&storage)["history"][0].clone();
+    assert!(device_keys(&storage)["active"].is_null());
+    let output = device
+        .keybound()
+        .args(["keypair", "create", "--algorithm", "ed25519", "--storage"])
+        .arg(&storage)
+        .args(device.signer_args())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a registration that has not finished") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(device.keys(&storage), 1);
+    assert!(device.holds(
+        &storage,
+        made["key"].as_str().unwrap(),
+        made["public_key"].as_str().unwrap()
+    ));
+    joined(
+        &device
+            .oneshot(&cluster, dir.path(), &["--registration-secret", "s3cret"])
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(bound(&cluster), made["public_key"].as_str().unwrap());
+    assert_eq!(device.keys(&storage), 2);
+    assert_eq!(device_keys(&storage)["history"][1], made);
 }

@@ -243,23 +243,27 @@ fn keys_are_made_and_rotated_inside_the_token_and_old_ones_destroyed() {
     ));
 }
 
-/// `keypair create --storage` makes key files; with signer flags it would ignore them, so it
-/// refuses them and says how keys in the token are made.
+/// `keypair create --storage` with signer flags makes the key inside the device and names it
+/// itself (`standard_devices.rs`); flags that name a key, or a storage directory that holds a
+/// key file already, are refused, and nothing is made.
 #[test]
-fn keypair_create_storage_refuses_signer_flags() {
+fn keypair_create_storage_refuses_a_named_key_and_a_storage_with_key_files() {
     let dir = tempfile::tempdir().unwrap();
     let hsm = Hsm::new(TOKEN);
-    let output = hsm
-        .keybound()
-        .args(["keypair", "create", "--algorithm", "ed25519", "--storage"])
-        .arg(dir.path())
-        .args(DEVICE)
-        .output()
-        .unwrap();
+    let create = |storage: &Path, uri: &str| {
+        hsm.keybound()
+            .args(["keypair", "create", "--algorithm", "ed25519", "--storage"])
+            .arg(storage)
+            .args(["--signer", "pkcs11", "--pkcs11-uri", uri])
+            .args(&DEVICE[4..])
+            .output()
+            .unwrap()
+    };
+    let output = create(dir.path(), "pkcs11:token=bkp-token;object=mine");
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("takes no signer flags") && stderr.contains("registration secret"),
+        stderr.contains("a --pkcs11-uri that names only the token") && stderr.contains("--static"),
         "{stderr}"
     );
     assert_eq!(
@@ -267,5 +271,23 @@ fn keypair_create_storage_refuses_signer_flags() {
         0,
         "nothing made"
     );
+    assert!(key_labels(&hsm).is_empty());
+
+    // A storage with a standard-mode key file keeps it, and gets no device key beside it.
+    run_ok(
+        hsm.keybound()
+            .args(["keypair", "create", "--algorithm", "ed25519", "--storage"])
+            .arg(dir.path()),
+    );
+    let key_file = read(&dir.path().join("id_bkp"));
+    let output = create(dir.path(), "pkcs11:token=bkp-token");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("holds a standard-mode key file"),
+        "{stderr}"
+    );
+    assert_eq!(read(&dir.path().join("id_bkp")), key_file);
+    assert!(!dir.path().join("bkp_device_keys.json").exists());
     assert!(key_labels(&hsm).is_empty());
 }

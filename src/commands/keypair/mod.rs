@@ -1,14 +1,19 @@
-//! `keybound keypair create --static`: makes a bound keypair and says how to register and use it,
+//! `keybound keypair create`: makes a bound keypair and says how to register and use it,
 //! following `tbot keypair create` (`tool/tbot/keypair.go`); `keybound keypair show` prints the
 //! public half of a key keybound can open.
 //!
-//! `create` runs in this order: refuse what keybound does not make (non-static keys, a key file
+//! Without `--static`, `create` makes a standard-mode key in bot storage (`storage`), or with
+//! signer flags inside the token or TPM they name, referenced in bot storage (`device`).
+//!
+//! With `--static`, `create` runs in this order: refuse what keybound does not make (a key file
 //! that exists without `--overwrite`), choose the key type (`algorithm`), make the key where it
 //! is kept (`make`), then write the report as text (`text`) or JSON (`json`), and with
 //! `--attest-out` the key's attestation evidence (`attest`, which is also `keypair attest`).
 
 mod algorithm;
 mod attest;
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+mod device;
 mod json;
 mod show;
 mod storage;
@@ -28,7 +33,16 @@ pub use show::show;
 /// Runs `keypair create`, writing its report to `out`.
 pub async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow::Result<()> {
     if !args.static_key {
-        refuse_device_flags(args)?;
+        if has_signer_flags(args) {
+            // Standard mode with the key made inside a token or the TPM.
+            #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+            return device::create(args, out).await;
+            #[cfg(not(any(feature = "pkcs11", feature = "tpm")))]
+            bail!(
+                "keypair create --storage with signer flags makes the key inside a PKCS#11 token \
+                 or the TPM, and this keybound was built without the pkcs11 and tpm features"
+            );
+        }
         // Standard mode: the key in bot storage; its type from --algorithm or the proxy's suite
         // (asked only when a key is to be made).
         let keep = args.storage.is_some() && !args.overwrite;
@@ -86,23 +100,13 @@ fn storage_holds_key(args: &KeypairCreate) -> bool {
         .is_ok_and(|m| m.len() > 0)
 }
 
-/// `keypair create --storage` makes a key file (tbot's `id_bkp`); signer flags asked for a key
-/// somewhere else, and must not be ignored.
-fn refuse_device_flags(args: &KeypairCreate) -> anyhow::Result<()> {
+/// Whether signer flags are given: without `--static`, they ask for the key inside a device.
+fn has_signer_flags(args: &KeypairCreate) -> bool {
     let s = &args.signer;
-    if s.signer.is_some()
+    s.signer.is_some()
         || s.pkcs11_uri.is_some()
         || s.tpm_key_handle.is_some()
         || s.tpm_key_path.is_some()
-    {
-        bail!(
-            "keypair create --storage makes a key file in bot storage and takes no signer flags; \
-             for standard mode with keys made in a PKCS#11 token, the first join makes the key \
-             (give the token's registration secret: docs/standard-mode.md), and for a static key \
-             in a device add --static"
-        );
-    }
-    Ok(())
 }
 
 /// A static key lives where its flags say, never in bot storage.

@@ -16,7 +16,7 @@ use crate::cli::{KeypairCreate, OutputFormat};
 use crate::fsutil::Symlinks;
 
 /// The storage directory `--storage` names (`file:///DIR` or a path).
-fn storage_dir(uri: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn storage_dir(uri: &str) -> anyhow::Result<PathBuf> {
     if uri.starts_with("memory://") {
         bail!(
             "--storage memory:// would lose the key at exit: give the bot's storage directory \

@@ -151,7 +151,7 @@ Configure your bot to use it by setting the following 'tbot.yaml' fields:
 
 /// The `pin_source` line, when the PIN or authorization value comes from somewhere that can be
 /// named; a value given inline is never printed.
-fn write_pin_source(out: &mut dyn Write, pin: Option<&PinSource>) -> anyhow::Result<()> {
+pub(super) fn write_pin_source(out: &mut dyn Write, pin: Option<&PinSource>) -> anyhow::Result<()> {
     if let Some(pin) = pin
         && !matches!(pin, PinSource::Value(_))
     {
