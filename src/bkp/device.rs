@@ -19,14 +19,17 @@
 //! both before the pair is made, and an object already using either stops the rotation: a key
 //! of someone else's is never replaced.
 //!
-//! **Order of steps.** A rotation makes the pair, then writes its reference at the head of the
-//! history, then answers the cluster; keys pushed out of the history (at most 10, as tbot's)
-//! move to `retired`, still in the token. Only when a result names a key (the cluster committed
-//! it) is the state written with that key active, and only then are the retired keys destroyed
-//! (`C_DestroyObject`), the bound key never. A crash after the pair is made and before its
-//! reference is written leaves an unused object in the token (named `keybound-bkp-...`, listed
-//! by `keybound signer list`); every other crash leaves the key the cluster holds bound both in
-//! the token and in the state.
+//! **Order of steps.** A rotation draws the new pair's label and records it as `pending` (the
+//! file is written), makes the pair, then writes its reference at the head of the history (and
+//! drops the pending record, in the same write), then answers the cluster; keys pushed out of
+//! the history (at most 10, as tbot's) move to `retired`, still in the token. Only when a result
+//! names a key (the cluster committed it) is the state written with that key active, and only
+//! then are the retired keys destroyed (`C_DestroyObject`), the bound key never. A crash after
+//! the pair is made and before its reference is written leaves an object the history does not
+//! name, but the pending record does: after the next result, the key objects with that label
+//! are destroyed (the cluster never heard of them). An object keybound did not record is never
+//! destroyed, whatever its label. Every other crash leaves the key the cluster holds bound both
+//! in the token and in the state.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +74,21 @@ struct KeysFile {
     /// Out of the history, still in the token: destroyed after the next result.
     #[serde(default)]
     retired: Vec<KeyRef>,
+    /// Keys being made (write-ahead): recorded before the device makes them, dropped when the
+    /// key's reference joins the history. One left here is a key whose making was interrupted,
+    /// never sent to the cluster: destroyed, if it was made, after the next result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<Pending>,
+}
+
+/// A key being made: PKCS#11, the token's URI with the label drawn for it (its id is chosen
+/// as the pair is made).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Pending {
+    /// When it was recorded (RFC 3339).
+    time: String,
+    /// The reference drawn for it.
+    key: String,
 }
 
 /// The device keys are made in, with its settings.
@@ -89,7 +107,8 @@ pub struct DeviceState {
     dir: PathBuf,
     symlinks: Symlinks,
     device: Device,
-    keys: KeysFile,
+    /// Boxed: `Keys` holds a `DeviceState` or a file state, and this is the large part.
+    keys: Box<KeysFile>,
     join_state: Vec<u8>,
     active_changed: bool,
 }
@@ -112,13 +131,18 @@ fn now_text() -> String {
 }
 
 impl DeviceState {
-    /// An empty state (a first join with a registration secret).
+    /// An empty state (a first join with a registration secret), keeping the record of keys
+    /// whose making a crash interrupted, so that they are still destroyed.
     pub fn empty(dir: &Path, symlinks: Symlinks, device: Device) -> Self {
+        let pending = read_keys(dir).map(|k| k.pending).unwrap_or_default();
         Self {
             dir: dir.to_owned(),
             symlinks,
             device,
-            keys: KeysFile::default(),
+            keys: Box::new(KeysFile {
+                pending,
+                ..KeysFile::default()
+            }),
             join_state: Vec::new(),
             active_changed: false,
         }
@@ -127,20 +151,7 @@ impl DeviceState {
     /// The stored state, `None` when it holds no key.
     pub fn load(dir: &Path, symlinks: Symlinks, device: Device) -> anyhow::Result<Option<Self>> {
         let mut state = Self::empty(dir, symlinks, device);
-        let path = dir.join(DEVICE_KEYS);
-        match std::fs::read(&path) {
-            Ok(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
-                state.keys = serde_json::from_slice(&bytes).with_context(|| {
-                    format!(
-                        "{} does not parse; restore it from a backup (the keys it names are in the token)",
-                        path.display()
-                    )
-                })?;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow!("cannot read {}: {e}", path.display())),
-        }
+        state.keys = Box::new(read_keys(dir)?);
         state.join_state = match std::fs::read(dir.join(JOIN_STATE)) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -206,7 +217,7 @@ impl DeviceState {
     /// A new key for `algorithm`'s suite, made in the device, put at the head of the history and
     /// stored before it is returned. Keys pushed out of the history are retired, not destroyed.
     pub fn add_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
-        let (signer, key) = self.device.make(&self.dir, self.symlinks, algorithm)?;
+        let (signer, key) = self.make_recorded(algorithm)?;
         let public = signer.public_key().clone();
         self.keys.history.insert(
             0,
@@ -232,7 +243,7 @@ impl DeviceState {
     /// device only once the state naming the new key is written; no other object is touched.
     /// The join state is left as it is, as with file keys.
     pub fn reset_to_new_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
-        let (signer, key) = self.device.make(&self.dir, self.symlinks, algorithm)?;
+        let (signer, key) = self.make_recorded(algorithm)?;
         let public = signer.public_key().clone();
         let new = KeyRef {
             time: now_text(),
@@ -255,7 +266,7 @@ impl DeviceState {
         self.active_changed = true;
         self.store()?;
         info!(key = %key, fingerprint = %public.fingerprint(), protection = %signer.protection(), "Generated new keypair inside the device");
-        self.destroy_retired()?;
+        self.destroy_unused()?;
         Ok(public)
     }
 
@@ -277,13 +288,36 @@ impl DeviceState {
         }
         join_state.clone_into(&mut self.join_state);
         self.store()?;
-        self.destroy_retired()
+        self.destroy_unused()
     }
 
-    /// Destroys the retired keys but the active one; a failure keeps the key listed, to be
-    /// tried again after the next result.
-    fn destroy_retired(&mut self) -> anyhow::Result<()> {
-        if self.keys.retired.is_empty() {
+    /// A new key in the device, its reference recorded as pending before the device makes it
+    /// (stored), and taken off the pending list (not stored: the caller stores it with the
+    /// key's reference in one write).
+    fn make_recorded(&mut self, algorithm: Algorithm) -> anyhow::Result<(Arc<dyn Signer>, String)> {
+        let drawn = self.device.draw_reference();
+        if let Some(key) = &drawn {
+            self.keys.pending.push(Pending {
+                time: now_text(),
+                key: key.clone(),
+            });
+            self.store()?;
+        }
+        let made = self
+            .device
+            .make(&self.dir, self.symlinks, algorithm, drawn.as_deref())?;
+        super::fault_point("after-generate");
+        if let Some(key) = &drawn {
+            self.keys.pending.retain(|p| &p.key != key);
+        }
+        Ok(made)
+    }
+
+    /// Destroys the retired keys but the active one, and the keys whose making was
+    /// interrupted (never named by the history, so never sent to the cluster); a failure keeps
+    /// the key listed, to be tried again after the next result.
+    fn destroy_unused(&mut self) -> anyhow::Result<()> {
+        if self.keys.retired.is_empty() && self.keys.pending.is_empty() {
             return Ok(());
         }
         let active = self.keys.active.as_ref().map(|k| k.key.clone());
@@ -303,6 +337,30 @@ impl DeviceState {
             }
         }
         self.keys.retired = kept;
+        let mut still = Vec::new();
+        for pending in std::mem::take(&mut self.keys.pending) {
+            let recorded = self
+                .keys
+                .active
+                .iter()
+                .chain(&self.keys.history)
+                .chain(&self.keys.retired)
+                .any(|k| self.device.same_key(&pending.key, &k.key));
+            if recorded {
+                continue;
+            }
+            match self.device.destroy_unrecorded(&self.dir, &pending.key) {
+                Ok(0) => {}
+                Ok(_) => {
+                    info!(key = %pending.key, "destroyed a key whose making a crash interrupted")
+                }
+                Err(e) => {
+                    warn!(key = %pending.key, error = %e, "cannot destroy a key whose making a crash interrupted; trying again after the next join");
+                    still.push(pending);
+                }
+            }
+        }
+        self.keys.pending = still;
         self.store()
     }
 
@@ -327,6 +385,23 @@ impl DeviceState {
     }
 }
 
+/// `bkp_device_keys.json` in `dir`; a missing or blank file is an empty one.
+fn read_keys(dir: &Path) -> anyhow::Result<KeysFile> {
+    let path = dir.join(DEVICE_KEYS);
+    match std::fs::read(&path) {
+        Ok(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => serde_json::from_slice(&bytes)
+            .with_context(|| {
+                format!(
+                    "{} does not parse; restore it from a backup (the keys it names are in the token)",
+                    path.display()
+                )
+            }),
+        Ok(_) => Ok(KeysFile::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeysFile::default()),
+        Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
 fn random_hex() -> String {
     let mut random = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
@@ -334,18 +409,75 @@ fn random_hex() -> String {
 }
 
 impl Device {
-    /// A new key in the device; the signer and its reference.
+    /// The reference a new key will have, drawn before the device makes it, to be recorded
+    /// first: for a token, its URI with a new random label (no id yet, no PIN). `None` for the
+    /// TPM, whose key file reaches storage before anything names it.
+    fn draw_reference(&self) -> Option<String> {
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => {
+                let mut uri = keybound_signer_pkcs11::Pkcs11Uri::parse(&device.uri).ok()?;
+                uri.object = Some(format!("{LABEL_PREFIX}{}", random_hex()));
+                uri.id = None;
+                uri.pin_source = None;
+                uri.pin_value = None;
+                uri.module_path = None;
+                Some(uri.to_string())
+            }
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => None,
+        }
+    }
+
+    /// Whether the drawn reference `pending` names the recorded key `recorded` (a token's key:
+    /// the same label).
+    fn same_key(&self, pending: &str, recorded: &str) -> bool {
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(_) => {
+                let label = |uri: &str| {
+                    keybound_signer_pkcs11::Pkcs11Uri::parse(uri)
+                        .ok()
+                        .and_then(|u| u.object)
+                };
+                label(pending).is_some_and(|l| Some(l) == label(recorded))
+            }
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => pending == recorded,
+        }
+    }
+
+    /// Destroys the key a crash left unrecorded, by the reference drawn for it: in a token,
+    /// the key objects with its label (`destroy_unrecorded`); how many objects went.
+    fn destroy_unrecorded(&self, dir: &Path, key: &str) -> anyhow::Result<usize> {
+        let _ = dir;
+        match self {
+            #[cfg(feature = "pkcs11")]
+            Self::Pkcs11(device) => Ok(keybound_signer_pkcs11::destroy_unrecorded(
+                &pkcs11_config_for(device, key),
+            )?),
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => self.destroy(dir, key).map(|()| 1),
+        }
+    }
+
+    /// A new key in the device; the signer and its reference. `drawn`: the reference
+    /// `draw_reference` gave, recorded as pending.
     fn make(
         &self,
         dir: &Path,
         symlinks: Symlinks,
         algorithm: Algorithm,
+        drawn: Option<&str>,
     ) -> anyhow::Result<(Arc<dyn Signer>, String)> {
         let _ = (dir, symlinks, algorithm);
+        let _ = drawn;
         match self {
             #[cfg(feature = "pkcs11")]
             Self::Pkcs11(device) => {
-                let label = format!("{LABEL_PREFIX}{}", random_hex());
+                let label = drawn
+                    .and_then(|d| keybound_signer_pkcs11::Pkcs11Uri::parse(d).ok()?.object)
+                    .unwrap_or_else(|| format!("{LABEL_PREFIX}{}", random_hex()));
                 let mut config = device.clone();
                 let base: &str = &device.uri;
                 config.uri = match base.split_once('?') {

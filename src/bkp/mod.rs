@@ -27,7 +27,8 @@ pub const REGISTRATION_SECRET_ENV: &str = "TBOT_REGISTRATION_SECRET";
 
 /// A fault to inject, for the crash tests: `KEYBOUND_TEST_FAULT=after-new-key` ends the process
 /// at once after a rotation's new key is stored (before the cluster hears of it);
-/// `after-result` ends it when the result has arrived, before the client state is written.
+/// `after-result` ends it when the result has arrived, before the client state is written;
+/// `after-generate` ends it when a device has made a new key, before its reference is stored.
 pub const FAULT_ENV: &str = "KEYBOUND_TEST_FAULT";
 
 /// Ends the process (as a kill would: no destructor, no flush) if `FAULT_ENV` names `point`.

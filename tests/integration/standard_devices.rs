@@ -477,3 +477,93 @@ fn keypair_create_leaves_the_key_of_an_unfinished_registration_in_the_token() {
     assert_eq!(device.keys(&storage), 2);
     assert_eq!(device_keys(&storage)["history"][1], made);
 }
+
+/// The labels of the private keys in the token, sorted.
+fn sorted_labels(hsm: &Hsm) -> Vec<String> {
+    let mut labels: Vec<String> = private_keys(hsm).into_iter().map(|(l, _)| l).collect();
+    labels.sort();
+    labels
+}
+
+/// Killed after the token made a key and before its reference was written (a registration's,
+/// then a rotation's): the label, recorded as pending before the key was made, finds the
+/// object, and the next join destroys it; an object of keybound's label scheme that keybound
+/// did not record stays. The token is read with pkcs11-tool.
+#[test]
+fn a_key_whose_making_was_interrupted_is_destroyed_at_the_next_join() {
+    let hsm = &Hsm::new(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: standard, limit: 5}");
+    // Not keybound's, though its label fits keybound's scheme.
+    run_ok(hsm.pkcs11_tool().args([
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "keybound-bkp-0123456789abcdef",
+        "--usage-sign",
+    ]));
+    let stranger = "keybound-bkp-0123456789abcdef".to_owned();
+    let killed_after_generate = |extra: &[&str]| {
+        let crashed = device_oneshot(hsm, &cluster, dir.path(), extra)
+            .env("KEYBOUND_TEST_FAULT", "after-generate")
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success());
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains("after-generate"),
+            "killed at the seam: {crashed:?}"
+        );
+        let pending = device_keys(&storage)["pending"][0]["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let orphan = label_of(&pending);
+        assert!(
+            sorted_labels(hsm).contains(&orphan),
+            "the key was made: {orphan}"
+        );
+        orphan
+    };
+
+    // A registration: the key is in the token, its reference nowhere but the pending record.
+    let orphan = killed_after_generate(&["--registration-secret", "s3cret"]);
+    assert!(
+        device_keys(&storage)["history"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+    assert!(token_status(&cluster).get("bound_public_key").is_none());
+    joined(
+        &device_oneshot(
+            hsm,
+            &cluster,
+            dir.path(),
+            &["--registration-secret", "s3cret"],
+        )
+        .output()
+        .unwrap(),
+    );
+    let first = label_of(&active_ref(&storage));
+    let mut expected = vec![first.clone(), stranger.clone()];
+    expected.sort();
+    assert_eq!(sorted_labels(hsm), expected, "{orphan} destroyed");
+    assert!(device_keys(&storage).get("pending").is_none());
+
+    // A rotation: the same, the old key kept (it is in the history).
+    run_ok(&mut cluster.admin(&["request-rotation", "t"]));
+    let orphan = killed_after_generate(&[]);
+    joined(
+        &device_oneshot(hsm, &cluster, dir.path(), &[])
+            .output()
+            .unwrap(),
+    );
+    let second = label_of(&active_ref(&storage));
+    assert_ne!(second, first);
+    let mut expected = vec![first, second, stranger];
+    expected.sort();
+    assert_eq!(sorted_labels(hsm), expected, "{orphan} destroyed");
+    assert!(device_keys(&storage).get("pending").is_none());
+    let active = label_of(&active_ref(&storage));
+    assert!(token_key_is(hsm, dir.path(), &active, &bound(&cluster)));
+}

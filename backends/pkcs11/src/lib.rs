@@ -28,7 +28,7 @@ pub mod testing;
 mod token;
 mod uri;
 
-pub use destroy::destroy;
+pub use destroy::{destroy, destroy_unrecorded};
 pub use keygen::{generate, keygen_support};
 pub use list::{KeyListing, TokenListing, list};
 pub use login::pin_policy;
