@@ -189,6 +189,12 @@ impl DeviceState {
         self.keys.history.len()
     }
 
+    /// How many keys a crash interrupted in the making (recorded as pending, named by no
+    /// reference): destroyed after the next result.
+    pub fn interrupted_len(&self) -> usize {
+        self.keys.pending.len()
+    }
+
     fn find(&self, wanted: &PublicKey) -> Option<&KeyRef> {
         self.keys
             .active
@@ -306,7 +312,7 @@ impl DeviceState {
         let made = self
             .device
             .make(&self.dir, self.symlinks, algorithm, drawn.as_deref())?;
-        super::fault_point("after-generate");
+        super::fault::fault_point("after-generate");
         if let Some(key) = &drawn {
             self.keys.pending.retain(|p| &p.key != key);
         }

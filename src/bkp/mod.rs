@@ -10,6 +10,7 @@
 
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 pub mod device;
+pub mod fault;
 pub mod secret;
 pub mod state;
 
@@ -19,25 +20,12 @@ use keybound_signer::{Algorithm, PublicKey};
 use keybound_teleport::suite::Suite;
 use zeroize::Zeroizing;
 
+pub use fault::{FAULT_ENV, fault_point};
 pub use secret::RegistrationSecret;
 pub use state::ClientState;
 
 /// The environment variable with a registration secret (tbot's).
 pub const REGISTRATION_SECRET_ENV: &str = "TBOT_REGISTRATION_SECRET";
-
-/// A fault to inject, for the crash tests: `KEYBOUND_TEST_FAULT=after-new-key` ends the process
-/// at once after a rotation's new key is stored (before the cluster hears of it);
-/// `after-result` ends it when the result has arrived, before the client state is written;
-/// `after-generate` ends it when a device has made a new key, before its reference is stored.
-pub const FAULT_ENV: &str = "KEYBOUND_TEST_FAULT";
-
-/// Ends the process (as a kill would: no destructor, no flush) if `FAULT_ENV` names `point`.
-pub fn fault_point(point: &str) {
-    if std::env::var(FAULT_ENV).is_ok_and(|v| v == point) {
-        tracing::error!(point, "{FAULT_ENV}: ending the process here");
-        std::process::abort();
-    }
-}
 
 /// A standard client's side of one join, shared by its messages.
 #[derive(Clone, Debug)]

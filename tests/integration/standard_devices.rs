@@ -12,8 +12,8 @@ use std::process::Command;
 use crate::cluster_process::ClusterProcess;
 use crate::pkcs11::Hsm;
 use crate::standard::{
-    create_bot_and_token, failed, forged_state_locks_the_token, forget_identity, joined, read,
-    token_status, with_secret_token, write,
+    create_bot_and_token, doctor_line, doctor_with, failed, forged_state_locks_the_token,
+    forget_identity, joined, read, token_status, with_secret_token, write,
 };
 use crate::standard_pkcs11::{DEVICE, TOKEN, device_oneshot, label_of, private_keys, token_key_is};
 use crate::support::run_ok;
@@ -550,9 +550,16 @@ fn a_key_whose_making_was_interrupted_is_destroyed_at_the_next_join() {
     assert_eq!(sorted_labels(hsm), expected, "{orphan} destroyed");
     assert!(device_keys(&storage).get("pending").is_none());
 
-    // A rotation: the same, the old key kept (it is in the history).
+    // A rotation: the same, the old key kept (it is in the history); doctor tells of the
+    // interrupted key.
     run_ok(&mut cluster.admin(&["request-rotation", "t"]));
     let orphan = killed_after_generate(&[]);
+    let (report, _) = doctor_with(hsm.keybound(), &cluster, dir.path(), &DEVICE);
+    let line = doctor_line(&report, "keys");
+    assert!(
+        line.contains("1 key(s) whose making a crash interrupted"),
+        "{line}"
+    );
     joined(
         &device_oneshot(hsm, &cluster, dir.path(), &[])
             .output()

@@ -76,8 +76,14 @@ fn describe_device(state: &crate::bkp::device::DeviceState) -> String {
         ),
         None => "no active key (a registration's key waits in the history)".to_owned(),
     };
+    let interrupted = match state.interrupted_len() {
+        0 => String::new(),
+        n => format!(
+            ", {n} key(s) whose making a crash interrupted (keybound destroys them after the next join)"
+        ),
+    };
     format!(
-        "standard mode, keys in the device: {}: {active}, {} keys in the history, {}",
+        "standard mode, keys in the device: {}: {active}, {} keys in the history{interrupted}, {}",
         state.dir().display(),
         state.history_len(),
         join_state_text(state.join_state())
