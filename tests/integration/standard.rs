@@ -463,16 +463,27 @@ fn a_crash_after_the_new_key_or_after_the_result_does_not_lose_the_bound_key() {
 #[test]
 fn a_crash_after_a_recoverys_result_needs_the_admins_one_insecure_join() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, storage) = with_secret_token(dir.path(), "{mode: standard, limit: 10}");
+    recovery_result_lost_then_the_admins_steps(dir.path(), &|cluster, extra| {
+        oneshot(cluster, dir.path(), extra)
+    });
+}
+
+/// The steps of the test above, each join started by `run` (file keys, or keys in a device);
+/// the cluster, for whatever the caller checks after.
+pub(crate) fn recovery_result_lost_then_the_admins_steps(
+    dir: &Path,
+    run: &dyn Fn(&ClusterProcess, &[&str]) -> Command,
+) -> ClusterProcess {
+    let (cluster, storage) = with_secret_token(dir, "{mode: standard, limit: 10}");
     joined(
-        &oneshot(&cluster, dir.path(), &["--registration-secret", "s3cret"])
+        &run(&cluster, &["--registration-secret", "s3cret"])
             .output()
             .unwrap(),
     );
     let state_before = read(&storage.join("bkp_state"));
 
     forget_identity(&storage);
-    let crashed = oneshot(&cluster, dir.path(), &[])
+    let crashed = run(&cluster, &[])
         .env("KEYBOUND_TEST_FAULT", "after-result")
         .output()
         .unwrap();
@@ -480,7 +491,7 @@ fn a_crash_after_a_recoverys_result_needs_the_admins_one_insecure_join() {
     assert_eq!(token_status(&cluster)["recovery_count"], 2, "committed");
     assert_eq!(read(&storage.join("bkp_state")), state_before, "not stored");
 
-    let error = failed(&oneshot(&cluster, dir.path(), &[]).output().unwrap(), 77);
+    let error = failed(&run(&cluster, &[]).output().unwrap(), 77);
     assert!(error.contains("join state verification failed"), "{error}");
     assert!(error.contains("tctl rm lock/NAME"), "{error}");
     assert!(
@@ -499,14 +510,15 @@ fn a_crash_after_a_recoverys_result_needs_the_admins_one_insecure_join() {
         let shown = run_ok(&mut cluster.admin(&["get", "tokens/t", "--format", "json"])).stdout;
         let mut token: serde_json::Value = serde_json::from_slice(&shown).unwrap();
         token["spec"]["bound_keypair"]["recovery"]["mode"] = mode.into();
-        let file = write(dir.path(), "edited.json", &token.to_string());
+        let file = write(dir, "edited.json", &token.to_string());
         let args: [&std::ffi::OsStr; 3] = ["create".as_ref(), "-f".as_ref(), file.as_os_str()];
         run_ok(&mut cluster.admin(&args));
     };
     set_mode("insecure");
-    joined(&oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    joined(&run(&cluster, &[]).output().unwrap());
     set_mode("standard");
     forget_identity(&storage);
-    joined(&oneshot(&cluster, dir.path(), &[]).output().unwrap());
+    joined(&run(&cluster, &[]).output().unwrap());
     assert_eq!(token_status(&cluster)["recovery_count"], 4);
+    cluster
 }

@@ -13,7 +13,8 @@ use crate::cluster_process::ClusterProcess;
 use crate::pkcs11::Hsm;
 use crate::standard::{
     create_bot_and_token, doctor_line, doctor_with, failed, forged_state_locks_the_token,
-    forget_identity, joined, read, token_status, with_secret_token, write,
+    forget_identity, joined, read, recovery_result_lost_then_the_admins_steps, token_status,
+    with_secret_token, write,
 };
 use crate::standard_pkcs11::{DEVICE, TOKEN, device_oneshot, label_of, private_keys, token_key_is};
 use crate::support::run_ok;
@@ -405,6 +406,29 @@ fn a_key_made_in_the_token_by_keypair_create_is_registered_and_joins() {
 #[test]
 fn a_key_made_in_the_tpm_by_keypair_create_is_registered_and_joins() {
     pre_registered(&Device::Tpm(keybound_signer_tpm::testing::Swtpm::start()));
+}
+
+/// A crash after a recovery's result, with keys in `device`: as with file keys, the admin's
+/// steps bring the bot back, with the same key, still in the device.
+fn recovery_result_lost(device: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let cluster = recovery_result_lost_then_the_admins_steps(dir.path(), &|cluster, extra| {
+        device.oneshot(cluster, dir.path(), extra)
+    });
+    assert!(device.holds(&storage, &active_ref(&storage), &bound(&cluster)));
+    assert_eq!(device.keys(&storage), 1);
+}
+
+#[test]
+fn keys_in_the_token_come_back_from_a_lost_recovery_result_by_the_admins_steps() {
+    recovery_result_lost(&Device::Hsm(Hsm::new(TOKEN)));
+}
+
+#[cfg(feature = "tpm")]
+#[test]
+fn keys_in_the_tpm_come_back_from_a_lost_recovery_result_by_the_admins_steps() {
+    recovery_result_lost(&Device::Tpm(keybound_signer_tpm::testing::Swtpm::start()));
 }
 
 #[test]
