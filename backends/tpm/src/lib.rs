@@ -12,6 +12,7 @@
 // - `attest`: evidence that the key is in the TPM (EK certificates, an AK, TPM2_Certify) and
 //   the answer to the admin's credential challenge;
 // - `generate`: making a key in the TPM; `error`: what a TPM response code means;
+// - `nv`: a small record in an NV index (two slots, sequence numbers, hashes), for wiped disks;
 // - `testing` (feature `testing`): an swtpm harness.
 
 pub mod attest;
@@ -22,6 +23,7 @@ mod error;
 mod generate;
 pub mod keyfile;
 mod load;
+pub mod nv;
 mod sign;
 mod signer;
 pub mod tcti;
