@@ -18,6 +18,8 @@ use tracing::{debug, info, warn};
 use crate::auth::{AuthClient, AuthRoute, ConnectError};
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 use crate::bkp::device::{Device, DeviceState};
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+use crate::bkp::store::StateStore;
 use crate::bkp::{ClientState, Keys, RegistrationSecret, Standard};
 use crate::config::Config;
 use crate::config::KeyMode;
@@ -147,6 +149,8 @@ pub struct StandardSetup {
     pub device: Option<keybound_signer::config::Pkcs11Config>,
     /// The TPM keys are made in, as key files in storage (`bkp::device`).
     pub tpm_device: Option<keybound_signer::config::TpmConfig>,
+    /// The TPM NV index the client state lives in instead of storage (`bkp::store`).
+    pub tpm_state_nv_index: Option<u32>,
 }
 
 impl StandardSetup {
@@ -184,6 +188,7 @@ impl StandardSetup {
             secret,
             device,
             tpm_device,
+            tpm_state_nv_index: config.onboarding.tpm_state_nv().map(|(_, index)| index),
         })
     }
 
@@ -191,7 +196,10 @@ impl StandardSetup {
     pub fn load_keys(&self) -> anyhow::Result<Option<Keys>> {
         #[cfg(any(feature = "pkcs11", feature = "tpm"))]
         if let Some(device) = self.device_of_keys() {
-            return Ok(DeviceState::load(&self.dir, self.symlinks, device)?.map(Keys::Device));
+            return Ok(
+                DeviceState::load(&self.dir, self.symlinks, device, self.state_store())?
+                    .map(|state| Keys::Device(Box::new(state))),
+            );
         }
         Ok(ClientState::load(&self.dir, self.symlinks)?.map(Keys::Files))
     }
@@ -199,9 +207,27 @@ impl StandardSetup {
     fn empty_keys(&self) -> Keys {
         #[cfg(any(feature = "pkcs11", feature = "tpm"))]
         if let Some(device) = self.device_of_keys() {
-            return Keys::Device(DeviceState::empty(&self.dir, self.symlinks, device));
+            return Keys::Device(Box::new(DeviceState::empty(
+                &self.dir,
+                self.symlinks,
+                device,
+                self.state_store(),
+            )));
         }
         Keys::Files(ClientState::empty(&self.dir, self.symlinks))
+    }
+
+    /// Where the client state of device keys is kept: the TPM NV index, or storage.
+    #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+    pub fn state_store(&self) -> StateStore {
+        #[cfg(feature = "tpm")]
+        if let (Some(tpm), Some(index)) = (&self.tpm_device, self.tpm_state_nv_index) {
+            return StateStore::nv(tpm.clone(), index);
+        }
+        StateStore::Files {
+            dir: self.dir.clone(),
+            symlinks: self.symlinks,
+        }
     }
 
     /// The device keys are made in, if any.

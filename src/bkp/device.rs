@@ -40,8 +40,11 @@ use keybound_signer::{Algorithm, PublicKey, Signer};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::state::{HISTORY_LENGTH, JOIN_STATE, PUBLIC_KEY};
-use crate::fsutil::{self, Dir, Symlinks};
+use super::record::Stored;
+use super::store::StateStore;
+use crate::fsutil::Symlinks;
+#[cfg(feature = "tpm")]
+use crate::fsutil::{self, Dir};
 
 /// The file of key references.
 pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
@@ -49,28 +52,30 @@ pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
 pub const LABEL_PREFIX: &str = "keybound-bkp-";
 
 /// One key in the device.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct KeyRef {
+#[derive(Clone, Debug, Eq, PartialEq, Serialize, Deserialize)]
+pub struct KeyRef {
     /// When it was made (RFC 3339).
-    time: String,
+    pub time: String,
     /// Where it is: a PKCS#11 URI (token, serial, label, id; no PIN, no module), or the name of
     /// a TPM key file in storage.
-    key: String,
+    pub key: String,
     /// Its public key, an `authorized_keys` line.
-    public_key: String,
+    pub public_key: String,
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct KeysFile {
+/// The key references: `bkp_device_keys.json`.
+#[derive(Clone, Debug, Default, Eq, PartialEq, Serialize, Deserialize)]
+pub struct KeysFile {
     /// The key the cluster binds, as far as this client knows.
     #[serde(default)]
-    active: Option<KeyRef>,
-    /// Newest first, at most [`HISTORY_LENGTH`].
+    pub active: Option<KeyRef>,
+    /// Newest first, at most [`super::state::HISTORY_LENGTH`] (or the store's
+    /// [`StateStore::history_length`]).
     #[serde(default)]
-    history: Vec<KeyRef>,
+    pub history: Vec<KeyRef>,
     /// Out of the history, still in the token: destroyed after the next result.
     #[serde(default)]
-    retired: Vec<KeyRef>,
+    pub retired: Vec<KeyRef>,
 }
 
 /// The device keys are made in, with its settings.
@@ -89,6 +94,7 @@ pub struct DeviceState {
     dir: PathBuf,
     symlinks: Symlinks,
     device: Device,
+    store: StateStore,
     keys: KeysFile,
     join_state: Vec<u8>,
     active_changed: bool,
@@ -98,6 +104,7 @@ impl std::fmt::Debug for DeviceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceState")
             .field("dir", &self.dir)
+            .field("store", &self.store.location())
             .field("active", &self.keys.active.as_ref().map(|k| &k.key))
             .field("history", &self.keys.history.len())
             .field("join_state", &!self.join_state.is_empty())
@@ -112,49 +119,41 @@ fn now_text() -> String {
 }
 
 impl DeviceState {
-    /// An empty state (a first join with a registration secret).
-    pub fn empty(dir: &Path, symlinks: Symlinks, device: Device) -> Self {
+    /// An empty state (a first join with a registration secret), to be kept in `store`.
+    pub fn empty(dir: &Path, symlinks: Symlinks, device: Device, store: StateStore) -> Self {
         Self {
             dir: dir.to_owned(),
             symlinks,
             device,
+            store,
             keys: KeysFile::default(),
             join_state: Vec::new(),
             active_changed: false,
         }
     }
 
-    /// The stored state, `None` when it holds no key.
-    pub fn load(dir: &Path, symlinks: Symlinks, device: Device) -> anyhow::Result<Option<Self>> {
-        let mut state = Self::empty(dir, symlinks, device);
-        let path = dir.join(DEVICE_KEYS);
-        match std::fs::read(&path) {
-            Ok(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
-                state.keys = serde_json::from_slice(&bytes).with_context(|| {
-                    format!(
-                        "{} does not parse; restore it from a backup (the keys it names are in the token)",
-                        path.display()
-                    )
-                })?;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow!("cannot read {}: {e}", path.display())),
-        }
-        state.join_state = match std::fs::read(dir.join(JOIN_STATE)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(anyhow!(
-                    "cannot read {}: {e}",
-                    dir.join(JOIN_STATE).display()
-                ));
-            }
+    /// The state kept in `store`, `None` when it holds no key.
+    pub fn load(
+        dir: &Path,
+        symlinks: Symlinks,
+        device: Device,
+        mut store: StateStore,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(stored) = store.load()? else {
+            return Ok(None);
         };
-        if state.keys.active.is_none() && state.keys.history.is_empty() {
+        if stored.keys.active.is_none() && stored.keys.history.is_empty() {
             return Ok(None);
         }
+        let mut state = Self::empty(dir, symlinks, device, store);
+        state.keys = stored.keys;
+        state.join_state = stored.join_state;
         Ok(Some(state))
+    }
+
+    /// Where the state is kept.
+    pub fn state_store(&self) -> &StateStore {
+        &self.store
     }
 
     /// The last join state (empty before the first join).
@@ -216,7 +215,7 @@ impl DeviceState {
                 public_key: public.to_openssh(),
             },
         );
-        while self.keys.history.len() > HISTORY_LENGTH {
+        while self.keys.history.len() > self.store.history_length() {
             if let Some(old) = self.keys.history.pop() {
                 self.keys.retired.push(old);
             }
@@ -234,7 +233,7 @@ impl DeviceState {
                 "fetching key requested by auth: no matching key found (the cluster binds {}, \
                  which is not in {}); an admin must register a key this bot holds on the token",
                 bound.fingerprint(),
-                self.dir.join(DEVICE_KEYS).display()
+                self.store.location()
             )
         })?;
         if self.keys.active.as_ref().map(|k| &k.key) != Some(&key.key) {
@@ -273,22 +272,13 @@ impl DeviceState {
         self.store()
     }
 
-    /// Writes `bkp_device_keys.json`, `bkp_state` (when held) and `id_bkp.pub` (when the active
-    /// key changed), each staged and renamed into place.
+    /// Writes the state to its store (files staged and renamed into place, or the NV record).
     pub fn store(&mut self) -> anyhow::Result<()> {
-        let dir = Dir::open(&self.dir, self.symlinks, false)?;
-        let mut files: Vec<(&str, Vec<u8>)> = vec![(DEVICE_KEYS, serde_json::to_vec(&self.keys)?)];
-        if !self.join_state.is_empty() {
-            files.push((JOIN_STATE, self.join_state.clone()));
-        }
-        if let (true, Some(active)) = (self.active_changed, &self.keys.active) {
-            files.push((PUBLIC_KEY, format!("{}\n", active.public_key).into_bytes()));
-        }
-        for (name, content) in &files {
-            dir.stage(std::ffi::OsStr::new(name), content, 0o600)?
-                .commit(fsutil::Replace::Allow)?;
-        }
-        dir.sync()?;
+        let stored = Stored {
+            keys: self.keys.clone(),
+            join_state: self.join_state.clone(),
+        };
+        self.store.save(&stored, self.active_changed)?;
         self.active_changed = false;
         Ok(())
     }

@@ -10,8 +10,12 @@
 
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 pub mod device;
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+pub mod record;
 pub mod secret;
 pub mod state;
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+pub mod store;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -53,7 +57,7 @@ pub enum Keys {
     Files(ClientState),
     /// Keys made inside a PKCS#11 token or the TPM.
     #[cfg(any(feature = "pkcs11", feature = "tpm"))]
-    Device(device::DeviceState),
+    Device(Box<device::DeviceState>),
 }
 
 impl From<ClientState> for Keys {

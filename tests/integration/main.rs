@@ -48,6 +48,8 @@ mod standard;
 mod standard_pkcs11;
 #[cfg(feature = "tpm")]
 mod standard_tpm;
+#[cfg(feature = "tpm")]
+mod standard_tpm_nv;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

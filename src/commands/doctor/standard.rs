@@ -17,6 +17,10 @@ pub(super) fn checks(config: &Config, report: &mut Report<'_>) -> Result<(), Fai
             return report.add(Check::new(Status::Fail, "keys", failure.to_string()));
         }
     };
+    #[cfg(feature = "tpm")]
+    if let Some(check) = super::nv::check(&setup) {
+        report.add(check)?;
+    }
     let dir = setup.dir.display();
     let check = match setup.load_keys() {
         Err(e) => Check::new(Status::Fail, "keys", format!("standard mode: {e:#}")),
@@ -78,7 +82,7 @@ fn describe_device(state: &crate::bkp::device::DeviceState) -> String {
     };
     format!(
         "standard mode, keys in the device: {}: {active}, {} keys in the history, {}",
-        state.dir().display(),
+        state.state_store().location(),
         state.history_len(),
         join_state_text(state.join_state())
     )
