@@ -182,13 +182,23 @@ impl StandardSetup {
                  without the tpm feature"
             )));
         }
+        let tpm_state_nv_index = config.onboarding.tpm_state_nv().map(|(tpm, index)| {
+            if let keybound_signer::config::TpmKey::File(_) = tpm.key {
+                warn!(
+                    "tpm_state_nv_index keeps the client state in the TPM, but the keys are TSS2 key \
+                     files in storage, which a wiped disk loses with them; keep the keys at \
+                     persistent handles (tpm_key_handle) for a stateless node"
+                );
+            }
+            index
+        });
         Ok(Self {
             dir: path.clone(),
             symlinks: *symlinks,
             secret,
             device,
             tpm_device,
-            tpm_state_nv_index: config.onboarding.tpm_state_nv().map(|(_, index)| index),
+            tpm_state_nv_index,
         })
     }
 

@@ -12,7 +12,9 @@ use std::time::Duration;
 use keybound_signer_tpm::testing::Swtpm;
 
 use crate::cluster_process::ClusterProcess;
-use crate::standard::{doctor_with, failed, joined, oneshot, token_status, with_secret_token};
+use crate::standard::{
+    doctor_line, doctor_with, failed, joined, oneshot, token_status, with_secret_token,
+};
 use crate::support::{keybound, run_ok, tool};
 
 pub(crate) const INDEX: &str = "0x01800100";
@@ -35,9 +37,7 @@ pub(crate) fn nv_oneshot(
     extra: &[&str],
 ) -> Command {
     let mut cmd = oneshot(cluster, dir, extra);
-    cmd.args(["--signer", "tpm", "--tpm-tcti", &tpm.tcti()])
-        .args(["--tpm-state-nv-index", INDEX])
-        .arg(format!("--pin-source=file:{}", auth.display()));
+    cmd.args(nv_flags(tpm, auth));
     cmd
 }
 
@@ -107,6 +107,19 @@ fn the_client_state_lives_in_nv_and_only_what_the_cluster_checks_is_written() {
             .output()
             .unwrap()
     };
+    let doctor = |auth: &Path| {
+        let flags = nv_flags(&tpm, auth);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (report, _) = doctor_with(keybound(), &cluster, dir.path(), &flags);
+        doctor_line(&report, "state").to_owned()
+    };
+
+    // Before the first join the index does not exist; doctor says the join defines it.
+    let line = doctor(&auth);
+    assert!(
+        line.contains("TPM NV index 0x01800100 is not defined yet; the first join defines it"),
+        "{line}"
+    );
 
     // Registration: the index is defined as keybound defines it, and storage holds no state.
     joined(&run(&["--registration-secret", "s3cret"]));
@@ -166,26 +179,14 @@ fn the_client_state_lives_in_nv_and_only_what_the_cluster_checks_is_written() {
     );
 
     // doctor reads the index, its size and the record's sequence.
-    let (report, _) = doctor_with(
-        keybound(),
-        &cluster,
-        dir.path(),
-        &[
-            "--signer",
-            "tpm",
-            "--tpm-tcti",
-            &tpm.tcti(),
-            "--tpm-state-nv-index",
-            INDEX,
-            &format!("--pin-source=file:{}", auth.display()),
-        ],
-    );
+    let line = doctor(&auth);
     assert!(
-        report.contains(&format!(
-            "client state in TPM NV index 0x01800100 (2048 bytes, authwrite|authread|no_da|written), record {}",
-            after_registration + 3
-        )),
-        "{report}"
+        line.starts_with("ok ")
+            && line.contains(&format!(
+                "client state in TPM NV index 0x01800100 (2048 bytes, authwrite|authread|no_da|written), record {}",
+                after_registration + 3
+            )),
+        "{line}"
     );
 
     // A wrong authorization value: one line, the value never shown, nothing written.
@@ -200,6 +201,25 @@ fn the_client_state_lives_in_nv_and_only_what_the_cluster_checks_is_written() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("wrongwrong"));
     unchanged(&nv_bytes(&tpm, dir.path()), &rotated, "a refused value");
+    let line = doctor(&wrong);
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains("the TPM refused the authorization value of NV index 0x01800100"),
+        "{line}"
+    );
+}
+
+/// The TPM signer, the state in NV at `INDEX`, and `auth` as pin_source.
+pub(crate) fn nv_flags(tpm: &Swtpm, auth: &Path) -> Vec<String> {
+    vec![
+        "--signer".into(),
+        "tpm".into(),
+        "--tpm-tcti".into(),
+        tpm.tcti(),
+        "--tpm-state-nv-index".into(),
+        INDEX.into(),
+        format!("--pin-source=file:{}", auth.display()),
+    ]
 }
 
 #[test]
