@@ -3,9 +3,11 @@
 //! key, which `bkp_device_keys.json` records as `tpm-handle:0x81xxxxxx`.
 //!
 //! **Two handles**: `tpm_key_handle` (H) and H+1. The cluster binds one key at a time and commits
-//! a rotation only with the join's result, so at a rotation request the keys it may bind are the
-//! key it binds now (the one it challenged in this join, or, on a registration, none) and the key
-//! being made. Every other key of ours is one it cannot bind: the key a crashed or refused
+//! a rotation only with the join's result (`lib/join/boundkeypair/boundkeypair.go`,
+//! `HandleBoundKeypairJoin`: the stream's status changes are mutators applied in one `PatchToken`
+//! after the last challenge; a rotation request follows the bound key's challenge, or comes first
+//! on a registration), so at a rotation request the keys it may bind are the key it binds now
+//! (the one it challenged in this join, or, on a registration, none) and the key being made. Every other key of ours is one it cannot bind: the key a crashed or refused
 //! rotation made (never committed), the intermediate key of two rotations in one stream, or an
 //! active key whose successor's result was lost (the challenge named the successor). So two
 //! handles always suffice, and persistent handles, of which a TPM has few (7 on an Infineon
