@@ -194,3 +194,34 @@ fn tcti(config: &TpmConfig) -> String {
     keybound_signer_tpm::tcti::resolve(config.tcti.as_deref())
         .map_or_else(|_| "the configured TCTI".to_owned(), |t| t.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_names_its_handle_and_the_pair_stays_in_the_persistent_range() {
+        assert_eq!(reference(0x8100_0100), "tpm-handle:0x81000100");
+        assert_eq!(
+            parse_reference("tpm-handle:0x81000101").unwrap(),
+            0x8100_0101
+        );
+        for bad in [
+            "bkp_tpm_00.pem",
+            "tpm-handle:81000100",
+            "tpm-handle:0xzz",
+            "pkcs11:id=%01",
+        ] {
+            assert!(parse_reference(bad).is_err(), "{bad}");
+        }
+        let config = |handle| TpmConfig::new(TpmKey::Handle(handle));
+        assert_eq!(
+            pair(&config(0x8100_0100)).unwrap(),
+            [0x8100_0100, 0x8100_0101]
+        );
+        for bad in [0x81FF_FFFF, 0x8000_0000, 0x0180_0000] {
+            let e = pair(&config(bad)).unwrap_err().to_string();
+            assert!(e.contains("from 0x81000000 to 0x81fffffe"), "{e}");
+        }
+    }
+}

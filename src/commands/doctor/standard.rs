@@ -67,7 +67,9 @@ fn handles(setup: &StandardSetup, report: &mut Report<'_>) -> Result<(), Failure
     let device = Device::TpmHandles(config.clone());
     let state = match DeviceState::load(&setup.dir, setup.symlinks, device.clone()) {
         Ok(Some(state)) => state,
-        _ => DeviceState::empty(&setup.dir, setup.symlinks, device),
+        Ok(None) => DeviceState::empty(&setup.dir, setup.symlinks, device),
+        // The keys line says why; without the state, keybound's keys would look foreign.
+        Err(_) => return Ok(()),
     };
     let check = match tpm_handles::describe(&state, config) {
         Ok(lines) => Check::new(
