@@ -104,7 +104,14 @@ impl Prepared {
                 (Some(signer), None)
             }
             KeyMode::Standard => {
-                if config.onboarding.tpm_device_keys().is_some() {
+                let tpm_keys = config.onboarding.tpm_device_keys().map(|c| c.key);
+                if let Some(keybound_signer::config::TpmKey::Handle(handle)) = tpm_keys {
+                    info!(
+                        "signer tpm with tpm_key_handle and a registration secret: standard bound \
+                         keypair joining, every key made inside the TPM, kept at persistent \
+                         handle 0x{handle:08x} or the next"
+                    );
+                } else if tpm_keys.is_some() {
                     info!(
                         "signer tpm without a key: standard bound keypair joining, every key made \
                          inside the TPM (key files in storage)"
@@ -249,7 +256,10 @@ impl StandardSetup {
         }
         #[cfg(feature = "tpm")]
         if let Some(tpm) = &self.tpm_device {
-            return Some(Device::Tpm(tpm.clone()));
+            return Some(match tpm.key {
+                keybound_signer::config::TpmKey::Handle(_) => Device::TpmHandles(tpm.clone()),
+                keybound_signer::config::TpmKey::File(_) => Device::Tpm(tpm.clone()),
+            });
         }
         None
     }

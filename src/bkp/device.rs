@@ -11,7 +11,8 @@
 //! TPM. A TPM makes no Ed25519 key; under a suite that asks for one the key is P-256, which
 //! Teleport accepts (its rotation only parses and challenges the new key,
 //! `lib/join/boundkeypair/boundkeypair.go`, `requestBoundKeypairRotation`). A retired key is
-//! destroyed by removing its file.
+//! destroyed by removing its file. With `tpm_key_handle` (and a registration secret) the keys
+//! are kept at two persistent handles instead, and retired keys are evicted ([`tpm_handles`]).
 //!
 //! **PKCS#11 object names.** Each key is a pair generated in the token (private: token, private,
 //! sensitive, never extractable, sign only; `keybound_signer_pkcs11::generate`) with the label
@@ -45,6 +46,9 @@ use super::store::StateStore;
 use crate::fsutil::Symlinks;
 #[cfg(feature = "tpm")]
 use crate::fsutil::{self, Dir};
+
+#[cfg(feature = "tpm")]
+pub mod tpm_handles;
 
 /// The file of key references.
 pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
@@ -87,6 +91,10 @@ pub enum Device {
     /// The TPM: its TCTI, parent and authorization settings.
     #[cfg(feature = "tpm")]
     Tpm(TpmConfig),
+    /// The TPM, keys at the persistent handles [`tpm_handles`] derives from the config's
+    /// `TpmKey::Handle`.
+    #[cfg(feature = "tpm")]
+    TpmHandles(TpmConfig),
 }
 
 /// The client state of device keys.
@@ -98,6 +106,9 @@ pub struct DeviceState {
     keys: KeysFile,
     join_state: Vec<u8>,
     active_changed: bool,
+    /// The key the cluster challenged first in this join, not one made in it: the key it binds
+    /// as this join began (a rotation never replaces it).
+    bound_here: Option<Box<PublicKey>>,
 }
 
 impl std::fmt::Debug for DeviceState {
@@ -129,6 +140,7 @@ impl DeviceState {
             keys: KeysFile::default(),
             join_state: Vec::new(),
             active_changed: false,
+            bound_here: None,
         }
     }
 
@@ -202,9 +214,19 @@ impl DeviceState {
         }
     }
 
+    /// The cluster challenged `key`, which this join did not make: the key it binds now.
+    pub fn note_bound(&mut self, key: &PublicKey) {
+        self.bound_here.get_or_insert_with(|| Box::new(key.clone()));
+    }
+
     /// A new key for `algorithm`'s suite, made in the device, put at the head of the history and
     /// stored before it is returned. Keys pushed out of the history are retired, not destroyed.
     pub fn add_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
+        #[cfg(feature = "tpm")]
+        if let Device::TpmHandles(config) = &self.device {
+            let config = config.clone();
+            return tpm_handles::add_key(self, &config);
+        }
         let (signer, key) = self.device.make(&self.dir, self.symlinks, algorithm)?;
         let public = signer.public_key().clone();
         self.keys.history.insert(
@@ -238,8 +260,17 @@ impl DeviceState {
         })?;
         if self.keys.active.as_ref().map(|k| &k.key) != Some(&key.key) {
             info!(key = %key.key, "Set new active keypair");
-            self.keys.active = Some(key);
+            self.keys.active = Some(key.clone());
             self.active_changed = true;
+        }
+        #[cfg(feature = "tpm")]
+        if let Device::TpmHandles(_) = self.device {
+            // Handles are few: once the cluster names the bound key, every other key retires.
+            let (kept, out): (Vec<_>, Vec<_>) = std::mem::take(&mut self.keys.history)
+                .into_iter()
+                .partition(|k| k.key == key.key);
+            self.keys.history = kept;
+            self.keys.retired.extend(out);
         }
         join_state.clone_into(&mut self.join_state);
         self.store()?;
@@ -260,7 +291,7 @@ impl DeviceState {
             {
                 continue;
             }
-            match self.device.destroy(&self.dir, &key.key) {
+            match self.device.destroy(&self.dir, &key) {
                 Ok(()) => info!(key = %key.key, "destroyed a key out of the history"),
                 Err(e) => {
                     warn!(key = %key.key, error = %e, "cannot destroy a key out of the history; trying again after the next join");
@@ -317,6 +348,10 @@ impl Device {
                 Ok((Arc::new(signer), key))
             }
             #[cfg(feature = "tpm")]
+            Self::TpmHandles(_) => Err(anyhow!(
+                "keys at persistent handles are made by the client state, which picks the handle"
+            )),
+            #[cfg(feature = "tpm")]
             Self::Tpm(tpm) => {
                 if algorithm != Algorithm::EcdsaP256Sha256 {
                     info!(asked = %algorithm, "a TPM makes no such key; the new bound key is ECDSA P-256, which the cluster accepts");
@@ -356,13 +391,21 @@ impl Device {
                 config.key = TpmKey::File(dir.join(tpm_file_name(key)?));
                 Ok(Arc::new(keybound_signer_tpm::TpmSigner::open(&config)?))
             }
+            #[cfg(feature = "tpm")]
+            Self::TpmHandles(tpm) => {
+                let mut config = tpm.clone();
+                config.key = TpmKey::Handle(tpm_handles::parse_reference(key)?);
+                Ok(Arc::new(keybound_signer_tpm::TpmSigner::open(&config)?))
+            }
         }
     }
 
     /// Destroys the key `key` refers to: `C_DestroyObject` on both halves in a token, the key
-    /// file of a TPM key (its only copy: the TPM keeps nothing).
-    fn destroy(&self, dir: &Path, key: &str) -> anyhow::Result<()> {
-        let _ = (dir, key);
+    /// file of a TPM key (its only copy: the TPM keeps nothing), `EvictControl` of a key at a
+    /// persistent handle when the handle still holds that key (else there is nothing to do).
+    fn destroy(&self, dir: &Path, reference: &KeyRef) -> anyhow::Result<()> {
+        let key = &reference.key;
+        let _ = dir;
         match self {
             #[cfg(feature = "pkcs11")]
             Self::Pkcs11(device) => {
@@ -374,6 +417,8 @@ impl Device {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                 _ => Ok(()),
             },
+            #[cfg(feature = "tpm")]
+            Self::TpmHandles(tpm) => tpm_handles::evict(tpm, reference),
         }
     }
 }

@@ -93,6 +93,16 @@ impl Keys {
         }
     }
 
+    /// The cluster challenged `key`, not one this join made: the key it binds now.
+    fn note_bound(&mut self, key: &PublicKey) {
+        let _ = key;
+        match self {
+            Self::Files(_) => {}
+            #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+            Self::Device(s) => s.note_bound(key),
+        }
+    }
+
     fn apply_result(&mut self, bound: &PublicKey, join_state: &[u8]) -> anyhow::Result<()> {
         match self {
             Self::Files(s) => s.apply_result(bound, join_state),
@@ -150,6 +160,7 @@ impl Standard {
             inner.pending = None;
             true
         } else {
+            inner.state.note_bound(key);
             false
         }
     }

@@ -102,14 +102,25 @@ impl Onboarding {
     /// Standard mode with keys made inside the TPM: `signer: tpm` and no key (no
     /// `tpm_key_handle`, no `tpm_key_path`); the TPM settings keys are made with (the key field
     /// is a placeholder each new key replaces with its own file). `None` otherwise.
+    ///
+    /// With `tpm_key_handle` and a registration secret (standard mode's sign: a static key needs
+    /// none), the keys are kept at persistent handles instead: the handle given and the next
+    /// (`bkp::device`); the config's key is then `TpmKey::Handle` of the first.
     pub fn tpm_device_keys(&self) -> Option<TpmConfig> {
-        if self.signer != Some(SignerKind::Tpm)
-            || self.tpm_key_handle.is_some()
-            || self.tpm_key_path.is_some()
-        {
+        if self.tpm_key_path.is_some() {
             return None;
         }
-        let mut config = TpmConfig::new(TpmKey::File(PathBuf::new()));
+        let key = match self.tpm_key_handle {
+            None if self.signer == Some(SignerKind::Tpm) => TpmKey::File(PathBuf::new()),
+            Some(handle)
+                if self.signer_kind() == SignerKind::Tpm
+                    && !matches!(self.registration_secret(), Ok(None)) =>
+            {
+                TpmKey::Handle(handle)
+            }
+            _ => return None,
+        };
+        let mut config = TpmConfig::new(key);
         config.tcti.clone_from(&self.tpm_tcti);
         config.parent = self.tpm_parent;
         config.auth.clone_from(&self.pin_source);

@@ -50,6 +50,44 @@ pub(super) fn checks(config: &Config, report: &mut Report<'_>) -> Result<(), Fai
             crate::bkp::REGISTRATION_SECRET_ENV
         )),
     };
+    report.add(check)?;
+    #[cfg(feature = "tpm")]
+    handles(&setup, report)?;
+    Ok(())
+}
+
+/// With keys at persistent handles: what each handle of the pair holds, read in the TPM; a
+/// handle holding what keybound did not make fails (a rotation would stop there).
+#[cfg(feature = "tpm")]
+fn handles(setup: &StandardSetup, report: &mut Report<'_>) -> Result<(), Failure> {
+    use crate::bkp::device::{Device, DeviceState, tpm_handles};
+    let Some(config) = setup
+        .tpm_device
+        .as_ref()
+        .filter(|c| matches!(c.key, keybound_signer::config::TpmKey::Handle(_)))
+    else {
+        return Ok(());
+    };
+    let device = Device::TpmHandles(config.clone());
+    let state = match DeviceState::load(
+        &setup.dir,
+        setup.symlinks,
+        device.clone(),
+        setup.state_store(),
+    ) {
+        Ok(Some(state)) => state,
+        Ok(None) => DeviceState::empty(&setup.dir, setup.symlinks, device, setup.state_store()),
+        // The keys line says why; without the state, keybound's keys would look foreign.
+        Err(_) => return Ok(()),
+    };
+    let check = match tpm_handles::describe(&state, config) {
+        Ok(lines) => Check::new(
+            Status::Ok,
+            "handles",
+            format!("keys at persistent handles: {}", lines.join("; ")),
+        ),
+        Err(e) => Check::new(Status::Fail, "handles", format!("{e:#}")),
+    };
     report.add(check)
 }
 
