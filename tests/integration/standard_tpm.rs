@@ -156,8 +156,8 @@ fn keys_are_made_and_rotated_inside_the_tpm_and_old_key_files_removed() {
 }
 
 /// The pair of persistent handles the handle tests use (`tpm_key_handle` and the next).
-const HANDLE_A: &str = "0x81000100";
-const HANDLE_B: &str = "0x81000101";
+pub(crate) const HANDLE_A: &str = "0x81000100";
+pub(crate) const HANDLE_B: &str = "0x81000101";
 
 /// A tpm2-tools command on `tpm`, run in `dir`.
 fn tpm2(tpm: &Swtpm, dir: &Path, args: &[&str]) -> std::process::Output {
@@ -171,7 +171,7 @@ fn tpm2(tpm: &Swtpm, dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// The persistent handles in use, as `tpm2_getcap handles-persistent` lists them.
-fn persistent_handles(tpm: &Swtpm, dir: &Path) -> Vec<String> {
+pub(crate) fn persistent_handles(tpm: &Swtpm, dir: &Path) -> Vec<String> {
     let listed = tpm2(tpm, dir, &["tpm2_getcap", "handles-persistent"]).stdout;
     String::from_utf8(listed)
         .unwrap()
@@ -206,7 +206,7 @@ fn public_at(tpm: &Swtpm, dir: &Path, handle: &str) -> Vec<u8> {
 
 /// Whether the key at `handle` is the `ecdsa-sha2-nistp256` key `line` (the last 65 bytes of
 /// openssl's SubjectPublicKeyInfo are the point the line's blob ends with).
-fn key_at_is(tpm: &Swtpm, dir: &Path, handle: &str, line: &str) -> bool {
+pub(crate) fn key_at_is(tpm: &Swtpm, dir: &Path, handle: &str, line: &str) -> bool {
     use base64::Engine as _;
     let spki = public_at(tpm, dir, handle);
     let blob = base64::engine::general_purpose::STANDARD

@@ -261,3 +261,104 @@ fn nv_settings_are_checked_before_anything_runs() {
         "{line}"
     );
 }
+
+/// The stateless TPM: a `relaxed` token, keys at persistent handles, the client state in
+/// NV, and the whole storage directory deleted before every run, one of them after a rotation:
+/// every run joins (a recovery presenting the join state from NV), and the cluster never locks.
+#[test]
+fn a_node_whose_storage_is_wiped_at_every_boot_joins_every_time() {
+    use crate::standard_tpm::{HANDLE_A, HANDLE_B, key_at_is, persistent_handles};
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: relaxed}");
+    let auth = auth_file(dir.path(), AUTH);
+    // The registration secret stays configured, as in an image's tbot.yaml: it is sent only
+    // while no join state is held.
+    let boot = || {
+        if storage.exists() {
+            std::fs::remove_dir_all(&storage).unwrap();
+        }
+        let out = nv_oneshot(
+            &tpm,
+            &cluster,
+            dir.path(),
+            &auth,
+            &[
+                "--tpm-key-handle",
+                HANDLE_A,
+                "--registration-secret",
+                "s3cret",
+            ],
+        )
+        .output()
+        .unwrap();
+        joined(&out);
+        let names: Vec<String> = std::fs::read_dir(&storage)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("bkp_") || n.starts_with("id_bkp")),
+            "client state in storage: {names:?}"
+        );
+        nv_sequence(&nv_bytes(&tpm, dir.path()))
+    };
+    let no_lock = || {
+        let locks = run_ok(&mut cluster.admin(&["ls", "locks"])).stdout;
+        let locks = String::from_utf8_lossy(&locks).into_owned();
+        assert!(!locks.contains("join_token"), "locked: {locks}");
+    };
+    let bound = || {
+        token_status(&cluster)["bound_public_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // First boot: the registration, the key at the first handle.
+    let mut seq = boot();
+    let first = bound();
+    assert!(key_at_is(&tpm, dir.path(), HANDLE_A, &first));
+    let mut recoveries = token_status(&cluster)["recovery_count"].as_u64().unwrap();
+    assert_eq!(recoveries, 1);
+
+    // Wiped, twice: each boot is a recovery with the join state from NV, one record each.
+    for _ in 0..2 {
+        let next = boot();
+        assert_eq!(next, seq + 1);
+        seq = next;
+        recoveries += 1;
+        assert_eq!(token_status(&cluster)["recovery_count"], recoveries);
+        assert_eq!(bound(), first);
+        no_lock();
+    }
+
+    // A rotation at the next boot: the new key at the other handle, the old one evicted after
+    // the result.
+    run_ok(&mut cluster.admin(&["request-rotation", "t"]));
+    let next = boot();
+    assert!(
+        next > seq + 1,
+        "a rotation writes more than a recovery: {seq} -> {next}"
+    );
+    seq = next;
+    recoveries += 1;
+    let second = bound();
+    assert_ne!(second, first);
+    assert!(key_at_is(&tpm, dir.path(), HANDLE_B, &second));
+    assert_eq!(persistent_handles(&tpm, dir.path()), [HANDLE_B]);
+    no_lock();
+
+    // Wiped after the rotation: the next boots join with the new key and the newest join state.
+    for _ in 0..2 {
+        let next = boot();
+        assert_eq!(next, seq + 1);
+        seq = next;
+        recoveries += 1;
+        assert_eq!(token_status(&cluster)["recovery_count"], recoveries);
+        assert_eq!(bound(), second);
+        no_lock();
+    }
+}
