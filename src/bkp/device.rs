@@ -38,10 +38,10 @@ use keybound_signer::config::Pkcs11Config;
 #[cfg(feature = "tpm")]
 use keybound_signer::config::{TpmConfig, TpmKey};
 use keybound_signer::{Algorithm, PublicKey, Signer};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::record::Stored;
+pub use super::record::{DEVICE_KEYS, KeyRef, KeysFile};
 use super::store::StateStore;
 use crate::fsutil::Symlinks;
 #[cfg(feature = "tpm")]
@@ -50,37 +50,8 @@ use crate::fsutil::{self, Dir};
 #[cfg(feature = "tpm")]
 pub mod tpm_handles;
 
-/// The file of key references.
-pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
 /// The label prefix of every key keybound makes in a token.
 pub const LABEL_PREFIX: &str = "keybound-bkp-";
-
-/// One key in the device.
-#[derive(Clone, Debug, Eq, PartialEq, Serialize, Deserialize)]
-pub struct KeyRef {
-    /// When it was made (RFC 3339).
-    pub time: String,
-    /// Where it is: a PKCS#11 URI (token, serial, label, id; no PIN, no module), or the name of
-    /// a TPM key file in storage.
-    pub key: String,
-    /// Its public key, an `authorized_keys` line.
-    pub public_key: String,
-}
-
-/// The key references: `bkp_device_keys.json`.
-#[derive(Clone, Debug, Default, Eq, PartialEq, Serialize, Deserialize)]
-pub struct KeysFile {
-    /// The key the cluster binds, as far as this client knows.
-    #[serde(default)]
-    pub active: Option<KeyRef>,
-    /// Newest first, at most [`super::state::HISTORY_LENGTH`] (or the store's
-    /// [`StateStore::history_length`]).
-    #[serde(default)]
-    pub history: Vec<KeyRef>,
-    /// Out of the history, still in the token: destroyed after the next result.
-    #[serde(default)]
-    pub retired: Vec<KeyRef>,
-}
 
 /// The device keys are made in, with its settings.
 #[derive(Clone, Debug)]

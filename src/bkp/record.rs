@@ -1,4 +1,5 @@
-//! The client state as one compact binary record, for a TPM NV slot (about 1 KiB): the join state
+//! The client state of device keys (the key references, [`KeysFile`], and the join state), and
+//! the same as one compact binary record, for a TPM NV slot (about 1 KiB): the join state
 //! and the key references of `bkp_device_keys.json`, smaller than their JSON by half.
 //!
 //! ```text
@@ -19,7 +20,37 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
-use super::device::{KeyRef, KeysFile};
+use serde::{Deserialize, Serialize};
+
+/// The file of key references.
+pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
+
+/// One key in the device.
+#[derive(Clone, Debug, Eq, PartialEq, Serialize, Deserialize)]
+pub struct KeyRef {
+    /// When it was made (RFC 3339).
+    pub time: String,
+    /// Where it is: a PKCS#11 URI (token, serial, label, id; no PIN, no module), or the name of
+    /// a TPM key file in storage.
+    pub key: String,
+    /// Its public key, an `authorized_keys` line.
+    pub public_key: String,
+}
+
+/// The key references: `bkp_device_keys.json`.
+#[derive(Clone, Debug, Default, Eq, PartialEq, Serialize, Deserialize)]
+pub struct KeysFile {
+    /// The key the cluster binds, as far as this client knows.
+    #[serde(default)]
+    pub active: Option<KeyRef>,
+    /// Newest first, at most [`super::state::HISTORY_LENGTH`] (or the store's
+    /// [`super::store::StateStore::history_length`]).
+    #[serde(default)]
+    pub history: Vec<KeyRef>,
+    /// Out of the history, still in the token: destroyed after the next result.
+    #[serde(default)]
+    pub retired: Vec<KeyRef>,
+}
 
 const VERSION: u8 = 1;
 const NONE: u8 = 0xff;

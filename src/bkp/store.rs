@@ -20,8 +20,7 @@ use base64::Engine as _;
 #[cfg(feature = "tpm")]
 use tracing::{debug, info};
 
-use super::device::{DEVICE_KEYS, KeysFile};
-use super::record::Stored;
+use super::record::{DEVICE_KEYS, KeysFile, Stored};
 use super::state::{HISTORY_LENGTH, JOIN_STATE, PUBLIC_KEY};
 use crate::fsutil::{self, Dir, Symlinks};
 
