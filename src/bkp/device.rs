@@ -196,7 +196,7 @@ impl DeviceState {
         #[cfg(feature = "tpm")]
         if let Device::TpmHandles(config) = &self.device {
             let config = config.clone();
-            return tpm_handles::add_key(self, &config);
+            return self.add_key_at_handle(&config);
         }
         let (signer, key) = self.device.make(&self.dir, self.symlinks, algorithm)?;
         let public = signer.public_key().clone();
@@ -216,6 +216,94 @@ impl DeviceState {
         self.store()?;
         info!(key = %key, fingerprint = %public.fingerprint(), protection = %signer.protection(), "Generated new keypair inside the device");
         Ok(public)
+    }
+
+    /// The keys the state records at persistent handles (active, history, retired).
+    #[cfg(feature = "tpm")]
+    fn handle_records(&self) -> Vec<tpm_handles::Recorded> {
+        let active = self.keys.active.as_ref();
+        active
+            .iter()
+            .copied()
+            .chain(&self.keys.history)
+            .chain(&self.keys.retired)
+            .filter_map(|k| {
+                Some(tpm_handles::Recorded {
+                    handle: tpm_handles::parse_reference(&k.key).ok()?,
+                    public: PublicKey::from_openssh(&k.public_key).ok()?,
+                    active: active.is_some_and(|a| a.key == k.key && a.public_key == k.public_key),
+                })
+            })
+            .collect()
+    }
+
+    /// A new key at a handle of the pair ([`tpm_handles`], whose module documentation gives the
+    /// order): created and loaded, recorded (the key it replaces retired, still recorded) and
+    /// stored, then made persistent; its public key.
+    #[cfg(feature = "tpm")]
+    fn add_key_at_handle(&mut self, config: &TpmConfig) -> anyhow::Result<PublicKey> {
+        let bound = self.bound_here.as_deref().cloned().or_else(|| {
+            let active = self.keys.active.as_ref()?;
+            PublicKey::from_openssh(&active.public_key).ok()
+        });
+        let choice = tpm_handles::choose(config, &self.handle_records(), bound.as_ref())?;
+        let (handle, replacing) = match choice {
+            tpm_handles::Choice::Free(handle) => (handle, None),
+            tpm_handles::Choice::Replace(handle, public) => (handle, Some(public)),
+        };
+        let new = keybound_signer_tpm::persist::NewKey::create(config)
+            .context("making a new bound key in the TPM")?;
+        let public = new.public_key().clone();
+        if let Some(old) = &replacing {
+            let key = tpm_handles::reference(handle);
+            let line = old.to_openssh();
+            let same = |k: &KeyRef| k.key == key && k.public_key == line;
+            let replaced = self
+                .keys
+                .active
+                .iter()
+                .chain(&self.keys.history)
+                .find(|k| same(k))
+                .cloned();
+            self.keys.history.retain(|k| !same(k));
+            if self.keys.active.as_ref().is_some_and(same) {
+                self.keys.active = None;
+            }
+            self.keys.retired.extend(replaced);
+        }
+        self.keys.history.insert(
+            0,
+            KeyRef {
+                time: now_text(),
+                key: tpm_handles::reference(handle),
+                public_key: public.to_openssh(),
+            },
+        );
+        self.store()?;
+        let signer = new
+            .persist(handle, replacing.as_ref())
+            .context("making the new bound key persistent")?;
+        info!(
+            key = %tpm_handles::reference(handle),
+            fingerprint = %public.fingerprint(),
+            protection = %signer.protection(),
+            replaced = replacing.is_some(),
+            "Generated new keypair inside the TPM, at a persistent handle"
+        );
+        Ok(public)
+    }
+
+    /// With keys at persistent handles: what each handle of the pair holds, in words (`Err`: a
+    /// handle holding what keybound did not make). `None` for other devices.
+    pub fn handles(&self) -> Option<anyhow::Result<Vec<String>>> {
+        match &self.device {
+            #[cfg(feature = "tpm")]
+            Device::TpmHandles(config) => {
+                Some(tpm_handles::describe(config, &self.handle_records()))
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
     }
 
     /// The result: the key it names becomes active, the join state is replaced, both are
@@ -389,7 +477,17 @@ impl Device {
                 _ => Ok(()),
             },
             #[cfg(feature = "tpm")]
-            Self::TpmHandles(tpm) => tpm_handles::evict(tpm, reference),
+            Self::TpmHandles(tpm) => {
+                let handle = tpm_handles::parse_reference(key)?;
+                if tpm_handles::evict(
+                    tpm,
+                    handle,
+                    &PublicKey::from_openssh(&reference.public_key)?,
+                )? {
+                    info!(key = %key, "evicted a key the cluster no longer binds");
+                }
+                Ok(())
+            }
         }
     }
 }

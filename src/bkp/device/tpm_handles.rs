@@ -7,9 +7,10 @@
 //! `HandleBoundKeypairJoin`: the stream's status changes are mutators applied in one `PatchToken`
 //! after the last challenge; a rotation request follows the bound key's challenge, or comes first
 //! on a registration), so at a rotation request the keys it may bind are the key it binds now
-//! (the one it challenged in this join, or, on a registration, none) and the key being made. Every other key of ours is one it cannot bind: the key a crashed or refused
-//! rotation made (never committed), the intermediate key of two rotations in one stream, or an
-//! active key whose successor's result was lost (the challenge named the successor). So two
+//! (the one it challenged in this join, or, on a registration, none) and the key being made.
+//! Every other key of ours is one it cannot bind: the key a crashed or refused rotation made
+//! (never committed), the intermediate key of two rotations in one stream, or an active key
+//! whose successor's result was lost (the challenge named the successor). So two
 //! handles always suffice, and persistent handles, of which a TPM has few (7 on an Infineon
 //! SLB9670), are not spent on a history of ten as key files are. What is given up: answering for
 //! an older key after the cluster's backend is rolled back.
@@ -21,21 +22,19 @@
 //! even when the other handle is free: the pair is keybound's, and a foreign object in it is a
 //! configuration mistake best found at registration, not at the first rotation months later.
 //!
-//! **Order**: the key is created and loaded (not persistent); its reference goes to the head of
-//! the history, the key it replaces (if any) moves to `retired` (still recorded, so the handle
+//! **Order** (`DeviceState::add_key_at_handle` and `apply_result`, in the parent module, which
+//! uses this one): the key is created and loaded (not persistent); its reference goes to the
+//! head of the history, the key it replaces (if any) moves to `retired` (still recorded, so the handle
 //! stays recognisably ours whatever happens next), and the state is written; then the replaced
 //! key is evicted (only if the handle still holds exactly that key) and the new one made
 //! persistent; then the cluster hears of it. After a result names the bound key, every other key
 //! retires and is evicted, after the state is written. A crash at any point leaves the bound key
 //! at its handle and in the state.
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use keybound_signer::PublicKey;
 use keybound_signer::config::{TpmConfig, TpmKey};
-use keybound_signer_tpm::persist::{NewKey, Occupant, evict_if, foreign, occupant};
-use tracing::info;
-
-use super::{DEVICE_KEYS, DeviceState, KeyRef, now_text};
+use keybound_signer_tpm::persist::{Occupant, evict_if, foreign, occupant};
 
 /// The prefix of a handle reference in `bkp_device_keys.json`.
 pub const REFERENCE_PREFIX: &str = "tpm-handle:";
@@ -64,124 +63,98 @@ pub fn parse_reference(key: &str) -> anyhow::Result<u32> {
     key.strip_prefix(REFERENCE_PREFIX)
         .and_then(|h| h.strip_prefix("0x"))
         .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| anyhow!("{DEVICE_KEYS} names {key:?}, which is not a persistent handle"))
+        .ok_or_else(|| anyhow!("the client state names {key:?}, which is not a persistent handle"))
 }
 
-/// The recorded key at `handle` whose public key is `public`, if any (active, history, retired).
-fn recorded<'a>(state: &'a DeviceState, handle: u32, public: &PublicKey) -> Option<&'a KeyRef> {
-    let wanted = reference(handle);
-    state
-        .keys
-        .active
-        .iter()
-        .chain(&state.keys.history)
-        .chain(&state.keys.retired)
-        .find(|k| {
-            k.key == wanted && PublicKey::from_openssh(&k.public_key).is_ok_and(|p| &p == public)
-        })
+/// A key the client state records at a handle (active, history or retired).
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Its handle.
+    pub handle: u32,
+    /// Its public key.
+    pub public: PublicKey,
+    /// Whether it is the active key.
+    pub active: bool,
 }
 
-/// A new key at a handle of the pair, recorded before it is persistent (see the module's
-/// order); its public key.
-pub(super) fn add_key(state: &mut DeviceState, config: &TpmConfig) -> anyhow::Result<PublicKey> {
+/// Where a new key goes: a free handle, or one whose recorded key it replaces.
+#[derive(Debug)]
+pub enum Choice {
+    /// An empty handle.
+    Free(u32),
+    /// A handle holding a key of ours the cluster cannot bind: replaced.
+    Replace(u32, PublicKey),
+}
+
+/// The handle of the pair for a new key (see the module's rules): `records` are the keys the
+/// client state names, `bound` the key the cluster binds as far as this join knows.
+pub fn choose(
+    config: &TpmConfig,
+    records: &[Recorded],
+    bound: Option<&PublicKey>,
+) -> anyhow::Result<Choice> {
     let pair = pair(config)?;
-    let bound = state.bound_here.as_deref().cloned().or_else(|| {
-        let active = state.keys.active.as_ref()?;
-        PublicKey::from_openssh(&active.public_key).ok()
-    });
-    // (handle, the key of ours it holds and the new key replaces)
-    let mut choice: Option<(u32, Option<KeyRef>)> = None;
+    let mut choice = None;
     for handle in pair {
         match occupant(config, handle)? {
             Occupant::Empty => {
-                if !matches!(choice, Some((_, None))) {
-                    choice = Some((handle, None));
+                if !matches!(choice, Some(Choice::Free(_))) {
+                    choice = Some(Choice::Free(handle));
                 }
             }
             Occupant::Key(key) => {
-                let Some(ours) = recorded(state, handle, &key) else {
+                if !records
+                    .iter()
+                    .any(|r| r.handle == handle && r.public == key)
+                {
                     return Err(foreign(handle, &Occupant::Key(key), &tcti(config)).into());
-                };
-                if Some(&key) != bound.as_ref() && choice.is_none() {
-                    choice = Some((handle, Some(ours.clone())));
+                }
+                if Some(&key) != bound && choice.is_none() {
+                    choice = Some(Choice::Replace(handle, key));
                 }
             }
             other => return Err(foreign(handle, &other, &tcti(config)).into()),
         }
     }
-    let (handle, replacing) = choice.ok_or_else(|| {
+    choice.ok_or_else(|| {
         anyhow!(
             "both persistent handles 0x{:08x} and 0x{:08x} hold the key the cluster binds; \
              keybound has no free handle for a new key",
             pair[0],
             pair[1]
         )
-    })?;
-
-    let new = NewKey::create(config).context("making a new bound key in the TPM")?;
-    let public = new.public_key().clone();
-    let new_ref = KeyRef {
-        time: now_text(),
-        key: reference(handle),
-        public_key: public.to_openssh(),
-    };
-    let replaced_public = match &replacing {
-        Some(old) => {
-            let same = |k: &KeyRef| k.key == old.key && k.public_key == old.public_key;
-            state.keys.history.retain(|k| !same(k));
-            if state.keys.active.as_ref().is_some_and(same) {
-                state.keys.active = None;
-            }
-            state.keys.retired.push(old.clone());
-            Some(PublicKey::from_openssh(&old.public_key)?)
-        }
-        None => None,
-    };
-    state.keys.history.insert(0, new_ref);
-    state.store()?;
-    let signer = new
-        .persist(handle, replaced_public.as_ref())
-        .context("making the new bound key persistent")?;
-    info!(
-        key = %reference(handle),
-        fingerprint = %public.fingerprint(),
-        protection = %keybound_signer::Signer::protection(&signer),
-        replaced = replacing.is_some(),
-        "Generated new keypair inside the TPM, at a persistent handle"
-    );
-    Ok(public)
+    })
 }
 
-/// Evicts a retired key if its handle still holds it; a handle that holds another key (the one
-/// that replaced it) or nothing is left as it is.
-pub(super) fn evict(config: &TpmConfig, key: &KeyRef) -> anyhow::Result<()> {
-    let handle = parse_reference(&key.key)?;
-    let public = PublicKey::from_openssh(&key.public_key)?;
-    if evict_if(config, handle, &public)? {
-        info!(key = %key.key, "evicted a key the cluster no longer binds");
-    }
-    Ok(())
+/// Evicts the key at `handle` if it is `public`; a handle that holds another key (the one that
+/// replaced it) or nothing is left as it is. Whether it evicted.
+pub fn evict(config: &TpmConfig, handle: u32, public: &PublicKey) -> anyhow::Result<bool> {
+    Ok(evict_if(config, handle, public)?)
 }
 
 /// Each handle of the pair and what it holds, in words, for `doctor`; `Err` for a handle that
 /// holds what keybound did not make (the text names the fix).
-pub fn describe(state: &DeviceState, config: &TpmConfig) -> anyhow::Result<Vec<String>> {
-    let active = state.keys.active.as_ref();
+pub fn describe(config: &TpmConfig, records: &[Recorded]) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     for handle in pair(config)? {
         let text = match occupant(config, handle)? {
             Occupant::Empty => format!("0x{handle:08x} free"),
-            Occupant::Key(key) => match recorded(state, handle, &key) {
-                Some(k)
-                    if active.is_some_and(|a| a.key == k.key && a.public_key == k.public_key) =>
+            Occupant::Key(key) => {
+                match records
+                    .iter()
+                    .find(|r| r.handle == handle && r.public == key)
                 {
-                    format!("0x{handle:08x} the active key {}", key.fingerprint())
+                    Some(r) if r.active => {
+                        format!("0x{handle:08x} the active key {}", key.fingerprint())
+                    }
+                    Some(_) => {
+                        format!("0x{handle:08x} a key of the history {}", key.fingerprint())
+                    }
+                    None => {
+                        return Err(foreign(handle, &Occupant::Key(key), &tcti(config)).into());
+                    }
                 }
-                Some(_) => format!("0x{handle:08x} a key of the history {}", key.fingerprint()),
-                None => {
-                    return Err(foreign(handle, &Occupant::Key(key), &tcti(config)).into());
-                }
-            },
+            }
             other => return Err(foreign(handle, &other, &tcti(config)).into()),
         };
         lines.push(text);
