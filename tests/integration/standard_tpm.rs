@@ -215,11 +215,14 @@ pub(crate) fn key_at_is(tpm: &Swtpm, dir: &Path, handle: &str, line: &str) -> bo
     line.starts_with("ecdsa-sha2-nistp256 ") && spki.ends_with(&blob[blob.len() - 65..])
 }
 
+/// The keys' authorization value, from `pin_source`.
+const AUTH_ENV: (&str, &str) = ("KB_TEST_TPM_AUTH", "Handle-Auth-4f1d");
+
 /// A standard-mode run with keys at the handle pair (the registration secret stays configured,
 /// as in a tbot.yaml: it is what makes `tpm_key_handle` standard mode, and is sent only until a
-/// join state is held).
+/// join state is held), each key with an authorization value.
 fn handle_oneshot(tpm: &Swtpm, cluster: &ClusterProcess, dir: &Path) -> Command {
-    tpm_oneshot(
+    let mut cmd = tpm_oneshot(
         tpm,
         cluster,
         dir,
@@ -228,8 +231,12 @@ fn handle_oneshot(tpm: &Swtpm, cluster: &ClusterProcess, dir: &Path) -> Command 
             HANDLE_A,
             "--registration-secret",
             "s3cret",
+            "--pin-source",
+            &format!("env:{}", AUTH_ENV.0),
         ],
-    )
+    );
+    cmd.env(AUTH_ENV.0, AUTH_ENV.1);
+    cmd
 }
 
 #[test]
@@ -276,6 +283,35 @@ fn keys_at_persistent_handles_alternate_and_the_old_key_is_evicted_only_after_th
     assert!(key_files(&storage).is_empty());
     assert!(!storage.join("id_bkp").exists());
     assert_eq!(read(&storage.join("id_bkp.pub")).trim(), first);
+    // The key carries the pin_source's authorization value: tpm2_sign with it signs, and openssl
+    // verifies the signature with the public key tpm2_readpublic gave.
+    std::fs::write(tools.join("message"), b"keybound handle check").unwrap();
+    tpm2(
+        &tpm,
+        &tools,
+        &[
+            "tpm2_sign",
+            "-Q",
+            "-c",
+            HANDLE_A,
+            "-p",
+            AUTH_ENV.1,
+            "-g",
+            "sha256",
+            "-f",
+            "plain",
+            "-o",
+            "signature",
+            "message",
+        ],
+    );
+    run_ok(
+        Command::new(tool("openssl"))
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(format!("{HANDLE_A}.pem"))
+            .args(["-signature", "signature", "message"])
+            .current_dir(&tools),
+    );
 
     // doctor shows the handles in use.
     let (line, ok) = doctor_handles(&tpm, &cluster, dir.path());
@@ -426,6 +462,7 @@ fn a_foreign_key_in_the_handle_pair_is_refused_and_left_alone() {
 /// `keybound doctor` with keys at the handle pair: its `handles` line, and whether it passed.
 fn doctor_handles(tpm: &Swtpm, cluster: &ClusterProcess, dir: &Path) -> (String, bool) {
     let tcti = tpm.tcti();
+    let pin_source = format!("env:{}", AUTH_ENV.0);
     let flags = [
         "--signer",
         "tpm",
@@ -435,9 +472,12 @@ fn doctor_handles(tpm: &Swtpm, cluster: &ClusterProcess, dir: &Path) -> (String,
         HANDLE_A,
         "--registration-secret",
         "s3cret",
+        "--pin-source",
+        &pin_source,
     ];
-    let (report, ok) =
-        crate::standard::doctor_with(crate::support::keybound(), cluster, dir, &flags);
+    let mut cmd = crate::support::keybound();
+    cmd.env(AUTH_ENV.0, AUTH_ENV.1);
+    let (report, ok) = crate::standard::doctor_with(cmd, cluster, dir, &flags);
     (
         crate::standard::doctor_line(&report, "handles").to_owned(),
         ok,
