@@ -18,6 +18,8 @@ use tracing::{debug, info, warn};
 use crate::auth::{AuthClient, AuthRoute, ConnectError};
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 use crate::bkp::device::{Device, DeviceState};
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+use crate::bkp::store::StateStore;
 use crate::bkp::{ClientState, Keys, RegistrationSecret, Standard};
 use crate::config::Config;
 use crate::config::KeyMode;
@@ -102,7 +104,14 @@ impl Prepared {
                 (Some(signer), None)
             }
             KeyMode::Standard => {
-                if config.onboarding.tpm_device_keys().is_some() {
+                let tpm_keys = config.onboarding.tpm_device_keys().map(|c| c.key);
+                if let Some(keybound_signer::config::TpmKey::Handle(handle)) = tpm_keys {
+                    info!(
+                        "signer tpm with tpm_key_handle and a registration secret: standard bound \
+                         keypair joining, every key made inside the TPM, kept at persistent \
+                         handle 0x{handle:08x} or the next"
+                    );
+                } else if tpm_keys.is_some() {
                     info!(
                         "signer tpm without a key: standard bound keypair joining, every key made \
                          inside the TPM (key files in storage)"
@@ -147,6 +156,8 @@ pub struct StandardSetup {
     pub device: Option<keybound_signer::config::Pkcs11Config>,
     /// The TPM keys are made in, as key files in storage (`bkp::device`).
     pub tpm_device: Option<keybound_signer::config::TpmConfig>,
+    /// The TPM NV index the client state lives in instead of storage (`bkp::store`).
+    pub tpm_state_nv_index: Option<u32>,
 }
 
 impl StandardSetup {
@@ -178,12 +189,23 @@ impl StandardSetup {
                  without the tpm feature"
             )));
         }
+        let tpm_state_nv_index = config.onboarding.tpm_state_nv().map(|(tpm, index)| {
+            if let keybound_signer::config::TpmKey::File(_) = tpm.key {
+                warn!(
+                    "tpm_state_nv_index keeps the client state in the TPM, but the keys are TSS2 key \
+                     files in storage, which a wiped disk loses with them; keep the keys at \
+                     persistent handles (tpm_key_handle) for a stateless node"
+                );
+            }
+            index
+        });
         Ok(Self {
             dir: path.clone(),
             symlinks: *symlinks,
             secret,
             device,
             tpm_device,
+            tpm_state_nv_index,
         })
     }
 
@@ -191,7 +213,10 @@ impl StandardSetup {
     pub fn load_keys(&self) -> anyhow::Result<Option<Keys>> {
         #[cfg(any(feature = "pkcs11", feature = "tpm"))]
         if let Some(device) = self.device_of_keys() {
-            return Ok(DeviceState::load(&self.dir, self.symlinks, device)?.map(Keys::Device));
+            return Ok(
+                DeviceState::load(&self.dir, self.symlinks, device, self.state_store())?
+                    .map(|state| Keys::Device(Box::new(state))),
+            );
         }
         Ok(ClientState::load(&self.dir, self.symlinks)?.map(Keys::Files))
     }
@@ -199,9 +224,27 @@ impl StandardSetup {
     fn empty_keys(&self) -> Keys {
         #[cfg(any(feature = "pkcs11", feature = "tpm"))]
         if let Some(device) = self.device_of_keys() {
-            return Keys::Device(DeviceState::empty(&self.dir, self.symlinks, device));
+            return Keys::Device(Box::new(DeviceState::empty(
+                &self.dir,
+                self.symlinks,
+                device,
+                self.state_store(),
+            )));
         }
         Keys::Files(ClientState::empty(&self.dir, self.symlinks))
+    }
+
+    /// Where the client state of device keys is kept: the TPM NV index, or storage.
+    #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+    pub fn state_store(&self) -> StateStore {
+        #[cfg(feature = "tpm")]
+        if let (Some(tpm), Some(index)) = (&self.tpm_device, self.tpm_state_nv_index) {
+            return StateStore::nv(tpm.clone(), index);
+        }
+        StateStore::Files {
+            dir: self.dir.clone(),
+            symlinks: self.symlinks,
+        }
     }
 
     /// The device keys are made in, if any.
@@ -213,7 +256,10 @@ impl StandardSetup {
         }
         #[cfg(feature = "tpm")]
         if let Some(tpm) = &self.tpm_device {
-            return Some(Device::Tpm(tpm.clone()));
+            return Some(match tpm.key {
+                keybound_signer::config::TpmKey::Handle(_) => Device::TpmHandles(tpm.clone()),
+                keybound_signer::config::TpmKey::File(_) => Device::Tpm(tpm.clone()),
+            });
         }
         None
     }

@@ -11,7 +11,8 @@
 //! TPM. A TPM makes no Ed25519 key; under a suite that asks for one the key is P-256, which
 //! Teleport accepts (its rotation only parses and challenges the new key,
 //! `lib/join/boundkeypair/boundkeypair.go`, `requestBoundKeypairRotation`). A retired key is
-//! destroyed by removing its file.
+//! destroyed by removing its file. With `tpm_key_handle` (and a registration secret) the keys
+//! are kept at two persistent handles instead, and retired keys are evicted ([`tpm_handles`]).
 //!
 //! **PKCS#11 object names.** Each key is a pair generated in the token (private: token, private,
 //! sensitive, never extractable, sign only; `keybound_signer_pkcs11::generate`) with the label
@@ -40,56 +41,20 @@ use keybound_signer::config::Pkcs11Config;
 #[cfg(feature = "tpm")]
 use keybound_signer::config::{TpmConfig, TpmKey};
 use keybound_signer::{Algorithm, PublicKey, Signer};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::state::{HISTORY_LENGTH, JOIN_STATE, PUBLIC_KEY};
-use crate::fsutil::{self, Dir, Symlinks};
+use super::record::Stored;
+pub use super::record::{DEVICE_KEYS, KeyRef, KeysFile, Pending};
+use super::store::StateStore;
+use crate::fsutil::Symlinks;
+#[cfg(feature = "tpm")]
+use crate::fsutil::{self, Dir};
 
-/// The file of key references.
-pub const DEVICE_KEYS: &str = "bkp_device_keys.json";
+#[cfg(feature = "tpm")]
+pub mod tpm_handles;
+
 /// The label prefix of every key keybound makes in a token.
 pub const LABEL_PREFIX: &str = "keybound-bkp-";
-
-/// One key in the device.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct KeyRef {
-    /// When it was made (RFC 3339).
-    time: String,
-    /// Where it is: a PKCS#11 URI (token, serial, label, id; no PIN, no module), or the name of
-    /// a TPM key file in storage.
-    key: String,
-    /// Its public key, an `authorized_keys` line.
-    public_key: String,
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct KeysFile {
-    /// The key the cluster binds, as far as this client knows.
-    #[serde(default)]
-    active: Option<KeyRef>,
-    /// Newest first, at most [`HISTORY_LENGTH`].
-    #[serde(default)]
-    history: Vec<KeyRef>,
-    /// Out of the history, still in the token: destroyed after the next result.
-    #[serde(default)]
-    retired: Vec<KeyRef>,
-    /// Keys being made (write-ahead): recorded before the device makes them, dropped when the
-    /// key's reference joins the history. One left here is a key whose making was interrupted,
-    /// never sent to the cluster: destroyed, if it was made, after the next result.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pending: Vec<Pending>,
-}
-
-/// A key being made: PKCS#11, the token's URI with the label drawn for it (its id is chosen
-/// as the pair is made).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Pending {
-    /// When it was recorded (RFC 3339).
-    time: String,
-    /// The reference drawn for it.
-    key: String,
-}
 
 /// The device keys are made in, with its settings.
 #[derive(Clone, Debug)]
@@ -100,6 +65,10 @@ pub enum Device {
     /// The TPM: its TCTI, parent and authorization settings.
     #[cfg(feature = "tpm")]
     Tpm(TpmConfig),
+    /// The TPM, keys at the persistent handles [`tpm_handles`] derives from the config's
+    /// `TpmKey::Handle`.
+    #[cfg(feature = "tpm")]
+    TpmHandles(TpmConfig),
 }
 
 /// The client state of device keys.
@@ -107,16 +76,21 @@ pub struct DeviceState {
     dir: PathBuf,
     symlinks: Symlinks,
     device: Device,
+    store: StateStore,
     /// Boxed: `Keys` holds a `DeviceState` or a file state, and this is the large part.
     keys: Box<KeysFile>,
     join_state: Vec<u8>,
     active_changed: bool,
+    /// The key the cluster challenged first in this join, not one made in it: the key it binds
+    /// as this join began (a rotation never replaces it).
+    bound_here: Option<Box<PublicKey>>,
 }
 
 impl std::fmt::Debug for DeviceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceState")
             .field("dir", &self.dir)
+            .field("store", &self.store.location())
             .field("active", &self.keys.active.as_ref().map(|k| &k.key))
             .field("history", &self.keys.history.len())
             .field("join_state", &!self.join_state.is_empty())
@@ -131,41 +105,66 @@ fn now_text() -> String {
 }
 
 impl DeviceState {
-    /// An empty state (a first join with a registration secret), keeping the record of keys
-    /// whose making a crash interrupted, so that they are still destroyed.
-    pub fn empty(dir: &Path, symlinks: Symlinks, device: Device) -> Self {
-        let pending = read_keys(dir).map(|k| k.pending).unwrap_or_default();
+    /// An empty state (a first join with a registration secret), to be kept in `store`, keeping
+    /// the record of keys whose making a crash interrupted, so that they are still destroyed.
+    pub fn empty(dir: &Path, symlinks: Symlinks, device: Device, mut store: StateStore) -> Self {
+        let pending = match store.load() {
+            Ok(Some(stored)) => stored.keys.pending,
+            _ => Vec::new(),
+        };
+        let keys = KeysFile {
+            pending,
+            ..KeysFile::default()
+        };
+        Self::with(dir, symlinks, device, store, keys, Vec::new())
+    }
+
+    fn with(
+        dir: &Path,
+        symlinks: Symlinks,
+        device: Device,
+        store: StateStore,
+        keys: KeysFile,
+        join_state: Vec<u8>,
+    ) -> Self {
         Self {
             dir: dir.to_owned(),
             symlinks,
             device,
-            keys: Box::new(KeysFile {
-                pending,
-                ..KeysFile::default()
-            }),
-            join_state: Vec::new(),
+            store,
+            keys: Box::new(keys),
+            join_state,
             active_changed: false,
+            bound_here: None,
         }
     }
 
-    /// The stored state, `None` when it holds no key.
-    pub fn load(dir: &Path, symlinks: Symlinks, device: Device) -> anyhow::Result<Option<Self>> {
-        let mut state = Self::empty(dir, symlinks, device);
-        state.keys = Box::new(read_keys(dir)?);
-        state.join_state = match std::fs::read(dir.join(JOIN_STATE)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(anyhow!(
-                    "cannot read {}: {e}",
-                    dir.join(JOIN_STATE).display()
-                ));
-            }
+    /// The state kept in `store`, `None` when it holds no key.
+    pub fn load(
+        dir: &Path,
+        symlinks: Symlinks,
+        device: Device,
+        mut store: StateStore,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(stored) = store.load()? else {
+            return Ok(None);
         };
-        if state.keys.active.is_none() && state.keys.history.is_empty() {
+        if stored.keys.active.is_none() && stored.keys.history.is_empty() {
             return Ok(None);
         }
-        Ok(Some(state))
+        Ok(Some(Self::with(
+            dir,
+            symlinks,
+            device,
+            store,
+            stored.keys,
+            stored.join_state,
+        )))
+    }
+
+    /// Where the state is kept.
+    pub fn state_store(&self) -> &StateStore {
+        &self.store
     }
 
     /// The last join state (empty before the first join).
@@ -220,9 +219,19 @@ impl DeviceState {
         }
     }
 
+    /// The cluster challenged `key`, which this join did not make: the key it binds now.
+    pub fn note_bound(&mut self, key: &PublicKey) {
+        self.bound_here.get_or_insert_with(|| Box::new(key.clone()));
+    }
+
     /// A new key for `algorithm`'s suite, made in the device, put at the head of the history and
     /// stored before it is returned. Keys pushed out of the history are retired, not destroyed.
     pub fn add_key(&mut self, algorithm: Algorithm) -> anyhow::Result<PublicKey> {
+        #[cfg(feature = "tpm")]
+        if let Device::TpmHandles(config) = &self.device {
+            let config = config.clone();
+            return self.add_key_at_handle(&config);
+        }
         let (signer, key) = self.make_recorded(algorithm)?;
         let public = signer.public_key().clone();
         self.keys.history.insert(
@@ -233,7 +242,7 @@ impl DeviceState {
                 public_key: public.to_openssh(),
             },
         );
-        while self.keys.history.len() > HISTORY_LENGTH {
+        while self.keys.history.len() > self.store.history_length() {
             if let Some(old) = self.keys.history.pop() {
                 self.keys.retired.push(old);
             }
@@ -276,6 +285,94 @@ impl DeviceState {
         Ok(public)
     }
 
+    /// The keys the state records at persistent handles (active, history, retired).
+    #[cfg(feature = "tpm")]
+    fn handle_records(&self) -> Vec<tpm_handles::Recorded> {
+        let active = self.keys.active.as_ref();
+        active
+            .iter()
+            .copied()
+            .chain(&self.keys.history)
+            .chain(&self.keys.retired)
+            .filter_map(|k| {
+                Some(tpm_handles::Recorded {
+                    handle: tpm_handles::parse_reference(&k.key).ok()?,
+                    public: PublicKey::from_openssh(&k.public_key).ok()?,
+                    active: active.is_some_and(|a| a.key == k.key && a.public_key == k.public_key),
+                })
+            })
+            .collect()
+    }
+
+    /// A new key at a handle of the pair ([`tpm_handles`], whose module documentation gives the
+    /// order): created and loaded, recorded (the key it replaces retired, still recorded) and
+    /// stored, then made persistent; its public key.
+    #[cfg(feature = "tpm")]
+    fn add_key_at_handle(&mut self, config: &TpmConfig) -> anyhow::Result<PublicKey> {
+        let bound = self.bound_here.as_deref().cloned().or_else(|| {
+            let active = self.keys.active.as_ref()?;
+            PublicKey::from_openssh(&active.public_key).ok()
+        });
+        let choice = tpm_handles::choose(config, &self.handle_records(), bound.as_ref())?;
+        let (handle, replacing) = match choice {
+            tpm_handles::Choice::Free(handle) => (handle, None),
+            tpm_handles::Choice::Replace(handle, public) => (handle, Some(public)),
+        };
+        let new = keybound_signer_tpm::persist::NewKey::create(config)
+            .context("making a new bound key in the TPM")?;
+        let public = new.public_key().clone();
+        if let Some(old) = &replacing {
+            let key = tpm_handles::reference(handle);
+            let line = old.to_openssh();
+            let same = |k: &KeyRef| k.key == key && k.public_key == line;
+            let replaced = self
+                .keys
+                .active
+                .iter()
+                .chain(&self.keys.history)
+                .find(|k| same(k))
+                .cloned();
+            self.keys.history.retain(|k| !same(k));
+            if self.keys.active.as_ref().is_some_and(same) {
+                self.keys.active = None;
+            }
+            self.keys.retired.extend(replaced);
+        }
+        self.keys.history.insert(
+            0,
+            KeyRef {
+                time: now_text(),
+                key: tpm_handles::reference(handle),
+                public_key: public.to_openssh(),
+            },
+        );
+        self.store()?;
+        let signer = new
+            .persist(handle, replacing.as_ref())
+            .context("making the new bound key persistent")?;
+        info!(
+            key = %tpm_handles::reference(handle),
+            fingerprint = %public.fingerprint(),
+            protection = %signer.protection(),
+            replaced = replacing.is_some(),
+            "Generated new keypair inside the TPM, at a persistent handle"
+        );
+        Ok(public)
+    }
+
+    /// With keys at persistent handles: what each handle of the pair holds, in words (`Err`: a
+    /// handle holding what keybound did not make). `None` for other devices.
+    pub fn handles(&self) -> Option<anyhow::Result<Vec<String>>> {
+        match &self.device {
+            #[cfg(feature = "tpm")]
+            Device::TpmHandles(config) => {
+                Some(tpm_handles::describe(config, &self.handle_records()))
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// The result: the key it names becomes active, the join state is replaced, both are
     /// stored; then the retired keys are destroyed in the token (never the bound one).
     pub fn apply_result(&mut self, bound: &PublicKey, join_state: &[u8]) -> anyhow::Result<()> {
@@ -284,13 +381,22 @@ impl DeviceState {
                 "fetching key requested by auth: no matching key found (the cluster binds {}, \
                  which is not in {}); an admin must register a key this bot holds on the token",
                 bound.fingerprint(),
-                self.dir.join(DEVICE_KEYS).display()
+                self.store.location()
             )
         })?;
         if self.keys.active.as_ref().map(|k| &k.key) != Some(&key.key) {
             info!(key = %key.key, "Set new active keypair");
-            self.keys.active = Some(key);
+            self.keys.active = Some(key.clone());
             self.active_changed = true;
+        }
+        #[cfg(feature = "tpm")]
+        if let Device::TpmHandles(_) = self.device {
+            // Handles are few: once the cluster names the bound key, every other key retires.
+            let (kept, out): (Vec<_>, Vec<_>) = std::mem::take(&mut self.keys.history)
+                .into_iter()
+                .partition(|k| k.key == key.key);
+            self.keys.history = kept;
+            self.keys.retired.extend(out);
         }
         join_state.clone_into(&mut self.join_state);
         self.store()?;
@@ -334,7 +440,7 @@ impl DeviceState {
             {
                 continue;
             }
-            match self.device.destroy(&self.dir, &key.key) {
+            match self.device.destroy(&self.dir, &key) {
                 Ok(()) => info!(key = %key.key, "destroyed a key out of the history"),
                 Err(e) => {
                     warn!(key = %key.key, error = %e, "cannot destroy a key out of the history; trying again after the next join");
@@ -370,41 +476,15 @@ impl DeviceState {
         self.store()
     }
 
-    /// Writes `bkp_device_keys.json`, `bkp_state` (when held) and `id_bkp.pub` (when the active
-    /// key changed), each staged and renamed into place.
+    /// Writes the state to its store (files staged and renamed into place, or the NV record).
     pub fn store(&mut self) -> anyhow::Result<()> {
-        let dir = Dir::open(&self.dir, self.symlinks, false)?;
-        let mut files: Vec<(&str, Vec<u8>)> = vec![(DEVICE_KEYS, serde_json::to_vec(&self.keys)?)];
-        if !self.join_state.is_empty() {
-            files.push((JOIN_STATE, self.join_state.clone()));
-        }
-        if let (true, Some(active)) = (self.active_changed, &self.keys.active) {
-            files.push((PUBLIC_KEY, format!("{}\n", active.public_key).into_bytes()));
-        }
-        for (name, content) in &files {
-            dir.stage(std::ffi::OsStr::new(name), content, 0o600)?
-                .commit(fsutil::Replace::Allow)?;
-        }
-        dir.sync()?;
+        let stored = Stored {
+            keys: (*self.keys).clone(),
+            join_state: self.join_state.clone(),
+        };
+        self.store.save(&stored, self.active_changed)?;
         self.active_changed = false;
         Ok(())
-    }
-}
-
-/// `bkp_device_keys.json` in `dir`; a missing or blank file is an empty one.
-fn read_keys(dir: &Path) -> anyhow::Result<KeysFile> {
-    let path = dir.join(DEVICE_KEYS);
-    match std::fs::read(&path) {
-        Ok(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => serde_json::from_slice(&bytes)
-            .with_context(|| {
-                format!(
-                    "{} does not parse; restore it from a backup (the keys it names are in the token)",
-                    path.display()
-                )
-            }),
-        Ok(_) => Ok(KeysFile::default()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeysFile::default()),
-        Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
     }
 }
 
@@ -432,6 +512,8 @@ impl Device {
             }
             #[cfg(feature = "tpm")]
             Self::Tpm(_) => None,
+            #[cfg(feature = "tpm")]
+            Self::TpmHandles(_) => None,
         }
     }
 
@@ -449,7 +531,7 @@ impl Device {
                 label(pending).is_some_and(|l| Some(l) == label(recorded))
             }
             #[cfg(feature = "tpm")]
-            Self::Tpm(_) => pending == recorded,
+            Self::Tpm(_) | Self::TpmHandles(_) => pending == recorded,
         }
     }
 
@@ -463,7 +545,8 @@ impl Device {
                 &pkcs11_config_for(device, key),
             )?),
             #[cfg(feature = "tpm")]
-            Self::Tpm(_) => self.destroy(dir, key).map(|()| 1),
+            // Never drawn (`draw_reference`): a TPM key is recorded once it exists.
+            Self::Tpm(_) | Self::TpmHandles(_) => Ok(0),
         }
     }
 
@@ -497,6 +580,10 @@ impl Device {
                 let key = signer.uri().to_string();
                 Ok((Arc::new(signer), key))
             }
+            #[cfg(feature = "tpm")]
+            Self::TpmHandles(_) => Err(anyhow!(
+                "keys at persistent handles are made by the client state, which picks the handle"
+            )),
             #[cfg(feature = "tpm")]
             Self::Tpm(tpm) => {
                 if algorithm != Algorithm::EcdsaP256Sha256 {
@@ -537,13 +624,21 @@ impl Device {
                 config.key = TpmKey::File(dir.join(tpm_file_name(key)?));
                 Ok(Arc::new(keybound_signer_tpm::TpmSigner::open(&config)?))
             }
+            #[cfg(feature = "tpm")]
+            Self::TpmHandles(tpm) => {
+                let mut config = tpm.clone();
+                config.key = TpmKey::Handle(tpm_handles::parse_reference(key)?);
+                Ok(Arc::new(keybound_signer_tpm::TpmSigner::open(&config)?))
+            }
         }
     }
 
     /// Destroys the key `key` refers to: `C_DestroyObject` on both halves in a token, the key
-    /// file of a TPM key (its only copy: the TPM keeps nothing).
-    fn destroy(&self, dir: &Path, key: &str) -> anyhow::Result<()> {
-        let _ = (dir, key);
+    /// file of a TPM key (its only copy: the TPM keeps nothing), `EvictControl` of a key at a
+    /// persistent handle when the handle still holds that key (else there is nothing to do).
+    fn destroy(&self, dir: &Path, reference: &KeyRef) -> anyhow::Result<()> {
+        let key = &reference.key;
+        let _ = dir;
         match self {
             #[cfg(feature = "pkcs11")]
             Self::Pkcs11(device) => {
@@ -555,6 +650,18 @@ impl Device {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                 _ => Ok(()),
             },
+            #[cfg(feature = "tpm")]
+            Self::TpmHandles(tpm) => {
+                let handle = tpm_handles::parse_reference(key)?;
+                if tpm_handles::evict(
+                    tpm,
+                    handle,
+                    &PublicKey::from_openssh(&reference.public_key)?,
+                )? {
+                    info!(key = %key, "evicted a key the cluster no longer binds");
+                }
+                Ok(())
+            }
         }
     }
 }

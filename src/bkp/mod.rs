@@ -11,8 +11,12 @@
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 pub mod device;
 pub mod fault;
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+pub mod record;
 pub mod secret;
 pub mod state;
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+pub mod store;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,7 +46,7 @@ pub enum Keys {
     Files(ClientState),
     /// Keys made inside a PKCS#11 token or the TPM.
     #[cfg(any(feature = "pkcs11", feature = "tpm"))]
-    Device(device::DeviceState),
+    Device(Box<device::DeviceState>),
 }
 
 impl From<ClientState> for Keys {
@@ -75,6 +79,16 @@ impl Keys {
             Self::Files(s) => s.add_key(algorithm),
             #[cfg(any(feature = "pkcs11", feature = "tpm"))]
             Self::Device(s) => s.add_key(algorithm),
+        }
+    }
+
+    /// The cluster challenged `key`, not one this join made: the key it binds now.
+    fn note_bound(&mut self, key: &PublicKey) {
+        let _ = key;
+        match self {
+            Self::Files(_) => {}
+            #[cfg(any(feature = "pkcs11", feature = "tpm"))]
+            Self::Device(s) => s.note_bound(key),
         }
     }
 
@@ -135,6 +149,7 @@ impl Standard {
             inner.pending = None;
             true
         } else {
+            inner.state.note_bound(key);
             false
         }
     }

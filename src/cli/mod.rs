@@ -170,6 +170,11 @@ pub struct SignerArgs {
     /// A persistent parent for --tpm-key-path (default: the standard ECC P-256 storage primary).
     #[arg(global = true, long, value_name = "HANDLE", value_parser = crate::config::parse_handle)]
     pub tpm_parent: Option<u32>,
+
+    /// Standard mode in the TPM: keep the join state and key references in this owner-range NV
+    /// index (0x018xxxxx) instead of storage, for a disk wiped at every boot.
+    #[arg(global = true, long, value_name = "INDEX", value_parser = crate::config::parse_handle)]
+    pub tpm_state_nv_index: Option<u32>,
 }
 
 impl SignerArgs {
@@ -201,6 +206,9 @@ impl SignerArgs {
         }
         if let Some(parent) = self.tpm_parent {
             onboarding.tpm_parent = Some(parent);
+        }
+        if let Some(index) = self.tpm_state_nv_index {
+            onboarding.tpm_state_nv_index = Some(index);
         }
     }
 }

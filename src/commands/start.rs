@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use anyhow::anyhow;
-use keybound_signer::config::SignerConfig;
+use keybound_signer::config::{SignerConfig, TpmKey};
 
 use crate::cli::Start;
 use crate::join;
@@ -94,6 +94,9 @@ fn write_summary(
             let kept = match signer_config {
                 SignerConfig::Pkcs11(_) => {
                     "made inside the PKCS#11 token, referenced in bot storage"
+                }
+                SignerConfig::Tpm(tpm) if matches!(tpm.key, TpmKey::Handle(_)) => {
+                    "made inside the TPM, at a persistent handle"
                 }
                 SignerConfig::Tpm(_) => "made inside the TPM, its key file in bot storage",
                 _ => "the key in bot storage, id_bkp",

@@ -167,6 +167,9 @@ fn onboarding(config: &Config) -> Result<Yaml, String> {
     if let Some(parent) = o.tpm_parent {
         key = key.str("tpm_parent", &format!("{parent:#010x}"));
     }
+    if let Some(index) = o.tpm_state_nv_index {
+        key = key.str("tpm_state_nv_index", &format!("{index:#010x}"));
+    }
     let mut yaml = Yaml::default()
         .str("join_method", "bound_keypair")
         .str("token", &o.token);

@@ -38,6 +38,9 @@ pub struct Onboarding {
     pub tpm_key_path: Option<PathBuf>,
     /// `bound_keypair.tpm_parent` (keybound): a persistent parent for the key file.
     pub tpm_parent: Option<u32>,
+    /// `bound_keypair.tpm_state_nv_index` (keybound): standard mode's client state in this
+    /// owner-range TPM NV index instead of storage ([`crate::bkp::store`]).
+    pub tpm_state_nv_index: Option<u32>,
     /// `bound_keypair.registration_secret` (or `--registration-secret`).
     pub registration_secret: Option<RegistrationSecret>,
     /// `bound_keypair.registration_secret_path` (or `--registration-secret-path`).
@@ -99,19 +102,67 @@ impl Onboarding {
     /// Standard mode with keys made inside the TPM: `signer: tpm` and no key (no
     /// `tpm_key_handle`, no `tpm_key_path`); the TPM settings keys are made with (the key field
     /// is a placeholder each new key replaces with its own file). `None` otherwise.
+    ///
+    /// With `tpm_key_handle` and a registration secret (standard mode's sign: a static key needs
+    /// none), the keys are kept at persistent handles instead: the handle given and the next
+    /// (`bkp::device`); the config's key is then `TpmKey::Handle` of the first.
     pub fn tpm_device_keys(&self) -> Option<TpmConfig> {
-        if self.signer != Some(SignerKind::Tpm)
-            || self.tpm_key_handle.is_some()
-            || self.tpm_key_path.is_some()
-        {
+        if self.tpm_key_path.is_some() {
             return None;
         }
-        let mut config = TpmConfig::new(TpmKey::File(PathBuf::new()));
+        let key = match self.tpm_key_handle {
+            None if self.signer == Some(SignerKind::Tpm) => TpmKey::File(PathBuf::new()),
+            Some(handle)
+                if self.signer_kind() == SignerKind::Tpm
+                    && !matches!(self.registration_secret(), Ok(None)) =>
+            {
+                TpmKey::Handle(handle)
+            }
+            _ => return None,
+        };
+        let mut config = TpmConfig::new(key);
         config.tcti.clone_from(&self.tpm_tcti);
         config.parent = self.tpm_parent;
         config.auth.clone_from(&self.pin_source);
         config.require_hardware_key = self.require_hardware_key;
         Some(config)
+    }
+
+    /// Standard mode with its client state in TPM NV: the TPM settings keys are made with (whose
+    /// `pin_source` is the index's authorization value too) and the index. `None` unless
+    /// `tpm_state_nv_index` is set with keys made in the TPM.
+    pub fn tpm_state_nv(&self) -> Option<(TpmConfig, u32)> {
+        Some((self.tpm_device_keys()?, self.tpm_state_nv_index?))
+    }
+
+    /// `tpm_state_nv_index`, checked: owner range, standard mode with keys made in the TPM, and
+    /// an authorization value.
+    fn check_state_nv_index(&self) -> Result<(), String> {
+        let Some(index) = self.tpm_state_nv_index else {
+            return Ok(());
+        };
+        if !(0x0180_0000..=0x01BF_FFFF).contains(&index) {
+            return Err(format!(
+                "tpm_state_nv_index 0x{index:08x} is not an owner-range NV index; use one in \
+                 0x01800000..0x01bfffff, e.g. 0x01800100"
+            ));
+        }
+        if self.tpm_device_keys().is_none() {
+            return Err(
+                "tpm_state_nv_index keeps standard mode's client state in the TPM, so it needs \
+                 signer: tpm with keys made by keybound; remove it, or remove the static key \
+                 (tpm_key_path, a static tpm_key_handle)"
+                    .to_owned(),
+            );
+        }
+        if self.pin_source.is_none() {
+            return Err(
+                "tpm_state_nv_index needs pin_source, the NV index's authorization value: e.g. \
+                 file:/etc/keybound/tpm-auth holding 32 random characters (openssl rand -hex 16)"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
 
     /// The registration secret, resolved as tbot resolves it ([`crate::bkp::secret::resolve`]).
@@ -127,6 +178,7 @@ impl Onboarding {
     pub fn signer_config(&self) -> Result<SignerConfig, String> {
         let kind = self.signer_kind();
         self.check_settings_belong_to(kind)?;
+        self.check_state_nv_index()?;
         match kind {
             SignerKind::File => {
                 let path = self.static_private_key_path.as_ref().ok_or(

@@ -72,6 +72,7 @@ struct RawBoundKeypair {
     tpm_key_handle: Option<HandleValue>,
     tpm_key_path: Option<PathBuf>,
     tpm_parent: Option<HandleValue>,
+    tpm_state_nv_index: Option<HandleValue>,
     registration_secret: Option<SecretValue>,
     registration_secret_path: Option<PathBuf>,
     #[serde(default, deserialize_with = "not_yet::registration_secret")]
@@ -251,6 +252,7 @@ impl RawOnboarding {
                 tpm_key_handle: b.tpm_key_handle.map(|v| v.0),
                 tpm_key_path: b.tpm_key_path,
                 tpm_parent: b.tpm_parent.map(|v| v.0),
+                tpm_state_nv_index: b.tpm_state_nv_index.map(|v| v.0),
                 registration_secret: b.registration_secret.map(|v| v.0),
                 registration_secret_path: b.registration_secret_path,
             },

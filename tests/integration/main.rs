@@ -49,6 +49,8 @@ mod standard_devices;
 mod standard_pkcs11;
 #[cfg(feature = "tpm")]
 mod standard_tpm;
+#[cfg(feature = "tpm")]
+mod standard_tpm_nv;
 mod start;
 mod support;
 #[cfg(feature = "tpm")]

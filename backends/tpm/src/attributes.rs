@@ -19,6 +19,14 @@ pub(crate) fn read_key(
     let (public, _, _) = ctx
         .execute_without_session(|c| c.read_public(key))
         .map_err(|e| tpm_error(&e, format!("reading the public part of {source}")))?;
+    parse_key(public, source)
+}
+
+/// A public area read or made: ECC P-256, a signing key; and what its attributes promise.
+pub(crate) fn parse_key(
+    public: Public,
+    source: &dyn std::fmt::Display,
+) -> Result<(PublicKey, Protection), Error> {
     let Public::Ecc {
         object_attributes: a,
         parameters,

@@ -152,7 +152,7 @@ fn persist(
 
 /// An ECC P-256 ECDSA/SHA-256 signing key: fixedTPM, fixedParent, sensitiveDataOrigin,
 /// userWithAuth, sign; not restricted, not decrypt; dictionary-attack protected.
-fn signing_key_template() -> Result<Public, TssError> {
+pub(crate) fn signing_key_template() -> Result<Public, TssError> {
     tss_esapi::utils::create_unrestricted_signing_ecc_public(
         EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
         EccCurve::NistP256,

@@ -11,7 +11,9 @@
 // - `sign`: the signature itself, with bounded retries;
 // - `attest`: evidence that the key is in the TPM (EK certificates, an AK, TPM2_Certify) and
 //   the answer to the admin's credential challenge;
-// - `generate`: making a key in the TPM; `error`: what a TPM response code means;
+// - `generate`: making a key in the TPM; `persist`: keys at persistent handles keybound
+//   manages (standard mode), never replacing one it does not own; `error`: what a TPM response code means;
+// - `nv`: a small record in an NV index (two slots, sequence numbers, hashes), for wiped disks;
 // - `testing` (feature `testing`): an swtpm harness.
 
 pub mod attest;
@@ -22,6 +24,8 @@ mod error;
 mod generate;
 pub mod keyfile;
 mod load;
+pub mod nv;
+pub mod persist;
 mod sign;
 mod signer;
 pub mod tcti;

@@ -15,6 +15,8 @@
 
 mod config;
 mod connection;
+#[cfg(feature = "tpm")]
+mod nv;
 mod report;
 mod signer;
 mod standard;

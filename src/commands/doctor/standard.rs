@@ -17,6 +17,10 @@ pub(super) fn checks(config: &Config, report: &mut Report<'_>) -> Result<(), Fai
             return report.add(Check::new(Status::Fail, "keys", failure.to_string()));
         }
     };
+    #[cfg(feature = "tpm")]
+    if let Some(check) = super::nv::check(&setup) {
+        report.add(check)?;
+    }
     let dir = setup.dir.display();
     let check = match setup.load_keys() {
         Err(e) => Check::new(Status::Fail, "keys", format!("standard mode: {e:#}")),
@@ -45,6 +49,45 @@ pub(super) fn checks(config: &Config, report: &mut Report<'_>) -> Result<(), Fai
              registration_secret_path or {})",
             crate::bkp::REGISTRATION_SECRET_ENV
         )),
+    };
+    report.add(check)?;
+    #[cfg(feature = "tpm")]
+    handles(&setup, report)?;
+    Ok(())
+}
+
+/// With keys at persistent handles: what each handle of the pair holds, read in the TPM; a
+/// handle holding what keybound did not make fails (a rotation would stop there).
+#[cfg(feature = "tpm")]
+fn handles(setup: &StandardSetup, report: &mut Report<'_>) -> Result<(), Failure> {
+    use crate::bkp::device::{Device, DeviceState};
+    let Some(config) = setup
+        .tpm_device
+        .as_ref()
+        .filter(|c| matches!(c.key, keybound_signer::config::TpmKey::Handle(_)))
+    else {
+        return Ok(());
+    };
+    let device = Device::TpmHandles(config.clone());
+    let state = match DeviceState::load(
+        &setup.dir,
+        setup.symlinks,
+        device.clone(),
+        setup.state_store(),
+    ) {
+        Ok(Some(state)) => state,
+        Ok(None) => DeviceState::empty(&setup.dir, setup.symlinks, device, setup.state_store()),
+        // The keys line says why; without the state, keybound's keys would look foreign.
+        Err(_) => return Ok(()),
+    };
+    let check = match state.handles() {
+        None => return Ok(()),
+        Some(Ok(lines)) => Check::new(
+            Status::Ok,
+            "handles",
+            format!("keys at persistent handles: {}", lines.join("; ")),
+        ),
+        Some(Err(e)) => Check::new(Status::Fail, "handles", format!("{e:#}")),
     };
     report.add(check)
 }
@@ -84,7 +127,7 @@ fn describe_device(state: &crate::bkp::device::DeviceState) -> String {
     };
     format!(
         "standard mode, keys in the device: {}: {active}, {} keys in the history{interrupted}, {}",
-        state.dir().display(),
+        state.state_store().location(),
         state.history_len(),
         join_state_text(state.join_state())
     )

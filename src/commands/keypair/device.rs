@@ -19,6 +19,7 @@ use keybound_signer::config::SignerConfig;
 
 use super::text::{token_example_in_mode, write_pin_source};
 use crate::bkp::device::{DEVICE_KEYS, Device, DeviceState};
+use crate::bkp::store::StateStore;
 use crate::cli::{KeypairCreate, OutputFormat};
 use crate::config::Onboarding;
 use crate::fsutil::Symlinks;
@@ -41,7 +42,7 @@ pub(super) async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow:
     crate::fsutil::Dir::open(&dir, Symlinks::default(), false)?;
     let (device, signer_config) = device_of(args)?;
     refuse_file_keys(&dir)?;
-    let existing = DeviceState::load(&dir, Symlinks::default(), device.clone())?;
+    let existing = DeviceState::load(&dir, Symlinks::default(), device.clone(), files(&dir))?;
     let kept = match (&existing, args.overwrite) {
         (Some(state), false) => match state.active() {
             Some((public, key)) => Some((public, key.to_owned())),
@@ -65,8 +66,9 @@ pub(super) async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow:
         }
         None => {
             let algorithm = algorithm(args, &signer_config).await?;
-            let mut state = existing
-                .unwrap_or_else(|| DeviceState::empty(&dir, Symlinks::default(), device.clone()));
+            let mut state = existing.unwrap_or_else(|| {
+                DeviceState::empty(&dir, Symlinks::default(), device.clone(), files(&dir))
+            });
             let public = state.reset_to_new_key(algorithm)?;
             let key = state
                 .active()
@@ -86,6 +88,10 @@ pub(super) async fn create(args: &KeypairCreate, out: &mut dyn Write) -> anyhow:
                     "public_key": line,
                     "tpm_key": dir.join(&key).display().to_string(),
                 }),
+                #[cfg(feature = "tpm")]
+                Device::TpmHandles(_) => {
+                    serde_json::json!({ "public_key": line, "tpm_key_handle": key })
+                }
             };
             serde_json::to_writer(&mut *out, &document)?;
             writeln!(out)?;
@@ -120,6 +126,14 @@ fn device_of(args: &KeypairCreate) -> anyhow::Result<(Device, SignerConfig)> {
             " (this keybound was built without the pkcs11 or the tpm feature)"
         }
     )
+}
+
+/// `keypair create --storage` keeps the client state in the storage directory's files.
+fn files(dir: &Path) -> StateStore {
+    StateStore::Files {
+        dir: dir.to_owned(),
+        symlinks: Symlinks::default(),
+    }
 }
 
 /// A storage directory with a standard-mode key file (`id_bkp`) is not given device keys
@@ -173,6 +187,8 @@ fn write_text(
             "the TPM",
             format!("its key file {}", dir.join(key).display()),
         ),
+        #[cfg(feature = "tpm")]
+        Device::TpmHandles(_) => ("the TPM", format!("persistent handle {key}")),
     };
     write!(
         out,
@@ -216,7 +232,7 @@ each new key inside the device when the cluster asks for a rotation:
             write_pin_source(out, config.pin.as_ref())
         }
         #[cfg(feature = "tpm")]
-        Device::Tpm(config) => {
+        Device::Tpm(config) | Device::TpmHandles(config) => {
             writeln!(out, "\t    signer: tpm")?;
             if let Some(tcti) = &config.tcti {
                 writeln!(out, "\t    tpm_tcti: \"{tcti}\"")?;
