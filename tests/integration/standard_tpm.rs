@@ -457,6 +457,34 @@ fn a_foreign_key_in_the_handle_pair_is_refused_and_left_alone() {
         "{line}"
     );
     assert_eq!(public_at(&tpm, &tools, HANDLE_B), foreign, "untouched");
+
+    // A storage primary (not a signing key) persisted at the first handle is refused the same way.
+    tpm2(
+        &tpm,
+        &tools,
+        &[
+            "tpm2_evictcontrol",
+            "-Q",
+            "-C",
+            "o",
+            "-c",
+            "prim.ctx",
+            HANDLE_A,
+        ],
+    );
+    let error = crate::standard::failed(
+        &handle_oneshot(&tpm, &cluster, dir.path()).output().unwrap(),
+        77,
+    );
+    assert!(
+        error.contains(&format!(
+            "persistent handle {HANDLE_A} in the TPM at {} holds an object keybound did not make",
+            tpm.tcti()
+        )),
+        "{error}"
+    );
+    assert_eq!(persistent_handles(&tpm, &tools), [HANDLE_A, HANDLE_B]);
+    assert_eq!(public_at(&tpm, &tools, HANDLE_B), foreign, "untouched");
 }
 
 /// `keybound doctor` with keys at the handle pair: its `handles` line, and whether it passed.
