@@ -7,7 +7,7 @@
 # made in a TPM (swtpm) with the evidence the admin checks before binding it, per-output
 # lifetimes, tbot's config-less `start identity`/`configure` and the heartbeats the cluster
 # recorded, SSH to a real sshd node through `keybound ssh-proxy-command`, and standard mode with
-# keys made and rotated inside SoftHSM. The cluster never restarts. Everything lives in a scratch
+# keys made and rotated inside SoftHSM, then at TPM persistent handles. The cluster never restarts. Everything lives in a scratch
 # directory that is removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ sshd_pid=
 cleanup() {
   [[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null && wait "$sshd_pid" 2>/dev/null
   [[ -f $dir/swtpm/pid ]] && kill "$(cat "$dir/swtpm/pid")" 2>/dev/null
+  [[ -f $dir/swtpm-handles/pid ]] && kill "$(cat "$dir/swtpm-handles/pid")" 2>/dev/null
   [[ -n $cluster_pid ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
   if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
 }
@@ -80,6 +81,43 @@ YAML
   "${tool[@]}"
   admin get tokens/rotating-token | grep -E 'bound_public_key|last_rotated_at'
   echo "the new bound key: $(cat "$dir/rotating-storage/id_bkp.pub")"
+}
+
+# Standard mode with keys at TPM persistent handles (issue 23): a fresh swtpm, a registration
+# secret, the key made in the TPM at 0x81000100; the rotation's key at 0x81000101 and the old one
+# evicted after the result. tpm2-tools lists the handles.
+demo_standard_tpm_handles() {
+  step "15. Standard mode, keys at TPM persistent handles: tpm_key_handle 0x81000100 and a registration secret"
+  mkdir -p "$dir/swtpm-handles"
+  local port=$((20000 + 2 * (RANDOM % 6000)))
+  swtpm socket --tpm2 --flags not-need-init,startup-clear --tpmstate dir="$dir/swtpm-handles" \
+    --server type=tcp,port=$port,bindaddr=127.0.0.1 --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
+    --pid file="$dir/swtpm-handles/pid" --daemon
+  sed 's/rotating/handles/g; s/mode: standard/mode: relaxed/' "$dir/rotating.yaml" > "$dir/handles.yaml"
+  local created secret
+  created=$(admin create -f "$dir/handles.yaml")
+  secret=$(sed -n 's/^Registration secret (shown only now; `get` does not show it): //p' <<<"$created")
+  (umask 077; printf '%s\n' "$secret" > "$dir/handles-secret")
+  mkdir -m 0700 "$dir/handles-storage"
+  local tcti="swtpm:host=127.0.0.1,port=$port"
+  local settings=(--proxy-server "$proxy" --ca-path "$dir/cluster-ca.pem" --join-method bound_keypair
+                  --token handles-token --data-dir "$dir/handles-storage" --signer tpm --tpm-tcti "$tcti"
+                  --tpm-key-handle 0x81000100 --registration-secret-path "$dir/handles-secret")
+  local run=("$kb" start --oneshot --destination-dir "$dir/out-handles" "${settings[@]}")
+  handles() { echo "persistent handles: $(TPM2TOOLS_TCTI=$tcti tpm2_getcap handles-persistent | tr '\n' ' ')"; }
+
+  step "15a. Registration: the key is made in the TPM and made persistent at 0x81000100"
+  "${run[@]}"
+  handles
+  cat "$dir/handles-storage/bkp_device_keys.json"; echo
+  "$kb" doctor "${settings[@]}" | grep -E '^[a-zA-Z]+ +(keys|handles) '
+
+  step "15b. The admin asks for a rotation: the new key goes to 0x81000101, the old one is evicted after the result"
+  admin request-rotation handles-token
+  "${run[@]}"
+  handles
+  admin get tokens/handles-token | grep -E 'bound_public_key|last_rotated_at'
+  swtpm_ioctl --tcp "127.0.0.1:$((port + 1))" -s
 }
 
 step "0. A local dev cluster, empty (its admin socket in $dir, mode 0600)"
@@ -562,3 +600,4 @@ YAML
 }
 ssh_demo
 demo_standard_hsm
+demo_standard_tpm_handles

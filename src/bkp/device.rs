@@ -384,19 +384,22 @@ impl DeviceState {
                 self.store.location()
             )
         })?;
-        if self.keys.active.as_ref().map(|k| &k.key) != Some(&key.key) {
-            info!(key = %key.key, "Set new active keypair");
-            self.keys.active = Some(key.clone());
-            self.active_changed = true;
-        }
         #[cfg(feature = "tpm")]
         if let Device::TpmHandles(_) = self.device {
             // Handles are few: once the cluster names the bound key, every other key retires.
             let (kept, out): (Vec<_>, Vec<_>) = std::mem::take(&mut self.keys.history)
                 .into_iter()
-                .partition(|k| k.key == key.key);
+                .partition(|k| k.key == key.key && k.public_key == key.public_key);
             self.keys.history = kept;
             self.keys.retired.extend(out);
+        }
+        // A key at a persistent handle may reuse the reference of a key it replaced: the public
+        // key tells them apart.
+        let active = self.keys.active.as_ref().map(|k| (&k.key, &k.public_key));
+        if active != Some((&key.key, &key.public_key)) {
+            info!(key = %key.key, "Set new active keypair");
+            self.keys.active = Some(key);
+            self.active_changed = true;
         }
         join_state.clone_into(&mut self.join_state);
         self.store()?;

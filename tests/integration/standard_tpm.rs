@@ -462,6 +462,34 @@ fn a_foreign_key_in_the_handle_pair_is_refused_and_left_alone() {
         "{line}"
     );
     assert_eq!(public_at(&tpm, &tools, HANDLE_B), foreign, "untouched");
+
+    // A storage primary (not a signing key) persisted at the first handle is refused the same way.
+    tpm2(
+        &tpm,
+        &tools,
+        &[
+            "tpm2_evictcontrol",
+            "-Q",
+            "-C",
+            "o",
+            "-c",
+            "prim.ctx",
+            HANDLE_A,
+        ],
+    );
+    let error = crate::standard::failed(
+        &handle_oneshot(&tpm, &cluster, dir.path()).output().unwrap(),
+        77,
+    );
+    assert!(
+        error.contains(&format!(
+            "persistent handle {HANDLE_A} in the TPM at {} holds an object keybound did not make",
+            tpm.tcti()
+        )),
+        "{error}"
+    );
+    assert_eq!(persistent_handles(&tpm, &tools), [HANDLE_A, HANDLE_B]);
+    assert_eq!(public_at(&tpm, &tools, HANDLE_B), foreign, "untouched");
 }
 
 /// `keybound doctor` with keys at the handle pair: its `handles` line, and whether it passed.
@@ -487,4 +515,29 @@ fn doctor_handles(tpm: &Swtpm, cluster: &ClusterProcess, dir: &Path) -> (String,
         crate::standard::doctor_line(&report, "handles").to_owned(),
         ok,
     )
+}
+
+/// A registration on a token whose rotation is already due: two rotations in one stream (the
+/// registration's, then `rotate_after`'s). The first key is never bound, so the second takes the
+/// free handle and the first is evicted after the result; the cluster binds the second.
+#[test]
+fn two_rotations_in_one_registration_keep_only_the_bound_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    let tpm = Swtpm::start();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: relaxed}");
+    run_ok(&mut cluster.admin(&["request-rotation", "t"]));
+
+    joined(&handle_oneshot(&tpm, &cluster, dir.path()).output().unwrap());
+    let status = token_status(&cluster);
+    assert!(status["last_rotated_at"].is_string(), "rotated: {status}");
+    let bound_key = bound(&cluster);
+    assert_eq!(persistent_handles(&tpm, &tools), [HANDLE_B]);
+    assert!(key_at_is(&tpm, &tools, HANDLE_B, &bound_key));
+    let keys = device_keys(&storage);
+    assert_eq!(keys["active"]["key"], format!("tpm-handle:{HANDLE_B}"));
+    assert_eq!(keys["history"].as_array().unwrap().len(), 1, "{keys}");
+    joined(&handle_oneshot(&tpm, &cluster, dir.path()).output().unwrap());
+    assert_eq!(bound(&cluster), bound_key);
 }
