@@ -103,9 +103,10 @@ impl Onboarding {
     /// `tpm_key_handle`, no `tpm_key_path`); the TPM settings keys are made with (the key field
     /// is a placeholder each new key replaces with its own file). `None` otherwise.
     ///
-    /// With `tpm_key_handle` and a registration secret (standard mode's sign: a static key needs
-    /// none), the keys are kept at persistent handles instead: the handle given and the next
-    /// (`bkp::device`); the config's key is then `TpmKey::Handle` of the first.
+    /// With `tpm_key_handle` and a registration secret or a `tpm_state_nv_index` (standard mode's
+    /// signs: a static key needs neither), the keys are kept at persistent handles instead: the
+    /// handle given and the next (`bkp::device`); the config's key is then `TpmKey::Handle` of
+    /// the first.
     pub fn tpm_device_keys(&self) -> Option<TpmConfig> {
         if self.tpm_key_path.is_some() {
             return None;
@@ -114,7 +115,8 @@ impl Onboarding {
             None if self.signer == Some(SignerKind::Tpm) => TpmKey::File(PathBuf::new()),
             Some(handle)
                 if self.signer_kind() == SignerKind::Tpm
-                    && !matches!(self.registration_secret(), Ok(None)) =>
+                    && (!matches!(self.registration_secret(), Ok(None))
+                        || self.tpm_state_nv_index.is_some()) =>
             {
                 TpmKey::Handle(handle)
             }

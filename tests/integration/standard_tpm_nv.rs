@@ -355,4 +355,22 @@ fn a_node_whose_storage_is_wiped_at_every_boot_joins_every_time() {
 
     // Wiped after the rotation: the next boots join with the new key and the newest join state.
     recover_twice(&mut seq, &mut recoveries, &second);
+
+    // The NV index alone says standard mode: a boot whose config no longer names the secret
+    // joins the same way (were `tpm_key_handle` read as a static key, it would present the
+    // first handle, which holds no key since the rotation).
+    std::fs::remove_dir_all(&storage).unwrap();
+    let out = nv_oneshot(
+        &tpm,
+        &cluster,
+        dir.path(),
+        &auth,
+        &["--tpm-key-handle", HANDLE_A],
+    )
+    .output()
+    .unwrap();
+    joined(&out);
+    assert_eq!(nv_sequence(&nv_bytes(&tpm, dir.path())), seq + 1);
+    assert_eq!(bound(), second);
+    no_lock();
 }
