@@ -410,7 +410,13 @@ impl DeviceState {
     /// (stored), and taken off the pending list (not stored: the caller stores it with the
     /// key's reference in one write).
     fn make_recorded(&mut self, algorithm: Algorithm) -> anyhow::Result<(Arc<dyn Signer>, String)> {
-        let drawn = self.device.draw_reference();
+        // The NV record (a wiped node) keeps no pending list: its keys are at handles, recorded
+        // before they are made persistent.
+        let drawn = match self.store {
+            StateStore::Files { .. } => self.device.draw_reference(),
+            #[cfg(feature = "tpm")]
+            StateStore::Nv(_) => None,
+        };
         if let Some(key) = &drawn {
             self.keys.pending.push(Pending {
                 time: now_text(),
@@ -513,8 +519,10 @@ impl Device {
                 uri.module_path = None;
                 Some(uri.to_string())
             }
+            // A key file's name, drawn first so that a crash between the TPM making the key and
+            // its reference being stored leaves a file the next join knows to remove.
             #[cfg(feature = "tpm")]
-            Self::Tpm(_) => None,
+            Self::Tpm(_) => Some(format!("{TPM_FILE_PREFIX}{}.pem", random_hex())),
             #[cfg(feature = "tpm")]
             Self::TpmHandles(_) => None,
         }
@@ -548,8 +556,20 @@ impl Device {
                 &pkcs11_config_for(device, key),
             )?),
             #[cfg(feature = "tpm")]
-            // Never drawn (`draw_reference`): a TPM key is recorded once it exists.
-            Self::Tpm(_) | Self::TpmHandles(_) => Ok(0),
+            // The key file, if it reached storage (removing it destroys the key: the TPM keeps
+            // no copy).
+            #[cfg(feature = "tpm")]
+            Self::Tpm(_) => {
+                let path = dir.join(tpm_file_name(key)?);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(1),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                    Err(e) => Err(anyhow!("cannot remove {}: {e}", path.display())),
+                }
+            }
+            // Never drawn (`draw_reference`): a key at a handle is recorded before it is persistent.
+            #[cfg(feature = "tpm")]
+            Self::TpmHandles(_) => Ok(0),
         }
     }
 
@@ -592,7 +612,10 @@ impl Device {
                 if algorithm != Algorithm::EcdsaP256Sha256 {
                     info!(asked = %algorithm, "a TPM makes no such key; the new bound key is ECDSA P-256, which the cluster accepts");
                 }
-                let name = format!("{TPM_FILE_PREFIX}{}.pem", random_hex());
+                let name = match drawn {
+                    Some(name) => name.to_owned(),
+                    None => format!("{TPM_FILE_PREFIX}{}.pem", random_hex()),
+                };
                 let mut config = tpm.clone();
                 config.key = TpmKey::File(dir.join(&name));
                 let generated =

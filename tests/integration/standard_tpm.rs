@@ -541,3 +541,77 @@ fn two_rotations_in_one_registration_keep_only_the_bound_key() {
     joined(&handle_oneshot(&tpm, &cluster, dir.path()).output().unwrap());
     assert_eq!(bound(&cluster), bound_key);
 }
+
+#[test]
+fn a_key_file_whose_making_was_interrupted_is_removed_at_the_next_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start();
+    let (cluster, storage) = with_secret_token(dir.path(), "{mode: relaxed}");
+    // Not named by any record, though its name fits keybound's scheme: left alone.
+    std::fs::create_dir_all(&storage).unwrap();
+    let stranger = "bkp_tpm_0123456789abcdef.pem";
+    std::fs::write(storage.join(stranger), "someone else's").unwrap();
+    let killed_after_generate = |extra: &[&str]| {
+        let crashed = tpm_oneshot(&tpm, &cluster, dir.path(), extra)
+            .env("KEYBOUND_TEST_FAULT", "after-generate")
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success());
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains("after-generate"),
+            "killed at the seam: {crashed:?}"
+        );
+        let orphan = device_keys(&storage)["pending"][0]["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(storage.join(&orphan).exists(), "the key file was written");
+        // The abort left its objects loaded: swtpm's socket has no resource manager to flush
+        // them at close, as the kernel's /dev/tpmrm0 does.
+        tpm2(&tpm, dir.path(), &["tpm2_flushcontext", "-t"]);
+        orphan
+    };
+
+    // A registration killed once the TPM made the key: only the pending record names its file.
+    let orphan = killed_after_generate(&["--registration-secret", "s3cret"]);
+    assert!(token_status(&cluster).get("bound_public_key").is_none());
+    joined(
+        &tpm_oneshot(
+            &tpm,
+            &cluster,
+            dir.path(),
+            &["--registration-secret", "s3cret"],
+        )
+        .output()
+        .unwrap(),
+    );
+    let first = device_keys(&storage)["active"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!storage.join(&orphan).exists(), "{orphan} removed");
+    let mut expected = vec![first.clone(), stranger.to_owned()];
+    expected.sort();
+    assert_eq!(key_files(&storage), expected);
+    assert!(device_keys(&storage).get("pending").is_none());
+    assert!(tpm_key_is(&tpm, &storage.join(&first), &bound(&cluster)));
+
+    // A rotation killed the same way: the next one removes the orphan, keeps the old key (in
+    // the history) and the stranger.
+    run_ok(&mut cluster.admin(&["request-rotation", "t"]));
+    let orphan = killed_after_generate(&[]);
+    joined(
+        &tpm_oneshot(&tpm, &cluster, dir.path(), &[])
+            .output()
+            .unwrap(),
+    );
+    assert!(!storage.join(&orphan).exists(), "{orphan} removed");
+    let second = device_keys(&storage)["active"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut expected = vec![first, second.clone(), stranger.to_owned()];
+    expected.sort();
+    assert_eq!(key_files(&storage), expected);
+    assert!(tpm_key_is(&tpm, &storage.join(&second), &bound(&cluster)));
+}
