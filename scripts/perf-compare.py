@@ -8,12 +8,14 @@ Each commit is built with the release profile (fat LTO, stripped) from a worktre
 all into one shared target directory (so the dependencies build once). Then one dev cluster and
 one set of keys serve every binary, and the runs are interleaved (A, B, A, B, ...), so that
 whatever else the machine does weighs on each alike. Reported per commit and backend: wall time
-exec to exit (p50, p90) and peak RSS (median of 5, from GNU time), and the stripped size.
+exec to exit (p50, p90), CPU time (user + system, p50, from the kernel's accounting of the
+reaped child), peak RSS (median of 5, from GNU time), and the stripped size.
 
 A refactor that claims "no change" is held to within 5% of the previous commit on these.
 """
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,25 +63,28 @@ def main():
         bench = perf.Oneshot(binaries[-1][1], work / "oneshot")
         (work / "oneshot").mkdir()
         walls = {(sha, b): [] for sha, _ in binaries for b in MEASURED}
+        cpus = {key: [] for key in walls}
         rss = {key: [] for key in walls}
         try:
             bench.setup()
             for round_ in range(opts.runs + 3):
                 for sha, binary in binaries:
                     bench.kb = binary
-                    for name, wall, peak in one_round(bench, round_ >= 3 and round_ < 8):
+                    for name, wall, cpu, peak in one_round(bench, round_ >= 3 and round_ < 8):
                         if (sha, name) in walls and round_ >= 3:
                             walls[(sha, name)].append(wall)
+                            cpus[(sha, name)].append(cpu)
                             if peak is not None:
                                 rss[(sha, name)].append(peak)
         finally:
             bench.stop()
-        report(binaries, walls, rss)
+        report(binaries, walls, cpus, rss)
 
 
-def report(binaries, walls, rss):
+def report(binaries, walls, cpus, rss):
     """One line per commit and backend."""
-    print(f"{'commit':10} {'backend':20} {'p50':>9} {'p90':>9} {'peak RSS':>10} {'size':>10}")
+    print(f"{'commit':10} {'backend':20} {'p50':>9} {'p90':>9} {'CPU p50':>9} {'peak RSS':>10} "
+          f"{'size':>10}")
     for sha, binary in binaries:
         size = binary.stat().st_size
         for (s, name), values in walls.items():
@@ -88,13 +93,15 @@ def report(binaries, walls, rss):
             values.sort()
             p50 = perf.percentile(values, 0.5) * 1000
             p90 = perf.percentile(values, 0.9) * 1000
+            cpu = statistics.median(cpus[(s, name)]) * 1000
             peak = statistics.median(rss[(s, name)]) / 1024
-            print(f"{sha:10} {name:20} {p50:7.2f}ms {p90:7.2f}ms {peak:8.1f}MiB "
+            print(f"{sha:10} {name:20} {p50:7.2f}ms {p90:7.2f}ms {cpu:7.2f}ms {peak:8.1f}MiB "
                   f"{size / 1e6:8.2f}MB")
 
 
 def one_round(bench, with_rss):
-    """One `start --oneshot` per backend with the bench's current binary: (backend, wall, RSS)."""
+    """One `start --oneshot` per backend with the bench's current binary: (backend, wall, CPU
+    time, RSS)."""
     results = []
     for i, (name, (args, _)) in enumerate(bench.backends.items()):
         if name not in MEASURED:
@@ -102,9 +109,13 @@ def one_round(bench, with_rss):
         cmd = [bench.kb, "start", "--oneshot", "--proxy-server", bench.proxy, "--ca-path",
                bench.work / "ca.pem", "--join-method", "bound_keypair", "--token", f"perf-{i}",
                "--destination-dir", bench.work / f"out-{i}", "--storage", "memory://", *args]
+        # The run is the only child reaped in between: the difference is its own CPU time.
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall = perf.timed_process(cmd, bench.env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         peak = perf.peak_rss_kib(cmd, bench.env) if with_rss else None
-        results.append((name, wall, peak))
+        results.append((name, wall, cpu, peak))
     return results
 
 

@@ -12,9 +12,9 @@ use anyhow::anyhow;
 use keybound_proto::proto as legacy;
 use serde::Deserialize;
 
-use super::cluster::Needs;
+use super::cluster::{Needs, Shared};
 use super::identity::{OutputContext, identity_files};
-use super::impersonate::{Impersonation, impersonate, impersonate_routed};
+use super::impersonate::{Impersonation, impersonate, impersonate_routed, roles_for};
 use super::kind::{Described, Issue, Output};
 use super::lifetime::Lifetime;
 use super::routed::{Routed, connect_as, list_all, quoted};
@@ -89,30 +89,6 @@ pub(super) fn check_destination(
     .check(&format!("{at}.destination"))
 }
 
-/// The roles an output impersonates: its own, else every role the bot may; none is a refusal.
-pub(super) fn roles_for<'a>(
-    roles: &'a [String],
-    cx: &'a Issue<'_>,
-) -> Result<&'a [String], Failure> {
-    let roles = if roles.is_empty() {
-        &cx.shared.default_roles
-    } else {
-        roles
-    };
-    if roles.is_empty() {
-        return Err(Failure::new(
-            ExitKind::Rejected,
-            anyhow!(
-                "the bot's role {} may impersonate no role; give the output `roles:`, or give \
-                 the bot roles (tctl bots update {} --add-roles ROLE)",
-                untrusted::name(&cx.bot.info.username),
-                untrusted::name(&cx.bot.info.bot_name)
-            ),
-        ));
-    }
-    Ok(roles)
-}
-
 impl Output for ApplicationOutput {
     type Raw = RawApplicationOutput;
     type Issued = Routed;
@@ -155,7 +131,7 @@ impl Output for ApplicationOutput {
     }
 
     async fn issue(&self, cx: &Issue<'_>) -> Result<Routed, Failure> {
-        let roles = roles_for(&self.roles, cx)?;
+        let roles = roles_for(cx, &self.roles).await?;
         let what = Impersonation {
             roles,
             allow_reissue: false,
@@ -174,17 +150,20 @@ impl Output for ApplicationOutput {
         Ok(Routed::new(identity, roles))
     }
 
-    fn render(&self, issued: &Routed, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Routed,
+        _: &Issue<'_>,
+        shared: &Shared,
+        dir: &Path,
+    ) -> anyhow::Result<Files> {
         let ctx = OutputContext {
-            proxy: cx.shared.proxy.as_ref(),
-            cas: &cx.shared.cas,
+            proxy: shared.proxy.as_ref(),
+            cas: &shared.cas,
         };
         let mut out = identity_files(&issued.identity, &ctx, dir, false)?;
         if self.specific_tls_naming {
-            out.extend(tls_files(
-                &issued.identity,
-                cx.shared.cas.host_tls_pem.clone(),
-            ));
+            out.extend(tls_files(&issued.identity, shared.cas.host_tls_pem.clone()));
         }
         Ok(out)
     }

@@ -1,8 +1,11 @@
 //! What every output of one renewal shares from Auth, fetched once for all of them: the
 //! cluster's CAs (`TrustService.GetCertAuthorities`, `GetClusterCACert`), the roles the bot may
 //! impersonate (its role, `GetRole`), and the proxy's address (with `auth_server`, `Ping`).
+//! The outputs are handed these lookups in flight ([`Lookups`]): each awaits them only where it
+//! needs their answers, so its own calls go out beside them.
 
 use anyhow::{Context as _, anyhow, bail};
+use tokio::sync::SetOnce;
 use tracing::warn;
 
 use crate::auth::{self, AuthClient, AuthRoute};
@@ -195,6 +198,51 @@ impl Shared {
             host_ca_pems,
             default_roles,
             proxy,
+        })
+    }
+}
+
+/// What the outputs share ([`Shared`]), as its lookups come in. An output kind awaits it
+/// ([`Issue::shared`](super::Issue::shared)) only where it needs an answer (the roles the bot may
+/// impersonate, when it names none; the CAs its files and identities hold), so its own calls to
+/// Auth go out at once, beside the lookups, rather than one round trip after them.
+pub struct Lookups(SetOnce<Option<Shared>>);
+
+impl Lookups {
+    /// Lookups already answered (by the rejoin's connection, or by a caller that needs them
+    /// first).
+    pub fn ready(shared: Shared) -> Self {
+        Self(SetOnce::new_with(Some(Some(shared))))
+    }
+
+    /// Lookups not yet answered: [`settle`](Self::settle) must follow, driven beside the
+    /// outputs that await them.
+    pub(super) fn pending() -> Self {
+        Self(SetOnce::new())
+    }
+
+    /// Hands the lookups' answer to the outputs awaiting it. Their failure is given back: it is
+    /// the failure of every output (none could be written without them), reported once, as
+    /// when the lookups went first; the outputs only learn that there is nothing to write with.
+    pub(super) fn settle(&self, fetched: Result<Shared, Failure>) -> Result<(), Failure> {
+        let (answer, result) = match fetched {
+            Ok(shared) => (Some(shared), Ok(())),
+            Err(failure) => (None, Err(failure)),
+        };
+        // Settled once, by the one caller that made them pending (`write_outputs_sharing`).
+        let _ = self.0.set(answer);
+        result
+    }
+
+    /// The answer, once it has come.
+    pub(super) async fn get(&self) -> Result<&Shared, Failure> {
+        self.0.wait().await.as_ref().ok_or_else(|| {
+            // Never what a run reports: `settle` returned the lookups' own failure, which
+            // `write_outputs_sharing` reports for every output instead of their results.
+            Failure::new(
+                ExitKind::Unreachable,
+                anyhow!("the lookups the outputs share failed"),
+            )
         })
     }
 }

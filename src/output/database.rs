@@ -14,10 +14,10 @@ use keybound_proto::proto as legacy;
 use serde::Deserialize;
 use tracing::warn;
 
-use super::application::{check_destination, check_roles, roles_for, tls_files};
-use super::cluster::Needs;
+use super::application::{check_destination, check_roles, tls_files};
+use super::cluster::{Needs, Shared};
 use super::identity::{OutputContext, identity_files};
-use super::impersonate::{Impersonation, impersonate, impersonate_routed};
+use super::impersonate::{Impersonation, impersonate, impersonate_routed, roles_for};
 use super::kind::{Described, Issue, Output};
 use super::lifetime::Lifetime;
 use super::routed::{Routed, choose_one, connect_as, list_all, name_or_discovered, page};
@@ -156,7 +156,7 @@ impl Output for DatabaseOutput {
     }
 
     async fn issue(&self, cx: &Issue<'_>) -> Result<Routed, Failure> {
-        let roles = roles_for(&self.roles, cx)?;
+        let roles = roles_for(cx, &self.roles).await?;
         let what = Impersonation {
             roles,
             allow_reissue: false,
@@ -187,16 +187,22 @@ impl Output for DatabaseOutput {
         Ok(Routed::new(identity, roles))
     }
 
-    fn render(&self, issued: &Routed, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Routed,
+        _: &Issue<'_>,
+        shared: &Shared,
+        dir: &Path,
+    ) -> anyhow::Result<Files> {
         let ctx = OutputContext {
-            proxy: cx.shared.proxy.as_ref(),
-            cas: &cx.shared.cas,
+            proxy: shared.proxy.as_ref(),
+            cas: &shared.cas,
         };
         let mut out = identity_files(&issued.identity, &ctx, dir, false)?;
         let identity = &issued.identity;
         match self.format {
             Format::Plain => {}
-            Format::Tls => out.extend(tls_files(identity, cx.shared.cas.host_tls_pem.clone())),
+            Format::Tls => out.extend(tls_files(identity, shared.cas.host_tls_pem.clone())),
             Format::Mongo => {
                 let mut both = zeroize::Zeroizing::new(String::with_capacity(
                     identity.tls_cert_pem.len() + identity.private_key_pem.len(),
@@ -204,13 +210,13 @@ impl Output for DatabaseOutput {
                 both.push_str(&identity.tls_cert_pem);
                 both.push_str(&identity.private_key_pem);
                 out.push((MONGO_CERT, both));
-                out.push((MONGO_CAS, cx.shared.cas.db_tls_pem.clone().into()));
+                out.push((MONGO_CAS, shared.cas.db_tls_pem.clone().into()));
             }
             Format::Cockroach => {
                 out.push((COCKROACH_CERT, identity.tls_cert_pem.clone().into()));
                 out.push((COCKROACH_KEY, identity.private_key_pem.clone()));
                 out.push((COCKROACH_CA, String::new().into()));
-                out.push((COCKROACH_CLIENT_CA, cx.shared.cas.db_tls_pem.clone().into()));
+                out.push((COCKROACH_CLIENT_CA, shared.cas.db_tls_pem.clone().into()));
             }
         }
         Ok(out)

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::cluster::ClusterCas;
-use super::cluster::Needs;
+use super::cluster::{ClusterCas, Needs, Shared};
 use super::impersonate::{Impersonation, impersonate, roles_for};
 use super::kind::{Described, Issue, Output};
 use super::lifetime::Lifetime;
@@ -147,7 +146,7 @@ impl Output for IdentityOutput {
     }
 
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
-        let roles = roles_for(cx, &self.roles)?;
+        let roles = roles_for(cx, &self.roles).await?;
         let what = Impersonation {
             roles,
             allow_reissue: self.allow_reissue,
@@ -162,10 +161,16 @@ impl Output for IdentityOutput {
         })
     }
 
-    fn render(&self, issued: &Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Issued,
+        _: &Issue<'_>,
+        shared: &Shared,
+        dir: &Path,
+    ) -> anyhow::Result<Files> {
         let ctx = OutputContext {
-            proxy: cx.shared.proxy.as_ref(),
-            cas: &cx.shared.cas,
+            proxy: shared.proxy.as_ref(),
+            cas: &shared.cas,
         };
         let program = match (&self.ssh_proxy_command_binary, self.ssh_config) {
             (_, false) => None,

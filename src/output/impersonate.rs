@@ -24,14 +24,15 @@ pub(super) struct Impersonation<'a> {
     pub(super) allow_reissue: bool,
 }
 
-/// The roles an output impersonates: its `roles:`, else every role the bot may impersonate
-/// (tbot's default); none at all is a refusal naming the way out.
-pub(super) fn roles_for<'a>(
+/// The roles an output impersonates: its `roles:` at once, else every role the bot may
+/// impersonate (tbot's default, `botDefaultRoles` in `lib/tbot/identity/generator.go`), which
+/// waits for the bot's role; none at all is a refusal naming the way out.
+pub(super) async fn roles_for<'a>(
     cx: &Issue<'a>,
     configured: &'a [String],
 ) -> Result<&'a [String], Failure> {
     let roles = if configured.is_empty() {
-        &cx.shared.default_roles[..]
+        &cx.shared().await?.default_roles[..]
     } else {
         configured
     };
@@ -91,8 +92,9 @@ pub(super) async fn impersonate_routed(
         .generate_user_certs(request)
         .await
         .map_err(|s| refused(cx.bot, what.roles, &s))?;
-    let host_ssh = cx
-        .shared
+    // The request above needed none of the lookups; the identity holds the cluster's CAs.
+    let shared = cx.shared().await?;
+    let host_ssh = shared
         .cas
         .host_ssh_keys
         .iter()
@@ -103,7 +105,7 @@ pub(super) async fn impersonate_routed(
         key.ssh_authorized,
         &key.spki_der,
         &certs,
-        cx.shared.host_ca_pems.clone(),
+        shared.host_ca_pems.clone(),
         host_ssh,
     )
     .map_err(|e| {

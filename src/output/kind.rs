@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
-use super::cluster::{Needs, Shared};
+use super::cluster::{Lookups, Needs, Shared};
 use super::lifetime::Lifetime;
 use crate::Failure;
 use crate::auth::AuthClient;
@@ -40,10 +40,19 @@ pub trait Output: Sized + Sync {
     fn validate(&self) -> Result<(), String> {
         Ok(())
     }
-    /// Asks Auth for what the output holds.
+    /// Asks Auth for what the output holds. It starts while the lookups the outputs share are
+    /// in flight: a call that needs their answers awaits [`Issue::shared`] first, and no other
+    /// call should, so that it goes out beside them.
     fn issue(&self, cx: &Issue<'_>) -> impl Future<Output = Result<Self::Issued, Failure>> + Send;
-    /// The files for what was issued, to be written into `dir`.
-    fn render(&self, issued: &Self::Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files>;
+    /// The files for what was issued, to be written into `dir`, with what the outputs share
+    /// (answered by then).
+    fn render(
+        &self,
+        issued: &Self::Issued,
+        cx: &Issue<'_>,
+        shared: &Shared,
+        dir: &Path,
+    ) -> anyhow::Result<Files>;
     /// What was written, for the log and the summary.
     fn describe(&self, issued: &Self::Issued) -> Described;
 }
@@ -67,8 +76,18 @@ pub struct Issue<'a> {
     /// The lifetime the configuration asks of certificates: the bot's `credential_ttl`, or,
     /// for an output that sets its own, that one (`OutputConfig::write`).
     pub credential_ttl: Duration,
-    /// What the outputs share, fetched once.
-    pub shared: &'a Shared,
+    /// What the outputs share, fetched once, perhaps still in flight: [`Issue::shared`].
+    pub lookups: &'a Lookups,
+}
+
+impl<'a> Issue<'a> {
+    /// What the outputs share, once its lookups have answered. A kind awaits it only for what
+    /// depends on it (the roles the bot may impersonate, when the output names none; the CAs an
+    /// identity holds), so that its other calls go out beside the lookups. When the lookups
+    /// fail, this fails too, and the renewal reports their failure for every output.
+    pub async fn shared(&self) -> Result<&'a Shared, Failure> {
+        self.lookups.get().await
+    }
 }
 
 /// Visits the YAML type of every kind (for the list of configuration keys).

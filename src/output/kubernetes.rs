@@ -10,10 +10,10 @@ use std::path::Path;
 use keybound_proto::proto as legacy;
 use serde::Deserialize;
 
-use super::application::{check_destination, check_roles, roles_for};
-use super::cluster::Needs;
+use super::application::{check_destination, check_roles};
+use super::cluster::{Needs, Shared};
 use super::identity::{OutputContext, identity_files};
-use super::impersonate::{Impersonation, impersonate, impersonate_routed};
+use super::impersonate::{Impersonation, impersonate, impersonate_routed, roles_for};
 use super::kind::{Described, Issue, Output};
 use super::kubeconfig::{Credentials, Entry, KUBECONFIG, kube_address, kubeconfig};
 use super::lifetime::Lifetime;
@@ -104,7 +104,7 @@ impl Output for KubernetesOutput {
     }
 
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
-        let roles = roles_for(&self.roles, cx)?;
+        let roles = roles_for(cx, &self.roles).await?;
         let what = Impersonation {
             roles,
             allow_reissue: false,
@@ -128,13 +128,19 @@ impl Output for KubernetesOutput {
         })
     }
 
-    fn render(&self, issued: &Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Issued,
+        cx: &Issue<'_>,
+        shared: &Shared,
+        dir: &Path,
+    ) -> anyhow::Result<Files> {
         let ctx = OutputContext {
-            proxy: cx.shared.proxy.as_ref(),
-            cas: &cx.shared.cas,
+            proxy: shared.proxy.as_ref(),
+            cas: &shared.cas,
         };
         let mut out = identity_files(&issued.identity, &ctx, dir, false)?;
-        let (server, server_name) = kube_address(cx.shared.proxy.as_ref())?;
+        let (server, server_name) = kube_address(shared.proxy.as_ref())?;
         let name = format!(
             "{}-{}",
             cx.bot.info.cluster_name.as_str(),
@@ -156,7 +162,7 @@ impl Output for KubernetesOutput {
                 }],
                 &name,
                 &credentials,
-                &cx.shared.cas.host_tls_pem,
+                &shared.cas.host_tls_pem,
                 &server_name,
             )?,
         ));

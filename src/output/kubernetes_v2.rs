@@ -11,10 +11,10 @@ use anyhow::anyhow;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::application::{check_destination, roles_for};
-use super::cluster::Needs;
+use super::application::check_destination;
+use super::cluster::{Needs, Shared};
 use super::identity::{DATABASE_CA, OutputContext, USER_CA, identity_files};
-use super::impersonate::{Impersonation, impersonate};
+use super::impersonate::{Impersonation, impersonate, roles_for};
 use super::kind::{Described, Issue, Output};
 use super::kubeconfig::{
     ContextTemplate, Credentials, Entry, KUBECONFIG, kube_address, kubeconfig,
@@ -158,7 +158,7 @@ impl Output for KubernetesV2Output {
     }
 
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
-        let roles = roles_for(&[], cx)?;
+        let roles = roles_for(cx, &[]).await?;
         let what = Impersonation {
             roles,
             allow_reissue: false,
@@ -214,16 +214,22 @@ impl Output for KubernetesV2Output {
         })
     }
 
-    fn render(&self, issued: &Issued, cx: &Issue<'_>, dir: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Issued,
+        cx: &Issue<'_>,
+        shared: &Shared,
+        dir: &Path,
+    ) -> anyhow::Result<Files> {
         let ctx = OutputContext {
-            proxy: cx.shared.proxy.as_ref(),
-            cas: &cx.shared.cas,
+            proxy: shared.proxy.as_ref(),
+            cas: &shared.cas,
         };
         let mut out: Files = identity_files(&issued.identity, &ctx, dir, false)?
             .into_iter()
             .filter(|(name, _)| *name != USER_CA && *name != DATABASE_CA)
             .collect();
-        let (address, server_name) = kube_address(cx.shared.proxy.as_ref())?;
+        let (address, server_name) = kube_address(shared.proxy.as_ref())?;
         let teleport = cx.bot.info.cluster_name.as_str();
         let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
         let entries: Vec<Entry> = issued
@@ -251,7 +257,7 @@ impl Output for KubernetesV2Output {
                 &entries,
                 teleport,
                 &credentials,
-                &cx.shared.cas.host_tls_pem,
+                &shared.cas.host_tls_pem,
                 &server_name,
             )?,
         ));

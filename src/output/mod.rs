@@ -8,8 +8,9 @@
 //! new file and one line in that table.
 //!
 //! [`write_outputs`] runs them for one renewal: what the outputs share from Auth is fetched once
-//! ([`Shared`], its lookups at once), then every output issues, renders and writes on its own,
-//! all of them at once on the one connection, so that one failing output leaves the others
+//! ([`Shared`], its lookups at once), and beside it every output issues, renders and writes on
+//! its own, all of them at once on the one connection, each awaiting the lookups only where it
+//! needs their answers ([`Lookups`]), so that one failing output leaves the others
 //! written and its own previous files as they were. Every file of a
 //! destination is staged before any is renamed into place ([`fsutil::write_all`]).
 
@@ -37,7 +38,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 use tracing::info;
 
-pub use cluster::{ClusterCas, Needs, Shared};
+pub use cluster::{ClusterCas, Lookups, Needs, Shared};
 pub use identity::IdentityOutput;
 pub use kind::{Described, Issue, KindVisitor, Output};
 pub use ssh::check_ssh_config_dir;
@@ -58,10 +59,10 @@ pub fn written(outputs: &[OutputConfig]) -> Vec<&OutputConfig> {
         .collect()
 }
 
-/// Writes `outputs` (see [`written`]) for `bot`: the shared facts first, then every output at
-/// once, each on its own, so that one output's failure does not stop the others. Each output's result, in
-/// order: its summary line, or why it failed ([`combine`] puts them together); `Err` when the
-/// shared facts could not be had, and no output was written.
+/// Writes `outputs` (see [`written`]) for `bot`: the shared facts and every output at once,
+/// each output on its own, so that one output's failure does not stop the others. Each output's
+/// result, in order: its summary line, or why it failed ([`combine`] puts them together); `Err`
+/// when the shared facts could not be had, and no output was written.
 pub async fn write_outputs(
     outputs: &[&OutputConfig],
     auth: &AuthClient,
@@ -91,21 +92,38 @@ pub async fn write_outputs_sharing(
     credential_ttl: Duration,
     shared: Option<Shared>,
 ) -> Result<Vec<Result<String, Failure>>, Failure> {
-    let shared = match shared {
-        Some(shared) => shared,
-        None => Shared::fetch(auth, route, bot, needs(outputs)).await?,
+    let (lookups, fetch) = match shared {
+        Some(shared) => (Lookups::ready(shared), None),
+        None => (
+            Lookups::pending(),
+            Some(Shared::fetch(auth, route, bot, needs(outputs))),
+        ),
+    };
+    let lookups_answered = async {
+        match fetch {
+            Some(fetch) => lookups.settle(fetch.await),
+            None => Ok(()),
+        }
     };
     let cx = Issue {
         auth,
         bot,
         suite,
         credential_ttl,
-        shared: &shared,
+        lookups: &lookups,
     };
-    // Every output at once, on the one connection: their calls do not depend on each other, so
-    // N outputs cost the round trips of one. Each still fails alone, and the results keep the
-    // outputs' order.
-    Ok(futures_util::future::join_all(outputs.iter().map(|output| output.write(&cx))).await)
+    // The lookups and every output at once, on the one connection: an output's calls wait only
+    // for the answers they need (`Issue::shared`), so an output that names its roles asks for
+    // its certificates beside the lookups, and N outputs cost the round trips of one. Each
+    // output still fails alone, and the results keep the outputs' order. No output writes a
+    // file before the lookups have answered (`write_one`); when they fail, their failure is
+    // every output's, as when they went first.
+    let (answered, results) = tokio::join!(
+        lookups_answered,
+        futures_util::future::join_all(outputs.iter().map(|output| output.write(&cx)))
+    );
+    answered?;
+    Ok(results)
 }
 
 /// The results of [`write_outputs`] together: every summary line, or every failure reported
@@ -158,8 +176,11 @@ async fn write_one<O: Output>(
         return Ok(String::new());
     };
     let issued = output.issue(cx).await?;
+    // Every kind's files wait for the lookups, even a kind that uses none of their answers:
+    // when they fail, nothing is written.
+    let shared = cx.shared().await?;
     output
-        .render(&issued, cx, path)
+        .render(&issued, cx, shared, path)
         .and_then(|files| write_files(path, *symlinks, files))
         .map_err(|e| Failure::new(ExitKind::Config, e))?;
     let described = output.describe(&issued);

@@ -16,7 +16,7 @@ use rand_core::OsRng;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::cluster::Needs;
+use super::cluster::{Needs, Shared};
 use super::impersonate::{Impersonation, impersonate, role_list, roles_for};
 use super::kind::{Described, Issue, Output};
 use super::lifetime::Lifetime;
@@ -157,7 +157,7 @@ impl Output for SshHostOutput {
     }
 
     async fn issue(&self, cx: &Issue<'_>) -> Result<Issued, Failure> {
-        let roles = roles_for(cx, &self.roles)?;
+        let roles = roles_for(cx, &self.roles).await?;
         let identity = impersonate(
             cx,
             &Impersonation {
@@ -224,7 +224,13 @@ impl Output for SshHostOutput {
         })
     }
 
-    fn render(&self, issued: &Issued, _: &Issue<'_>, _: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Issued,
+        _: &Issue<'_>,
+        _: &Shared,
+        _: &Path,
+    ) -> anyhow::Result<Files> {
         Ok(vec![
             (HOST_KEY, issued.key.clone()),
             (HOST_CERT, format!("{}\n", issued.cert.line).into()),

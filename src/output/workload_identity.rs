@@ -126,7 +126,7 @@ pub(crate) struct Session {
 impl Session {
     /// Impersonates every role the bot may (tbot's default), and connects as them.
     pub(crate) async fn open(cx: &Issue<'_>) -> Result<Self, Failure> {
-        let roles = roles_for(cx, &[])?;
+        let roles = roles_for(cx, &[]).await?;
         let identity = impersonate(
             cx,
             &Impersonation {

@@ -10,7 +10,7 @@ use keybound_proto::teleport::workloadidentity::v1 as wi;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::cluster::Needs;
+use super::cluster::{Needs, Shared};
 use super::kind::{Described, Issue, Output};
 use super::lifetime::Lifetime;
 use super::workload_identity::{
@@ -121,7 +121,13 @@ impl Output for WorkloadIdentityJwtOutput {
         })
     }
 
-    fn render(&self, issued: &Issued, _: &Issue<'_>, _: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Issued,
+        _: &Issue<'_>,
+        _: &Shared,
+        _: &Path,
+    ) -> anyhow::Result<Files> {
         Ok(vec![(JWT_SVID, issued.jwt.clone())])
     }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use x509_cert::der::{Decode as _, Encode as _};
 use zeroize::Zeroizing;
 
-use super::cluster::Needs;
+use super::cluster::{Needs, Shared};
 use super::kind::{Described, Issue, Output};
 use super::lifetime::Lifetime;
 use super::workload_identity::{
@@ -146,7 +146,13 @@ impl Output for WorkloadIdentityX509Output {
         })
     }
 
-    fn render(&self, issued: &Issued, _: &Issue<'_>, _: &Path) -> anyhow::Result<Files> {
+    fn render(
+        &self,
+        issued: &Issued,
+        _: &Issue<'_>,
+        _: &Shared,
+        _: &Path,
+    ) -> anyhow::Result<Files> {
         Ok(vec![
             (SVID, issued.svid_pem.clone().into()),
             (SVID_KEY, issued.key.clone()),

@@ -27,7 +27,7 @@ use tracing::info;
 use crate::auth::{self, AuthClient, AuthRoute};
 use crate::identity::Identity;
 use crate::output::workload_identity::Session;
-use crate::output::{Issue, Needs, RawOutput, Shared};
+use crate::output::{Issue, Lookups, Needs, RawOutput, Shared};
 use crate::storage::Held;
 use crate::{ExitKind, Failure};
 use keybound_teleport::suite::Suite;
@@ -300,7 +300,7 @@ async fn make_live(cx: &Context, renewed: &Renewed) -> Result<Live, Failure> {
         bot: &renewed.bot,
         suite,
         credential_ttl: cx.credential_ttl,
-        shared: &shared,
+        lookups: &Lookups::ready(shared),
     };
     let session = Session::open(&issue).await?;
     let bundle = read_bundle(&auth, &session).await?;

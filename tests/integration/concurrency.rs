@@ -25,14 +25,7 @@ async fn an_output_is_written_while_the_one_before_it_stalls() {
     cluster
         .cluster
         .set_misbehaviour(Some(Misbehaviour::StallUserCerts));
-    let mut child = crate::support::keybound()
-        .args(["start", "--oneshot", "-c"])
-        .arg(&cfg)
-        .env(keybound::auth::RPC_TIMEOUT_ENV, "1h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = oneshot_waiting_an_hour(&cfg);
     let fine = dir.path().join("fine");
     let written = wait_for(|| fine.join("tlscert").exists() && fine.join("identity").exists());
     let still_running = child.try_wait().unwrap().is_none();
@@ -42,6 +35,19 @@ async fn an_output_is_written_while_the_one_before_it_stalls() {
     assert!(still_running, "keybound ended although an output stalled");
     assert!(!dir.path().join("slow").join("tlscert").exists());
     crate::support::assert_output_verifies(&fine);
+}
+
+/// `keybound start --oneshot` with `cfg`, each call allowed an hour: one that is never answered
+/// leaves it running.
+fn oneshot_waiting_an_hour(cfg: &std::path::Path) -> std::process::Child {
+    crate::support::keybound()
+        .args(["start", "--oneshot", "-c"])
+        .arg(cfg)
+        .env(keybound::auth::RPC_TIMEOUT_ENV, "1h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Polls `done` until it holds or [`BOUND`] passes.
@@ -174,6 +180,70 @@ async fn a_refused_or_stalled_lookup_fails_the_outputs_as_clearly_as_one_at_a_ti
             assert_eq!(crate::support::snapshot(&out), before, "{case}");
         }
     }
+}
+
+/// An output that names its roles asks for its certificates beside the lookups the outputs
+/// share, not after them: with the database CA lookup never answered (`stall-db-ca-lookup`, a
+/// deadline of an hour), a first join's `GenerateUserCerts` for the output naming `[access]`
+/// reaches the cluster all the same. The output that names none waits for the bot's role, so
+/// asks nothing yet, and neither output writes a file before the lookups have answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_naming_its_roles_asks_for_certificates_beside_the_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) = crate::cluster::with_stalling_outputs(
+        dir.path(),
+        "",
+        &[("named", "[access]"), ("default", "[]")],
+    )
+    .await;
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::StallDbCaLookup));
+    let mut child = oneshot_waiting_an_hour(&cfg);
+    let asked = wait_for(|| cluster.cluster.user_certs_issued() > 0);
+    let issued = cluster.cluster.user_certs_issued();
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        asked,
+        "no GenerateUserCerts came while a lookup was unanswered"
+    );
+    assert_eq!(issued, 1, "only the output naming its roles may ask yet");
+    assert!(still_running, "keybound ended although a lookup stalled");
+    for out in ["named", "default"] {
+        let written = std::fs::read_dir(dir.path().join(out)).map_or(0, |d| d.count());
+        assert_eq!(written, 0, "{out} was written before the lookups answered");
+    }
+}
+
+/// When a lookup is refused and the output's own `GenerateUserCerts` is refused too (they go
+/// out together now), the run reports the lookup's refusal, once, as it did when the lookups
+/// went first and the output never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_lookup_is_reported_over_an_output_refused_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) =
+        crate::cluster::with_stalling_outputs(dir.path(), "", &[("out", "[not-allowed]")]).await;
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::RefuseUserCaLookup));
+    let mut cmd = crate::support::keybound();
+    cmd.args(["start", "--oneshot", "-c"]).arg(&cfg);
+    let output =
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(77), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("reading the user CAs for the identity outputs"),
+        "{stderr}"
+    );
+    assert!(!errors[0].contains("refused certificates"), "{stderr}");
+    assert!(!dir.path().join("out").exists(), "{stderr}");
 }
 
 /// A TCP front for the dev cluster that counts the connections it passes through and can
