@@ -16,6 +16,7 @@
 pub mod application;
 mod cluster;
 pub mod database;
+mod gate;
 pub mod identity;
 mod impersonate;
 mod kind;
@@ -38,6 +39,7 @@ use serde::{Deserialize, de::value::MapAccessDeserializer};
 use tracing::info;
 
 pub use cluster::{ClusterCas, Needs, Shared};
+pub use gate::{GateKeeper, WriteGate};
 pub use identity::IdentityOutput;
 pub use kind::{Described, Issue, KindVisitor, Output};
 pub use ssh::check_ssh_config_dir;
@@ -70,7 +72,17 @@ pub async fn write_outputs(
     suite: Suite,
     credential_ttl: Duration,
 ) -> Result<Vec<Result<String, Failure>>, Failure> {
-    write_outputs_sharing(outputs, auth, route, bot, suite, credential_ttl, None).await
+    write_outputs_sharing(
+        outputs,
+        auth,
+        route,
+        bot,
+        suite,
+        credential_ttl,
+        None,
+        &WriteGate::open(),
+    )
+    .await
 }
 
 /// What `outputs` use, together, of what outputs share.
@@ -81,7 +93,8 @@ pub fn needs(outputs: &[&OutputConfig]) -> Needs {
 }
 
 /// [`write_outputs`], with the shared facts already fetched (for [`needs`]`(outputs)`) when
-/// `shared` holds them.
+/// `shared` holds them; each output writes its files once `gate` lets it (having issued before).
+#[allow(clippy::too_many_arguments)]
 pub async fn write_outputs_sharing(
     outputs: &[&OutputConfig],
     auth: &AuthClient,
@@ -90,6 +103,7 @@ pub async fn write_outputs_sharing(
     suite: Suite,
     credential_ttl: Duration,
     shared: Option<Shared>,
+    gate: &WriteGate,
 ) -> Result<Vec<Result<String, Failure>>, Failure> {
     let shared = match shared {
         Some(shared) => shared,
@@ -105,7 +119,7 @@ pub async fn write_outputs_sharing(
     // Every output at once, on the one connection: their calls do not depend on each other, so
     // N outputs cost the round trips of one. Each still fails alone, and the results keep the
     // outputs' order.
-    Ok(futures_util::future::join_all(outputs.iter().map(|output| output.write(&cx))).await)
+    Ok(futures_util::future::join_all(outputs.iter().map(|output| output.write(&cx, gate))).await)
 }
 
 /// The results of [`write_outputs`] together: every summary line, or every failure reported
@@ -147,17 +161,25 @@ fn first_kind(kinds: &[ExitKind]) -> Option<ExitKind> {
     kinds.iter().copied().min_by_key(rank)
 }
 
-/// One output, of any kind: issue, render, write. A failure to write is local (exit 78).
+/// One output, of any kind: issue, render, write (once `gate` lets it). A failure to write is
+/// local (exit 78).
 async fn write_one<O: Output>(
     output: &O,
     kind: &str,
     label: &str,
     cx: &Issue<'_>,
+    gate: &WriteGate,
 ) -> Result<String, Failure> {
     let Destination::Directory { path, symlinks } = output.destination() else {
         return Ok(String::new());
     };
     let issued = output.issue(cx).await?;
+    if !gate.passable().await {
+        return Err(Failure::new(
+            ExitKind::Config,
+            anyhow!("not written: the bot identity it was issued with could not be stored"),
+        ));
+    }
     output
         .render(&issued, cx, path)
         .and_then(|files| write_files(path, *symlinks, files))
@@ -260,16 +282,16 @@ macro_rules! kinds {
                 }
             }
 
-            /// Issues, renders and writes it; an output with its own `credential_ttl` asks
+            /// Issues, renders and writes it (once `gate` lets it); an output with its own `credential_ttl` asks
             /// for that lifetime instead of the bot's (tbot's `cmp.Or(cfg.CredentialLifetime,
             /// defaultCredentialLifetime)`, `lib/tbot/services/*/output_service.go`).
-            async fn write(&self, cx: &Issue<'_>) -> Result<String, Failure> {
+            async fn write(&self, cx: &Issue<'_>, gate: &WriteGate) -> Result<String, Failure> {
                 let cx = &Issue {
                     credential_ttl: self.lifetime().map_or(cx.credential_ttl, |l| l.ttl),
                     ..*cx
                 };
                 match self {
-                    $(Self::$variant(o) => write_one(o, $name, &self.label(), cx).await,)+
+                    $(Self::$variant(o) => write_one(o, $name, &self.label(), cx, gate).await,)+
                 }
             }
         }

@@ -320,3 +320,47 @@ async fn a_first_join_that_guessed_the_wrong_key_type_joins_again_with_the_suite
         );
     }
 }
+
+/// The new identity is stored while the outputs are already issued with it; their files wait
+/// for it. When storing fails, the run ends as it did when the outputs began only after it: at
+/// once (an output whose `GenerateUserCerts` is never answered, with a deadline of an hour, does
+/// not hold it), with storage's one error and exit 78, and no output written, not even one
+/// whose certificates came back before the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_while_the_outputs_are_issued_writes_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) = crate::cluster::with_stalling_outputs(
+        dir.path(),
+        "",
+        &[("slow", "[stalled]"), ("fine", "[access]")],
+    )
+    .await;
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::StallUserCerts));
+    // `key` cannot be replaced: something made it a directory.
+    std::fs::create_dir_all(dir.path().join("storage/key/x")).unwrap();
+    let mut cmd = crate::support::keybound();
+    cmd.args(["start", "--oneshot", "-c"])
+        .arg(&cfg)
+        .env(keybound::auth::RPC_TIMEOUT_ENV, "1h");
+    let output =
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("writing the new bot identity to storage"),
+        "{stderr}"
+    );
+    for out in ["fine", "slow"] {
+        assert!(
+            !dir.path().join(out).join("tlscert").exists(),
+            "{out} was written: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("storage/tlscert").exists());
+}
