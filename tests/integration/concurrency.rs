@@ -256,6 +256,15 @@ async fn the_agent_rejoins_on_its_kept_connection_and_on_a_new_one_when_it_has_g
         })
     };
     renewed(0.0).await;
+    // The start-up heartbeat goes on a connection of its own once the first join is done (the
+    // next comes in 30 minutes): counted before, not during, the renewal below.
+    let state = cluster.cluster.clone();
+    blocking(move || {
+        wait_for("the start-up heartbeat", Duration::from_secs(30), || {
+            !state.heartbeats().is_empty()
+        })
+    })
+    .await;
 
     let before = front.accepted();
     agent.signal("USR1");
