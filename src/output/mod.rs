@@ -180,9 +180,20 @@ async fn write_one<O: Output>(
             anyhow!("not written: the bot identity it was issued with could not be stored"),
         ));
     }
-    output
+    let files = output
         .render(&issued, cx, path)
-        .and_then(|files| write_files(path, *symlinks, files))
+        .map_err(|e| Failure::new(ExitKind::Config, e))?;
+    // Staging, fsyncing and renaming them waits on the disk for milliseconds: on a thread of its
+    // own, not the runtime's one, so that the other outputs' calls and files go on meanwhile.
+    let (dir, symlinks) = (path.clone(), *symlinks);
+    tokio::task::spawn_blocking(move || write_files(&dir, symlinks, files))
+        .await
+        .unwrap_or_else(|e| {
+            Err(anyhow!(
+                "writing the files in {} failed: {e}",
+                path.display()
+            ))
+        })
         .map_err(|e| Failure::new(ExitKind::Config, e))?;
     let described = output.describe(&issued);
     info!(
