@@ -373,3 +373,48 @@ async fn a_storage_failure_while_the_outputs_are_issued_writes_none_of_them() {
     }
     assert!(!dir.path().join("storage/tlscert").exists());
 }
+
+/// A `--oneshot` run's start-up heartbeat goes over the connection its outputs made with the new
+/// identity, the one it reports on: the run opens the join's connection and the outputs' one,
+/// not a third (a connection of its own costs its TCP and TLS round trips, after the outputs).
+/// The ALPN upgrade test, which would add a connection of its own, is turned off by
+/// `TELEPORT_TLS_ROUTING_CONN_UPGRADE=false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_oneshot_sends_its_heartbeat_over_the_outputs_connection() {
+    use keybound_signer::{Algorithm, Signer as _};
+    use keybound_signer_soft::SoftSigner;
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let key = crate::cluster::key_file(dir.path(), &signer);
+    let cluster =
+        crate::agent_support::cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t")
+            .await;
+    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let upstream = cluster.proxy_addr().replace("localhost", "127.0.0.1");
+    let front = Front::start(upstream).await;
+    let key_yaml = format!(
+        "  bound_keypair:\n    static_private_key_path: {}\n",
+        key.display()
+    );
+    let cfg = crate::agent_support::config(dir.path(), &front.addr, &ca, &key_yaml, "1h", "2h");
+    let mut cmd = crate::support::keybound();
+    cmd.args(["start", "--oneshot", "-c"])
+        .arg(&cfg)
+        .env(keybound::upgrade::ENV, "false");
+    let output =
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    crate::support::assert_output_verifies(&dir.path().join("out"));
+    let beats = cluster.cluster.heartbeats();
+    assert_eq!(beats.len(), 1, "{beats:?}");
+    assert!(beats[0].one_shot, "{beats:?}");
+    assert_eq!(
+        front.accepted(),
+        2,
+        "the join's and the outputs' connections, and no other: {stderr}"
+    );
+}
