@@ -418,3 +418,82 @@ async fn a_oneshot_sends_its_heartbeat_over_the_outputs_connection() {
         "the join's and the outputs' connections, and no other: {stderr}"
     );
 }
+
+/// The first dial of a process to the Proxy tests whether an ALPN connection upgrade is needed
+/// (Teleport's `IsALPNConnUpgradeRequired`: a TLS handshake of its own) and makes the direct
+/// handshake at once, not after it: the test's TCP and TLS round trips no longer come before
+/// the join's. The front here holds the first connection it accepts, unread and unanswered,
+/// until a second one comes (then both go through). The join completes, and the second
+/// connection came while the first was still held, that is, before the test had an answer.
+/// One after another, the second would only come once the held test had given up (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_test_and_the_direct_handshake_go_at_once() {
+    use keybound_signer::{Algorithm, Signer as _};
+    use keybound_signer_soft::SoftSigner;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncWriteExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let cluster = crate::cluster::cluster_for(signer.public_key(), |_| {}).await;
+    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let upstream = cluster.proxy_addr().replace("localhost", "127.0.0.1");
+
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    let overlapped = std::sync::Arc::new(AtomicBool::new(false));
+    let seen = overlapped.clone();
+    tokio::spawn(async move {
+        let pass = |mut conn: tokio::net::TcpStream, first: Vec<u8>, upstream: String| async move {
+            let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            up.write_all(&first).await.unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+        };
+        // The first connection: what it sends is read and kept, nothing answered, until the
+        // second comes; whether it closed meanwhile is noted.
+        let (held, _) = front.accept().await.unwrap();
+        let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let holder = tokio::spawn(async move {
+            let mut held = held;
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 4096];
+            tokio::pin!(release_rx);
+            loop {
+                tokio::select! {
+                    _ = &mut release_rx => return Some((held, kept)),
+                    read = tokio::io::AsyncReadExt::read(&mut held, &mut buf) => match read {
+                        Ok(0) | Err(_) => {
+                            let _ = closed_tx.send(true);
+                            return None;
+                        }
+                        Ok(n) => kept.extend_from_slice(&buf[..n]),
+                    },
+                }
+            }
+        });
+        let (second, _) = front.accept().await.unwrap();
+        seen.store(!*closed_rx.borrow_and_update(), Ordering::SeqCst);
+        let _ = release_tx.send(());
+        if let Ok(Some((held, kept))) = holder.await {
+            tokio::spawn(pass(held, kept, upstream.clone()));
+        }
+        tokio::spawn(pass(second, Vec::new(), upstream.clone()));
+        while let Ok((conn, _)) = front.accept().await {
+            tokio::spawn(pass(conn, Vec::new(), upstream.clone()));
+        }
+    });
+
+    let mut params = crate::cluster::params(&cluster, &ca, "t", std::sync::Arc::new(signer));
+    params.proxy =
+        keybound::config::HostPort::parse(&format!("127.0.0.1:{front_port}"), 443).unwrap();
+    let joined = tokio::time::timeout(BOUND, keybound::join::join(&params))
+        .await
+        .expect("the join ends")
+        .expect("the join goes through the front");
+    assert_eq!(joined.identity.info.bot_name, "robot");
+    assert!(
+        overlapped.load(Ordering::SeqCst),
+        "the direct handshake waited for the upgrade test"
+    );
+}
