@@ -90,9 +90,11 @@ impl Heartbeats {
         let interval = interval_from_env();
         let mut is_startup = true;
         loop {
-            let (identity, over) = held.identity_and_connection().await;
+            // A connection of its own: the agent's kept connection may have been closed by
+            // Auth since the last renewal, and is not dialled again (`transport::connect_over`).
+            let identity = held.lock().await.identity.clone();
             if let Some(identity) = identity {
-                self.send(&p, &identity, over, is_startup).await;
+                self.send(&p, &identity, None, is_startup).await;
                 is_startup = false;
             }
             tokio::time::sleep(interval).await;
