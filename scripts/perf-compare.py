@@ -5,7 +5,9 @@
     scripts/perf-compare.py --runs 30 A B C
 
 Each commit is built with the release profile (fat LTO, stripped) from a worktree of its own,
-all into one shared target directory (so the dependencies build once). Then one dev cluster and
+all into one shared target directory (so the dependencies build once), and the binary is kept
+there by commit (`bins/keybound-<sha>`: a second comparison of the same commit does not build
+it again; `--build-only` builds them and stops). Then one dev cluster and
 one set of keys serve every binary, and the runs are interleaved (A, B, A, B, ...), so that
 whatever else the machine does weighs on each alike. Reported per commit and backend: wall time
 exec to exit (p50, p90), CPU time (user + system, p50, from the kernel's accounting of the
@@ -31,18 +33,24 @@ MEASURED = ("file ed25519", "softhsm ecdsa-p256", "swtpm ecdsa-p256")
 
 
 def build(rev, work, target):
-    """The release binary of `rev`, copied out of the shared target directory."""
-    sha = perf.out(["git", "rev-parse", "--short", rev], cwd=ROOT)
+    """The release binary of `rev`, copied out of the shared target directory; kept there by
+    commit (`bins/keybound-<sha>`), so that comparing a commit again does not build it again."""
+    sha = perf.out(["git", "rev-parse", "--short=12", rev], cwd=ROOT)
+    kept = target / "bins" / f"keybound-{sha}"
+    if kept.exists():
+        return sha[:7], kept
     tree = work / f"tree-{sha}"
     perf.run(["git", "worktree", "add", "--detach", "--force", tree, sha], cwd=ROOT,
              capture_output=True)
     try:
         perf.run(["cargo", "build", "--release", "--locked", *perf.FEATURES,
                   "--target-dir", target], cwd=tree)
-        binary = work / f"keybound-{sha}"
-        binary.write_bytes((target / "release" / "keybound").read_bytes())
-        binary.chmod(0o755)
-        return sha, binary
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        staged = kept.with_suffix(".new")
+        staged.write_bytes((target / "release" / "keybound").read_bytes())
+        staged.chmod(0o755)
+        staged.rename(kept)
+        return sha[:7], kept
     finally:
         perf.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, capture_output=True)
 
@@ -51,6 +59,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("revs", nargs="+", help="commits to compare, oldest first")
     parser.add_argument("--runs", type=int, default=30, help="oneshot runs per commit and backend")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build (and keep) the commits' binaries, measure nothing")
     parser.add_argument("--target-dir", default=str(ROOT / "target" / "perf-compare"),
                         help="the shared cargo target directory")
     opts = parser.parse_args()
@@ -59,6 +69,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="keybound-compare-") as tmp:
         work = Path(tmp)
         binaries = [build(rev, work, target) for rev in opts.revs]
+        if opts.build_only:
+            for sha, binary in binaries:
+                print(f"{sha} {binary}")
+            return
         # One cluster and one set of keys (made by the newest binary) for every binary.
         bench = perf.Oneshot(binaries[-1][1], work / "oneshot")
         (work / "oneshot").mkdir()

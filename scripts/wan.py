@@ -5,6 +5,7 @@
     scripts/wan.py --quick                  # fewer runs, to check the script itself
     scripts/wan.py --keybound BIN --save F  # measure another binary, keep its figures as JSON
     scripts/wan.py --before F               # the table gains the figures of F as "before"
+    scripts/wan.py --only daemon --rtt 50 --no-doc   # one scenario at one RTT, while iterating
 
 A TCP proxy on 127.0.0.1 sits between keybound and its dev cluster and holds every chunk it
 reads for a one-way delay before passing it on (no root, no netem). It also holds a new
@@ -358,9 +359,11 @@ SCENARIOS = [
 ]
 
 
-def measure(bench, runs, rtts_ms):
-    """{scenario: {rtt ms: {"walls": [...], "trace": [...]}}}."""
-    results = {key: {} for key, _ in SCENARIOS}
+def measure(bench, runs, rtts_ms, only=None):
+    """{scenario: {rtt ms: {"walls": [...], "trace": [...]}}}, for the scenarios `only` names
+    (every one when None)."""
+    chosen = [key for key, _ in SCENARIOS if only is None or key in only]
+    results = {key: {} for key in chosen}
     p = bench.proxy
     first = bench.config("first", 1, None)
     first_roles = bench.config("first-roles", 1, None, roles="access")
@@ -368,14 +371,18 @@ def measure(bench, runs, rtts_ms):
     rejoin5 = bench.config("rejoin5", 5, bench.work / "rejoin5" / "storage")
     daemon = bench.config("daemon", 1, bench.work / "daemon" / "storage")
     p.reset(0)
-    bench.oneshot(rejoin)   # the identities the rejoins renew
-    bench.oneshot(rejoin5)
-    agent = Agent(bench, daemon)
+    if "rejoin" in chosen:
+        bench.oneshot(rejoin)   # the identities the rejoins renew
+    if "rejoin5" in chosen:
+        bench.oneshot(rejoin5)
+    agent = Agent(bench, daemon) if "daemon" in chosen else None
     try:
         for rtt in [0, *rtts_ms]:
             one_way = rtt / 2000
             for key, config in [("first", first), ("first-roles", first_roles),
                                 ("rejoin", rejoin), ("rejoin5", rejoin5)]:
+                if key not in chosen:
+                    continue
                 walls, trace = [], None
                 for i in range(runs + 1):
                     p.reset(one_way)
@@ -385,20 +392,22 @@ def measure(bench, runs, rtts_ms):
                     walls.append(wall)
                     trace = trace or snapshot(p)
                 results[key][rtt] = {"walls": walls, "trace": trace}
-            walls, trace = [], None
-            for i in range(runs + 1):
-                p.reset(one_way)
-                wall = agent.renew()
-                if i == 0:
-                    continue
-                walls.append(wall)
-                trace = trace or snapshot(p)
-            results["daemon"][rtt] = {"walls": walls, "trace": trace}
+            if agent:
+                walls, trace = [], None
+                for i in range(runs + 1):
+                    p.reset(one_way)
+                    wall = agent.renew()
+                    if i == 0:
+                        continue
+                    walls.append(wall)
+                    trace = trace or snapshot(p)
+                results["daemon"][rtt] = {"walls": walls, "trace": trace}
             print(f"RTT {rtt} ms: " + ", ".join(
                 f"{k} {statistics.median(results[k][rtt]['walls']) * 1e3:.0f} ms"
-                for k, _ in SCENARIOS), flush=True)
+                for k in chosen), flush=True)
     finally:
-        agent.stop()
+        if agent:
+            agent.stop()
     return results
 
 
@@ -498,9 +507,15 @@ def main():
     parser.add_argument("--commit", help="the commit the binary was built from")
     parser.add_argument("--load", type=Path, help="measure nothing: the figures of a --save")
     parser.add_argument("--no-doc", action="store_true", help="leave docs/PERFORMANCE.md alone")
+    parser.add_argument("--only", action="append", choices=[k for k, _ in SCENARIOS],
+                        help="measure only this scenario (repeatable); with --no-doc")
+    parser.add_argument("--rtt", action="append", type=int,
+                        help="measure only at this RTT in ms (repeatable); with --no-doc")
     opts = parser.parse_args()
     runs = 2 if opts.quick else opts.runs
-    rtts_ms = RTTS_MS
+    rtts_ms = opts.rtt or RTTS_MS
+    if (opts.only or opts.rtt) and not opts.no_doc:
+        parser.error("--only and --rtt measure part of the table: add --no-doc")
 
     if opts.load:
         raw = json.loads(opts.load.read_text())
@@ -523,7 +538,7 @@ def main():
             bench = Bench(kb, Path(tmp))
             try:
                 bench.setup()
-                res = measure(bench, runs, rtts_ms)
+                res = measure(bench, runs, rtts_ms, opts.only)
             finally:
                 bench.stop()
         meta = {"commit": opts.commit or commit, "runs": runs, "quick": opts.quick,
@@ -539,8 +554,12 @@ def main():
         before = {"meta": raw["meta"], "results": {
             k: {int(r): v for r, v in d.items()} for k, d in raw["results"].items()}}
     for key, title in SCENARIOS:
-        print(f"{title}: " + ", ".join(f"{rtt_count(res, key, r):.1f} RTT at {r} ms"
-                                      for r in rtts_ms))
+        if key in res:
+            print(f"{title}: " + ", ".join(f"{rtt_count(res, key, r):.1f} RTT at {r} ms"
+                                          for r in rtts_ms))
+            for r in rtts_ms:
+                print(f"  at {r} ms, one run:")
+                print("\n".join("    " + line for line in render_trace(res[key][r]["trace"], r)))
     if opts.no_doc:
         return
     text = render(res, before, meta, echo, rtts_ms, meta.get("quick", False))

@@ -57,9 +57,17 @@ impl Heartbeats {
         }
     }
 
-    /// Sends one heartbeat with `identity`; never fails, only logs.
-    pub async fn send(&self, p: &Prepared, identity: &Identity, is_startup: bool) {
-        match submit(p, identity, self.message(is_startup)).await {
+    /// Sends one heartbeat with `identity`, over `over` (a connection made with it: the outputs'
+    /// one, which saves a connection's TCP and TLS round trips) when there is one; never fails,
+    /// only logs.
+    pub async fn send(
+        &self,
+        p: &Prepared,
+        identity: &Identity,
+        over: Option<AuthClient>,
+        is_startup: bool,
+    ) {
+        match submit(p, identity, over, self.message(is_startup)).await {
             Ok(()) => debug!(
                 is_startup,
                 one_shot = self.one_shot,
@@ -82,9 +90,11 @@ impl Heartbeats {
         let interval = interval_from_env();
         let mut is_startup = true;
         loop {
+            // A connection of its own: the agent's kept connection may have been closed by
+            // Auth since the last renewal, and is not dialled again (`transport::connect_over`).
             let identity = held.lock().await.identity.clone();
             if let Some(identity) = identity {
-                self.send(&p, &identity, is_startup).await;
+                self.send(&p, &identity, None, is_startup).await;
                 is_startup = false;
             }
             tokio::time::sleep(interval).await;
@@ -115,12 +125,16 @@ enum Skipped {
 async fn submit(
     p: &Prepared,
     identity: &Identity,
+    over: Option<AuthClient>,
     heartbeat: machineid::BotInstanceStatusHeartbeat,
 ) -> Result<(), Skipped> {
-    let auth = AuthClient::connect(&p.auth_route, identity)
-        .await
-        .map_err(|e| Skipped::Failed(format!("{e:#}")))?
-        .with_deadline(p.rpc_timeout);
+    let auth = match over {
+        Some(auth) => auth,
+        None => AuthClient::connect(&p.auth_route, identity)
+            .await
+            .map_err(|e| Skipped::Failed(format!("{e:#}")))?
+            .with_deadline(p.rpc_timeout),
+    };
     let mut client =
         machineid::bot_instance_service_client::BotInstanceServiceClient::new(auth.channel());
     let request = auth.request(machineid::SubmitHeartbeatRequest {

@@ -349,22 +349,56 @@ pub async fn cycle_reporting<R: Report + ?Sized>(
     let ahead = (!output::written(&p.config.outputs).is_empty())
         .then(|| Preconnect::start(p.auth_route.addr()));
     let mut prefetched = None;
-    let renewed = renew_identity(p, &mut state, &mut prefetched).await;
-    report.identity(renewed.as_ref().map(|_| ()));
-    let (joined, stored) = renewed?;
-    let mut written: Vec<String> = stored.into_iter().collect();
-    let connection = Connection { ahead, prefetched };
-    written.extend(
-        write_outputs(
+    let (joined, token) = match renew_identity(p, &mut state, &mut prefetched).await {
+        Ok(renewed) => renewed,
+        Err(failure) => {
+            report.identity(Err(&failure));
+            return Err(failure);
+        }
+    };
+    // The new identity is stored (staged, fsynced, renamed: milliseconds) while the outputs
+    // already use it: their TLS handshake with it and their certificates, round trips that do
+    // not wait for the disk. Their files wait for it: they are written only once the identity is
+    // stored, and not at all when storing it fails, which then ends the cycle as it did before
+    // the outputs began. tbot too hands a renewed identity to its services before saving it
+    // (`renew` in `lib/tbot/internal/identity/service.go`: `s.facade.Set`, then
+    // `identity.SaveIdentity`); there the services go on with it even when the save fails.
+    let (keeper, gate) = output::WriteGate::shut();
+    let (mut written, issued) = {
+        let mut storing = std::pin::pin!(async {
+            let stored = store(p, &joined.identity, &token).await;
+            keeper.decide(stored.is_ok());
+            stored
+        });
+        let connection = Connection { ahead, prefetched };
+        let mut outputs = std::pin::pin!(issue_outputs(
             p,
             &joined.identity,
             joined.suite,
-            report,
-            &mut state,
             connection,
-        )
-        .await?,
-    );
+            gate
+        ));
+        let (stored, issued) = tokio::select! {
+            biased;
+            stored = &mut storing => (stored, None),
+            // Only when every output failed before reaching the gate (no connection, say).
+            issued = &mut outputs => (storing.await, Some(issued)),
+        };
+        report.identity(stored.as_ref().map(|_| ()));
+        // A failure to store drops the outputs where they are: nothing of theirs is written.
+        let written: Vec<String> = stored?.into_iter().collect();
+        match issued {
+            Some(issued) => (written, issued),
+            None => (written, outputs.await),
+        }
+    };
+    written.extend(settle_outputs(
+        p,
+        &joined.identity,
+        report,
+        &mut state,
+        issued,
+    )?);
     state.outputs_written = true;
     Ok(Cycle {
         joined: Some(joined),
@@ -420,16 +454,15 @@ fn outputs_to_retry(p: &Prepared, state: &HeldState) -> Option<(Identity, Suite)
 }
 
 /// The identity part of a cycle: the token read (it may be a file), the bot identity renewed
-/// and stored; with what storage wrote.
+/// and held (not yet stored: [`store`]); with the token.
 async fn renew_identity(
     p: &Prepared,
     state: &mut HeldState,
     prefetched: &mut Option<Prefetch>,
-) -> Result<(join::Joined, Option<String>), Failure> {
+) -> Result<(join::Joined, String), Failure> {
     let token = p.token()?;
     let joined = join_or_rejoin(p, state, &token, prefetched).await?;
-    let stored = store(p, &joined.identity, &token)?;
-    Ok((joined, stored))
+    Ok((joined, token))
 }
 
 impl Prepared {
@@ -516,19 +549,32 @@ async fn join_or_rejoin(
     }
 }
 
-/// Writes the new identity to storage; a rejoin's mark (this one's, or one left in doubt by an
-/// earlier run) goes once a new identity is stored, or failed to be.
-fn store(p: &Prepared, identity: &Identity, token: &str) -> Result<Option<String>, Failure> {
-    let stored = storage::persist(&p.config.storage, identity, token);
-    if let Destination::Directory { path, .. } = &p.config.storage {
-        storage::clear_rejoin(path);
-    }
-    stored.map_err(|e| Failure::new(ExitKind::Config, e))
+/// Writes the new identity to storage, on a thread of its own (its fsyncs would hold up the
+/// connections in flight on the runtime's one thread); a rejoin's mark (this one's, or one left
+/// in doubt by an earlier run) goes once a new identity is stored, or failed to be.
+async fn store(p: &Prepared, identity: &Identity, token: &str) -> Result<Option<String>, Failure> {
+    let Destination::Directory { path, .. } = &p.config.storage else {
+        return Ok(None);
+    };
+    let (storage, path) = (p.config.storage.clone(), path.clone());
+    let (identity, token) = (identity.clone(), token.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let stored = storage::persist(&storage, &identity, &token);
+        storage::clear_rejoin(&path);
+        stored.map_err(|e| Failure::new(ExitKind::Config, e))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Failure::new(
+            ExitKind::Software,
+            anyhow!("storing the bot identity failed: {e}"),
+        ))
+    })
 }
 
-/// Writes the outputs for `bot` over its authenticated connection, telling `report` how each
-/// went; no connection is made when no output writes files. A connection that works confirms
-/// that the cluster knows the held identity.
+/// Writes the outputs for `bot` (stored already) over its authenticated connection, telling
+/// `report` how each went; no connection is made when no output writes files. A connection that
+/// works confirms that the cluster knows the held identity.
 async fn write_outputs<R: Report + ?Sized>(
     p: &Prepared,
     bot: &Identity,
@@ -537,42 +583,88 @@ async fn write_outputs<R: Report + ?Sized>(
     state: &mut HeldState,
     connection: Connection,
 ) -> Result<Vec<String>, Failure> {
+    let issued = issue_outputs(p, bot, suite, connection, output::WriteGate::open()).await;
+    settle_outputs(p, bot, report, state, issued)
+}
+
+/// What the outputs of a cycle came to: the connection to Auth they used, if it opened, and
+/// each output's result ([`output::write_outputs_sharing`]).
+struct Issued {
+    auth: Option<AuthClient>,
+    results: Result<Vec<Result<String, Failure>>, Failure>,
+}
+
+/// Connects to Auth with `bot` and has every output issue, then write its files once `gate`
+/// lets it; nothing is reported or held yet ([`settle_outputs`]).
+async fn issue_outputs(
+    p: &Prepared,
+    bot: &Identity,
+    suite: Suite,
+    connection: Connection,
+    gate: output::WriteGate,
+) -> Issued {
     let outputs = output::written(&p.config.outputs);
     if outputs.is_empty() {
-        return Ok(Vec::new());
+        return Issued {
+            auth: None,
+            results: Ok(Vec::new()),
+        };
     }
-    let results = match connect_to_auth(p, bot, connection.ahead).await {
-        Ok(auth) => {
-            state.after_fallback = false;
-            // The agent keeps the connection for the next renewal's rejoin, as tbot keeps its
-            // bot client until the identity is renewed (`lib/tbot/client/builder.go`).
-            state.auth = Some(KeptAuth {
-                cert_pem: bot.tls_cert_pem.clone(),
-                client: auth.clone(),
-            });
-            let shared = match connection.prefetched {
-                Some(prefetched) => prefetched.take().await,
-                None => Ok(None),
+    let auth = match connect_to_auth(p, bot, connection.ahead).await {
+        Ok(auth) => auth,
+        Err(failure) => {
+            return Issued {
+                auth: None,
+                results: Err(failure),
             };
-            match shared {
-                Ok(shared) => {
-                    output::write_outputs_sharing(
-                        &outputs,
-                        &auth,
-                        &p.auth_route,
-                        bot,
-                        suite,
-                        p.config.credential_ttl,
-                        shared,
-                    )
-                    .await
-                }
-                Err(failure) => Err(failure),
-            }
+        }
+    };
+    let shared = match connection.prefetched {
+        Some(prefetched) => prefetched.take().await,
+        None => Ok(None),
+    };
+    let results = match shared {
+        Ok(shared) => {
+            output::write_outputs_sharing(
+                &outputs,
+                &auth,
+                &p.auth_route,
+                bot,
+                suite,
+                p.config.credential_ttl,
+                shared,
+                &gate,
+            )
+            .await
         }
         Err(failure) => Err(failure),
     };
-    match results {
+    Issued {
+        auth: Some(auth),
+        results,
+    }
+}
+
+/// The outputs' results told to `report` and put together; the connection they used held for
+/// the agent's next rejoin.
+fn settle_outputs<R: Report + ?Sized>(
+    p: &Prepared,
+    bot: &Identity,
+    report: &R,
+    state: &mut HeldState,
+    issued: Issued,
+) -> Result<Vec<String>, Failure> {
+    let outputs = output::written(&p.config.outputs);
+    if let Some(auth) = issued.auth {
+        state.after_fallback = false;
+        // The agent keeps the connection for the next renewal's rejoin, as tbot keeps its bot
+        // client until the identity is renewed (`lib/tbot/client/builder.go`).
+        state.auth = Some(KeptAuth {
+            cert_pem: bot.tls_cert_pem.clone(),
+            client: auth,
+        });
+    }
+    match issued.results {
         Ok(results) => {
             for (output, result) in outputs.iter().zip(&results) {
                 report.output(&output.service_name(), result.as_ref().map(|_| ()));

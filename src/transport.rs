@@ -181,20 +181,37 @@ async fn tls_stream(
     addr: &HostPort,
     tls: Arc<ClientConfig>,
     dial: &Dial,
-    ahead: Option<Preconnect>,
+    mut ahead: Option<Preconnect>,
 ) -> std::io::Result<TlsStream> {
     if !dial.proxy {
         return direct_tls_stream(addr, tls, dial, ahead).await;
     }
-    let result = if crate::upgrade::required(addr).await {
+    let (required, direct) = match crate::upgrade::settled(addr) {
+        Some(required) => (required, None),
+        // Not known yet (the first dial there in this process): the upgrade test and the direct
+        // handshake at once, as neither answer depends on the other, instead of the test's TCP
+        // and TLS round trips before the direct ones. The direct connection carries nothing
+        // before the test has said no upgrade is needed (only its TLS handshake has run), and is
+        // dropped unused when one is.
+        None => {
+            let (required, direct) = tokio::join!(
+                crate::upgrade::required(addr),
+                direct_tls_stream(addr, tls.clone(), dial, ahead.take())
+            );
+            (required, Some(direct))
+        }
+    };
+    let result = if required {
         match crate::upgrade::dial(addr).await {
             Ok(upgraded) => tls_handshake(addr, tls, dial, Box::new(upgraded)).await,
             Err(e) => Err(e),
         }
     } else {
-        direct_tls_stream(addr, tls, dial, ahead)
-            .await
-            .map_err(|e| crate::upgrade::explain(addr, e))
+        match direct {
+            Some(direct) => direct,
+            None => direct_tls_stream(addr, tls, dial, ahead).await,
+        }
+        .map_err(|e| crate::upgrade::explain(addr, e))
     };
     if result.is_err() {
         crate::upgrade::forget(addr);

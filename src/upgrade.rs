@@ -88,6 +88,18 @@ pub async fn required(addr: &HostPort) -> bool {
     answer
 }
 
+/// What is known for `addr` without a test handshake: the environment's answer, or the one
+/// kept from an earlier test ([`required`]).
+pub fn settled(addr: &HostPort) -> Option<bool> {
+    forced(addr).or_else(|| {
+        known()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr.to_string())
+            .copied()
+    })
+}
+
 /// Drops the kept answer for `addr`: the next dial tests again.
 pub fn forget(addr: &HostPort) {
     known()

@@ -33,8 +33,12 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
             anyhow!("a oneshot run always renews the bot identity"),
         )
     })?;
-    // tbot's one-shot heartbeat, after the outputs; it never fails the run.
-    heartbeats.send(&prepared, &joined.identity, true).await;
+    // tbot's one-shot heartbeat, after the outputs (over their connection, made with this
+    // identity: one round trip, not a connection's three); it never fails the run.
+    let (_, over) = held.identity_and_connection().await;
+    heartbeats
+        .send(&prepared, &joined.identity, over, true)
+        .await;
     write_summary(
         out,
         &joined,

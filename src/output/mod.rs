@@ -17,6 +17,7 @@
 pub mod application;
 mod cluster;
 pub mod database;
+mod gate;
 pub mod identity;
 mod impersonate;
 mod kind;
@@ -39,6 +40,7 @@ use serde::{Deserialize, de::value::MapAccessDeserializer};
 use tracing::info;
 
 pub use cluster::{ClusterCas, Lookups, Needs, Shared};
+pub use gate::{GateKeeper, WriteGate};
 pub use identity::IdentityOutput;
 pub use kind::{Described, Issue, KindVisitor, Output};
 pub use ssh::check_ssh_config_dir;
@@ -71,7 +73,17 @@ pub async fn write_outputs(
     suite: Suite,
     credential_ttl: Duration,
 ) -> Result<Vec<Result<String, Failure>>, Failure> {
-    write_outputs_sharing(outputs, auth, route, bot, suite, credential_ttl, None).await
+    write_outputs_sharing(
+        outputs,
+        auth,
+        route,
+        bot,
+        suite,
+        credential_ttl,
+        None,
+        &WriteGate::open(),
+    )
+    .await
 }
 
 /// What `outputs` use, together, of what outputs share.
@@ -82,7 +94,8 @@ pub fn needs(outputs: &[&OutputConfig]) -> Needs {
 }
 
 /// [`write_outputs`], with the shared facts already fetched (for [`needs`]`(outputs)`) when
-/// `shared` holds them.
+/// `shared` holds them; each output writes its files once `gate` lets it (having issued before).
+#[allow(clippy::too_many_arguments)]
 pub async fn write_outputs_sharing(
     outputs: &[&OutputConfig],
     auth: &AuthClient,
@@ -91,6 +104,7 @@ pub async fn write_outputs_sharing(
     suite: Suite,
     credential_ttl: Duration,
     shared: Option<Shared>,
+    gate: &WriteGate,
 ) -> Result<Vec<Result<String, Failure>>, Failure> {
     let (lookups, fetch) = match shared {
         Some(shared) => (Lookups::ready(shared), None),
@@ -120,7 +134,7 @@ pub async fn write_outputs_sharing(
     // every output's, as when they went first.
     let (answered, results) = tokio::join!(
         lookups_answered,
-        futures_util::future::join_all(outputs.iter().map(|output| output.write(&cx)))
+        futures_util::future::join_all(outputs.iter().map(|output| output.write(&cx, gate)))
     );
     answered?;
     Ok(results)
@@ -165,12 +179,14 @@ fn first_kind(kinds: &[ExitKind]) -> Option<ExitKind> {
     kinds.iter().copied().min_by_key(rank)
 }
 
-/// One output, of any kind: issue, render, write. A failure to write is local (exit 78).
+/// One output, of any kind: issue, render, write (once `gate` lets it). A failure to write is
+/// local (exit 78).
 async fn write_one<O: Output>(
     output: &O,
     kind: &str,
     label: &str,
     cx: &Issue<'_>,
+    gate: &WriteGate,
 ) -> Result<String, Failure> {
     let Destination::Directory { path, symlinks } = output.destination() else {
         return Ok(String::new());
@@ -179,9 +195,26 @@ async fn write_one<O: Output>(
     // Every kind's files wait for the lookups, even a kind that uses none of their answers:
     // when they fail, nothing is written.
     let shared = cx.shared().await?;
-    output
+    if !gate.passable().await {
+        return Err(Failure::new(
+            ExitKind::Config,
+            anyhow!("not written: the bot identity it was issued with could not be stored"),
+        ));
+    }
+    let files = output
         .render(&issued, cx, shared, path)
-        .and_then(|files| write_files(path, *symlinks, files))
+        .map_err(|e| Failure::new(ExitKind::Config, e))?;
+    // Staging, fsyncing and renaming them waits on the disk for milliseconds: on a thread of its
+    // own, not the runtime's one, so that the other outputs' calls and files go on meanwhile.
+    let (dir, symlinks) = (path.clone(), *symlinks);
+    tokio::task::spawn_blocking(move || write_files(&dir, symlinks, files))
+        .await
+        .unwrap_or_else(|e| {
+            Err(anyhow!(
+                "writing the files in {} failed: {e}",
+                path.display()
+            ))
+        })
         .map_err(|e| Failure::new(ExitKind::Config, e))?;
     let described = output.describe(&issued);
     info!(
@@ -281,16 +314,16 @@ macro_rules! kinds {
                 }
             }
 
-            /// Issues, renders and writes it; an output with its own `credential_ttl` asks
+            /// Issues, renders and writes it (once `gate` lets it); an output with its own `credential_ttl` asks
             /// for that lifetime instead of the bot's (tbot's `cmp.Or(cfg.CredentialLifetime,
             /// defaultCredentialLifetime)`, `lib/tbot/services/*/output_service.go`).
-            async fn write(&self, cx: &Issue<'_>) -> Result<String, Failure> {
+            async fn write(&self, cx: &Issue<'_>, gate: &WriteGate) -> Result<String, Failure> {
                 let cx = &Issue {
                     credential_ttl: self.lifetime().map_or(cx.credential_ttl, |l| l.ttl),
                     ..*cx
                 };
                 match self {
-                    $(Self::$variant(o) => write_one(o, $name, &self.label(), cx).await,)+
+                    $(Self::$variant(o) => write_one(o, $name, &self.label(), cx, gate).await,)+
                 }
             }
         }

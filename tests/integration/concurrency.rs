@@ -326,6 +326,15 @@ async fn the_agent_rejoins_on_its_kept_connection_and_on_a_new_one_when_it_has_g
         })
     };
     renewed(0.0).await;
+    // The start-up heartbeat goes on a connection of its own once the first join is done (the
+    // next comes in 30 minutes): counted before, not during, the renewal below.
+    let state = cluster.cluster.clone();
+    blocking(move || {
+        wait_for("the start-up heartbeat", Duration::from_secs(30), || {
+            !state.heartbeats().is_empty()
+        })
+    })
+    .await;
 
     let before = front.accepted();
     agent.signal("USR1");
@@ -389,4 +398,172 @@ async fn a_first_join_that_guessed_the_wrong_key_type_joins_again_with_the_suite
             "{misbehaviour:?}"
         );
     }
+}
+
+/// The new identity is stored while the outputs are already issued with it; their files wait
+/// for it. When storing fails, the run ends as it did when the outputs began only after it: at
+/// once (an output whose `GenerateUserCerts` is never answered, with a deadline of an hour, does
+/// not hold it), with storage's one error and exit 78, and no output written, not even one
+/// whose certificates came back before the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_while_the_outputs_are_issued_writes_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) = crate::cluster::with_stalling_outputs(
+        dir.path(),
+        "",
+        &[("slow", "[stalled]"), ("fine", "[access]")],
+    )
+    .await;
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::StallUserCerts));
+    // `key` cannot be replaced: something made it a directory.
+    std::fs::create_dir_all(dir.path().join("storage/key/x")).unwrap();
+    let mut cmd = crate::support::keybound();
+    cmd.args(["start", "--oneshot", "-c"])
+        .arg(&cfg)
+        .env(keybound::auth::RPC_TIMEOUT_ENV, "1h");
+    let output =
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("writing the new bot identity to storage"),
+        "{stderr}"
+    );
+    for out in ["fine", "slow"] {
+        assert!(
+            !dir.path().join(out).join("tlscert").exists(),
+            "{out} was written: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("storage/tlscert").exists());
+}
+
+/// A `--oneshot` run's start-up heartbeat goes over the connection its outputs made with the new
+/// identity, the one it reports on: the run opens the join's connection and the outputs' one,
+/// not a third (a connection of its own costs its TCP and TLS round trips, after the outputs).
+/// The ALPN upgrade test, which would add a connection of its own, is turned off by
+/// `TELEPORT_TLS_ROUTING_CONN_UPGRADE=false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_oneshot_sends_its_heartbeat_over_the_outputs_connection() {
+    use keybound_signer::{Algorithm, Signer as _};
+    use keybound_signer_soft::SoftSigner;
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let key = crate::cluster::key_file(dir.path(), &signer);
+    let cluster =
+        crate::agent_support::cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t")
+            .await;
+    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let upstream = cluster.proxy_addr().replace("localhost", "127.0.0.1");
+    let front = Front::start(upstream).await;
+    let key_yaml = format!(
+        "  bound_keypair:\n    static_private_key_path: {}\n",
+        key.display()
+    );
+    let cfg = crate::agent_support::config(dir.path(), &front.addr, &ca, &key_yaml, "1h", "2h");
+    let mut cmd = crate::support::keybound();
+    cmd.args(["start", "--oneshot", "-c"])
+        .arg(&cfg)
+        .env(keybound::upgrade::ENV, "false");
+    let output =
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    crate::support::assert_output_verifies(&dir.path().join("out"));
+    let beats = cluster.cluster.heartbeats();
+    assert_eq!(beats.len(), 1, "{beats:?}");
+    assert!(beats[0].one_shot, "{beats:?}");
+    assert_eq!(
+        front.accepted(),
+        2,
+        "the join's and the outputs' connections, and no other: {stderr}"
+    );
+}
+
+/// The first dial of a process to the Proxy tests whether an ALPN connection upgrade is needed
+/// (Teleport's `IsALPNConnUpgradeRequired`: a TLS handshake of its own) and makes the direct
+/// handshake at once, not after it: the test's TCP and TLS round trips no longer come before
+/// the join's. The front here holds the first connection it accepts, unread and unanswered,
+/// until a second one comes (then both go through). The join completes, and the second
+/// connection came while the first was still held, that is, before the test had an answer.
+/// One after another, the second would only come once the held test had given up (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_test_and_the_direct_handshake_go_at_once() {
+    use keybound_signer::{Algorithm, Signer as _};
+    use keybound_signer_soft::SoftSigner;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncWriteExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SoftSigner::generate(Algorithm::Ed25519).unwrap();
+    let cluster = crate::cluster::cluster_for(signer.public_key(), |_| {}).await;
+    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let upstream = cluster.proxy_addr().replace("localhost", "127.0.0.1");
+
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    let overlapped = std::sync::Arc::new(AtomicBool::new(false));
+    let seen = overlapped.clone();
+    tokio::spawn(async move {
+        let pass = |mut conn: tokio::net::TcpStream, first: Vec<u8>, upstream: String| async move {
+            let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            up.write_all(&first).await.unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+        };
+        // The first connection: what it sends is read and kept, nothing answered, until the
+        // second comes; whether it closed meanwhile is noted.
+        let (held, _) = front.accept().await.unwrap();
+        let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let holder = tokio::spawn(async move {
+            let mut held = held;
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 4096];
+            tokio::pin!(release_rx);
+            loop {
+                tokio::select! {
+                    _ = &mut release_rx => return Some((held, kept)),
+                    read = tokio::io::AsyncReadExt::read(&mut held, &mut buf) => match read {
+                        Ok(0) | Err(_) => {
+                            let _ = closed_tx.send(true);
+                            return None;
+                        }
+                        Ok(n) => kept.extend_from_slice(&buf[..n]),
+                    },
+                }
+            }
+        });
+        let (second, _) = front.accept().await.unwrap();
+        seen.store(!*closed_rx.borrow_and_update(), Ordering::SeqCst);
+        let _ = release_tx.send(());
+        if let Ok(Some((held, kept))) = holder.await {
+            tokio::spawn(pass(held, kept, upstream.clone()));
+        }
+        tokio::spawn(pass(second, Vec::new(), upstream.clone()));
+        while let Ok((conn, _)) = front.accept().await {
+            tokio::spawn(pass(conn, Vec::new(), upstream.clone()));
+        }
+    });
+
+    let mut params = crate::cluster::params(&cluster, &ca, "t", std::sync::Arc::new(signer));
+    params.proxy =
+        keybound::config::HostPort::parse(&format!("127.0.0.1:{front_port}"), 443).unwrap();
+    let joined = tokio::time::timeout(BOUND, keybound::join::join(&params))
+        .await
+        .expect("the join ends")
+        .expect("the join goes through the front");
+    assert_eq!(joined.identity.info.bot_name, "robot");
+    assert!(
+        overlapped.load(Ordering::SeqCst),
+        "the direct handshake waited for the upgrade test"
+    );
 }
