@@ -7,6 +7,11 @@
 //! minutes, in `--oneshot` once (`is_startup` and `one_shot`). A cluster without the RPC
 //! (Unimplemented: older Auth) is passed over without a word, and no heartbeat failure ever
 //! fails a renewal: it is logged, and the next one is tried at its time.
+//!
+//! The agent sends it over the connection to Auth it keeps between renewals, as tbot submits it
+//! on its bot client's connection (`lib/tbot/tbot.go`: `NewBotInstanceServiceClient(
+//! b.botIdentitySvc.GetClient().GetConnection())`), and opens one of its own only when it keeps
+//! none for the identity held (no output writes files) or the kept one has closed.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,7 +63,7 @@ impl Heartbeats {
     }
 
     /// Sends one heartbeat with `identity`, over `over` (a connection made with it: the outputs'
-    /// one, which saves a connection's TCP and TLS round trips) when there is one; never fails,
+    /// one, which saves a connection's TCP and TLS round trips) when there is one (a new connection when it has gone); never fails,
     /// only logs.
     pub async fn send(
         &self,
@@ -85,16 +90,25 @@ impl Heartbeats {
     }
 
     /// Daemon mode: the start-up heartbeat now, then one every [`INTERVAL`], each with the
-    /// identity held at the time (none held: that one is skipped). Runs until dropped.
+    /// identity held at the time (none held: that one is skipped), over the agent's kept
+    /// connection with it when there is one. Runs until dropped.
     pub async fn run(self, p: std::sync::Arc<Prepared>, held: std::sync::Arc<Held>) {
         let interval = interval_from_env();
         let mut is_startup = true;
         loop {
-            // A connection of its own: the agent's kept connection may have been closed by
-            // Auth since the last renewal, and is not dialled again (`transport::connect_over`).
-            let identity = held.lock().await.identity.clone();
+            let (identity, kept) = {
+                let state = held.lock().await;
+                let kept = state.identity.as_ref().and_then(|identity| {
+                    state
+                        .auth
+                        .as_ref()
+                        .filter(|kept| kept.cert_pem == identity.tls_cert_pem)
+                        .map(|kept| kept.client.clone())
+                });
+                (state.identity.clone(), kept)
+            };
             if let Some(identity) = identity {
-                self.send(&p, &identity, None, is_startup).await;
+                self.send(&p, &identity, kept, is_startup).await;
                 is_startup = false;
             }
             tokio::time::sleep(interval).await;
@@ -122,29 +136,49 @@ enum Skipped {
     Failed(String),
 }
 
+/// Submits `heartbeat` over `kept`, or over a new connection with `identity` when there is none
+/// or it has closed (Auth restarted, or dropped it while idle): a status tonic made from a local
+/// error, as the rejoin on a kept connection tells one (`crate::join`). What the cluster
+/// answered there, or a deadline passed, is the heartbeat's result.
 async fn submit(
     p: &Prepared,
     identity: &Identity,
-    over: Option<AuthClient>,
+    kept: Option<AuthClient>,
     heartbeat: machineid::BotInstanceStatusHeartbeat,
 ) -> Result<(), Skipped> {
-    let auth = match over {
-        Some(auth) => auth,
-        None => AuthClient::connect(&p.auth_route, identity)
-            .await
-            .map_err(|e| Skipped::Failed(format!("{e:#}")))?
-            .with_deadline(p.rpc_timeout),
-    };
+    if let Some(kept) = kept {
+        match submit_on(&kept, heartbeat.clone()).await {
+            Err(status) if std::error::Error::source(&status).is_some() => {
+                debug!(error = %crate::untrusted::message(status.message()), "the kept connection to Auth failed; sending the heartbeat on a new one");
+            }
+            result => return answered(result),
+        }
+    }
+    let auth = AuthClient::connect(&p.auth_route, identity)
+        .await
+        .map_err(|e| Skipped::Failed(format!("{e:#}")))?
+        .with_deadline(p.rpc_timeout);
+    answered(submit_on(&auth, heartbeat).await)
+}
+
+async fn submit_on(
+    auth: &AuthClient,
+    heartbeat: machineid::BotInstanceStatusHeartbeat,
+) -> Result<(), tonic::Status> {
     let mut client =
         machineid::bot_instance_service_client::BotInstanceServiceClient::new(auth.channel());
     let request = auth.request(machineid::SubmitHeartbeatRequest {
         heartbeat: Some(heartbeat),
     });
-    match auth
-        .call("SubmitHeartbeat", client.submit_heartbeat(request))
+    auth.call("SubmitHeartbeat", client.submit_heartbeat(request))
         .await
-    {
-        Ok(_) => {
+        .map(|_| ())
+}
+
+/// How the cluster's answer to a heartbeat reads.
+fn answered(result: Result<(), tonic::Status>) -> Result<(), Skipped> {
+    match result {
+        Ok(()) => {
             info!("bot instance heartbeat sent");
             Ok(())
         }

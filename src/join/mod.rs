@@ -96,9 +96,14 @@ async fn join_inner(params: &JoinParams) -> Result<Joined, JoinError> {
             // (`webclient.Find`).
             let web_tls = client_config(&params.trust, &[b"http/1.1"])
                 .map_err(|e| JoinError::Config(format!("{e:#}")))?;
-            let found = webapi::find(&params.proxy, web_tls)
-                .await
-                .map_err(|e| JoinError::Unreachable(format!("{e:#}")))?;
+            // Said with why the new RPC was left: a proxy that dropped the join stream before
+            // `ServerInit` ends here too, and the web API's failure alone would not tell it.
+            let found = webapi::find(&params.proxy, web_tls).await.map_err(|e| {
+                JoinError::Unreachable(format!(
+                    "JoinService.Join ended before ServerInit ({reason}), and the legacy RPC's \
+                     /webapi/find failed: {e:#}"
+                ))
+            })?;
             // The proxy names its cluster too: a challenge must come from that one.
             let mut params = params.clone();
             if params.cluster.is_none() {

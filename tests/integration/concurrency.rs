@@ -291,32 +291,49 @@ impl Front {
     }
 }
 
-/// The agent keeps its connection to Auth from one renewal to the next, as tbot keeps its bot
-/// client (`lib/tbot/client/builder.go`): a renewal opens one connection (the outputs', with
-/// the new identity), not two. When that kept connection has gone (closed here by the front
-/// between renewals), the renewal goes through on a new one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_rejoins_on_its_kept_connection_and_on_a_new_one_when_it_has_gone() {
-    use crate::agent_support::{Agent, blocking, metric, wait_for};
+/// An agent in `dir` (a P-256 key in a file, renewing every hour, one identity output, `env`
+/// set) reaching its dev cluster through a [`Front`], once it is listening.
+async fn agent_behind_front(
+    dir: &std::path::Path,
+    env: &[(&'static str, &'static str)],
+) -> (
+    keybound_devcluster::DevCluster,
+    Front,
+    crate::agent_support::Agent,
+) {
     use keybound_signer::{Algorithm, Signer as _};
     use keybound_signer_soft::SoftSigner;
 
-    let dir = tempfile::tempdir().unwrap();
     let signer = SoftSigner::generate(Algorithm::EcdsaP256Sha256).unwrap();
-    let key = crate::cluster::key_file(dir.path(), &signer);
+    let key = crate::cluster::key_file(dir, &signer);
     let cluster =
         crate::agent_support::cluster_on("127.0.0.1:0".parse().unwrap(), signer.public_key(), "t")
             .await;
-    let ca = crate::cluster::ca_file(&cluster, dir.path());
+    let ca = crate::cluster::ca_file(&cluster, dir);
     let upstream = cluster.proxy_addr().replace("localhost", "127.0.0.1");
     let front = Front::start(upstream).await;
     let key_yaml = format!(
         "  bound_keypair:\n    static_private_key_path: {}\n",
         key.display()
     );
-    let cfg = crate::agent_support::config(dir.path(), &front.addr, &ca, &key_yaml, "1h", "2h");
-    let (c, d) = (cfg.clone(), dir.path().to_owned());
-    let agent = blocking(move || Agent::start(&c, &d, &[])).await;
+    let cfg = crate::agent_support::config(dir, &front.addr, &ca, &key_yaml, "1h", "2h");
+    let (d, env) = (dir.to_owned(), env.to_vec());
+    let agent =
+        crate::agent_support::blocking(move || crate::agent_support::Agent::start(&cfg, &d, &env))
+            .await;
+    (cluster, front, agent)
+}
+
+/// The agent keeps its connection to Auth from one renewal to the next, as tbot keeps its bot
+/// client (`lib/tbot/client/builder.go`): a renewal opens one connection (the outputs', with
+/// the new identity), not two. When that kept connection has gone (closed here by the front
+/// between renewals), the renewal goes through on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rejoins_on_its_kept_connection_and_on_a_new_one_when_it_has_gone() {
+    use crate::agent_support::{blocking, metric, wait_for};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, front, agent) = agent_behind_front(dir.path(), &[]).await;
     let port = agent.diag;
     let renewed = |after: f64| {
         blocking(move || {
@@ -326,8 +343,9 @@ async fn the_agent_rejoins_on_its_kept_connection_and_on_a_new_one_when_it_has_g
         })
     };
     renewed(0.0).await;
-    // The start-up heartbeat goes on a connection of its own once the first join is done (the
-    // next comes in 30 minutes): counted before, not during, the renewal below.
+    // The start-up heartbeat is sent once the first join is done (over the kept connection, or a
+    // new one if that has gone; the next comes in 30 minutes): waited for, so that nothing of it
+    // is counted during the renewal below.
     let state = cluster.cluster.clone();
     blocking(move || {
         wait_for("the start-up heartbeat", Duration::from_secs(30), || {
@@ -566,4 +584,51 @@ async fn the_upgrade_test_and_the_direct_handshake_go_at_once() {
         overlapped.load(Ordering::SeqCst),
         "the direct handshake waited for the upgrade test"
     );
+}
+
+/// The agent's heartbeats go over its kept connection to Auth, as tbot submits them on its bot
+/// client's connection (`lib/tbot/tbot.go`): heartbeats every second open no connection of
+/// their own (this failed before, each one opening a connection, and under load its start-up
+/// heartbeat's connection was counted as the first renewal's in the test above). When the kept
+/// connection has gone (closed by the front), they go on over new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_over_the_kept_connection_and_on_when_it_has_gone() {
+    use crate::agent_support::{blocking, metric, wait_for};
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KEYBOUND_HEARTBEAT_INTERVAL", "1s")];
+    let (cluster, front, agent) = agent_behind_front(dir.path(), &env).await;
+    let port = agent.diag;
+    blocking(move || {
+        wait_for("a renewal", Duration::from_secs(30), || {
+            metric(port, "keybound_renewals_total") > 0.0
+        })
+    })
+    .await;
+    let state = cluster.cluster.clone();
+    // Waits for two heartbeats after the one that may be on its way when `before` is read: the
+    // second of them starts after it, so any connection it opens is counted.
+    let two_more = |seen: usize| {
+        let state = state.clone();
+        blocking(move || {
+            wait_for("two more heartbeats", Duration::from_secs(30), || {
+                state.heartbeats().len() >= seen + 2
+            })
+        })
+    };
+
+    let before = front.accepted();
+    two_more(state.heartbeats().len()).await;
+    assert_eq!(
+        front.accepted() - before,
+        0,
+        "a heartbeat opened a connection beside the kept one"
+    );
+
+    front.close_all();
+    two_more(state.heartbeats().len()).await;
+    assert!(front.accepted() > before, "no new connection was opened");
+    let renewals = blocking(move || metric(port, "keybound_renewals_total")).await;
+    assert_eq!(renewals, 1.0, "a renewal ran between the heartbeats");
+    drop(agent);
 }

@@ -347,18 +347,40 @@ async fn a_server_that_stalls_or_drops_mid_stream_ends_the_join() {
     let error = scripted_err(Tls::Silent, vec![]).await;
     assert!(matches!(error, JoinError::TimedOut(_)), "{error:?}");
 
-    // The TCP connection closes mid-stream, without a gRPC status.
-    // (ClientInit, then BoundKeypairInit: the client has read ServerInit.)
-    let error = scripted_err(
+    // The TCP connection closes, without a gRPC status, before ServerInit. keybound sends
+    // BoundKeypairInit with ClientInit, so having both tells the server nothing of what the
+    // client read: a drop right behind a queued ServerInit may come before it (the old form of
+    // this case failed so under load). As tbot on a connection error before ServerInit,
+    // keybound falls back to the legacy RPC, whose `/webapi/find` this server (no `http/1.1`)
+    // refuses; the error says both.
+    let error = scripted_err(Tls::Good, vec![Step::Receive, Step::Receive, Step::Drop]).await;
+    assert!(matches!(error, JoinError::Unreachable(_)), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("JoinService.Join ended before ServerInit")
+            && message.contains("/webapi/find failed")
+            && message.contains("NoApplicationProtocol"),
+        "{message}"
+    );
+
+    // The TCP connection closes mid-stream, without a gRPC status, once the client has shown
+    // it read ServerInit: it answered the challenge that came after it. Nothing falls back.
+    let signer = Counting::new(Algorithm::Ed25519);
+    let ours = signer.public_key().to_openssh();
+    let server = Scripted::start(
         Tls::Good,
         vec![
             server_init("balanced-v1"),
             Step::Receive,
             Step::Receive,
+            challenge(&ours, &document(signer.public_key())),
+            Step::Receive,
             Step::Drop,
         ],
     )
     .await;
+    let error = join_err(&server.params(signer.clone())).await;
+    assert_eq!(signer.count(), 1);
     assert!(matches!(error, JoinError::Unreachable(_)), "{error:?}");
     // Whether the HTTP/2 stream saw an error or a bare end depends on timing; both say so.
     let message = error.to_string();
