@@ -305,7 +305,20 @@ pub trait Report {
     fn identity(&self, result: Result<(), &Failure>);
     /// The output tbot would call `service` was written, or failed.
     fn output(&self, service: &str, result: Result<(), &Failure>);
+    /// What to send on the outputs' connection to Auth (open, with the new identity `bot`)
+    /// beside the outputs, as more streams in their flight: a oneshot's heartbeat. Nothing by
+    /// default.
+    fn beside_outputs<'a>(
+        &'a self,
+        _auth: &'a AuthClient,
+        _bot: &'a Identity,
+    ) -> Option<Beside<'a>> {
+        None
+    }
 }
+
+/// A call sent beside the outputs ([`Report::beside_outputs`]); it reports its own failures.
+pub type Beside<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 impl Report for () {
     fn identity(&self, _: Result<(), &Failure>) {}
@@ -375,6 +388,7 @@ pub async fn cycle_reporting<R: Report + ?Sized>(
             p,
             &joined.identity,
             joined.suite,
+            report,
             connection,
             gate
         ));
@@ -583,7 +597,7 @@ async fn write_outputs<R: Report + ?Sized>(
     state: &mut HeldState,
     connection: Connection,
 ) -> Result<Vec<String>, Failure> {
-    let issued = issue_outputs(p, bot, suite, connection, output::WriteGate::open()).await;
+    let issued = issue_outputs(p, bot, suite, report, connection, output::WriteGate::open()).await;
     settle_outputs(p, bot, report, state, issued)
 }
 
@@ -596,10 +610,11 @@ struct Issued {
 
 /// Connects to Auth with `bot` and has every output issue, then write its files once `gate`
 /// lets it; nothing is reported or held yet ([`settle_outputs`]).
-async fn issue_outputs(
+async fn issue_outputs<R: Report + ?Sized>(
     p: &Prepared,
     bot: &Identity,
     suite: Suite,
+    report: &R,
     connection: Connection,
     gate: output::WriteGate,
 ) -> Issued {
@@ -619,25 +634,31 @@ async fn issue_outputs(
             };
         }
     };
-    let shared = match connection.prefetched {
-        Some(prefetched) => prefetched.take().await,
-        None => Ok(None),
-    };
-    let results = match shared {
-        Ok(shared) => {
-            output::write_outputs_sharing(
-                &outputs,
-                &auth,
-                &p.auth_route,
-                bot,
-                suite,
-                p.config.credential_ttl,
-                shared,
-                &gate,
-            )
-            .await
+    let written = async {
+        let shared = match connection.prefetched {
+            Some(prefetched) => prefetched.take().await,
+            None => Ok(None),
+        };
+        match shared {
+            Ok(shared) => {
+                output::write_outputs_sharing(
+                    &outputs,
+                    &auth,
+                    &p.auth_route,
+                    bot,
+                    suite,
+                    p.config.credential_ttl,
+                    shared,
+                    &gate,
+                )
+                .await
+            }
+            Err(failure) => Err(failure),
         }
-        Err(failure) => Err(failure),
+    };
+    let results = match report.beside_outputs(&auth, bot) {
+        Some(beside) => tokio::join!(written, beside).0,
+        None => written.await,
     };
     Issued {
         auth: Some(auth),

@@ -2,14 +2,17 @@
 //! agent.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::anyhow;
 use keybound_signer::config::{SignerConfig, TpmKey};
 
+use crate::auth::AuthClient;
 use crate::cli::Start;
+use crate::identity::Identity;
 use crate::join;
-use crate::renewal::{Cycle, Prepared, cycle};
+use crate::renewal::{Beside, Cycle, Prepared, Report, cycle_reporting};
 use crate::storage::Held;
 use crate::untrusted;
 use crate::{ExitKind, Failure};
@@ -25,20 +28,26 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
         // As tbot, which skips the services with no one-shot form (`lib/tbot/tbot.go`).
         tracing::info!(service = %service.label(), "services do not run with --oneshot; start the agent without it to serve");
     }
-    let heartbeats = crate::heartbeat::Heartbeats::new(true);
-    let Cycle { joined, written } = cycle(&prepared, &held).await?;
+    let heartbeat = OneShotHeartbeat {
+        prepared: &prepared,
+        heartbeats: crate::heartbeat::Heartbeats::new(true),
+        sent: AtomicBool::new(false),
+    };
+    let Cycle { joined, written } = cycle_reporting(&prepared, &held, &heartbeat).await?;
     let joined = joined.ok_or_else(|| {
         Failure::new(
             ExitKind::Software,
             anyhow!("a oneshot run always renews the bot identity"),
         )
     })?;
-    // tbot's one-shot heartbeat, after the outputs (over their connection, made with this
-    // identity: one round trip, not a connection's three); it never fails the run.
-    let (_, over) = held.identity_and_connection().await;
-    heartbeats
-        .send(&prepared, &joined.identity, over, true)
-        .await;
+    // tbot's one-shot heartbeat; it never fails the run. It went beside the outputs, on their
+    // connection; with no output writing files there was none, and it goes now on its own.
+    if !heartbeat.sent.load(Ordering::Relaxed) {
+        heartbeat
+            .heartbeats
+            .send(&prepared, &joined.identity, None, true)
+            .await;
+    }
     write_summary(
         out,
         &joined,
@@ -48,6 +57,31 @@ pub async fn start(args: &Start, out: &mut dyn Write) -> Result<(), Failure> {
     )
     .map_err(|e| Failure::new(ExitKind::Software, e))?;
     Ok(())
+}
+
+/// The oneshot's heartbeat, sent on the outputs' connection to Auth beside the outputs: tbot runs
+/// its services at once in one-shot mode (`lib/tbot/tbot.go`, an errgroup), the heartbeat among
+/// them on the bot client they share, so it costs no round trip of its own. tbot's heartbeat
+/// first waits for the other services' status (`lib/tbot/internal/heartbeat/service.go`,
+/// `OneShot`), for the service health it reports; keybound's carries none, so it need not wait.
+struct OneShotHeartbeat<'p> {
+    prepared: &'p Prepared,
+    heartbeats: crate::heartbeat::Heartbeats,
+    sent: AtomicBool,
+}
+
+impl Report for OneShotHeartbeat<'_> {
+    fn identity(&self, _: Result<(), &Failure>) {}
+    fn output(&self, _: &str, _: Result<(), &Failure>) {}
+    fn beside_outputs<'a>(&'a self, auth: &'a AuthClient, bot: &'a Identity) -> Option<Beside<'a>> {
+        self.sent.store(true, Ordering::Relaxed);
+        Some(Box::pin(self.heartbeats.send(
+            self.prepared,
+            bot,
+            Some(auth.clone()),
+            true,
+        )))
+    }
 }
 
 fn write_summary(

@@ -507,6 +507,37 @@ async fn a_oneshot_sends_its_heartbeat_over_the_outputs_connection() {
     );
 }
 
+/// A `--oneshot` run's heartbeat goes beside its outputs, in their flight, not after them: with
+/// the only output's `GenerateUserCerts` never answered (until the RPC deadline ends the run),
+/// the heartbeat has reached the cluster all the same. (After the outputs, it cost a round trip
+/// of its own, and a run whose outputs failed sent none.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_oneshot_sends_its_heartbeat_beside_the_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, cfg) =
+        crate::cluster::with_stalling_outputs(dir.path(), "", &[("slow", "[stalled]")]).await;
+    cluster
+        .cluster
+        .set_misbehaviour(Some(Misbehaviour::StallUserCerts));
+    let mut cmd = crate::support::keybound();
+    cmd.args(["start", "--oneshot", "-c"])
+        .arg(&cfg)
+        .env(keybound::auth::RPC_TIMEOUT_ENV, "3s");
+    let output =
+        tokio::task::spawn_blocking(move || crate::support::output_within(&mut cmd, BOUND))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        !dir.path().join("slow").join("tlscert").exists(),
+        "{stderr}"
+    );
+    let beats = cluster.cluster.heartbeats();
+    assert_eq!(beats.len(), 1, "{stderr}");
+    assert!(beats[0].one_shot, "{beats:?}");
+}
+
 /// The first dial of a process to the Proxy tests whether an ALPN connection upgrade is needed
 /// (Teleport's `IsALPNConnUpgradeRequired`: a TLS handshake of its own) and makes the direct
 /// handshake at once, not after it: the test's TCP and TLS round trips no longer come before
