@@ -62,9 +62,9 @@ impl Heartbeats {
         }
     }
 
-    /// Sends one heartbeat with `identity`, over `over` (a connection made with it: the outputs'
-    /// one, which saves a connection's TCP and TLS round trips) when there is one (a new connection when it has gone); never fails,
-    /// only logs.
+    /// Sends one heartbeat with `identity`, over `over` (a connection made with it, the outputs'
+    /// or the agent's kept one, which saves a connection's TCP and TLS round trips) when there is
+    /// one, else (or when it has gone) over a new connection; never fails, only logs.
     pub async fn send(
         &self,
         p: &Prepared,
@@ -96,17 +96,7 @@ impl Heartbeats {
         let interval = interval_from_env();
         let mut is_startup = true;
         loop {
-            let (identity, kept) = {
-                let state = held.lock().await;
-                let kept = state.identity.as_ref().and_then(|identity| {
-                    state
-                        .auth
-                        .as_ref()
-                        .filter(|kept| kept.cert_pem == identity.tls_cert_pem)
-                        .map(|kept| kept.client.clone())
-                });
-                (state.identity.clone(), kept)
-            };
+            let (identity, kept) = held.identity_and_connection().await;
             if let Some(identity) = identity {
                 self.send(&p, &identity, kept, is_startup).await;
                 is_startup = false;

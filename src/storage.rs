@@ -155,6 +155,25 @@ impl Held {
             .map(|i| i.info.not_after)
     }
 
+    /// The held identity and the connection to Auth made with it, if one is kept (the last
+    /// cycle's outputs made it).
+    pub(crate) async fn identity_and_connection(
+        &self,
+    ) -> (Option<Identity>, Option<crate::auth::AuthClient>) {
+        let state = self.state.lock().await;
+        let identity = state.identity.clone();
+        let connection = state
+            .auth
+            .as_ref()
+            .filter(|kept| {
+                identity
+                    .as_ref()
+                    .is_some_and(|i| i.tls_cert_pem == kept.cert_pem)
+            })
+            .map(|kept| kept.client.clone());
+        (identity, connection)
+    }
+
     /// The state, locked for one renewal cycle.
     pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, HeldState> {
         self.state.lock().await
