@@ -193,12 +193,24 @@ async fn tls_stream(
         // and TLS round trips before the direct ones. The direct connection carries nothing
         // before the test has said no upgrade is needed (only its TLS handshake has run), and is
         // dropped unused when one is.
+        // An upgrade needed ends the direct attempt where it is: a handshake a load balancer
+        // stalls is not waited for.
         None => {
-            let (required, direct) = tokio::join!(
-                crate::upgrade::required(addr),
-                direct_tls_stream(addr, tls.clone(), dial, ahead.take())
-            );
-            (required, Some(direct))
+            let mut direct =
+                std::pin::pin!(direct_tls_stream(addr, tls.clone(), dial, ahead.take()));
+            let mut test = std::pin::pin!(crate::upgrade::required(addr));
+            let mut early = None;
+            let required = loop {
+                tokio::select! {
+                    required = &mut test => break required,
+                    done = &mut direct, if early.is_none() => early = Some(done),
+                }
+            };
+            match (required, early) {
+                (true, _) => (true, None),
+                (false, Some(done)) => (false, Some(done)),
+                (false, None) => (false, Some(direct.await)),
+            }
         }
     };
     let result = if required {

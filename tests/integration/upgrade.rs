@@ -1,7 +1,8 @@
 //! Behind a TLS-terminating L7 load balancer (a real nginx, with its own certificate, passing
 //! HTTP/1.1 with `Upgrade` on to the dev cluster's web port): keybound sees on its own that ALPN
 //! does not reach the proxy, joins and rejoins through the ALPN connection upgrade, and with
-//! `TELEPORT_TLS_ROUTING_CONN_UPGRADE=false` fails as tbot would.
+//! `TELEPORT_TLS_ROUTING_CONN_UPGRADE=false` fails as tbot would; a direct handshake the load
+//! balancer stalls is dropped once the upgrade test has answered.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -208,5 +209,83 @@ async fn doctor_reports_that_the_upgrade_is_needed_and_the_join_route_works_thro
     assert!(
         report.contains("ALPN teleport-proxy-grpc (the Proxy's join service) accepted"),
         "{report}"
+    );
+}
+
+/// Before the upgrade test has answered, the direct handshake runs beside it; once it says an
+/// upgrade is needed, that handshake is dropped where it stands, not waited for. A front before
+/// nginx holds every connection offering `teleport-proxy-grpc` (the direct handshake), unread
+/// and unanswered, for 5 s (keybound's own connect timeout is 10 s), and passes the rest on.
+/// keybound closes the held connection itself before the 5 s are out, and joins through the
+/// upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_handshake_the_load_balancer_stalls_is_dropped_once_an_upgrade_is_needed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let env = env(|_| {}).await;
+    let (ca, cert, key) = lb_certificate(env.dir.path());
+    let lb = nginx(&env, &cert, &key).await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    let held = Arc::new(AtomicUsize::new(0));
+    let closed_by_keybound = Arc::new(AtomicUsize::new(0));
+    let (held_in, closed_in) = (held.clone(), closed_by_keybound.clone());
+    let lb_port = lb.port;
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = front.accept().await.unwrap();
+            let (held, closed) = (held_in.clone(), closed_in.clone());
+            tokio::spawn(async move {
+                let mut first = vec![0u8; 4096];
+                let n = conn.read(&mut first).await.unwrap_or(0);
+                first.truncate(n);
+                let direct = first
+                    .windows(b"teleport-proxy-grpc".len())
+                    .any(|w| w == b"teleport-proxy-grpc");
+                if direct {
+                    held.fetch_add(1, Ordering::SeqCst);
+                    let mut rest = [0u8; 1024];
+                    tokio::select! {
+                        _ = async { while conn.read(&mut rest).await.is_ok_and(|n| n > 0) {} } => {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                    return;
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", lb_port)).await
+                else {
+                    return;
+                };
+                if up.write_all(&first).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                }
+            });
+        }
+    });
+
+    let cfg = env.config(
+        &format!("proxy_server: localhost:{front_port}"),
+        "",
+        &[("out", &[])],
+    );
+    let mut cmd = keybound();
+    cmd.args(["start", "--oneshot", "-c"])
+        .arg(cfg)
+        .env("SSL_CERT_FILE", &ca)
+        .env_remove("TELEPORT_TLS_ROUTING_CONN_UPGRADE");
+    let output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let summary = ok(&output);
+    assert!(summary.contains("with the static key"), "{summary}");
+    assert!(env.path("out/identity").exists());
+    assert_eq!(held.load(Ordering::SeqCst), 1, "one direct handshake");
+    assert_eq!(
+        closed_by_keybound.load(Ordering::SeqCst),
+        1,
+        "keybound waited for the stalled direct handshake"
     );
 }
