@@ -9,7 +9,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use keybound_signer::config::{TpmConfig, TpmKey};
@@ -88,6 +88,22 @@ impl Swtpm {
             }
         }
         panic!("could not start swtpm after 20 attempts");
+    }
+
+    /// A tpm2-tools or openssl command aimed at this TPM (`TPM2TOOLS_TCTI`, `TPM2OPENSSL_TCTI`),
+    /// libtss2's log quiet; a tool not on `PATH` fails the test with what to install.
+    pub fn tool(&self, name: &str) -> Command {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join(name).is_file());
+        assert!(
+            found,
+            "{name} is missing: apt-get install tpm2-tools openssl tpm2-openssl (make deps does)"
+        );
+        let mut cmd = Command::new(name);
+        cmd.env("TPM2TOOLS_TCTI", self.tcti())
+            .env("TPM2OPENSSL_TCTI", self.tcti())
+            .env("TSS2_LOG", "all+NONE");
+        cmd
     }
 
     /// The TCTI string for this TPM.
@@ -298,4 +314,16 @@ impl RawSigner {
             )
             .expect("sign")
     }
+}
+
+/// Runs `cmd` (libtss2's log quiet), which must succeed; its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let output = cmd.env("TSS2_LOG", "all+NONE").output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }

@@ -3,27 +3,16 @@
 //! `activate_credential` (the credential made by `tpm2_makecredential -T none`, no TPM).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use keybound_signer::config::TpmKey;
 use keybound_signer::{Algorithm, ErrorKind};
 use keybound_signer_tpm::attest::{RSA_EK_CERTIFICATE_INDEX, activate_credential};
 use keybound_signer_tpm::generate;
-use keybound_signer_tpm::testing::{Manufactured, Swtpm};
+use keybound_signer_tpm::testing::{Manufactured, Swtpm, run_ok};
 use sha2::Digest as _;
 
 const HANDLE: u32 = 0x8100_0100;
-
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd.env("TSS2_LOG", "all+NONE").output().expect("spawn");
-    assert!(
-        output.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -65,40 +54,48 @@ fn the_attestation_checks_out_with_openssl_and_tpm2_tools() {
             &format!("ek-{:x}.der", cert.nv_index),
             &cert.der,
         );
-        let out = run(Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(made.root_ca())
-            .arg("-untrusted")
-            .arg(made.intermediate())
-            .arg(&path)
-            .env("OPENSSL_CONF", "/dev/null"));
+        let out = run_ok(
+            Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(made.root_ca())
+                .arg("-untrusted")
+                .arg(made.intermediate())
+                .arg(&path)
+                .env("OPENSSL_CONF", "/dev/null"),
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains(": OK"));
     }
 
     // The AK's public key, as tpm2_print gives it, verifies the signature over the attestation.
     let ak_pub = write(dir.path(), "ak.pub", &att.ak_public);
-    let out = run(Command::new("tpm2_print")
-        .args(["-t", "TPM2B_PUBLIC"])
-        .arg(&ak_pub));
+    let out = run_ok(
+        Command::new("tpm2_print")
+            .args(["-t", "TPM2B_PUBLIC"])
+            .arg(&ak_pub),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"),
         "{text}"
     );
     let ak_pem = dir.path().join("ak.pem");
-    run(Command::new("tpm2_print")
-        .args(["-t", "TPM2B_PUBLIC", "-f", "pem"])
-        .arg(&ak_pub)
-        .stdout(std::fs::File::create(&ak_pem).unwrap()));
+    run_ok(
+        Command::new("tpm2_print")
+            .args(["-t", "TPM2B_PUBLIC", "-f", "pem"])
+            .arg(&ak_pub)
+            .stdout(std::fs::File::create(&ak_pem).unwrap()),
+    );
     let attest = write(dir.path(), "certify.attest", &att.attest);
     let sig = p256::ecdsa::Signature::from_scalars(att.signature_r, att.signature_s).unwrap();
     let sig_path = write(dir.path(), "certify.sig", sig.to_der().as_bytes());
-    let out = run(Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&ak_pem)
-        .arg("-signature")
-        .arg(&sig_path)
-        .arg(&attest));
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&ak_pem)
+            .arg("-signature")
+            .arg(&sig_path)
+            .arg(&attest),
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Verified OK"));
     // The extraData is the qualifying data: magic, type, qualifiedSigner, then extraData.
     let signer_len = usize::from(u16::from_be_bytes([att.attest[6], att.attest[7]]));
@@ -125,10 +122,12 @@ fn the_credential_is_recovered_only_by_the_tpm_that_holds_the_ek() {
         .unwrap();
     let ek_der = write(dir.path(), "ek.der", &rsa.der);
     let ek_pem = dir.path().join("ek.pem");
-    run(Command::new("openssl")
-        .args(["x509", "-inform", "der", "-pubkey", "-noout", "-in"])
-        .arg(&ek_der)
-        .stdout(std::fs::File::create(&ek_pem).unwrap()));
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-inform", "der", "-pubkey", "-noout", "-in"])
+            .arg(&ek_der)
+            .stdout(std::fs::File::create(&ek_pem).unwrap()),
+    );
     let name = {
         let mut n = vec![0x00, 0x0b];
         n.extend(sha2::Sha256::digest(&att.ak_public[2..]));
@@ -140,13 +139,15 @@ fn the_credential_is_recovered_only_by_the_tpm_that_holds_the_ek() {
         b"0123456789abcdef0123456789abcdef",
     );
     let cred = dir.path().join("cred.out");
-    run(Command::new("tpm2_makecredential")
-        .args(["-T", "none", "-G", "rsa", "-u"])
-        .arg(&ek_pem)
-        .arg("-s")
-        .arg(&secret)
-        .args(["-n", &name, "-o"])
-        .arg(&cred));
+    run_ok(
+        Command::new("tpm2_makecredential")
+            .args(["-T", "none", "-G", "rsa", "-u"])
+            .arg(&ek_pem)
+            .arg("-s")
+            .arg(&secret)
+            .args(["-n", &name, "-o"])
+            .arg(&cred),
+    );
     // tpm2-tools' file: magic BADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
     let file = std::fs::read(&cred).unwrap();
     let blob_len = usize::from(u16::from_be_bytes([file[8], file[9]]));

@@ -4,12 +4,11 @@
 //! index someone else defined, an owner with a password, and a power loss.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use keybound_signer::config::{TpmConfig, TpmKey};
 use keybound_signer::{ErrorKind, PinSource};
 use keybound_signer_tpm::nv::{HEADER, NvStore};
-use keybound_signer_tpm::testing::Swtpm;
+use keybound_signer_tpm::testing::{Swtpm, run_ok};
 use zeroize::Zeroizing;
 
 const INDEX: u32 = 0x0180_0100;
@@ -21,31 +20,15 @@ fn config(tpm: &Swtpm, auth: &str) -> TpmConfig {
     config
 }
 
-fn tool(tpm: &Swtpm, name: &str) -> Command {
-    let mut cmd = Command::new(name);
-    cmd.env("TPM2TOOLS_TCTI", tpm.tcti())
-        .env("TSS2_LOG", "all+NONE");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd.output().expect("tpm2-tools are missing (make deps)");
-    assert!(
-        output.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// The index's bytes, read by tpm2_nvread with the authorization value.
 fn nvread(tpm: &Swtpm, dir: &Path) -> Vec<u8> {
     let out = dir.join("nv.bin");
-    run(tool(tpm, "tpm2_nvread")
-        .arg(format!("0x{INDEX:08x}"))
-        .args(["-C", &format!("0x{INDEX:08x}"), "-P", AUTH, "-o"])
-        .arg(&out));
+    run_ok(
+        tpm.tool("tpm2_nvread")
+            .arg(format!("0x{INDEX:08x}"))
+            .args(["-C", &format!("0x{INDEX:08x}"), "-P", AUTH, "-o"])
+            .arg(&out),
+    );
     std::fs::read(out).unwrap()
 }
 
@@ -53,15 +36,17 @@ fn nvread(tpm: &Swtpm, dir: &Path) -> Vec<u8> {
 fn nvwrite(tpm: &Swtpm, dir: &Path, offset: usize, bytes: &[u8]) {
     let file = dir.join("garbage.bin");
     std::fs::write(&file, bytes).unwrap();
-    run(tool(tpm, "tpm2_nvwrite")
-        .arg(format!("0x{INDEX:08x}"))
-        .args(["-C", &format!("0x{INDEX:08x}"), "-P", AUTH])
-        .args(["--offset", &offset.to_string(), "-i"])
-        .arg(&file));
+    run_ok(
+        tpm.tool("tpm2_nvwrite")
+            .arg(format!("0x{INDEX:08x}"))
+            .args(["-C", &format!("0x{INDEX:08x}"), "-P", AUTH])
+            .args(["--offset", &offset.to_string(), "-i"])
+            .arg(&file),
+    );
 }
 
 fn lockout_counter(tpm: &Swtpm) -> String {
-    let out = run(tool(tpm, "tpm2_getcap").arg("properties-variable"));
+    let out = run_ok(tpm.tool("tpm2_getcap").arg("properties-variable"));
     let text = String::from_utf8(out.stdout).unwrap();
     text.lines()
         .find(|l| l.contains("TPM2_PT_LOCKOUT_COUNTER"))
@@ -82,7 +67,7 @@ fn the_index_is_defined_protected_and_read_by_tpm2_tools() {
     assert_eq!(store.info().capacity(), 1024 - HEADER);
     assert_eq!(store.read().unwrap(), None, "never written");
 
-    let public = run(tool(&tpm, "tpm2_nvreadpublic").arg(format!("0x{INDEX:08x}")));
+    let public = run_ok(tpm.tool("tpm2_nvreadpublic").arg(format!("0x{INDEX:08x}")));
     let public = String::from_utf8(public.stdout).unwrap();
     assert!(
         public.contains("friendly: authwrite|authread|no_da\n"),
@@ -113,7 +98,8 @@ fn the_index_is_defined_protected_and_read_by_tpm2_tools() {
     // A wrong value: tpm2_nvread is refused, and so is keybound, once; neither counts towards
     // the lockout (noDA).
     let before = lockout_counter(&tpm);
-    let refused = tool(&tpm, "tpm2_nvread")
+    let refused = tpm
+        .tool("tpm2_nvread")
         .arg(format!("0x{INDEX:08x}"))
         .args(["-C", &format!("0x{INDEX:08x}"), "-P", "wrong"])
         .output()
@@ -204,18 +190,20 @@ fn too_big_a_record_is_refused_before_anything_is_written() {
 fn an_index_defined_otherwise_is_refused() {
     let tpm = Swtpm::start();
     // DA-protected, and readable with the owner's (empty) authorization.
-    run(tool(&tpm, "tpm2_nvdefine")
-        .arg(format!("0x{INDEX:08x}"))
-        .args([
-            "-C",
-            "o",
-            "-s",
-            "2048",
-            "-a",
-            "authread|authwrite|ownerread",
-            "-p",
-            AUTH,
-        ]));
+    run_ok(
+        tpm.tool("tpm2_nvdefine")
+            .arg(format!("0x{INDEX:08x}"))
+            .args([
+                "-C",
+                "o",
+                "-s",
+                "2048",
+                "-a",
+                "authread|authwrite|ownerread",
+                "-p",
+                AUTH,
+            ]),
+    );
     let e = NvStore::open_or_define(&config(&tpm, AUTH), INDEX, 2048).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(
@@ -225,21 +213,25 @@ fn an_index_defined_otherwise_is_refused() {
         ),
         "{e}"
     );
-    run(tool(&tpm, "tpm2_nvundefine")
-        .arg(format!("0x{INDEX:08x}"))
-        .args(["-C", "o"]));
-    run(tool(&tpm, "tpm2_nvdefine")
-        .arg(format!("0x{INDEX:08x}"))
-        .args([
-            "-C",
-            "o",
-            "-s",
-            "2048",
-            "-a",
-            "authread|authwrite",
-            "-p",
-            AUTH,
-        ]));
+    run_ok(
+        tpm.tool("tpm2_nvundefine")
+            .arg(format!("0x{INDEX:08x}"))
+            .args(["-C", "o"]),
+    );
+    run_ok(
+        tpm.tool("tpm2_nvdefine")
+            .arg(format!("0x{INDEX:08x}"))
+            .args([
+                "-C",
+                "o",
+                "-s",
+                "2048",
+                "-a",
+                "authread|authwrite",
+                "-p",
+                AUTH,
+            ]),
+    );
     let e = NvStore::open(&config(&tpm, AUTH), INDEX).unwrap_err();
     assert!(e.to_string().contains("is not no_da"), "{e}");
     // Outside the owner range: refused before the TPM is asked.
@@ -253,7 +245,7 @@ fn an_index_defined_otherwise_is_refused() {
 #[test]
 fn an_owner_with_a_password_defines_the_index_as_the_error_says() {
     let tpm = Swtpm::start();
-    run(tool(&tpm, "tpm2_changeauth").args(["-c", "o", "ownerpw"]));
+    run_ok(tpm.tool("tpm2_changeauth").args(["-c", "o", "ownerpw"]));
     let e = NvStore::open_or_define(&config(&tpm, AUTH), INDEX, 2048).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth);
     assert!(
@@ -262,20 +254,22 @@ fn an_owner_with_a_password_defines_the_index_as_the_error_says() {
         ),
         "{e}"
     );
-    run(tool(&tpm, "tpm2_nvdefine")
-        .arg(format!("0x{INDEX:08x}"))
-        .args([
-            "-C",
-            "o",
-            "-P",
-            "ownerpw",
-            "-s",
-            "2048",
-            "-a",
-            "authread|authwrite|no_da",
-            "-p",
-            AUTH,
-        ]));
+    run_ok(
+        tpm.tool("tpm2_nvdefine")
+            .arg(format!("0x{INDEX:08x}"))
+            .args([
+                "-C",
+                "o",
+                "-P",
+                "ownerpw",
+                "-s",
+                "2048",
+                "-a",
+                "authread|authwrite|no_da",
+                "-p",
+                AUTH,
+            ]),
+    );
     let mut store = NvStore::open_or_define(&config(&tpm, AUTH), INDEX, 2048).unwrap();
     store.write(b"ok").unwrap();
     assert_eq!(store.read().unwrap().unwrap().seq, 1);

@@ -1,64 +1,41 @@
 //! The TPM signer against a real swtpm, and against tpm2-tools, tpm2-openssl and openssl.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use keybound_signer::config::TpmKey;
 use keybound_signer::{Algorithm, ErrorKind, PinSource, PublicKey, Signer, testkit};
-use keybound_signer_tpm::testing::Swtpm;
+use keybound_signer_tpm::testing::{Swtpm, run_ok};
 use keybound_signer_tpm::{TpmSigner, generate};
 use zeroize::Zeroizing;
 
 const HANDLE: u32 = 0x8100_0100;
 
-fn tool(tpm: &Swtpm, name: &str) -> Command {
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .any(|d| d.join(name).is_file());
-    assert!(
-        found,
-        "{name} is missing: apt-get install tpm2-tools openssl tpm2-openssl (make deps does)"
-    );
-    let mut cmd = Command::new(name);
-    cmd.env("TPM2TOOLS_TCTI", tpm.tcti())
-        .env("TPM2OPENSSL_TCTI", tpm.tcti())
-        .env("TSS2_LOG", "all+NONE");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd.output().expect("spawn");
-    assert!(
-        output.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// tpm2-tools leave objects loaded, and a TPM without a resource manager has three slots.
 fn flush(tpm: &Swtpm) {
-    run(tool(tpm, "tpm2_flushcontext").arg("-t"));
+    run_ok(tpm.tool("tpm2_flushcontext").arg("-t"));
 }
 
 /// The standard storage primary (keybound's template), made by tpm2-tools into `context`.
 fn storage_primary(tpm: &Swtpm, context: &Path) {
-    run(tool(tpm, "tpm2_createprimary")
-        .args([
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:null:aes128cfb",
-        ])
-        .args([
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt|noda",
-            "-c",
-        ])
-        .arg(context));
+    run_ok(
+        tpm.tool("tpm2_createprimary")
+            .args([
+                "-Q",
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:null:aes128cfb",
+            ])
+            .args([
+                "-a",
+                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt|noda",
+                "-c",
+            ])
+            .arg(context),
+    );
     flush(tpm);
 }
 
@@ -125,50 +102,58 @@ fn keys_made_by_tpm2_tools_work() {
     let tpm = Swtpm::start();
     let d = |n: &str| dir.path().join(n);
     storage_primary(&tpm, &d("prim.ctx"));
-    run(tool(&tpm, "tpm2_create")
-        .args(["-Q", "-C"])
-        .arg(d("prim.ctx"))
-        .args([
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:ecdsa-sha256",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
-            "-u",
-        ])
-        .arg(d("k.pub"))
-        .arg("-r")
-        .arg(d("k.priv")));
+    run_ok(
+        tpm.tool("tpm2_create")
+            .args(["-Q", "-C"])
+            .arg(d("prim.ctx"))
+            .args([
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:ecdsa-sha256",
+                "-a",
+                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+                "-u",
+            ])
+            .arg(d("k.pub"))
+            .arg("-r")
+            .arg(d("k.priv")),
+    );
     flush(&tpm);
     // A TSS2 PEM written by tpm2-tools loads in keybound.
-    run(tool(&tpm, "tpm2_encodeobject")
-        .arg("-C")
-        .arg(d("prim.ctx"))
-        .arg("-u")
-        .arg(d("k.pub"))
-        .arg("-r")
-        .arg(d("k.priv"))
-        .arg("-o")
-        .arg(d("theirs.pem")));
+    run_ok(
+        tpm.tool("tpm2_encodeobject")
+            .arg("-C")
+            .arg(d("prim.ctx"))
+            .arg("-u")
+            .arg(d("k.pub"))
+            .arg("-r")
+            .arg(d("k.priv"))
+            .arg("-o")
+            .arg(d("theirs.pem")),
+    );
     flush(&tpm);
     let from_file = TpmSigner::open(&tpm.config(TpmKey::File(d("theirs.pem")))).unwrap();
     testkit::run_all(&from_file);
     // The same key persisted by tpm2-tools, used through its handle.
-    run(tool(&tpm, "tpm2_load")
-        .args(["-Q", "-C"])
-        .arg(d("prim.ctx"))
-        .arg("-u")
-        .arg(d("k.pub"))
-        .arg("-r")
-        .arg(d("k.priv"))
-        .arg("-c")
-        .arg(d("k.ctx")));
+    run_ok(
+        tpm.tool("tpm2_load")
+            .args(["-Q", "-C"])
+            .arg(d("prim.ctx"))
+            .arg("-u")
+            .arg(d("k.pub"))
+            .arg("-r")
+            .arg(d("k.priv"))
+            .arg("-c")
+            .arg(d("k.ctx")),
+    );
     flush(&tpm);
-    run(tool(&tpm, "tpm2_evictcontrol")
-        .args(["-Q", "-C", "o", "-c"])
-        .arg(d("k.ctx"))
-        .arg("0x81000120"));
+    run_ok(
+        tpm.tool("tpm2_evictcontrol")
+            .args(["-Q", "-C", "o", "-c"])
+            .arg(d("k.ctx"))
+            .arg("0x81000120"),
+    );
     flush(&tpm);
     let from_handle = TpmSigner::open(&tpm.config(TpmKey::Handle(0x8100_0120))).unwrap();
     assert_eq!(from_handle.public_key(), from_file.public_key());
@@ -185,18 +170,20 @@ fn imported_keys_are_refused_when_a_hardware_key_is_required() {
     let tpm = Swtpm::start();
     let d = |n: &str| dir.path().join(n);
     storage_primary(&tpm, &d("prim.ctx"));
-    run(Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(d("outside.pem")));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(d("outside.pem")),
+    );
     let import = |attributes: &str, name: &str| {
-        let mut cmd = tool(&tpm, "tpm2_import");
+        let mut cmd = tpm.tool("tpm2_import");
         cmd.args(["-Q", "-C"])
             .arg(d("prim.ctx"))
             .args(["-G", "ecc", "-i"])
@@ -221,32 +208,38 @@ fn imported_keys_are_refused_when_a_hardware_key_is_required() {
             0x8100_0131,
         ),
     ] {
-        run(&mut import(attributes, name));
+        run_ok(&mut import(attributes, name));
         flush(&tpm);
-        run(tool(&tpm, "tpm2_encodeobject")
-            .arg("-C")
-            .arg(d("prim.ctx"))
-            .arg("-u")
-            .arg(d(&format!("{name}.pub")))
-            .arg("-r")
-            .arg(d(&format!("{name}.priv")))
-            .arg("-o")
-            .arg(d(&format!("{name}.tss2.pem"))));
+        run_ok(
+            tpm.tool("tpm2_encodeobject")
+                .arg("-C")
+                .arg(d("prim.ctx"))
+                .arg("-u")
+                .arg(d(&format!("{name}.pub")))
+                .arg("-r")
+                .arg(d(&format!("{name}.priv")))
+                .arg("-o")
+                .arg(d(&format!("{name}.tss2.pem"))),
+        );
         flush(&tpm);
-        run(tool(&tpm, "tpm2_load")
-            .args(["-Q", "-C"])
-            .arg(d("prim.ctx"))
-            .arg("-u")
-            .arg(d(&format!("{name}.pub")))
-            .arg("-r")
-            .arg(d(&format!("{name}.priv")))
-            .arg("-c")
-            .arg(d(&format!("{name}.ctx"))));
+        run_ok(
+            tpm.tool("tpm2_load")
+                .args(["-Q", "-C"])
+                .arg(d("prim.ctx"))
+                .arg("-u")
+                .arg(d(&format!("{name}.pub")))
+                .arg("-r")
+                .arg(d(&format!("{name}.priv")))
+                .arg("-c")
+                .arg(d(&format!("{name}.ctx"))),
+        );
         flush(&tpm);
-        run(tool(&tpm, "tpm2_evictcontrol")
-            .args(["-Q", "-C", "o", "-c"])
-            .arg(d(&format!("{name}.ctx")))
-            .arg(format!("0x{handle:08x}")));
+        run_ok(
+            tpm.tool("tpm2_evictcontrol")
+                .args(["-Q", "-C", "o", "-c"])
+                .arg(d(&format!("{name}.ctx")))
+                .arg(format!("0x{handle:08x}")),
+        );
         flush(&tpm);
         for key in [
             TpmKey::File(d(&format!("{name}.tss2.pem"))),
@@ -287,24 +280,28 @@ fn tpm2_sign_and_tpm2_openssl_use_keys_keybound_made() {
     .signer;
     let public = write_pem(dir.path(), "public.pem", &signer.public_key().to_pem());
     std::fs::write(d("message"), b"sign me, TPM").unwrap();
-    run(tool(&tpm, "tpm2_sign")
-        .args([
-            "-c",
-            &format!("0x{HANDLE:08x}"),
-            "-g",
-            "sha256",
-            "-f",
-            "plain",
-            "-o",
-        ])
-        .arg(d("sig.der"))
-        .arg(d("message")));
-    let verified = run(tool(&tpm, "openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&public)
-        .arg("-signature")
-        .arg(d("sig.der"))
-        .arg(d("message")));
+    run_ok(
+        tpm.tool("tpm2_sign")
+            .args([
+                "-c",
+                &format!("0x{HANDLE:08x}"),
+                "-g",
+                "sha256",
+                "-f",
+                "plain",
+                "-o",
+            ])
+            .arg(d("sig.der"))
+            .arg(d("message")),
+    );
+    let verified = run_ok(
+        tpm.tool("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&public)
+            .arg("-signature")
+            .arg(d("sig.der"))
+            .arg(d("message")),
+    );
     assert!(String::from_utf8_lossy(&verified.stdout).contains("Verified OK"));
 
     // A TSS2 PEM keybound wrote loads in OpenSSL's tpm2 provider, with the same public key.
@@ -316,17 +313,19 @@ fn tpm2_sign_and_tpm2_openssl_use_keys_keybound_made() {
     )
     .unwrap();
     std::fs::write(&file, generated.pem.unwrap().as_bytes()).unwrap();
-    let exported = run(tool(&tpm, "openssl")
-        .args([
-            "pkey",
-            "-provider",
-            "tpm2",
-            "-provider",
-            "default",
-            "-pubout",
-            "-in",
-        ])
-        .arg(&file));
+    let exported = run_ok(
+        tpm.tool("openssl")
+            .args([
+                "pkey",
+                "-provider",
+                "tpm2",
+                "-provider",
+                "default",
+                "-pubout",
+                "-in",
+            ])
+            .arg(&file),
+    );
     let theirs = String::from_utf8(exported.stdout).unwrap();
     assert_eq!(theirs, generated.signer.public_key().to_pem());
     let _ = PublicKey::from_spki_der(generated.signer.public_key().spki_der()).unwrap();
@@ -445,8 +444,8 @@ fn each_failure_has_its_own_clear_error() {
 
 /// `TPM2_PT_LOCKOUT_COUNTER`, as tpm2-tools read it.
 fn lockout_counter(tpm: &Swtpm) -> String {
-    let out =
-        String::from_utf8(run(tool(tpm, "tpm2_getcap").arg("properties-variable")).stdout).unwrap();
+    let out = String::from_utf8(run_ok(tpm.tool("tpm2_getcap").arg("properties-variable")).stdout)
+        .unwrap();
     out.lines()
         .find_map(|l| l.strip_prefix("TPM2_PT_LOCKOUT_COUNTER:"))
         .unwrap_or_default()
@@ -463,7 +462,10 @@ fn a_wrong_auth_value_is_presented_once_and_lockout_is_explained() {
     testkit::sign_verifies(&made.signer);
     drop(made);
     // Two failures before lockout, so the test sees both messages.
-    run(tool(&tpm, "tpm2_dictionarylockout").args(["-s", "-n", "2", "-t", "600", "-l", "600"]));
+    run_ok(
+        tpm.tool("tpm2_dictionarylockout")
+            .args(["-s", "-n", "2", "-t", "600", "-l", "600"]),
+    );
 
     config.auth = Some(PinSource::Value(Zeroizing::new("wrong-auth".into())));
     let wrong = TpmSigner::open(&config).unwrap();
