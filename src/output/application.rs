@@ -157,10 +157,7 @@ impl Output for ApplicationOutput {
         shared: &Shared,
         dir: &Path,
     ) -> anyhow::Result<Files> {
-        let ctx = OutputContext {
-            proxy: shared.proxy.as_ref(),
-            cas: &shared.cas,
-        };
+        let ctx = OutputContext::of(shared);
         let mut out = identity_files(&issued.identity, &ctx, dir, false)?;
         if self.specific_tls_naming {
             out.extend(tls_files(&issued.identity, shared.cas.host_tls_pem.clone()));

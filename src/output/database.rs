@@ -194,10 +194,7 @@ impl Output for DatabaseOutput {
         shared: &Shared,
         dir: &Path,
     ) -> anyhow::Result<Files> {
-        let ctx = OutputContext {
-            proxy: shared.proxy.as_ref(),
-            cas: &shared.cas,
-        };
+        let ctx = OutputContext::of(shared);
         let mut out = identity_files(&issued.identity, &ctx, dir, false)?;
         let identity = &issued.identity;
         match self.format {

@@ -168,10 +168,7 @@ impl Output for IdentityOutput {
         shared: &Shared,
         dir: &Path,
     ) -> anyhow::Result<Files> {
-        let ctx = OutputContext {
-            proxy: shared.proxy.as_ref(),
-            cas: &shared.cas,
-        };
+        let ctx = OutputContext::of(shared);
         let program = match (&self.ssh_proxy_command_binary, self.ssh_config) {
             (_, false) => None,
             (Some(program), true) => Some(program.clone()),
@@ -205,6 +202,16 @@ pub struct OutputContext<'a> {
     pub proxy: Option<&'a HostPort>,
     /// The cluster's CAs.
     pub cas: &'a ClusterCas,
+}
+
+impl<'a> OutputContext<'a> {
+    /// The context the shared lookups of a renewal give.
+    pub fn of(shared: &'a Shared) -> Self {
+        Self {
+            proxy: shared.proxy.as_ref(),
+            cas: &shared.cas,
+        }
+    }
 }
 
 /// The files of a `type: identity` output holding `identity` (role-impersonated by then), in

@@ -135,10 +135,7 @@ impl Output for KubernetesOutput {
         shared: &Shared,
         dir: &Path,
     ) -> anyhow::Result<Files> {
-        let ctx = OutputContext {
-            proxy: shared.proxy.as_ref(),
-            cas: &shared.cas,
-        };
+        let ctx = OutputContext::of(shared);
         let mut out = identity_files(&issued.identity, &ctx, dir, false)?;
         let (server, server_name) = kube_address(shared.proxy.as_ref())?;
         let name = format!(

@@ -221,10 +221,7 @@ impl Output for KubernetesV2Output {
         shared: &Shared,
         dir: &Path,
     ) -> anyhow::Result<Files> {
-        let ctx = OutputContext {
-            proxy: shared.proxy.as_ref(),
-            cas: &shared.cas,
-        };
+        let ctx = OutputContext::of(shared);
         let mut out: Files = identity_files(&issued.identity, &ctx, dir, false)?
             .into_iter()
             .filter(|(name, _)| *name != USER_CA && *name != DATABASE_CA)
