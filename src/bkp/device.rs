@@ -547,7 +547,8 @@ impl Device {
     }
 
     /// Destroys the key a crash left unrecorded, by the reference drawn for it: in a token,
-    /// the key objects with its label (`destroy_unrecorded`); how many objects went.
+    /// the key objects with its label (`destroy_unrecorded`); for the TPM, its key file; how
+    /// many objects went.
     fn destroy_unrecorded(&self, dir: &Path, key: &str) -> anyhow::Result<usize> {
         let _ = dir;
         match self {
